@@ -1,0 +1,242 @@
+"""Settings: one TOML file, defaults for everything, and `MSANTE_<SECTION>__<KEY>` overrides.
+
+Operators and scripts rely on the key names, so they are declared once here, with their
+types; anything unknown or mistyped stops the program before a listener opens, with one
+message naming the file, the key and what was expected (a half-configured server that
+accepts mail is worse than one that does not start).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "MSANTE_"
+GENERATED_NAME = "msante.toml"
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or of the wrong shape; the message says which."""
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """A trusted token issuer (Pro Santé Connect, or the dev issuer created by init)."""
+
+    issuer: str
+    audience: str
+    jwks_file: str = ""
+    jwks_url: str = ""
+    acr: str = ""  # required acr value ("eidas1" for PSC); empty: not checked
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str  # the file the settings came from, or "defaults"
+    domains: tuple[str, ...]
+    data_dir: Path
+    database_url: str
+    listen: Mapping[str, str]
+    issuers: tuple[Issuer, ...]
+    public_url: str
+    max_message_size: int
+    token_leeway: int
+    tls_cert: Path
+    tls_key: Path
+    client_cas: tuple[Path, ...]
+    admins: tuple[str, ...]
+
+    def path(self, *parts: str) -> Path:
+        return self.data_dir.joinpath(*parts)
+
+    @property
+    def hostname(self) -> str:
+        """The name this server gives itself in SMTP greetings, Received: and reports."""
+        return self.domains[0]
+
+    @property
+    def ca_dir(self) -> Path:
+        """The dev certificate authority created by `msante init`."""
+        return self.path("pki")
+
+
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "https")
+
+# section -> key -> (type, default). A default of None means "derived from other keys".
+SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
+    "server": {
+        "domains": (list, ["msante.test"]),
+        "data_dir": (str, "var"),
+        "public_url": (str, None),  # https://<https listener>, used in tokens and discovery
+        "max_message_size": (int, 25 * 1024 * 1024),  # announced with SMTP SIZE; 25 MB as most operators
+    },
+    "database": {
+        "url": (str, None),  # default: SQLite file in data_dir
+    },
+    "listen": {
+        "smtp": (str, "127.0.0.1:2525"),
+        "submission": (str, "127.0.0.1:5870"),
+        "submissions": (str, "127.0.0.1:4650"),
+        "imap": (str, "127.0.0.1:1430"),
+        "imaps": (str, "127.0.0.1:9930"),
+        "https": (str, "127.0.0.1:8443"),
+    },
+    "tls": {
+        "cert": (str, None),  # PEM server certificate (chain); default: <data_dir>/tls/server.crt
+        "key": (str, None),  # its private key; default: <data_dir>/tls/server.key
+        "client_cas": (list, None),  # CAs client certificates must chain to; default: the dev CA
+    },
+    "auth": {
+        "issuers": (list, []),
+        "admins": (list, []),  # national identifiers allowed to read the audit trail over HTTPS
+        "token_leeway": (int, 30),  # seconds of clock skew tolerated on exp/nbf/iat
+    },
+}
+
+
+def load(path: str | os.PathLike | None = None, *, data_dir: str | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (else `<data_dir>/msante.toml` if init wrote one, else only defaults), apply
+    environment overrides, validate everything."""
+    environ = os.environ if environ is None else environ
+    if path is None:  # `msante init` writes <data_dir>/msante.toml when no file was given
+        written = Path(environ.get(ENV_PREFIX + "SERVER__DATA_DIR") or data_dir or "var") / GENERATED_NAME
+        path = written if written.exists() else None
+    source = str(path) if path else "defaults"
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    for section, body in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}] (expected one of {', '.join(SCHEMA)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        for key in body:
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{source}: unknown key {section}.{key} "
+                                  f"(expected one of {', '.join(SCHEMA[section])})")
+    from_env = _apply_environment(raw, environ)
+    if data_dir is not None and "data_dir" not in raw.get("server", {}):
+        raw.setdefault("server", {})["data_dir"] = data_dir
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        values[section] = {}
+        for key, (kind, default) in keys.items():
+            value = raw.get(section, {}).get(key, default)
+            if value is not None:
+                value = _check_type(from_env.get(f"{section}.{key}", source), f"{section}.{key}", value, kind)
+            values[section][key] = value
+    return _build(source, values, from_env)
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """`MSANTE_LISTEN__SMTP=""` overrides [listen] smtp; lists and tables are given as JSON.
+    Returns which keys came from which variable, so errors name the variable."""
+    origins = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if section not in SCHEMA or key not in SCHEMA[section]:
+            raise ConfigError(f"environment: {name} names no setting (no key {section}.{key})")
+        kind = SCHEMA[section][key][0]
+        if kind is str:
+            value: Any = text
+        else:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ConfigError(f"environment: {name} must be JSON for a {kind.__name__}, got {text!r}") from None
+        raw.setdefault(section, {})[key] = value
+        origins[f"{section}.{key}"] = f"environment {name}"
+    return origins
+
+
+def _check_type(source: str, key: str, value: Any, kind: type) -> Any:
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{source}: {key} must be a {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_hostport(where: str, value: str) -> str:
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where} must be \"host:port\" (or \"\" to disable), got {value!r}")
+    return value
+
+
+def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, str]) -> Settings:
+    def where(key: str) -> str:
+        return f"{from_env.get(key, file_source)}: {key}"
+
+    domains = v["server"]["domains"]
+    if not domains or not all(isinstance(d, str) and d and "@" not in d for d in domains):
+        raise ConfigError(f"{where('server.domains')} must be a non-empty list of domain names, got {domains!r}")
+    try:
+        domains = tuple(d.strip().lower().encode("idna").decode("ascii") for d in domains)
+    except UnicodeError:
+        raise ConfigError(f"{where('server.domains')} holds a name that is not a valid domain: {domains!r}") from None
+    data_dir = Path(v["server"]["data_dir"])
+    listen = {k: _check_hostport(where(f"listen.{k}"), v["listen"][k]) for k in LISTENERS}
+    max_size = v["server"]["max_message_size"]
+    if max_size < 1024:
+        raise ConfigError(f"{where('server.max_message_size')} must be at least 1024 bytes, got {max_size}")
+    if v["auth"]["token_leeway"] < 0 or v["auth"]["token_leeway"] > 300:
+        raise ConfigError(f"{where('auth.token_leeway')} must be between 0 and 300 seconds")
+    url = v["database"]["url"] or f"sqlite+aiosqlite:///{data_dir / 'msante.db'}"
+    if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
+        raise ConfigError(f"{where('database.url')} must start with sqlite+aiosqlite:// or "
+                          f"postgresql+asyncpg://, got {url.split('://')[0]}://…")
+    issuers = []
+    for i, item in enumerate(v["auth"]["issuers"]):
+        at = f"{where('auth.issuers')}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at} must be a table {{issuer, audience, jwks_file or jwks_url}}")
+        unknown = set(item) - {"issuer", "audience", "jwks_file", "jwks_url", "acr"}
+        if unknown:
+            raise ConfigError(f"{at} has unknown keys {sorted(unknown)}")
+        for key in ("issuer", "audience"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise ConfigError(f"{at}.{key} is required (a string)")
+        if bool(item.get("jwks_file")) == bool(item.get("jwks_url")):
+            raise ConfigError(f"{at} needs exactly one of jwks_file or jwks_url")
+        issuers.append(Issuer(**{k: str(val) for k, val in item.items()}))
+    admins = v["auth"]["admins"]
+    if not all(isinstance(a, str) and a.isdigit() for a in admins):
+        raise ConfigError(f"{where('auth.admins')} must be a list of national identifiers (digits), got {admins!r}")
+    tls = v["tls"]
+    client_cas = tls["client_cas"] if tls["client_cas"] is not None else [str(data_dir / "pki" / "ca.crt")]
+    if not all(isinstance(c, str) and c for c in client_cas):
+        raise ConfigError(f"{where('tls.client_cas')} must be a list of file paths")
+    https = listen["https"] or "127.0.0.1:8443"
+    public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
+    return Settings(source=file_source, domains=domains, data_dir=data_dir, database_url=url, listen=listen,
+                    issuers=tuple(issuers), public_url=public_url.rstrip("/"), max_message_size=max_size,
+                    token_leeway=v["auth"]["token_leeway"],
+                    tls_cert=Path(tls["cert"] or data_dir / "tls" / "server.crt"),
+                    tls_key=Path(tls["key"] or data_dir / "tls" / "server.key"),
+                    client_cas=tuple(Path(c) for c in client_cas), admins=tuple(admins))
+
+
+def _url_host(hostport: str) -> str:
+    host, _, port = hostport.rpartition(":")
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    return f"{host}:{port}"
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)

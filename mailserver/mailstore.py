@@ -1,0 +1,148 @@
+"""The durable message store: one body per message, a row per (folder, message) with its UID.
+
+`accept` is the one transaction behind SMTP's `250` after DATA: the body, the envelope, each
+local recipient's INBOX entry, each remote recipient's queue entry and any delivery-status
+report commit together or not at all. Events go out only after the commit, so a listener
+woken by one always finds the rows.
+
+UIDs (RFC 3501 §2.3.1.1) come from the folder's `uidnext`, bumped in the same UPDATE that
+returns it, so concurrent deliveries to one folder never share a UID, and MODSEQ (RFC 7162)
+from the folder's `highestmodseq` the same way.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from store.db import dialect_insert
+from store.events import EventBus
+from store.schema import bodies, deliveries, envelopes, folder_messages, folders, mailboxes
+
+from . import dsn
+
+# RFC 6154 special-use folders every box gets (the IMAP layer shows them).
+DEFAULT_FOLDERS = (("INBOX", ""), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"),
+                   ("Junk", "\\Junk"), ("Archive", "\\Archive"))
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    dsn: dsn.RcptDsn
+    mailbox_id: int | None  # local box; None: remote, to the outbound queue
+
+
+@dataclass(frozen=True)
+class Accepted:
+    envelope_id: int
+    delivered: tuple[str, ...]
+    queued: tuple[str, ...]
+    failed: tuple[str, ...]
+
+
+def mailbox_channel(mailbox_id: int) -> str:
+    return f"mailbox:{mailbox_id}"
+
+
+class MailStore:
+    def __init__(self, engine: AsyncEngine, bus: EventBus, *, reporting_mta: str) -> None:
+        self._engine = engine
+        self._bus = bus
+        self._reporting_mta = reporting_mta
+
+    async def accept(self, *, message: bytes, message_id: str, sender: str, sender_mailbox_id: int | None,
+                     actor: Any, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
+        now = datetime.now(timezone.utc)
+        recipients = list(recipients)
+        events: list[tuple[int, dict]] = []
+        delivered, queued, failed = [], [], []
+        reports: list[dsn.RecipientStatus] = []
+        async with self._engine.begin() as conn:
+            body_id = await _insert_body(conn, message, now)
+            envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
+                "body_id": body_id, "message_id": message_id[:998], "sender": sender, "actor": actor.id,
+                "actor_kind": actor.kind, "source": source, "received_at": now, "ret": mail_dsn.ret or "",
+                "envid": mail_dsn.envid or "", "size": len(message)})).scalar_one()
+            for rcpt in recipients:
+                row = {"envelope_id": envelope_id, "recipient": rcpt.address,
+                       "orcpt": ";".join(rcpt.dsn.orcpt) if rcpt.dsn.orcpt else "",
+                       "notify": ",".join(sorted(rcpt.dsn.notify)), "updated_at": now, "attempts": 0,
+                       "last_error": ""}
+                if rcpt.mailbox_id is None:
+                    await conn.execute(insert(deliveries), {**row, "status": "queued", "next_attempt_at": now})
+                    queued.append(rcpt.address)
+                    continue
+                placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, now)
+                if placed is None:  # the box was retired between RCPT and DATA
+                    await conn.execute(insert(deliveries), {**row, "status": "failed",
+                                                            "last_error": "550 5.1.1 mailbox no longer exists"})
+                    failed.append(rcpt.address)
+                    if "FAILURE" in rcpt.dsn.notify:
+                        reports.append(_status(rcpt, "failed", "5.1.1", "smtp; 550 5.1.1 mailbox no longer exists", now))
+                    continue
+                folder_message_id, uid, event = placed
+                events.append((rcpt.mailbox_id, event))
+                await conn.execute(insert(deliveries), {**row, "status": "delivered",
+                                                        "folder_message_id": folder_message_id})
+                delivered.append(rcpt.address)
+                if "SUCCESS" in rcpt.dsn.notify:
+                    reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
+            if reports and sender_mailbox_id is not None:
+                report = dsn.build_report(
+                    reporting_mta=self._reporting_mta, original_envelope_id=mail_dsn.envid, arrival_date=now,
+                    recipients=reports, original_message=message, ret=mail_dsn.ret,
+                    from_addr=f"mailer-daemon@{self._reporting_mta}", to_addr=sender, subject_hint=None)
+                report_body = await _insert_body(conn, report, now)
+                placed = await _deliver(conn, sender_mailbox_id, "INBOX", report_body, now)
+                if placed is not None:
+                    events.append((sender_mailbox_id, placed[2]))
+        for mailbox_id, event in events:
+            await self._bus.publish(mailbox_channel(mailbox_id), event)
+        return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed))
+
+
+def _status(rcpt: Recipient, action: str, status: str, diagnostic: str | None, now: datetime) -> dsn.RecipientStatus:
+    return dsn.RecipientStatus(final_recipient=rcpt.address, action=action, status=status, diagnostic=diagnostic,
+                               original_recipient=rcpt.dsn.orcpt, last_attempt=now)
+
+
+async def _insert_body(conn: AsyncConnection, message: bytes, now: datetime) -> int:
+    return (await conn.execute(insert(bodies).returning(bodies.c.id),
+                               {"size": len(message), "data": message, "created_at": now})).scalar_one()
+
+
+async def ensure_folders(conn: AsyncConnection, mailbox_id: int) -> None:
+    """Create the default folders of a box on first use (imported boxes number in the
+    hundreds of thousands; most never receive mail here)."""
+    existing = {r.name for r in await conn.execute(select(folders.c.name).where(folders.c.mailbox_id == mailbox_id))}
+    missing = [(name, use) for name, use in DEFAULT_FOLDERS if name not in existing]
+    if missing:
+        now = datetime.now(timezone.utc)
+        # ON CONFLICT: two first deliveries to one box may race; both then find the folders.
+        await conn.execute(dialect_insert(conn, folders).on_conflict_do_nothing(), [
+            {"mailbox_id": mailbox_id, "name": name, "special_use": use, "uidvalidity": int(time.time()),
+             "uidnext": 1, "highestmodseq": 1, "created_at": now} for name, use in missing])
+
+
+async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, body_id: int,
+                   now: datetime) -> tuple[int, int, dict] | None:
+    active = (await conn.execute(select(mailboxes.c.address).where(and_(
+        mailboxes.c.id == mailbox_id, mailboxes.c.retired_at.is_(None))))).first()
+    if active is None:
+        return None
+    await ensure_folders(conn, mailbox_id)
+    bumped = (await conn.execute(
+        update(folders).where(and_(folders.c.mailbox_id == mailbox_id, folders.c.name == folder_name))
+        .values(uidnext=folders.c.uidnext + 1, highestmodseq=folders.c.highestmodseq + 1)
+        .returning(folders.c.id, folders.c.uidnext, folders.c.highestmodseq))).one()
+    uid = bumped.uidnext - 1
+    folder_message_id = (await conn.execute(insert(folder_messages).returning(folder_messages.c.id), {
+        "folder_id": bumped.id, "uid": uid, "body_id": body_id, "flags": "", "internaldate": now,
+        "modseq": bumped.highestmodseq})).scalar_one()
+    event = {"type": "new_mail", "mailbox": active.address, "folder": folder_name, "uid": uid}
+    return folder_message_id, uid, event

@@ -1,0 +1,293 @@
+"""aiosmtpd, extended in this one place for what a submission server of the trust space owes.
+
+aiosmtpd parses SMTP and reads DATA; it does not advertise PIPELINING, ENHANCEDSTATUSCODES
+or DSN, upper-cases MAIL/RCPT parameters (which would corrupt ENVID and ORCPT, RFC 3461
+§4.4-4.2 require them kept) and refuses parameters it does not know. This subclass:
+- builds the EHLO reply itself (RFC 5321 §4.1.1.1) with the extensions we honour;
+- takes RET/ENVID and NOTIFY/ORCPT out of the command before aiosmtpd sees it, parses them
+  with `dsn.py`, and hangs them on the envelope once aiosmtpd accepted the command;
+- runs SASL through `sasl.py` and logs in through the shared `Logins` (same as IMAP);
+- adds an enhanced status code (RFC 2034/3463) to every reply that lacks one;
+- limits concurrent sessions per client address.
+Policy (who may send what, where it goes, storing it) lives in the handler, `submission.py`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope
+
+from . import dsn, sasl
+from .logins import LoginFailed, Logins
+
+log = logging.getLogger("msante.smtp")
+
+ENHANCED = re.compile(rb"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}")
+# RFC 3463 / RFC 5248 codes for replies aiosmtpd (or we) send without one.
+DEFAULT_ENHANCED = {
+    b"221": b"2.0.0", b"250": b"2.0.0", b"235": b"2.7.0",
+    b"421": b"4.7.0", b"450": b"4.2.0", b"451": b"4.3.0", b"452": b"4.5.3", b"454": b"4.7.0",
+    b"500": b"5.5.2", b"501": b"5.5.4", b"502": b"5.5.1", b"503": b"5.5.1", b"504": b"5.5.4",
+    b"530": b"5.7.0", b"535": b"5.7.8", b"538": b"5.7.11", b"550": b"5.0.0", b"552": b"5.3.4",
+    b"553": b"5.1.3", b"554": b"5.0.0", b"555": b"5.5.4",
+}
+NO_ENHANCED = (b"220", b"334", b"354")  # greeting and intermediate replies (RFC 2034 §3)
+MAIL_DSN_PARAMS = ("RET", "ENVID")
+RCPT_DSN_PARAMS = ("NOTIFY", "ORCPT")
+MAX_AUTH_LINE = sasl.MAX_RESPONSE * 4 // 3 + 8  # base64 of the largest SASL response, CRLF
+
+
+@dataclass(frozen=True)
+class SmtpLimits:
+    """Every limit has a name and a reason; the defaults follow what large MTAs ship."""
+
+    max_message_size: int = 25 * 1024 * 1024  # announced with SIZE; no national limit, 25 MB usual
+    max_recipients: int = 100  # per message; RFC 5321 §4.5.3.1.8 requires at least 100 be accepted
+    max_commands: int = 200  # per command verb per session (aiosmtpd's call limit), stops NOOP loops
+    max_connections_per_address: int = 20  # concurrent sessions from one client address
+    idle_timeout: float = 300  # RFC 5321 §4.5.3.2.7: 5 minutes for the server
+
+
+class MsanteEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn = dsn.MailDsn()
+        self.rcpt_dsn: list[dsn.RcptDsn] = []
+        self.routes: list[int | None] = []  # per recipient: local mailbox id, or None for the outbound queue
+        self.sender_grant: Any = None  # the MailboxGrant the sender was checked against
+
+
+class ConnectionCounter(Counter):
+    """Open sessions per client address, shared by the protocol instances of a listener."""
+
+
+class MsanteSMTP(SMTP):
+    # aiosmtpd's reader limit is also its DATA line limit (1001). An AUTH line carrying a PSC
+    # token is several KB, so both become 8 KB: still bounded, and lenient with long lines in
+    # bodies as Postfix is (it accepts them and wraps at 2048).
+    line_length_limit = MAX_AUTH_LINE + 64
+
+    def __init__(self, handler: Any, *, logins: Logins, limits: SmtpLimits, hostname: str,
+                 tls_context: ssl.SSLContext, implicit_tls: bool, connections: ConnectionCounter) -> None:
+        with warnings.catch_warnings():
+            # aiosmtpd warns about AUTH without STARTTLS; with implicit TLS the whole session is TLS.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            super().__init__(
+                handler, data_size_limit=limits.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+                hostname=hostname, ident="msante ESMTP", tls_context=None if implicit_tls else tls_context,
+                require_starttls=not implicit_tls, timeout=limits.idle_timeout, auth_required=True,
+                auth_require_tls=not implicit_tls, command_call_limit=limits.max_commands)
+        self.logins = logins
+        self.limits = limits
+        self.implicit_tls = implicit_tls
+        self._connections = connections
+        self._address: str | None = None  # counted in `connections` while set
+        self._quiet = False  # inside EHLO/HELO: no enhanced codes on those replies
+
+    # -- connection accounting ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and self._address is None:  # a new connection, not STARTTLS
+            peer = transport.get_extra_info("peername")
+            address = peer[0] if isinstance(peer, tuple) else str(peer)
+            if self._connections[address] >= self.limits.max_connections_per_address:
+                log.warning("%s: refused, %d sessions open already", address, self._connections[address])
+                transport.write(b"421 4.7.0 Too many connections from your address, try again later\r\n")
+                transport.close()
+                self._refused = True
+                return
+            self._connections[address] += 1
+            self._address = address
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if getattr(self, "_refused", False):
+            return
+        if self._address is not None:
+            self._connections[self._address] -= 1
+            if self._connections[self._address] <= 0:
+                del self._connections[self._address]
+            self._address = None
+        super().connection_lost(error)
+
+    def close_if_idle(self) -> bool:
+        """At shutdown: a session with no mail transaction open is told so and closed now;
+        one inside a transaction is left to finish (the listener waits for it)."""
+        if self.transport is None or self.transport.is_closing():
+            return True
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            return False
+        self.transport.write(b"421 4.3.2 Service shutting down, please retry later\r\n")
+        self.transport.close()
+        if self._handler_coroutine is not None:  # a TLS close waits for the peer; the session need not
+            self._handler_coroutine.cancel()
+        return True
+
+    def _create_envelope(self) -> MsanteEnvelope:
+        return MsanteEnvelope()
+
+    # -- what the session knows about TLS -------------------------------------------------------
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self.transport.get_extra_info("ssl_object") if self.transport else None
+
+    @property
+    def secure(self) -> bool:
+        return self.ssl_object is not None
+
+    def peer_certificate(self) -> bytes | None:
+        obj = self.ssl_object
+        return obj.getpeercert(binary_form=True) if obj else None
+
+    # -- replies -----------------------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        line = status.encode("utf-8") if isinstance(status, str) else status
+        code = line[:3]
+        if not self._quiet and code not in NO_ENHANCED and not ENHANCED.match(line) and code in DEFAULT_ENHANCED:
+            line = code + line[3:4] + DEFAULT_ENHANCED[code] + b" " + line[4:]
+        await super().push(line)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._quiet = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._quiet = False
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8", "PIPELINING",
+                 "ENHANCEDSTATUSCODES", "DSN"]
+        if self.tls_context and not self._tls_protocol:
+            lines.append("STARTTLS")
+        if self.secure:
+            lines.append("AUTH " + " ".join(sasl.mechanisms(tls=True, client_cert=self.peer_certificate() is not None)))
+        lines.append("HELP")
+        # MAIL may carry SIZE, BODY, SMTPUTF8, RET and ENVID (xtext, up to 100 chars); RCPT NOTIFY and ORCPT.
+        self.command_size_limits["MAIL"] = self.command_size_limit + 26 + 10 + 10 + 110
+        self.command_size_limits["RCPT"] = self.command_size_limit + 40 + dsn.ORCPT_MAX
+        self.command_size_limits["AUTH"] = MAX_AUTH_LINE + 20  # tokens are kilobytes
+        self._quiet = True
+        try:
+            for i, text in enumerate(lines):
+                await self.push(f"250{'-' if i < len(lines) - 1 else ' '}{text}")
+        finally:
+            self._quiet = False
+
+    # -- DSN parameters ----------------------------------------------------------------------------
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        arg, params = _take_params(arg, MAIL_DSN_PARAMS)
+        try:
+            mail_dsn = dsn.parse_mail_params(params)
+        except dsn.DsnError as exc:
+            await self.push(f"{exc.reply_code} {exc.enhanced_code} {exc.text}")
+            return
+        await super().smtp_MAIL(arg)
+        if self.envelope.mail_from is not None:
+            self.envelope.dsn = mail_dsn
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        arg, params = _take_params(arg, RCPT_DSN_PARAMS)
+        try:
+            rcpt_dsn = dsn.parse_rcpt_params(params)
+        except dsn.DsnError as exc:
+            await self.push(f"{exc.reply_code} {exc.enhanced_code} {exc.text}")
+            return
+        before = len(self.envelope.rcpt_tos)
+        await super().smtp_RCPT(arg)
+        if len(self.envelope.rcpt_tos) > before:
+            self.envelope.rcpt_dsn.append(rcpt_dsn)
+
+    # -- AUTH ----------------------------------------------------------------------------------------
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        if await self.check_helo_needed("EHLO"):
+            return
+        if not self.session.extended_smtp:
+            await self.push("500 5.5.1 AUTH needs EHLO first")
+            return
+        if not self.secure:
+            await self.push("538 5.7.11 Encryption required: STARTTLS first")
+            return
+        if self.session.authenticated:
+            await self.push("503 5.5.1 Already authenticated")
+            return
+        if self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 AUTH is not allowed during a mail transaction")
+            return
+        mechanism, _, initial = (arg or "").strip().partition(" ")
+        mechanism = mechanism.upper()
+        cert = self.peer_certificate()
+        if mechanism not in sasl.mechanisms(tls=True, client_cert=cert is not None):
+            await self.push("504 5.5.4 Unrecognized authentication type")
+            return
+        try:
+            exchange = sasl.start(mechanism, sasl.b64decode_response(initial) if initial else None)
+            result = exchange.step()
+            while isinstance(result, sasl.Challenge):
+                result = exchange.step(await self._auth_response(result.data))
+        except sasl.SaslError as exc:
+            await self.push("501 5.7.0 Authentication aborted" if exc.kind == "aborted"
+                            else f"501 5.5.2 {exc}")
+            return
+        if isinstance(result, sasl.Failed):
+            await self.push("535 5.7.8 Authentication credentials invalid")
+            return
+        peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else str(self.session.peer)
+        try:
+            login = await self.logins.login(result, peer_certificate=cert, source=peer, protocol="smtp")
+        except LoginFailed as exc:
+            challenge = exchange.fail(exc.code)
+            if challenge is not None:  # OAuth mechanisms: error challenge, then the client's dummy answer
+                try:
+                    exchange.step(await self._auth_response(challenge.data))
+                except sasl.SaslError:
+                    pass
+            await self.push(f"{'454 4.7.0' if exc.temporary else '535 5.7.8'} {exc}")
+            return
+        self.session.authenticated = True
+        self.session.auth_data = login
+        await self.push(f"235 2.7.0 Authentication successful ({login.principal.display})")
+
+    async def _auth_response(self, challenge: bytes) -> bytes:
+        await self.push(b"334 " + sasl.b64encode_challenge(challenge).encode("ascii"))
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise sasl.SaslError("response too long", "too-long") from None
+        line = line.strip()
+        if len(line) > MAX_AUTH_LINE:
+            raise sasl.SaslError("response too long", "too-long")
+        if line == sasl.ABORT:
+            raise sasl.SaslError("aborted", "aborted")
+        return sasl.b64decode_response(line.decode("ascii", "replace"))
+
+
+def _take_params(arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str | bool]]:
+    """Split `names` out of a MAIL/RCPT argument, keeping their values' case (RFC 3461)."""
+    if not arg or ">" not in arg:
+        return arg, {}
+    head, _, tail = arg.rpartition(">")
+    kept, taken = [], {}
+    for word in tail.split():
+        key, eq, value = word.partition("=")
+        if key.upper() in names:
+            taken[key.upper()] = value if eq else True
+        else:
+            kept.append(word)
+    return " ".join([head + ">", *kept]), taken

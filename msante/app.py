@@ -1,0 +1,191 @@
+"""The composition root: build the shared services once, plug every front-end into one event loop.
+
+Front-ends (HTTPS now; SMTP, IMAP and the websocket layer as they land) get what they need
+from `Services` and register a `Listener`; nothing else in the code base constructs engines,
+verifiers or TLS contexts.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from cryptography import x509
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from certs import tls
+from certs.tokens import TokenVerifier
+from directory.app_passwords import AppPasswords
+from config import Settings
+from directory.api import DirectoryApi
+from directory.authn import Authenticator
+from mailserver.logins import Logins
+from mailserver.mailstore import MailStore
+from mailserver.smtp import ConnectionCounter, MsanteSMTP, SmtpLimits
+from mailserver.submission import SubmissionHandler
+from mailserver.trust import TrustSpace
+from store import db
+from store.audit import SERVER, AuditTrail
+from store.events import EventBus, LocalBus
+from store.schema import mailboxes, professionals
+from web.http import Request, Response, serve_connection
+from web.metrics import Metrics
+from web.router import Router
+from web.wellknown import WellKnown
+
+from .listeners import Listener
+
+log = logging.getLogger("msante")
+SHUTDOWN_DEADLINE = 20.0  # seconds in-flight work gets after SIGTERM (systemd waits 90 s by default)
+DEV_AUDIENCE = "msante"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    audit: AuditTrail
+    authenticator: Authenticator
+    logins: Logins
+    bus: EventBus
+    mailstore: MailStore
+    trust: TrustSpace
+    metrics: Metrics = field(default_factory=Metrics)
+    router: Router = field(default_factory=Router)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> "Services":
+        engine = db.create_engine(settings.database_url)
+        await db.upgrade(engine)
+        audit = AuditTrail(engine)
+        verifier = TokenVerifier(list(settings.issuers), settings.token_leeway)
+        authenticator = Authenticator(engine, verifier, audit, load_client_cas(settings), settings.admins)
+        logins = Logins(engine, authenticator, AppPasswords(engine, audit), audit)
+        bus = LocalBus()
+        mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
+        return cls(settings, engine, audit, authenticator, logins, bus, mailstore,
+                   TrustSpace(engine, settings.domains))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def server_tls(self, *, require_client_cert: bool = False) -> ssl.SSLContext:
+        s = self.settings
+        return tls.server_context(s.tls_cert, s.tls_key, client_ca=_bundle(s), require_client_cert=require_client_cert)
+
+
+def load_client_cas(settings: Settings) -> list[x509.Certificate]:
+    cas: list[x509.Certificate] = []
+    for path in settings.client_cas:
+        if path.exists():
+            cas += x509.load_pem_x509_certificates(path.read_bytes())
+        else:
+            log.warning("client CA file %s does not exist: certificates chaining to it will be refused", path)
+    return cas
+
+
+def _bundle(settings: Settings):  # noqa: ANN202 - Path | None
+    """One CA file for the TLS stack: the first configured one that exists."""
+    existing = [p for p in settings.client_cas if p.exists()]
+    return existing[0] if existing else None
+
+
+def https_listener(services: Services) -> Listener:
+    s = services.settings
+    m = services.metrics
+    m.counter("msante_http_requests_total", "HTTP requests by route and status")
+    m.gauge("msante_directory_professionals", "Active professionals in the directory",
+            lambda: _count(services.engine, professionals))
+    m.gauge("msante_mailboxes", "Active mailboxes in the directory", lambda: _count(services.engine, mailboxes))
+    router = services.router
+    WellKnown(s).register(router)
+    DirectoryApi(services.engine, services.authenticator, services.audit).register(router)
+
+    async def healthz(_request: Request) -> Response:
+        async with services.engine.connect() as conn:
+            await conn.execute(select(1))
+        return Response.json({"status": "ok"})
+
+    async def metrics(_request: Request) -> Response:
+        return Response.text(await m.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    router.add("GET", "/healthz", healthz)
+    router.add("GET", "/metrics", metrics)
+
+    async def handle(request: Request) -> Response:
+        route = router.route_of(request)
+        status = 500
+        try:
+            response = await router(request)
+            status = response.status
+            return response
+        except Exception as exc:
+            status = getattr(exc, "status", 500)
+            raise
+        finally:
+            m.inc("msante_http_requests_total", route=route, status=str(status))
+
+    return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle), services.server_tls())
+
+
+def submission_listeners(services: Services) -> list[Listener]:
+    """`submission` (STARTTLS before anything else) and `submissions` (implicit TLS, RFC 8314)."""
+    s = services.settings
+    limits = SmtpLimits(max_message_size=s.max_message_size)
+    handler = SubmissionHandler(services.engine, services.mailstore, services.audit, services.trust,
+                                domains=s.domains, hostname=s.hostname, limits=limits)
+    context = services.server_tls()
+    listeners = []
+    for name, implicit in (("submission", False), ("submissions", True)):
+        if not s.listen[name]:
+            continue
+        connections = ConnectionCounter()
+
+        def factory(implicit: bool = implicit, connections: ConnectionCounter = connections) -> MsanteSMTP:
+            return MsanteSMTP(handler, logins=services.logins, limits=limits, hostname=s.hostname,
+                              tls_context=context, implicit_tls=implicit, connections=connections)
+        listeners.append(Listener(name, s.listen[name], ssl_context=context if implicit else None,
+                                  protocol_factory=factory))
+    return listeners
+
+
+async def _count(engine: AsyncEngine, table) -> dict:  # noqa: ANN001
+    async with engine.connect() as conn:
+        n = (await conn.execute(select(func.count()).select_from(table).where(table.c.retired_at.is_(None)))).scalar()
+    return {(): float(n or 0)}
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run every configured listener until SIGTERM/SIGINT (or `stop`), then shut down cleanly."""
+    services = await Services.open(settings)
+    listeners: list[Listener] = []
+    if settings.listen["https"]:
+        listeners.append(https_listener(services))
+    listeners += submission_listeners(services)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for listener in listeners:
+            await listener.start()
+            log.info("%s listening on %s", listener.name, listener.address)
+        await services.audit.record(SERVER, "server.start",
+                                     listeners={lst.name: lst.address for lst in listeners})
+        if on_ready:
+            on_ready(listeners)
+        await stop.wait()
+        log.info("shutting down: no new connections, %.0f s for in-flight work", SHUTDOWN_DEADLINE)
+        await asyncio.gather(*(lst.stop(SHUTDOWN_DEADLINE) for lst in listeners))
+        await services.audit.record(SERVER, "server.stop")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await services.close()

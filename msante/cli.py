@@ -1,0 +1,143 @@
+"""The `msante` command: operator entry points over the same services the server uses.
+
+Every subcommand takes `--config FILE` (or `--data-dir DIR`); errors a person can fix are
+printed as one line on stderr with exit status 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import config
+from directory.app_passwords import AppPasswordError
+from directory.mailboxes import KINDS, MailboxError
+from mailserver.trust import TrustListError
+
+from . import commands
+
+log = logging.getLogger("msante")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        settings = config.load(args.config, data_dir=args.data_dir)
+        result = args.run(settings, args)
+        if asyncio.iscoroutine(result):
+            result = _run(result)
+        return int(result or 0)
+    except (config.ConfigError, MailboxError, AppPasswordError, TrustListError, commands.CommandError) as exc:
+        print(f"msante: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    try:
+        import uvloop  # optional: a faster loop when installed (`pip install msante[fast]`)
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML settings (default: <data-dir>/msante.toml if present)")
+    common.add_argument("--data-dir", metavar="DIR", help="data directory when no config file sets one (default: var)")
+    common.add_argument("-v", "--verbose", action="store_true")
+    p = argparse.ArgumentParser(prog="msante", description="Secure health messaging server", parents=[common])
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def command(parent, name: str, run: Callable, help_text: str) -> argparse.ArgumentParser:  # noqa: ANN001
+        c = parent.add_parser(name, help=help_text, description=help_text, parents=[common])
+        c.set_defaults(run=run)
+        return c
+
+    c = command(sub, "init", commands.init_command, "create the data directory, PKI, token issuer and database")
+    c.add_argument("--demo", action="store_true", help="load the demo care network (fictional people)")
+    command(sub, "serve", commands.serve_command, "run every listener until SIGTERM")
+
+    d = sub.add_parser("directory", help="the professional directory").add_subparsers(metavar="ACTION")
+    c = command(d, "import", commands.import_command, "import national extract files (PS_LibreAcces…, "
+                                                   "Extraction_Correspondance_MSSante…)")
+    c.add_argument("files", nargs="+", type=Path)
+    c.add_argument("--force", action="store_true", help="import a file older than the last one of its kind")
+    c = command(d, "search", commands.search_command, "search people, organisations and mailboxes")
+    c.add_argument("text")
+    c.add_argument("--kind", choices=["professional", "organisation", "mailbox"])
+    c.add_argument("--limit", type=int, default=20)
+    c = command(d, "show", commands.show_command, "one entry as JSON (idnat, RPPS, FINESS or address)")
+    c.add_argument("id")
+
+    m = sub.add_parser("mailbox", help="this operator's mailboxes").add_subparsers(metavar="ACTION")
+    c = command(m, "add", commands.mailbox_add_command, "create a local mailbox")
+    c.add_argument("address")
+    c.add_argument("--kind", required=True, choices=KINDS)
+    owner = c.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--owner", metavar="RPPS", help="the professional (nominative box)")
+    owner.add_argument("--org", metavar="FINESS", help="the structure (organisational/applicative box)")
+    c.add_argument("--description", default="")
+    c.add_argument("--service", default="")
+    c.add_argument("--unpublished", action="store_true", help="liste rouge: not shown in directory searches")
+    for name, run in (("grant", commands.mailbox_grant_command), ("revoke", commands.mailbox_revoke_command)):
+        c = command(m, name, run, f"{name} a professional's delegation on an organisational mailbox")
+        c.add_argument("address")
+        c.add_argument("--rpps", required=True)
+    c = command(m, "list", commands.mailbox_list_command, "list local mailboxes with their delegates")
+    c.add_argument("--json", action="store_true")
+    ap = m.add_parser("app-password", help="passwords for mail clients that cannot do OAuth").add_subparsers(
+        metavar="ACTION")
+    c = command(ap, "create", commands.app_password_create_command, "create a password for one device")
+    c.add_argument("address")
+    c.add_argument("--rpps", required=True)
+    c.add_argument("--label", required=True, help='the device, e.g. "Thunderbird cabinet"')
+    c = command(ap, "list", commands.app_password_list_command, "list a professional's passwords (labels only)")
+    c.add_argument("address", nargs="?")
+    c.add_argument("--rpps", required=True)
+    c = command(ap, "revoke", commands.app_password_revoke_command, "revoke a password by its label")
+    c.add_argument("address")
+    c.add_argument("--rpps", required=True)
+    c.add_argument("--label", required=True)
+
+    tr = sub.add_parser("trust", help="the trust space (national white list)").add_subparsers(metavar="ACTION")
+    c = command(tr, "import", commands.trust_import_command, "replace the trust space with a white-list XML file")
+    c.add_argument("file", type=Path)
+
+    k = sub.add_parser("certs", help="dev PKI").add_subparsers(metavar="ACTION")
+    c = command(k, "issue", commands.certs_issue_command, "issue a client or server certificate from the dev CA")
+    c.add_argument("--kind", required=True, choices=["cps", "app", "server"])
+    c.add_argument("--rpps", help="the professional (cps)")
+    c.add_argument("--mailbox", help="the applicative mailbox (app)")
+    c.add_argument("--host", action="append", help="host name(s) of another operator's server (server)")
+    c.add_argument("--out", required=True, type=Path, metavar="DIR")
+
+    t = sub.add_parser("token", help="dev token issuer (Pro Santé Connect shape)").add_subparsers(metavar="ACTION")
+    c = command(t, "issue", commands.token_issue_command, "print a signed access token for a professional")
+    c.add_argument("--rpps", required=True)
+    c.add_argument("--ttl", type=int, default=300, help="seconds (PSC access tokens live a few minutes)")
+    c.add_argument("--acr", default="eidas1")
+    c.add_argument("--audience", default="msante")
+
+    a = sub.add_parser("audit", help="the audit trail").add_subparsers(metavar="ACTION")
+    c = command(a, "tail", commands.audit_tail_command, "show the latest audit rows")
+    c.add_argument("-n", "--lines", type=int, default=20)
+    c.add_argument("-f", "--follow", action="store_true")
+    c.add_argument("--actor")
+    c.add_argument("--action")
+    c.add_argument("--json", action="store_true")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

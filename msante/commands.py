@@ -1,0 +1,428 @@
+"""What each `msante` subcommand does (argument parsing lives in cli.py).
+
+`init` is the one that creates state: the data directory (mode 0700), the dev CA and the
+server certificate, the dev token issuer's key, the database schema and, with --demo, the
+demo care network. It never overwrites what exists, so running it twice is harmless.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import config
+from certs import pki
+from certs.tokens import DevIssuer
+from config import Settings, split_hostport
+from directory import extract, importer, queries
+from directory.app_passwords import AppPasswords
+from directory.authn import Principal
+from directory.mailboxes import MailboxAdmin, normalise_address
+from mailserver import trust
+from store import db
+from store.audit import OPERATOR, AuditTrail
+from store.schema import activities, mailboxes, organisations, professionals
+
+from . import app, demo
+
+
+class CommandError(Exception):
+    """Printed as `msante: <message>`, exit status 2."""
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+async def _engine(settings: Settings) -> AsyncEngine:
+    engine = db.create_engine(settings.database_url)
+    await db.upgrade(engine)
+    return engine
+
+
+# --- init and serve -------------------------------------------------------------------------
+
+def init_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 - coroutine
+    data_dir = settings.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if args.config is None:
+        settings = _write_generated_config(settings, demo_admin=args.demo)
+    ca_dir = settings.ca_dir
+    ca = pki.load_ca(ca_dir) if (ca_dir / "ca.crt").exists() else pki.create_ca(ca_dir)
+    if not settings.tls_cert.exists():
+        hosts = sorted({*settings.domains, "localhost", "127.0.0.1", *_listen_hosts(settings)})
+        cert, key = pki.issue_server(ca, hosts, settings.tls_cert.parent, stem=settings.tls_cert.stem)
+        if (cert, key) != (settings.tls_cert, settings.tls_key):
+            raise CommandError(f"server certificate written to {cert}, but tls.cert/tls.key point elsewhere")
+    if not (data_dir / "oidc" / "signing-key.json").exists():
+        DevIssuer.create(data_dir, settings.public_url)
+    if not any(i.issuer == settings.public_url for i in settings.issuers):
+        print(f"note: the dev token issuer is not trusted by {settings.source}; add to [auth]:\n"
+              f'  issuers = [{{issuer = "{settings.public_url}", audience = "{app.DEV_AUDIENCE}", '
+              f'jwks_file = "{data_dir / "oidc" / "jwks.json"}"}}]')
+    return _init_store(settings, args.demo)  # a coroutine: cli.main runs it
+
+
+async def _init_store(settings: Settings, with_demo: bool) -> int:
+    engine = await _engine(settings)
+    try:
+        if with_demo:
+            await _load_demo(settings, engine)
+    finally:
+        await engine.dispose()
+    print(f"initialised {settings.data_dir} ({settings.database_url.split('://')[0]})")
+    return 0
+
+
+def _write_generated_config(settings: Settings, *, demo_admin: bool) -> Settings:
+    """Write <data_dir>/msante.toml (once): the settings in force plus the dev issuer to trust."""
+    path = settings.path(config.settings.GENERATED_NAME)
+    if not path.exists():
+        data_dir = settings.data_dir.resolve()
+        admins = [demo.ADMIN_IDNAT] if demo_admin else []
+        text = "\n".join([
+            "# Written by `msante init`; edit freely. Every key is documented in config/msante.example.toml.",
+            "[server]",
+            f"domains = {json.dumps(list(settings.domains))}",
+            f"data_dir = {json.dumps(str(data_dir))}",
+            "",
+            "[auth]",
+            f"admins = {json.dumps(admins)}",
+            "issuers = [",
+            f'  {{issuer = {json.dumps(settings.public_url)}, audience = "{app.DEV_AUDIENCE}", '
+            f'jwks_file = {json.dumps(str(data_dir / "oidc" / "jwks.json"))}, acr = "eidas1"}},',
+            "]",
+            "",
+        ])
+        path.write_text(text, encoding="utf-8")
+    return config.load(path)
+
+
+def _listen_hosts(settings: Settings) -> set[str]:
+    return {split_hostport(a)[0] for a in settings.listen.values() if a and split_hostport(a)[0] not in ("", "0.0.0.0", "::")}
+
+
+async def _load_demo(settings: Settings, engine: AsyncEngine) -> None:
+    files = demo.write_extracts(settings.path("demo"), extract.PS_HEADER, extract.MSS_HEADER)
+    for path in files:
+        report = await importer.import_file(engine, path, local_domains=settings.domains)
+        print(f"demo: {path.name}: {report.accepted} entries, {report.rejected_count} rejected")
+    audit = AuditTrail(engine)
+    admin = MailboxAdmin(engine, audit, settings.domains)
+    existing = {b["address"] for b in await admin.list()}
+    for address, finess, description in demo.APPLICATIVE:
+        if address not in existing:
+            await admin.add(address, kind="applicative", organisation=finess, description=description,
+                            actor=OPERATOR)
+    for address, rpps in demo.DELEGATES:
+        await admin.grant(address, rpps, actor=OPERATOR)
+    await trust.import_list(engine, demo.write_trust_list(settings.path("demo")))
+
+
+def serve_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 - coroutine
+    if not settings.tls_cert.exists():
+        raise CommandError(f"no server certificate at {settings.tls_cert}: run `msante init` first "
+                           f"(or set [tls] cert/key)")
+    return app.serve(settings, on_ready=lambda listeners: _banner(settings, listeners))
+
+
+def _banner(settings: Settings, listeners: list) -> None:  # noqa: ANN001
+    lines = ["", "msante is running:"]
+    lines += [f"  {lst.name:<12} {lst.address}" for lst in listeners]
+    lines += [
+        f"  web          {settings.public_url}/  (CA: {settings.ca_dir / 'ca.crt'})",
+        "Try it:",
+        f"  TOKEN=$(.venv/bin/msante token issue --rpps {demo.LOGIN_RPPS})",
+        f"  curl --cacert {settings.ca_dir / 'ca.crt'} -H \"Authorization: Bearer $TOKEN\" "
+        f"'{settings.public_url}/api/directory/search?q=dupont'",
+        f"  demo login: {demo.MAILBOXES[0][0]} (RPPS {demo.LOGIN_RPPS}), audit: .venv/bin/msante audit tail",
+        "Stop with Ctrl-C.", ""]
+    print("\n".join(lines), flush=True)
+
+
+# --- directory --------------------------------------------------------------------------------
+
+async def import_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = await _engine(settings)
+    status = 0
+    try:
+        for path in args.files:
+            if not path.exists():
+                raise CommandError(f"{path}: no such file")
+            progress = _Progress(path.name) if sys.stderr.isatty() else None
+            try:
+                report = await importer.import_file(engine, path, local_domains=settings.domains,
+                                                    progress=progress, force=args.force)
+            except importer.ImportRefused as exc:
+                raise CommandError(f"{path.name}: {exc}") from None
+            if progress:
+                progress.done()
+            await AuditTrail(engine).record(OPERATOR, "directory.import", target=path.name, source="cli",
+                                            lines=report.lines, accepted=report.accepted,
+                                            rejected=report.rejected_count, retired=report.retired)
+            print(report.summary())
+            for rejected in report.rejected[:50]:
+                print(f"  line {rejected.line_no}: {rejected.reason}")
+            if report.rejected_count > 50:
+                print(f"  … and {report.rejected_count - 50} more rejected lines")
+            status = status or (1 if report.rejected_count else 0)
+    finally:
+        await engine.dispose()
+    return status
+
+
+class _Progress:
+    """A one-line progress indicator on a terminal (stderr), redrawn at most 10 times a second."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._start = self._last = time.monotonic()
+
+    def __call__(self, lines: int, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.1:
+            return
+        self._last = now
+        rate = lines / max(now - self._start, 1e-6)
+        pct = 100 * done / total if total else 0
+        sys.stderr.write(f"\r{self._name}: {pct:5.1f}%  {lines:>10,} lines  {rate:>9,.0f} lines/s")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+
+
+async def search_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = await _engine(settings)
+    try:
+        async with engine.connect() as conn:
+            page = await queries.search(conn, text=args.text, kind=args.kind, per_page=args.limit)
+        await AuditTrail(engine).record(OPERATOR, "directory.search", source="cli", q=args.text,
+                                        results=len(page.items))
+    finally:
+        await engine.dispose()
+    for item in page.items:
+        print(_one_line(item))
+    if not page.items:
+        print("no match")
+    return 0
+
+
+def _one_line(item: dict) -> str:
+    kind = item.get("type") or item.get("kind", "")
+    if "idnat" in item and "family_name" in item:
+        return (f"{item['idnat']}  {item.get('family_name', '')} {item.get('given_name', '')}  "
+                f"{item.get('profession_label', '')}  {item.get('specialty_label', '')}").rstrip()
+    if "address" in item:
+        return f"{item['address']}  {kind}  {item.get('description') or item.get('service') or ''}".rstrip()
+    return f"{item.get('id', '')}  {item.get('name', '')}  {item.get('city', '')}".rstrip()
+
+
+async def show_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = await _engine(settings)
+    try:
+        async with engine.connect() as conn:
+            entry = await queries.get_entry(conn, args.id, include_unpublished=True)
+        await AuditTrail(engine).record(OPERATOR, "directory.read", target=args.id, source="cli",
+                                        outcome="ok" if entry else "failed")
+    finally:
+        await engine.dispose()
+    if entry is None:
+        raise CommandError(f"no directory entry {args.id}")
+    _print_json(entry)
+    return 0
+
+
+# --- mailboxes --------------------------------------------------------------------------------
+
+async def _with_admin(settings: Settings, work) -> Any:  # noqa: ANN001
+    engine = await _engine(settings)
+    try:
+        return await work(MailboxAdmin(engine, AuditTrail(engine), settings.domains))
+    finally:
+        await engine.dispose()
+
+
+async def mailbox_add_command(settings: Settings, args: argparse.Namespace) -> int:
+    row = await _with_admin(settings, lambda admin: admin.add(
+        args.address, kind=args.kind, owner=args.owner, organisation=args.org, description=args.description,
+        service=args.service, published=not args.unpublished, actor=OPERATOR))
+    print(f"created {row['address']} ({row['kind']})")
+    return 0
+
+
+async def mailbox_grant_command(settings: Settings, args: argparse.Namespace) -> int:
+    await _with_admin(settings, lambda admin: admin.grant(args.address, args.rpps, actor=OPERATOR))
+    print(f"{args.rpps} may now act on {normalise_address(args.address)}")
+    return 0
+
+
+async def mailbox_revoke_command(settings: Settings, args: argparse.Namespace) -> int:
+    await _with_admin(settings, lambda admin: admin.revoke(args.address, args.rpps, actor=OPERATOR))
+    print(f"{args.rpps} may no longer act on {normalise_address(args.address)}")
+    return 0
+
+
+async def mailbox_list_command(settings: Settings, args: argparse.Namespace) -> int:
+    boxes = await _with_admin(settings, lambda admin: admin.list())
+    if args.json:
+        _print_json(boxes)
+        return 0
+    for box in boxes:
+        who = box["owner_idnat"] or box["organisation_id"] or ""
+        flags = ("" if box["published"] else " [liste rouge]") + (" [retired]" if box["retired"] else "")
+        delegates = f"  delegates: {', '.join(box['delegates'])}" if box["delegates"] else ""
+        print(f"{box['address']:<45} {box['kind']:<15} {who}{flags}{delegates}")
+    return 0
+
+
+async def _for_person(settings: Settings, rpps: str, work) -> Any:  # noqa: ANN001
+    """Run `work(AppPasswords, Principal)` as the professional, on the operator's authority."""
+    person = await _professional(settings, rpps)
+    engine = await _engine(settings)
+    try:
+        principal = Principal("person", person["idnat"], f"{person['given_name']} {person['family_name']}", "cli")
+        return await work(AppPasswords(engine, AuditTrail(engine)), principal)
+    finally:
+        await engine.dispose()
+
+
+async def app_password_create_command(settings: Settings, args: argparse.Namespace) -> int:
+    created = await _for_person(settings, args.rpps, lambda passwords, principal: passwords.create(
+        principal, args.address, args.label, source="cli"))
+    print(f"password for {normalise_address(args.address)} ({created.label}), shown once:")
+    print(created.password)
+    return 0
+
+
+async def app_password_list_command(settings: Settings, args: argparse.Namespace) -> int:
+    rows = await _for_person(settings, args.rpps, lambda passwords, principal: passwords.list(
+        principal, args.address))
+    for row in rows:
+        used = row["last_used_at"] or "never used"
+        print(f"{row['address']:<45} {row['label']:<30} created {row['created_at']}  last used {used}")
+    return 0
+
+
+async def app_password_revoke_command(settings: Settings, args: argparse.Namespace) -> int:
+    await _for_person(settings, args.rpps, lambda passwords, principal: passwords.revoke(
+        principal, args.address, args.label, source="cli"))
+    print(f"revoked {args.label!r} for {normalise_address(args.address)}")
+    return 0
+
+
+async def trust_import_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = await _engine(settings)
+    try:
+        added, removed = await trust.import_list(engine, args.file)
+        await AuditTrail(engine).record(OPERATOR, "trust.import", target=args.file.name, source="cli",
+                                        added=added, removed=removed)
+    finally:
+        await engine.dispose()
+    print(f"trust space: {added} domain(s) added, {removed} removed (running servers pick it up within "
+          f"{trust.RELOAD_SECONDS:.0f} s)")
+    return 0
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+async def _professional(settings: Settings, rpps: str) -> dict:
+    engine = await _engine(settings)
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(professionals).where(
+                (professionals.c.rpps == rpps) | (professionals.c.idnat == rpps)))).first()
+            if row is None or row.retired_at is not None:
+                raise CommandError(f"no active professional with RPPS {rpps} in the directory")
+            person = dict(row._mapping)
+            acts = await conn.execute(
+                select(activities.c.mode_code, organisations.c.id, organisations.c.finess, organisations.c.siret,
+                       organisations.c.name)
+                .join(organisations, organisations.c.id == activities.c.organisation_id, isouter=True)
+                .where(activities.c.idnat == person["idnat"], activities.c.retired_at.is_(None)))
+            person["activities"] = [dict(a._mapping) for a in acts]
+    finally:
+        await engine.dispose()
+    return person
+
+
+async def token_issue_command(settings: Settings, args: argparse.Namespace) -> int:
+    person = await _professional(settings, args.rpps)
+    issuer = DevIssuer.load(settings.data_dir, settings.public_url)
+    exercice = {
+        "codeProfession": person["profession_code"], "codeCategorieProfessionnelle": "C",
+        "codeSavoirFaire": person["specialty_code"], "nomDexercice": person["family_name"],
+        "prenomDexercice": person["given_name"],
+        "activities": [{"raisonSocialeSite": a["name"] or "", "numeroFinessSite": a["finess"] or "",
+                        "numeroSiretSite": a["siret"] or "", "codeModeExercice": a["mode_code"]}
+                       for a in person["activities"]],
+    }
+    print(issuer.issue_access_token(idnat=person["idnat"], given_name=person["given_name"],
+                                    family_name=person["family_name"], audience=args.audience, ttl=args.ttl,
+                                    acr=args.acr, exercices=[exercice]))
+    return 0
+
+
+async def certs_issue_command(settings: Settings, args: argparse.Namespace) -> int:
+    ca = pki.load_ca(settings.ca_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.kind == "cps":
+        if not args.rpps:
+            raise CommandError("--kind cps needs --rpps")
+        person = await _professional(settings, args.rpps)
+        cert, key = pki.issue_cps(ca, idnat=person["idnat"], given_name=person["given_name"],
+                                  family_name=person["family_name"], out_dir=args.out, stem=f"cps-{person['rpps']}")
+    elif args.kind == "app":
+        if not args.mailbox:
+            raise CommandError("--kind app needs --mailbox ADDRESS (an applicative mailbox)")
+        address = normalise_address(args.mailbox)
+        engine = await _engine(settings)
+        try:
+            async with engine.connect() as conn:
+                box = (await conn.execute(select(mailboxes).where(mailboxes.c.address == address))).first()
+        finally:
+            await engine.dispose()
+        if box is None or box.kind != "applicative":
+            raise CommandError(f"{address} is not an applicative mailbox (create it with `msante mailbox add "
+                               f"{address} --kind applicative --org FINESS`)")
+        cert, key = pki.issue_app(ca, mailbox=address, organisation_id=box.organisation_id, out_dir=args.out,
+                                  stem=f"app-{address.split('@')[0]}")
+    else:
+        if not args.host:
+            raise CommandError("--kind server needs --host HOST (repeat for several names)")
+        cert, key = pki.issue_server(ca, args.host, args.out, stem=f"server-{args.host[0]}")
+    print(f"certificate: {cert}\nprivate key: {key} (mode {oct(os.stat(key).st_mode & 0o777)})")
+    return 0
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+async def audit_tail_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = await _engine(settings)
+    audit = AuditTrail(engine)
+    try:
+        rows = await audit.tail(limit=args.lines, actor=args.actor, action=args.action)
+        last = rows[-1]["id"] if rows else 0
+        while True:
+            for row in rows:
+                if args.json:
+                    print(json.dumps(row, ensure_ascii=False, default=str), flush=True)
+                else:
+                    detail = " ".join(f"{k}={v}" for k, v in row["detail"].items())
+                    print(f"{row['at']} {row['outcome']:<6} {row['actor_kind']}:{row['actor']} {row['action']} "
+                          f"{row['target']} [{row['source']}] {detail}".rstrip(), flush=True)
+            if not args.follow:
+                return 0
+            await asyncio.sleep(1)
+            rows = await audit.tail(after_id=last, limit=1000, actor=args.actor, action=args.action)
+            last = rows[-1]["id"] if rows else last
+    finally:
+        await engine.dispose()

@@ -1,0 +1,84 @@
+"""The event bus: announcements of rows just committed (new mail, circle changes), for the
+layers that push to live sessions (IMAP IDLE, websockets).
+
+Events are hints, not the data: a subscriber that hears "new mail in box 12" reads the
+store. That is what lets a later backend (Redis pub/sub, for several nodes) lose nothing
+that matters: a subscriber that overflowed or reconnected resynchronises from the store.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any, AsyncIterator, Protocol
+
+log = logging.getLogger("msante.events")
+
+QUEUE_DEPTH = 1024  # events buffered per subscriber before it is told to resynchronise
+OVERFLOW = {"type": "overflow"}  # delivered in place of what was dropped: "re-read the store"
+
+
+class Subscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+    async def close(self) -> None: ...
+
+
+class EventBus(Protocol):
+    async def publish(self, channel: str, event: dict[str, Any]) -> None: ...
+    def subscribe(self, *channels: str) -> Subscription: ...
+
+
+class LocalSubscription:
+    def __init__(self, bus: "LocalBus", channels: tuple[str, ...]) -> None:
+        self._bus = bus
+        self.channels = channels
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_DEPTH)
+        self.overflowed = False
+
+    def offer(self, event: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            log.warning("subscriber of %s overflowed: it will resynchronise", ",".join(self.channels))
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            if self.overflowed and self.queue.empty():
+                self.overflowed = False
+                yield OVERFLOW
+                continue
+            yield await self.queue.get()
+
+    async def close(self) -> None:
+        self._bus._remove(self)
+
+
+class LocalBus:
+    """In-process fan-out: publish never blocks; a slow subscriber loses events, then gets OVERFLOW."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[LocalSubscription]] = defaultdict(set)
+
+    async def publish(self, channel: str, event: dict[str, Any]) -> None:
+        for subscriber in list(self._subscribers.get(channel, ())):
+            subscriber.offer({**event, "channel": channel})
+
+    def subscribe(self, *channels: str) -> LocalSubscription:
+        subscription = LocalSubscription(self, channels)
+        for channel in channels:
+            self._subscribers[channel].add(subscription)
+        return subscription
+
+    def _remove(self, subscription: LocalSubscription) -> None:
+        for channel in subscription.channels:
+            subscribers = self._subscribers.get(channel)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[channel]

@@ -1,0 +1,235 @@
+"""The tables, as SQLAlchemy Core. Migrations in `store/migrations` create them; this module is
+the single description the code queries against (SQLite and PostgreSQL alike).
+
+Imported rows carry `digest` (hash of the source fields) and `source_stamp` (the extract's
+timestamp, AAAAMMJJhhmm): re-importing a file changes nothing, a newer file updates what
+differs and retires what it no longer lists. Rows are retired, not deleted: mail and audit
+rows keep pointing at them.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData,
+                        String, Table, Text, UniqueConstraint)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid; BIGINT on PostgreSQL.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Folded search columns are compared by prefix ranges (col >= 'dup' AND col < 'duq'). That needs a
+# byte order: under a linguistic PostgreSQL collation (fr_FR, en_US) spaces and punctuation are
+# ignored at first level, so "du pont" would fall inside the "dup" range. SQLite's default
+# BINARY collation already is a byte order.
+SearchText = Text().with_variant(Text(collation="C"), "postgresql")
+
+
+def _tracking() -> list[Column]:
+    """Columns every imported entry has."""
+    return [
+        Column("digest", String(40), nullable=False, default=""),
+        Column("source_stamp", String(12), nullable=False, default=""),  # "" = created locally
+        Column("retired_at", DateTime(timezone=True)),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    ]
+
+
+organisations = Table(
+    "organisations", metadata,
+    # "3"+FINESS, "5"+SIRET, or "R"+technical id when the extract gives nothing else
+    Column("id", String(24), primary_key=True),
+    Column("finess", String(9), index=True),
+    Column("siret", String(14), index=True),
+    Column("name", Text, nullable=False),
+    Column("trade_name", Text, nullable=False, default=""),
+    Column("kind", String(16), nullable=False, default="other"),  # hospital, ehpad, dac, cpts, lab, cabinet, other
+    Column("sector_code", String(8), nullable=False, default=""),
+    Column("sector_label", Text, nullable=False, default=""),
+    Column("street", Text, nullable=False, default=""),
+    Column("postal_code", String(10), nullable=False, default=""),
+    Column("city", Text, nullable=False, default=""),
+    Column("department", String(3), nullable=False, default=""),
+    Column("country", Text, nullable=False, default=""),
+    Column("search_text", SearchText, nullable=False, default=""),  # folded name + city, for search
+    Column("city_search", SearchText, nullable=False, default=""),  # folded city, for search
+    *_tracking(),
+)
+Index("ix_organisations_search", organisations.c.search_text, organisations.c.id)
+Index("ix_organisations_city_search", organisations.c.city_search)
+
+professionals = Table(
+    "professionals", metadata,
+    Column("idnat", String(24), primary_key=True),  # "8"+RPPS or "0"+ADELI, as in tokens and certificates
+    Column("rpps", String(11), unique=True),
+    Column("civility", Text, nullable=False, default=""),  # Monsieur, Madame
+    Column("practice_civility", Text, nullable=False, default=""),  # Docteur, Professeur
+    Column("family_name", Text, nullable=False),
+    Column("given_name", Text, nullable=False, default=""),
+    Column("profession_code", String(4), nullable=False, default=""),
+    Column("profession_label", Text, nullable=False, default=""),
+    Column("specialty_code", String(8), nullable=False, default=""),
+    Column("specialty_label", Text, nullable=False, default=""),
+    Column("search_text", SearchText, nullable=False, default=""),  # folded "family given", for search
+    *_tracking(),
+)
+# Name-prefix search walks these in result order (idnat breaks ties, so pages are stable).
+Index("ix_professionals_search", professionals.c.search_text, professionals.c.idnat)
+Index("ix_professionals_profession_search", professionals.c.profession_code, professionals.c.search_text,
+      professionals.c.idnat)
+
+activities = Table(
+    "activities", metadata,
+    Column("key", String(40), primary_key=True),  # digest of the activity's fields
+    Column("idnat", String(24), ForeignKey("professionals.idnat"), nullable=False, index=True),
+    Column("organisation_id", String(24), ForeignKey("organisations.id"), index=True),
+    Column("mode_code", String(4), nullable=False, default=""),
+    Column("mode_label", Text, nullable=False, default=""),
+    Column("city", Text, nullable=False, default=""),
+    Column("postal_code", String(10), nullable=False, default=""),
+    Column("city_search", SearchText, nullable=False, default=""),  # folded city, for search
+    Column("source_stamp", String(12), nullable=False, default=""),
+    Column("retired_at", DateTime(timezone=True)),
+)
+Index("ix_activities_city_search", activities.c.city_search)
+
+mailboxes = Table(
+    "mailboxes", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False, unique=True),  # lower case; never changes
+    Column("kind", String(16), nullable=False),  # nominative, organisational, applicative, cabinet
+    Column("owner_idnat", String(24), ForeignKey("professionals.idnat"), index=True),
+    Column("organisation_id", String(24), ForeignKey("organisations.id"), index=True),
+    Column("service", Text, nullable=False, default=""),
+    Column("description", Text, nullable=False, default=""),
+    Column("published", Boolean, nullable=False, default=True),  # False: liste rouge
+    Column("local", Boolean, nullable=False, default=False),  # hosted by this operator
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    *_tracking(),
+)
+
+mailbox_delegates = Table(
+    "mailbox_delegates", metadata,
+    Column("mailbox_id", BigId, ForeignKey("mailboxes.id"), primary_key=True),
+    Column("idnat", String(24), ForeignKey("professionals.idnat"), primary_key=True),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    Column("granted_by", String(64), nullable=False),
+)
+
+imports = Table(
+    "imports", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),  # ps (activities) or mss (mailboxes)
+    Column("file_name", Text, nullable=False),
+    Column("stamp", String(12), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("lines", Integer, nullable=False, default=0),
+    Column("accepted", Integer, nullable=False, default=0),
+    Column("rejected", Integer, nullable=False, default=0),
+    Column("retired", Integer, nullable=False, default=0),
+    UniqueConstraint("kind", "sha256", name="uq_imports_kind_sha256"),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(320), nullable=False),  # national identifier, mailbox of an application, or "-"
+    Column("actor_kind", String(16), nullable=False),  # person, application, operator, anonymous
+    Column("source", String(64), nullable=False, default=""),  # remote address, or "cli"
+    Column("action", String(64), nullable=False),  # e.g. auth.token, directory.search, mailbox.grant
+    Column("target", String(320), nullable=False, default=""),
+    Column("outcome", String(16), nullable=False),  # ok, denied, failed, error
+    Column("detail", Text, nullable=False, default=""),  # JSON, never message content
+)
+Index("ix_audit_actor", audit.c.actor, audit.c.at)
+
+# --- mail ------------------------------------------------------------------------------------
+
+trusted_domains = Table(
+    "trusted_domains", metadata,  # the trust space (national white list), A-label form
+    Column("domain", String(253), primary_key=True),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+)
+
+app_passwords = Table(
+    "app_passwords", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("mailbox_id", BigId, ForeignKey("mailboxes.id"), nullable=False),
+    Column("idnat", String(24), ForeignKey("professionals.idnat"), nullable=False, index=True),
+    Column("label", String(80), nullable=False),
+    Column("selector", String(8), nullable=False, unique=True),  # public part: finds the one hash to check
+    Column("salt", LargeBinary(16), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),  # scrypt
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True)),
+    UniqueConstraint("mailbox_id", "idnat", "label", name="uq_app_passwords_label"),
+)
+
+bodies = Table(
+    "bodies", metadata,  # one row per message however many folders hold it
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # the bytes as delivered, our Received: first
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+folders = Table(
+    "folders", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("mailbox_id", BigId, ForeignKey("mailboxes.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("special_use", String(16), nullable=False, default=""),  # RFC 6154
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uidnext", BigInteger, nullable=False),
+    Column("highestmodseq", BigInteger, nullable=False),  # RFC 7162
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("mailbox_id", "name", name="uq_folders_mailbox_name"),
+)
+
+folder_messages = Table(
+    "folder_messages", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("folder_id", BigId, ForeignKey("folders.id"), nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("body_id", BigId, ForeignKey("bodies.id"), nullable=False, index=True),
+    Column("flags", Text, nullable=False, default=""),  # space-separated
+    Column("internaldate", DateTime(timezone=True), nullable=False),
+    Column("modseq", BigInteger, nullable=False),
+    UniqueConstraint("folder_id", "uid", name="uq_folder_messages_uid"),
+)
+
+envelopes = Table(
+    "envelopes", metadata,  # one accepted SMTP transaction
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("body_id", BigId, ForeignKey("bodies.id"), nullable=False),
+    Column("message_id", Text, nullable=False, default=""),
+    Column("sender", String(320), nullable=False),
+    Column("actor", String(320), nullable=False),
+    Column("actor_kind", String(16), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("ret", String(4), nullable=False, default=""),  # DSN RET (RFC 3461 §4.3)
+    Column("envid", Text, nullable=False, default=""),  # DSN ENVID, decoded
+    Column("size", Integer, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries", metadata,  # one per recipient; `queued` rows are the outbound queue
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("envelope_id", BigId, ForeignKey("envelopes.id"), nullable=False, index=True),
+    Column("recipient", String(320), nullable=False),
+    Column("orcpt", Text, nullable=False, default=""),  # "type;address", decoded
+    Column("notify", String(32), nullable=False, default=""),
+    Column("status", String(16), nullable=False),  # delivered, queued, failed, relayed
+    Column("folder_message_id", BigId, ForeignKey("folder_messages.id")),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("last_error", Text, nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_deliveries_queue", deliveries.c.status, deliveries.c.next_attempt_at)

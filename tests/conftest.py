@@ -1,0 +1,144 @@
+"""Shared fixtures: a database per test (SQLite always, PostgreSQL when MSANTE_TEST_DATABASE_URL
+is set) and a real msante server on loopback, initialised with the demo data."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import config
+
+
+PG_URL = os.environ.get("MSANTE_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(request, tmp_path):
+    """A fresh, empty database URL; on PostgreSQL a uniquely named database, dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
+    import asyncpg
+
+    name = f"msante_t_{uuid.uuid4().hex[:12]}"
+    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@dataclass
+class RunningServer:
+    settings: config.Settings
+    data_dir: Path
+    listeners: dict[str, str]  # name -> host:port
+
+    @property
+    def ca_file(self) -> Path:
+        return self.settings.ca_dir / "ca.crt"
+
+    def client_tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def rows(self, query) -> list[dict]:  # noqa: ANN001 - a SQLAlchemy select
+        return asyncio.run(self._run(lambda conn: conn.execute(query), lambda result: [dict(r._mapping) for r in result]))
+
+    def scalar(self, query):  # noqa: ANN001, ANN201
+        return asyncio.run(self._run(lambda conn: conn.execute(query), lambda result: result.scalar()))
+
+    def execute(self, statement) -> None:  # noqa: ANN001
+        asyncio.run(self._run(lambda conn: conn.execute(statement), lambda result: None, commit=True))
+
+    async def _run(self, run, read, commit: bool = False):  # noqa: ANN001, ANN202
+        """The store, read from the test's thread with an engine of its own (the server's lives
+        on the server's loop)."""
+        from store import db
+
+        engine = db.create_engine(self.settings.database_url)
+        try:
+            async with (engine.begin() if commit else engine.connect()) as conn:
+                return read(await run(conn))
+        finally:
+            await engine.dispose()
+
+    def cli(self, *args: str) -> int:
+        from msante import cli
+
+        return cli.main([*args, "--data-dir", str(self.data_dir)])
+
+
+def init_data_dir(data_dir: Path, monkeypatch, *, database_url: str | None = None) -> None:
+    """`msante init --demo` into data_dir, with every listener on a free loopback port."""
+    from msante import cli
+
+    port = free_port()
+    monkeypatch.setenv("MSANTE_SERVER__DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MSANTE_LISTEN__HTTPS", f"127.0.0.1:{port}")
+    monkeypatch.setenv("MSANTE_SERVER__PUBLIC_URL", f"https://localhost:{port}")
+    for name in ("smtp", "submission", "submissions", "imap", "imaps"):
+        monkeypatch.setenv(f"MSANTE_LISTEN__{name.upper()}", f"127.0.0.1:{free_port()}")
+    if database_url:
+        monkeypatch.setenv("MSANTE_DATABASE__URL", database_url)
+    assert cli.main(["init", "--demo"]) == 0
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch, database_url):
+    """A server running in a thread (its own event loop), stopped and checked at teardown."""
+    from msante import app
+
+    data_dir = tmp_path / "var"
+    init_data_dir(data_dir, monkeypatch, database_url=database_url)
+    settings = config.load(data_dir=str(data_dir))
+    ready = threading.Event()
+    listeners: dict[str, str] = {}
+    holder: dict = {}
+
+    def on_ready(started) -> None:
+        listeners.update({lst.name: lst.address for lst in started})
+        ready.set()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        holder["loop"], holder["stop"] = loop, asyncio.Event()
+        try:
+            loop.run_until_complete(app.serve(settings, on_ready=on_ready, stop=holder["stop"]))
+        except BaseException as exc:  # surfaced to the test below
+            holder["error"] = exc
+            ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="msante-server", daemon=True)
+    thread.start()
+    assert ready.wait(30), "server did not start"
+    if "error" in holder:
+        raise holder["error"]
+    yield RunningServer(settings, data_dir, listeners)
+    holder["loop"].call_soon_threadsafe(holder["stop"].set)
+    thread.join(30)
+    assert not thread.is_alive(), "server did not stop"
+    assert "error" not in holder, holder.get("error")

@@ -1,0 +1,128 @@
+"""The HTTPS listener end to end: a running server, real TLS, http.client as the peer."""
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+
+import pytest
+
+from certs.tokens import DevIssuer
+from msante import demo
+
+GP = "8" + demo.LOGIN_RPPS  # Dr Jean Dupont
+URGENTIST = "810002000015"  # Dr Claire Leroy, delegate of the emergency department's box
+
+
+def request(server, method: str, path: str, token: str | None = None, *, context: ssl.SSLContext | None = None):
+    host, port = server.listeners["https"].rsplit(":", 1)
+    conn = http.client.HTTPSConnection("localhost", int(port), context=context or server.client_tls(), timeout=10)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    conn.request(method, path, headers=headers)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    ctype = response.getheader("content-type", "")
+    return response.status, dict(response.getheaders()), json.loads(body) if "json" in ctype else body.decode()
+
+
+def token_for(server, idnat: str, **kwargs) -> str:
+    issuer = DevIssuer.load(server.data_dir, server.settings.public_url)
+    return issuer.issue_access_token(idnat=idnat, given_name="X", family_name="Y", **kwargs)
+
+
+def test_health_metrics_and_wellknown(server):
+    status, headers, body = request(server, "GET", "/healthz")
+    assert (status, body) == (200, {"status": "ok"})
+    assert headers["strict-transport-security"].startswith("max-age=")
+    status, _, jwks = request(server, "GET", "/.well-known/jwks.json")
+    assert status == 200 and jwks["keys"][0]["kty"] == "RSA" and "d" not in jwks["keys"][0]
+    status, _, disco = request(server, "GET", "/.well-known/openid-configuration")
+    assert disco["issuer"] == server.settings.public_url
+    assert disco["jwks_uri"].endswith("/.well-known/jwks.json")
+    status, _, spec = request(server, "GET", "/api/openapi.json")
+    assert status == 200 and "/api/directory/search" in spec["paths"]
+    status, headers, text = request(server, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'msante_http_requests_total{route="/healthz",status="200"} 1' in text
+    assert "msante_directory_professionals 5" in text
+
+
+def test_directory_requires_a_valid_token(server):
+    status, headers, body = request(server, "GET", "/api/directory/search?q=leroy")
+    assert status == 401 and body["error"] == "unauthorized"
+    assert headers["www-authenticate"].startswith("Bearer")
+    for bad, code in [
+        (token_for(server, GP, ttl=-120), "expired"),
+        (token_for(server, GP, audience="someone-else"), "wrong_audience"),
+        (token_for(server, "899999999999"), "unknown_identity"),  # valid signature, not in the directory
+        ("not.a.token", "malformed"),
+    ]:
+        status, headers, body = request(server, "GET", "/api/directory/search?q=leroy", bad)
+        assert status == 401, body
+        assert body["error"] == "invalid_token"
+        assert f'error_description="{code}"' in headers["www-authenticate"]
+
+
+def test_search_entry_and_mailboxes(server):
+    token = token_for(server, GP)
+    status, _, page = request(server, "GET", "/api/directory/search?q=leroy", token)
+    assert status == 200
+    assert [item["idnat"] for item in page["items"] if "idnat" in item] == [URGENTIST]
+    status, _, page = request(server, "GET", "/api/directory/search?profession=60&kind=professional&per_page=1",
+                              token)
+    assert status == 200 and len(page["items"]) == 1 and page["next"] == 2
+    status, _, page2 = request(server, "GET", "/api/directory/search?profession=60&kind=professional&per_page=1"
+                                              "&page=2", token)
+    assert page2["items"] and page2["items"][0] != page["items"][0]
+    status, _, entry = request(server, "GET", f"/api/directory/entries/{URGENTIST}", token)
+    assert status == 200 and entry["family_name"] == "LEROY"
+    status, _, boxes = request(server, "GET", f"/api/directory/professionals/{URGENTIST}/mailboxes", token)
+    addresses = {b["address"] for b in boxes["items"]}
+    assert addresses == {"claire.leroy@msante.test", "urgences.ch-saint-paul@msante.test"}
+    status, _, body = request(server, "GET", "/api/directory/entries/800000000000", token)
+    assert status == 404 and body["error"] == "not_found"
+
+
+@pytest.mark.parametrize("query, code", [
+    ("", "missing_filter"),
+    ("q=a&per_page=1000", "bad_per_page"),
+    ("q=a&page=0", "bad_page"),
+    ("q=a&kind=planet", "bad_kind"),
+    ("q=" + "a" * 201, "too_long"),
+])
+def test_bad_queries_are_400(server, query, code):
+    status, _, body = request(server, "GET", f"/api/directory/search?{query}", token_for(server, GP))
+    assert (status, body["error"]) == (400, code)
+
+
+def test_unknown_route_and_method(server):
+    status, _, body = request(server, "GET", "/api/nothing", token_for(server, GP))
+    assert (status, body["error"]) == (404, "not_found")
+    status, headers, body = request(server, "POST", "/healthz")
+    assert status == 405 and headers["allow"] == "GET"
+
+
+def test_audit_trail_for_admins_only(server):
+    status, _, body = request(server, "GET", "/api/audit", token_for(server, GP))
+    assert (status, body["error"]) == (403, "forbidden")
+    request(server, "GET", "/api/directory/search?q=payet", token_for(server, GP, ttl=-120))  # a failure
+    admin = token_for(server, demo.ADMIN_IDNAT)
+    status, _, rows = request(server, "GET", "/api/audit?limit=1000", admin)
+    assert status == 200
+    actions = [(r["actor"], r["action"], r["outcome"]) for r in rows["items"]]
+    assert (GP, "audit.read", "denied") in actions
+    assert ("-", "auth.token", "failed") in actions
+    failed = [r for r in rows["items"] if r["action"] == "auth.token" and r["outcome"] == "failed"]
+    assert failed[-1]["detail"]["reason"] == "expired" and failed[-1]["source"] == "127.0.0.1"
+    status, _, rows = request(server, "GET", "/api/audit?action=audit.read", admin)
+    assert {r["action"] for r in rows["items"]} == {"audit.read"}
+
+
+def test_old_tls_versions_refused(server):
+    context = server.client_tls()
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client try: the refusal must come from the server
+    with pytest.raises(ssl.SSLError):
+        request(server, "GET", "/healthz", context=context)
