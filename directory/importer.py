@@ -38,6 +38,7 @@ SHRINK_GUARD = 0.5  # a file with fewer lines than this share of the last one lo
 # Structures already written by the running import are not sent again for each of their activity
 # lines (a hospital has thousands); the set is emptied when full, which only costs some rewrites.
 STRUCTURES_REMEMBERED = 100_000
+KEYS_PER_PROBE = 500  # keys looked up per query when checking which mailbox owners exist
 
 Progress = Callable[[int, int, int], None]  # (lines done, bytes done, total bytes)
 
@@ -251,13 +252,22 @@ def _upsert(conn: AsyncConnection, table, key: str, *, when, keep: tuple[str, ..
 
 
 async def _missing(conn: AsyncConnection, key, wanted: dict) -> list[str]:
-    """Keys of `wanted` with no row to point at: absent, or a retired placeholder. Nearly every
-    owner is known already, and a read of the batch's keys costs far less than sending each
-    row to be ignored by ON CONFLICT."""
+    """Keys of `wanted` with no row to point at: absent, or a retired placeholder.
+
+    Nearly every owner is known already, and reading the batch's keys costs far less than
+    sending each row to be ignored by ON CONFLICT. The keys go in chunks of one size, padded:
+    the driver prepares and caches one statement per distinct SQL text, and an IN list of every
+    length would fill its cache with statements of thousands of parameters.
+    """
     table = key.table
-    present = (await conn.execute(select(key).where(
-        key.in_(wanted), or_(table.c.digest != "", table.c.retired_at.is_(None))))).scalars()
-    return sorted(wanted.keys() - set(present))
+    keys = sorted(wanted)
+    present: set[str] = set()
+    for start in range(0, len(keys), KEYS_PER_PROBE):
+        chunk = keys[start:start + KEYS_PER_PROBE]
+        chunk += chunk[-1:] * (KEYS_PER_PROBE - len(chunk))
+        present.update((await conn.execute(select(key).where(
+            key.in_(chunk), or_(table.c.digest != "", table.c.retired_at.is_(None))))).scalars())
+    return [k for k in keys if k not in present]
 
 
 def _placeholder(conn: AsyncConnection, table, key: str):

@@ -24,6 +24,7 @@ from directory.app_passwords import AppPasswords
 from config import Settings
 from directory.api import DirectoryApi
 from directory.authn import Authenticator
+from directory.mailbox_api import MailboxApi
 from mailserver.logins import Logins
 from mailserver.mailstore import MailStore
 from mailserver.smtp import ConnectionCounter, MsanteSMTP, SmtpLimits
@@ -51,6 +52,7 @@ class Services:
     engine: AsyncEngine
     audit: AuditTrail
     authenticator: Authenticator
+    passwords: AppPasswords
     logins: Logins
     bus: EventBus
     mailstore: MailStore
@@ -65,10 +67,11 @@ class Services:
         audit = AuditTrail(engine)
         verifier = TokenVerifier(list(settings.issuers), settings.token_leeway)
         authenticator = Authenticator(engine, verifier, audit, load_client_cas(settings), settings.admins)
-        logins = Logins(engine, authenticator, AppPasswords(engine, audit), audit)
+        passwords = AppPasswords(engine, audit)
+        logins = Logins(engine, authenticator, passwords, audit)
         bus = LocalBus()
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
-        return cls(settings, engine, audit, authenticator, logins, bus, mailstore,
+        return cls(settings, engine, audit, authenticator, passwords, logins, bus, mailstore,
                    TrustSpace(engine, settings.domains))
 
     async def close(self) -> None:
@@ -105,6 +108,7 @@ def https_listener(services: Services) -> Listener:
     router = services.router
     WellKnown(s).register(router)
     DirectoryApi(services.engine, services.authenticator, services.audit).register(router)
+    MailboxApi(services.engine, services.authenticator, services.passwords).register(router)
 
     async def healthz(_request: Request) -> Response:
         async with services.engine.connect() as conn:

@@ -14,11 +14,14 @@ GP = "8" + demo.LOGIN_RPPS  # Dr Jean Dupont
 URGENTIST = "810002000015"  # Dr Claire Leroy, delegate of the emergency department's box
 
 
-def request(server, method: str, path: str, token: str | None = None, *, context: ssl.SSLContext | None = None):
+def request(server, method: str, path: str, token: str | None = None, *, context: ssl.SSLContext | None = None,
+            body: dict | None = None):
     host, port = server.listeners["https"].rsplit(":", 1)
     conn = http.client.HTTPSConnection("localhost", int(port), context=context or server.client_tls(), timeout=10)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    conn.request(method, path, headers=headers)
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, headers=headers, body=json.dumps(body) if body is not None else None)
     response = conn.getresponse()
     body = response.read()
     conn.close()
@@ -126,3 +129,33 @@ def test_old_tls_versions_refused(server):
     context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client try: the refusal must come from the server
     with pytest.raises(ssl.SSLError):
         request(server, "GET", "/healthz", context=context)
+
+
+def test_my_mailboxes_and_app_passwords(server):
+    import smtplib
+
+    token = token_for(server, URGENTIST)
+    status, _, boxes = request(server, "GET", "/api/mailboxes", token)
+    assert {(b["address"], b["role"]) for b in boxes["items"]} == {
+        ("claire.leroy@msante.test", "owner"), ("urgences.ch-saint-paul@msante.test", "delegate")}
+    path = "/api/mailboxes/urgences.ch-saint-paul@msante.test/app-passwords"
+    status, _, created = request(server, "POST", path, token, body={"label": "Poste urgences 3"})
+    assert status == 201 and len(created["password"].replace("-", "")) == 28
+    status, _, body = request(server, "POST", path, token, body={"label": "Poste urgences 3"})
+    assert (status, body["error"]) == (400, "refused")  # one password per label
+    status, _, body = request(server, "POST", "/api/mailboxes/jean.dupont@msante.test/app-passwords", token,
+                              body={"label": "x"})
+    assert status == 400 and "not a mailbox you may use" in body["message"]
+    status, _, listed = request(server, "GET", path, token)
+    assert [item["label"] for item in listed["items"]] == ["Poste urgences 3"]
+    assert "password" not in listed["items"][0]
+
+    host, port = server.listeners["submissions"].rsplit(":", 1)
+    client = smtplib.SMTP_SSL("localhost", int(port), context=server.client_tls(), timeout=10)
+    assert client.login("urgences.ch-saint-paul@msante.test", created["password"])[0] == 235
+    client.quit()
+
+    status, _, _ = request(server, "DELETE", path + "/Poste%20urgences%203", token)
+    assert status == 204
+    status, _, listed = request(server, "GET", path, token)
+    assert listed["items"] == []

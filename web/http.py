@@ -181,8 +181,9 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 
 async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, response: Response) -> None:
-    headers = {**SECURITY_HEADERS, **response.headers,
-               "content-type": response.content_type, "content-length": str(len(response.body))}
+    headers = {**SECURITY_HEADERS, **response.headers}
+    if response.status != 204:  # RFC 9110 §8.6: no Content-Length on 204
+        headers.update({"content-type": response.content_type, "content-length": str(len(response.body))})
     data = conn.send(h11.Response(status_code=response.status, headers=list(headers.items())))
     data += conn.send(h11.Data(data=response.body)) if response.body else b""
     data += conn.send(h11.EndOfMessage())
