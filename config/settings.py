@@ -44,6 +44,11 @@ class Settings:
     public_url: str
     max_message_size: int
     token_leeway: int
+    relay_routes: Mapping[str, str]
+    relay_retry_base: int
+    relay_retry_max: int
+    relay_lifetime: int
+    relay_delay_warning: int
     tls_cert: Path
     tls_key: Path
     client_cas: tuple[Path, ...]
@@ -88,6 +93,13 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "cert": (str, None),  # PEM server certificate (chain); default: <data_dir>/tls/server.crt
         "key": (str, None),  # its private key; default: <data_dir>/tls/server.key
         "client_cas": (list, None),  # CAs client certificates must chain to; default: the dev CA
+    },
+    "relay": {
+        "routes": (dict, {}),  # {"domain" = "host:port"}: where mail for a domain goes (tests, private links)
+        "retry_base": (int, 60),  # seconds before the first retry; doubles each time (Postfix: 300)
+        "retry_max": (int, 3600),  # longest wait between two attempts (Postfix maximal_backoff_time: 4000)
+        "lifetime": (int, 5 * 24 * 3600),  # then the message bounces (Postfix maximal_queue_lifetime: 5d)
+        "delay_warning": (int, 4 * 3600),  # NOTIFY=DELAY report after this long in the queue (sendmail: 4h)
     },
     "auth": {
         "issuers": (list, []),
@@ -220,11 +232,26 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     client_cas = tls["client_cas"] if tls["client_cas"] is not None else [str(data_dir / "pki" / "ca.crt")]
     if not all(isinstance(c, str) and c for c in client_cas):
         raise ConfigError(f"{where('tls.client_cas')} must be a list of file paths")
+    relay = v["relay"]
+    routes = {}
+    for domain, target in relay["routes"].items():
+        if not isinstance(target, str):
+            raise ConfigError(f"{where('relay.routes')}: the route of {domain} must be \"host:port\"")
+        try:
+            routes[domain.strip().lower().encode("idna").decode("ascii")] = _check_hostport(
+                f"{where('relay.routes')}[{domain}]", target)
+        except UnicodeError:
+            raise ConfigError(f"{where('relay.routes')}: {domain!r} is not a domain name") from None
+    for key in ("retry_base", "retry_max", "lifetime", "delay_warning"):
+        if relay[key] < 1:
+            raise ConfigError(f"{where('relay.' + key)} must be a positive number of seconds")
     https = listen["https"] or "127.0.0.1:8443"
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
     return Settings(source=file_source, domains=domains, data_dir=data_dir, database_url=url, listen=listen,
                     issuers=tuple(issuers), public_url=public_url.rstrip("/"), max_message_size=max_size,
-                    token_leeway=v["auth"]["token_leeway"],
+                    token_leeway=v["auth"]["token_leeway"], relay_routes=routes,
+                    relay_retry_base=relay["retry_base"], relay_retry_max=relay["retry_max"],
+                    relay_lifetime=relay["lifetime"], relay_delay_warning=relay["delay_warning"],
                     tls_cert=Path(tls["cert"] or data_dir / "tls" / "server.crt"),
                     tls_key=Path(tls["key"] or data_dir / "tls" / "server.key"),
                     client_cas=tuple(Path(c) for c in client_cas), admins=tuple(admins))

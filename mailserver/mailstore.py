@@ -45,6 +45,10 @@ class Accepted:
     failed: tuple[str, ...]
 
 
+QUEUE_CHANNEL = "queue"  # "something was queued for relay": wakes the outbound queue
+QUEUED = {"type": "queued"}
+
+
 def mailbox_channel(mailbox_id: int) -> str:
     return f"mailbox:{mailbox_id}"
 
@@ -55,8 +59,7 @@ class MailStore:
         self._bus = bus
         self._reporting_mta = reporting_mta
 
-    async def accept(self, *, message: bytes, message_id: str, sender: str, sender_mailbox_id: int | None,
-                     actor: Any, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
+    async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
         now = datetime.now(timezone.utc)
         recipients = list(recipients)
         events: list[tuple[int, dict]] = []
@@ -92,18 +95,44 @@ class MailStore:
                 delivered.append(rcpt.address)
                 if "SUCCESS" in rcpt.dsn.notify:
                     reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
-            if reports and sender_mailbox_id is not None:
-                report = dsn.build_report(
-                    reporting_mta=self._reporting_mta, original_envelope_id=mail_dsn.envid, arrival_date=now,
-                    recipients=reports, original_message=message, ret=mail_dsn.ret,
-                    from_addr=f"mailer-daemon@{self._reporting_mta}", to_addr=sender, subject_hint=None)
-                report_body = await _insert_body(conn, report, now)
-                placed = await _deliver(conn, sender_mailbox_id, "INBOX", report_body, now)
-                if placed is not None:
-                    events.append((sender_mailbox_id, placed[2]))
-        for mailbox_id, event in events:
-            await self._bus.publish(mailbox_channel(mailbox_id), event)
+            if reports:
+                events += await self.report(conn, sender=sender, envid=mail_dsn.envid, ret=mail_dsn.ret,
+                                            arrival=now, statuses=reports, original=message)
+        await self.publish(events + ([(0, QUEUED)] if queued else []))
         return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed))
+
+    async def publish(self, events: list[tuple[int, dict]]) -> None:
+        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue)."""
+        for mailbox_id, event in events:
+            await self._bus.publish(mailbox_channel(mailbox_id) if mailbox_id else QUEUE_CHANNEL, event)
+
+    async def report(self, conn: AsyncConnection, *, sender: str, envid: str | None, ret: str | None,
+                     arrival: datetime, statuses: list[dsn.RecipientStatus],
+                     original: bytes) -> list[tuple[int, dict]]:
+        """A delivery-status report to `sender`, inside the caller's transaction: into the
+        sender's INBOX when the box is ours, else queued for relay with the null sender. Never
+        for a message that had the null sender itself (RFC 3461 §6.2: no reports on reports)."""
+        if not sender:
+            return [(0, QUEUED)]
+        now = datetime.now(timezone.utc)
+        report = dsn.build_report(
+            reporting_mta=self._reporting_mta, original_envelope_id=envid, arrival_date=arrival,
+            recipients=statuses, original_message=original, ret=ret,
+            from_addr=f"mailer-daemon@{self._reporting_mta}", to_addr=sender, subject_hint=None)
+        body_id = await _insert_body(conn, report, now)
+        local = (await conn.execute(select(mailboxes.c.id).where(and_(
+            mailboxes.c.address == sender, mailboxes.c.local.is_(True))))).first()
+        if local is not None:
+            placed = await _deliver(conn, local.id, "INBOX", body_id, now)
+            return [(local.id, placed[2])] if placed else []
+        envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
+            "body_id": body_id, "message_id": "", "sender": "", "actor": self._reporting_mta,
+            "actor_kind": "server", "source": "", "received_at": now, "ret": "", "envid": "",
+            "size": len(report)})).scalar_one()
+        await conn.execute(insert(deliveries), {
+            "envelope_id": envelope_id, "recipient": sender, "orcpt": "", "notify": "NEVER", "status": "queued",
+            "attempts": 0, "next_attempt_at": now, "last_error": "", "updated_at": now})
+        return [(0, QUEUED)]
 
 
 def _status(rcpt: Recipient, action: str, status: str, diagnostic: str | None, now: datetime) -> dsn.RecipientStatus:

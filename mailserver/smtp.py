@@ -61,7 +61,6 @@ class MsanteEnvelope(Envelope):
         self.dsn = dsn.MailDsn()
         self.rcpt_dsn: list[dsn.RcptDsn] = []
         self.routes: list[int | None] = []  # per recipient: local mailbox id, or None for the outbound queue
-        self.sender_grant: Any = None  # the MailboxGrant the sender was checked against
 
 
 class ConnectionCounter(Counter):
@@ -74,15 +73,17 @@ class MsanteSMTP(SMTP):
     # bodies as Postfix is (it accepts them and wraps at 2048).
     line_length_limit = MAX_AUTH_LINE + 64
 
-    def __init__(self, handler: Any, *, logins: Logins, limits: SmtpLimits, hostname: str,
+    def __init__(self, handler: Any, *, logins: Logins | None, limits: SmtpLimits, hostname: str,
                  tls_context: ssl.SSLContext, implicit_tls: bool, connections: ConnectionCounter) -> None:
+        """`logins` None: the relay listener, where the TLS certificate is the identity and
+        there is no AUTH."""
         with warnings.catch_warnings():
             # aiosmtpd warns about AUTH without STARTTLS; with implicit TLS the whole session is TLS.
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
             super().__init__(
                 handler, data_size_limit=limits.max_message_size, enable_SMTPUTF8=True, decode_data=False,
                 hostname=hostname, ident="msante ESMTP", tls_context=None if implicit_tls else tls_context,
-                require_starttls=not implicit_tls, timeout=limits.idle_timeout, auth_required=True,
+                require_starttls=not implicit_tls, timeout=limits.idle_timeout, auth_required=logins is not None,
                 auth_require_tls=not implicit_tls, command_call_limit=limits.max_commands)
         self.logins = logins
         self.limits = limits
@@ -174,7 +175,7 @@ class MsanteSMTP(SMTP):
                  "ENHANCEDSTATUSCODES", "DSN"]
         if self.tls_context and not self._tls_protocol:
             lines.append("STARTTLS")
-        if self.secure:
+        if self.secure and self.logins is not None:
             lines.append("AUTH " + " ".join(sasl.mechanisms(tls=True, client_cert=self.peer_certificate() is not None)))
         lines.append("HELP")
         # MAIL may carry SIZE, BODY, SMTPUTF8, RET and ENVID (xtext, up to 100 chars); RCPT NOTIFY and ORCPT.
@@ -218,8 +219,8 @@ class MsanteSMTP(SMTP):
     async def smtp_AUTH(self, arg: str | None) -> None:
         if await self.check_helo_needed("EHLO"):
             return
-        if not self.session.extended_smtp:
-            await self.push("500 5.5.1 AUTH needs EHLO first")
+        if not self.session.extended_smtp or self.logins is None:
+            await self.push("502 5.5.1 AUTH not available here")
             return
         if not self.secure:
             await self.push("538 5.7.11 Encryption required: STARTTLS first")

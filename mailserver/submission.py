@@ -1,6 +1,9 @@
-"""Submission policy: who may send as whom, where each recipient goes, and the `250` that
-means "stored". The aiosmtpd hooks of the `submission`/`submissions` listeners.
+"""Receiving policy: who may send what, where each recipient goes, and the `250` that means
+"stored". The aiosmtpd hooks of the listeners: `SubmissionHandler` for people and hospital
+systems (`submission`, `submissions`), `RelayHandler` for other operators (`smtp`).
 
+Both share recipient resolution and the one storing transaction; they differ in who the
+sender may be, which recipients they take, and what they check in the message.
 Replies say what a person can do about a refusal: these texts end up in bounce windows of
 Thunderbird and Outlook in GP practices.
 """
@@ -17,19 +20,27 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from certs.tls import peer_identity
 from directory.access import grant_for
-from store.audit import AuditTrail
+from store.audit import Actor, AuditTrail
 from store.schema import mailboxes
 
-from .logins import Login
 from .mailstore import MailStore, Recipient
 from .smtp import MsanteEnvelope, SmtpLimits
 from .trust import TrustListError, TrustSpace, a_label
 
-log = logging.getLogger("msante.submission")
+log = logging.getLogger("msante.receive")
+
+MAX_HOPS = 50  # Received: headers before a message is taken for a loop (Postfix's hopcount_limit)
+NULL_SENDER = "<>"  # how aiosmtpd hands over MAIL FROM:<> (reports, RFC 3461 §6.2)
 
 
-class SubmissionHandler:
+class _Receiver:
+    """What both listeners do: resolve recipients, store, trace, audit."""
+
+    protocol = "ESMTP"  # the `with` of Received: minus the S/A suffixes (RFC 3848)
+    audit_prefix = ""  # audit actions are <prefix>.accept and <prefix>.refuse
+
     def __init__(self, engine: AsyncEngine, store: MailStore, audit: AuditTrail, trust: TrustSpace, *,
                  domains: tuple[str, ...], hostname: str, limits: SmtpLimits) -> None:
         self._engine = engine
@@ -40,97 +51,173 @@ class SubmissionHandler:
         self._hostname = hostname
         self._limits = limits
 
-    async def handle_MAIL(self, server: Any, session: Any, envelope: MsanteEnvelope, address: str,
-                          mail_options: list[str]) -> str:
-        login: Login = session.auth_data
-        sender = address.strip().lower()
-        async with self._engine.connect() as conn:
-            grant = await grant_for(conn, login.principal, sender)
-        if grant is None:
-            await self._audit.record(login.principal.actor, "smtp.mail", target=sender, outcome="denied",
-                                     source=_peer(session), reason="sender not allowed")
-            return (f"550 5.7.1 {login.principal.display} may not send as <{sender}>: use your own mailbox or "
-                    f"an organisational mailbox you are delegated to")
-        envelope.mail_from = sender
-        envelope.mail_options.extend(mail_options)
-        envelope.sender_grant = grant
-        return "250 2.1.0 Sender OK"
+    def actor(self, session: Any) -> Actor:
+        raise NotImplementedError
+
+    async def remote_recipient(self, session: Any, recipient: str, domain: str) -> str | None:
+        """None to queue a remote recipient for relay, or the refusal to send."""
+        raise NotImplementedError
+
+    async def check_message(self, session: Any, envelope: MsanteEnvelope, headers: Any) -> str | None:
+        """None if the message may be stored, else the refusal to send."""
+        raise NotImplementedError
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: MsanteEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
-        login: Login = session.auth_data
         if len(envelope.rcpt_tos) >= self._limits.max_recipients:
             return f"452 4.5.3 Too many recipients: at most {self._limits.max_recipients} per message"
-        recipient = address.strip()
-        local_part, _, domain = recipient.rpartition("@")
+        local_part, _, domain = address.strip().rpartition("@")
         try:
             domain = a_label(domain)
         except TrustListError:
-            return f"501 5.1.3 <{recipient}> is not a valid address"
-        if not local_part:
-            return f"501 5.1.3 <{recipient}> is not a valid address"
+            domain = ""
+        if not local_part or not domain:
+            return f"501 5.1.3 <{address}> is not a valid address"
         recipient = f"{local_part.lower()}@{domain}"
+        mailbox_id: int | None = None
         if domain in self._domains:
             async with self._engine.connect() as conn:
                 row = (await conn.execute(select(mailboxes.c.id).where(and_(
                     mailboxes.c.address == recipient, mailboxes.c.local.is_(True),
                     mailboxes.c.retired_at.is_(None))))).first()
             if row is None:
-                await self._refused(login, session, recipient, "unknown local recipient")
+                await self.refused(session, recipient, "unknown local recipient")
                 return f"550 5.1.1 <{recipient}>: no such mailbox here; check the address in the directory"
-            mailbox_id: int | None = row.id
-        elif await self._trust.contains(domain):
-            mailbox_id = None  # remote, inside the trust space: the outbound queue takes it
+            mailbox_id = row.id
         else:
-            await self._refused(login, session, recipient, "domain outside the trust space")
-            return (f"550 5.7.1 <{recipient}>: the domain {domain} is outside the MSSanté trust space; "
-                    f"secure messaging only reaches trust-space domains")
+            refusal = await self.remote_recipient(session, recipient, domain)
+            if refusal:
+                return refusal
         envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.routes.append(mailbox_id)
         return "250 2.1.5 Recipient OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: MsanteEnvelope) -> str:
-        login: Login = session.auth_data
         raw: bytes = envelope.original_content
         headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(raw)
-        from_addresses = [a.lower() for _, a in email.utils.getaddresses(headers.get_all("From", []))]
-        if from_addresses != [envelope.mail_from]:
-            await self._refused(login, session, envelope.mail_from, "From header does not match the sender",
-                                from_header=from_addresses)
-            return (f"550 5.7.1 The From: header must be exactly <{envelope.mail_from}>, the mailbox you send as "
-                    f"(found {', '.join(from_addresses) or 'none'})")
+        refusal = await self.check_message(session, envelope, headers)
+        if refusal:
+            return refusal
         message_id = str(headers.get("Message-ID", "")).strip()
-        stored = self._received(session, server, login, envelope) + raw
+        stored = self._received(session, server, envelope) + raw
         recipients = [Recipient(address, rcpt_dsn, mailbox_id) for address, rcpt_dsn, mailbox_id
                       in zip(envelope.rcpt_tos, envelope.rcpt_dsn, envelope.routes)]
+        sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from
         accepted = await self._store.accept(
-            message=stored, message_id=message_id, sender=envelope.mail_from,
-            sender_mailbox_id=envelope.sender_grant.mailbox_id, actor=login.principal.actor,
-            source=_peer(session), mail_dsn=envelope.dsn, recipients=recipients)
-        await self._audit.record(login.principal.actor, "smtp.accept", target=envelope.mail_from,
+            message=stored, message_id=message_id, sender=sender, actor=self.actor(session), source=_peer(session), mail_dsn=envelope.dsn, recipients=recipients)
+        await self._audit.record(self.actor(session), f"{self.audit_prefix}.accept", target=sender or "<>",
                                  source=_peer(session), message_id=message_id, envelope=accepted.envelope_id,
                                  delivered=list(accepted.delivered), queued=list(accepted.queued),
                                  failed=list(accepted.failed), size=len(stored))
         return f"250 2.0.0 Stored as {accepted.envelope_id}"
 
-    def _received(self, session: Any, server: Any, login: Login, envelope: MsanteEnvelope) -> bytes:
-        """RFC 5321 §4.4 trace header; `with` per RFC 3848 (ESMTPSA: TLS and AUTH)."""
-        peer = _peer(session)
+    def _received(self, session: Any, server: Any, envelope: MsanteEnvelope) -> bytes:
+        """RFC 5321 §4.4 trace header; `with` per RFC 3848 (S: TLS, A: authenticated)."""
         tls = server.ssl_object
-        tls_text = f" ({tls.version()} {tls.cipher()[0]})" if tls else ""
-        protocol = "ESMTPSA" if tls else "ESMTPA"
+        protocol = self.protocol
         if any(ord(ch) > 127 for ch in envelope.mail_from + "".join(envelope.rcpt_tos)):
-            protocol = "UTF8SMTPSA" if tls else "UTF8SMTPA"
-        identity = f"{login.principal.kind} {login.principal.id}"
+            protocol = "UTF8" + protocol.removeprefix("E")
+        protocol += ("S" if tls else "") + ("A" if session.authenticated else "")
+        tls_text = f" ({tls.version()} {tls.cipher()[0]})" if tls else ""
+        actor = self.actor(session)
         stamp = email.utils.format_datetime(datetime.now(timezone.utc))
-        text = (f"Received: from {session.host_name} ([{peer}])\r\n\tby {self._hostname} (msante) with {protocol}"
-                f"{tls_text}\r\n\t(authenticated as {identity}) id {secrets.token_hex(8)};\r\n\t{stamp}\r\n")
+        text = (f"Received: from {session.host_name} ([{_peer(session)}])\r\n\tby {self._hostname} (msante) with "
+                f"{protocol}{tls_text}\r\n\t({'authenticated as' if session.authenticated else 'peer'} "
+                f"{actor.kind} {actor.id}) id {secrets.token_hex(8)};\r\n\t{stamp}\r\n")
         return text.encode("utf-8")
 
-    async def _refused(self, login: Login, session: Any, target: str, reason: str, **detail: Any) -> None:
-        await self._audit.record(login.principal.actor, "smtp.refuse", target=target, outcome="denied",
-                                 source=_peer(session), reason=reason, **detail)
+    async def refused(self, session: Any, target: str, reason: str, **detail: Any) -> None:
+        await self._audit.record(self.actor(session), f"{self.audit_prefix}.refuse", target=target,
+                                 outcome="denied", source=_peer(session), reason=reason, **detail)
+
+
+class SubmissionHandler(_Receiver):
+    """People and hospital systems, authenticated: they send as a box they may use, to local
+    boxes or to trust-space domains (queued for relay)."""
+
+    audit_prefix = "smtp"
+
+    def actor(self, session: Any) -> Actor:
+        return session.auth_data.principal.actor
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: MsanteEnvelope, address: str,
+                          mail_options: list[str]) -> str:
+        principal = session.auth_data.principal
+        sender = address.strip().lower()
+        async with self._engine.connect() as conn:
+            grant = await grant_for(conn, principal, sender)
+        if grant is None:
+            await self.refused(session, sender, "sender not allowed")
+            return (f"550 5.7.1 {principal.display} may not send as <{sender}>: use your own mailbox or "
+                    f"an organisational mailbox you are delegated to")
+        envelope.mail_from = sender
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def remote_recipient(self, session: Any, recipient: str, domain: str) -> str | None:
+        if await self._trust.contains(domain):
+            return None
+        await self.refused(session, recipient, "domain outside the trust space")
+        return (f"550 5.7.1 <{recipient}>: the domain {domain} is outside the MSSanté trust space; "
+                f"secure messaging only reaches trust-space domains")
+
+    async def check_message(self, session: Any, envelope: MsanteEnvelope, headers: Any) -> str | None:
+        from_addresses = [a.lower() for _, a in email.utils.getaddresses(headers.get_all("From", []))]
+        if from_addresses == [envelope.mail_from]:
+            return None
+        await self.refused(session, envelope.mail_from, "From header does not match the sender",
+                           from_header=from_addresses)
+        return (f"550 5.7.1 The From: header must be exactly <{envelope.mail_from}>, the mailbox you send as "
+                f"(found {', '.join(from_addresses) or 'none'})")
+
+
+class RelayHandler(_Receiver):
+    """Other operators of the trust space, identified by their TLS certificate: mail from
+    their domains (or reports, with the null sender) to our own boxes only."""
+
+    audit_prefix = "relay"
+
+    def __init__(self, *args: Any, routes: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._route_hosts = {domain: hostport.rpartition(":")[0] for domain, hostport in routes.items()}
+
+    def actor(self, session: Any) -> Actor:
+        identity = session.peer_identity
+        return Actor(identity.hosts[0] if identity and identity.hosts else "-", "server")
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: MsanteEnvelope, address: str,
+                          mail_options: list[str]) -> str:
+        identity = peer_identity(server.ssl_object) if server.ssl_object else None
+        session.peer_identity = identity
+        if identity is None:
+            return "530 5.7.0 Relay needs TLS with an operator certificate of the trust space"
+        sender = address.strip().lower()
+        if sender != NULL_SENDER:
+            domain = a_label(sender.rpartition("@")[2]) if "@" in sender else ""
+            if not domain or not await self._trust.contains(domain) or domain in self._domains:
+                await self.refused(session, sender, "sender domain outside the trust space")
+                return f"550 5.7.1 <{sender}>: the sending domain is not a domain of the MSSanté trust space"
+            allowed = {domain, self._route_hosts.get(domain, domain)}
+            if not allowed & {h.lower() for h in identity.hosts}:
+                await self.refused(session, sender, "certificate does not match the sending operator",
+                                   certificate=list(identity.hosts))
+                return (f"550 5.7.1 Your certificate ({', '.join(identity.hosts)}) is not the operator of "
+                        f"{domain}")
+        envelope.mail_from = sender
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def remote_recipient(self, session: Any, recipient: str, domain: str) -> str | None:
+        await self.refused(session, recipient, "relaying denied")
+        return f"550 5.7.1 <{recipient}>: relaying denied, this server only takes mail for its own domains"
+
+    async def check_message(self, session: Any, envelope: MsanteEnvelope, headers: Any) -> str | None:
+        hops = len(headers.get_all("Received", []))
+        if hops < MAX_HOPS:
+            return None
+        await self.refused(session, envelope.mail_from, "mail loop", hops=hops)
+        return f"554 5.4.6 Too many hops ({hops} Received: headers): mail loop"
 
 
 def _peer(session: Any) -> str:

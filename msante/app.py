@@ -11,6 +11,7 @@ import logging
 import signal
 import ssl
 import threading
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,12 +29,14 @@ from directory.mailbox_api import MailboxApi
 from mailserver.logins import Logins
 from mailserver.mailstore import MailStore
 from mailserver.smtp import ConnectionCounter, MsanteSMTP, SmtpLimits
-from mailserver.submission import SubmissionHandler
+from mailserver.outbound import OutboundQueue
+from mailserver.submission import RelayHandler, SubmissionHandler
 from mailserver.trust import TrustSpace
 from store import db
+from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
-from store.schema import mailboxes, professionals
+from store.schema import deliveries, envelopes, mailboxes, professionals
 from web.http import Request, Response, serve_connection
 from web.metrics import Metrics
 from web.router import Router
@@ -105,6 +108,9 @@ def https_listener(services: Services) -> Listener:
     m.gauge("msante_directory_professionals", "Active professionals in the directory",
             lambda: _count(services.engine, professionals))
     m.gauge("msante_mailboxes", "Active mailboxes in the directory", lambda: _count(services.engine, mailboxes))
+    m.gauge("msante_queue_size", "Deliveries waiting in the outbound queue", lambda: _queue(services.engine, "size"))
+    m.gauge("msante_queue_oldest_seconds", "Age of the oldest queued delivery",
+            lambda: _queue(services.engine, "age"))
     router = services.router
     WellKnown(s).register(router)
     DirectoryApi(services.engine, services.authenticator, services.audit).register(router)
@@ -137,31 +143,56 @@ def https_listener(services: Services) -> Listener:
     return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle), services.server_tls())
 
 
-def submission_listeners(services: Services) -> list[Listener]:
-    """`submission` (STARTTLS before anything else) and `submissions` (implicit TLS, RFC 8314)."""
+def smtp_listeners(services: Services) -> list[Listener]:
+    """`submission` (STARTTLS before anything else), `submissions` (implicit TLS, RFC 8314) and
+    `smtp`, the relay between operators (STARTTLS with a client certificate required)."""
     s = services.settings
     limits = SmtpLimits(max_message_size=s.max_message_size)
-    handler = SubmissionHandler(services.engine, services.mailstore, services.audit, services.trust,
-                                domains=s.domains, hostname=s.hostname, limits=limits)
-    context = services.server_tls()
+    common = dict(domains=s.domains, hostname=s.hostname, limits=limits)
+    submission = SubmissionHandler(services.engine, services.mailstore, services.audit, services.trust, **common)
+    relay = RelayHandler(services.engine, services.mailstore, services.audit, services.trust,
+                         routes=dict(s.relay_routes), **common)
+    plans = (("submission", submission, services.logins, services.server_tls(), False),
+             ("submissions", submission, services.logins, services.server_tls(), True),
+             ("smtp", relay, None, services.server_tls(require_client_cert=True), False))
     listeners = []
-    for name, implicit in (("submission", False), ("submissions", True)):
+    for name, handler, logins, context, implicit in plans:
         if not s.listen[name]:
             continue
-        connections = ConnectionCounter()
 
-        def factory(implicit: bool = implicit, connections: ConnectionCounter = connections) -> MsanteSMTP:
-            return MsanteSMTP(handler, logins=services.logins, limits=limits, hostname=s.hostname,
-                              tls_context=context, implicit_tls=implicit, connections=connections)
+        def factory(handler=handler, logins=logins, context=context, implicit=implicit,  # noqa: ANN001
+                    connections=ConnectionCounter()) -> MsanteSMTP:
+            return MsanteSMTP(handler, logins=logins, limits=limits, hostname=s.hostname, tls_context=context,
+                              implicit_tls=implicit, connections=connections)
         listeners.append(Listener(name, s.listen[name], ssl_context=context if implicit else None,
                                   protocol_factory=factory))
     return listeners
+
+
+def outbound_queue(services: Services) -> OutboundQueue:
+    s = services.settings
+    client_tls = tls.client_context(_bundle(s), cert_path=s.tls_cert, key_path=s.tls_key)
+    return OutboundQueue(services.engine, services.mailstore, services.bus, services.audit, hostname=s.hostname,
+                         routes=dict(s.relay_routes), client_tls=client_tls, retry_base=s.relay_retry_base,
+                         retry_max=s.relay_retry_max, lifetime=s.relay_lifetime, delay_warning=s.relay_delay_warning)
 
 
 async def _count(engine: AsyncEngine, table) -> dict:  # noqa: ANN001
     async with engine.connect() as conn:
         n = (await conn.execute(select(func.count()).select_from(table).where(table.c.retired_at.is_(None)))).scalar()
     return {(): float(n or 0)}
+
+
+async def _queue(engine: AsyncEngine, what: str) -> dict:
+    async with engine.connect() as conn:
+        size, oldest = (await conn.execute(
+            select(func.count(), func.min(envelopes.c.received_at))
+            .select_from(deliveries.join(envelopes, envelopes.c.id == deliveries.c.envelope_id))
+            .where(deliveries.c.status == "queued"))).one()
+    if what == "size":
+        return {(): float(size)}
+    age = (datetime.now(timezone.utc) - utc(oldest)).total_seconds() if oldest else 0.0
+    return {(): age}
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None] | None = None,
@@ -171,7 +202,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
     listeners: list[Listener] = []
     if settings.listen["https"]:
         listeners.append(https_listener(services))
-    listeners += submission_listeners(services)
+    listeners += smtp_listeners(services)
+    queue_stop = asyncio.Event()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
@@ -181,13 +213,16 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         for listener in listeners:
             await listener.start()
             log.info("%s listening on %s", listener.name, listener.address)
+        queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
         await services.audit.record(SERVER, "server.start",
                                      listeners={lst.name: lst.address for lst in listeners})
         if on_ready:
             on_ready(listeners)
         await stop.wait()
         log.info("shutting down: no new connections, %.0f s for in-flight work", SHUTDOWN_DEADLINE)
+        queue_stop.set()
         await asyncio.gather(*(lst.stop(SHUTDOWN_DEADLINE) for lst in listeners))
+        await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
         await services.audit.record(SERVER, "server.stop")
     finally:
         for sig in signals:

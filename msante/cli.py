@@ -52,11 +52,16 @@ def _run(coro: Awaitable[Any]) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="TOML settings (default: <data-dir>/msante.toml if present)")
-    common.add_argument("--data-dir", metavar="DIR", help="data directory when no config file sets one (default: var)")
-    common.add_argument("-v", "--verbose", action="store_true")
-    p = argparse.ArgumentParser(prog="msante", description="Secure health messaging server", parents=[common])
+    def options(default: Any) -> argparse.ArgumentParser:
+        """Accepted before and after the subcommand; SUPPRESS keeps a subcommand from resetting
+        what was given before it."""
+        parser = argparse.ArgumentParser(add_help=False, argument_default=default)
+        parser.add_argument("--config", metavar="FILE", help="TOML settings (default: <data-dir>/msante.toml)")
+        parser.add_argument("--data-dir", metavar="DIR", help="data directory when no config file sets one (var)")
+        parser.add_argument("-v", "--verbose", action="store_true", default=default if default is not None else False)
+        return parser
+    common = options(argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="msante", description="Secure health messaging server", parents=[options(None)])
     sub = p.add_subparsers(metavar="COMMAND")
 
     def command(parent, name: str, run: Callable, help_text: str) -> argparse.ArgumentParser:  # noqa: ANN001

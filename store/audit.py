@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .db import utc
+
 from .schema import audit
 
 ACTOR_KINDS = ("person", "application", "operator", "anonymous", "server")
@@ -68,11 +70,6 @@ class AuditTrail:
             rows = [dict(r._mapping) for r in await conn.execute(query)]
         rows.sort(key=lambda r: r["id"])
         for r in rows:
-            r["at"] = _utc(r["at"]).isoformat()
+            r["at"] = utc(r["at"]).isoformat()
             r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
         return rows
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -5,6 +5,7 @@ and a busy timeout, set on every new connection because they are per-connection 
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 from alembic import command
@@ -44,6 +45,11 @@ def dialect_insert(conn: AsyncConnection, table: Table) -> Insert:
     if name == "postgresql":
         return postgresql.insert(table)
     raise NotImplementedError(f"msante runs on SQLite or PostgreSQL, not {name}")
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; msante writes them in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def alembic_config(url: str) -> Config:

@@ -230,6 +230,7 @@ deliveries = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True)),
     Column("last_error", Text, nullable=False, default=""),
+    Column("delay_reported", Boolean, nullable=False, default=False),  # DSN NOTIFY=DELAY sent once
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_deliveries_queue", deliveries.c.status, deliveries.c.next_attempt_at)

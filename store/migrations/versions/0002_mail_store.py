@@ -99,6 +99,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=False),
+    sa.Column('delay_reported', sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['envelope_id'], ['envelopes.id'], name=op.f('fk_deliveries_envelope_id_envelopes')),
     sa.ForeignKeyConstraint(['folder_message_id'], ['folder_messages.id'], name=op.f('fk_deliveries_folder_message_id_folder_messages')),

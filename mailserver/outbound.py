@@ -1,0 +1,314 @@
+"""The outbound queue: mail for other operators of the trust space, delivered over mutual TLS.
+
+Queued rows are `deliveries` with status `queued`, written in the same transaction as the
+`250` that accepted them, so the queue survives crashes by construction. One connection per
+destination carries every due message for it. Each remote answer is committed as soon as it
+is known: a message whose DATA got `250` is marked `relayed` before the next one is sent, so
+a crash can at worst re-send the one message whose `250` was in flight (the RFC 1047 window),
+and never drops one. Temporary failures (4xx, refused connection, TLS failure) back off
+exponentially until `relay.lifetime`; permanent ones (5xx) and expiry produce a failure
+report (RFC 3464), `NOTIFY=DELAY` a delay report once, and a remote without DSN a `relayed`
+report when success was asked for (RFC 3461 §5.2.2).
+
+The SMTP client is the standard library's, run in a worker thread per destination: it is
+blocking, but it is the most exercised client there is, and a thread per destination is few.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import smtplib
+import socket
+import ssl
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store.audit import Actor, AuditTrail
+from store.db import utc
+from store.events import EventBus
+from store.schema import bodies, deliveries, envelopes
+
+from . import dsn
+from .mailstore import QUEUE_CHANNEL, MailStore
+
+log = logging.getLogger("msante.outbound")
+
+BATCH = 500  # due deliveries read per pass
+DESTINATIONS_AT_ONCE = 8  # connections opened in parallel (Postfix: default_destination_concurrency_limit 20)
+IDLE_POLL = 30.0  # seconds between passes when nothing wakes the queue
+CONNECT_TIMEOUT = 30.0  # seconds; RFC 5321 §4.5.3.2 suggests 5 minutes per command, connections fail faster
+
+
+@dataclass
+class _Recipient:
+    delivery_id: int
+    address: str
+    notify: frozenset[str]
+    orcpt: tuple[str, str] | None
+    attempts: int
+    delay_reported: bool
+
+
+@dataclass
+class _Message:
+    envelope_id: int
+    body_id: int
+    sender: str
+    envid: str | None
+    ret: str | None
+    received_at: datetime
+    recipients: list[_Recipient]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    code: int
+    text: str
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+
+class OutboundQueue:
+    def __init__(self, engine: AsyncEngine, store: MailStore, bus: EventBus, audit: AuditTrail, *,
+                 hostname: str, routes: dict[str, str], client_tls: ssl.SSLContext, retry_base: int,
+                 retry_max: int, lifetime: int, delay_warning: int) -> None:
+        self._engine = engine
+        self._store = store
+        self._bus = bus
+        self._audit = audit
+        self._hostname = hostname
+        self._routes = routes
+        self._tls = client_tls
+        self._retry_base = retry_base
+        self._retry_max = retry_max
+        self._lifetime = timedelta(seconds=lifetime)
+        self._delay_warning = timedelta(seconds=delay_warning)
+        self._actor = Actor(hostname, "server")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver what is due, then sleep until something is queued, a retry falls due, or stop."""
+        subscription = self._bus.subscribe(QUEUE_CHANNEL)
+        wake = asyncio.Event()
+
+        async def listen() -> None:
+            async for _event in subscription:
+                wake.set()
+        listener = asyncio.create_task(listen())
+        try:
+            while not stop.is_set():
+                wake.clear()
+                try:
+                    await self.run_once()
+                except Exception:  # the queue must outlive a bad pass; the rows stay queued
+                    log.exception("outbound queue pass failed; retrying shortly")
+                timeout = await self._seconds_to_next_due()
+                stoppers = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
+                await asyncio.wait(stoppers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for task in stoppers:
+                    task.cancel()
+        finally:
+            listener.cancel()
+            await subscription.close()
+
+    async def run_once(self) -> None:
+        by_domain: dict[str, list[_Message]] = defaultdict(list)
+        for message in await self._due():
+            domains = {r.address.rpartition("@")[2] for r in message.recipients}
+            for domain in domains:
+                part = [r for r in message.recipients if r.address.rpartition("@")[2] == domain]
+                by_domain[domain].append(_Message(**{**message.__dict__, "recipients": part}))
+        limit = asyncio.Semaphore(DESTINATIONS_AT_ONCE)
+
+        async def one(domain: str, messages: list[_Message]) -> None:
+            async with limit:
+                await self._deliver_domain(domain, messages)
+        await asyncio.gather(*(one(d, m) for d, m in by_domain.items()))
+
+    async def _due(self) -> list[_Message]:
+        now = datetime.now(timezone.utc)
+        query = (select(deliveries.c.id, deliveries.c.recipient, deliveries.c.notify, deliveries.c.orcpt,
+                        deliveries.c.attempts, deliveries.c.delay_reported, envelopes.c.id.label("envelope_id"),
+                        envelopes.c.body_id, envelopes.c.sender, envelopes.c.envid, envelopes.c.ret,
+                        envelopes.c.received_at)
+                 .join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
+                 .where(deliveries.c.status == "queued", deliveries.c.next_attempt_at <= now)
+                 .order_by(deliveries.c.next_attempt_at, deliveries.c.id).limit(BATCH))
+        messages: dict[int, _Message] = {}
+        async with self._engine.connect() as conn:
+            for row in await conn.execute(query):
+                message = messages.get(row.envelope_id)
+                if message is None:
+                    message = messages[row.envelope_id] = _Message(
+                        row.envelope_id, row.body_id, row.sender, row.envid or None, row.ret or None,
+                        utc(row.received_at), [])
+                orcpt = tuple(row.orcpt.split(";", 1)) if row.orcpt else None
+                message.recipients.append(_Recipient(row.id, row.recipient, frozenset(filter(None, row.notify.split(","))),
+                                                     orcpt, row.attempts, row.delay_reported))
+        return list(messages.values())
+
+    async def _seconds_to_next_due(self) -> float:
+        async with self._engine.connect() as conn:
+            soonest = (await conn.execute(select(deliveries.c.next_attempt_at).where(
+                deliveries.c.status == "queued").order_by(deliveries.c.next_attempt_at).limit(1))).scalar()
+        if soonest is None:
+            return IDLE_POLL
+        return max(0.05, min(IDLE_POLL, (utc(soonest) - datetime.now(timezone.utc)).total_seconds()))
+
+    def _route(self, domain: str) -> tuple[str, int]:
+        """The configured route, else the domain itself on port 25 (RFC 5321 §5.1 implicit MX)."""
+        target = self._routes.get(domain, f"{domain}:25")
+        host, _, port = target.rpartition(":")
+        return host, int(port)
+
+    async def _deliver_domain(self, domain: str, messages: list[_Message]) -> None:
+        host, port = self._route(domain)
+        try:
+            client = await asyncio.to_thread(self._connect, host, port)
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            answer = _Answer(421, f"cannot reach {host}:{port}: {exc.__class__.__name__}: {exc}"[:500])
+            log.warning("relay to %s: %s", domain, answer.text)
+            for message in messages:
+                await self._record(message, {r.address: answer for r in message.recipients}, dsn_remote=False)
+            return
+        try:
+            dsn_remote = client.has_extn("dsn")
+            for message in messages:
+                async with self._engine.connect() as conn:
+                    data = (await conn.execute(select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
+                answers = await asyncio.to_thread(_send, client, message, data, dsn_remote)
+                await self._record(message, answers, dsn_remote=dsn_remote)
+        finally:
+            await asyncio.to_thread(_quit, client)
+
+    def _connect(self, host: str, port: int) -> smtplib.SMTP:
+        client = smtplib.SMTP(host, port, local_hostname=self._hostname, timeout=CONNECT_TIMEOUT)
+        try:
+            client.ehlo()
+            if not client.has_extn("starttls"):
+                raise smtplib.SMTPException(f"{host} offers no STARTTLS: mail is never relayed in clear")
+            client.starttls(context=self._tls)
+            client.ehlo()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def _record(self, message: _Message, answers: dict[str, _Answer], *, dsn_remote: bool) -> None:
+        """Commit what the remote said, for each recipient, before anything else is sent."""
+        now = datetime.now(timezone.utc)
+        expires = message.received_at + self._lifetime
+        reports: list[dsn.RecipientStatus] = []
+        async with self._engine.begin() as conn:
+            for rcpt in message.recipients:
+                answer = answers[rcpt.address]
+                diagnostic = f"smtp; {answer.code} {answer.text}"[:dsn.DIAGNOSTIC_MAX]
+                values: dict[str, Any] = {"attempts": rcpt.attempts + 1, "last_error": "", "updated_at": now}
+                if answer.accepted:
+                    values["status"] = "relayed"
+                    if "SUCCESS" in rcpt.notify and not dsn_remote:
+                        reports.append(self._status(rcpt, "relayed", "2.0.0", None, now))
+                elif answer.permanent or now >= expires:
+                    values.update(status="failed", last_error=answer.text)
+                    status = _enhanced(answer) if answer.permanent else "4.4.7"
+                    if "FAILURE" in rcpt.notify:
+                        reports.append(self._status(rcpt, "failed", status, diagnostic, now))
+                else:
+                    wait = min(self._retry_base * 2 ** rcpt.attempts, self._retry_max)
+                    values.update(next_attempt_at=now + timedelta(seconds=wait), last_error=answer.text)
+                    if ("DELAY" in rcpt.notify and not rcpt.delay_reported
+                            and now - message.received_at >= self._delay_warning):
+                        values["delay_reported"] = True
+                        reports.append(self._status(rcpt, "delayed", _enhanced(answer, "4.4.1"), diagnostic, now,
+                                                    will_retry_until=expires))
+                await conn.execute(update(deliveries).where(deliveries.c.id == rcpt.delivery_id).values(**values))
+            events = []
+            if reports:
+                body = (await conn.execute(select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
+                events = await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
+                                                  arrival=message.received_at, statuses=reports, original=body)
+        await self._store.publish(events)
+        for rcpt in message.recipients:
+            answer = answers[rcpt.address]
+            outcome = "ok" if answer.accepted else "failed"
+            await self._audit.record(self._actor, "relay.send", target=rcpt.address, outcome=outcome,
+                                     envelope=message.envelope_id, answer=f"{answer.code} {answer.text}"[:300])
+
+    @staticmethod
+    def _status(rcpt: _Recipient, action: str, status: str, diagnostic: str | None, now: datetime,
+                will_retry_until: datetime | None = None) -> dsn.RecipientStatus:
+        return dsn.RecipientStatus(final_recipient=rcpt.address, action=action, status=status,
+                                   diagnostic=diagnostic, original_recipient=rcpt.orcpt, last_attempt=now,
+                                   will_retry_until=will_retry_until)
+
+
+def _send(client: smtplib.SMTP, message: _Message, data: bytes, dsn_remote: bool) -> dict[str, _Answer]:
+    """One transaction on an open connection; every recipient gets the answer that decides it."""
+    mail_options = []
+    if client.has_extn("8bitmime") and any(b > 127 for b in data):
+        mail_options.append("BODY=8BITMIME")
+    if any(ord(ch) > 127 for ch in message.sender + "".join(r.address for r in message.recipients)):
+        mail_options.append("SMTPUTF8")
+    if dsn_remote:
+        mail_options += [f"RET={message.ret}"] if message.ret else []
+        mail_options += [f"ENVID={dsn.xtext_encode(message.envid)}"] if message.envid else []
+    try:
+        code, text = client.mail(message.sender, mail_options)
+        if code != 250:
+            client.rset()
+            return {r.address: _Answer(code, _text(text)) for r in message.recipients}
+        answers: dict[str, _Answer] = {}
+        accepted = []
+        for rcpt in message.recipients:
+            options = []
+            if dsn_remote:
+                options.append("NOTIFY=" + (",".join(sorted(rcpt.notify)) or "FAILURE,DELAY"))
+                if rcpt.orcpt:
+                    options.append(f"ORCPT={rcpt.orcpt[0]};{dsn.xtext_encode(rcpt.orcpt[1])}")
+            code, text = client.rcpt(rcpt.address, options)
+            answers[rcpt.address] = _Answer(code, _text(text))
+            if code in (250, 251):
+                accepted.append(rcpt.address)
+        if not accepted:
+            client.rset()
+            return answers
+        code, text = client.data(data)
+        for address in accepted:
+            answers[address] = _Answer(code, _text(text))
+        return answers
+    except smtplib.SMTPServerDisconnected as exc:
+        return {r.address: _Answer(421, f"connection lost: {exc}") for r in message.recipients}
+    except smtplib.SMTPResponseException as exc:
+        return {r.address: _Answer(exc.smtp_code, _text(exc.smtp_error)) for r in message.recipients}
+    except (OSError, socket.timeout) as exc:
+        return {r.address: _Answer(421, f"{exc.__class__.__name__}: {exc}") for r in message.recipients}
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    try:
+        client.quit()
+    except (smtplib.SMTPException, OSError):
+        client.close()
+
+
+def _text(text: bytes | str) -> str:
+    return (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).replace("\n", " ")[:500]
+
+
+def _enhanced(answer: _Answer, default: str | None = None) -> str:
+    """The enhanced code the remote gave (RFC 3463), else one of the reply's class."""
+    first = answer.text.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] == str(answer.code)[0]:
+        return first
+    return default or f"{str(answer.code)[0]}.0.0"
