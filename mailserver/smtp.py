@@ -18,7 +18,7 @@ import logging
 import re
 import ssl
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,9 @@ class MsanteSMTP(SMTP):
                 hostname=hostname, ident="msante ESMTP", tls_context=None if implicit_tls else tls_context,
                 require_starttls=not implicit_tls, timeout=limits.idle_timeout, auth_required=logins is not None,
                 auth_require_tls=not implicit_tls, command_call_limit=limits.max_commands)
+        # aiosmtpd keeps command_size_limits on the class and clears it in every __init__: one
+        # session's EHLO raises the limits of all, and a new connection resets everyone's.
+        self.command_size_limits = defaultdict(lambda: self.command_size_limit)
         self.logins = logins
         self.limits = limits
         self.implicit_tls = implicit_tls

@@ -111,20 +111,21 @@ def _listen_hosts(settings: Settings) -> set[str]:
 
 
 async def _load_demo(settings: Settings, engine: AsyncEngine) -> None:
-    files = demo.write_extracts(settings.path("demo"), extract.PS_HEADER, extract.MSS_HEADER)
+    domain = settings.domains[0]
+    files = demo.write_extracts(settings.path("demo"), extract.PS_HEADER, extract.MSS_HEADER, domain)
     for path in files:
         report = await importer.import_file(engine, path, local_domains=settings.domains)
         print(f"demo: {path.name}: {report.accepted} entries, {report.rejected_count} rejected")
     audit = AuditTrail(engine)
     admin = MailboxAdmin(engine, audit, settings.domains)
     existing = {b["address"] for b in await admin.list()}
-    for address, finess, description in demo.APPLICATIVE:
-        if address not in existing:
-            await admin.add(address, kind="applicative", organisation=finess, description=description,
-                            actor=OPERATOR)
-    for address, rpps in demo.DELEGATES:
-        await admin.grant(address, rpps, actor=OPERATOR)
-    await trust.import_list(engine, demo.write_trust_list(settings.path("demo")))
+    for local_part, finess, description in demo.APPLICATIVE:
+        if f"{local_part}@{domain}" not in existing:
+            await admin.add(f"{local_part}@{domain}", kind="applicative", organisation=finess,
+                            description=description, actor=OPERATOR)
+    for local_part, rpps in demo.DELEGATES:
+        await admin.grant(f"{local_part}@{domain}", rpps, actor=OPERATOR)
+    await trust.import_list(engine, demo.write_trust_list(settings.path("demo"), settings.domains))
 
 
 def serve_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 - coroutine
@@ -143,7 +144,8 @@ def _banner(settings: Settings, listeners: list) -> None:  # noqa: ANN001
         f"  TOKEN=$(.venv/bin/msante token issue --rpps {demo.LOGIN_RPPS})",
         f"  curl --cacert {settings.ca_dir / 'ca.crt'} -H \"Authorization: Bearer $TOKEN\" "
         f"'{settings.public_url}/api/directory/search?q=dupont'",
-        f"  demo login: {demo.MAILBOXES[0][0]} (RPPS {demo.LOGIN_RPPS}), audit: .venv/bin/msante audit tail",
+        f"  demo login: {demo.MAILBOXES[0][0]}@{settings.domains[0]} (RPPS {demo.LOGIN_RPPS}), "
+        f"audit: .venv/bin/msante audit tail",
         "Stop with Ctrl-C.", ""]
     print("\n".join(lines), flush=True)
 

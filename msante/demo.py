@@ -24,27 +24,27 @@ ORGS = {  # FINESS: name, sector code, sector label
     "970003000": ("EHPAD LES FILAOS", "SA17", "Etablissement d'hébergement pour personnes âgées"),
     "970004008": ("DISPOSITIF D'APPUI A LA COORDINATION SUD", "SA52", "Dispositif d'appui à la coordination"),
 }
-# address, kind code, owner RPPS or structure FINESS, service
+# local part (the domain is the operator's first), kind code, owner RPPS or structure FINESS, service
 MAILBOXES = [
-    ("jean.dupont@msante.test", "PER", "10001045367", ""),
-    ("claire.leroy@msante.test", "PER", "10002000015", ""),
-    ("sophie.hoarau@msante.test", "PER", "10002000023", ""),
-    ("karim.payet@msante.test", "PER", "10002000031", ""),
-    ("marie.grondin@msante.test", "PER", "10002000049", ""),
-    ("urgences.ch-saint-paul@msante.test", "ORG", "970002002", "Urgences"),
-    ("secretariat.ehpad-filaos@msante.test", "ORG", "970003000", "Secrétariat"),
-    ("coordination.dac-sud@msante.test", "ORG", "970004008", "Coordination"),
+    ("jean.dupont", "PER", "10001045367", ""),
+    ("claire.leroy", "PER", "10002000015", ""),
+    ("sophie.hoarau", "PER", "10002000023", ""),
+    ("karim.payet", "PER", "10002000031", ""),
+    ("marie.grondin", "PER", "10002000049", ""),
+    ("urgences.ch-saint-paul", "ORG", "970002002", "Urgences"),
+    ("secretariat.ehpad-filaos", "ORG", "970003000", "Secrétariat"),
+    ("coordination.dac-sud", "ORG", "970004008", "Coordination"),
 ]
 # Boxes the public extract does not carry (applicative) and who acts on the shared ones.
-APPLICATIVE = [("dpi.ch-saint-paul@msante.test", "970002002", "Dossier patient informatisé du CH (alertes)")]
-DELEGATES = [("urgences.ch-saint-paul@msante.test", "10002000015"),
-             ("coordination.dac-sud@msante.test", "10002000031"),
-             ("secretariat.ehpad-filaos@msante.test", "10002000049")]
+APPLICATIVE = [("dpi.ch-saint-paul", "970002002", "Dossier patient informatisé du CH (alertes)")]
+DELEGATES = [("urgences.ch-saint-paul", "10002000015"),
+             ("coordination.dac-sud", "10002000031"),
+             ("secretariat.ehpad-filaos", "10002000049")]
 ADMIN_IDNAT = "810002000031"  # the DAC coordinator runs the demo operator
 LOGIN_RPPS = "10001045367"  # the GP used in the quick start
 
 
-def write_extracts(directory: Path, header_ps: str, header_mss: str) -> list[Path]:
+def write_extracts(directory: Path, header_ps: str, header_mss: str, domain: str) -> list[Path]:
     """Write the two extract files (headers come from directory.extract, the format's owner)."""
     directory.mkdir(parents=True, exist_ok=True)
     ps = directory / f"PS_LibreAcces_Personne_activite_{STAMP}.txt"
@@ -69,9 +69,9 @@ def write_extracts(directory: Path, header_ps: str, header_mss: str) -> list[Pat
     people = {p[0]: p for p in PEOPLE}
     with mss.open("w", encoding="utf-8", newline="\n") as out:
         out.write(header_mss + "\n")
-        for address, kind, ident, service in MAILBOXES:
+        for local_part, kind, ident, service in MAILBOXES:
             row = [""] * 31
-            row[0], row[1], row[7], row[17] = kind, address, service, "O"
+            row[0], row[1], row[7], row[17] = kind, f"{local_part}@{domain}", service, "O"
             if kind == "PER":
                 _, civ, pciv, family, given, prof, plabel, sf, sflabel, *_ = people[ident]
                 row[2:5] = ["8", ident, "8" + ident]
@@ -87,10 +87,10 @@ def write_extracts(directory: Path, header_ps: str, header_mss: str) -> list[Pat
 TRUST_SPACE = ["msante.test", "autre-operateur.test", "chu-exemple.test", "hôpital-réunion.test"]
 
 
-def write_trust_list(directory: Path) -> Path:
+def write_trust_list(directory: Path, domains: tuple[str, ...]) -> Path:
     """The national white list's format, with the demo's neighbours in the trust space."""
     path = directory / "listeblanche.xml"
-    names = "".join(f"  <Domaine><Nom>{name}</Nom></Domaine>\n" for name in TRUST_SPACE)
+    names = "".join(f"  <Domaine><Nom>{name}</Nom></Domaine>\n" for name in dict.fromkeys([*domains, *TRUST_SPACE]))
     path.write_text('<?xml version="1.0" encoding="UTF-8"?>\n'
                     '<ListeBlanche xmlns="https://listeblanche.mssante.fr/schema">\n' + names + "</ListeBlanche>\n",
                     encoding="utf-8")

@@ -257,19 +257,21 @@ def test_sigkill_during_submission_loses_and_duplicates_nothing(tmp_path, capsys
 
     acked, ambiguous = ledger.of(ACKED), ledger.of(AMBIGUOUS)
     never_stored = ledger.of(ABORTED) | ledger.of(UNSENT) | ledger.of(REFUSED)
-    stored_ambiguous = check_store(db_path, baseline, acked, ambiguous, never_stored)
+    stored_ambiguous, unaudited = check_store(db_path, baseline, acked, ambiguous, never_stored)
     elapsed = time.monotonic() - started
     with capsys.disabled():
         print(f"\ncrash test: seed={seed} rounds={ROUNDS} acknowledged={len(acked)} ambiguous={len(ambiguous)} "
               f"ambiguous-stored={stored_ambiguous} aborted-in-data={len(ledger.of(ABORTED))} "
               f"unsent={len(ledger.of(UNSENT))} refused={len(ledger.of(REFUSED))} "
-              f"sessions={ledger.connects} {elapsed:.1f}s")
+              f"sessions={ledger.connects} stored-unaudited={unaudited} {elapsed:.1f}s")
     assert not ledger.of(REFUSED), f"DATA refused while the server was up: {sorted(ledger.replies.values())[:5]}"
 
 
 def check_store(db_path: Path, baseline: set[int], acked: set[str], ambiguous: set[str],
-                never_stored: set[str]) -> int:
-    """Every invariant, read straight from SQLite; returns how many ambiguous messages were stored."""
+                never_stored: set[str]) -> tuple[int, int]:
+    """Every invariant, read straight from SQLite. Returns how many ambiguous messages were stored,
+    and how many stored messages have no `*.accept` audit row (reported, not asserted: the server
+    writes that row in a transaction of its own after the message's)."""
     db = sqlite3.connect(db_path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -340,6 +342,7 @@ def check_store(db_path: Path, baseline: set[int], acked: set[str], ambiguous: s
             assert all(0 < uid < uidnext for uid in uids), f"folder {folder_id}: UIDs {max(uids)} vs uidnext {uidnext}"
             top = db.execute("SELECT MAX(modseq) FROM folder_messages WHERE folder_id = ?", (folder_id,)).fetchone()[0]
             assert top is None or top <= highest, f"folder {folder_id}: modseq {top} above highestmodseq {highest}"
-        return len(stored & ambiguous)
+        audited = "\n".join(detail for (detail,) in db.execute("SELECT detail FROM audit WHERE action LIKE '%.accept'"))
+        return len(stored & ambiguous), sum(mid not in audited for mid in stored)
     finally:
         db.close()

@@ -1,0 +1,137 @@
+"""Two operators of one trust space on loopback (msante.test and autre-operateur.test, one dev CA)
+exchange mail over mutual TLS; strangers are refused; the queue survives a stopped peer and
+a SIGKILL."""
+from __future__ import annotations
+
+import email
+import email.policy
+import ssl
+
+import pytest
+
+from tests.operators import Operator, wait_for
+
+pytestmark = pytest.mark.slow
+
+GP, GP_RPPS = "jean.dupont@msante.test", "10001045367"
+REMOTE = "karim.payet@autre-operateur.test"
+COORDINATOR_RPPS = "10002000031"
+
+
+@pytest.fixture(scope="module")
+def operators(tmp_path_factory):
+    root = tmp_path_factory.mktemp("operators")
+    a = Operator(root, "a", "msante.test")
+    b = Operator(root, "b", "autre-operateur.test", ca_from=a, routes={"msante.test": a})
+    a.set_routes({"autre-operateur.test": b})
+    a.start()
+    b.start()
+    yield a, b
+    for op in (a, b):
+        op.stop()
+
+
+def report_of(raw: bytes) -> tuple[email.message.EmailMessage, list]:
+    report = email.message_from_bytes(raw, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    status = next(p for p in report.walk() if p.get_content_type() == "message/delivery-status")
+    return report, status.get_payload()[1:]
+
+
+def test_mail_both_ways_with_delivery_reports(operators):
+    a, b = operators
+    a.send(GP, GP_RPPS, [REMOTE], "Sortie d'hospitalisation", mail_options=["ENVID=sortie-1"],
+           rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+    wait_for(lambda: any(b"Sortie d'hospitalisation" in m for m in b.inbox(REMOTE)), what="A -> B")
+    stored = [m for m in b.inbox(REMOTE) if b"Sortie d'hospitalisation" in m][0]
+    assert stored.count(b"Received: from") == 2  # A's submission, then B's relay listener
+    assert b"peer server" in stored.split(b"Received: from")[1]
+    assert a.deliveries(REMOTE)[-1][0] == "relayed"
+    # B supports DSN: the success report comes from B, over the relay, to A's sender
+    raw = wait_for(lambda: [m for m in a.inbox(GP) if b"sortie-1" in m], what="B's success report")[0]
+    report, recipients = report_of(raw)
+    assert recipients[0]["Action"] == "delivered" and REMOTE in recipients[0]["Final-Recipient"]
+
+    b.send(REMOTE, COORDINATOR_RPPS, [GP], "Réponse du DAC")
+    wait_for(lambda: any(b"R\xc3\xa9ponse du DAC" in m or b"DAC" in m for m in a.inbox(GP)), what="B -> A")
+
+
+def test_permanent_refusal_gives_a_failure_report(operators):
+    a, b = operators
+    a.send(GP, GP_RPPS, ["nobody@autre-operateur.test"], "Destinataire inconnu")
+    wait_for(lambda: a.deliveries("nobody@autre-operateur.test")
+             and a.deliveries("nobody@autre-operateur.test")[-1][0] == "failed", what="refusal")
+    raw = wait_for(lambda: [m for m in a.inbox(GP) if b"nobody@autre-operateur.test" in m
+                            and b"multipart/report" in m], what="failure report")[-1]
+    _, recipients = report_of(raw)
+    assert recipients[0]["Action"] == "failed" and recipients[0]["Status"] == "5.1.1"
+    assert "550" in recipients[0]["Diagnostic-Code"]
+
+
+def test_peer_stopped_then_back_everything_arrives_once(operators):
+    a, b = operators
+    b.stop()
+    subjects = [f"Pendant l'arret {i}" for i in range(5)]
+    for subject in subjects:
+        a.send(GP, GP_RPPS, [REMOTE], subject)
+    wait_for(lambda: a.query("SELECT count(*) FROM deliveries WHERE status = 'queued' AND attempts > 0")[0][0] >= 1,
+             what="a failed attempt while B is down")
+    b.start()
+    for subject in subjects:
+        wait_for(lambda s=subject: sum(s.encode() in m for m in b.inbox(REMOTE)) == 1, what=subject)
+    assert all(sum(s.encode() in m for m in b.inbox(REMOTE)) == 1 for s in subjects)
+
+
+def test_sigkill_with_mail_in_the_queue(operators):
+    a, b = operators
+    b.stop()
+    subjects = [f"Avant le crash {i}" for i in range(5)]
+    for subject in subjects:
+        a.send(GP, GP_RPPS, [REMOTE], subject)
+    a.kill()
+    assert a.query("SELECT count(*) FROM deliveries WHERE status = 'queued'")[0][0] >= 5
+    b.start()
+    a.start()
+    for subject in subjects:
+        wait_for(lambda s=subject: sum(s.encode() in m for m in b.inbox(REMOTE)) == 1, what=subject)
+    assert a.query("SELECT count(*) FROM deliveries WHERE status = 'queued'")[0][0] == 0
+
+
+def test_strangers_refused(operators, tmp_path):
+    a, b = operators
+    # Another CA: B refuses during the TLS handshake; the stranger keeps the mail queued.
+    rogue = Operator(tmp_path, "rogue", "chu-exemple.test", routes={"autre-operateur.test": b})
+    rogue.start()
+    try:
+        rogue.send("jean.dupont@chu-exemple.test", GP_RPPS, [REMOTE], "Hors PKI")
+        error = wait_for(lambda: [e for s, e in rogue.deliveries(REMOTE) if s == "queued" and e], what="TLS refusal")
+        assert "SSL" in error[0] or "certificate" in error[0].lower()
+    finally:
+        rogue.stop()
+    assert not any(b"Hors PKI" in m for m in b.inbox(REMOTE))
+
+    # The same CA but a domain outside B's trust space: refused at MAIL with 5.7.1, reported.
+    outsider = Operator(tmp_path, "outsider", "hors-espace.test", ca_from=a, routes={"autre-operateur.test": b})
+    outsider.start()
+    try:
+        outsider.send("jean.dupont@hors-espace.test", GP_RPPS, [REMOTE], "Hors espace")
+        wait_for(lambda: outsider.deliveries(REMOTE) and outsider.deliveries(REMOTE)[-1][0] == "failed",
+                 what="refusal of an outside domain")
+        assert "5.7.1" in outsider.deliveries(REMOTE)[-1][1]
+    finally:
+        outsider.stop()
+    assert not any(b"Hors espace" in m for m in b.inbox(REMOTE))
+    refusals = b.query("SELECT target FROM audit WHERE action = 'relay.refuse'")
+    assert ("jean.dupont@hors-espace.test",) in refusals
+
+
+def test_relay_requires_a_client_certificate(operators):
+    import smtplib
+
+    a, b = operators
+    context = ssl.create_default_context(cafile=str(b.data_dir / "pki" / "ca.crt"))
+    client = smtplib.SMTP("127.0.0.1", b.ports["smtp"], timeout=10)
+    with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
+        client.starttls(context=context)
+        client.ehlo()
+        client.mail(GP)
