@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from store.audit import AuditTrail
 from store.db import dialect_insert
 from store.events import EventBus
 from store.schema import bodies, deliveries, envelopes, folder_messages, folders, mailboxes
@@ -59,7 +60,8 @@ class MailStore:
         self._bus = bus
         self._reporting_mta = reporting_mta
 
-    async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
+    async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
+                     audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
         now = datetime.now(timezone.utc)
         recipients = list(recipients)
         events: list[tuple[int, dict]] = []
@@ -98,6 +100,9 @@ class MailStore:
             if reports:
                 events += await self.report(conn, sender=sender, envid=mail_dsn.envid, ret=mail_dsn.ret,
                                             arrival=now, statuses=reports, original=message)
+            await audit.record(actor, audit_action, target=sender or "<>", source=source, conn=conn,
+                               message_id=message_id, envelope=envelope_id, delivered=delivered, queued=queued,
+                               failed=failed, size=len(message))
         await self.publish(events + ([(0, QUEUED)] if queued else []))
         return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed))
 

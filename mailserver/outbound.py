@@ -312,3 +312,47 @@ def _enhanced(answer: _Answer, default: str | None = None) -> str:
     if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] == str(answer.code)[0]:
         return first
     return default or f"{str(answer.code)[0]}.0.0"
+
+
+async def queued(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """The queue as the operator sees it (`msante queue list`)."""
+    query = (select(deliveries.c.id, deliveries.c.recipient, deliveries.c.attempts, deliveries.c.next_attempt_at,
+                    deliveries.c.last_error, envelopes.c.sender, envelopes.c.received_at, envelopes.c.size)
+             .join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
+             .where(deliveries.c.status == "queued").order_by(deliveries.c.id))
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def retry_now(engine: AsyncEngine, delivery_id: int) -> bool:
+    """Make a queued delivery due at once (the running queue picks it up on its next pass)."""
+    async with engine.begin() as conn:
+        result = await conn.execute(update(deliveries).where(and_(
+            deliveries.c.id == delivery_id, deliveries.c.status == "queued")).values(
+            next_attempt_at=datetime.now(timezone.utc)))
+    return bool(result.rowcount)
+
+
+async def bounce(engine: AsyncEngine, store: MailStore, delivery_id: int, reason: str) -> bool:
+    """Give up on a queued delivery now: failed, with a failure report if the sender asked."""
+    now = datetime.now(timezone.utc)
+    async with engine.begin() as conn:
+        row = (await conn.execute(
+            select(deliveries.c.recipient, deliveries.c.notify, deliveries.c.orcpt, envelopes.c.sender,
+                   envelopes.c.envid, envelopes.c.ret, envelopes.c.received_at, bodies.c.data)
+            .join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
+            .join(bodies, bodies.c.id == envelopes.c.body_id)
+            .where(deliveries.c.id == delivery_id, deliveries.c.status == "queued"))).first()
+        if row is None:
+            return False
+        await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+            status="failed", last_error=reason, updated_at=now))
+        events = []
+        if "FAILURE" in row.notify.split(","):
+            status = dsn.RecipientStatus(final_recipient=row.recipient, action="failed", status="5.0.0",
+                                         diagnostic=None, last_attempt=now,
+                                         original_recipient=tuple(row.orcpt.split(";", 1)) if row.orcpt else None)
+            events = await store.report(conn, sender=row.sender, envid=row.envid or None, ret=row.ret or None,
+                                        arrival=utc(row.received_at), statuses=[status], original=row.data)
+    await store.publish(events)
+    return True

@@ -54,6 +54,12 @@ class _Receiver:
     def actor(self, session: Any) -> Actor:
         raise NotImplementedError
 
+    async def handle_exception(self, error: Exception) -> str:
+        """A fault of ours (the store unreachable, a bug) is temporary for the client, which will
+        retry; the details go to our log, never to the peer."""
+        log.error("SMTP session failed: %s: %s", error.__class__.__name__, error, exc_info=error)
+        return "451 4.3.0 Temporary server error, please try again later"
+
     async def remote_recipient(self, session: Any, recipient: str, domain: str) -> str | None:
         """None to queue a remote recipient for relay, or the refusal to send."""
         raise NotImplementedError
@@ -105,11 +111,9 @@ class _Receiver:
                       in zip(envelope.rcpt_tos, envelope.rcpt_dsn, envelope.routes)]
         sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from
         accepted = await self._store.accept(
-            message=stored, message_id=message_id, sender=sender, actor=self.actor(session), source=_peer(session), mail_dsn=envelope.dsn, recipients=recipients)
-        await self._audit.record(self.actor(session), f"{self.audit_prefix}.accept", target=sender or "<>",
-                                 source=_peer(session), message_id=message_id, envelope=accepted.envelope_id,
-                                 delivered=list(accepted.delivered), queued=list(accepted.queued),
-                                 failed=list(accepted.failed), size=len(stored))
+            message=stored, message_id=message_id, sender=sender, actor=self.actor(session), audit=self._audit,
+            audit_action=f"{self.audit_prefix}.accept", source=_peer(session), mail_dsn=envelope.dsn,
+            recipients=recipients)
         return f"250 2.0.0 Stored as {accepted.envelope_id}"
 
     def _received(self, session: Any, server: Any, envelope: MsanteEnvelope) -> bytes:

@@ -115,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rpps", required=True)
     c.add_argument("--label", required=True)
 
+    q = sub.add_parser("queue", help="the outbound queue (mail for other operators)").add_subparsers(
+        metavar="ACTION")
+    c = command(q, "list", commands.queue_list_command, "deliveries waiting for another operator")
+    c.add_argument("--json", action="store_true")
+    c = command(q, "retry", commands.queue_retry_command, "try a queued delivery again now")
+    c.add_argument("id", type=int)
+    c = command(q, "bounce", commands.queue_bounce_command, "give up a queued delivery (failure report sent)")
+    c.add_argument("id", type=int)
+    c.add_argument("--reason", default="returned by the operator")
+
     tr = sub.add_parser("trust", help="the trust space (national white list)").add_subparsers(metavar="ACTION")
     c = command(tr, "import", commands.trust_import_command, "replace the trust space with a white-list XML file")
     c.add_argument("file", type=Path)

@@ -26,9 +26,11 @@ from directory import extract, importer, queries
 from directory.app_passwords import AppPasswords
 from directory.authn import Principal
 from directory.mailboxes import MailboxAdmin, normalise_address
-from mailserver import trust
+from mailserver import outbound, trust
+from mailserver.mailstore import MailStore
 from store import db
 from store.audit import OPERATOR, AuditTrail
+from store.events import LocalBus
 from store.schema import activities, mailboxes, organisations, professionals
 
 from . import app, demo
@@ -318,6 +320,49 @@ async def app_password_revoke_command(settings: Settings, args: argparse.Namespa
     await _for_person(settings, args.rpps, lambda passwords, principal: passwords.revoke(
         principal, args.address, args.label, source="cli"))
     print(f"revoked {args.label!r} for {normalise_address(args.address)}")
+    return 0
+
+
+async def queue_list_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = await _engine(settings)
+    try:
+        rows = await outbound.queued(engine)
+    finally:
+        await engine.dispose()
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        print(f"{row['id']:>8}  {row['sender'] or '<>':<35} -> {row['recipient']:<35} {row['size']:>9} B  "
+              f"received {row['received_at']}  attempts {row['attempts']}  next {row['next_attempt_at']}"
+              + (f"\n          last error: {row['last_error']}" if row["last_error"] else ""))
+    print(f"{len(rows)} queued deliveries")
+    return 0
+
+
+async def queue_retry_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = await _engine(settings)
+    try:
+        if not await outbound.retry_now(engine, args.id):
+            raise CommandError(f"no queued delivery {args.id} (see `msante queue list`)")
+        await AuditTrail(engine).record(OPERATOR, "queue.retry", target=str(args.id), source="cli")
+    finally:
+        await engine.dispose()
+    print(f"delivery {args.id} is due now")
+    return 0
+
+
+async def queue_bounce_command(settings: Settings, args: argparse.Namespace) -> int:
+    engine = await _engine(settings)
+    try:
+        store = MailStore(engine, LocalBus(), reporting_mta=settings.hostname)
+        if not await outbound.bounce(engine, store, args.id, args.reason):
+            raise CommandError(f"no queued delivery {args.id} (see `msante queue list`)")
+        await AuditTrail(engine).record(OPERATOR, "queue.bounce", target=str(args.id), source="cli",
+                                        reason=args.reason)
+    finally:
+        await engine.dispose()
+    print(f"delivery {args.id} returned to its sender")
     return 0
 
 

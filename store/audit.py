@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import utc
 
@@ -44,15 +44,20 @@ class AuditTrail:
         self._engine = engine
 
     async def record(self, actor: Actor, action: str, *, target: str = "", outcome: str = "ok",
-                     source: str = "", **detail: Any) -> None:
-        """Append one row in its own transaction, so it is kept even if the caller's work fails."""
+                     source: str = "", conn: AsyncConnection | None = None, **detail: Any) -> None:
+        """Append one row in its own transaction, so it is kept even if the caller's work fails;
+        or, with `conn`, inside the caller's transaction, so the row exists exactly when the work
+        it describes was committed (an accepted message)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         row = {"at": datetime.now(timezone.utc), "actor": actor.id[:320], "actor_kind": actor.kind,
                "source": source[:64], "action": action[:64], "target": target[:320], "outcome": outcome,
                "detail": json.dumps(detail, ensure_ascii=False, default=str, sort_keys=True) if detail else ""}
-        async with self._engine.begin() as conn:
+        if conn is not None:
             await conn.execute(insert(audit), row)
+            return
+        async with self._engine.begin() as own:
+            await own.execute(insert(audit), row)
 
     async def tail(self, *, limit: int = 50, after_id: int = 0, actor: str | None = None,
                    action: str | None = None) -> list[dict[str, Any]]:

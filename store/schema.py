@@ -8,7 +8,7 @@ rows keep pointing at them.
 """
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData,
+from sqlalchemy import (BigInteger, Boolean, Column, Date, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData,
                         String, Table, Text, UniqueConstraint)
 
 metadata = MetaData(naming_convention={
@@ -234,3 +234,66 @@ deliveries = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_deliveries_queue", deliveries.c.status, deliveries.c.next_attempt_at)
+
+# --- instant ---------------------------------------------------------------------------------
+# Care circles (cercles de soins): the professionals around one patient, their messages and
+# read markers, and the alerts the server raises for people (new mail, circle changes).
+
+circles = Table(
+    "circles", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("patient_ins", String(15), nullable=False, unique=True),  # INS matricule (NIR or NIA), one circle each
+    Column("patient_ins_oid", String(32), nullable=False),  # the INS register: NIR, NIA, or their test/demo OIDs
+    Column("patient_family_name", Text, nullable=False),
+    Column("patient_given_name", Text, nullable=False),
+    Column("patient_birth_date", Date, nullable=False),
+    Column("coordinator", String(24), ForeignKey("professionals.idnat"), nullable=False, index=True),
+    Column("last_seq", BigInteger, nullable=False, default=0),  # bumped by the transaction storing a message
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+circle_members = Table(
+    "circle_members", metadata,  # current members only; who joined and left when is in the audit trail
+    Column("circle_id", BigId, ForeignKey("circles.id"), primary_key=True),
+    Column("idnat", String(24), ForeignKey("professionals.idnat"), primary_key=True, index=True),
+    Column("on_behalf_of", String(320), nullable=False, default=""),  # organisational box the delegate represents
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    Column("added_by", String(64), nullable=False),
+)
+
+circle_messages = Table(
+    "circle_messages", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("circle_id", BigId, ForeignKey("circles.id"), nullable=False),
+    Column("seq", BigInteger, nullable=False),  # 1, 2, 3… per circle, without holes
+    Column("author", String(24), ForeignKey("professionals.idnat"), nullable=False),
+    Column("client_id", String(64), nullable=False),  # the posting client's id: a retry stores nothing twice
+    Column("text", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("circle_id", "seq", name="uq_circle_messages_seq"),
+    UniqueConstraint("circle_id", "author", "client_id", name="uq_circle_messages_client_id"),
+)
+
+read_markers = Table(
+    "read_markers", metadata,
+    Column("circle_id", BigId, ForeignKey("circles.id"), primary_key=True),
+    Column("idnat", String(24), ForeignKey("professionals.idnat"), primary_key=True),
+    Column("seq", BigInteger, nullable=False),  # read up to and including this message
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+alerts = Table(
+    "alerts", metadata,  # kept until acknowledged, and after, with who acknowledged and when
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("audience", String(330), nullable=False),  # "person:<idnat>", or "mailbox:<address>" (its readers)
+    Column("kind", String(16), nullable=False),  # mail, circle (hospital events later)
+    Column("key", String(160)),  # the source event's id: a replayed event raises no second alert
+    Column("title", Text, nullable=False),
+    Column("data", Text, nullable=False, default=""),  # JSON, for the client to link to the source
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("acknowledged_by", String(24)),
+    Column("acknowledged_at", DateTime(timezone=True)),
+    UniqueConstraint("audience", "key", name="uq_alerts_audience_key"),
+)
+Index("ix_alerts_pending", alerts.c.audience, alerts.c.acknowledged_at)

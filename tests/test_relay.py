@@ -135,3 +135,27 @@ def test_relay_requires_a_client_certificate(operators):
         client.starttls(context=context)
         client.ehlo()
         client.mail(GP)
+
+
+def test_queue_commands_and_metrics(operators):
+    import http.client
+    import json
+
+    a, b = operators
+    b.stop()
+    try:
+        a.send(GP, GP_RPPS, [REMOTE], "File d'attente")
+        rows = wait_for(lambda: [r for r in json.loads(a.cli("queue", "list", "--json"))
+                                 if r["recipient"] == REMOTE and r["attempts"] >= 1], what="a queued delivery")
+        context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))
+        conn = http.client.HTTPSConnection("localhost", a.ports["https"], context=context, timeout=10)
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+        assert "msante_queue_size 1" in metrics and "msante_queue_oldest_seconds" in metrics
+        assert "is due now" in a.cli("queue", "retry", str(rows[0]["id"]))
+        assert "returned to its sender" in a.cli("queue", "bounce", str(rows[0]["id"]))
+        assert json.loads(a.cli("queue", "list", "--json")) == []
+        _, recipients = report_of([m for m in a.inbox(GP) if b"multipart/report" in m][-1])
+        assert recipients[0]["Action"] == "failed" and REMOTE in recipients[0]["Final-Recipient"]
+    finally:
+        b.start()

@@ -265,13 +265,14 @@ def test_sigkill_during_submission_loses_and_duplicates_nothing(tmp_path, capsys
               f"unsent={len(ledger.of(UNSENT))} refused={len(ledger.of(REFUSED))} "
               f"sessions={ledger.connects} stored-unaudited={unaudited} {elapsed:.1f}s")
     assert not ledger.of(REFUSED), f"DATA refused while the server was up: {sorted(ledger.replies.values())[:5]}"
+    assert unaudited == 0, "a stored message has no audit row (they commit in one transaction)"
 
 
 def check_store(db_path: Path, baseline: set[int], acked: set[str], ambiguous: set[str],
                 never_stored: set[str]) -> tuple[int, int]:
     """Every invariant, read straight from SQLite. Returns how many ambiguous messages were stored,
-    and how many stored messages have no `*.accept` audit row (reported, not asserted: the server
-    writes that row in a transaction of its own after the message's)."""
+    and how many stored messages have no `*.accept` audit row (the server writes that row in the
+    message's own transaction, so the caller expects none)."""
     db = sqlite3.connect(db_path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
