@@ -159,3 +159,27 @@ def test_queue_commands_and_metrics(operators):
         assert recipients[0]["Action"] == "failed" and REMOTE in recipients[0]["Final-Recipient"]
     finally:
         b.start()
+
+
+def test_relay_checks_loops_and_sizes(operators):
+    import smtplib
+
+    a, b = operators
+    context = ssl.create_default_context(cafile=str(b.data_dir / "pki" / "ca.crt"))
+    context.load_cert_chain(a.data_dir / "tls" / "server.crt", a.data_dir / "tls" / "server.key")
+    with smtplib.SMTP("127.0.0.1", b.ports["smtp"], local_hostname="msante.test", timeout=10) as client:
+        client.starttls(context=context)
+        client.ehlo("msante.test")
+        assert b"AUTH" not in client.ehlo_resp  # the certificate is the identity here
+        looping = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+                          for i in range(50))
+        message = f"{looping}From: {GP}\r\nTo: {REMOTE}\r\nSubject: boucle\r\n\r\nx\r\n".encode()
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            client.sendmail(GP, [REMOTE], message)
+        assert err.value.smtp_code == 554 and b"5.4.6" in err.value.smtp_error
+        code, text = client.mail(GP, ["SIZE=999999999"])
+        assert code == 552
+        client.rset()
+        client.mail(GP)
+        code, text = client.rcpt("someone@chu-exemple.test")  # not ours: no open relay
+        assert code == 550 and b"relaying denied" in text

@@ -1,0 +1,282 @@
+"""Care circles in the store: circles, members, messages and read markers. The one place the
+instant handlers' SQL lives; `InstantStore` is the contract they rely on, and `SqlStore` its
+implementation for SQLite and PostgreSQL alike.
+
+Two guarantees come from here:
+- Sequence numbers: a message's seq is taken by bumping `circles.last_seq` in the transaction
+  that inserts it, so seqs per circle are 1, 2, 3… with no hole and no repeat (the row lock
+  orders concurrent posts on PostgreSQL; SQLite has one writer).
+- Idempotency: a post whose (circle, author, client_id) exists returns the stored message and
+  takes no seq; two identical posts racing each other meet the unique constraint instead.
+
+Transactions write first, then read: under SQLite's WAL, a transaction that reads and then
+writes fails outright if another writer committed in between.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any, Protocol
+
+from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store.db import dialect_insert
+from store.schema import circle_members, circle_messages, circles, professionals, read_markers
+
+from .patient import Patient
+
+
+class CircleExists(Exception):
+    """A circle already exists for this patient (one per INS)."""
+
+
+class InstantStore(Protocol):
+    async def create_circle(self, patient: Patient, coordinator: str, members: list[tuple[str, str]], by: str,
+                            now: datetime) -> int: ...
+    async def circle(self, circle_id: int) -> dict | None: ...
+    async def members(self, circle_id: int) -> list[dict]: ...
+    async def membership(self, circle_id: int, idnat: str) -> dict | None: ...
+    async def followed_still(self, idnat: str, circle_ids: list[int]) -> set[int]: ...
+    async def circles_of(self, idnat: str) -> list[dict]: ...
+    async def add_member(self, circle_id: int, idnat: str, on_behalf_of: str, by: str, now: datetime) -> bool: ...
+    async def remove_member(self, circle_id: int, idnat: str, now: datetime) -> bool: ...
+    async def professional(self, identifier: str) -> dict | None: ...
+    async def append(self, circle_id: int, author: str, client_id: str, text: str,
+                     now: datetime) -> tuple[dict, bool]: ...
+    async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
+                       limit: int) -> tuple[list[dict], bool]: ...
+    async def mark_read(self, circle_id: int, idnat: str, seq: int, now: datetime) -> tuple[int, int]:
+        """Move the person's marker forward to `seq` (never back, never past the last message);
+        returns (marker, unread)."""
+        async with self._engine.connect() as conn:
+            head = (await conn.execute(select(circles.c.last_seq).where(circles.c.id == circle_id))).scalar_one()
+        async with self._engine.begin() as conn:
+            upsert = dialect_insert(conn, read_markers).values(
+                circle_id=circle_id, idnat=idnat, seq=min(seq, head), updated_at=now)
+            await conn.execute(upsert.on_conflict_do_update(
+                index_elements=[read_markers.c.circle_id, read_markers.c.idnat],
+                set_={"seq": case((upsert.excluded.seq > read_markers.c.seq, upsert.excluded.seq),
+                                  else_=read_markers.c.seq),
+                      "updated_at": upsert.excluded.updated_at}))
+        marker, _head, unread = await self.read_state(circle_id, idnat)
+        return marker, unread
+
+    async def read_state(self, circle_id: int, idnat: str) -> tuple[int, int, int]: ...
+
+
+def display_name(row: Any) -> str:
+    """How a professional is shown: "Dr Claire LEROY" (practice civility, given, family)."""
+    civility = "Dr" if row.practice_civility.upper() in ("DR", "DOCTEUR") else ""
+    given = row.given_name.title()
+    return " ".join(part for part in (civility, given, row.family_name.upper()) if part)
+
+
+def iso(moment: datetime | date | None) -> str | None:
+    """ISO 8601, UTC; SQLite hands back naive datetimes, written in UTC."""
+    if moment is None or not isinstance(moment, datetime):
+        return moment.isoformat() if moment else None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
+
+
+_PERSON = (professionals.c.idnat, professionals.c.given_name, professionals.c.family_name,
+           professionals.c.practice_civility, professionals.c.profession_label)
+
+
+class SqlStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    # --- circles and members ------------------------------------------------------------------
+
+    async def create_circle(self, patient: Patient, coordinator: str, members: list[tuple[str, str]], by: str,
+                            now: datetime) -> int:
+        """The circle with its coordinator and `members` [(idnat, on_behalf_of)] as members."""
+        row = {"patient_ins": patient.ins, "patient_ins_oid": patient.ins_oid,
+               "patient_family_name": patient.family_name, "patient_given_name": patient.given_name,
+               "patient_birth_date": patient.birth_date, "coordinator": coordinator, "last_seq": 0,
+               "created_at": now, "updated_at": now}
+        everyone = dict([(coordinator, ""), *members])
+        try:
+            async with self._engine.begin() as conn:
+                circle_id = (await conn.execute(insert(circles).returning(circles.c.id), row)).scalar_one()
+                await conn.execute(insert(circle_members), [
+                    {"circle_id": circle_id, "idnat": idnat, "on_behalf_of": behalf, "added_at": now, "added_by": by}
+                    for idnat, behalf in everyone.items()])
+        except IntegrityError as exc:
+            if "patient_ins" in str(exc.orig):
+                raise CircleExists(f"a care circle already exists for INS {patient.ins}") from None
+            raise
+        return circle_id
+
+    async def circle(self, circle_id: int) -> dict | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(circles).where(circles.c.id == circle_id))).first()
+        return _circle(row) if row else None
+
+    async def members(self, circle_id: int) -> list[dict]:
+        query = (select(*_PERSON, circle_members.c.on_behalf_of, circle_members.c.added_at, circles.c.coordinator)
+                 .join(professionals, professionals.c.idnat == circle_members.c.idnat)
+                 .join(circles, circles.c.id == circle_members.c.circle_id)
+                 .where(circle_members.c.circle_id == circle_id)
+                 .order_by(professionals.c.family_name, professionals.c.given_name))
+        async with self._engine.connect() as conn:
+            return [{"id": r.idnat, "name": display_name(r), "profession": r.profession_label,
+                     "role": "coordinator" if r.idnat == r.coordinator else "member",
+                     "on_behalf_of": r.on_behalf_of, "added_at": iso(r.added_at)}
+                    for r in await conn.execute(query)]
+
+    async def membership(self, circle_id: int, idnat: str) -> dict | None:
+        """The person's membership ({on_behalf_of, coordinator: bool}), or None."""
+        query = (select(circle_members.c.on_behalf_of, circles.c.coordinator)
+                 .join(circles, circles.c.id == circle_members.c.circle_id)
+                 .where(circle_members.c.circle_id == circle_id, circle_members.c.idnat == idnat))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return {"on_behalf_of": row.on_behalf_of, "coordinator": row.coordinator == idnat} if row else None
+
+    async def followed_still(self, idnat: str, circle_ids: list[int]) -> set[int]:
+        """Which of `circle_ids` the person is still a member of."""
+        query = select(circle_members.c.circle_id).where(
+            circle_members.c.idnat == idnat, circle_members.c.circle_id.in_(circle_ids))
+        async with self._engine.connect() as conn:
+            return {r.circle_id for r in await conn.execute(query)}
+
+    async def circles_of(self, idnat: str) -> list[dict]:
+        """The person's circles with their read marker and unread count (others' messages only)."""
+        marker = func.coalesce(select(read_markers.c.seq).where(
+            read_markers.c.circle_id == circles.c.id, read_markers.c.idnat == idnat).scalar_subquery(), 0)
+        unread = select(func.count()).select_from(circle_messages).where(
+            circle_messages.c.circle_id == circles.c.id, circle_messages.c.seq > marker,
+            circle_messages.c.author != idnat).scalar_subquery()
+        query = (select(circles, circle_members.c.on_behalf_of, marker.label("read"), unread.label("unread"))
+                 .join(circle_members, circle_members.c.circle_id == circles.c.id)
+                 .where(circle_members.c.idnat == idnat)
+                 .order_by(circles.c.patient_family_name, circles.c.patient_given_name, circles.c.id))
+        async with self._engine.connect() as conn:
+            return [{**_circle(r), "role": "coordinator" if r.coordinator == idnat else "member",
+                     "on_behalf_of": r.on_behalf_of, "read": r.read, "unread": r.unread}
+                    for r in await conn.execute(query)]
+
+    async def add_member(self, circle_id: int, idnat: str, on_behalf_of: str, by: str, now: datetime) -> bool:
+        """False when the person is a member already (membership unchanged)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(circles).where(circles.c.id == circle_id).values(updated_at=now))
+            added = await conn.execute(dialect_insert(conn, circle_members).on_conflict_do_nothing(), {
+                "circle_id": circle_id, "idnat": idnat, "on_behalf_of": on_behalf_of, "added_at": now,
+                "added_by": by})
+        return added.rowcount == 1
+
+    async def remove_member(self, circle_id: int, idnat: str, now: datetime) -> bool:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(circles).where(circles.c.id == circle_id).values(updated_at=now))
+            removed = await conn.execute(delete(circle_members).where(
+                circle_members.c.circle_id == circle_id, circle_members.c.idnat == idnat))
+        return removed.rowcount == 1
+
+    async def professional(self, identifier: str) -> dict | None:
+        """An active professional by national identifier or RPPS."""
+        column = professionals.c.rpps if len(identifier) == 11 else professionals.c.idnat
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(*_PERSON).where(
+                column == identifier, professionals.c.retired_at.is_(None)))).first()
+        return {"id": row.idnat, "name": display_name(row), "profession": row.profession_label} if row else None
+
+    # --- messages and read markers ------------------------------------------------------------
+
+    async def append(self, circle_id: int, author: str, client_id: str, text: str,
+                     now: datetime) -> tuple[dict, bool]:
+        """Store a message; (message, True) when this client_id was stored before."""
+        try:
+            async with self._engine.connect() as conn:
+                transaction = await conn.begin()
+                seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
+                                          .values(last_seq=circles.c.last_seq + 1)
+                                          .returning(circles.c.last_seq))).scalar_one()
+                prior = await self._by_client_id(conn, circle_id, author, client_id)
+                if prior is not None:
+                    await transaction.rollback()  # gives the seq back: no hole
+                    return prior, True
+                await conn.execute(insert(circle_messages), {
+                    "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
+                    "created_at": now})
+                stored = await self._by_client_id(conn, circle_id, author, client_id)
+                await transaction.commit()
+        except IntegrityError:  # the same post, racing: the other one won
+            async with self._engine.connect() as conn:
+                prior = await self._by_client_id(conn, circle_id, author, client_id)
+            if prior is None:
+                raise
+            return prior, True
+        assert stored is not None
+        return stored, False
+
+    async def _by_client_id(self, conn, circle_id: int, author: str, client_id: str) -> dict | None:  # noqa: ANN001
+        row = (await conn.execute(_messages().where(
+            circle_messages.c.circle_id == circle_id, circle_messages.c.author == author,
+            circle_messages.c.client_id == client_id))).first()
+        return _message(row) if row else None
+
+    async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
+                       limit: int) -> tuple[list[dict], bool]:
+        """A page in seq order: after `after`, or before `before`, or the latest; and whether
+        more lie beyond it in the direction paged."""
+        query = _messages().where(circle_messages.c.circle_id == circle_id)
+        if after is not None:
+            query = query.where(circle_messages.c.seq > after).order_by(circle_messages.c.seq)
+        else:
+            if before is not None:
+                query = query.where(circle_messages.c.seq < before)
+            query = query.order_by(circle_messages.c.seq.desc())
+        async with self._engine.connect() as conn:
+            rows = [_message(r) for r in await conn.execute(query.limit(limit + 1))]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return (rows if after is not None else rows[::-1]), more
+
+    async def mark_read(self, circle_id: int, idnat: str, seq: int, now: datetime) -> tuple[int, int]:
+        """Move the person's marker forward to `seq` (never back, never past the last message);
+        returns (marker, unread)."""
+        async with self._engine.begin() as conn:
+            head = select(circles.c.last_seq).where(circles.c.id == circle_id).scalar_subquery()
+            upsert = dialect_insert(conn, read_markers).from_select(
+                ["circle_id", "idnat", "seq", "updated_at"],
+                select(circles.c.id, func.cast(idnat, read_markers.c.idnat.type), func.min(seq, head) if False else
+                       case((head < seq, head), else_=seq), func.cast(now, read_markers.c.updated_at.type))
+                .where(circles.c.id == circle_id))
+            upsert = upsert.on_conflict_do_update(
+                index_elements=[read_markers.c.circle_id, read_markers.c.idnat],
+                set_={"seq": case((upsert.excluded.seq > read_markers.c.seq, upsert.excluded.seq),
+                                  else_=read_markers.c.seq),
+                      "updated_at": upsert.excluded.updated_at})
+            await conn.execute(upsert)
+        marker, _head, unread = await self.read_state(circle_id, idnat)
+        return marker, unread
+
+    async def read_state(self, circle_id: int, idnat: str) -> tuple[int, int, int]:
+        """(read marker, last seq, unread count) of one person in one circle."""
+        marker = func.coalesce(select(read_markers.c.seq).where(
+            read_markers.c.circle_id == circle_id, read_markers.c.idnat == idnat).scalar_subquery(), 0)
+        unread = select(func.count()).select_from(circle_messages).where(
+            circle_messages.c.circle_id == circle_id, circle_messages.c.seq > marker,
+            circle_messages.c.author != idnat).scalar_subquery()
+        query = select(marker, circles.c.last_seq, unread).where(circles.c.id == circle_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).one()
+        return int(row[0]), int(row[1]), int(row[2])
+
+
+def _messages():  # noqa: ANN202 - a Select
+    return (select(circle_messages, *_PERSON)
+            .join(professionals, professionals.c.idnat == circle_messages.c.author))
+
+
+def _message(row: Any) -> dict:
+    return {"circle": row.circle_id, "seq": row.seq, "author": {"id": row.author, "name": display_name(row)},
+            "client_id": row.client_id, "text": row.text, "at": iso(row.created_at)}
+
+
+def _circle(row: Any) -> dict:
+    return {"id": row.id, "patient": Patient(row.patient_ins, row.patient_ins_oid, row.patient_family_name,
+                                             row.patient_given_name, row.patient_birth_date).as_dict(),
+            "coordinator": row.coordinator, "last_seq": row.last_seq, "created_at": iso(row.created_at)}
