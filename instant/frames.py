@@ -34,6 +34,7 @@ class Close(IntEnum):
 
     GOING_AWAY = 1001  # the server is shutting down: reconnect elsewhere or later
     UNSUPPORTED_DATA = 1003  # a binary frame: this protocol is JSON text
+    INVALID_DATA = 1007  # a text message that is not UTF-8
     POLICY = 1008  # kept sending refused frames
     TOO_BIG = 1009  # a frame over max_frame_bytes (sent by the websockets layer itself)
     INTERNAL = 1011  # a server fault, or no pong within ping_timeout (as websockets does)

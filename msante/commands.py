@@ -13,7 +13,8 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -44,10 +45,15 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
-async def _engine(settings: Settings) -> AsyncEngine:
+@asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The store, migrated to the code's schema, for one command."""
     engine = db.create_engine(settings.database_url)
-    await db.upgrade(engine)
-    return engine
+    try:
+        await db.upgrade(engine)
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 # --- init and serve -------------------------------------------------------------------------
@@ -74,12 +80,9 @@ def init_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 
 
 
 async def _init_store(settings: Settings, with_demo: bool) -> int:
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         if with_demo:
             await _load_demo(settings, engine)
-    finally:
-        await engine.dispose()
     print(f"initialised {settings.data_dir} ({settings.database_url.split('://')[0]})")
     return 0
 
@@ -155,9 +158,8 @@ def _banner(settings: Settings, listeners: list) -> None:  # noqa: ANN001
 # --- directory --------------------------------------------------------------------------------
 
 async def import_command(settings: Settings, args: argparse.Namespace) -> int:
-    engine = await _engine(settings)
     status = 0
-    try:
+    async with _opened(settings) as engine:
         for path in args.files:
             if not path.exists():
                 raise CommandError(f"{path}: no such file")
@@ -178,8 +180,6 @@ async def import_command(settings: Settings, args: argparse.Namespace) -> int:
             if report.rejected_count > 50:
                 print(f"  … and {report.rejected_count - 50} more rejected lines")
             status = status or (1 if report.rejected_count else 0)
-    finally:
-        await engine.dispose()
     return status
 
 
@@ -205,14 +205,11 @@ class _Progress:
 
 
 async def search_command(settings: Settings, args: argparse.Namespace) -> int:
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         async with engine.connect() as conn:
             page = await queries.search(conn, text=args.text, kind=args.kind, per_page=args.limit)
         await AuditTrail(engine).record(OPERATOR, "directory.search", source="cli", q=args.text,
                                         results=len(page.items))
-    finally:
-        await engine.dispose()
     for item in page.items:
         print(_one_line(item))
     if not page.items:
@@ -231,14 +228,11 @@ def _one_line(item: dict) -> str:
 
 
 async def show_command(settings: Settings, args: argparse.Namespace) -> int:
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         async with engine.connect() as conn:
             entry = await queries.get_entry(conn, args.id, include_unpublished=True)
         await AuditTrail(engine).record(OPERATOR, "directory.read", target=args.id, source="cli",
                                         outcome="ok" if entry else "failed")
-    finally:
-        await engine.dispose()
     if entry is None:
         raise CommandError(f"no directory entry {args.id}")
     _print_json(entry)
@@ -248,11 +242,8 @@ async def show_command(settings: Settings, args: argparse.Namespace) -> int:
 # --- mailboxes --------------------------------------------------------------------------------
 
 async def _with_admin(settings: Settings, work) -> Any:  # noqa: ANN001
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         return await work(MailboxAdmin(engine, AuditTrail(engine), settings.domains))
-    finally:
-        await engine.dispose()
 
 
 async def mailbox_add_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -291,12 +282,9 @@ async def mailbox_list_command(settings: Settings, args: argparse.Namespace) -> 
 async def _for_person(settings: Settings, rpps: str, work) -> Any:  # noqa: ANN001
     """Run `work(AppPasswords, Principal)` as the professional, on the operator's authority."""
     person = await _professional(settings, rpps)
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         principal = Principal("person", person["idnat"], f"{person['given_name']} {person['family_name']}", "cli")
         return await work(AppPasswords(engine, AuditTrail(engine)), principal)
-    finally:
-        await engine.dispose()
 
 
 async def app_password_create_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -324,11 +312,8 @@ async def app_password_revoke_command(settings: Settings, args: argparse.Namespa
 
 
 async def queue_list_command(settings: Settings, args: argparse.Namespace) -> int:
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         rows = await outbound.queued(engine)
-    finally:
-        await engine.dispose()
     if args.json:
         _print_json(rows)
         return 0
@@ -341,39 +326,30 @@ async def queue_list_command(settings: Settings, args: argparse.Namespace) -> in
 
 
 async def queue_retry_command(settings: Settings, args: argparse.Namespace) -> int:
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         if not await outbound.retry_now(engine, args.id):
             raise CommandError(f"no queued delivery {args.id} (see `msante queue list`)")
         await AuditTrail(engine).record(OPERATOR, "queue.retry", target=str(args.id), source="cli")
-    finally:
-        await engine.dispose()
     print(f"delivery {args.id} is due now")
     return 0
 
 
 async def queue_bounce_command(settings: Settings, args: argparse.Namespace) -> int:
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         store = MailStore(engine, LocalBus(), reporting_mta=settings.hostname)
         if not await outbound.bounce(engine, store, args.id, args.reason):
             raise CommandError(f"no queued delivery {args.id} (see `msante queue list`)")
         await AuditTrail(engine).record(OPERATOR, "queue.bounce", target=str(args.id), source="cli",
                                         reason=args.reason)
-    finally:
-        await engine.dispose()
     print(f"delivery {args.id} returned to its sender")
     return 0
 
 
 async def trust_import_command(settings: Settings, args: argparse.Namespace) -> int:
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         added, removed = await trust.import_list(engine, args.file)
         await AuditTrail(engine).record(OPERATOR, "trust.import", target=args.file.name, source="cli",
                                         added=added, removed=removed)
-    finally:
-        await engine.dispose()
     print(f"trust space: {added} domain(s) added, {removed} removed (running servers pick it up within "
           f"{trust.RELOAD_SECONDS:.0f} s)")
     return 0
@@ -382,8 +358,7 @@ async def trust_import_command(settings: Settings, args: argparse.Namespace) -> 
 # --- credentials ------------------------------------------------------------------------------
 
 async def _professional(settings: Settings, rpps: str) -> dict:
-    engine = await _engine(settings)
-    try:
+    async with _opened(settings) as engine:
         async with engine.connect() as conn:
             row = (await conn.execute(select(professionals).where(
                 (professionals.c.rpps == rpps) | (professionals.c.idnat == rpps)))).first()
@@ -396,8 +371,6 @@ async def _professional(settings: Settings, rpps: str) -> dict:
                 .join(organisations, organisations.c.id == activities.c.organisation_id, isouter=True)
                 .where(activities.c.idnat == person["idnat"], activities.c.retired_at.is_(None)))
             person["activities"] = [dict(a._mapping) for a in acts]
-    finally:
-        await engine.dispose()
     return person
 
 
@@ -431,12 +404,8 @@ async def certs_issue_command(settings: Settings, args: argparse.Namespace) -> i
         if not args.mailbox:
             raise CommandError("--kind app needs --mailbox ADDRESS (an applicative mailbox)")
         address = normalise_address(args.mailbox)
-        engine = await _engine(settings)
-        try:
-            async with engine.connect() as conn:
-                box = (await conn.execute(select(mailboxes).where(mailboxes.c.address == address))).first()
-        finally:
-            await engine.dispose()
+        async with _opened(settings) as engine, engine.connect() as conn:
+            box = (await conn.execute(select(mailboxes).where(mailboxes.c.address == address))).first()
         if box is None or box.kind != "applicative":
             raise CommandError(f"{address} is not an applicative mailbox (create it with `msante mailbox add "
                                f"{address} --kind applicative --org FINESS`)")
@@ -453,9 +422,8 @@ async def certs_issue_command(settings: Settings, args: argparse.Namespace) -> i
 # --- audit ------------------------------------------------------------------------------------
 
 async def audit_tail_command(settings: Settings, args: argparse.Namespace) -> int:
-    engine = await _engine(settings)
-    audit = AuditTrail(engine)
-    try:
+    async with _opened(settings) as engine:
+        audit = AuditTrail(engine)
         rows = await audit.tail(limit=args.lines, actor=args.actor, action=args.action)
         last = rows[-1]["id"] if rows else 0
         while True:
@@ -471,5 +439,3 @@ async def audit_tail_command(settings: Settings, args: argparse.Namespace) -> in
             await asyncio.sleep(1)
             rows = await audit.tail(after_id=last, limit=1000, actor=args.actor, action=args.action)
             last = rows[-1]["id"] if rows else last
-    finally:
-        await engine.dispose()

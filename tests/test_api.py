@@ -122,6 +122,7 @@ def test_audit_trail_for_admins_only(server):
     assert {r["action"] for r in rows["items"]} == {"audit.read"}
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_old_tls_versions_refused(server):
     context = server.client_tls()
     context.maximum_version = ssl.TLSVersion.TLSv1_1

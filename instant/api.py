@@ -1,0 +1,105 @@
+"""Care circles over HTTPS: `/api/circles`, JSON, bearer-authenticated; the handlers check and
+audit every access. Messages, read markers and alerts travel on the websocket (`/ws`).
+
+    GET    /api/circles                        the caller's circles, with unread counts
+    POST   /api/circles                        create one; the caller coordinates it
+    GET    /api/circles/{id}                   one circle with its members (members only)
+    POST   /api/circles/{id}/members           add a member (coordinator only)
+    DELETE /api/circles/{id}/members/{member}  remove a member (coordinator only)
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from web.auth import require_bearer
+from web.http import HttpError, Request, Response
+from web.router import Router
+
+from .circles import MAX_INITIAL_MEMBERS, MemberSpec
+from .errors import InstantError
+from .patient import PatientError, patient_from
+
+if TYPE_CHECKING:
+    from .service import Instant
+
+MAX_IDENTIFIER_CHARS = 24
+MAX_ADDRESS_CHARS = 320
+
+
+class InstantApi:
+    def __init__(self, instant: Instant) -> None:
+        self._instant = instant
+
+    def register(self, router: Router) -> None:
+        router.add("GET", "/api/circles", self.list)
+        router.add("POST", "/api/circles", self.create)
+        router.add("GET", "/api/circles/{id}", self.detail)
+        router.add("POST", "/api/circles/{id}/members", self.add_member)
+        router.add("DELETE", "/api/circles/{id}/members/{member}", self.remove_member)
+
+    async def list(self, request: Request) -> Response:
+        principal = await require_bearer(request, self._instant.authenticator)
+        return Response.json({"items": await self._instant.circles.list_for(principal, request.peer)})
+
+    async def create(self, request: Request) -> Response:
+        principal = await require_bearer(request, self._instant.authenticator)
+        body = _object(request.json())
+        try:
+            patient = patient_from(body.get("patient"))
+        except PatientError as exc:
+            raise HttpError(400, "invalid_patient", f"{exc.field}: {exc}") from None
+        members = body.get("members", [])
+        if not isinstance(members, list) or len(members) > MAX_INITIAL_MEMBERS:
+            raise HttpError(400, "invalid", f"members must be a list of at most {MAX_INITIAL_MEMBERS}")
+        specs = [_member(item) for item in members]
+        circle = await _call(self._instant.circles.create(principal, patient, specs, request.peer))
+        return Response.json(circle, 201)
+
+    async def detail(self, request: Request) -> Response:
+        principal = await require_bearer(request, self._instant.authenticator)
+        return Response.json(await _call(self._instant.circles.detail(principal, _circle_id(request), request.peer)))
+
+    async def add_member(self, request: Request) -> Response:
+        principal = await require_bearer(request, self._instant.authenticator)
+        circle_id = _circle_id(request)
+        member = await _call(self._instant.circles.add_member(principal, circle_id, _member(request.json()),
+                                                              request.peer))
+        return Response.json(member, 201 if member["added"] else 200)
+
+    async def remove_member(self, request: Request) -> Response:
+        principal = await require_bearer(request, self._instant.authenticator)
+        circle_id = _circle_id(request)
+        identifier = request.params["member"][:MAX_IDENTIFIER_CHARS]
+        await _call(self._instant.circles.remove_member(principal, circle_id, identifier, request.peer))
+        return Response(204)
+
+
+async def _call(work: Any) -> Any:
+    try:
+        return await work
+    except InstantError as exc:
+        raise HttpError(exc.status, exc.code, exc.message) from None
+
+
+def _circle_id(request: Request) -> int:
+    value = request.params["id"]
+    if not value.isdigit() or len(value) > 15:
+        raise HttpError(404, "not_found", f"no resource at {request.path}")
+    return int(value)
+
+
+def _object(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise HttpError(400, "invalid", "the body must be a JSON object")
+    return body
+
+
+def _member(body: Any) -> MemberSpec:
+    """{"id": national identifier or RPPS, "on_behalf_of": organisational mailbox (optional)}"""
+    body = _object(body)
+    identifier, behalf = body.get("id"), body.get("on_behalf_of", "")
+    if not isinstance(identifier, str) or not identifier.isdigit() or len(identifier) > MAX_IDENTIFIER_CHARS:
+        raise HttpError(400, "invalid", "a member's id is a national identifier or an RPPS number")
+    if not isinstance(behalf, str) or len(behalf) > MAX_ADDRESS_CHARS:
+        raise HttpError(400, "invalid", f"on_behalf_of is a mailbox address of at most {MAX_ADDRESS_CHARS} characters")
+    return MemberSpec(identifier, behalf)

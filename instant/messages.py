@@ -1,0 +1,72 @@
+"""Messages of a care circle: post, history, read markers. Members only, every access audited
+(never the text).
+
+A post is acknowledged only once stored; its announcement carries the message frame already
+encoded, so fanning it out to a circle's connections costs no store read and one JSON
+encoding, whatever the number of members.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from directory.authn import Principal
+from store.audit import AuditTrail
+from store.events import EventBus
+
+from . import frames
+from .circles import Circles
+from .hub import circle_channel, person_channel
+from .storage import InstantStore
+
+
+class Messages:
+    def __init__(self, store: InstantStore, circles: Circles, audit: AuditTrail, bus: EventBus) -> None:
+        self._store = store
+        self._circles = circles
+        self._audit = audit
+        self._bus = bus
+
+    async def post(self, principal: Principal, circle_id: int, client_id: str, text: str,
+                   source: str) -> tuple[dict, bool]:
+        """(the stored message, True when this client_id had been stored already)."""
+        await self._circles.require_member(principal, circle_id, "circle.post", source)
+        async with self._circles.ordered(circle_id):
+            message, duplicate = await self._store.append(circle_id, principal.id, client_id, text, _now())
+            if not duplicate:
+                await self._bus.publish(circle_channel(circle_id), {
+                    "type": "message", "circle": circle_id, "seq": message["seq"],
+                    "wire": frames.encode(frames.message(**message))})
+        await self._audit.record(principal.actor, "circle.post", target=str(circle_id), source=source,
+                                 seq=message["seq"], client_id=client_id, duplicate=duplicate)
+        return message, duplicate
+
+    async def history(self, principal: Principal, circle_id: int, *, before: int | None, after: int | None,
+                      limit: int, source: str) -> tuple[list[dict], bool]:
+        await self._circles.require_member(principal, circle_id, "circle.read", source)
+        page, more = await self._store.messages(circle_id, before=before, after=after, limit=limit)
+        await self._audit.record(principal.actor, "circle.read", target=str(circle_id), source=source,
+                                 via="history", before=before, after=after, results=len(page))
+        return page, more
+
+    async def catch_up(self, circle_id: int, after: int, limit: int) -> list[dict]:
+        """Messages after `after` for a connection that follows the circle (membership was
+        checked when it subscribed, and is withdrawn from it as soon as it changes)."""
+        page, _more = await self._store.messages(circle_id, after=after, limit=limit)
+        return page
+
+    async def mark_read(self, principal: Principal, circle_id: int, seq: int, source: str) -> tuple[int, int]:
+        """(marker, unread) after moving the caller's read marker; their other connections hear of it."""
+        await self._circles.require_member(principal, circle_id, "circle.mark_read", source)
+        marker, unread = await self._store.mark_read(circle_id, principal.id, seq, _now())
+        await self._audit.record(principal.actor, "circle.mark_read", target=str(circle_id), source=source,
+                                 seq=marker)
+        await self._bus.publish(person_channel(principal.id), {
+            "type": "read", "circle": circle_id, "seq": marker, "unread": unread})
+        return marker, unread
+
+    async def read_state(self, principal: Principal, circle_id: int) -> tuple[int, int, int]:
+        return await self._store.read_state(circle_id, principal.id)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,119 @@
+"""The instant layer assembled from the shared services: storage, handlers, the hub, the mail
+alert task, and the front-ends it puts on the https listener (`/api/circles`, `/ws`, the web
+client at `/`). The composition root builds one, registers it, starts it and stops it.
+
+`/ws` answers with an `Upgrade`: h11 has parsed the request, so the websocket handshake is
+checked and answered by `websockets`' sans-IO ServerProtocol from that request's path and
+headers, and the connection then belongs to `connection.Connection`.
+
+A token may come in the upgrade request (`Authorization: Bearer`, or for browsers, which
+cannot set that header, a `msante.bearer.<token>` entry in Sec-WebSocket-Protocol beside
+`msante.v1`, the subprotocol the server selects) instead of in the first frame.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request as HandshakeRequest
+from websockets.server import ServerProtocol
+
+from web.http import HttpError, Request, Response, Upgrade
+from web.router import Router
+
+from .alerts import Alerts
+from .alertstore import AlertStore
+from .api import InstantApi
+from .circles import Circles
+from .connection import Connection
+from .frames import Close
+from .hub import Hub
+from .limits import DEFAULT, Limits
+from .mailalerts import MailAlerts
+from .messages import Messages
+from .storage import SqlStore
+from .webclient import WebClient
+
+if TYPE_CHECKING:
+    from msante.app import Services
+
+SUBPROTOCOL = "msante.v1"
+TOKEN_SUBPROTOCOL = "msante.bearer."
+
+
+class Instant:
+    def __init__(self, services: Services, limits: Limits = DEFAULT) -> None:
+        engine = services.engine
+        self.limits = limits
+        self.authenticator = services.authenticator
+        self.audit = services.audit
+        self.bus = services.bus
+        self.store = SqlStore(engine)
+        self.alerts = Alerts(engine, AlertStore(engine), services.audit, services.bus)
+        self.circles = Circles(engine, self.store, self.alerts, services.audit, services.bus)
+        self.messages = Messages(self.store, self.circles, services.audit, services.bus)
+        self.hub = Hub(services.bus)
+        self._mail_alerts = MailAlerts(engine, services.bus, self.alerts)
+        self._background: asyncio.Task | None = None
+        self._connections: set[Connection] = set()
+        self._stopping = False
+
+    def register(self, router: Router) -> None:
+        InstantApi(self).register(router)
+        WebClient().register(router)
+        router.add("GET", "/ws", self.websocket)
+
+    async def start(self) -> None:
+        self._background = asyncio.create_task(self._mail_alerts.run(), name="mail alerts")
+
+    async def stop(self, deadline: float) -> None:
+        """Close every websocket (1001: clients reconnect elsewhere or later), stop the tasks."""
+        self._stopping = True
+        for connection in list(self._connections):
+            connection.shut(Close.GOING_AWAY, "server shutting down")
+        give_up = time.monotonic() + deadline
+        while self._connections and time.monotonic() < give_up:
+            await asyncio.sleep(0.05)
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+        await self.hub.close()
+
+    async def websocket(self, request: Request) -> Response:
+        if self._stopping:
+            raise HttpError(503, "shutting_down", "the server is shutting down")
+        return Upgrade(self._accept)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request) -> None:
+        protocol = ServerProtocol(select_subprotocol=_select_subprotocol, max_size=self.limits.max_frame_bytes)
+        response = protocol.accept(HandshakeRequest(request.target, Headers(request.headers.items())))
+        protocol.send_response(response)
+        for data in protocol.data_to_send():
+            writer.write(data)
+        await writer.drain()
+        if response.status_code != 101:
+            return
+        connection = Connection(self, protocol, reader, writer, request.peer)
+        self._connections.add(connection)
+        try:
+            await connection.run(_handshake_token(request))
+        finally:
+            self._connections.discard(connection)
+
+
+def _select_subprotocol(_protocol: ServerProtocol, offered: list[str]) -> str | None:
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def _handshake_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    for offered in request.headers.get("sec-websocket-protocol", "").split(","):
+        if offered.strip().startswith(TOKEN_SUBPROTOCOL):
+            return offered.strip()[len(TOKEN_SUBPROTOCOL):]
+    return None
