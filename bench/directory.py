@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import resource
 import statistics
@@ -61,6 +62,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     print(f"generated {args.people:,} people in {time.monotonic() - started:.1f} s: "
           f"{ps_file.stat().st_size / 2**20:.0f} MB PS, {mss_file.stat().st_size / 2**20:.0f} MB MSSanté")
 
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other work skews the figures)")
     url = args.db or f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
     engine = create_engine(url)
     await upgrade(engine)
@@ -84,7 +86,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         changed = await rows_updated_since(engine, before)
         print(f"re-import {report.kind}, forced (every line read and upserted): {report.seconds:.1f} s = "
               f"{report.lines / report.seconds:,.0f} lines/s; rows whose updated_at moved: {changed}")
-    print(f"peak RSS at the end: {peak_rss_mb():.0f} MB")
+    print(f"peak RSS at the end: {peak_rss_mb():.0f} MB; load average (1 min): {os.getloadavg()[0]:.2f}")
     if not args.db:
         print(f"database file: {(workdir / 'bench.db').stat().st_size / 2**20:.0f} MB")
     await engine.dispose()

@@ -1,7 +1,8 @@
 """Relay throughput between two operators: msante A -> msante B against Postfix P1 -> Postfix P2.
 
     .venv/bin/python bench/relay.py [-n 2000] [--runs 3] [-c 10] [--per-conn 100]
-                                    [--variants e2e,drain] [--postfix-concurrency K] [--keep]
+                                    [--variants e2e,drain] [--postfix-modes default,reuse]
+                                    [--postfix-concurrency K] [--no-compare] [--keep]
 
 Run it from the repository root with the venv's python. One sitting, everything on loopback:
 
@@ -17,9 +18,15 @@ bench.local to P2 (transport_maps -> smtp:[localhost]:<P2 smtp port>) with
 smtp_tls_security_level=verify against the shared CA and P1's client certificate; P2 requires a
 client certificate from that CA on its SMTP listener. P2 delivers to its Dovecot (LMTP, maildir).
 Postfix keeps its defaults otherwise: up to 20 parallel connections per destination
-(--postfix-concurrency changes that), connection caching when there is a backlog.
+(--postfix-concurrency changes that), connection caching when there is a backlog, except that
+Postfix does not cache TLS connections unless smtp_tls_connection_reuse = yes. So the Postfix
+pair runs as two systems (--postfix-modes): "postfix", the bench peers' settings (a new TLS
+connection per message, up to 20 at once), and "postfix+reuse", the same with
+smtp_tls_connection_reuse = yes (through tlsproxy), the counterpart of msante's reused connection.
+P1 is reloaded when the rotation switches between them.
 
-Two variants, each run --runs times per system, alternating msante, Postfix, msante, ...:
+Two variants, each run --runs times per system, alternating msante, postfix, postfix+reuse,
+msante, ...:
 
   e2e    N messages of 10 KB submitted at A (resp. P1) with mailbench `smtp` (STARTTLS;
          XOAUTH2 as jean.dupont@msante.test, resp. AUTH PLAIN as user9@bench.local; -c 10,
@@ -221,6 +228,20 @@ def _operator_class():  # tests.operators imports pytest through tests.conftest:
         """Operator whose `serve` writes to a log file, and whose stop never asserts."""
 
         def start(self) -> None:
+            """`msante serve`, logging to <root>/<name>.log. Other people edit this tree while it
+            runs: a start that fails is tried twice more, and said so."""
+            for attempt in range(3):
+                try:
+                    return self._start()
+                except Fatal as exc:
+                    if attempt == 2:
+                        raise
+                    print(f"    note: msante {self.name} failed to start, trying again in 3 s: "
+                          f"{str(exc).splitlines()[-1][:200]}", flush=True)
+                    self._log.close()
+                    time.sleep(3)
+
+        def _start(self) -> None:
             self.log_path = self.data_dir.parent / f"{self.name}.log"
             self._log = open(self.log_path, "ab")
             self.process = subprocess.Popen([sys.executable, "-m", "msante", "serve"], env=self.env,
@@ -249,9 +270,14 @@ def _operator_class():  # tests.operators imports pytest through tests.conftest:
             self._log.close()
             return code
 
-        def log_findings(self) -> list[str]:
-            return [line for line in self.log_path.read_text(errors="replace").splitlines()
-                    if any(w in line for w in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))]
+        def log_findings(self) -> dict[str, int]:
+            """Warning/error lines of every run of this operator, counted by text (time, ports blanked)."""
+            found: dict[str, int] = {}
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if any(w in line for w in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")):
+                    key = re.sub(r"\b\d{4,5}\b", "<n>", re.sub(r"^[\d-]+ [\d:,]+ ", "", line))
+                    found[key] = found.get(key, 0) + 1
+            return found
 
     return LoggedOperator
 
@@ -287,8 +313,9 @@ class MsantePair:
             code = op.stop()
             if code is not None:
                 findings = op.log_findings()
-                notes.append(f"msante {op.name} ({op.domain}) exited {code}; its log had {len(findings)} "
-                             f"warning/error line(s)" + "".join("\n    " + f[:240] for f in findings[:6]))
+                notes.append(f"msante {op.name} ({op.domain}) exited {code}; its log had {sum(findings.values())} "
+                             f"warning/error line(s)" + "".join(f"\n    {n:>5} x {text[:220]}" for text, n in
+                                                                sorted(findings.items(), key=lambda kv: -kv[1])[:8]))
         return notes
 
     def describe(self) -> str:
@@ -350,6 +377,7 @@ class MsantePair:
             due = self.a.query("SELECT max(next_attempt_at) FROM deliveries WHERE status = 'queued'")[0][0]
             if due:  # every row due when A comes back, so that its first pass takes them all
                 time.sleep(max(0.0, epoch(due) - time.time() + 0.1))
+            bases["audit"] = self._last_id(self.a, "audit")  # the fill's refused connections are expected
             self.b.start()
             cpu_b = tree_cpu(self._pids(self.b))
             r["t_restart"] = time.time()
@@ -447,6 +475,9 @@ class PostfixPair:
         if self.args.postfix_concurrency:
             settings.append(f"smtp_destination_concurrency_limit = {self.args.postfix_concurrency}")
         self._sh("postconf", "-c", self.etc("p1"), "-e", *settings)
+        # smtp_tls_connection_reuse (mode "reuse") hands TLS to tlsproxy, absent from the bench master.cf
+        self._sh("postconf", "-c", self.etc("p1"), "-M", "tlsproxy/unix=tlsproxy unix - - n - 0 tlsproxy")
+        self.reuse = False
         self._sh("postconf", "-c", self.etc("p2"), "-e", f"smtpd_tls_CAfile = {self.runs['p2'] / 'tls' / 'ca.crt'}")
         self._sh("postconf", "-c", self.etc("p2"), "-P", f"127.0.0.1:{p2_smtp}/inet/smtpd_tls_security_level=encrypt",
                  f"127.0.0.1:{p2_smtp}/inet/smtpd_tls_req_ccert=yes")
@@ -456,6 +487,15 @@ class PostfixPair:
         time.sleep(1.5)  # reload is asynchronous
         wait_port(self.ports["p1"]["SUBMIT_PORT"])
         wait_port(p2_smtp)
+
+    def set_reuse(self, reuse: bool) -> None:
+        """Postfix does not cache TLS connections unless smtp_tls_connection_reuse = yes (3.4+)."""
+        if reuse != self.reuse:
+            self._sh("postconf", "-c", self.etc("p1"), "-e", f"smtp_tls_connection_reuse = {'yes' if reuse else 'no'}")
+            self._sh("postfix", "-c", self.etc("p1"), "reload")
+            time.sleep(1.5)
+            wait_port(self.ports["p1"]["SUBMIT_PORT"])
+            self.reuse = reuse
 
     def stop(self) -> list[str]:
         for which in sorted(self.started):
@@ -514,7 +554,7 @@ class PostfixPair:
             fh.seek(offset)
             text = fh.read()
         sent = [line for line in text.splitlines() if "postfix/smtp[" in line and "status=sent" in line]
-        return text.count("TLS connection established to"), len(sent)
+        return sum(1 for line in sent if "conn_use=" not in line), len(sent)  # conn_use=N: N-th on a connection
 
     def _pids(self, which: str) -> list[int]:
         pids = []
@@ -527,6 +567,12 @@ class PostfixPair:
         return pids
 
     def warm_up(self) -> None:
+        self.set_reuse(True)  # both paths, reused or not, once before measuring
+        self._warm_up()
+        self.set_reuse(False)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
         before = len(self._names())
         self._sh(sys.executable, str(self.args.mailbench), "smtp", *self.mailbench(self.args.mailbench, 1)[3:-2],
                  "--json-out", "/dev/null", timeout=60)
@@ -582,6 +628,21 @@ class PostfixPair:
         return r
 
 
+class PostfixMode:
+    """One configuration of the Postfix pair, as a system of its own in the rotation."""
+
+    def __init__(self, pair: PostfixPair, mode: str) -> None:
+        self.pair, self.reuse = pair, mode == "reuse"
+        self.name = "postfix" + ("+reuse" if self.reuse else "")
+
+    def mailbench(self, mailbench: Path, n: int) -> list[str]:
+        return self.pair.mailbench(mailbench, n)
+
+    def run(self, variant: str, mailbench: Path, n: int) -> dict:
+        self.pair.set_reuse(self.reuse)
+        return self.pair.run(variant, mailbench, n)
+
+
 # --- the sitting ------------------------------------------------------------------------------
 
 def relay_rate(r: dict, variant: str) -> float:
@@ -618,7 +679,7 @@ def describe_run(system: str, variant: str, r: dict) -> str:
         for answer, count in sorted(r["failed_attempts"].items(), key=lambda kv: -kv[1])[:3]:
             detail += f"\n      {count} failed attempt(s): {answer}"
     else:
-        detail += f"\n      {r['connections']} TLS connection(s) P1 -> P2 for {r['sent_lines']} deliveries"
+        detail += f"\n      {r['connections']} connection(s) P1 -> P2 for {r['sent_lines']} deliveries"
     lines.append(detail)
     if r.get("incomplete"):
         lines.append(f"INCOMPLETE: {r['incomplete']}")
@@ -637,6 +698,10 @@ def med(values: list[float]) -> tuple[float, float, float]:
 def bench(args: argparse.Namespace, workdir: Path) -> int:
     t_start = time.monotonic()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    modes = [m.strip() for m in args.postfix_modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("default", "reuse"):
+            raise Fatal(f"--postfix-modes: {m!r} is not default or reuse")
     for v in variants:
         if v not in ("e2e", "drain"):
             raise Fatal(f"--variants: {v!r} is not e2e or drain")
@@ -654,14 +719,14 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         ms.warm_up()
         systems.append(ms)
         print(f"msante: two operators up in {time.monotonic() - started:.1f} s: {ms.describe()}")
-        if args.compare:
+        if args.compare and modes:
             pf = PostfixPair(workdir, args.mailbench.parent / "peers", args)
             to_stop.append(pf)
             try:
                 started = time.monotonic()
                 pf.start()
                 pf.warm_up()
-                systems.append(pf)
+                systems += [PostfixMode(pf, m) for m in modes]
                 print(f"postfix: two instances up in {time.monotonic() - started:.1f} s: {pf.describe()}")
                 print("         " + pf.banner.replace("\n", "\n         "))
             except (Fatal, subprocess.TimeoutExpired, OSError) as exc:
@@ -678,11 +743,11 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
                 for s in systems:
                     r = s.run(variant, args.mailbench, args.messages)
                     results.setdefault((s.name, variant), []).append(r)
-                    print(f"  run {i} {variant:<5} {s.name:<8}{describe_run(s.name, variant, r)}", flush=True)
+                    print(f"  run {i} {variant:<5} {s.name:<14}{describe_run(s.name, variant, r)}", flush=True)
 
         print(f"\n== Summary (one sitting, {time.strftime('%Y-%m-%d %H:%M:%S')}, N={args.messages} x 10 KB, "
               f"{args.runs} run(s) per system and variant, load {' '.join(open('/proc/loadavg').read().split()[:3])})")
-        print(f"{'system':<9} {'variant':<7} {'relay msgs/s median [min..max]':<32} {'submission msgs/s':<26} "
+        print(f"{'system':<14} {'variant':<7} {'relay msgs/s median [min..max]':<32} {'submission msgs/s':<26} "
               f"{'stalls':>6} {'CPU snd/rcv %':>13}")
         medians = {}
         for variant in variants:
@@ -692,13 +757,13 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
                 sub = med([r["msgs_per_s"] for r in runs])
                 medians[(s.name, variant)] = rate[0]
                 cpu = [statistics.median([list(r["cpu"].values())[k] for r in runs]) for k in (0, 1)]
-                print(f"{s.name:<9} {variant:<7} {f'{rate[0]:.1f} [{rate[1]:.1f}..{rate[2]:.1f}]':<32} "
+                print(f"{s.name:<14} {variant:<7} {f'{rate[0]:.1f} [{rate[1]:.1f}..{rate[2]:.1f}]':<32} "
                       f"{f'{sub[0]:.1f} [{sub[1]:.1f}..{sub[2]:.1f}]' + ('*' if variant == 'drain' else ''):<26} "
                       f"{statistics.median([r['stalls'] for r in runs]):>6.0f} {cpu[0]:>6.0f}/{cpu[1]:<6.0f}")
-        if len(systems) == 2:
+        for s in systems[1:]:
             for variant in variants:
-                a, b = medians[("msante", variant)], medians[("postfix", variant)]
-                print(f"ratio msante/postfix, relay msgs/s ({variant}): x{a / b:.3f}" if b else "")
+                a, b = medians[("msante", variant)], medians[(s.name, variant)]
+                print(f"ratio msante/{s.name}, relay msgs/s ({variant}): x{a / b:.3f}" if b else "")
         print("e2e: N / (first submission -> last stored at the receiver); drain: (N-1) / (first -> last stored) "
               "after the receiver comes back;\n* submission with the receiver down (the sender's queue failing "
               "meanwhile), not a reference figure; CPU: sender/receiver process trees, share of one core")
@@ -720,6 +785,10 @@ def main() -> int:
     parser.add_argument("--postfix-concurrency", type=int, default=0,
                         help="P1's smtp_destination_concurrency_limit (default: Postfix's own, 20); "
                              "1 = one connection like msante's queue")
+    parser.add_argument("--postfix-modes", default="default,reuse",
+                        help="comma list: default (the bench peers' settings: TLS connections are not reused, "
+                             "Postfix's default) and/or reuse (smtp_tls_connection_reuse = yes, through tlsproxy); "
+                             "each is a system of its own in the rotation (default both)")
     parser.add_argument("--no-compare", dest="compare", action="store_false", help="msante only")
     parser.add_argument("--stall", type=float, default=120.0,
                         help="give a run up after this many seconds without a newly stored message (default 120)")

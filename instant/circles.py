@@ -91,6 +91,12 @@ class Circles:
         await self._audit.record(principal.actor, "circle.list", source=source, results=len(found))
         return found
 
+    async def list_all(self, source: str) -> list[dict]:
+        """Every circle, for the operator."""
+        found = await self._store.all_circles()
+        await self._audit.record(OPERATOR, "circle.list", source=source, results=len(found))
+        return found
+
     async def detail(self, principal: Principal, circle_id: int, source: str) -> dict:
         await self.require_member(principal, circle_id, "circle.read", source)
         circle = await self._store.circle(circle_id)

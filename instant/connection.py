@@ -9,7 +9,8 @@ handed over, a Session for the rules, the handlers for the work. Three tasks:
 
 The outbox is bounded (frames and bytes). Hub delivery never waits: when a reader falls so far
 behind that the bound is hit, the queue is dropped and the connection closed with 4008, and
-the client resumes from its last seq. Memory per connection therefore has a ceiling.
+the client resumes from its last seq. Memory per connection therefore has a ceiling. Any
+other close goes out after the replies already queued, so a client learns why it was closed.
 """
 from __future__ import annotations
 
@@ -52,6 +53,15 @@ class CatchUp:
     circle: int
 
 
+@dataclass(frozen=True)
+class Closing:
+    """Last in the outbox: the final frame (if any) and the close, after what was queued."""
+
+    code: Close
+    reason: str
+    last: dict[str, Any] | None
+
+
 class Outbox:
     """Frames waiting for the socket, bounded in number and in bytes."""
 
@@ -65,22 +75,28 @@ class Outbox:
         size = len(item) if isinstance(item, str) else len(item.wire) if isinstance(item, Live) else 0
         if len(self._items) >= self._max_items or self.bytes + size > self._max_bytes:
             return False
+        self._put(item, size)
+        return True
+
+    def close(self, closing: Closing, *, drop_queued: bool) -> None:
+        """Queue the close (beyond the bounds: it is the last item), after the rest or instead of it."""
+        if drop_queued:
+            self._items.clear()
+            self.bytes = 0
+        self._put(closing, 0)
+
+    def _put(self, item: Any, size: int) -> None:
         self._items.append((item, size))
         self.bytes += size
         self._ready.set()
-        return True
 
-    async def get(self) -> str | Live | CatchUp:
+    async def get(self) -> str | Live | CatchUp | Closing:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
         item, size = self._items.popleft()
         self.bytes -= size
         return item
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.bytes = 0
 
 
 class Connection:
@@ -123,17 +139,14 @@ class Connection:
             await self._leave()
 
     def shut(self, code: Close, reason: str, last: dict[str, Any] | None = None) -> None:
-        """Start the closing handshake now, after `last` if given; whatever was queued is
-        dropped. The socket is cut if the peer has not answered within close_timeout."""
+        """Close the connection: `last`, then the close frame, go out after the frames already
+        queued (all of them dropped instead for a resync: the client is too far behind to want
+        them). Nothing more is queued or served; the socket is cut if the peer has not
+        completed the closing handshake within close_timeout."""
         if self._closing:
             return
         self._closing = True
-        self._outbox.clear()
-        if last is not None:
-            self._write_text(frames.encode(last))
-        if self._protocol.state is State.OPEN:
-            self._protocol.send_close(code, reason)
-            self._flush()
+        self._outbox.close(Closing(code, reason, last), drop_queued=code == Close.RESYNC)
         asyncio.get_running_loop().call_later(self._limits.close_timeout, self._writer.transport.abort)
 
     # --- reading ------------------------------------------------------------------------------
@@ -356,6 +369,14 @@ class Connection:
             item = await self._outbox.get()
             if isinstance(item, str):
                 self._write_text(item)
+            elif isinstance(item, Closing):
+                if item.last is not None:
+                    self._write_text(frames.encode(item.last))
+                if self._protocol.state is State.OPEN:
+                    self._protocol.send_close(item.code, item.reason)
+                    self._flush()
+                await self._writer.drain()
+                return
             elif isinstance(item, Live):
                 cursor = self.session.cursors.get(item.circle)
                 verdict = cursor.verdict(item.seq) if cursor else Verdict.SEEN

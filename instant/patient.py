@@ -63,7 +63,7 @@ def patient_from(data: Any, *, today: date | None = None) -> Patient:
     `birth_date` as YYYY-MM-DD), or PatientError naming the faulty field."""
     if not isinstance(data, dict):
         raise PatientError("patient", "patient must be an object")
-    ins = _text(data, "ins", 15).replace(" ", "").upper()
+    ins = "".join(_text(data, "ins", 32).split()).upper()  # "2 48 03 97 415 123 58", as printed, is accepted
     if not valid_ins(ins):
         raise PatientError("ins", "ins must be a 15-character INS matricule (NIR or NIA) with a valid key")
     oid = _text(data, "ins_oid", 32)

@@ -2,9 +2,10 @@
 alert task, and the front-ends it puts on the https listener (`/api/circles`, `/ws`, the web
 client at `/`). The composition root builds one, registers it, starts it and stops it.
 
-`/ws` answers with an `Upgrade`: h11 has parsed the request, so the websocket handshake is
-checked and answered by `websockets`' sans-IO ServerProtocol from that request's path and
-headers, and the connection then belongs to `connection.Connection`.
+`/ws` answers with an `Upgrade`: h11 has parsed the request; its path and headers are written
+out again for `websockets`' sans-IO ServerProtocol, which checks the handshake and answers it
+(and only reads frames after a handshake it parsed), and the connection then belongs to
+`connection.Connection`.
 
 A token may come in the upgrade request (`Authorization: Bearer`, or for browsers, which
 cannot set that header, a `msante.bearer.<token>` entry in Sec-WebSocket-Protocol beside
@@ -17,10 +18,14 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.datastructures import Headers
 from websockets.http11 import Request as HandshakeRequest
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from store.audit import AuditTrail
+from store.events import LocalBus
 from web.http import HttpError, Request, Response, Upgrade
 from web.router import Router
 
@@ -31,7 +36,8 @@ from .circles import Circles
 from .connection import Connection
 from .frames import Close
 from .hub import Hub
-from .limits import DEFAULT, Limits
+from . import limits as configured
+from .limits import Limits
 from .mailalerts import MailAlerts
 from .messages import Messages
 from .storage import SqlStore
@@ -45,9 +51,9 @@ TOKEN_SUBPROTOCOL = "msante.bearer."
 
 
 class Instant:
-    def __init__(self, services: Services, limits: Limits = DEFAULT) -> None:
+    def __init__(self, services: Services, limits: Limits | None = None) -> None:
         engine = services.engine
-        self.limits = limits
+        self.limits = limits or configured.DEFAULT  # read when built: tests and the bench replace it
         self.authenticator = services.authenticator
         self.audit = services.audit
         self.bus = services.bus
@@ -90,12 +96,17 @@ class Instant:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request) -> None:
         protocol = ServerProtocol(select_subprotocol=_select_subprotocol, max_size=self.limits.max_frame_bytes)
-        response = protocol.accept(HandshakeRequest(request.target, Headers(request.headers.items())))
-        protocol.send_response(response)
+        try:  # the protocol reads frames only once it has parsed the handshake itself: give it the request
+            protocol.receive_data(HandshakeRequest(request.target, Headers(request.headers.items())).serialize())
+        except UnicodeEncodeError:  # a target h11 let through that is not ASCII: no websocket for it
+            return
+        handshake = protocol.events_received()
+        if handshake:
+            protocol.send_response(protocol.accept(handshake[0]))
         for data in protocol.data_to_send():
             writer.write(data)
         await writer.drain()
-        if response.status_code != 101:
+        if protocol.state is not State.OPEN:
             return
         connection = Connection(self, protocol, reader, writer, request.peer)
         self._connections.add(connection)
@@ -103,6 +114,14 @@ class Instant:
             await connection.run(_handshake_token(request))
         finally:
             self._connections.discard(connection)
+
+
+def circle_admin(engine: AsyncEngine, audit: AuditTrail) -> Circles:
+    """The circle handlers without a running server, for the CLI. Their announcements go to a
+    bus nobody hears: a running server applies a change to live connections at its next
+    membership recheck (Limits.membership_recheck), and alerts wait in the store."""
+    bus = LocalBus()
+    return Circles(engine, SqlStore(engine), Alerts(engine, AlertStore(engine), audit, bus), audit, bus)
 
 
 def _select_subprotocol(_protocol: ServerProtocol, offered: list[str]) -> str | None:

@@ -39,6 +39,7 @@ class InstantStore(Protocol):
     async def membership(self, circle_id: int, idnat: str) -> dict | None: ...
     async def followed_still(self, idnat: str, circle_ids: list[int]) -> dict[int, str]: ...
     async def circles_of(self, idnat: str) -> list[dict]: ...
+    async def all_circles(self) -> list[dict]: ...
     async def add_member(self, circle_id: int, idnat: str, on_behalf_of: str, by: str, now: datetime) -> bool: ...
     async def remove_member(self, circle_id: int, idnat: str, now: datetime) -> bool: ...
     async def professional(self, identifier: str) -> dict | None: ...
@@ -157,6 +158,16 @@ class SqlStore:
             return [{**_circle(r), "role": "coordinator" if r.coordinator == idnat else "member",
                      "on_behalf_of": r.on_behalf_of, "read": r.read, "unread": r.unread}
                     for r in await conn.execute(query)]
+
+    async def all_circles(self) -> list[dict]:
+        """Every circle with its members' identifiers (the operator's view)."""
+        async with self._engine.connect() as conn:
+            found = [_circle(r) for r in await conn.execute(select(circles).order_by(circles.c.id))]
+            members: dict[int, list[str]] = {}
+            for r in await conn.execute(select(circle_members.c.circle_id, circle_members.c.idnat)
+                                        .order_by(circle_members.c.idnat)):
+                members.setdefault(r.circle_id, []).append(r.idnat)
+        return [{**c, "members": members.get(c["id"], [])} for c in found]
 
     async def add_member(self, circle_id: int, idnat: str, on_behalf_of: str, by: str, now: datetime) -> bool:
         """False when the person is a member already (membership unchanged)."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import web
 from web.http import HttpError, Request, Response
 from web.router import Router
 
-STATIC = Path(__file__).resolve().parents[1] / "web" / "static"
+STATIC = Path(web.__file__).with_name("static")
 FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",

@@ -1,8 +1,9 @@
 """The durable message store: one body per message, a row per (folder, message) with its UID.
 
 `accept` is the one transaction behind SMTP's `250` after DATA: the body, the envelope, each
-local recipient's INBOX entry, each remote recipient's queue entry and any delivery-status
-report commit together or not at all. Events go out only after the commit, so a listener
+local recipient's INBOX entry, each remote recipient's queue entry, any delivery-status
+report and the audit row commit together or not at all (possibly alongside other sessions'
+messages, in one group commit). Events go out only after the commit, so a listener
 woken by one always finds the rows.
 
 UIDs (RFC 3501 §2.3.1.1) come from the folder's `uidnext`, bumped in the same UPDATE that
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.audit import AuditTrail
 from store.db import dialect_insert
+from store.group_commit import GroupCommit
 from store.events import EventBus
 from store.schema import bodies, deliveries, envelopes, folder_messages, folders, mailboxes
 
@@ -59,52 +61,68 @@ class MailStore:
         self._engine = engine
         self._bus = bus
         self._reporting_mta = reporting_mta
+        self._writes = GroupCommit(engine)
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
                      audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
-        now = datetime.now(timezone.utc)
+        """Store one accepted message; returns once it is committed (with other sessions' messages:
+        see store/group_commit.py), then wakes whoever watches the boxes."""
         recipients = list(recipients)
+
+        async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int, dict]]]:
+            return await self._store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
+                                     audit=audit, audit_action=audit_action, source=source, mail_dsn=mail_dsn,
+                                     recipients=recipients)
+        accepted, events = await self._writes.run(write)
+        await self.publish(events + ([(0, QUEUED)] if accepted.queued else []))
+        return accepted
+
+    async def close(self) -> None:
+        await self._writes.close()
+
+    async def _store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,
+                     audit: AuditTrail, audit_action: str, source: str, mail_dsn: dsn.MailDsn,
+                     recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int, dict]]]:
+        now = datetime.now(timezone.utc)
         events: list[tuple[int, dict]] = []
         delivered, queued, failed = [], [], []
         reports: list[dsn.RecipientStatus] = []
-        async with self._engine.begin() as conn:
-            body_id = await _insert_body(conn, message, now)
-            envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
-                "body_id": body_id, "message_id": message_id[:998], "sender": sender, "actor": actor.id,
-                "actor_kind": actor.kind, "source": source, "received_at": now, "ret": mail_dsn.ret or "",
-                "envid": mail_dsn.envid or "", "size": len(message)})).scalar_one()
-            for rcpt in recipients:
-                row = {"envelope_id": envelope_id, "recipient": rcpt.address,
-                       "orcpt": ";".join(rcpt.dsn.orcpt) if rcpt.dsn.orcpt else "",
-                       "notify": ",".join(sorted(rcpt.dsn.notify)), "updated_at": now, "attempts": 0,
-                       "last_error": ""}
-                if rcpt.mailbox_id is None:
-                    await conn.execute(insert(deliveries), {**row, "status": "queued", "next_attempt_at": now})
-                    queued.append(rcpt.address)
-                    continue
-                placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, now)
-                if placed is None:  # the box was retired between RCPT and DATA
-                    await conn.execute(insert(deliveries), {**row, "status": "failed",
-                                                            "last_error": "550 5.1.1 mailbox no longer exists"})
-                    failed.append(rcpt.address)
-                    if "FAILURE" in rcpt.dsn.notify:
-                        reports.append(_status(rcpt, "failed", "5.1.1", "smtp; 550 5.1.1 mailbox no longer exists", now))
-                    continue
-                folder_message_id, uid, event = placed
-                events.append((rcpt.mailbox_id, event))
-                await conn.execute(insert(deliveries), {**row, "status": "delivered",
-                                                        "folder_message_id": folder_message_id})
-                delivered.append(rcpt.address)
-                if "SUCCESS" in rcpt.dsn.notify:
-                    reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
-            if reports:
-                events += await self.report(conn, sender=sender, envid=mail_dsn.envid, ret=mail_dsn.ret,
-                                            arrival=now, statuses=reports, original=message)
-            await audit.record(actor, audit_action, target=sender or "<>", source=source, conn=conn,
-                               message_id=message_id, envelope=envelope_id, delivered=delivered, queued=queued,
-                               failed=failed, size=len(message))
-        await self.publish(events + ([(0, QUEUED)] if queued else []))
-        return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed))
+        body_id = await _insert_body(conn, message, now)
+        envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
+            "body_id": body_id, "message_id": message_id[:998], "sender": sender, "actor": actor.id,
+            "actor_kind": actor.kind, "source": source, "received_at": now, "ret": mail_dsn.ret or "",
+            "envid": mail_dsn.envid or "", "size": len(message)})).scalar_one()
+        for rcpt in recipients:
+            row = {"envelope_id": envelope_id, "recipient": rcpt.address,
+                   "orcpt": ";".join(rcpt.dsn.orcpt) if rcpt.dsn.orcpt else "",
+                   "notify": ",".join(sorted(rcpt.dsn.notify)), "updated_at": now, "attempts": 0,
+                   "last_error": ""}
+            if rcpt.mailbox_id is None:
+                await conn.execute(insert(deliveries), {**row, "status": "queued", "next_attempt_at": now})
+                queued.append(rcpt.address)
+                continue
+            placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, now)
+            if placed is None:  # the box was retired between RCPT and DATA
+                await conn.execute(insert(deliveries), {**row, "status": "failed",
+                                                        "last_error": "550 5.1.1 mailbox no longer exists"})
+                failed.append(rcpt.address)
+                if "FAILURE" in rcpt.dsn.notify:
+                    reports.append(_status(rcpt, "failed", "5.1.1", "smtp; 550 5.1.1 mailbox no longer exists", now))
+                continue
+            folder_message_id, uid, event = placed
+            events.append((rcpt.mailbox_id, event))
+            await conn.execute(insert(deliveries), {**row, "status": "delivered",
+                                                    "folder_message_id": folder_message_id})
+            delivered.append(rcpt.address)
+            if "SUCCESS" in rcpt.dsn.notify:
+                reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
+        if reports:
+            events += await self.report(conn, sender=sender, envid=mail_dsn.envid, ret=mail_dsn.ret,
+                                        arrival=now, statuses=reports, original=message)
+        await audit.record(actor, audit_action, target=sender or "<>", source=source, conn=conn,
+                           message_id=message_id, envelope=envelope_id, delivered=delivered, queued=queued,
+                           failed=failed, size=len(message))
+        return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed)), events
 
     async def publish(self, events: list[tuple[int, dict]]) -> None:
         """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue)."""

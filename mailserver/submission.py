@@ -17,6 +17,7 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from typing import Any
 
+from aiosmtpd.smtp import TLSSetupException
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,6 +58,9 @@ class _Receiver:
     async def handle_exception(self, error: Exception) -> str:
         """A fault of ours (the store unreachable, a bug) is temporary for the client, which will
         retry; the details go to our log, never to the peer."""
+        if isinstance(error, TLSSetupException):  # the client's handshake failed: its problem, not a fault
+            log.info("STARTTLS failed: %s", error.__cause__ or error)
+            return "454 4.7.0 TLS not available: the handshake failed"
         log.error("SMTP session failed: %s: %s", error.__class__.__name__, error, exc_info=error)
         return "451 4.3.0 Temporary server error, please try again later"
 

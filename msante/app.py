@@ -26,6 +26,7 @@ from config import Settings
 from directory.api import DirectoryApi
 from directory.authn import Authenticator
 from directory.mailbox_api import MailboxApi
+from instant.service import Instant
 from mailserver.logins import Logins
 from mailserver.mailstore import MailStore
 from mailserver.smtp import ConnectionCounter, MsanteSMTP, SmtpLimits
@@ -39,6 +40,7 @@ from store.events import EventBus, LocalBus
 from store.schema import deliveries, envelopes, mailboxes, professionals
 from web.http import Request, Response, serve_connection
 from web.metrics import Metrics
+from web.oidc import DevSignIn
 from web.router import Router
 from web.wellknown import WellKnown
 
@@ -62,6 +64,7 @@ class Services:
     trust: TrustSpace
     metrics: Metrics = field(default_factory=Metrics)
     router: Router = field(default_factory=Router)
+    instant: Instant | None = None  # care circles, /ws and the web client: built by https_listener
 
     @classmethod
     async def open(cls, settings: Settings) -> "Services":
@@ -78,6 +81,7 @@ class Services:
                    TrustSpace(engine, settings.domains))
 
     async def close(self) -> None:
+        await self.mailstore.close()
         await self.engine.dispose()
 
     def server_tls(self, *, require_client_cert: bool = False) -> ssl.SSLContext:
@@ -115,6 +119,9 @@ def https_listener(services: Services) -> Listener:
     WellKnown(s).register(router)
     DirectoryApi(services.engine, services.authenticator, services.audit).register(router)
     MailboxApi(services.engine, services.authenticator, services.passwords).register(router)
+    DevSignIn(s, services.engine, services.audit).register(router)
+    services.instant = Instant(services)
+    services.instant.register(router)
 
     async def healthz(_request: Request) -> Response:
         async with services.engine.connect() as conn:
@@ -214,6 +221,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             await listener.start()
             log.info("%s listening on %s", listener.name, listener.address)
         queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
+        if services.instant:
+            await services.instant.start()
         await services.audit.record(SERVER, "server.start",
                                      listeners={lst.name: lst.address for lst in listeners})
         if on_ready:
@@ -221,6 +230,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         await stop.wait()
         log.info("shutting down: no new connections, %.0f s for in-flight work", SHUTDOWN_DEADLINE)
         queue_stop.set()
+        if services.instant:  # websockets never end by themselves: close them before the listeners wait
+            await services.instant.stop(SHUTDOWN_DEADLINE)
         await asyncio.gather(*(lst.stop(SHUTDOWN_DEADLINE) for lst in listeners))
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
         await services.audit.record(SERVER, "server.stop")

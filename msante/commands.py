@@ -27,6 +27,10 @@ from directory import extract, importer, queries
 from directory.app_passwords import AppPasswords
 from directory.authn import Principal
 from directory.mailboxes import MailboxAdmin, normalise_address
+from instant.circles import Circles, MemberSpec
+from instant.errors import Conflict, InstantError
+from instant.patient import PatientError, patient_from
+from instant.service import circle_admin
 from mailserver import outbound, trust
 from mailserver.mailstore import MailStore
 from store import db
@@ -131,6 +135,13 @@ async def _load_demo(settings: Settings, engine: AsyncEngine) -> None:
     for local_part, rpps in demo.DELEGATES:
         await admin.grant(f"{local_part}@{domain}", rpps, actor=OPERATOR)
     await trust.import_list(engine, demo.write_trust_list(settings.path("demo"), settings.domains))
+    try:
+        circle = await circle_admin(engine, audit).create(
+            None, patient_from(demo.CIRCLE_PATIENT), [MemberSpec(rpps) for rpps in demo.CIRCLE_MEMBERS], "cli",
+            coordinator=demo.CIRCLE_COORDINATOR)
+        print(f"demo: care circle {circle['id']} with {len(circle['members'])} members")
+    except Conflict:
+        pass  # init --demo ran before
 
 
 def serve_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 - coroutine
@@ -352,6 +363,58 @@ async def trust_import_command(settings: Settings, args: argparse.Namespace) -> 
                                         added=added, removed=removed)
     print(f"trust space: {added} domain(s) added, {removed} removed (running servers pick it up within "
           f"{trust.RELOAD_SECONDS:.0f} s)")
+    return 0
+
+
+# --- care circles -----------------------------------------------------------------------------
+
+async def _with_circles(settings: Settings, work) -> Any:  # noqa: ANN001
+    """Run `work(Circles)` as the operator (the CLI may change any circle's members)."""
+    async with _opened(settings) as engine:
+        try:
+            return await work(circle_admin(engine, AuditTrail(engine)))
+        except InstantError as exc:
+            raise CommandError(exc.message) from None
+
+
+async def circle_create_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        patient = patient_from({"ins": args.ins, "ins_oid": args.ins_oid, "family_name": args.family_name,
+                                "given_name": args.given_name, "birth_date": args.birth_date})
+    except PatientError as exc:
+        raise CommandError(f"--{exc.field.replace('_', '-')}: {exc}") from None
+
+    def create(circles: Circles):  # noqa: ANN202
+        return circles.create(None, patient, [MemberSpec(m) for m in args.member], "cli", coordinator=args.coordinator)
+    circle = await _with_circles(settings, create)
+    print(f"created care circle {circle['id']} for {patient.given_name.title()} {patient.family_name} "
+          f"with {len(circle['members'])} members")
+    return 0
+
+
+async def circle_add_command(settings: Settings, args: argparse.Namespace) -> int:
+    member = await _with_circles(settings, lambda circles: circles.add_member(
+        None, args.circle, MemberSpec(args.rpps, args.on_behalf_of), "cli"))
+    print(f"{member['name']} {'added to' if member['added'] else 'was already in'} care circle {args.circle}")
+    return 0
+
+
+async def circle_remove_command(settings: Settings, args: argparse.Namespace) -> int:
+    member = await _with_circles(settings, lambda circles: circles.remove_member(None, args.circle, args.rpps, "cli"))
+    print(f"{member['name']} removed from care circle {args.circle} (a running server cuts their live connections "
+          f"within a minute)")
+    return 0
+
+
+async def circle_list_command(settings: Settings, args: argparse.Namespace) -> int:
+    found = await _with_circles(settings, lambda circles: circles.list_all("cli"))
+    if args.json:
+        _print_json(found)
+        return 0
+    for circle in found:
+        p = circle["patient"]
+        print(f"{circle['id']:>6}  {p['family_name']} {p['given_name'].title()} ({p['birth_date']}, INS {p['ins']})  "
+              f"coordinator {circle['coordinator']}  members: {', '.join(circle['members'])}")
     return 0
 
 

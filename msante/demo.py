@@ -42,6 +42,12 @@ DELEGATES = [("urgences.ch-saint-paul", "10002000015"),
              ("secretariat.ehpad-filaos", "10002000049")]
 ADMIN_IDNAT = "810002000031"  # the DAC coordinator runs the demo operator
 LOGIN_RPPS = "10001045367"  # the GP used in the quick start
+# The demo care circle: a fictional patient at home in Saint-Paul (an INS of the demonstration
+# register), coordinated by the DAC with her GP, the emergency doctor and the home nurse.
+CIRCLE_PATIENT = {"ins": "248039741512358", "ins_oid": "1.2.250.1.213.1.4.11", "family_name": "TECHER",
+                  "given_name": "JOSETTE", "birth_date": "1948-03-12"}
+CIRCLE_COORDINATOR = "10002000031"  # Karim Payet, DAC Sud
+CIRCLE_MEMBERS = ["10001045367", "10002000015", "10002000023"]  # Jean Dupont, Claire Leroy, Sophie Hoarau
 
 
 def write_extracts(directory: Path, header_ps: str, header_mss: str, domain: str) -> list[Path]:

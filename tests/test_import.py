@@ -158,6 +158,7 @@ async def test_newer_file_updates_changed_rows_and_retires_missing_ones(engine, 
     cabinet_only_gone = all(f[2] == gone for f in ps_lines if not f[21] and f[23] == cabinet)
     before = {r.idnat: r for r in await rows(engine, professionals)}
     orgs_before = {r.id: r for r in await rows(engine, organisations)}
+    boxes_before = {b.address: b for b in await rows(engine, mailboxes)}
     box_gone = next(f[1] for f in data_lines(mss) if f[0] == "PER" and f[4] == untouched)
     box_changed = next(f[1] for f in data_lines(mss) if f[0] == "ORG")
     async with engine.begin() as conn:  # a box this operator created: not from any file
@@ -190,6 +191,9 @@ async def test_newer_file_updates_changed_rows_and_retires_missing_ones(engine, 
     boxes = {b.address: b for b in await rows(engine, mailboxes)}
     assert boxes[box_gone].retired_at is not None
     assert boxes[box_changed].service == "Accueil" and boxes[box_changed].retired_at is None
+    assert boxes[box_changed].updated_at != boxes_before[box_changed].updated_at
+    assert all(boxes[a].updated_at == b.updated_at and boxes[a].source_stamp == NEWER
+               for a, b in boxes_before.items() if a not in (box_gone, box_changed))
     assert boxes[f"local.only@{DOMAIN}"].retired_at is None and boxes[f"local.only@{DOMAIN}"].source_stamp == ""
     assert mss_report.retired == 1
     retired_ps = (await count(engine, professionals, professionals.c.retired_at.is_not(None))

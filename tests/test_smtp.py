@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from certs import pki
+from mailserver.smtp import SmtpLimits
 from certs.tokens import DevIssuer
 from store.schema import audit, bodies, deliveries, folder_messages, folders, mailboxes
 
@@ -339,7 +340,7 @@ def test_connections_per_address_limited(server):
     host, port = server.listeners["submission"].rsplit(":", 1)
     held = []
     try:
-        for _ in range(20):
+        for _ in range(SmtpLimits().max_connections_per_address):
             sock = socket.create_connection(("127.0.0.1", int(port)), timeout=10)
             held.append(sock)
             assert sock.recv(512).startswith(b"220 ")

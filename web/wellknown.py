@@ -43,6 +43,11 @@ class WellKnown:
         return Response.json({
             "issuer": base,
             "jwks_uri": f"{base}/.well-known/jwks.json",
+            "authorization_endpoint": f"{base}/oidc/authorize",  # web/oidc.py: code flow with PKCE
+            "token_endpoint": f"{base}/oidc/token",
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none"],
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": SIGNING_ALGORITHMS,

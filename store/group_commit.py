@@ -1,0 +1,83 @@
+"""Group commit: the writes of many concurrent sessions in one transaction, one fsync.
+
+A `250` after DATA must follow a durable commit, and on this kind of machine the fsync, not
+Python, bounds how many commits a second there can be. So sessions hand their write to one
+writer, which runs every write waiting at that moment in a single transaction (as
+PostgreSQL's commit_delay and InnoDB's group commit do) and then answers each of them.
+
+A write that fails takes its batch down with it; the writer then replays the batch one write
+per transaction, so one bad write never costs the others theirs. Writes must therefore be
+plain database work (no side effects outside the connection); callers act after the answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = logging.getLogger("msante.store")
+
+T = TypeVar("T")
+Write = Callable[[AsyncConnection], Awaitable[Any]]
+MAX_BATCH = 64  # writes per transaction: bounds the latency one batch adds to its first write
+
+
+class GroupCommit:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._pending: asyncio.Queue[tuple[Write, asyncio.Future]] | None = None
+        self._writer: asyncio.Task | None = None
+
+    async def run(self, write: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `write` in a shared transaction; returns its result once that transaction committed."""
+        if self._writer is None or self._writer.done():
+            self._pending = asyncio.Queue()
+            self._writer = asyncio.create_task(self._write_forever(), name="group-commit")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.put_nowait((write, future))
+        return await future
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    async def _write_forever(self) -> None:
+        assert self._pending is not None
+        while True:
+            batch = [await self._pending.get()]
+            while len(batch) < MAX_BATCH and not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            batch = [(write, future) for write, future in batch if not future.cancelled()]
+            try:
+                results = []
+                async with self._engine.begin() as conn:
+                    for write, _future in batch:
+                        results.append(await write(conn))
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], error=exc)
+                    continue
+                log.warning("a batch of %d writes failed; replaying them one by one", len(batch))
+                for write, future in batch:
+                    try:
+                        async with self._engine.begin() as conn:
+                            result = await write(conn)
+                    except Exception as exc:
+                        _settle(future, error=exc)
+                    else:
+                        _settle(future, result)
+                continue
+            for (_write, future), result in zip(batch, results):
+                _settle(future, result)
+
+
+def _settle(future: asyncio.Future, result: Any = None, *, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

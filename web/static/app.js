@@ -1,0 +1,534 @@
+// msante web client: sign-in (OIDC code flow with PKCE), care circles, live conversation, alerts.
+// Plain JavaScript, no build step. The protocol is described in docs/instant-protocol.md.
+"use strict";
+
+const CLIENT_ID = "msante-web";
+const REDIRECT_URI = `${location.origin}/`;
+const TYPING_EVERY_MS = 2000;   // the server accepts one typing notice per 2 s per circle
+const TYPING_SHOWN_MS = 4000;
+const RECONNECT_MAX_MS = 30000;
+const READ_EVERY_MS = 500;
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value; else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+};
+const timeFmt = new Intl.DateTimeFormat("fr-FR", { hour: "2-digit", minute: "2-digit" });
+const dateTimeFmt = new Intl.DateTimeFormat("fr-FR", { dateStyle: "short", timeStyle: "short" });
+const birthFmt = new Intl.DateTimeFormat("fr-FR", { dateStyle: "long", timeZone: "UTC" });
+
+const state = {
+  session: null,            // {access, refresh, expiresAt}
+  me: null,                 // {id, name}
+  ws: null, reconnectMs: 1000, refreshTimer: null,
+  circles: new Map(),       // id -> {summary, unread, head, lastSeq, firstSeq}
+  current: null,            // the circle shown
+  denied: new Set(),        // circles the server refused to this person
+  outgoing: new Map(),      // client_id -> {circle, text}: posts not yet acknowledged
+  alerts: new Map(),        // id -> alert
+  typingSentAt: 0, typingTimers: new Map(),
+  nextId: 1, requests: new Map(),   // request id -> what it was for
+};
+
+// --- sign-in: authorization code flow with PKCE (RFC 7636, S256) --------------------------------
+
+const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+  .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+const randomString = (n) => base64url(crypto.getRandomValues(new Uint8Array(n)));
+
+async function discovery() {
+  const response = await fetch("/.well-known/openid-configuration");
+  if (!response.ok) throw new Error("discovery");
+  return response.json();
+}
+
+async function signIn() {
+  const config = await discovery();
+  const verifier = randomString(48);
+  const challenge = base64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  const expected = randomString(24);
+  sessionStorage.setItem("pkce", JSON.stringify({ verifier, state: expected, hash: location.hash }));
+  const params = new URLSearchParams({
+    response_type: "code", client_id: CLIENT_ID, redirect_uri: REDIRECT_URI, scope: "openid",
+    state: expected, code_challenge: challenge, code_challenge_method: "S256", acr_values: "eidas1",
+    nonce: randomString(16),
+  });
+  location.assign(`${config.authorization_endpoint}?${params}`);
+}
+
+async function tokenRequest(fields) {
+  const config = await discovery();
+  const response = await fetch(config.token_endpoint, {
+    method: "POST", headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ client_id: CLIENT_ID, ...fields }),
+  });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error_description || body.error || "token");
+  const session = { access: body.access_token, refresh: body.refresh_token,
+                    expiresAt: Date.now() + body.expires_in * 1000 };
+  sessionStorage.setItem("session", JSON.stringify(session));   // this tab only, gone when it closes
+  state.session = session;
+  scheduleRefresh();
+  return session;
+}
+
+async function finishSignIn(query) {
+  const pending = JSON.parse(sessionStorage.getItem("pkce") || "null");
+  sessionStorage.removeItem("pkce");
+  history.replaceState(null, "", `/${pending?.hash || ""}`);
+  if (query.get("error")) throw new Error(query.get("error_description") || query.get("error"));
+  if (!pending || query.get("state") !== pending.state) throw new Error("réponse de connexion inattendue");
+  await tokenRequest({ grant_type: "authorization_code", code: query.get("code"), redirect_uri: REDIRECT_URI,
+                       code_verifier: pending.verifier });
+}
+
+function scheduleRefresh() {
+  clearTimeout(state.refreshTimer);
+  const lifetime = state.session.expiresAt - Date.now();
+  state.refreshTimer = setTimeout(refreshToken, Math.max(1000, lifetime * 0.8));
+}
+
+async function refreshToken() {
+  try {
+    await tokenRequest({ grant_type: "refresh_token", refresh_token: state.session.refresh });
+    send({ type: "auth", v: 1, token: state.session.access });    // same connection, same place
+  } catch {
+    signOut("Votre session a expiré : reconnectez-vous.");
+  }
+}
+
+function signOut(message) {
+  sessionStorage.removeItem("session");
+  state.session = null;
+  if (state.ws) state.ws.close(1000);
+  showSignIn(message);
+}
+
+// --- the websocket ------------------------------------------------------------------------------
+
+function send(frame) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame));
+}
+
+function request(frame, purpose) {
+  const id = `r${state.nextId++}`;
+  state.requests.set(id, purpose);
+  send({ ...frame, id });
+}
+
+function connect() {
+  const ws = new WebSocket(`wss://${location.host}/ws`, ["msante.v1"]);
+  state.ws = ws;
+  ws.onopen = () => ws.send(JSON.stringify({ type: "auth", v: 1, token: state.session.access }));
+  ws.onmessage = (event) => receive(JSON.parse(event.data));
+  ws.onclose = (event) => {
+    if (state.ws !== ws) return;
+    setStatus(false);
+    if (!state.session) return;
+    if (event.code === 4003) { signOut("Connexion refusée : reconnectez-vous."); return; }
+    if (event.code === 4029) { notify("Trop de connexions ouvertes : fermez un autre onglet."); return; }
+    const wait = event.code === 4001 ? 0 : state.reconnectMs;       // 4001: fresh token, then resume
+    state.reconnectMs = Math.min(state.reconnectMs * 2, RECONNECT_MAX_MS);
+    setTimeout(async () => {
+      if (event.code === 4001 || state.session.expiresAt < Date.now() + 5000) await refreshToken();
+      if (state.session) connect();
+    }, wait);
+  };
+}
+
+function receive(frame) {
+  const purpose = frame.id ? state.requests.get(frame.id) : undefined;
+  if (frame.id) state.requests.delete(frame.id);
+  switch (frame.type) {
+    case "welcome": return welcome(frame);
+    case "subscribed": return subscribed(frame);
+    case "unsubscribed": return unsubscribed(frame);
+    case "message": return message(frame);
+    case "ack": return acknowledged(frame);
+    case "history": return historyPage(frame, purpose);
+    case "read": return readMarker(frame);
+    case "typing": return typing(frame);
+    case "presence": return presence(frame.circle, frame.user, frame.state);
+    case "alert": return alert(frame.alert);
+    case "error": return error(frame, purpose);
+  }
+}
+
+function welcome(frame) {
+  const resumed = state.me !== null;
+  state.me = frame.user;
+  state.reconnectMs = 1000;
+  setStatus(true);
+  $("me").textContent = frame.user.name;
+  $("signout").hidden = false;
+  $("alerts-toggle").hidden = false;
+  for (const summary of frame.circles) {
+    const known = state.circles.get(summary.id);
+    state.circles.set(summary.id, { ...(known || {}), summary, unread: summary.unread });
+  }
+  for (const id of [...state.circles.keys()]) {
+    if (!frame.circles.some((c) => c.id === id)) state.circles.delete(id);
+  }
+  renderCircles();
+  for (const [id, circle] of state.circles) {
+    const after = circle.lastSeq;   // known: resume exactly after it; unknown: from now on
+    request(after === undefined ? { type: "subscribe", circle: id } : { type: "subscribe", circle: id, after },
+            { circle: id });
+  }
+  if (state.current !== null && (!resumed || !state.circles.has(state.current))) openCircle(state.current);
+  if (resumed) for (const [clientId, post] of state.outgoing) {           // a retry stores nothing twice
+    request({ type: "post", circle: post.circle, client_id: clientId, text: post.text }, { circle: post.circle });
+  }
+}
+
+function subscribed(frame) {
+  const circle = state.circles.get(frame.circle) || { summary: null };
+  circle.head = frame.head;
+  circle.unread = frame.unread;
+  if (circle.lastSeq === undefined) circle.lastSeq = frame.head;
+  circle.present = new Map(frame.present.map((p) => [p.user.id, p.state]));
+  state.circles.set(frame.circle, circle);
+  state.denied.delete(frame.circle);
+  renderCircles();
+  if (frame.circle === state.current) {
+    renderMembers();
+    if (circle.firstSeq === undefined) request({ type: "history", circle: frame.circle }, { circle: frame.circle });
+  }
+}
+
+function unsubscribed(frame) {
+  if (frame.reason !== "removed") return;
+  state.circles.delete(frame.circle);
+  state.denied.add(frame.circle);
+  renderCircles();
+  if (frame.circle === state.current) showDenied("Vous ne faites plus partie de ce cercle de soins.");
+}
+
+function message(frame) {
+  const circle = state.circles.get(frame.circle);
+  if (!circle) return;
+  const isNew = circle.head === undefined || frame.seq > circle.head;
+  circle.lastSeq = Math.max(circle.lastSeq || 0, frame.seq);
+  if (isNew) circle.head = frame.seq;
+  state.outgoing.delete(frame.client_id);
+  if (frame.circle === state.current) {
+    appendMessages([frame]);
+    markRead(frame.circle);
+    if ($("typing").textContent.startsWith(frame.author.name)) $("typing").textContent = "";
+  } else if (isNew && frame.author.id !== state.me.id) {
+    circle.unread += 1;
+    renderCircles();
+  }
+}
+
+function acknowledged(frame) {
+  state.outgoing.delete(frame.client_id);
+  const pending = document.querySelector(`#messages li[data-client-id="${CSS.escape(frame.client_id)}"]`);
+  if (pending) { pending.classList.remove("pending"); pending.dataset.seq = frame.seq; }
+}
+
+function historyPage(frame, purpose) {
+  const circle = state.circles.get(frame.circle);
+  if (!circle || frame.circle !== state.current) return;
+  if (frame.messages.length) {
+    circle.firstSeq = frame.messages[0].seq;
+    circle.lastSeq = Math.max(circle.lastSeq || 0, frame.messages.at(-1).seq);
+  } else if (circle.firstSeq === undefined) {
+    circle.firstSeq = 0;
+  }
+  if (purpose && purpose.older) prependMessages(frame.messages); else appendMessages(frame.messages);
+  $("older").hidden = !frame.more;
+  markRead(frame.circle);
+}
+
+function readMarker(frame) {
+  const circle = state.circles.get(frame.circle);
+  if (circle) { circle.unread = frame.unread; renderCircles(); }
+}
+
+function typing(frame) {
+  if (frame.circle !== state.current) return;
+  const line = $("typing");
+  line.textContent = `${frame.user.name} écrit…`;
+  clearTimeout(state.typingTimers.get(frame.circle));
+  state.typingTimers.set(frame.circle, setTimeout(() => { line.textContent = ""; }, TYPING_SHOWN_MS));
+}
+
+function presence(circleId, user, presenceState) {
+  const circle = state.circles.get(circleId);
+  if (!circle || !circle.present) return;
+  circle.present.set(user.id, presenceState);
+  if (circleId === state.current) renderMembers();
+}
+
+function alert(item) {
+  state.alerts.set(item.id, item);
+  renderAlerts();
+  if (item.kind === "circle" && !item.acknowledged_at) refreshCircles();
+}
+
+function error(frame, purpose) {
+  if (frame.code === "forbidden" && purpose && purpose.circle !== undefined) {
+    state.denied.add(purpose.circle);
+    if (purpose.circle === state.current) {
+      showDenied("Accès refusé : vous n'êtes pas membre de ce cercle de soins.");
+    }
+    return;
+  }
+  notify(frame.message || frame.code);
+}
+
+// --- circles and the conversation -------------------------------------------------------------
+
+async function refreshCircles() {
+  const response = await fetch("/api/circles", { headers: { Authorization: `Bearer ${state.session.access}` } });
+  if (!response.ok) return;
+  const { items } = await response.json();
+  for (const summary of items) {
+    if (!state.circles.has(summary.id)) {
+      state.circles.set(summary.id, { summary, unread: summary.unread });
+      request({ type: "subscribe", circle: summary.id }, { circle: summary.id });
+    }
+  }
+  renderCircles();
+}
+
+function patientName(p) {
+  return `${p.given_name.charAt(0)}${p.given_name.slice(1).toLowerCase()} ${p.family_name}`;
+}
+
+function renderCircles() {
+  const list = $("circle-list");
+  list.replaceChildren();
+  for (const [id, circle] of state.circles) {
+    if (!circle.summary) continue;
+    const p = circle.summary.patient;
+    const link = el("a", { href: `#/cercle/${id}` },
+      el("span", {}, patientName(p), el("small", { text: `Né(e) le ${birthFmt.format(new Date(p.birth_date))}` })));
+    if (circle.unread > 0) link.append(el("span", { class: "badge", text: String(circle.unread),
+                                                     "aria-label": `${circle.unread} non lu(s)` }));
+    if (id === state.current) link.setAttribute("aria-current", "page");
+    list.append(el("li", { "data-circle": String(id) }, link));
+  }
+  $("no-circle").hidden = state.circles.size > 0;
+}
+
+async function openCircle(id) {
+  state.current = id;
+  $("app").dataset.view = "conversation";
+  $("back").hidden = false;
+  $("conversation").hidden = false;
+  $("messages").replaceChildren();
+  $("typing").textContent = "";
+  $("older").hidden = true;
+  $("members").replaceChildren();
+  const circle = state.circles.get(id);
+  if (!circle) {   // not one of ours (an old link, a guess): the server decides, and says no
+    $("patient-name").textContent = `Cercle ${id}`;
+    $("patient-meta").textContent = "";
+    request({ type: "subscribe", circle: id }, { circle: id });
+    if (state.denied.has(id)) showDenied("Accès refusé : vous n'êtes pas membre de ce cercle de soins.");
+    return;
+  }
+  showDenied(null);
+  circle.firstSeq = undefined;
+  const p = circle.summary.patient;
+  $("patient-name").textContent = patientName(p);
+  $("patient-meta").textContent = `Né(e) le ${birthFmt.format(new Date(p.birth_date))} · INS ${p.ins}`;
+  renderCircles();
+  renderMembers();
+  if (circle.head !== undefined) request({ type: "history", circle: id }, { circle: id });
+  const response = await fetch(`/api/circles/${id}`, { headers: { Authorization: `Bearer ${state.session.access}` } });
+  if (response.ok && state.current === id) { circle.members = (await response.json()).members; renderMembers(); }
+}
+
+function showDenied(text) {
+  $("denied").hidden = !text;
+  $("denied").textContent = text || "";
+  $("composer").hidden = Boolean(text);
+  $("thread").hidden = Boolean(text);
+}
+
+function renderMembers() {
+  const circle = state.circles.get(state.current);
+  if (!circle || !circle.members) return;
+  $("members").replaceChildren(...circle.members.map((m) => el("li", {
+    "data-member": m.id, "data-state": circle.present?.get(m.id) || "offline",
+    text: m.role === "coordinator" ? `${m.name} (coordination)` : m.name,
+  })));
+}
+
+function messageItem(m) {
+  const mine = m.author.id === state.me.id;
+  return el("li", { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-client-id": m.client_id },
+    el("div", { class: "who", text: `${mine ? "Vous" : m.author.name} · ${timeFmt.format(new Date(m.at))}` }),
+    el("div", { class: "text", text: m.text }));
+}
+
+function appendMessages(items) {
+  const list = $("messages");
+  for (const m of items) {
+    if (list.querySelector(`li[data-seq="${m.seq}"]`)) continue;
+    const pending = list.querySelector(`li.pending[data-client-id="${CSS.escape(m.client_id)}"]`);
+    if (pending && m.author.id === state.me.id) pending.replaceWith(messageItem(m));
+    else list.append(messageItem(m));
+  }
+  $("thread").scrollTop = $("thread").scrollHeight;
+}
+
+function prependMessages(items) {
+  const list = $("messages");
+  list.prepend(...items.filter((m) => !list.querySelector(`li[data-seq="${m.seq}"]`)).map(messageItem));
+}
+
+function markRead(id) {      // at most one read marker every READ_EVERY_MS: a busy circle stays under the rate limit
+  const circle = state.circles.get(id);
+  if (!circle || circle.readTimer) return;
+  circle.readTimer = setTimeout(() => {
+    circle.readTimer = null;
+    if (document.visibilityState !== "visible" || !circle.lastSeq || state.current !== id) return;
+    if (circle.unread > 0 || circle.readSent !== circle.lastSeq) {
+      circle.readSent = circle.lastSeq;
+      request({ type: "read", circle: id, seq: circle.lastSeq }, { circle: id });
+    }
+  }, READ_EVERY_MS);
+}
+
+function post(event) {
+  event.preventDefault();
+  const text = $("text").value.trim();
+  const id = state.current;
+  if (!text || id === null || !state.circles.has(id)) return;
+  const clientId = crypto.randomUUID();
+  state.outgoing.set(clientId, { circle: id, text });
+  const pending = messageItem({ seq: "", client_id: clientId, text, at: new Date().toISOString(),
+                                author: state.me });
+  pending.classList.add("pending");
+  $("messages").append(pending);
+  $("thread").scrollTop = $("thread").scrollHeight;
+  request({ type: "post", circle: id, client_id: clientId, text }, { circle: id });
+  $("text").value = "";
+}
+
+function announceTyping() {
+  const now = Date.now();
+  if (state.current === null || now - state.typingSentAt < TYPING_EVERY_MS) return;
+  state.typingSentAt = now;
+  send({ type: "typing", circle: state.current });
+}
+
+// --- alerts -----------------------------------------------------------------------------------
+
+function renderAlerts() {
+  const items = [...state.alerts.values()].sort((a, b) => b.id - a.id);
+  const pending = items.filter((a) => !a.acknowledged_at);
+  $("alert-count").textContent = String(pending.length);
+  $("alert-count").hidden = pending.length === 0;
+  $("no-alert").hidden = pending.length > 0;
+  $("alert-list").replaceChildren(...items.map((a) => {
+    const details = [];
+    if (a.kind === "mail") details.push(`De : ${a.data.from}`, `Objet : ${a.data.subject || "(sans objet)"}`);
+    const item = el("li", { "data-alert": String(a.id), class: a.acknowledged_at ? "done" : "" },
+      el("strong", { text: a.title }),
+      ...details.map((d) => el("p", { text: d })),
+      el("p", { text: dateTimeFmt.format(new Date(a.created_at)) }));
+    if (a.acknowledged_at) {
+      item.append(el("p", { text: `Acquittée par ${a.acknowledged_by.name} le ${dateTimeFmt.format(new Date(a.acknowledged_at))}` }));
+    } else {
+      const button = el("button", { type: "button", text: "Acquitter" });
+      button.addEventListener("click", () => request({ type: "alert.ack", alert: a.id }, { alert: a.id }));
+      item.append(button);
+    }
+    return item;
+  }));
+}
+
+function toggleAlerts() {
+  const panel = $("alerts");
+  panel.hidden = !panel.hidden;
+  $("app").classList.toggle("with-alerts", !panel.hidden);
+  $("alerts-toggle").setAttribute("aria-expanded", String(!panel.hidden));
+}
+
+// --- page -------------------------------------------------------------------------------------
+
+function setStatus(online) {
+  const status = $("status");
+  status.dataset.state = online ? "online" : "offline";
+  status.textContent = online ? "En ligne" : "Hors ligne";
+}
+
+function notify(text) {
+  const notice = $("notice");
+  notice.textContent = text;
+  notice.hidden = false;
+  setTimeout(() => { notice.hidden = true; }, 6000);
+}
+
+function showSignIn(message) {
+  $("signin").hidden = false;
+  $("circles").hidden = true;
+  $("conversation").hidden = true;
+  if (message) notify(message);
+}
+
+function route() {
+  const match = location.hash.match(/^#\/cercle\/(\d+)$/);
+  if (match) { openCircle(Number(match[1])); return; }
+  state.current = null;
+  $("app").dataset.view = "list";
+  $("back").hidden = true;
+  $("conversation").hidden = true;
+  renderCircles();
+}
+
+async function start() {
+  $("signin-button").addEventListener("click", () => signIn().catch(() => notify("Connexion impossible.")));
+  $("signout").addEventListener("click", () => signOut("Vous êtes déconnecté(e)."));
+  $("alerts-toggle").addEventListener("click", toggleAlerts);
+  $("back").addEventListener("click", () => { location.hash = ""; });
+  $("composer").addEventListener("submit", post);
+  $("text").addEventListener("input", announceTyping);
+  $("text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
+  });
+  $("older").addEventListener("click", () => {
+    const circle = state.circles.get(state.current);
+    if (circle && circle.firstSeq) {
+      request({ type: "history", circle: state.current, before: circle.firstSeq }, { circle: state.current, older: true });
+    }
+  });
+  document.addEventListener("visibilitychange", () => {
+    send({ type: "presence", state: document.visibilityState === "visible" ? "online" : "away" });
+    if (state.current !== null) markRead(state.current);
+  });
+  window.addEventListener("hashchange", route);
+
+  const query = new URLSearchParams(location.search);
+  try {
+    if (query.has("code") || query.has("error")) await finishSignIn(query);
+    else state.session = JSON.parse(sessionStorage.getItem("session") || "null");
+  } catch (e) {
+    showSignIn(`Connexion impossible : ${e.message}`);
+    return;
+  }
+  if (!state.session) { showSignIn(); return; }
+  if (state.session.expiresAt < Date.now() + 5000) {
+    try { await tokenRequest({ grant_type: "refresh_token", refresh_token: state.session.refresh }); }
+    catch { showSignIn("Votre session a expiré : reconnectez-vous."); return; }
+  } else {
+    scheduleRefresh();
+  }
+  $("signin").hidden = true;
+  $("circles").hidden = false;
+  route();
+  connect();
+}
+
+start();
