@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/directory.py
+	$(BIN)/python bench/instant.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache test-artifacts

@@ -40,8 +40,8 @@ msante, ...:
          (N - 1) / (first stored -> last stored), the pure relay rate with connection reuse.
 
 "Stored" is read from the receiver's own records: B's `deliveries` rows with status
-'delivered' (their timestamp is when B began storing the message), P2's maildir files (ctime: their rename into new/).
-For msante it also matches every message at A and B by Message-ID and splits the time between
+'delivered' (their timestamp is when B began storing the message), P2's maildir files (ctime:
+their rename into new/). For msante it also matches every message at A and B by Message-ID and splits the time between
 two consecutive messages into B store -> A commit (B's transaction and fsync, the 250, the
 thread hop back, A's commit starting) and A commit -> next B store (A's commit and audit row,
 the body read, the thread hop, MAIL/RCPT/DATA round trips, B's checks), and counts stalls

@@ -6,9 +6,10 @@ post and subscription goes through.
   lasts (checked on each access, by the rule in directory.access).
 - The coordinator (or the operator, from the CLI) changes membership; nobody removes the
   coordinator. Every change, and every refusal, goes to the audit trail.
-- A change is announced on the circle's channel at once: a removed member's live
-  connections drop the circle before any later message reaches them, because changes and
-  messages of one circle are committed and announced in one order (`ordered`).
+- A removal is announced on the circle's channel at once: the removed member's live
+  connections drop the circle before any later message reaches them, because removals and
+  messages of one circle are committed and announced in one order (`ordered`). Everyone
+  concerned by a change also gets an alert.
 """
 from __future__ import annotations
 
@@ -142,11 +143,7 @@ class Circles:
     async def add_member(self, by: Principal | None, circle_id: int, spec: MemberSpec, source: str) -> dict:
         actor = await self._require_coordinator(by, circle_id, "circle.member.add", source)
         person, on_behalf_of = await self._resolve(spec)
-        async with self.ordered(circle_id):
-            added = await self._store.add_member(circle_id, person["id"], on_behalf_of, actor.id, _now())
-            if added:
-                await self._bus.publish(circle_channel(circle_id), {
-                    "type": "member.added", "circle": circle_id, "idnat": person["id"]})
+        added = await self._store.add_member(circle_id, person["id"], on_behalf_of, actor.id, _now())
         await self._audit.record(actor, "circle.member.add", target=str(circle_id), source=source,
                                  member=person["id"], on_behalf_of=on_behalf_of, already=not added)
         if added:

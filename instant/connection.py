@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -29,7 +29,7 @@ from websockets.server import ServerProtocol
 from directory.authn import AuthError
 
 from . import frames
-from .errors import InstantError
+from .errors import Forbidden, InstantError
 from .frames import Close, FrameError
 from .hub import circle_channel, person_channel
 from .session import Ping, Recheck, Session, Shut, Verdict
@@ -101,8 +101,9 @@ class Outbox:
 
 class Connection:
     def __init__(self, instant: Instant, protocol: ServerProtocol, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, peer: str) -> None:
+                 writer: asyncio.StreamWriter, peer: str, on_close: Callable[[int, str], None]) -> None:
         self._instant = instant
+        self._on_close = on_close  # counts closes by code and side (4008s tell an operator clients lag)
         self._limits = instant.limits
         self._protocol = protocol
         self._reader = reader
@@ -126,6 +127,8 @@ class Connection:
         """Serve until the peer leaves or the connection is closed; `token` came in the
         Sec-WebSocket-Protocol header (the first frame must authenticate otherwise)."""
         tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._timer_loop())]
+        for task in tasks:
+            task.add_done_callback(self._task_ended)
         try:
             if token is not None:
                 await self._serve(frames.Auth(token))
@@ -137,6 +140,16 @@ class Connection:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._leave()
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """The writer or the timer stopped: unless the connection is ending anyway, that is a
+        fault, and a connection without them must not linger."""
+        if task.cancelled():
+            return
+        failure = task.exception()
+        if failure is not None and not isinstance(failure, (ConnectionError, OSError)):
+            log.error("websocket task failed", exc_info=failure)
+            self.shut(Close.INTERNAL, "internal error")
 
     def shut(self, code: Close, reason: str, last: dict[str, Any] | None = None) -> None:
         """Close the connection: `last`, then the close frame, go out after the frames already
@@ -245,26 +258,40 @@ class Connection:
         await self._resend_alerts()
 
     async def _subscribe(self, frame: frames.Subscribe) -> None:
+        """Listen first, then check: a removal committed after the check arrives as an event
+        (and `_cut` takes the circle back), one committed before is seen by the check."""
         instant, circle = self._instant, frame.circle
-        await instant.circles.require_member(self._principal, circle, "circle.subscribe", self._peer)
-        if circle not in self.session.cursors and len(self.session.cursors) >= self._limits.max_subscriptions:
+        if not self.session.can_follow(circle):
             raise InstantError(f"at most {self._limits.max_subscriptions} circles per connection",
                                "too_many_subscriptions")
-        if circle not in self._followed:  # listen first: later commits arrive live, earlier ones by catch-up
+        new = circle not in self._followed
+        if new:
             self._followed.add(circle)
-            await instant.hub.follow(circle, self, self.me, self.session.presence)
+            instant.hub.attach(circle_channel(circle), self)
+        try:
+            await instant.circles.require_member(self._principal, circle, "circle.subscribe", self._peer)
+        except Forbidden:
+            if new:
+                self._followed.discard(circle)
+                await instant.hub.detach(circle_channel(circle), self)
+            raise
         marker, head, unread = await instant.messages.read_state(self._principal, circle)
+        if circle not in self._followed:
+            raise Forbidden(f"you were removed from care circle {circle}")
         self.session.follow(circle, head if frame.after is None else min(frame.after, head))
+        if new:
+            await instant.hub.set_presence(circle, self, self.me, self.session.presence)
         await instant.audit.record(self._principal.actor, "circle.subscribe", target=str(circle),
                                    source=self._peer, after=frame.after, head=head)
         self._send(frames.reply(frame.id, {"type": "subscribed", "circle": circle, "head": head, "read": marker,
                                            "unread": unread, "present": instant.hub.present(circle)}))
-        self._offer(CatchUp(circle))
+        self._offer(CatchUp(circle))  # what lies between `after` and now, and anything the bus drops
 
     async def _unsubscribe(self, frame: frames.Unsubscribe) -> None:
         if not self.session.unfollow(frame.circle):
             raise InstantError(f"not subscribed to circle {frame.circle}", "not_subscribed")
-        await self._release(frame.circle)
+        self._followed.discard(frame.circle)
+        await self._instant.hub.unfollow(frame.circle, self, self.me)
         self._send(frames.reply(frame.id, {"type": "unsubscribed", "circle": frame.circle, "reason": "asked"}))
 
     async def _post(self, frame: frames.Post) -> None:
@@ -310,14 +337,16 @@ class Connection:
                 self._spawn(self._resend_alerts())
             return
         circle = int(channel.partition(":")[2])
+        if kind == "member.removed":
+            if event["idnat"] == self.me.get("id"):
+                self._cut(circle)
+            return
         if circle not in self.session.cursors:
             return
         if kind == "message":
             self._offer(Live(circle, event["seq"], event["wire"]))
         elif kind in ("typing", "presence") and event["user"]["id"] != self.me.get("id"):
             self._offer(frames.encode({k: v for k, v in event.items() if k != "channel"}))
-        elif kind == "member.removed" and event["idnat"] == self.me.get("id"):
-            self._cut(circle)
         elif kind == "overflow":  # the bus lost events of this circle: the store has them
             self._offer(CatchUp(circle))
 
@@ -329,14 +358,11 @@ class Connection:
 
     def _cut(self, circle: int) -> None:
         """The person left the circle: from this instant nothing more of it is written."""
-        if self.session.unfollow(circle):
-            self._send({"type": "unsubscribed", "circle": circle, "reason": "removed"})
-            self._spawn(self._release(circle))
-
-    async def _release(self, circle: int) -> None:
         if circle in self._followed:
             self._followed.discard(circle)
-            await self._instant.hub.unfollow(circle, self, self.me)
+            if self.session.unfollow(circle):
+                self._send({"type": "unsubscribed", "circle": circle, "reason": "removed"})
+            self._spawn(self._instant.hub.unfollow(circle, self, self.me))
 
     async def _resend_alerts(self) -> None:
         for alert in await self._instant.alerts.pending_for(self._principal):
@@ -427,10 +453,14 @@ class Connection:
 
     async def _leave(self) -> None:
         self._closing = True
+        sent, received = self._protocol.close_sent, self._protocol.close_rcvd
+        ours = sent is not None and not self._protocol.close_rcvd_then_sent
+        close = sent if ours else received
+        self._on_close(close.code if close else 1006, "server" if ours else "client")  # 1006: no close frame
         for task in list(self._tasks):
             task.cancel()
         for circle in list(self._followed):
-            await self._release(circle)
+            await self._instant.hub.unfollow(circle, self, self.me)
         if self.me:
             await self._instant.hub.detach(person_channel(self.me["id"]), self)
             self._instant.hub.leave(self.me["id"])

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Union
+from typing import Any
 
 from certs.tokens import MAX_TOKEN_CHARS
 
@@ -115,7 +115,7 @@ class AlertAck:
     id: str | None = None
 
 
-ClientFrame = Union[Auth, Subscribe, Unsubscribe, Post, History, Read, Typing, Presence, AlertAck]
+ClientFrame = Auth | Subscribe | Unsubscribe | Post | History | Read | Typing | Presence | AlertAck
 
 
 def parse(text: str, limits: Limits) -> ClientFrame:

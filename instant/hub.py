@@ -9,7 +9,7 @@ Presence is kept here too, ephemeral and per process: a person is online in a ci
 one of their connections follows it in state "online", away while all of them are away.
 Changes are announced on the circle's channel.
 
-Channels: `circle:<id>` (messages, typing, presence, membership changes) and
+Channels: `circle:<id>` (messages, typing, presence, removals of members) and
 `person:<idnat>` (alerts, read markers moved from another device).
 """
 from __future__ import annotations
@@ -100,12 +100,9 @@ class Hub:
 
     # --- circles and presence -------------------------------------------------------------------
 
-    async def follow(self, circle_id: int, listener: Listener, user: dict[str, str], state: str) -> None:
-        self.attach(circle_channel(circle_id), listener)
-        await self.set_presence(circle_id, listener, user, state)
-
     async def unfollow(self, circle_id: int, listener: Listener, user: dict[str, str]) -> None:
-        """Idempotent: a connection may be cut from a circle and leave at the same time."""
+        """Stop delivering the circle to `listener`, and count it out of the circle's presence.
+        Idempotent: a connection may be cut from a circle and leave at the same time."""
         await self.detach(circle_channel(circle_id), listener)
         await self.set_presence(circle_id, listener, user, None)
 

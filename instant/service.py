@@ -66,6 +66,13 @@ class Instant:
         self._background: asyncio.Task | None = None
         self._connections: set[Connection] = set()
         self._stopping = False
+        services.metrics.gauge("msante_websocket_connections", "Open websocket connections (/ws)",
+                               self._connection_count)
+        services.metrics.counter("msante_websocket_closes_total", "Websocket closes by code and initiating side")
+        self._metrics = services.metrics
+
+    async def _connection_count(self) -> dict:
+        return {(): float(len(self._connections))}
 
     def register(self, router: Router) -> None:
         InstantApi(self).register(router)
@@ -108,12 +115,16 @@ class Instant:
         await writer.drain()
         if protocol.state is not State.OPEN:
             return
-        connection = Connection(self, protocol, reader, writer, request.peer)
+        connection = Connection(self, protocol, reader, writer, request.peer, self._closed)
         self._connections.add(connection)
         try:
             await connection.run(_handshake_token(request))
         finally:
             self._connections.discard(connection)
+
+
+    def _closed(self, code: int, by: str) -> None:
+        self._metrics.inc("msante_websocket_closes_total", code=str(code), by=by)
 
 
 def circle_admin(engine: AsyncEngine, audit: AuditTrail) -> Circles:

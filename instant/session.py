@@ -142,10 +142,11 @@ class Session:
         self.principal, self.expires_at = principal, expires_at
         return None
 
-    def follow(self, circle: int, delivered: int) -> Cursor | None:
-        """Start following a circle from `delivered`; None when max_subscriptions is reached."""
-        if circle not in self.cursors and len(self.cursors) >= self.limits.max_subscriptions:
-            return None
+    def can_follow(self, circle: int) -> bool:
+        return circle in self.cursors or len(self.cursors) < self.limits.max_subscriptions
+
+    def follow(self, circle: int, delivered: int) -> Cursor:
+        """Follow a circle from `delivered` (again: the cursor moves there)."""
         self.cursors[circle] = Cursor(delivered)
         return self.cursors[circle]
 

@@ -6,8 +6,8 @@ Two guarantees come from here:
 - Sequence numbers: a message's seq is taken by bumping `circles.last_seq` in the transaction
   that inserts it, so seqs per circle are 1, 2, 3… with no hole and no repeat (the row lock
   orders concurrent posts on PostgreSQL; SQLite has one writer).
-- Idempotency: a post whose (circle, author, client_id) exists returns the stored message and
-  takes no seq; two identical posts racing each other meet the unique constraint instead.
+- Idempotency: a post whose (circle, author, client_id) exists meets the unique constraint;
+  its transaction, seq included, is rolled back and the stored message is returned instead.
 
 Transactions write first, then read: under SQLite's WAL, a transaction that reads and then
 writes fails outright if another writer committed in between.
@@ -197,30 +197,25 @@ class SqlStore:
 
     async def append(self, circle_id: int, author: str, client_id: str, text: str,
                      now: datetime) -> tuple[dict, bool]:
-        """Store a message; (message, True) when this client_id was stored before."""
+        """Store a message; (message, True) when this client_id was stored before. The insert
+        is optimistic: a retry meets the unique constraint, and the rollback gives its seq back."""
         try:
-            async with self._engine.connect() as conn:
-                transaction = await conn.begin()
+            async with self._engine.begin() as conn:
                 seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
                                           .values(last_seq=circles.c.last_seq + 1)
                                           .returning(circles.c.last_seq))).scalar_one()
-                prior = await self._by_client_id(conn, circle_id, author, client_id)
-                if prior is not None:
-                    await transaction.rollback()  # gives the seq back: no hole
-                    return prior, True
                 await conn.execute(insert(circle_messages), {
                     "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
                     "created_at": now})
-                stored = await self._by_client_id(conn, circle_id, author, client_id)
-                await transaction.commit()
-        except IntegrityError:  # the same post, racing: the other one won
+                person = (await conn.execute(select(*_PERSON).where(professionals.c.idnat == author))).one()
+        except IntegrityError:  # stored before (a retry), or just now by the same post racing this one
             async with self._engine.connect() as conn:
                 prior = await self._by_client_id(conn, circle_id, author, client_id)
             if prior is None:
                 raise
             return prior, True
-        assert stored is not None
-        return stored, False
+        return {"circle": circle_id, "seq": seq, "author": {"id": author, "name": display_name(person)},
+                "client_id": client_id, "text": text, "at": iso(now)}, False
 
     async def _by_client_id(self, conn, circle_id: int, author: str, client_id: str) -> dict | None:  # noqa: ANN001
         row = (await conn.execute(_messages().where(

@@ -39,6 +39,7 @@ from .mailstore import QUEUE_CHANNEL, MailStore
 log = logging.getLogger("msante.outbound")
 
 BATCH = 500  # due deliveries read per pass
+PER_CONNECTION = 100  # messages before a fresh connection: receivers cap a session (msante: 200 MAIL)
 DESTINATIONS_AT_ONCE = 8  # connections opened in parallel (Postfix: default_destination_concurrency_limit 20)
 IDLE_POLL = 30.0  # seconds between passes when nothing wakes the queue
 CONNECT_TIMEOUT = 30.0  # seconds; RFC 5321 §4.5.3.2 suggests 5 minutes per command, connections fail faster
@@ -69,6 +70,7 @@ class _Message:
 class _Answer:
     code: int
     text: str
+    lost: bool = False  # the connection is gone: the next message needs a new one
 
     @property
     def permanent(self) -> bool:
@@ -172,24 +174,34 @@ class OutboundQueue:
         return host, int(port)
 
     async def _deliver_domain(self, domain: str, messages: list[_Message]) -> None:
+        """Up to PER_CONNECTION messages per connection; a connection that drops is replaced
+        for the messages after the one it dropped on."""
         host, port = self._route(domain)
-        try:
-            client = await asyncio.to_thread(self._connect, host, port)
-        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
-            answer = _Answer(421, f"cannot reach {host}:{port}: {exc.__class__.__name__}: {exc}"[:500])
-            log.warning("relay to %s: %s", domain, answer.text)
-            for message in messages:
-                await self._record(message, {r.address: answer for r in message.recipients}, dsn_remote=False)
-            return
-        try:
-            dsn_remote = client.has_extn("dsn")
-            for message in messages:
-                async with self._engine.connect() as conn:
-                    data = (await conn.execute(select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
-                answers = await asyncio.to_thread(_send, client, message, data, dsn_remote)
-                await self._record(message, answers, dsn_remote=dsn_remote)
-        finally:
-            await asyncio.to_thread(_quit, client)
+        pending = list(messages)
+        while pending:
+            try:
+                client = await asyncio.to_thread(self._connect, host, port)
+            except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+                answer = _Answer(421, f"cannot reach {host}:{port}: {exc.__class__.__name__}: {exc}"[:500])
+                log.warning("relay to %s: %s", domain, answer.text)
+                for message in pending:
+                    await self._record(message, {r.address: answer for r in message.recipients}, dsn_remote=False)
+                return
+            try:
+                dsn_remote = client.has_extn("dsn")
+                sent = 0
+                while pending and sent < PER_CONNECTION:
+                    message = pending.pop(0)
+                    sent += 1
+                    async with self._engine.connect() as conn:
+                        data = (await conn.execute(
+                            select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
+                    answers = await asyncio.to_thread(_send, client, message, data, dsn_remote)
+                    await self._record(message, answers, dsn_remote=dsn_remote)
+                    if any(answer.lost for answer in answers.values()):
+                        break
+            finally:
+                await asyncio.to_thread(_quit, client)
 
     def _connect(self, host: str, port: int) -> smtplib.SMTP:
         client = smtplib.SMTP(host, port, local_hostname=self._hostname, timeout=CONNECT_TIMEOUT)
@@ -232,17 +244,15 @@ class OutboundQueue:
                         reports.append(self._status(rcpt, "delayed", _enhanced(answer, "4.4.1"), diagnostic, now,
                                                     will_retry_until=expires))
                 await conn.execute(update(deliveries).where(deliveries.c.id == rcpt.delivery_id).values(**values))
+                await self._audit.record(self._actor, "relay.send", target=rcpt.address, conn=conn,
+                                         outcome="ok" if answer.accepted else "failed",
+                                         envelope=message.envelope_id, answer=f"{answer.code} {answer.text}"[:300])
             events = []
             if reports:
                 body = (await conn.execute(select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
                 events = await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
                                                   arrival=message.received_at, statuses=reports, original=body)
         await self._store.publish(events)
-        for rcpt in message.recipients:
-            answer = answers[rcpt.address]
-            outcome = "ok" if answer.accepted else "failed"
-            await self._audit.record(self._actor, "relay.send", target=rcpt.address, outcome=outcome,
-                                     envelope=message.envelope_id, answer=f"{answer.code} {answer.text}"[:300])
 
     @staticmethod
     def _status(rcpt: _Recipient, action: str, status: str, diagnostic: str | None, now: datetime,
@@ -287,11 +297,11 @@ def _send(client: smtplib.SMTP, message: _Message, data: bytes, dsn_remote: bool
             answers[address] = _Answer(code, _text(text))
         return answers
     except smtplib.SMTPServerDisconnected as exc:
-        return {r.address: _Answer(421, f"connection lost: {exc}") for r in message.recipients}
+        return {r.address: _Answer(421, f"connection lost: {exc}", lost=True) for r in message.recipients}
     except smtplib.SMTPResponseException as exc:
         return {r.address: _Answer(exc.smtp_code, _text(exc.smtp_error)) for r in message.recipients}
     except (OSError, socket.timeout) as exc:
-        return {r.address: _Answer(421, f"{exc.__class__.__name__}: {exc}") for r in message.recipients}
+        return {r.address: _Answer(421, f"{exc.__class__.__name__}: {exc}", lost=True) for r in message.recipients}
 
 
 def _quit(client: smtplib.SMTP) -> None:

@@ -54,7 +54,8 @@ class SmtpLimits:
 
     max_message_size: int = 25 * 1024 * 1024  # announced with SIZE; no national limit, 25 MB usual
     max_recipients: int = 100  # per message; RFC 5321 §4.5.3.1.8 requires at least 100 be accepted
-    max_commands: int = 200  # per command verb per session (aiosmtpd's call limit), stops NOOP loops
+    max_commands: int = 200  # uses of any other verb per session (aiosmtpd's call limit): stops NOOP loops
+    max_messages: int = 1000  # messages per session (Exim's smtp_accept_max_per_connection)
     max_connections_per_address: int = 50  # concurrent sessions from one address (Postfix's default too)
     idle_timeout: float = 300  # RFC 5321 §4.5.3.2.7: 5 minutes for the server
 
@@ -88,7 +89,9 @@ class MsanteSMTP(SMTP):
                 handler, data_size_limit=limits.max_message_size, enable_SMTPUTF8=True, decode_data=False,
                 hostname=hostname, ident="msante ESMTP", tls_context=None if implicit_tls else tls_context,
                 require_starttls=not implicit_tls, timeout=limits.idle_timeout, auth_required=logins is not None,
-                auth_require_tls=not implicit_tls, command_call_limit=limits.max_commands)
+                auth_require_tls=not implicit_tls, command_call_limit={
+                    "*": limits.max_commands, "MAIL": limits.max_messages, "DATA": limits.max_messages,
+                    "RSET": limits.max_messages, "RCPT": limits.max_messages * limits.max_recipients})
         # aiosmtpd keeps command_size_limits on the class and clears it in every __init__: one
         # session's EHLO raises the limits of all, and a new connection resets everyone's.
         self.command_size_limits = defaultdict(lambda: self.command_size_limit)

@@ -58,6 +58,6 @@ def test_demo_circle_and_changes(data_dir, capsys, monkeypatch):
 def test_create_refuses_bad_input(data_dir, capsys, args, message):
     base = {"--ins": "185057511204538", "--family-name": "Martin", "--given-name": "Paul",
             "--birth-date": "1985-05-01", "--coordinator": "10002000031"}
-    base.update(dict(zip(args[::2], args[1::2])))
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
     assert run(data_dir, "circle", "create", *[x for pair in base.items() for x in pair]) == 2
     assert message in capsys.readouterr().err

@@ -112,7 +112,8 @@ def test_a_wrong_verifier_gets_nothing(server):
 ])
 def test_bad_requests_go_back_with_an_error(server, changes, error):
     _, challenge = pkce()
-    status, headers, _ = call(server, "GET", "/oidc/authorize?" + urlencode(authorization(server, challenge, **changes)))
+    query = urlencode(authorization(server, challenge, **changes))
+    status, headers, _ = call(server, "GET", f"/oidc/authorize?{query}")
     assert status == 303
     answer = parse_qs(urlsplit(headers["location"]).query)
     assert answer["error"] == [error] and answer["state"] == ["xyz"]
@@ -121,7 +122,8 @@ def test_bad_requests_go_back_with_an_error(server, changes, error):
 @pytest.mark.parametrize("changes", [{"redirect_uri": "https://evil.test/"}, {"client_id": "someone"}])
 def test_unknown_clients_are_never_redirected_to(server, changes):
     _, challenge = pkce()
-    status, headers, _ = call(server, "GET", "/oidc/authorize?" + urlencode(authorization(server, challenge, **changes)))
+    query = urlencode(authorization(server, challenge, **changes))
+    status, headers, _ = call(server, "GET", f"/oidc/authorize?{query}")
     assert status == 400 and "location" not in headers
 
 

@@ -104,10 +104,12 @@ def test_typing_needs_a_subscription_and_is_throttled():
 
 def test_subscriptions_are_bounded():
     session = opened(replace(DEFAULT, max_subscriptions=2))
-    assert session.follow(1, 0) and session.follow(2, 0)
-    assert session.follow(3, 0) is None
+    session.follow(1, 0)
+    session.follow(2, 0)
+    assert not session.can_follow(3) and session.can_follow(2)
     assert session.follow(2, 5).delivered == 5  # following again moves the cursor
     assert session.unfollow(1) and not session.unfollow(1)
+    assert session.can_follow(3)
 
 
 def test_cursor_delivers_each_seq_once_in_order():

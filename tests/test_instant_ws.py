@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 import instant.limits
 from store.schema import audit, circle_messages
-from tests.test_api import token_for
+from tests.test_api import request, token_for
 from tests.test_instant_api import api
 
 GP, URGENTIST, NURSE, COORDINATOR, PHARMACIST = (
@@ -37,7 +37,7 @@ class Client:
 
     @classmethod
     async def connect(cls, server, idnat: str | None = None, *, token: str | None = None, auth: bool = True,
-                      **options) -> "Client":
+                      **options) -> Client:
         port = server.listeners["https"].rsplit(":", 1)[1]
         options.setdefault("subprotocols", ["msante.v1"])
         ws = await websockets.connect(f"wss://localhost:{port}/ws", ssl=server.client_tls(), **options)
@@ -150,7 +150,8 @@ async def test_conversation_every_frame(server, connect):
     for client in (gp, nurse):
         message = await client.expect(type="message")
         assert (message["seq"], message["author"]) == (1, {"id": GP, "name": "Dr Jean DUPONT"})
-        assert message["text"] == "Bonjour, Mme Técher sort de l'hôpital demain." and message["client_id"] == ack["client_id"]
+        assert message["text"] == "Bonjour, Mme Técher sort de l'hôpital demain."
+        assert message["client_id"] == ack["client_id"]
 
     await nurse.send(type="typing", circle=CIRCLE)
     typing = await gp.expect(type="typing")
@@ -183,7 +184,8 @@ async def test_conversation_every_frame(server, connect):
     await nurse.ws.close()
     assert (await gp.expect(type="presence", state="offline"))["user"]["id"] == NURSE
     unsubscribed = await gp.request(type="unsubscribe", circle=CIRCLE)
-    assert unsubscribed == {"v": 1, "type": "unsubscribed", "circle": CIRCLE, "reason": "asked", "id": unsubscribed["id"]}
+    assert unsubscribed == {"v": 1, "type": "unsubscribed", "circle": CIRCLE, "reason": "asked",
+                            "id": unsubscribed["id"]}
     await post(other_device, "après le départ")
     await gp.nothing(type="message")
     assert len(await audited(server, "circle.post")) == 8 and (GP, "1") in await audited(server, "circle.subscribe")
@@ -279,7 +281,7 @@ async def test_fresh_token_on_the_same_connection(server, connect):
 ])
 async def test_refused_authentication_closes_4003(server, connect, first, reason):
     if first.get("token") == "expired":
-        first["token"] = token_for(server, GP, ttl=-120)
+        first = {**first, "token": token_for(server, GP, ttl=-120)}
     client = await connect(auth=False)
     await client.send(**first)
     assert await client.close_code() == 4003
@@ -376,6 +378,10 @@ async def test_limits(limits, server, connect):
         await flood.ws.send("{not json")
     assert await flood.close_code() == 1008
     assert [f["code"] for f in flood.inbox if f["type"] == "error"] == ["bad_frame"] * 8
+    _, _, metrics = await asyncio.to_thread(request, server, "GET", "/metrics")
+    for code in (4029, 1009, 1003, 1008):
+        assert f'msante_websocket_closes_total{{by="server",code="{code}"}} 1' in metrics
+    assert "msante_websocket_connections 2" in metrics  # gp and its second connection remain
 
 
 def is_mail(frame: dict) -> bool:

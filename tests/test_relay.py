@@ -183,3 +183,27 @@ def test_relay_checks_loops_and_sizes(operators):
         client.mail(GP)
         code, text = client.rcpt("someone@chu-exemple.test")  # not ours: no open relay
         assert code == 550 and b"relaying denied" in text
+
+
+def test_a_backlog_drains_without_losing_connections(operators):
+    """230 queued messages for one destination: the queue spreads them over connections of
+    PER_CONNECTION messages, and none needs a retry once the peer is back."""
+    import smtplib
+
+    a, b = operators
+    b.stop()
+    token = a.cli("token", "issue", "--rpps", GP_RPPS).strip()
+    context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))
+    with smtplib.SMTP("localhost", a.ports["submission"], timeout=15) as client:
+        client.starttls(context=context)
+        client.ehlo()
+        client.auth("XOAUTH2", lambda challenge=None: f"user={GP}\x01auth=Bearer {token}\x01\x01"
+                    if challenge is None else "")
+        for i in range(230):
+            client.sendmail(GP, [REMOTE], f"From: {GP}\r\nTo: {REMOTE}\r\nSubject: lot {i}\r\n\r\nx\r\n".encode())
+    b.start()
+    wait_for(lambda: a.query("SELECT count(*) FROM deliveries WHERE recipient = ? AND status = 'queued'",
+                             REMOTE)[0][0] == 0, timeout=90, what="the queue to drain")
+    lost = a.query("SELECT count(*) FROM audit WHERE action = 'relay.send' AND detail LIKE '%connection lost%'")
+    assert lost[0][0] == 0
+    assert b.query("SELECT count(*) FROM envelopes WHERE message_id = '' AND sender = ?", GP)[0][0] >= 230

@@ -320,6 +320,16 @@ def test_three_local_recipients_one_body(server):
         assert b"Trois" in inbox(server, box)[-1]
 
 
+def test_many_recipients_over_several_messages_in_one_session(server):
+    client = login(server)
+    for _ in range(3):  # 300 RCPT in one session: the per-command limit is not a per-session cap
+        client.mail(GP)
+        for _ in range(100):
+            assert client.rcpt(NURSE)[0] == 250
+        assert client.data(message(GP, [NURSE], "Lot"))[0] == 250
+    client.quit()
+
+
 def test_recipient_limit_and_bad_dsn_parameters(server):
     client = login(server)
     client.mail(GP)

@@ -102,7 +102,8 @@ class DevSignIn:
 <link rel="stylesheet" href="/static/app.css"></head><body class="signin"><main>
 <h1>Connexion de démonstration</h1>
 <p>Émetteur de jetons de développement : choisissez un professionnel fictif (en production, la connexion passe
-par Pro Santé Connect avec la carte CPS ou l'application e-CPS).</p><ul class="people">{choices}</ul></main></body></html>"""
+par Pro Santé Connect avec la carte CPS ou l'application e-CPS).</p>
+<ul class="people">{choices}</ul></main></body></html>"""
         return Response(200, page.encode(), "text/html; charset=utf-8", {"content-security-policy": PAGE_CSP})
 
     async def authorize(self, request: Request) -> Response:
@@ -147,7 +148,8 @@ par Pro Santé Connect avec la carte CPS ou l'application e-CPS).</p><ul class="
         if self._issuer is None:
             raise HttpError(404, "no_issuer", "this server runs no trusted dev token issuer")
         if params.get("client_id") != CLIENT_ID or params.get("redirect_uri") != self._redirect_uri:
-            raise HttpError(400, "invalid_client", f"client_id must be {CLIENT_ID} and redirect_uri {self._redirect_uri}")
+            raise HttpError(400, "invalid_client",
+                            f"client_id must be {CLIENT_ID} and redirect_uri {self._redirect_uri}")
         problem = None
         if params.get("response_type") != "code":
             problem = ("unsupported_response_type", "response_type must be code")
