@@ -74,8 +74,6 @@ class _Receiver:
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: MsanteEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
-        if len(envelope.rcpt_tos) >= self._limits.max_recipients:
-            return f"452 4.5.3 Too many recipients: at most {self._limits.max_recipients} per message"
         local_part, _, domain = address.strip().rpartition("@")
         try:
             domain = a_label(domain)
@@ -84,6 +82,10 @@ class _Receiver:
         if not local_part or not domain:
             return f"501 5.1.3 <{address}> is not a valid address"
         recipient = f"{local_part.lower()}@{domain}"
+        if recipient in envelope.rcpt_tos:  # the same box twice gets the message once (RFC 5321 §3.3)
+            return "250 2.1.5 Recipient OK (already listed)"
+        if len(envelope.rcpt_tos) >= self._limits.max_recipients:
+            return f"452 4.5.3 Too many recipients: at most {self._limits.max_recipients} per message"
         mailbox_id: int | None = None
         if domain in self._domains:
             async with self._engine.connect() as conn:

@@ -324,17 +324,20 @@ def test_many_recipients_over_several_messages_in_one_session(server):
     client = login(server)
     for _ in range(3):  # 300 RCPT in one session: the per-command limit is not a per-session cap
         client.mail(GP)
-        for _ in range(100):
-            assert client.rcpt(NURSE)[0] == 250
+        for i in range(99):
+            assert client.rcpt(f"correspondant{i}@chu-exemple.test")[0] == 250
+        assert client.rcpt(NURSE)[0] == 250
+        assert client.rcpt(NURSE)[0] == 250  # listed twice, delivered once
         assert client.data(message(GP, [NURSE], "Lot"))[0] == 250
     client.quit()
+    assert len(inbox(server, NURSE)) == 3
 
 
 def test_recipient_limit_and_bad_dsn_parameters(server):
     client = login(server)
     client.mail(GP)
-    for _ in range(100):
-        assert client.rcpt(NURSE)[0] == 250
+    for i in range(100):
+        assert client.rcpt(f"correspondant{i}@chu-exemple.test")[0] == 250
     code, text = client.rcpt(NURSE)
     assert (code, text[:5]) == (452, b"4.5.3")
     client.rset()
