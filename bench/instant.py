@@ -107,15 +107,16 @@ async def seed(settings: config.Settings, count: int, circle_size: int) -> list[
         await engine.dispose()
 
 
-def start_server(data_dir: Path, env: dict[str, str]) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-m", "msante", "serve", "--data-dir", str(data_dir)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert child.stdout is not None
-    for line in child.stdout:
-        if line.startswith("Stop with Ctrl-C"):
-            break
-    else:
-        raise SystemExit("msante serve exited before it was ready")
+def start_server(data_dir: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`msante serve`, its output to `log` (a pipe nobody reads fills up and stops the server)."""
+    with log.open("w") as out:
+        child = subprocess.Popen([sys.executable, "-m", "msante", "serve", "--data-dir", str(data_dir)], env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, text=True)
+    give_up = time.monotonic() + 60
+    while "Stop with Ctrl-C" not in log.read_text():
+        if child.poll() is not None or time.monotonic() > give_up:
+            raise SystemExit(f"msante serve did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
     return child
 
 
@@ -208,7 +209,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     print(f"seeded {len(placed):,} professionals in {len(placed) // args.circle_size} circles of "
           f"{args.circle_size} in {time.perf_counter() - started:.1f} s ({settings.database_url.split(':')[0]})")
 
-    server = start_server(data_dir, env)
+    server = start_server(data_dir, env, workdir / "server.log")
+    members: list[Member] = []
     try:
         tls = ssl.create_default_context(cafile=str(settings.ca_dir / "ca.crt"))
         issuer = DevIssuer.load(data_dir, settings.public_url)
@@ -253,10 +255,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
               f"{os.cpu_count()} CPUs shared by client and server")
         for task in receivers:
             task.cancel()
-        await asyncio.gather(*(m.ws.close() for m in members), return_exceptions=True)
     finally:
+        await asyncio.gather(*(m.ws.close() for m in members), return_exceptions=True)
         server.send_signal(signal.SIGTERM)
-        server.wait(60)
+        await asyncio.to_thread(server.wait, 60)
 
 
 def main() -> None:

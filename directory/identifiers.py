@@ -22,8 +22,6 @@ _ADELI = re.compile(r"(?:[0-9]{2}|2[AB])[0-9]{7}")  # department (2A/2B in Corsi
 _CORSICAN_FINESS = re.compile(r"2[AB][0-9]{7}")
 # The SIRETs of La Poste's establishments follow another rule than Luhn; they are checked for shape only.
 _LA_POSTE_SIREN = "356000000"
-
-
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a digit doubled, its two digits summed
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 from sqlalchemy import and_, case, exists, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from directory.extract import PS, ExtractParser, MailboxLine, Organisation, Professional, PsLine, Rejected
 from directory.identifiers import fold
+from store.db import dialect_insert
 from store.schema import activities, imports, mailboxes, organisations, professionals
 
 BATCH_LINES = 5000  # rows per transaction: large enough to amortise a commit, small enough to stay flat
@@ -224,23 +224,13 @@ async def _finish(conn: AsyncConnection, import_id: int, report: ImportReport) -
         rejected=report.rejected_count, retired=report.retired))
 
 
-def _insert(conn: AsyncConnection, table):
-    """INSERT for the connection's dialect: SQLAlchemy has ON CONFLICT on the dialect constructs only."""
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    raise NotImplementedError(f"the directory import runs on SQLite or PostgreSQL, not {dialect}")
-
-
 def _upsert(conn: AsyncConnection, table, key: str, *, when, keep: tuple[str, ...] = ()):
     """INSERT … ON CONFLICT (key) DO UPDATE every column but `keep` … WHERE `when`.
 
     `updated_at` moves only when the content changed (another digest) or the row comes back from
     retirement: a row merely listed again gets the new stamp and keeps its updated_at.
     """
-    stmt = _insert(conn, table)
+    stmt = dialect_insert(conn, table)
     new = stmt.excluded
     values = {c.name: new[c.name] for c in table.columns if c.name not in (key, "updated_at", *keep)}
     values["retired_at"] = None
@@ -273,7 +263,7 @@ async def _missing(conn: AsyncConnection, key, wanted: dict) -> list[str]:
 def _placeholder(conn: AsyncConnection, table, key: str):
     """INSERT a partial row (digest "") a mailbox needs for its foreign key; never overwrite a full
     row. A retired placeholder is brought back, since a mailbox lists it again."""
-    stmt = _insert(conn, table)
+    stmt = dialect_insert(conn, table)
     return stmt.on_conflict_do_update(
         index_elements=[key], set_={"retired_at": None, "updated_at": stmt.excluded.updated_at},
         where=and_(table.c.digest == "", table.c.retired_at.is_not(None)))
@@ -309,7 +299,7 @@ class _PsWriter:
             _upsert(conn, professionals, "idnat", when=lambda t, new: or_(
                 t.digest != new.digest, t.source_stamp != new.source_stamp, t.retired_at.is_not(None))),
             [_professional_row(p, self.stamp, now) for p in people.values()])
-        stmt = _insert(conn, activities)
+        stmt = dialect_insert(conn, activities)
         await conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["key"], set_={"source_stamp": stmt.excluded.source_stamp, "retired_at": None},
