@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.db import dialect_insert
+from store.db import committed, dialect_insert
 from store.schema import alerts, professionals
 
 from .storage import display_name, iso
@@ -37,13 +37,15 @@ class AlertStore:
         """The stored alert, or None when `key` was raised for this audience before."""
         row = {"audience": audience, "kind": kind, "key": key, "title": title,
                "data": json.dumps(data, ensure_ascii=False, sort_keys=True), "created_at": now}
-        async with self._engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> int | None:
             if key is None:
                 statement = insert(alerts)
             else:
                 statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
                     index_elements=[alerts.c.audience, alerts.c.key])
-            alert_id = (await conn.execute(statement.returning(alerts.c.id), row)).scalar()
+            return (await conn.execute(statement.returning(alerts.c.id), row)).scalar()
+        alert_id = await committed(self._engine, write)
         return None if alert_id is None else {**_alert_row(alert_id, row), "acknowledged_by": None,
                                               "acknowledged_at": None}
 
@@ -60,10 +62,9 @@ class AlertStore:
 
     async def acknowledge(self, alert_id: int, idnat: str, now: datetime) -> tuple[dict, bool]:
         """(the alert, True if this call acknowledged it; False if someone had already)."""
-        async with self._engine.begin() as conn:
-            changed = await conn.execute(update(alerts).where(
-                alerts.c.id == alert_id, alerts.c.acknowledged_at.is_(None)).values(
-                acknowledged_by=idnat, acknowledged_at=now))
+        changed = await committed(self._engine, lambda conn: conn.execute(update(alerts).where(
+            alerts.c.id == alert_id, alerts.c.acknowledged_at.is_(None)).values(
+            acknowledged_by=idnat, acknowledged_at=now)))
         alert = await self.get(alert_id)
         assert alert is not None
         return alert, changed.rowcount == 1

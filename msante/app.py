@@ -82,6 +82,7 @@ class Services:
 
     async def close(self) -> None:
         await self.mailstore.close()
+        await db.finish_writes()
         await self.engine.dispose()
 
     def server_tls(self, *, require_client_cert: bool = False) -> ssl.SSLContext:

@@ -6,7 +6,6 @@ period is an operator's archive job, not the server's.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,7 +14,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import utc
+from .db import committed, utc
 
 from .schema import audit
 
@@ -57,13 +56,7 @@ class AuditTrail:
         if conn is not None:
             await conn.execute(insert(audit), row)
             return
-        # Shielded: a session cancelled at shutdown must not cut a write in the middle, which
-        # with aiosqlite can leave SQLite's write lock held by a connection nobody will commit.
-        await asyncio.shield(self._append(row))
-
-    async def _append(self, row: dict[str, Any]) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(insert(audit), row)
+        await committed(self._engine, lambda own: own.execute(insert(audit), row))
 
     async def tail(self, *, limit: int = 50, after_id: int = 0, actor: str | None = None,
                    action: str | None = None) -> list[dict[str, Any]]:

@@ -5,7 +5,9 @@ and a busy timeout, set on every new connection because they are per-connection 
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
+from typing import Awaitable, Callable, TypeVar
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
+_unfinished: set[asyncio.Future] = set()  # shielded writes whose callers may be gone
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -45,6 +49,25 @@ def dialect_insert(conn: AsyncConnection, table: Table) -> Insert:
     if name == "postgresql":
         return postgresql.insert(table)
     raise NotImplementedError(f"msante runs on SQLite or PostgreSQL, not {name}")
+
+
+async def committed(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` in its own transaction, shielded from the caller's cancellation: cut in the
+    middle (a session closed at shutdown), an aiosqlite transaction can keep SQLite's write lock
+    on a pooled connection, and every later writer then waits for it."""
+    async def run() -> T:
+        async with engine.begin() as conn:
+            return await work(conn)
+    task = asyncio.ensure_future(run())
+    _unfinished.add(task)
+    task.add_done_callback(_unfinished.discard)
+    return await asyncio.shield(task)
+
+
+async def finish_writes() -> None:
+    """At shutdown, before the engine goes: let the writes of cancelled callers commit."""
+    if _unfinished:
+        await asyncio.wait(set(_unfinished))
 
 
 def utc(value: datetime) -> datetime:
