@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import ssl
 import threading
@@ -21,10 +22,30 @@ BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+_PORTS = random.Random()  # its own generator: tests that seed `random` must not pick the same ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, below the kernel's ephemeral range: a port taken from that
+    range (bind to 0) can be handed to an outgoing connection (a client, a database pool)
+    between this check and the server's bind."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PORTS.randrange(10000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 @pytest.fixture(params=BACKENDS)
