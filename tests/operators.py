@@ -29,7 +29,8 @@ class Operator:
         self.env = {**os.environ, "MSANTE_SERVER__DATA_DIR": str(self.data_dir),
                     "MSANTE_SERVER__DOMAINS": json.dumps([domain]),
                     "MSANTE_SERVER__PUBLIC_URL": f"https://localhost:{self.ports['https']}",
-                    "MSANTE_RELAY__RETRY_BASE": "1", "MSANTE_RELAY__RETRY_MAX": "2"}
+                    "MSANTE_RELAY__RETRY_BASE": "1", "MSANTE_RELAY__RETRY_MAX": "2",
+                    "MSANTE_RELAY__DELAY_WARNING": "3"}
         self.env.update({f"MSANTE_LISTEN__{k.upper()}": f"127.0.0.1:{port}" for k, port in self.ports.items()})
         self.set_routes(routes or {})
         self.process: subprocess.Popen | None = None
@@ -37,9 +38,10 @@ class Operator:
             shutil.copytree(ca_from.data_dir / "pki", self.data_dir / "pki")
         self.cli("init", "--demo")
 
-    def set_routes(self, routes: dict[str, "Operator"]) -> None:
+    def set_routes(self, routes: dict[str, "Operator | int"]) -> None:
+        """Where each domain's mail goes: another operator's relay listener, or a port."""
         self.env["MSANTE_RELAY__ROUTES"] = json.dumps(
-            {domain: f"127.0.0.1:{op.ports['smtp']}" for domain, op in routes.items()})
+            {domain: f"127.0.0.1:{op if isinstance(op, int) else op.ports['smtp']}" for domain, op in routes.items()})
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "msante", *args], env=self.env, capture_output=True,

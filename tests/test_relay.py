@@ -9,6 +9,7 @@ import ssl
 
 import pytest
 
+from tests.conftest import free_port
 from tests.operators import Operator, wait_for
 
 pytestmark = pytest.mark.slow
@@ -18,12 +19,15 @@ REMOTE = "karim.payet@autre-operateur.test"
 COORDINATOR_RPPS = "10002000031"
 
 
+NO_DSN_PORT = free_port()  # chu-exemple.test: a peer of the trust space whose SMTP has no DSN
+
+
 @pytest.fixture(scope="module")
 def operators(tmp_path_factory):
     root = tmp_path_factory.mktemp("operators")
     a = Operator(root, "a", "msante.test")
     b = Operator(root, "b", "autre-operateur.test", ca_from=a, routes={"msante.test": a})
-    a.set_routes({"autre-operateur.test": b})
+    a.set_routes({"autre-operateur.test": b, "chu-exemple.test": NO_DSN_PORT})
     a.start()
     b.start()
     yield a, b
@@ -155,8 +159,8 @@ def test_queue_commands_and_metrics(operators):
         assert "is due now" in a.cli("queue", "retry", str(rows[0]["id"]))
         assert "returned to its sender" in a.cli("queue", "bounce", str(rows[0]["id"]))
         assert json.loads(a.cli("queue", "list", "--json")) == []
-        _, recipients = report_of([m for m in a.inbox(GP) if b"multipart/report" in m][-1])
-        assert recipients[0]["Action"] == "failed" and REMOTE in recipients[0]["Final-Recipient"]
+        reports = [report_of(m)[1][0] for m in a.inbox(GP) if b"multipart/report" in m and b"File d'attente" in m]
+        assert any(r["Action"] == "failed" and REMOTE in r["Final-Recipient"] for r in reports)
     finally:
         b.start()
 
@@ -207,3 +211,47 @@ def test_a_backlog_drains_without_losing_connections(operators):
     lost = a.query("SELECT count(*) FROM audit WHERE action = 'relay.send' AND detail LIKE '%connection lost%'")
     assert lost[0][0] == 0
     assert b.query("SELECT count(*) FROM envelopes WHERE message_id = '' AND sender = ?", GP)[0][0] >= 230
+
+
+def test_delay_report_while_the_peer_is_down(operators):
+    a, b = operators
+    b.stop()
+    try:
+        a.send(GP, GP_RPPS, [REMOTE], "En retard", rcpt_options=["NOTIFY=DELAY,FAILURE"])
+        raw = wait_for(lambda: [m for m in a.inbox(GP) if b"En retard" in m and b"multipart/report" in m],
+                       timeout=30, what="a delay report")[0]
+        _, recipients = report_of(raw)
+        assert recipients[0]["Action"] == "delayed" and recipients[0]["Status"].startswith("4.")
+        assert recipients[0]["Will-Retry-Until"]
+    finally:
+        b.start()
+    wait_for(lambda: any(b"En retard" in m for m in b.inbox(REMOTE)), what="the late message")
+
+
+def test_relayed_report_from_a_peer_without_dsn(operators, tmp_path):
+    """A trust-space peer that does not offer DSN: success asked for, so A reports `relayed`."""
+    from aiosmtpd.controller import Controller
+
+    from certs import pki, tls
+
+    a, _ = operators
+    ca = pki.load_ca(a.data_dir / "pki")
+    cert, key = pki.issue_server(ca, ["127.0.0.1", "chu-exemple.test"], tmp_path, stem="peer")
+    received = []
+
+    class Peer:
+        async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201
+            received.append(envelope.content)
+            return "250 OK"
+    controller = Controller(Peer(), hostname="127.0.0.1", port=NO_DSN_PORT, tls_context=tls.server_context(cert, key),
+                            require_starttls=True)
+    controller.start()
+    try:
+        a.send(GP, GP_RPPS, ["dr.house@chu-exemple.test"], "Sans DSN", rcpt_options=["NOTIFY=SUCCESS"])
+        wait_for(lambda: received, what="the message at the peer")
+        raw = wait_for(lambda: [m for m in a.inbox(GP) if b"Sans DSN" in m and b"multipart/report" in m],
+                       what="a relayed report")[0]
+        _, recipients = report_of(raw)
+        assert recipients[0]["Action"] == "relayed" and "dr.house@chu-exemple.test" in recipients[0]["Final-Recipient"]
+    finally:
+        controller.stop()

@@ -377,3 +377,15 @@ def test_accepted_and_refused_messages_audited(server):
     assert accepted[-1]["actor"] == GP_IDNAT and NURSE in accepted[-1]["detail"]
     assert "Audit" not in accepted[-1]["detail"]  # no content in the trail
     assert refused[-1]["target"] == "someone@gmail.com" and refused[-1]["outcome"] == "denied"
+
+
+def test_command_line_length_and_command_count_limits(server):
+    client = login(server)
+    code, text = client.docmd("NOOP", "x" * 10_000)  # longer than any command may be
+    assert code == 500 and b"too long" in text
+    assert client.noop()[0] == 250  # the session goes on
+    for _ in range(SmtpLimits().max_commands - 1):
+        assert client.noop()[0] == 250
+    code, text = client.noop()
+    assert code == 421 and text.startswith(b"4.7.0")
+    client.close()
