@@ -21,7 +21,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from instant.patient import Patient, ins_key  # noqa: E402
 from instant.storage import SqlStore  # noqa: E402
 from store import db  # noqa: E402
 from store.schema import professionals  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 TARGET_P99 = 0.100  # s: the rate "held" is the highest whose p99 delivery latency stays under this
 DRAIN_SECONDS = 5.0  # after each step, how long stragglers may still arrive
@@ -71,11 +71,6 @@ class Member:
 
 
 # --- the server and its data ----------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rpps(n: int) -> str:

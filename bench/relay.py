@@ -56,8 +56,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -65,6 +63,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from procs import Fatal, free_port, port_open, tail, tree_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -81,23 +81,6 @@ STALL_GAP = 0.25  # seconds between two consecutive stored messages that count a
 MSANTE_MAX_MAIL_PER_SESSION = 200  # aiosmtpd's call limit on msante's listeners
 
 
-class Fatal(Exception):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
 
 def wait_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
@@ -106,36 +89,6 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
             raise Fatal(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
         time.sleep(0.05)
 
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(roots: list[int]) -> float:
-    """CPU seconds used so far by the processes under `roots` (exited children through cutime)."""
-    parent, times = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(stat.parent.name)
-        parent[pid] = int(fields[1])
-        times[pid] = sum(int(f) for f in fields[11:15])
-    total = 0
-    for pid in times:
-        p = pid
-        while p and p not in roots:
-            p = parent.get(p, 0)
-        if p:
-            total += times[pid]
-    return total / CLOCK_TICK
 
 
 def epoch(value: str) -> float:

@@ -39,13 +39,14 @@ import os
 import resource
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procs import CLOCK_TICK, Fatal, free_port, port_open, tail, tree_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 GP_RPPS = "10001045367"
@@ -61,60 +62,12 @@ MSANTE_MAX_MAIL_PER_SESSION = 200
 SIZES = {"10k": "10 KB", "1m": "1 MB"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-class Fatal(Exception):
-    pass
-
-
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
 
 def machine_busy() -> float:
     """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
     fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICK  # minus idle and iowait
 
-
-def tree_cpu(roots: list[int]) -> float:
-    """CPU seconds (user + system) used so far by the processes under `roots`, their children
-    included: live ones directly, exited ones through their parent's cutime/cstime."""
-    parent, times = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(stat.parent.name)
-        parent[pid] = int(fields[1])
-        times[pid] = sum(int(f) for f in fields[11:15])
-    total = 0
-    for pid in times:
-        p = pid
-        while p and p not in roots:
-            p = parent.get(p, 0)
-        if p:
-            total += times[pid]
-    return total / CLOCK_TICK
 
 
 # --- msante ---------------------------------------------------------------------------------
