@@ -13,7 +13,9 @@ import ssl
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from tests.conftest import free_port
 
@@ -73,9 +75,9 @@ class Operator:
         self.process.wait()
         self.process = None
 
-    def send(self, sender: str, rpps: str, recipients: list[str], subject: str, *,
-             mail_options: tuple = (), rcpt_options: tuple = ()) -> None:
-        """Submit over STARTTLS + XOAUTH2, as a mail client of this operator would."""
+    @contextmanager
+    def submission(self, sender: str, rpps: str) -> Iterator[smtplib.SMTP]:
+        """A session logged in over STARTTLS + XOAUTH2, as a mail client of this operator's."""
         token = self.cli("token", "issue", "--rpps", rpps).strip()
         context = ssl.create_default_context(cafile=str(self.data_dir / "pki" / "ca.crt"))
         with smtplib.SMTP("localhost", self.ports["submission"], timeout=15) as client:
@@ -83,6 +85,11 @@ class Operator:
             client.ehlo()
             client.auth("XOAUTH2", lambda challenge=None: f"user={sender}\x01auth=Bearer {token}\x01\x01"
                         if challenge is None else "")
+            yield client
+
+    def send(self, sender: str, rpps: str, recipients: list[str], subject: str, *,
+             mail_options: tuple = (), rcpt_options: tuple = ()) -> None:
+        with self.submission(sender, rpps) as client:
             message = (f"From: {sender}\r\nTo: {', '.join(recipients)}\r\nSubject: {subject}\r\n"
                        f"Message-ID: <{subject.replace(' ', '-')}@{self.domain}>\r\n\r\nBonjour.\r\n").encode()
             client.sendmail(sender, recipients, message, mail_options=list(mail_options),

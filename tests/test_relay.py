@@ -192,17 +192,9 @@ def test_relay_checks_loops_and_sizes(operators):
 def test_a_backlog_drains_without_losing_connections(operators):
     """230 queued messages for one destination: the queue spreads them over connections of
     PER_CONNECTION messages, and none needs a retry once the peer is back."""
-    import smtplib
-
     a, b = operators
     b.stop()
-    token = a.cli("token", "issue", "--rpps", GP_RPPS).strip()
-    context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))
-    with smtplib.SMTP("localhost", a.ports["submission"], timeout=15) as client:
-        client.starttls(context=context)
-        client.ehlo()
-        client.auth("XOAUTH2", lambda challenge=None: f"user={GP}\x01auth=Bearer {token}\x01\x01"
-                    if challenge is None else "")
+    with a.submission(GP, GP_RPPS) as client:
         for i in range(230):
             client.sendmail(GP, [REMOTE], f"From: {GP}\r\nTo: {REMOTE}\r\nSubject: lot {i}\r\n\r\nx\r\n".encode())
     b.start()
