@@ -43,6 +43,7 @@ class Settings:
     issuers: tuple[Issuer, ...]
     public_url: str
     max_message_size: int
+    mailbox_quota: int
     token_leeway: int
     relay_routes: Mapping[str, str]
     relay_retry_base: int
@@ -77,6 +78,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "data_dir": (str, "var"),
         "public_url": (str, None),  # https://<https listener>, used in tokens and discovery
         "max_message_size": (int, 25 * 1024 * 1024),  # announced with SMTP SIZE; 25 MB as most operators
+        "mailbox_quota": (int, 2 * 1024 ** 3),  # bytes per box (IMAP QUOTA, APPEND/COPY refused beyond)
     },
     "database": {
         "url": (str, None),  # default: SQLite file in data_dir
@@ -205,6 +207,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     max_size = v["server"]["max_message_size"]
     if max_size < 1024:
         raise ConfigError(f"{where('server.max_message_size')} must be at least 1024 bytes, got {max_size}")
+    if v["server"]["mailbox_quota"] < max_size:
+        raise ConfigError(f"{where('server.mailbox_quota')} must be at least server.max_message_size")
     if v["auth"]["token_leeway"] < 0 or v["auth"]["token_leeway"] > 300:
         raise ConfigError(f"{where('auth.token_leeway')} must be between 0 and 300 seconds")
     url = v["database"]["url"] or f"sqlite+aiosqlite:///{data_dir / 'msante.db'}"
@@ -249,6 +253,7 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
     return Settings(source=file_source, domains=domains, data_dir=data_dir, database_url=url, listen=listen,
                     issuers=tuple(issuers), public_url=public_url.rstrip("/"), max_message_size=max_size,
+                    mailbox_quota=v["server"]["mailbox_quota"],
                     token_leeway=v["auth"]["token_leeway"], relay_routes=routes,
                     relay_retry_base=relay["retry_base"], relay_retry_max=relay["retry_max"],
                     relay_lifetime=relay["lifetime"], relay_delay_warning=relay["delay_warning"],

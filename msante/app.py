@@ -27,6 +27,9 @@ from directory.api import DirectoryApi
 from directory.authn import Authenticator
 from directory.mailbox_api import MailboxApi
 from instant.service import Instant
+from mailserver.imap.folders import Folders
+from mailserver.imap.server import connection_handler
+from mailserver.imap.session import ImapContext
 from mailserver.logins import Logins
 from mailserver.mailstore import MailStore
 from mailserver.smtp import ConnectionCounter, MsanteSMTP, SmtpLimits
@@ -65,6 +68,7 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     router: Router = field(default_factory=Router)
     instant: Instant | None = None  # care circles, /ws and the web client: built by https_listener
+    imap: ImapContext | None = None  # built by imap_listeners
 
     @classmethod
     async def open(cls, settings: Settings) -> "Services":
@@ -177,6 +181,21 @@ def smtp_listeners(services: Services) -> list[Listener]:
     return listeners
 
 
+def imap_listeners(services: Services) -> list[Listener]:
+    """`imap` (STARTTLS, LOGINDISABLED before it) and `imaps` (implicit TLS, RFC 8314)."""
+    s = services.settings
+    ctx = ImapContext(services.engine, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
+                      services.logins, services.audit, services.bus, s.hostname, s.max_message_size)
+    services.imap = ctx
+    listeners = []
+    for name, implicit in (("imap", False), ("imaps", True)):
+        if s.listen[name]:
+            context = services.server_tls()
+            listeners.append(Listener(name, s.listen[name], connection_handler(ctx, context, implicit_tls=implicit),
+                                      context if implicit else None))
+    return listeners
+
+
 def outbound_queue(services: Services) -> OutboundQueue:
     s = services.settings
     client_tls = tls.client_context(_bundle(s), cert_path=s.tls_cert, key_path=s.tls_key)
@@ -211,6 +230,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
     if settings.listen["https"]:
         listeners.append(https_listener(services))
     listeners += smtp_listeners(services)
+    listeners += imap_listeners(services)
     queue_stop = asyncio.Event()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -233,6 +253,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         queue_stop.set()
         if services.instant:  # websockets never end by themselves: close them before the listeners wait
             await services.instant.stop(SHUTDOWN_DEADLINE)
+        if services.imap:  # IMAP clients idle for hours: BYE them rather than wait
+            services.imap.shutdown()
         await asyncio.gather(*(lst.stop(SHUTDOWN_DEADLINE) for lst in listeners))
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
         await services.audit.record(SERVER, "server.stop")

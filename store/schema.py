@@ -107,6 +107,9 @@ mailboxes = Table(
     Column("published", Boolean, nullable=False, default=True),  # False: liste rouge
     Column("local", Boolean, nullable=False, default=False),  # hosted by this operator
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The highest IMAP UIDVALIDITY handed out (or retired) in this box: a folder created after one of
+    # the same name was deleted or renamed away gets a greater one, though the old row is gone.
+    Column("last_uidvalidity", BigInteger, nullable=False, default=0),
     *_tracking(),
 )
 
@@ -188,6 +191,8 @@ folders = Table(
     Column("uidnext", BigInteger, nullable=False),
     Column("highestmodseq", BigInteger, nullable=False),  # RFC 7162
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # UIDs from here on are \Recent (RFC 3501 §2.3.2) for the next session that SELECTs the folder
+    Column("first_recent_uid", BigInteger, nullable=False, default=1),
     UniqueConstraint("mailbox_id", "name", name="uq_folders_mailbox_name"),
 )
 
@@ -202,11 +207,35 @@ folder_messages = Table(
     Column("modseq", BigInteger, nullable=False),
     UniqueConstraint("folder_id", "uid", name="uq_folder_messages_uid"),
 )
+Index("ix_folder_messages_modseq", folder_messages.c.folder_id, folder_messages.c.modseq)  # CONDSTORE changes
+
+folder_vanished = Table(
+    "folder_vanished", metadata,  # expunged UIDs, for QRESYNC's VANISHED (RFC 7162 §3.2.5)
+    Column("folder_id", BigId, ForeignKey("folders.id"), primary_key=True),
+    Column("uid", BigInteger, primary_key=True),
+    Column("modseq", BigInteger, nullable=False),  # of the expunge
+)
+Index("ix_folder_vanished_modseq", folder_vanished.c.folder_id, folder_vanished.c.modseq)
+
+folder_subscriptions = Table(
+    "folder_subscriptions", metadata,  # IMAP SUBSCRIBE/LSUB, per person (or application) per box
+    Column("mailbox_id", BigId, ForeignKey("mailboxes.id"), primary_key=True),
+    Column("who", String(320), primary_key=True),  # national identifier, or the application's id
+    Column("name", Text, primary_key=True),  # need not exist (RFC 3501 §6.3.6)
+)
+
+mailbox_acl = Table(
+    "mailbox_acl", metadata,  # RFC 4314 rights on organisational boxes
+    Column("mailbox_id", BigId, ForeignKey("mailboxes.id"), primary_key=True),
+    Column("identifier", String(64), primary_key=True),  # national identifier
+    Column("rights", String(32), nullable=False),  # RFC 4314 §2.1 letters, sorted
+)
 
 envelopes = Table(
     "envelopes", metadata,  # one accepted SMTP transaction
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("body_id", BigId, ForeignKey("bodies.id"), nullable=False),
+    # NULL once IMAP expunged the last copy and no queued delivery needed the body
+    Column("body_id", BigId, ForeignKey("bodies.id"), index=True),
     Column("message_id", Text, nullable=False, default=""),
     Column("sender", String(320), nullable=False),
     Column("actor", String(320), nullable=False),

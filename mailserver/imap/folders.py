@@ -1,0 +1,591 @@
+"""The store behind IMAP sessions: folders, their messages and flags, subscriptions, ACL, quota.
+
+Every write runs through `store.db.committed` (shielded: a session cut at shutdown must not leave
+SQLite's write lock on a pooled connection) and begins with an UPDATE of the folder rows it
+touches, in id order. That first write takes SQLite's database lock before anything is read (a
+read-then-write transaction could otherwise work from a stale view) and PostgreSQL's row lock
+(no deadlock between two transactions locking the same pair), so writers on one folder run one
+after the other. The same UPDATE claims the MODSEQ (RFC 7162 §3.1.1) that every row the
+transaction changes is stamped with; UIDs (RFC 3501 §2.3.1.1) come from `uidnext` by UPDATE ...
+RETURNING, as in mailserver/mailstore.py, so two appends never share one. A write that turns out
+to change nothing rolls back, giving its MODSEQ back. After the commit, sessions watching the box
+(IDLE) hear a `folder_changed` event and re-read the store.
+
+A body (one per message, however many folders hold it) is freed when the last folder row goes
+and no queued delivery still has to relay it; the envelope stays, with no body.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
+
+from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, literal, null, select, union_all, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, mailbox_channel
+from store.db import committed, dialect_insert, utc
+from store.events import EventBus
+from store.schema import (bodies, deliveries, envelopes, folder_messages, folder_subscriptions, folder_vanished, folders,
+                          mailbox_acl, mailboxes)
+
+T = TypeVar("T")
+BATCH = 500  # ids per IN (...) list: far below SQLite's and asyncpg's limits on bound parameters
+INBOX = "INBOX"
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+_DEFAULT_USE = dict(DEFAULT_FOLDERS)
+Event = tuple[int, dict[str, Any]]  # (mailbox id, event)
+
+
+class FolderExists(Exception):
+    pass
+
+
+class NoSuchFolder(Exception):
+    pass
+
+
+class OverQuota(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    id: int
+    name: str
+    special_use: str
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+    internaldate: datetime
+    size: int
+
+
+@dataclass(frozen=True)
+class FolderState:
+    id: int
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    first_recent_uid: int
+
+
+@dataclass(frozen=True)
+class Changes:
+    state: FolderState
+    changed: list[MessageMeta]  # modseq > since, by uid (new messages included)
+    vanished: list[int]  # expunged with modseq > since, sorted
+
+
+class _Unchanged(Exception):
+    """Raised inside a write that changed nothing: the rollback gives back the MODSEQ it claimed."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+def canonical(name: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 §5.1); every other name is taken as given."""
+    return INBOX if name.upper() == INBOX else name
+
+
+def flag_set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+def _normalise(flags: Iterable[str]) -> set[str]:
+    """System flags in their usual spelling (clients send any case); \\Recent is the server's
+    (RFC 3501 §2.3.2) and never stored."""
+    return {SYSTEM_FLAGS.get(flag.lower(), flag) for flag in flags if flag.lower() != "\\recent"}
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), BATCH):
+        yield values[start:start + BATCH]
+
+
+def _meta(row: Any) -> MessageMeta:
+    return MessageMeta(row.uid, flag_set(row.flags), row.modseq, utc(row.internaldate), row.size)
+
+
+def _state(row: Any) -> FolderState:
+    return FolderState(row.id, row.uidvalidity, row.uidnext, row.highestmodseq, row.first_recent_uid)
+
+
+def _changed(row: Any) -> Event:
+    return row.mailbox_id, {"type": "folder_changed", "folder": row.name, "folder_id": row.id,
+                            "highestmodseq": row.highestmodseq}
+
+
+_META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modseq, folder_messages.c.internaldate,
+         bodies.c.size)
+_WITH_SIZE = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
+_FOLDER = (folders.c.id, folders.c.mailbox_id, folders.c.name, folders.c.uidvalidity, folders.c.uidnext,
+           folders.c.highestmodseq, folders.c.first_recent_uid)
+
+
+class Folders:
+    def __init__(self, engine: AsyncEngine, bus: EventBus, *, quota_bytes: int) -> None:
+        self._engine = engine
+        self._bus = bus
+        self._quota = quota_bytes
+
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[tuple[T, list[Event]]]]) -> T:
+        """Commit `work`, then announce what it changed."""
+        try:
+            result, events = await committed(self._engine, work)
+        except _Unchanged as unchanged:
+            return unchanged.result
+        for mailbox_id, event in events:
+            await self._bus.publish(mailbox_channel(mailbox_id), event)
+        return result
+
+    # --- folders ----------------------------------------------------------------------------
+
+    async def list(self, mailbox_id: int) -> list[FolderInfo]:
+        """The box's folders, INBOX first; the default ones are created on first use."""
+        async def work(conn: AsyncConnection) -> tuple[list[FolderInfo], list[Event]]:
+            await ensure_folders(conn, mailbox_id)
+            rows = await conn.execute(select(folders.c.id, folders.c.name, folders.c.special_use)
+                                      .where(folders.c.mailbox_id == mailbox_id)
+                                      .order_by((folders.c.name != INBOX), folders.c.name))
+            return [FolderInfo(r.id, r.name, r.special_use) for r in rows], []
+        return await self._write(work)
+
+    async def get(self, mailbox_id: int, name: str) -> FolderInfo:
+        """A default folder is created on first use, as `list` would (a client may SELECT
+        Drafts before it ever LISTs)."""
+        query = select(folders.c.id, folders.c.name, folders.c.special_use).where(
+            folders.c.mailbox_id == mailbox_id, folders.c.name == canonical(name))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None and canonical(name) in {n for n, _ in DEFAULT_FOLDERS}:
+            await self.list(mailbox_id)
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(query)).first()
+        if row is None:
+            raise NoSuchFolder(name)
+        return FolderInfo(row.id, row.name, row.special_use)
+
+    async def create(self, mailbox_id: int, name: str, special_use: str = "") -> FolderInfo:
+        name = canonical(name)
+
+        async def work(conn: AsyncConnection) -> tuple[FolderInfo, list[Event]]:
+            await ensure_folders(conn, mailbox_id)  # "Sent" made by hand would lose its \Sent
+            folder_id = await _insert_folder(conn, mailbox_id, name, special_use,
+                                             await _uidvalidity(conn, mailbox_id))
+            return FolderInfo(folder_id, name, special_use), []
+        try:
+            return await self._write(work)
+        except IntegrityError:
+            raise FolderExists(name) from None
+
+    async def delete(self, mailbox_id: int, name: str) -> None:
+        """Delete one folder, its messages (freeing their bodies) and its VANISHED record; the
+        folders under it stay (RFC 3501 §6.3.4). A default folder (Sent, Trash...) comes back
+        empty at once, as ensure_folders would bring it back at the next LIST, but with a
+        greater UIDVALIDITY than the one deleted, which the clock alone cannot promise."""
+        name = canonical(name)
+        if name == INBOX:
+            raise ValueError("INBOX cannot be deleted")
+
+        async def work(conn: AsyncConnection) -> tuple[None, list[Event]]:
+            folder = await _lock_name(conn, mailbox_id, name)
+            uidvalidity = await _uidvalidity(conn, mailbox_id, above=folder.uidvalidity)
+            rows = (await conn.execute(select(folder_messages.c.id, folder_messages.c.body_id)
+                                       .where(folder_messages.c.folder_id == folder.id))).all()
+            await _remove(conn, rows)
+            await conn.execute(delete(folder_vanished).where(folder_vanished.c.folder_id == folder.id))
+            await conn.execute(delete(folders).where(folders.c.id == folder.id))
+            if name in _DEFAULT_USE:
+                await _insert_folder(conn, mailbox_id, name, _DEFAULT_USE[name], uidvalidity)
+            return None, [_changed(folder)]
+        await self._write(work)
+
+    async def rename(self, mailbox_id: int, old: str, new: str, delimiter: str = "/") -> None:
+        """RFC 3501 §6.3.5. The folder and those under it ("old/...") take the new names, and a
+        new UIDVALIDITY: a client may have cached an earlier folder of the new name. Renaming
+        INBOX moves its messages into a new folder and leaves INBOX empty (its folders below
+        stay). A default folder renamed away comes back empty, as in delete()."""
+        old, new = canonical(old), canonical(new)
+        if old == new:
+            raise FolderExists(new)
+
+        async def work(conn: AsyncConnection) -> tuple[None, list[Event]]:
+            folder = await _lock_name(conn, mailbox_id, old)
+            if old == INBOX:
+                return None, await _rename_inbox(conn, folder, new)
+            prefix = old + delimiter
+            moved = [(r.id, new + r.name[len(old):], r.uidvalidity) for r in await conn.execute(
+                select(folders.c.id, folders.c.name, folders.c.uidvalidity).where(folders.c.mailbox_id == mailbox_id))
+                if r.name == old or r.name.startswith(prefix)]
+            uidvalidity = await _uidvalidity(conn, mailbox_id, above=max(v for _, _, v in moved))
+            # deepest first: "a" -> "a/a" must not meet "a/a" before that one became "a/a/a"
+            for folder_id, name, _ in sorted(moved, key=lambda m: -len(m[1])):  # a name taken: FolderExists
+                await conn.execute(update(folders).where(folders.c.id == folder_id).values(
+                    name=name, uidvalidity=uidvalidity))
+            if old in _DEFAULT_USE:
+                await _insert_folder(conn, mailbox_id, old, _DEFAULT_USE[old],
+                                     await _uidvalidity(conn, mailbox_id))
+            return None, [_changed(folder)]
+        try:
+            await self._write(work)
+        except IntegrityError:
+            raise FolderExists(new) from None
+
+    # --- subscriptions, ACL, quota --------------------------------------------------------
+
+    async def subscriptions(self, mailbox_id: int, who: str) -> set[str]:
+        async with self._engine.connect() as conn:
+            return set((await conn.execute(select(folder_subscriptions.c.name).where(
+                folder_subscriptions.c.mailbox_id == mailbox_id, folder_subscriptions.c.who == who))).scalars())
+
+    async def subscribe(self, mailbox_id: int, who: str, name: str) -> None:
+        """The name need not exist (RFC 3501 §6.3.6)."""
+        row = {"mailbox_id": mailbox_id, "who": who, "name": canonical(name)}
+        await committed(self._engine, lambda conn: conn.execute(
+            dialect_insert(conn, folder_subscriptions).on_conflict_do_nothing(), row))
+
+    async def unsubscribe(self, mailbox_id: int, who: str, name: str) -> None:
+        await committed(self._engine, lambda conn: conn.execute(delete(folder_subscriptions).where(
+            folder_subscriptions.c.mailbox_id == mailbox_id, folder_subscriptions.c.who == who,
+            folder_subscriptions.c.name == canonical(name))))
+
+    async def acl(self, mailbox_id: int) -> dict[str, str]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(mailbox_acl.c.identifier, mailbox_acl.c.rights)
+                                      .where(mailbox_acl.c.mailbox_id == mailbox_id))
+            return {r.identifier: r.rights for r in rows}
+
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> None:
+        """Rights stored as sorted letters (RFC 4314 §2.1); no rights at all is no entry."""
+        rights = "".join(sorted(set(rights)))
+        if not rights:
+            await self.delete_acl(mailbox_id, identifier)
+            return
+
+        async def work(conn: AsyncConnection) -> None:
+            upsert = dialect_insert(conn, mailbox_acl).values(mailbox_id=mailbox_id, identifier=identifier,
+                                                              rights=rights)
+            await conn.execute(upsert.on_conflict_do_update(
+                index_elements=[mailbox_acl.c.mailbox_id, mailbox_acl.c.identifier],
+                set_={"rights": upsert.excluded.rights}))
+        await committed(self._engine, work)
+
+    async def delete_acl(self, mailbox_id: int, identifier: str) -> None:
+        await committed(self._engine, lambda conn: conn.execute(delete(mailbox_acl).where(
+            mailbox_acl.c.mailbox_id == mailbox_id, mailbox_acl.c.identifier == identifier)))
+
+    async def quota(self, mailbox_id: int) -> tuple[int, int, int]:
+        """(bytes used, messages, limit): a message in two folders counts twice, as a client
+        that sums its folders expects (RFC 9208 STORAGE)."""
+        async with self._engine.connect() as conn:
+            used, count = await _usage(conn, mailbox_id)
+        return used, count, self._quota
+
+    # --- reading a folder -------------------------------------------------------------------
+
+    async def state(self, folder_id: int) -> FolderState:
+        async with self._engine.connect() as conn:
+            return _state(await _folder(conn, folder_id))
+
+    async def messages(self, folder_id: int) -> list[MessageMeta]:
+        """Every message, by UID: one query, which SELECT on a large folder depends on."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(*_META).select_from(_WITH_SIZE)
+                                      .where(folder_messages.c.folder_id == folder_id)
+                                      .order_by(folder_messages.c.uid))
+            return [_meta(r) for r in rows]
+
+    async def changes(self, folder_id: int, since_modseq: int) -> Changes:
+        """What changed after `since_modseq` (CONDSTORE FETCH CHANGEDSINCE, QRESYNC). The state
+        is read first and the rows are bounded by its HIGHESTMODSEQ: writes to a folder commit in
+        MODSEQ order, so everything up to it is visible, and what comes later is left for the
+        next call (whose `since` is this HIGHESTMODSEQ) instead of being half-reported now."""
+        fm, fv = folder_messages, folder_vanished
+        async with self._engine.connect() as conn:
+            state = _state(await _folder(conn, folder_id))
+
+            def window(modseq: Any) -> Any:
+                return and_(modseq > since_modseq, modseq <= state.highestmodseq)
+            present = (select(*_META, literal(False).label("gone")).select_from(_WITH_SIZE)
+                       .where(fm.c.folder_id == folder_id, window(fm.c.modseq)))
+            expunged = select(fv.c.uid, null(), fv.c.modseq, null(), null(), literal(True)).where(
+                fv.c.folder_id == folder_id, window(fv.c.modseq))
+            rows = (await conn.execute(union_all(present, expunged).order_by("uid"))).all()
+        return Changes(state, [_meta(r) for r in rows if not r.gone], [r.uid for r in rows if r.gone])
+
+    async def bodies(self, folder_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+        """The raw messages of `uids` (absent ones left out), BATCH at a time."""
+        found: dict[int, bytes] = {}
+        async with self._engine.connect() as conn:
+            for chunk in _chunks(sorted(set(uids))):
+                rows = await conn.execute(select(folder_messages.c.uid, bodies.c.data).select_from(_WITH_SIZE).where(
+                    folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
+                found.update((r.uid, bytes(r.data)) for r in rows)
+        return found
+
+    # --- writing a folder -------------------------------------------------------------------
+
+    async def claim_recent(self, folder_id: int) -> int:
+        """The first UID that is \\Recent for this session; from now on, none of those are for
+        another (RFC 3501 §2.3.2: one session sees a message as recent)."""
+        async def work(conn: AsyncConnection) -> tuple[int, list[Event]]:
+            folder = (await _lock(conn, {folder_id: 0}))[folder_id]
+            if folder.first_recent_uid >= folder.uidnext:
+                raise _Unchanged(folder.first_recent_uid)
+            await conn.execute(update(folders).where(folders.c.id == folder_id).values(
+                first_recent_uid=folder.uidnext))
+            return folder.first_recent_uid, []
+        return await self._write(work)
+
+    async def store_flags(self, folder_id: int, uids: Sequence[int], mode: str, flags: set[str], *,
+                          unchanged_since: int | None = None) -> tuple[list[MessageMeta], list[int]]:
+        """STORE (RFC 3501 §6.4.6) with mode "+", "-" or "=". Returns the messages whose flags
+        changed, with their new MODSEQ, and the UIDs refused because they changed after
+        `unchanged_since` (RFC 7162 §3.1.3: MODIFIED). Messages left as they were keep their
+        MODSEQ; if none changed, nothing is written."""
+        if mode not in ("+", "-", "="):
+            raise ValueError(f"bad STORE mode {mode!r}")
+        wanted = sorted(set(uids))
+        flags = _normalise(flags)
+        if not wanted:
+            return [], []
+
+        async def work(conn: AsyncConnection) -> tuple[tuple[list[MessageMeta], list[int]], list[Event]]:
+            folder = (await _lock(conn, {folder_id: 1}))[folder_id]
+            keep = set(wanted)
+            rows = [r for r in await conn.execute(  # one range query, filtered here: no IN list of 10,000
+                select(folder_messages.c.id, *_META).select_from(_WITH_SIZE).where(
+                    folder_messages.c.folder_id == folder_id, folder_messages.c.uid >= wanted[0],
+                    folder_messages.c.uid <= wanted[-1]).order_by(folder_messages.c.uid)) if r.uid in keep]
+            changed: list[tuple[int, MessageMeta]] = []
+            refused: list[int] = []
+            for row in rows:
+                if unchanged_since is not None and row.modseq > unchanged_since:
+                    refused.append(row.uid)
+                    continue
+                old = flag_set(row.flags)
+                new = old | flags if mode == "+" else old - flags if mode == "-" else frozenset(flags)
+                if new != old:
+                    changed.append((row.id, MessageMeta(row.uid, new, folder.highestmodseq, utc(row.internaldate),
+                                                        row.size)))
+            if not changed:
+                raise _Unchanged(([], refused))
+            await conn.execute(update(folder_messages).where(folder_messages.c.id == bindparam("row_id")).values(
+                flags=bindparam("new_flags"), modseq=folder.highestmodseq), [
+                {"row_id": row_id, "new_flags": _flags_text(meta.flags)} for row_id, meta in changed])
+            return ([meta for _, meta in changed], refused), [_changed(folder)]
+        return await self._write(work)
+
+    async def append(self, folder_id: int, data: bytes, flags: set[str], internaldate: datetime) -> tuple[int, int]:
+        """APPEND (RFC 3501 §6.3.11): (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
+        async def work(conn: AsyncConnection) -> tuple[tuple[int, int], list[Event]]:
+            folder = (await conn.execute(
+                update(folders).where(folders.c.id == folder_id)
+                .values(uidnext=folders.c.uidnext + 1, highestmodseq=folders.c.highestmodseq + 1)
+                .returning(*_FOLDER))).first()
+            if folder is None:
+                raise NoSuchFolder(folder_id)
+            await self._check_quota(conn, folder.mailbox_id, len(data))
+            now = datetime.now(timezone.utc)
+            body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
+                                          {"size": len(data), "data": data, "created_at": now})).scalar_one()
+            uid = folder.uidnext - 1
+            await conn.execute(insert(folder_messages), {
+                "folder_id": folder_id, "uid": uid, "body_id": body_id, "flags": _flags_text(_normalise(flags)),
+                "internaldate": internaldate.astimezone(timezone.utc), "modseq": folder.highestmodseq})
+            return (folder.uidvalidity, uid), [_changed(folder)]
+        return await self._write(work)
+
+    async def copy(self, src_folder: int, uids: Sequence[int], dst_folder: int) -> tuple[int, list[tuple[int, int]]]:
+        """COPY (RFC 3501 §6.4.7): new rows on the same bodies, flags and INTERNALDATE kept.
+        Returns the destination's UIDVALIDITY and (source UID, new UID) pairs for COPYUID."""
+        async def work(conn: AsyncConnection) -> tuple[tuple[int, list[tuple[int, int]]], list[Event]]:
+            locked = await _lock(conn, {src_folder: 0, dst_folder: 1})
+            dst = locked[dst_folder]
+            rows = await _rows(conn, src_folder, uids)
+            if not rows:
+                raise _Unchanged((dst.uidvalidity, []))
+            await self._check_quota(conn, dst.mailbox_id, sum(r.size for r in rows))
+            first = await _allocate_uids(conn, dst_folder, len(rows))
+            await conn.execute(insert(folder_messages), [
+                {"folder_id": dst_folder, "uid": first + n, "body_id": r.body_id, "flags": r.flags,
+                 "internaldate": r.internaldate, "modseq": dst.highestmodseq} for n, r in enumerate(rows)])
+            return (dst.uidvalidity, [(r.uid, first + n) for n, r in enumerate(rows)]), [_changed(dst)]
+        return await self._write(work)
+
+    async def move(self, src_folder: int, uids: Sequence[int], dst_folder: int) -> tuple[int, list[tuple[int, int]]]:
+        """MOVE (RFC 6851) in one transaction: the rows themselves change folder and UID (so
+        deliveries still point at them and no body is freed); the source records them as
+        vanished. Moving to the same folder renumbers, as Dovecot does."""
+        async def work(conn: AsyncConnection) -> tuple[tuple[int, list[tuple[int, int]]], list[Event]]:
+            locked = await _lock(conn, {src_folder: 1, dst_folder: 1})
+            src, dst = locked[src_folder], locked[dst_folder]
+            rows = await _rows(conn, src_folder, uids)
+            if not rows:
+                raise _Unchanged((dst.uidvalidity, []))
+            if dst.mailbox_id != src.mailbox_id:
+                await self._check_quota(conn, dst.mailbox_id, sum(r.size for r in rows))
+            first = await _allocate_uids(conn, dst_folder, len(rows))
+            await conn.execute(insert(folder_vanished), [
+                {"folder_id": src_folder, "uid": r.uid, "modseq": src.highestmodseq} for r in rows])
+            await conn.execute(update(folder_messages).where(folder_messages.c.id == bindparam("row_id")).values(
+                folder_id=dst_folder, uid=bindparam("new_uid"), modseq=dst.highestmodseq), [
+                {"row_id": r.id, "new_uid": first + n} for n, r in enumerate(rows)])
+            events = [_changed(src)] + ([_changed(dst)] if dst_folder != src_folder else [])
+            return (dst.uidvalidity, [(r.uid, first + n) for n, r in enumerate(rows)]), events
+        return await self._write(work)
+
+    async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """EXPUNGE, or UID EXPUNGE (RFC 4315) with `uids`: removes the \\Deleted messages,
+        records their UIDs for VANISHED, and frees the bodies nothing else needs. Returns the
+        expunged UIDs, sorted."""
+        only = None if uids is None else set(uids)
+
+        async def work(conn: AsyncConnection) -> tuple[list[int], list[Event]]:
+            folder = (await _lock(conn, {folder_id: 1}))[folder_id]
+            rows = [r for r in await conn.execute(
+                select(folder_messages.c.id, folder_messages.c.uid, folder_messages.c.flags,
+                       folder_messages.c.body_id).where(
+                    folder_messages.c.folder_id == folder_id,
+                    folder_messages.c.flags.contains("\\Deleted", autoescape=True)))
+                    if "\\Deleted" in flag_set(r.flags) and (only is None or r.uid in only)]
+            if not rows:
+                raise _Unchanged([])
+            await conn.execute(insert(folder_vanished), [
+                {"folder_id": folder_id, "uid": r.uid, "modseq": folder.highestmodseq} for r in rows])
+            await _remove(conn, rows)
+            return sorted(r.uid for r in rows), [_changed(folder)]
+        return await self._write(work)
+
+    async def _check_quota(self, conn: AsyncConnection, mailbox_id: int, adding: int) -> None:
+        used, _count = await _usage(conn, mailbox_id)
+        if used + adding > self._quota:
+            raise OverQuota(f"{used + adding} bytes > {self._quota}")
+
+
+# --- inside a transaction ----------------------------------------------------------------------
+
+async def _lock(conn: AsyncConnection, bumps: dict[int, int]) -> dict[int, Any]:
+    """Lock the folders (id order) and add to each HIGHESTMODSEQ its bump (0: lock only)."""
+    rows = {}
+    for folder_id in sorted(bumps):
+        row = (await conn.execute(update(folders).where(folders.c.id == folder_id)
+                                  .values(highestmodseq=folders.c.highestmodseq + bumps[folder_id])
+                                  .returning(*_FOLDER))).first()
+        if row is None:
+            raise NoSuchFolder(folder_id)
+        rows[folder_id] = row
+    return rows
+
+
+async def _lock_name(conn: AsyncConnection, mailbox_id: int, name: str) -> Any:
+    row = (await conn.execute(update(folders).where(folders.c.mailbox_id == mailbox_id, folders.c.name == name)
+                              .values(highestmodseq=folders.c.highestmodseq + 1).returning(*_FOLDER))).first()
+    if row is None:
+        raise NoSuchFolder(name)
+    return row
+
+
+async def _folder(conn: AsyncConnection, folder_id: int) -> Any:
+    row = (await conn.execute(select(*_FOLDER).where(folders.c.id == folder_id))).first()
+    if row is None:
+        raise NoSuchFolder(folder_id)
+    return row
+
+
+async def _allocate_uids(conn: AsyncConnection, folder_id: int, count: int) -> int:
+    """The first of `count` consecutive new UIDs."""
+    uidnext = (await conn.execute(update(folders).where(folders.c.id == folder_id)
+                                  .values(uidnext=folders.c.uidnext + count).returning(folders.c.uidnext))).scalar_one()
+    return uidnext - count
+
+
+async def _rows(conn: AsyncConnection, folder_id: int, uids: Sequence[int]) -> list[Any]:
+    """The folder's rows among `uids`, by UID."""
+    found = []
+    for chunk in _chunks(sorted(set(uids))):
+        found += await conn.execute(
+            select(folder_messages.c.id, folder_messages.c.uid, folder_messages.c.body_id, folder_messages.c.flags,
+                   folder_messages.c.internaldate, bodies.c.size).select_from(_WITH_SIZE)
+            .where(folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
+    return sorted(found, key=lambda r: r.uid)
+
+
+async def _usage(conn: AsyncConnection, mailbox_id: int) -> tuple[int, int]:
+    used, count = (await conn.execute(
+        select(func.coalesce(func.sum(bodies.c.size), 0), func.count())
+        .select_from(_WITH_SIZE.join(folders, folders.c.id == folder_messages.c.folder_id))
+        .where(folders.c.mailbox_id == mailbox_id))).one()
+    return int(used), int(count)
+
+
+async def _uidvalidity(conn: AsyncConnection, mailbox_id: int, *, above: int = 0) -> int:
+    """A new UIDVALIDITY for the box: the clock (as ensure_folders uses), but always greater
+    than any handed out or retired before, and than `above` (RFC 3501 §2.3.1.1: a folder
+    re-created under an earlier name must not be mistaken for it)."""
+    floor = max(int(time.time()), above + 1)
+    last = mailboxes.c.last_uidvalidity
+    return (await conn.execute(update(mailboxes).where(mailboxes.c.id == mailbox_id)
+                               .values(last_uidvalidity=case((last + 1 > floor, last + 1), else_=floor))
+                               .returning(last))).scalar_one()
+
+
+async def _insert_folder(conn: AsyncConnection, mailbox_id: int, name: str, special_use: str, uidvalidity: int,
+                         *, uidnext: int = 1, highestmodseq: int = 1) -> int:
+    return (await conn.execute(insert(folders).returning(folders.c.id), {
+        "mailbox_id": mailbox_id, "name": name, "special_use": special_use, "uidvalidity": uidvalidity,
+        "uidnext": uidnext, "highestmodseq": highestmodseq, "first_recent_uid": uidnext,
+        "created_at": datetime.now(timezone.utc)})).scalar_one()
+
+
+async def _rename_inbox(conn: AsyncConnection, inbox: Any, new: str) -> list[Event]:
+    """The rows change folder and keep their UIDs (the new folder's UIDVALIDITY makes them new
+    to clients); INBOX keeps its UIDNEXT, so no UID there is ever used twice, and records them
+    as vanished."""
+    folder_id = await _insert_folder(conn, inbox.mailbox_id, new, "", await _uidvalidity(conn, inbox.mailbox_id),
+                                     uidnext=inbox.uidnext, highestmodseq=inbox.highestmodseq)
+    fm = folder_messages
+    await conn.execute(insert(folder_vanished).from_select(
+        ["folder_id", "uid", "modseq"],
+        select(fm.c.folder_id, fm.c.uid, literal(inbox.highestmodseq)).where(fm.c.folder_id == inbox.id)))
+    await conn.execute(update(fm).where(fm.c.folder_id == inbox.id).values(folder_id=folder_id))
+    return [_changed(inbox)]
+
+
+async def _remove(conn: AsyncConnection, rows: Sequence[Any]) -> None:
+    """Delete folder rows (each with .id and .body_id), then free the bodies they leave unused."""
+    ids = [r.id for r in rows]
+    for chunk in _chunks(ids):
+        await conn.execute(update(deliveries).where(deliveries.c.folder_message_id.in_(chunk))
+                           .values(folder_message_id=None))
+        await conn.execute(delete(folder_messages).where(folder_messages.c.id.in_(chunk)))
+    await _free_bodies(conn, sorted({r.body_id for r in rows}))
+
+
+async def _free_bodies(conn: AsyncConnection, body_ids: Sequence[int]) -> None:
+    """Delete the bodies no folder row and no queued delivery needs. The bodies are locked
+    first (PostgreSQL; SQLite's writer already holds the database), in id order: two sessions
+    expunging the last two copies of one message would otherwise each see the other's and
+    free neither; a COPY of it cannot race this, as it locks the source folder."""
+    queued = (select(deliveries.c.id).join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
+              .where(envelopes.c.body_id == bodies.c.id, deliveries.c.status == "queued"))
+    for chunk in _chunks(body_ids):
+        await conn.execute(select(bodies.c.id).where(bodies.c.id.in_(chunk)).order_by(bodies.c.id).with_for_update())
+        unused = list((await conn.execute(select(bodies.c.id).where(
+            bodies.c.id.in_(chunk), ~exists().where(folder_messages.c.body_id == bodies.c.id),
+            ~queued.exists()))).scalars())
+        if unused:
+            await conn.execute(update(envelopes).where(envelopes.c.body_id.in_(unused)).values(body_id=None))
+            await conn.execute(delete(bodies).where(bodies.c.id.in_(unused)))

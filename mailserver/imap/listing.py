@@ -1,0 +1,160 @@
+"""LIST (RFC 3501 §6.3.8 with LIST-EXTENDED, RFC 5258, and LIST-STATUS, RFC 5819), LSUB and
+STATUS: what a client learns about folders without selecting them.
+
+Names span every box of the session's namespace (`names.py`); a box appears only where the
+person has the "l" right (RFC 4314 §4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .names import DELIMITER, Box, expand_rights, pattern_matcher, valid_rights
+from .syntax import Atom, PList, Token, text
+
+if TYPE_CHECKING:
+    from .session import Session
+
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE", "DELETED",
+                "APPENDLIMIT")
+SELECTION_OPTIONS = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    box: Box
+    folder: str | None  # None: a \Noselect level above shared boxes
+    special_use: str = ""
+
+
+async def _entries(session: "Session") -> list[Entry]:
+    folders = session.ctx.folders
+    entries: list[Entry] = []
+    for box in session.namespace.boxes:
+        if not box.may("l"):
+            continue
+        for info in await folders.list(box.grant.mailbox_id):
+            entries.append(Entry(box.visible_name(info.name), box, info.name, info.special_use))
+    shared = [b for b in session.namespace.shared if b.may("l")]
+    if shared:
+        entries += [Entry(name, shared[0], None) for name in session.namespace.container_names()
+                    if name == "Shared" or any(b.prefix == name + DELIMITER for b in shared)]
+    return sorted(entries, key=lambda e: (e.name != "INBOX", e.name))
+
+
+async def _subscribed(session: "Session") -> set[str]:
+    names: set[str] = set()
+    for box in session.namespace.boxes:
+        for folder in await session.ctx.folders.subscriptions(box.grant.mailbox_id, session.login.principal.id):
+            names.add(box.visible_name(folder))
+    return names
+
+
+async def list_response(session: "Session", args: list[Token]) -> bytes:
+    args = list(args)
+    selection: set[str] = set()
+    if args and isinstance(args[0], PList):
+        selection = {text(t).upper() for t in args.pop(0).items}
+        unknown = selection - SELECTION_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown LIST selection option {sorted(unknown)[0][:30]}")
+    returns: set[str] = set()
+    status_items: list[str] = []
+    if len(args) >= 4 and isinstance(args[-2], Atom) and args[-2].value.upper() == "RETURN":
+        options = list(args[-1].items) if isinstance(args[-1], PList) else []
+        args = args[:-2]
+        while options:
+            option = text(options.pop(0)).upper()
+            if option == "STATUS" and options and isinstance(options[0], PList):
+                status_items = [text(t).upper() for t in options.pop(0).items]
+                _check_status_items(status_items)
+            elif option in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "MYRIGHTS"):
+                returns.add(option)
+            else:
+                raise ValueError(f"unknown LIST return option {option[:30]}")
+    if len(args) != 2:
+        raise ValueError("LIST takes a reference and a mailbox pattern")
+    reference = session._mailbox_name(args[0])
+    patterns = [session._mailbox_name(p) for p in (args[1].items if isinstance(args[1], PList) else [args[1]])]
+    if patterns == [""]:  # RFC 3501 §6.3.8: the delimiter and root of the reference
+        return b'* LIST (\\Noselect) "/" ""\r\n'
+    entries = await _entries(session)
+    subscribed = await _subscribed(session) if selection & {"SUBSCRIBED"} or "SUBSCRIBED" in returns else set()
+    matchers = [pattern_matcher(reference, p) for p in patterns]
+    all_names = [e.name for e in entries]
+    out: list[bytes] = []
+    for entry in entries:
+        if not any(m(entry.name) for m in matchers):
+            continue
+        if "SUBSCRIBED" in selection and entry.name not in subscribed:
+            continue
+        if "SPECIAL-USE" in selection and not entry.special_use:
+            continue
+        attributes = []
+        if entry.folder is None:
+            attributes.append("\\Noselect")
+        has_children = any(n.startswith(entry.name + DELIMITER) for n in all_names)
+        attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
+        if entry.special_use:
+            attributes.append(entry.special_use)
+        if entry.name in subscribed:
+            attributes.append("\\Subscribed")
+        name = session._encode_name(entry.name)
+        out.append(b"* LIST (%s) \"/\" %s\r\n" % (" ".join(attributes).encode(), name))
+        if status_items and entry.folder is not None and entry.box.may("r"):
+            folder = await session.ctx.folders.get(entry.box.grant.mailbox_id, entry.folder)
+            out.append(await status_line(session, entry.name, folder.id, status_items))
+    return b"".join(out)
+
+
+async def lsub_response(session: "Session", args: list[Token]) -> bytes:
+    """RFC 3501 §6.3.9 (IMAP4rev1 clients; RFC 9051 replaces it with LIST (SUBSCRIBED))."""
+    if len(args) != 2:
+        raise ValueError("LSUB takes a reference and a mailbox pattern")
+    match = pattern_matcher(session._mailbox_name(args[0]), session._mailbox_name(args[1]))
+    return b"".join(b'* LSUB () "/" %s\r\n' % session._encode_name(name)
+                    for name in sorted(await _subscribed(session)) if match(name))
+
+
+def _check_status_items(items: list[str]) -> None:
+    for item in items:
+        if item not in STATUS_ITEMS:
+            raise ValueError(f"unknown STATUS item {item[:30]}")
+
+
+async def status_line(session: "Session", name: str, folder_id: int, items: list[str]) -> bytes:
+    """RFC 3501 §6.3.10 plus HIGHESTMODSEQ (RFC 7162), SIZE (RFC 8438), DELETED (RFC 9051),
+    APPENDLIMIT (RFC 7889)."""
+    _check_status_items(items)
+    folders = session.ctx.folders
+    state = await folders.state(folder_id)
+    messages = await folders.messages(folder_id) if {"MESSAGES", "UNSEEN", "SIZE", "DELETED", "RECENT"} & set(items) \
+        else []
+    values = {
+        "MESSAGES": len(messages),
+        "RECENT": sum(1 for m in messages if m.uid >= state.first_recent_uid),
+        "UIDNEXT": state.uidnext,
+        "UIDVALIDITY": state.uidvalidity,
+        "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
+        "HIGHESTMODSEQ": state.highestmodseq,
+        "SIZE": sum(m.size for m in messages),
+        "DELETED": sum(1 for m in messages if "\\Deleted" in m.flags),
+        "APPENDLIMIT": session.ctx.max_message_size,
+    }
+    body = " ".join(f"{item} {values[item]}" for item in items)
+    return b"* STATUS %s (%s)\r\n" % (session._encode_name(name), body.encode())
+
+
+def apply_rights(current: str, change: str) -> str:
+    """SETACL's rights argument (RFC 4314 §3.1): "+xyz" adds, "-xyz" removes, else replaces."""
+    mode, letters = (change[0], change[1:]) if change[:1] in ("+", "-") else ("=", change)
+    if not valid_rights(letters):
+        raise ValueError(f"unknown rights in {change[:30]!r}")
+    letters = expand_rights(letters)
+    if mode == "+":
+        return expand_rights(current + letters)
+    if mode == "-":
+        return "".join(ch for ch in current if ch not in letters)
+    return letters
+

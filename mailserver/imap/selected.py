@@ -1,0 +1,135 @@
+"""The selected folder as one session knows it: message sequence numbers, flags, MODSEQs.
+
+Sequence numbers (RFC 3501 §2.3.1.2) are per session: they move only when this session is
+told of an expunge. The store is the truth; `sync` reads what changed since the highest
+MODSEQ this session has seen (new messages, other sessions' flag changes, expunges, all
+stamped by the one folder counter) and turns it into untagged responses. Expunges wait while
+a command that uses sequence numbers runs (RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE
+or SEARCH) and are told at the next point where they may be.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from . import encode
+from .folders import Folders, MessageMeta
+from .names import Box
+from .seqset import compress
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+@dataclass
+class Selected:
+    box: Box
+    folder: str
+    folder_id: int
+    readonly: bool
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    uids: list[int] = field(default_factory=list)  # index + 1 = sequence number
+    meta: dict[int, MessageMeta] = field(default_factory=dict)
+    recent: set[int] = field(default_factory=set)
+    pending_vanished: set[int] = field(default_factory=set)
+
+    @classmethod
+    async def open(cls, folders: Folders, box: Box, folder: str, folder_id: int, *, readonly: bool) -> "Selected":
+        recent_from = None if readonly else await folders.claim_recent(folder_id)
+        state = await folders.state(folder_id)
+        messages = await folders.messages(folder_id)
+        selected = cls(box, folder, folder_id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq)
+        selected.uids = [m.uid for m in messages]
+        selected.meta = {m.uid: m for m in messages}
+        if recent_from is not None:
+            selected.recent = {m.uid for m in messages if m.uid >= recent_from}
+        return selected
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def flags_of(self, uid: int) -> list[str]:
+        flags = sorted(self.meta[uid].flags)
+        return flags + ["\\Recent"] if uid in self.recent else flags
+
+    def first_unseen(self) -> int | None:
+        for seq, uid in enumerate(self.uids, 1):
+            if "\\Seen" not in self.meta[uid].flags:
+                return seq
+        return None
+
+    def keywords(self) -> list[str]:
+        """Flags in use in this folder beyond the system ones, for the FLAGS response."""
+        return sorted({f for m in self.meta.values() for f in m.flags if not f.startswith("\\")})
+
+    def flags_response(self) -> bytes:
+        return b"* FLAGS " + encode.plist(f.encode() for f in (*SYSTEM_FLAGS, *self.keywords())) + b"\r\n"
+
+    def fetch_flags(self, uid: int, *, condstore: bool) -> bytes:
+        """An untagged FETCH telling a flag change (with UID and MODSEQ, as RFC 7162 §3.2.4 asks)."""
+        meta = self.meta[uid]
+        items = b"UID %d FLAGS %s" % (uid, encode.plist(f.encode() for f in self.flags_of(uid)))
+        if condstore:
+            items += b" MODSEQ (%d)" % meta.modseq
+        return b"* %d FETCH (%s)\r\n" % (self.seq_of(uid), items)
+
+    def update(self, meta: MessageMeta) -> None:
+        """Our own STORE changed a message: remember it, so sync does not tell it again."""
+        if meta.uid in self.meta:
+            self.meta[meta.uid] = meta
+            self.highestmodseq = max(self.highestmodseq, meta.modseq)
+
+    async def sync(self, folders: Folders, *, expunges: bool, qresync: bool, condstore: bool) -> list[bytes]:
+        """Untagged responses for what changed since we last looked."""
+        out: list[bytes] = []
+        changes = await folders.changes(self.folder_id, self.highestmodseq)
+        gone = [uid for uid in changes.vanished if uid in self.meta]
+        self.pending_vanished.update(gone)
+        if expunges and self.pending_vanished:
+            out += self.forget(sorted(self.pending_vanished), qresync=qresync)
+        added = False
+        for meta in changes.changed:
+            if meta.uid in self.pending_vanished:
+                continue
+            old = self.meta.get(meta.uid)
+            if old is None:
+                if self.uids and meta.uid < self.uids[-1]:
+                    continue  # cannot happen: UIDs only grow; never break the sequence order
+                self.uids.append(meta.uid)
+                self.meta[meta.uid] = meta
+                added = True
+            else:
+                self.meta[meta.uid] = meta
+                if old.flags != meta.flags:
+                    out.append(self.fetch_flags(meta.uid, condstore=condstore))
+        if added:
+            out.append(b"* %d EXISTS\r\n" % self.exists)
+            if not self.readonly:
+                recent_from = await folders.claim_recent(self.folder_id)
+                self.recent.update(u for u in self.uids if u >= recent_from)
+        self.uidnext = max(self.uidnext, changes.state.uidnext)
+        self.highestmodseq = max(self.highestmodseq, changes.state.highestmodseq)
+        return out
+
+    def forget(self, uids: list[int], *, qresync: bool) -> list[bytes]:
+        """Drop expunged messages from the view: EXPUNGE per message, or one VANISHED (RFC 7162
+        §3.2.10) once the client enabled QRESYNC."""
+        out = []
+        present = [u for u in uids if u in self.meta]
+        for uid in present:
+            seq = self.seq_of(uid)
+            del self.uids[seq - 1]
+            del self.meta[uid]
+            self.recent.discard(uid)
+            if not qresync:
+                out.append(b"* %d EXPUNGE\r\n" % seq)
+        self.pending_vanished.difference_update(uids)
+        if qresync and present:
+            out.append(b"* VANISHED %s\r\n" % compress(present).encode())
+        return out

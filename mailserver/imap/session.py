@@ -1,0 +1,1006 @@
+"""One IMAP session: the state machine of RFC 3501 §3 / RFC 9051 §3, command by command.
+
+The session never touches a socket: it reads commands handed to it by `server.py` and
+writes through a `Conn` (send bytes, read one raw line for AUTHENTICATE and IDLE, start
+TLS). Policy lives here: which state allows what, the rights (RFC 4314) behind each
+command, the audit trail of every access to a box. Storage is `folders.Folders`;
+FETCH, SEARCH and MIME are in their own sans-IO modules.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, Protocol, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from directory.access import usable_mailboxes
+from mailserver import sasl
+from mailserver.logins import Login, LoginFailed, Logins
+from mailserver.mailstore import mailbox_channel
+from store.audit import AuditTrail
+from store.events import EventBus
+from store.schema import mailbox_delegates
+
+from . import encode, listing
+from .fetchitems import parse_fetch, render
+from .folders import FolderExists, Folders, NoSuchFolder, OverQuota
+from .message import Message, UnknownCTE
+from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, Namespace, Resolved, shared_prefix
+from .parser import LiteralPending
+from .search import BadCharset, parse_search
+from .selected import Selected
+from .seqset import SequenceSet, compress
+from .syntax import Atom, Command, PList, String, Token, text
+
+log = logging.getLogger("msante.imap")
+
+IDLE_TIMEOUT = 30 * 60.0  # RFC 3501 §5.4: at least 30 minutes
+FETCH_BATCH = 200  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
+SMALL_LITERAL = 64 * 1024  # any literal but APPEND's: mailbox names, search strings, passwords
+BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE")
+AUTHENTICATED_CAPABILITIES = (
+    "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
+    "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
+    "BINARY", "CHILDREN", "STATUS=SIZE")
+ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
+NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
+
+
+class Conn(Protocol):
+    tls: bool
+    source: str
+    peer_certificate: bytes | None
+
+    async def send(self, data: bytes) -> None: ...
+    async def read_line(self, timeout: float) -> bytes | None: ...
+    async def starttls(self) -> None: ...
+
+
+class No(Exception):
+    """The command failed: tagged NO, with an optional response code (RFC 5530)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Bad(Exception):
+    """The command is malformed or not allowed now: tagged BAD."""
+
+
+@dataclass
+class ImapContext:
+    """What every session shares, built once by the composition root."""
+
+    engine: AsyncEngine
+    folders: Folders
+    logins: Logins
+    audit: AuditTrail
+    bus: EventBus
+    hostname: str
+    max_message_size: int
+    max_connections_per_account: int = 20
+    open_sessions: Counter = field(default_factory=Counter)
+    connections: set = field(default_factory=set)  # server.ImapConnection, for shutdown
+    stopping: bool = False
+
+    def shutdown(self) -> None:
+        """Server shutdown: clients waiting for input get BYE now (RFC 3501 §7.1.5); a command
+        in progress finishes first."""
+        self.stopping = True
+        for connection in list(self.connections):
+            connection.interrupt()
+
+
+@dataclass
+class MessageFacts:
+    """One message as SEARCH sees it (search.MessageFacts)."""
+
+    seq: int
+    uid: int
+    flags: frozenset[str]
+    internaldate: datetime
+    size: int
+    modseq: int
+    loader: Callable[[], Message]
+
+    def message(self) -> Message:
+        return self.loader()
+
+
+class Session:
+    def __init__(self, ctx: ImapContext, conn: Conn, *, starttls_offered: bool) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.state = NOT_AUTHENTICATED
+        self.starttls_offered = starttls_offered
+        self.login: Login | None = None
+        self.namespace: Namespace | None = None
+        self.selected: Selected | None = None
+        self.enabled: set[str] = set()
+        self._counted: str | None = None
+
+    # -- what the server asks ------------------------------------------------------------------
+
+    def greeting(self) -> bytes:
+        return b"* OK [CAPABILITY %s] %s IMAP ready\r\n" % (self.capabilities().encode(), self.ctx.hostname.encode())
+
+    def capabilities(self) -> str:
+        caps = list(BASE_CAPABILITIES)
+        if self.state == NOT_AUTHENTICATED:
+            if not self.conn.tls:
+                caps += ["STARTTLS", "LOGINDISABLED"] if self.starttls_offered else ["LOGINDISABLED"]
+            caps += [f"AUTH={m}" for m in sasl.mechanisms(self.conn.tls, self.conn.peer_certificate is not None)]
+        else:
+            caps += [*AUTHENTICATED_CAPABILITIES, f"APPENDLIMIT={self.ctx.max_message_size}"]
+        return " ".join(caps)
+
+    def literal_error(self, pending: LiteralPending) -> tuple[str, str] | None:
+        """May the client send this synchronising literal? (status, text) when not."""
+        limit = self.ctx.max_message_size if pending.command == "APPEND" and self.state != NOT_AUTHENTICATED \
+            else SMALL_LITERAL
+        if pending.size > limit:
+            return "NO", f"[TOOBIG] literal of {pending.size} octets is over the limit of {limit}"
+        return None
+
+    @property
+    def idle_timeout(self) -> float:
+        return 60.0 if self.state == NOT_AUTHENTICATED else IDLE_TIMEOUT
+
+    async def close(self) -> None:
+        if self._counted:
+            self.ctx.open_sessions[self._counted] -= 1
+            if self.ctx.open_sessions[self._counted] <= 0:
+                del self.ctx.open_sessions[self._counted]
+            self._counted = None
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def handle(self, command: Command) -> None:
+        name, args, uid = command.name, command.args, False
+        if name == "UID":
+            if not args or not isinstance(args[0], Atom):
+                await self._tagged(command.tag, "BAD", "UID needs a command")
+                return
+            name, args, uid = args[0].value.upper(), args[1:], True
+            if name not in UID_COMMANDS:
+                await self._tagged(command.tag, "BAD", f"UID {name} is not a command")
+                return
+        entry = COMMANDS.get(name)
+        if entry is None:
+            await self._tagged(command.tag, "BAD", f"unknown command {name[:40]}")
+            return
+        states, method = entry
+        if self.state not in states:
+            await self._tagged(command.tag, "BAD", f"{name} is not allowed in the {self.state} state")
+            return
+        try:
+            text_ = await method(self, command.tag, list(args), uid) or f"{name} completed"
+        except _Handled:
+            return
+        except No as exc:
+            await self._sync(expunges=False)
+            await self._tagged(command.tag, "NO", str(exc), exc.code)
+            return
+        except (Bad, ValueError) as exc:
+            await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
+            return
+        if self.state == LOGOUT:
+            await self._tagged(command.tag, "OK", text_)
+            return
+        await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH"))
+        code, _, rest = text_.partition("\x00")
+        await self._tagged(command.tag, "OK", rest if _ else code, code if _ else "")
+
+    async def _tagged(self, tag: str, status: str, message: str, code: str = "") -> None:
+        code = f"[{code}] " if code else ""
+        await self.conn.send(f"{tag} {status} {code}{message}\r\n".encode("utf-8", "replace"))
+
+    async def _sync(self, *, expunges: bool) -> None:
+        if self.selected is None:
+            return
+        out = await self.selected.sync(self.ctx.folders, expunges=expunges, qresync=self.qresync,
+                                       condstore=self.condstore)
+        if out:
+            await self.conn.send(b"".join(out))
+
+    @property
+    def condstore(self) -> bool:
+        return "CONDSTORE" in self.enabled
+
+    @property
+    def qresync(self) -> bool:
+        return "QRESYNC" in self.enabled
+
+    @property
+    def rev2(self) -> bool:
+        return "IMAP4REV2" in self.enabled
+
+    def _audit(self, action: str, target: str, outcome: str = "ok", **detail) -> Awaitable[None]:
+        assert self.login is not None
+        return self.ctx.audit.record(self.login.principal.actor, action, target=target, outcome=outcome,
+                                     source=self.conn.source, protocol="imap", **detail)
+
+    # -- any state -----------------------------------------------------------------------------
+
+    async def capability(self, tag: str, args: list, uid: bool) -> None:
+        await self.conn.send(f"* CAPABILITY {self.capabilities()}\r\n".encode())
+
+    async def noop(self, tag: str, args: list, uid: bool) -> None:
+        return None
+
+    async def logout(self, tag: str, args: list, uid: bool) -> str:
+        await self.conn.send(b"* BYE logging out\r\n")
+        self.state = LOGOUT
+        return "LOGOUT completed"
+
+    async def id(self, tag: str, args: list, uid: bool) -> None:
+        """RFC 2971: the client may tell who it is; we log it (it helps support) and answer."""
+        if args and isinstance(args[0], PList):
+            fields = args[0].items
+            pairs = {text(fields[i])[:64]: text(fields[i + 1])[:128] for i in range(0, len(fields) - 1, 2)
+                     if not isinstance(fields[i + 1], PList) and fields[i + 1] != Atom("NIL")}
+            log.info("client %s says it is %s", self.conn.source, pairs)
+        await self.conn.send(b'* ID ("name" "msante" "vendor" "msante")\r\n')
+
+    # -- not authenticated ---------------------------------------------------------------------
+
+    async def starttls(self, tag: str, args: list, uid: bool) -> str:
+        if self.conn.tls or not self.starttls_offered:
+            raise Bad("TLS is already active" if self.conn.tls else "STARTTLS is not offered here")
+        await self._tagged(tag, "OK", "begin TLS negotiation now")
+        await self.conn.starttls()  # discards anything the client pipelined after STARTTLS
+        raise _Handled
+
+    async def login_cmd(self, tag: str, args: list, uid: bool) -> str:
+        if not self.conn.tls:
+            raise No("log in after STARTTLS: passwords never travel in clear", "PRIVACYREQUIRED")
+        if len(args) != 2:
+            raise Bad("LOGIN takes a user name and a password")
+        credentials = sasl.PasswordCredentials("LOGIN", None, text(args[0]), text(args[1]))
+        return await self._log_in(credentials)
+
+    async def authenticate(self, tag: str, args: list, uid: bool) -> str:
+        if not self.conn.tls:
+            raise No("authenticate after STARTTLS", "PRIVACYREQUIRED")
+        if not args or len(args) > 2 or not isinstance(args[0], Atom):
+            raise Bad("AUTHENTICATE takes a mechanism and an optional initial response")
+        mechanism = args[0].value.upper()
+        if mechanism not in sasl.mechanisms(True, self.conn.peer_certificate is not None):
+            raise No(f"mechanism {mechanism[:20]} is not available", "CANNOT")
+        try:
+            initial = sasl.b64decode_response(text(args[1])) if len(args) == 2 else None
+            exchange = sasl.start(mechanism, initial)
+            result = exchange.step()
+            while isinstance(result, sasl.Challenge):
+                result = exchange.step(await self._sasl_response(result))
+        except sasl.SaslError as exc:
+            if exc.kind == "unknown-mechanism":
+                raise No("unknown mechanism", "CANNOT") from None
+            raise Bad(f"authentication {'cancelled' if exc.kind == 'aborted' else 'exchange malformed'}") from None
+        try:
+            return await self._log_in(result)
+        except No as exc:
+            # RFC 7628 §3.2.2's error challenge is for bad credentials; a good login refused
+            # for another reason (connection limit) just fails.
+            challenge = exchange.fail(str(exc)) if exc.code == "AUTHENTICATIONFAILED" else None
+            if challenge is not None:  # RFC 7628 §3.2.2: the error JSON, then the client's dummy reply
+                try:
+                    exchange.step(await self._sasl_response(challenge))
+                except sasl.SaslError:
+                    pass
+            raise
+
+    async def _sasl_response(self, challenge: sasl.Challenge) -> bytes:
+        await self.conn.send(b"+ " + sasl.b64encode_challenge(challenge.data).encode() + b"\r\n")
+        line = await self.conn.read_line(self.idle_timeout)
+        if line is None:
+            raise ConnectionError("client left during authentication")
+        line = line.strip()
+        return sasl.ABORT if line == b"*" else sasl.b64decode_response(line.decode("ascii", "replace"))
+
+    async def _log_in(self, credentials: sasl.Credentials) -> str:
+        try:
+            login = await self.ctx.logins.login(credentials, peer_certificate=self.conn.peer_certificate,
+                                                source=self.conn.source, protocol="imap")
+        except LoginFailed as exc:
+            if exc.temporary:
+                raise No("login is unavailable for a moment, try again", "UNAVAILABLE") from None
+            raise No("authentication failed", "AUTHENTICATIONFAILED") from None
+        account = login.principal.id
+        if self.ctx.open_sessions[account] >= self.ctx.max_connections_per_account:
+            await self.ctx.audit.record(login.principal.actor, "login.imap", outcome="denied", source=self.conn.source,
+                                        reason="too many connections")
+            raise No(f"too many connections for this account (limit {self.ctx.max_connections_per_account})",
+                     "LIMIT")
+        namespace = await self._namespace(login)
+        if namespace is None:
+            raise No("this identity has no mailbox here", "AUTHORIZATIONFAILED")
+        self.ctx.open_sessions[account] += 1
+        self._counted = account
+        self.login, self.namespace, self.state = login, namespace, AUTHENTICATED
+        await self._audit("login.imap", namespace.personal.grant.address, via=login.principal.via)
+        return f"CAPABILITY {self.capabilities()}\x00logged in"
+
+    async def _namespace(self, login: Login) -> Namespace | None:
+        principal = login.principal
+        async with self.ctx.engine.connect() as conn:
+            grants = await usable_mailboxes(conn, principal)
+        if not grants:
+            return None
+        personal = login.mailbox or next((g for g in grants if g.role in ("owner", "application")), grants[0])
+        boxes = []
+        for grant in [personal, *(g for g in grants if g.address != personal.address)]:
+            rights = ALL_RIGHTS
+            if grant.role == "delegate":
+                rights = (await self.ctx.folders.acl(grant.mailbox_id)).get(principal.id, DELEGATE_RIGHTS)
+            boxes.append(Box(grant, "" if grant is personal else shared_prefix(grant.address), rights))
+        return Namespace(boxes[0], boxes[1:])
+
+    # -- authenticated -------------------------------------------------------------------------
+
+    async def enable(self, tag: str, args: list, uid: bool) -> None:
+        """RFC 5161. QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)."""
+        newly = []
+        for arg in args:
+            name = text(arg).upper()
+            if name in ENABLEABLE and name not in self.enabled:
+                self.enabled.add(name)
+                newly.append("IMAP4rev2" if name == "IMAP4REV2" else name)
+        if "QRESYNC" in self.enabled:
+            self.enabled.add("CONDSTORE")
+        await self.conn.send(("* ENABLED " + " ".join(newly)).rstrip().encode() + b"\r\n")
+
+    def _mailbox_name(self, token: Token) -> str:
+        name = text(token)
+        return name if self.rev2 else encode.utf7_decode(name)
+
+    def _encode_name(self, name: str) -> bytes:
+        return encode.mailbox_name(name, utf8=self.rev2)
+
+    async def _resolve(self, token: Token, right: str, action: str) -> Resolved:
+        """The box and folder a name means, if this person has `right` there; refusals of a
+        box they cannot use are audited (a non-delegate probing a shared box)."""
+        name = self._mailbox_name(token)
+        assert self.namespace is not None
+        resolved = self.namespace.resolve(name)
+        if resolved is None:
+            await self._audit(action, name[:320], "denied", reason="no such shared box for this person")
+            raise No(f"no mailbox {name!r} for you", "NONEXISTENT")
+        if not resolved.box.may(right):
+            await self._audit(action, resolved.box.grant.address, "denied", folder=resolved.folder, needs=right)
+            raise No(f"you lack the right {right!r} on {resolved.box.grant.address}", "NOPERM")
+        return resolved
+
+    async def _folder_id(self, resolved: Resolved) -> int:
+        try:
+            return (await self.ctx.folders.get(resolved.box.grant.mailbox_id, resolved.folder)).id
+        except NoSuchFolder:
+            raise No(f"no folder {resolved.folder!r}", "NONEXISTENT") from None
+
+    async def select(self, tag: str, args: list, uid: bool, *, readonly: bool = False) -> str:
+        if not args:
+            raise Bad("SELECT needs a mailbox name")
+        params = _select_params(args[1:])
+        if "CONDSTORE" in params:
+            self.enabled.add("CONDSTORE")
+        if "QRESYNC" in params and not self.qresync:
+            raise Bad("QRESYNC parameter without ENABLE QRESYNC")
+        if self.selected is not None:
+            self.selected = None
+            self.state = AUTHENTICATED
+            await self.conn.send(b"* OK [CLOSED] previous mailbox closed\r\n")
+        resolved = await self._resolve(args[0], "r", "imap.examine" if readonly else "imap.select")
+        folder_id = await self._folder_id(resolved)
+        selected = await Selected.open(self.ctx.folders, resolved.box, resolved.folder, folder_id,
+                                       readonly=readonly)
+        out = [selected.flags_response(), b"* %d EXISTS\r\n" % selected.exists]
+        if not self.rev2:
+            out.append(b"* %d RECENT\r\n" % len(selected.recent))
+            unseen = selected.first_unseen()
+            if unseen:
+                out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % unseen)
+        permanent = b"()" if readonly else b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
+        out += [b"* OK [PERMANENTFLAGS %s] flags you can change permanently\r\n" % permanent,
+                b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % selected.uidvalidity,
+                b"* OK [UIDNEXT %d] predicted next UID\r\n" % selected.uidnext,
+                b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % selected.highestmodseq]
+        if "QRESYNC" in params:
+            out += await self._qresync(selected, params["QRESYNC"])
+        await self.conn.send(b"".join(out))
+        self.selected, self.state = selected, SELECTED
+        await self._audit("imap.examine" if readonly else "imap.select", resolved.box.grant.address,
+                          folder=resolved.folder, role=resolved.box.grant.role)
+        return ("READ-ONLY" if readonly else "READ-WRITE") + "\x00" + ("EXAMINE" if readonly else "SELECT") + \
+            " completed"
+
+    async def examine(self, tag: str, args: list, uid: bool) -> str:
+        return await self.select(tag, args, uid, readonly=True)
+
+    async def _qresync(self, selected: Selected, param: PList) -> list[bytes]:
+        """RFC 7162 §3.2.5: what changed since the client's (UIDVALIDITY, MODSEQ)."""
+        items = param.items
+        if len(items) < 2:
+            raise Bad("QRESYNC needs (uidvalidity modseq [known-uids])")
+        if int(text(items[0])) != selected.uidvalidity:
+            return []
+        since = int(text(items[1]))
+        known = SequenceSet.parse(text(items[2])) if len(items) > 2 and not isinstance(items[2], PList) else None
+        changes = await self.ctx.folders.changes(selected.folder_id, since)
+        largest = selected.uids[-1] if selected.uids else 0
+        vanished = [u for u in changes.vanished
+                    if known is None or known.contains(u, max(largest, u))]
+        out = [b"* VANISHED (EARLIER) %s\r\n" % compress(vanished).encode()] if vanished else []
+        out += [selected.fetch_flags(m.uid, condstore=True) for m in changes.changed if m.uid in selected.meta]
+        return out
+
+    async def create(self, tag: str, args: list, uid: bool) -> None:
+        if not args or len(args) > 2 or (len(args) == 2 and not isinstance(args[1], PList)):
+            raise Bad("CREATE takes a mailbox name (and optional parameters, none of which is supported)")
+        resolved = await self._resolve(args[0], "k", "imap.create")
+        folder = resolved.folder.rstrip("/")
+        if folder.upper() == "INBOX":
+            raise No("INBOX always exists", "ALREADYEXISTS")
+        mailbox_id = resolved.box.grant.mailbox_id
+        parts = folder.split("/")
+        existing = {f.name for f in await self.ctx.folders.list(mailbox_id)}
+        if folder in existing:
+            raise No(f"{folder!r} already exists", "ALREADYEXISTS")
+        for depth in range(1, len(parts) + 1):  # RFC 3501 §6.3.3: superiors are created as needed
+            name = "/".join(parts[:depth])
+            if name not in existing:
+                try:
+                    await self.ctx.folders.create(mailbox_id, name)
+                except FolderExists:
+                    pass
+        await self._audit("imap.create", resolved.box.grant.address, folder=folder)
+
+    async def delete(self, tag: str, args: list, uid: bool) -> None:
+        if len(args) != 1:
+            raise Bad("DELETE needs a mailbox name")
+        resolved = await self._resolve(args[0], "x", "imap.delete")
+        if resolved.folder == "INBOX":
+            raise No("INBOX cannot be deleted", "CANNOT")
+        if self.selected and (self.selected.box, self.selected.folder) == (resolved.box, resolved.folder):
+            raise No("unselect the mailbox before deleting it", "INUSE")
+        try:
+            await self.ctx.folders.delete(resolved.box.grant.mailbox_id, resolved.folder)
+        except NoSuchFolder:
+            raise No(f"no folder {resolved.folder!r}", "NONEXISTENT") from None
+        await self._audit("imap.delete", resolved.box.grant.address, folder=resolved.folder)
+
+    async def rename(self, tag: str, args: list, uid: bool) -> None:
+        if len(args) != 2:
+            raise Bad("RENAME needs two mailbox names")
+        old = await self._resolve(args[0], "x", "imap.rename")
+        new = await self._resolve(args[1], "k", "imap.rename")
+        if old.box != new.box:
+            raise No("folders move only within one box", "CANNOT")
+        try:
+            await self.ctx.folders.rename(old.box.grant.mailbox_id, old.folder, new.folder.rstrip("/"))
+        except NoSuchFolder:
+            raise No(f"no folder {old.folder!r}", "NONEXISTENT") from None
+        except FolderExists:
+            raise No(f"{new.folder!r} already exists", "ALREADYEXISTS") from None
+        await self._audit("imap.rename", old.box.grant.address, folder=old.folder, to=new.folder)
+
+    async def subscribe(self, tag: str, args: list, uid: bool, *, on: bool = True) -> None:
+        if len(args) != 1:
+            raise Bad("one mailbox name expected")
+        resolved = await self._resolve(args[0], "l", "imap.subscribe")
+        change = self.ctx.folders.subscribe if on else self.ctx.folders.unsubscribe
+        await change(resolved.box.grant.mailbox_id, self.login.principal.id, resolved.folder)
+
+    async def unsubscribe(self, tag: str, args: list, uid: bool) -> None:
+        await self.subscribe(tag, args, uid, on=False)
+
+    async def list_cmd(self, tag: str, args: list, uid: bool) -> None:
+        await self.conn.send(await listing.list_response(self, args))
+
+    async def lsub(self, tag: str, args: list, uid: bool) -> None:
+        await self.conn.send(await listing.lsub_response(self, args))
+
+    async def status(self, tag: str, args: list, uid: bool) -> None:
+        if len(args) != 2 or not isinstance(args[1], PList):
+            raise Bad("STATUS takes a mailbox name and a list of items")
+        resolved = await self._resolve(args[0], "r", "imap.status")
+        folder_id = await self._folder_id(resolved)
+        items = [text(i).upper() for i in args[1].items]
+        await self.conn.send(await listing.status_line(self, self._mailbox_name(args[0]), folder_id, items))
+
+    async def namespace_cmd(self, tag: str, args: list, uid: bool) -> None:
+        shared = b'(("Shared/" "/"))' if self.namespace.shared else b"NIL"
+        await self.conn.send(b'* NAMESPACE (("" "/")) NIL %s\r\n' % shared)
+
+    async def append(self, tag: str, args: list, uid: bool) -> str:
+        if len(args) < 2:
+            raise Bad("APPEND takes a mailbox, optional flags and date, and the message")
+        message = args[-1]
+        if not isinstance(message, String) or not message.literal:
+            raise Bad("the message must be sent as a literal")
+        flags: set[str] = set()
+        when = datetime.now(timezone.utc)
+        for extra in args[1:-1]:
+            if isinstance(extra, PList):
+                flags = _flags(extra.items)
+            else:
+                when = encode.parse_date_time(text(extra))
+        if len(message.value) > self.ctx.max_message_size:
+            raise No(f"message over the limit of {self.ctx.max_message_size} octets", "TOOBIG")
+        if not message.value:
+            raise No("an empty message is not a message", "CANNOT")
+        try:
+            resolved = await self._resolve(args[0], "i", "imap.append")
+        except No as exc:
+            exc.code = exc.code if exc.code != "NONEXISTENT" else "TRYCREATE"
+            raise
+        folder_id = await self._folder_id_or_trycreate(resolved)
+        try:
+            uidvalidity, new_uid = await self.ctx.folders.append(folder_id, message.value, flags, when)
+        except OverQuota:
+            raise No("the mailbox is full", "OVERQUOTA") from None
+        await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
+                          size=len(message.value))
+        return f"APPENDUID {uidvalidity} {new_uid}\x00APPEND completed"
+
+    async def _folder_id_or_trycreate(self, resolved: Resolved) -> int:
+        try:
+            return await self._folder_id(resolved)
+        except No as exc:
+            raise No(str(exc), "TRYCREATE") from None
+
+    async def idle(self, tag: str, args: list, uid: bool) -> None:
+        """RFC 2177: push what changes in the selected folder the moment the store commits it
+        (the mail store and other sessions announce it on the box's bus channel)."""
+        subscription = None
+        if self.selected is not None:
+            subscription = self.ctx.bus.subscribe(mailbox_channel(self.selected.box.grant.mailbox_id))
+        await self.conn.send(b"+ idling\r\n")
+        try:
+            line_task = asyncio.ensure_future(self.conn.read_line(IDLE_TIMEOUT))
+            events = aiter(subscription) if subscription is not None else None
+            while True:
+                waiting = {line_task}
+                event_task = asyncio.ensure_future(anext(events)) if events is not None else None
+                if event_task is not None:
+                    waiting.add(event_task)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if event_task is not None and event_task not in done:
+                    event_task.cancel()
+                if line_task in done:
+                    break
+                await self._sync(expunges=True)
+            line = line_task.result()
+        finally:
+            if subscription is not None:
+                await subscription.close()
+        if line is None:
+            raise ConnectionError("IDLE timed out or the client left")
+        if line.strip().upper() != b"DONE":
+            raise Bad("IDLE ends with DONE")
+
+    async def getquotaroot(self, tag: str, args: list, uid: bool) -> None:
+        if len(args) != 1:
+            raise Bad("GETQUOTAROOT needs a mailbox name")
+        name = self._mailbox_name(args[0])
+        resolved = await self._resolve(args[0], "r", "imap.quota")
+        root = resolved.box.prefix.rstrip("/")
+        await self.conn.send(b"* QUOTAROOT " + self._encode_name(name) + b" " + encode.astring(root) + b"\r\n" +
+                             await self._quota_line(resolved.box, root))
+
+    async def getquota(self, tag: str, args: list, uid: bool) -> None:
+        if len(args) != 1:
+            raise Bad("GETQUOTA needs a quota root")
+        root = text(args[0])
+        box = next((b for b in self.namespace.boxes if b.prefix.rstrip("/") == root), None)
+        if box is None:
+            raise No(f"no quota root {root!r}", "NONEXISTENT")
+        await self.conn.send(await self._quota_line(box, root))
+
+    async def _quota_line(self, box: Box, root: str) -> bytes:
+        used, count, limit = await self.ctx.folders.quota(box.grant.mailbox_id)
+        # RFC 9208 §5.1: STORAGE in units of 1024 octets. MESSAGE has no separate limit here,
+        # so it is not reported as a resource with one.
+        return b"* QUOTA %s (STORAGE %d %d)\r\n" % (encode.astring(root), -(-used // 1024), limit // 1024)
+
+    async def setquota(self, tag: str, args: list, uid: bool) -> None:
+        raise No("quotas are set by the operator", "NOPERM")
+
+    async def getacl(self, tag: str, args: list, uid: bool) -> None:
+        resolved = await self._resolve(_one(args, "GETACL"), "a", "imap.acl")
+        entries = await self._acl_entries(resolved.box)
+        line = b"* ACL " + self._encode_name(self._mailbox_name(args[0]))
+        for identifier, rights in entries.items():
+            line += b" " + encode.astring(identifier) + b" " + rights.encode()
+        await self.conn.send(line + b"\r\n")
+
+    async def _acl_entries(self, box: Box) -> dict[str, str]:
+        grant = box.grant
+        if grant.kind != "organisational":
+            return {self.login.principal.id: ALL_RIGHTS}
+        async with self.ctx.engine.connect() as conn:
+            delegates = [r.idnat for r in await conn.execute(
+                select(mailbox_delegates.c.idnat).where(mailbox_delegates.c.mailbox_id == grant.mailbox_id))]
+        acl = await self.ctx.folders.acl(grant.mailbox_id)
+        return {idnat: acl.get(idnat, DELEGATE_RIGHTS) for idnat in sorted(delegates)}
+
+    async def setacl(self, tag: str, args: list, uid: bool, *, delete: bool = False) -> None:
+        if len(args) != (2 if delete else 3):
+            raise Bad("SETACL takes a mailbox, an identifier and rights" if not delete
+                      else "DELETEACL takes a mailbox and an identifier")
+        resolved = await self._resolve(args[0], "a", "imap.acl")
+        identifier = text(args[1])
+        entries = await self._acl_entries(resolved.box)
+        if resolved.box.grant.kind != "organisational" or identifier not in entries:
+            raise No("rights are given to delegates of an organisational box; delegation itself comes from "
+                     "the directory", "CANNOT")
+        if delete:
+            await self.ctx.folders.delete_acl(resolved.box.grant.mailbox_id, identifier)
+            rights = DELEGATE_RIGHTS
+        else:
+            rights = listing.apply_rights(entries[identifier], text(args[2]))
+            await self.ctx.folders.set_acl(resolved.box.grant.mailbox_id, identifier, rights)
+        await self._audit("imap.setacl", resolved.box.grant.address, identifier=identifier, rights=rights)
+
+    async def deleteacl(self, tag: str, args: list, uid: bool) -> None:
+        await self.setacl(tag, args, uid, delete=True)
+
+    async def listrights(self, tag: str, args: list, uid: bool) -> None:
+        if len(args) != 2:
+            raise Bad("LISTRIGHTS takes a mailbox and an identifier")
+        await self._resolve(args[0], "a", "imap.acl")
+        name = self._encode_name(self._mailbox_name(args[0]))
+        await self.conn.send(b"* LISTRIGHTS " + name + b" " + encode.astring(text(args[1])) +
+                             b' "lr" s w i p k x t e a\r\n')
+
+    async def myrights(self, tag: str, args: list, uid: bool) -> None:
+        resolved = await self._resolve(_one(args, "MYRIGHTS"), "l", "imap.acl")
+        name = self._encode_name(self._mailbox_name(args[0]))
+        await self.conn.send(b"* MYRIGHTS " + name + b" " + resolved.box.rights.encode() + b"\r\n")
+
+    # -- selected ------------------------------------------------------------------------------
+
+    async def check(self, tag: str, args: list, uid: bool) -> None:
+        return None
+
+    async def close_cmd(self, tag: str, args: list, uid: bool) -> None:
+        """RFC 3501 §6.4.2: expunge silently, then leave the folder."""
+        selected = self.selected
+        if not selected.readonly and selected.box.may("e"):
+            expunged = await self.ctx.folders.expunge(selected.folder_id)
+            if expunged:
+                await self._audit("imap.expunge", selected.box.grant.address, folder=selected.folder,
+                                  uids=compress(expunged))
+        self.selected, self.state = None, AUTHENTICATED
+
+    async def unselect(self, tag: str, args: list, uid: bool) -> None:
+        self.selected, self.state = None, AUTHENTICATED
+
+    async def expunge(self, tag: str, args: list, uid: bool) -> None:
+        selected = self._writable("e")
+        uids = self._uids(text(args[0]), True) if uid and args else None
+        if uid and not args:
+            raise Bad("UID EXPUNGE needs a UID set")
+        expunged = await self.ctx.folders.expunge(selected.folder_id, uids)
+        if expunged:
+            await self.conn.send(b"".join(selected.forget(expunged, qresync=self.qresync)))
+            await self._audit("imap.expunge", selected.box.grant.address, folder=selected.folder,
+                              uids=compress(expunged))
+
+    def _writable(self, right: str) -> Selected:
+        selected = self.selected
+        if selected.readonly:
+            raise No("the mailbox is open read-only (EXAMINE)", "READ-ONLY")
+        if not selected.box.may(right):
+            raise No(f"you lack the right {right!r} here", "NOPERM")
+        return selected
+
+    def _uids(self, spec: str, uid: bool) -> list[int]:
+        """A sequence set or UID set -> the UIDs it names, in order (RFC 3501 §6.4.8)."""
+        selected = self.selected
+        try:
+            numbers = SequenceSet.parse(spec)
+        except ValueError:
+            raise Bad(f"invalid {'UID' if uid else 'sequence'} set {spec[:40]!r}") from None
+        if uid:
+            largest = selected.uids[-1] if selected.uids else 0
+            return [u for u in selected.uids if numbers.contains(u, largest)]
+        if not selected.uids:
+            if spec.strip() == "*" or ":*" in spec or "*:" in spec:
+                raise Bad("the mailbox is empty: there is no message *")
+        beyond = [n for r in numbers.ranges for n in r if n is not None and n > selected.exists]
+        if beyond:
+            raise Bad(f"no message {max(beyond)}: the mailbox has {selected.exists}")
+        return [selected.uids[s - 1] for s in numbers.resolve(selected.exists)]
+
+    async def fetch(self, tag: str, args: list, uid: bool) -> None:
+        if len(args) < 2:
+            raise Bad("FETCH takes a set and data items")
+        selected = self.selected
+        uids = self._uids(text(args[0]), uid)
+        items = parse_fetch(args[1:2])
+        modifiers = _modifiers(args[2:])
+        changed_since = modifiers.get("CHANGEDSINCE")
+        condstore = self.condstore or changed_since is not None or any(i.name == "MODSEQ" for i in items)
+        if condstore:
+            self.enabled.add("CONDSTORE")
+        if "VANISHED" in modifiers:
+            if not (uid and self.qresync and changed_since is not None):
+                raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")
+            changes = await self.ctx.folders.changes(selected.folder_id, int(changed_since))
+            largest = max(uids[-1] if uids else 0, *changes.vanished) if changes.vanished else 0
+            spec = SequenceSet.parse(text(args[0]))
+            gone = [u for u in changes.vanished if spec.contains(u, largest)]
+            if gone:
+                await self.conn.send(b"* VANISHED (EARLIER) %s\r\n" % compress(gone).encode())
+        if changed_since is not None:
+            uids = [u for u in uids if selected.meta[u].modseq > int(changed_since)]
+        sets_seen = not selected.readonly and selected.box.may("s") and any(i.sets_seen for i in items)
+        needs_body = any(i.name not in STORE_ITEMS for i in items)
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = uids[start:start + FETCH_BATCH]
+            bodies = await self.ctx.folders.bodies(selected.folder_id, batch) if needs_body else {}
+            seen_now: set[int] = set()
+            if sets_seen:
+                unseen = [u for u in batch if "\\Seen" not in selected.meta[u].flags]
+                if unseen:
+                    changed, _ = await self.ctx.folders.store_flags(selected.folder_id, unseen, "+", {"\\Seen"})
+                    for meta in changed:
+                        selected.update(meta)
+                        seen_now.add(meta.uid)
+            out = []
+            for u in batch:
+                if u not in bodies and needs_body:
+                    continue  # expunged by another session since we looked: skip, the EXPUNGE follows
+                try:
+                    out.append(self._fetch_response(selected, u, items, bodies.get(u), uid=uid,
+                                                    condstore=condstore, add_flags=u in seen_now))
+                except UnknownCTE:
+                    raise No(f"message UID {u} has a transfer encoding we cannot decode", "UNKNOWN-CTE") from None
+            await self.conn.send(b"".join(out))
+
+    def _fetch_response(self, selected: Selected, uid_: int, items, body: bytes | None, *, uid: bool,
+                        condstore: bool, add_flags: bool) -> bytes:
+        meta = selected.meta[uid_]
+        parts: list[bytes] = []
+        names = {i.name for i in items}
+        if uid or "UID" in names:
+            parts.append(b"UID %d" % uid_)
+        message = Message(body) if body is not None else None
+        for item in items:
+            if item.name == "UID":
+                continue
+            if item.name == "FLAGS":
+                parts.append(b"FLAGS " + encode.plist(f.encode() for f in selected.flags_of(uid_)))
+            elif item.name == "INTERNALDATE":
+                parts.append(b"INTERNALDATE " + encode.date_time(meta.internaldate))
+            elif item.name == "RFC822.SIZE":
+                parts.append(b"RFC822.SIZE %d" % meta.size)
+            elif item.name == "MODSEQ":
+                parts.append(b"MODSEQ (%d)" % meta.modseq)
+            else:
+                parts.append(item.response_label() + b" " + render(item, message))
+        if add_flags and "FLAGS" not in names:
+            parts.append(b"FLAGS " + encode.plist(f.encode() for f in selected.flags_of(uid_)))
+        if condstore and "MODSEQ" not in names:
+            parts.append(b"MODSEQ (%d)" % meta.modseq)
+        return b"* %d FETCH (%s)\r\n" % (selected.seq_of(uid_), b" ".join(parts))
+
+    async def store(self, tag: str, args: list, uid: bool) -> str | None:
+        if len(args) < 3:
+            raise Bad("STORE takes a set, an item and flags")
+        selected = self.selected
+        modifiers: dict[str, str] = {}
+        if isinstance(args[1], PList):
+            modifiers = _modifiers(args[1:2])
+            args = [args[0], *args[2:]]
+        item = text(args[1]).upper()
+        mode = {"FLAGS": "=", "+FLAGS": "+", "-FLAGS": "-"}.get(item.removesuffix(".SILENT"))
+        if mode is None:
+            raise Bad(f"unknown STORE item {item[:30]!r}")
+        silent = item.endswith(".SILENT")
+        flags = _flags(args[2].items if isinstance(args[2], PList) else args[2:])
+        needed = {"s" if f == "\\Seen" else "t" if f == "\\Deleted" else "w" for f in flags} or {"w"}
+        for right in sorted(needed):
+            self._writable(right)
+        uids = self._uids(text(args[0]), uid)
+        unchanged_since = modifiers.get("UNCHANGEDSINCE")
+        if unchanged_since is not None:
+            self.enabled.add("CONDSTORE")
+        changed, failed = await self.ctx.folders.store_flags(
+            selected.folder_id, uids, mode, flags,
+            unchanged_since=int(unchanged_since) if unchanged_since is not None else None)
+        for meta in changed:
+            selected.update(meta)
+        changed_uids = {m.uid for m in changed}
+        out = [selected.fetch_flags(u, condstore=self.condstore) for u in uids
+               if u in selected.meta and u not in failed and (not silent or (unchanged_since and u in changed_uids))]
+        if out:
+            await self.conn.send(b"".join(out))
+        if failed:
+            listed = failed if uid else [selected.seq_of(u) for u in failed]
+            return f"MODIFIED {compress(listed)}\x00conditional STORE failed for some messages"
+        return None
+
+    async def copy(self, tag: str, args: list, uid: bool, *, move: bool = False) -> str:
+        if len(args) != 2:
+            raise Bad("COPY and MOVE take a set and a mailbox")
+        selected = self._writable("t") if move else self.selected
+        if move:
+            self._writable("e")
+        uids = self._uids(text(args[0]), uid)
+        try:
+            target = await self._resolve(args[1], "i", "imap.move" if move else "imap.copy")
+        except No as exc:
+            raise No(str(exc), "TRYCREATE" if exc.code == "NONEXISTENT" else exc.code) from None
+        dest_id = await self._folder_id_or_trycreate(target)
+        if not uids:  # RFC 9051 §6.4.7: an empty UID set is not an error
+            return f"{'MOVE' if move else 'COPY'} completed"
+        operation = self.ctx.folders.move if move else self.ctx.folders.copy
+        try:
+            uidvalidity, pairs = await operation(selected.folder_id, uids, dest_id)
+        except OverQuota:
+            raise No("the target mailbox is full", "OVERQUOTA") from None
+        copyuid = f"COPYUID {uidvalidity} {compress(p[0] for p in pairs)} {compress(p[1] for p in pairs)}"
+        await self._audit("imap.move" if move else "imap.copy", target.box.grant.address,
+                          source_box=selected.box.grant.address, source_folder=selected.folder, folder=target.folder,
+                          count=len(pairs))
+        if not move:
+            return f"{copyuid}\x00COPY completed"
+        await self.conn.send(f"* OK [{copyuid}] moved\r\n".encode() +
+                             b"".join(selected.forget([p[0] for p in pairs], qresync=self.qresync)))
+        return None
+
+    async def move(self, tag: str, args: list, uid: bool) -> str:
+        return await self.copy(tag, args, uid, move=True)
+
+    async def search(self, tag: str, args: list, uid: bool) -> None:
+        selected = self.selected
+        try:
+            query = parse_search(args, utf8_default=self.rev2)
+        except BadCharset as exc:
+            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        if query.uses_modseq:
+            self.enabled.add("CONDSTORE")
+        largest_uid = selected.uids[-1] if selected.uids else 0
+        found: list[tuple[int, int]] = []  # (seq, uid)
+        for start in range(0, selected.exists, FETCH_BATCH):
+            batch = selected.uids[start:start + FETCH_BATCH]
+            bodies = await self.ctx.folders.bodies(selected.folder_id, batch) if query.needs_message else {}
+            for offset, u in enumerate(batch):
+                meta = selected.meta[u]
+                flags = frozenset(selected.flags_of(u))
+                facts = MessageFacts(start + offset + 1, u, flags, meta.internaldate, meta.size, meta.modseq,
+                                     lambda u=u: Message(bodies.get(u, b"")))
+                if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
+                    found.append((start + offset + 1, u))
+        numbers = [u if uid else s for s, u in found]
+        modseq = max((selected.meta[u].modseq for _, u in found), default=0) if query.uses_modseq else 0
+        returns = query.returns
+        if returns is None and self.rev2:
+            returns = ("ALL",)
+        if returns is None:
+            line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
+            if modseq:
+                line += b" (MODSEQ %d)" % modseq
+            await self.conn.send(line + b"\r\n")
+            return
+        await self.conn.send(_esearch(tag, uid, numbers, returns or ("ALL",), modseq))
+
+
+class _Handled(Exception):
+    """The command sent its own tagged reply (STARTTLS)."""
+
+
+STORE_ITEMS = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
+UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"}
+_ANY = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
+_AUTH = (AUTHENTICATED, SELECTED)
+_SEL = (SELECTED,)
+COMMANDS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "CAPABILITY": (_ANY, Session.capability), "NOOP": (_ANY, Session.noop), "LOGOUT": (_ANY, Session.logout),
+    "ID": (_ANY, Session.id),
+    "STARTTLS": ((NOT_AUTHENTICATED,), Session.starttls), "LOGIN": ((NOT_AUTHENTICATED,), Session.login_cmd),
+    "AUTHENTICATE": ((NOT_AUTHENTICATED,), Session.authenticate),
+    "ENABLE": (_AUTH, Session.enable), "SELECT": (_AUTH, Session.select), "EXAMINE": (_AUTH, Session.examine),
+    "CREATE": (_AUTH, Session.create), "DELETE": (_AUTH, Session.delete), "RENAME": (_AUTH, Session.rename),
+    "SUBSCRIBE": (_AUTH, Session.subscribe), "UNSUBSCRIBE": (_AUTH, Session.unsubscribe),
+    "LIST": (_AUTH, Session.list_cmd), "LSUB": (_AUTH, Session.lsub), "STATUS": (_AUTH, Session.status),
+    "NAMESPACE": (_AUTH, Session.namespace_cmd), "APPEND": (_AUTH, Session.append), "IDLE": (_AUTH, Session.idle),
+    "GETQUOTAROOT": (_AUTH, Session.getquotaroot), "GETQUOTA": (_AUTH, Session.getquota),
+    "SETQUOTA": (_AUTH, Session.setquota), "GETACL": (_AUTH, Session.getacl), "SETACL": (_AUTH, Session.setacl),
+    "DELETEACL": (_AUTH, Session.deleteacl), "LISTRIGHTS": (_AUTH, Session.listrights),
+    "MYRIGHTS": (_AUTH, Session.myrights),
+    "CHECK": (_SEL, Session.check), "CLOSE": (_SEL, Session.close_cmd), "UNSELECT": (_SEL, Session.unselect),
+    "EXPUNGE": (_SEL, Session.expunge), "FETCH": (_SEL, Session.fetch), "STORE": (_SEL, Session.store),
+    "COPY": (_SEL, Session.copy), "MOVE": (_SEL, Session.move), "SEARCH": (_SEL, Session.search),
+}
+
+
+def _one(args: list, command: str) -> Token:
+    if len(args) != 1:
+        raise Bad(f"{command} needs a mailbox name")
+    return args[0]
+
+
+def _flags(tokens: Sequence[Token]) -> set[str]:
+    """Flags to store: system flags in their canonical case, keywords as given (RFC 3501 §2.3.2).
+    \\Recent is the server's to set."""
+    canonical = {f.upper(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
+    flags = set()
+    for token in tokens:
+        if not isinstance(token, Atom):
+            raise Bad("flags are atoms")
+        flag = token.value
+        if flag.upper() == "\\RECENT":
+            continue
+        if flag.startswith("\\") and flag.upper() not in canonical:
+            raise Bad(f"unknown system flag {flag[:30]}")
+        flags.add(canonical.get(flag.upper(), flag))
+    return flags
+
+
+def _modifiers(tokens: Sequence[Token]) -> dict[str, str]:
+    """FETCH/STORE modifiers (RFC 7162): (CHANGEDSINCE 12 VANISHED), (UNCHANGEDSINCE 5)."""
+    if not tokens:
+        return {}
+    if len(tokens) != 1 or not isinstance(tokens[0], PList):
+        raise Bad("modifiers are one parenthesised list")
+    items = list(tokens[0].items)
+    found: dict[str, str] = {}
+    while items:
+        name = text(items.pop(0)).upper()
+        if name in ("CHANGEDSINCE", "UNCHANGEDSINCE"):
+            if not items:
+                raise Bad(f"{name} needs a mod-sequence")
+            value = text(items.pop(0))
+            if not value.isdigit():
+                raise Bad(f"{name} needs a number")
+            found[name] = value
+        elif name == "VANISHED":
+            found[name] = ""
+        else:
+            raise Bad(f"unknown modifier {name[:30]}")
+    return found
+
+
+def _select_params(tokens: Sequence[Token]) -> dict[str, PList | None]:
+    """SELECT (CONDSTORE) or (QRESYNC (uidvalidity modseq ...)), RFC 7162 §3.1.8/§3.2.5."""
+    if not tokens:
+        return {}
+    if len(tokens) != 1 or not isinstance(tokens[0], PList):
+        raise Bad("SELECT parameters are one parenthesised list")
+    items = list(tokens[0].items)
+    params: dict[str, PList | None] = {}
+    while items:
+        name = text(items.pop(0)).upper()
+        if name == "CONDSTORE":
+            params[name] = None
+        elif name == "QRESYNC" and items and isinstance(items[0], PList):
+            params[name] = items.pop(0)
+        else:
+            raise Bad(f"unknown SELECT parameter {name[:30]}")
+    return params
+
+
+def _esearch(tag: str, uid: bool, numbers: list[int], returns: Sequence[str], modseq: int) -> bytes:
+    """RFC 4731 ESEARCH response."""
+    parts = [b"* ESEARCH (TAG " + encode.quoted_or_literal(tag) + b")"]
+    if uid:
+        parts.append(b"UID")
+    if "MIN" in returns and numbers:
+        parts.append(b"MIN %d" % min(numbers))
+    if "MAX" in returns and numbers:
+        parts.append(b"MAX %d" % max(numbers))
+    if "COUNT" in returns:
+        parts.append(b"COUNT %d" % len(numbers))
+    if "ALL" in returns and numbers:
+        parts.append(b"ALL " + compress(numbers).encode())
+    if modseq:
+        parts.append(b"MODSEQ %d" % modseq)
+    return b" ".join(parts) + b"\r\n"
