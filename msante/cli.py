@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         c = command(m, name, run, f"{name} a professional's delegation on an organisational mailbox")
         c.add_argument("address")
         c.add_argument("--rpps", required=True)
+        if name == "grant":
+            c.add_argument("--rights", help="IMAP rights (RFC 4314 letters; lrswipkxtea lets the delegate "
+                           "administer the box's ACL); default: everything but a")
     c = command(m, "list", commands.mailbox_list_command, "list local mailboxes with their delegates")
     c.add_argument("--json", action="store_true")
     ap = m.add_parser("app-password", help="passwords for mail clients that cannot do OAuth").add_subparsers(

@@ -32,6 +32,8 @@ from instant.errors import Conflict, InstantError
 from instant.patient import PatientError, patient_from
 from instant.service import circle_admin
 from mailserver import outbound, trust
+from mailserver.imap.folders import Folders
+from mailserver.imap.names import ALL_RIGHTS, expand_rights, valid_rights
 from mailserver.mailstore import MailStore
 from store import db
 from store.audit import OPERATOR, AuditTrail
@@ -266,8 +268,22 @@ async def mailbox_add_command(settings: Settings, args: argparse.Namespace) -> i
 
 
 async def mailbox_grant_command(settings: Settings, args: argparse.Namespace) -> int:
+    rights = expand_rights(args.rights) if args.rights else ""
+    if args.rights and not valid_rights(args.rights):
+        raise CommandError(f"--rights takes RFC 4314 letters ({ALL_RIGHTS}), got {args.rights!r}")
     await _with_admin(settings, lambda admin: admin.grant(args.address, args.rpps, actor=OPERATOR))
-    print(f"{args.rpps} may now act on {normalise_address(args.address)}")
+    address = normalise_address(args.address)
+    print(f"{args.rpps} may now act on {address}")
+    if rights:
+        person = await _professional(settings, args.rpps)
+        async with _opened(settings) as engine:
+            async with engine.connect() as conn:
+                mailbox_id = (await conn.execute(select(mailboxes.c.id).where(mailboxes.c.address == address))).scalar()
+            await Folders(engine, LocalBus(), quota_bytes=settings.mailbox_quota).set_acl(
+                mailbox_id, person["idnat"], rights)
+            await AuditTrail(engine).record(OPERATOR, "mailbox.rights", target=address, source="cli",
+                                            identifier=person["idnat"], rights=rights)
+        print(f"IMAP rights of {person['idnat']} on {address}: {rights}")
     return 0
 
 

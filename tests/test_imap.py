@@ -430,3 +430,46 @@ def test_unauthenticated_client_is_logged_out_when_idle(server, monkeypatch):
     time.sleep(1.0)
     assert client.line().startswith(b"* BYE")
     client.close()
+
+
+def test_acl_administered_by_a_delegate_holding_the_a_right(server):
+    assert server.cli("mailbox", "grant", URGENCES, "--rpps", "10002000023", "--rights", "lrswipkxtea") == 0
+    shared = f'"Shared/{URGENCES}/INBOX"'
+    admin = RawImap(server)
+    admin.login_token(server, NURSE, "810002000023")
+    acl = admin.ok(f"GETACL {shared}")[0]
+    assert f" {URGENTIST_IDNAT} lrswipkxte".encode() in acl and b" 810002000023 lrswipkxtea" in acl
+    assert b'"lr" s w i p k x t e a' in admin.ok(f"LISTRIGHTS {shared} {URGENTIST_IDNAT}")[0]
+    admin.ok(f"SETACL {shared} {URGENTIST_IDNAT} -i")
+    tag, lines = admin.command(f"SETACL {shared} {GP_IDNAT} lr")  # not a delegate: the directory decides that
+    assert lines[-1].startswith(f"{tag} NO".encode())
+    delegate = RawImap(server)
+    delegate.login_token(server, URGENTIST, URGENTIST_IDNAT)
+    tag, lines = delegate.command(f"APPEND {shared} \x00", b"Subject: x\r\n\r\ny\r\n")
+    assert b"NO [NOPERM]" in lines[-1]
+    delegate.close()
+    admin.ok(f"DELETEACL {shared} {URGENTIST_IDNAT}")
+    assert f" {URGENTIST_IDNAT} lrswipkxte".encode() in admin.ok(f"GETACL {shared}")[0]
+    admin.close()
+    changes = server.rows(select(audit).where(audit.c.action == "imap.setacl"))
+    assert [r["actor"] for r in changes] == ["810002000023", "810002000023"]
+
+
+def test_uid_store_copy_expunge_and_status(server):
+    for n in range(3):
+        deliver(server, [GP], f"message {n}")
+    client = RawImap(server)
+    client.login_token(server)
+    assert client.ok("STATUS INBOX (MESSAGES UNSEEN UIDNEXT DELETED)") == \
+        [b"* STATUS INBOX (MESSAGES 3 UNSEEN 3 UIDNEXT 4 DELETED 0)\r\n"]
+    client.ok("SELECT INBOX")
+    lines = client.ok("UID STORE 2:3 +FLAGS (\\Deleted)")
+    assert [re.search(rb"UID (\d+)", ln)[1] for ln in untagged(lines, b"FETCH")] == [b"2", b"3"]
+    tag, lines = client.command("UID COPY 2 Archive")
+    assert re.search(rb"\[COPYUID \d+ 2 1\]", lines[-1])
+    assert client.ok("UID EXPUNGE 3") == [b"* 3 EXPUNGE\r\n"]  # only 3, though 2 is \Deleted too
+    client.ok("CHECK")
+    client.ok("UNSUBSCRIBE INBOX")
+    lines = client.ok("LOGOUT")
+    assert lines == [b"* BYE logging out\r\n"]
+    client.close()

@@ -30,7 +30,7 @@ from . import encode, listing
 from .fetchitems import parse_fetch, render
 from .folders import FolderExists, Folders, NoSuchFolder, OverQuota
 from .message import Message, UnknownCTE
-from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, Namespace, Resolved, shared_prefix
+from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
 from .parser import LiteralPending
 from .search import BadCharset, parse_search
 from .selected import Selected
@@ -338,7 +338,7 @@ class Session:
         for grant in [personal, *(g for g in grants if g.address != personal.address)]:
             rights = ALL_RIGHTS
             if grant.role == "delegate":
-                rights = (await self.ctx.folders.acl(grant.mailbox_id)).get(principal.id, DELEGATE_RIGHTS)
+                rights = expand_rights((await self.ctx.folders.acl(grant.mailbox_id)).get(principal.id, DELEGATE_RIGHTS))
             boxes.append(Box(grant, "" if grant is personal else shared_prefix(grant.address), rights))
         return Namespace(boxes[0], boxes[1:])
 
@@ -627,7 +627,7 @@ class Session:
             delegates = [r.idnat for r in await conn.execute(
                 select(mailbox_delegates.c.idnat).where(mailbox_delegates.c.mailbox_id == grant.mailbox_id))]
         acl = await self.ctx.folders.acl(grant.mailbox_id)
-        return {idnat: acl.get(idnat, DELEGATE_RIGHTS) for idnat in sorted(delegates)}
+        return {idnat: expand_rights(acl.get(idnat, DELEGATE_RIGHTS)) for idnat in sorted(delegates)}
 
     async def setacl(self, tag: str, args: list, uid: bool, *, delete: bool = False) -> None:
         if len(args) != (2 if delete else 3):
