@@ -6,7 +6,6 @@ import base64
 import itertools
 import re
 import socket
-import ssl
 
 from certs.tokens import DevIssuer
 

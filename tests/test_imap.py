@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import re
-import socket
-import ssl
 import time
 from email.message import EmailMessage
 

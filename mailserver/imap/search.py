@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .message import Message
 from .syntax import Atom, PList, String, Token, text
@@ -38,8 +38,10 @@ class BadCharset(ValueError):
     """CHARSET we do not search in: the reply is NO [BADCHARSET (US-ASCII UTF-8)]."""
 
 
-class MessageFacts(Protocol):
-    """What the session knows about one message of the selected folder."""
+@dataclass
+class MessageFacts:
+    """What the session knows about one message of the selected folder; the body is loaded
+    only if a key needs it."""
 
     seq: int
     uid: int
@@ -47,8 +49,10 @@ class MessageFacts(Protocol):
     internaldate: datetime
     size: int
     modseq: int
+    loader: Callable[[], Message]
 
-    def message(self) -> Message: ...
+    def message(self) -> Message:
+        return self.loader()
 
 
 class _Context:

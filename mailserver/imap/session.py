@@ -32,7 +32,7 @@ from .folders import FolderExists, Folders, NoSuchFolder, OverQuota
 from .message import Message, UnknownCTE
 from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
 from .parser import LiteralPending
-from .search import BadCharset, parse_search
+from .search import BadCharset, MessageFacts, parse_search
 from .selected import Selected
 from .seqset import SequenceSet, compress
 from .syntax import Atom, Command, PList, String, Token, text
@@ -95,22 +95,6 @@ class ImapContext:
         self.stopping = True
         for connection in list(self.connections):
             connection.interrupt()
-
-
-@dataclass
-class MessageFacts:
-    """One message as SEARCH sees it (search.MessageFacts)."""
-
-    seq: int
-    uid: int
-    flags: frozenset[str]
-    internaldate: datetime
-    size: int
-    modseq: int
-    loader: Callable[[], Message]
-
-    def message(self) -> Message:
-        return self.loader()
 
 
 class Session:
