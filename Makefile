@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/directory.py
 	$(BIN)/python bench/instant.py
+	$(BIN)/python bench/imap.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache test-artifacts

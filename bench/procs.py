@@ -6,9 +6,13 @@ beside them; the repository root is put on sys.path for `tests.operators` and fr
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -60,3 +64,28 @@ def tree_cpu(roots: list[int]) -> float:
         if p:
             total += times[pid]
     return total / CLOCK_TICK
+
+
+def run_bench(script: str, bench: Callable, args, *, prefix: str) -> int:  # noqa: ANN001 - argparse.Namespace
+    """Run `bench(args, workdir)` in a temporary directory under /tmp (world-readable: Postfix and
+    Dovecot run as their own users below it), removed unless `args.keep`. SIGTERM stops like
+    Ctrl-C, so servers and peers get stopped by the bench's own cleanup."""
+    def terminate(signum, frame):  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(workdir, 0o755)
+    try:
+        return bench(args, workdir)
+    except Fatal as exc:
+        print(f"{script}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -59,12 +59,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from procs import Fatal, free_port, port_open, tail, tree_cpu
+from procs import Fatal, free_port, port_open, run_bench, tail, tree_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -752,25 +751,7 @@ def main() -> int:
     if not args.mailbench.exists():
         parser.error(f"mailbench not found at {args.mailbench}: give --mailbench PATH")
 
-    def terminate(signum, frame):  # noqa: ANN001 - SIGTERM stops like Ctrl-C: every server gets stopped
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    workdir = Path(tempfile.mkdtemp(prefix="msante-relay-bench-", dir="/tmp"))  # Postfix runtime: under /tmp
-    os.chmod(workdir, 0o755)  # Postfix and Dovecot run as their own users below it
-    try:
-        return bench(args, workdir)
-    except Fatal as exc:
-        print(f"bench/relay.py: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_bench("bench/relay.py", bench, args, prefix="msante-relay-bench-")
 
 
 if __name__ == "__main__":

@@ -42,11 +42,10 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from procs import CLOCK_TICK, Fatal, free_port, port_open, tail, tree_cpu
+from procs import CLOCK_TICK, Fatal, free_port, port_open, run_bench, tail, tree_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 GP_RPPS = "10001045367"
@@ -429,24 +428,7 @@ def main() -> int:
     if args.concurrency > 20:
         print("note: msante takes at most 20 concurrent sessions per client address; more will be refused")
 
-    def terminate(signum, frame):  # noqa: ANN001 - SIGTERM stops like Ctrl-C: servers and peers get stopped
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    workdir = Path(tempfile.mkdtemp(prefix="msante-smtp-bench-"))
-    try:
-        return bench(args, workdir)
-    except Fatal as exc:
-        print(f"bench/smtp.py: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return run_bench("bench/smtp.py", bench, args, prefix="msante-smtp-bench-")
 
 
 if __name__ == "__main__":
