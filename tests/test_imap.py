@@ -471,3 +471,16 @@ def test_uid_store_copy_expunge_and_status(server):
     lines = client.ok("LOGOUT")
     assert lines == [b"* BYE logging out\r\n"]
     client.close()
+
+
+def test_headers_longer_than_the_first_read_are_read_whole(server):
+    trace = "".join(f"X-Trace-{n}: {'x' * 70}\r\n" for n in range(150))  # ~12 KB of header
+    raw = (f"From: {GP}\r\nTo: {NURSE}\r\n{trace}Subject: Bilan tardif\r\nMessage-ID: <long@msante.test>\r\n\r\n"
+           "Corps.\r\n").encode()
+    deliver(server, [NURSE], raw=raw)
+    client = RawImap(server)
+    client.login_token(server, NURSE, "810002000023")
+    client.ok("EXAMINE INBOX")
+    assert b'"Bilan tardif"' in client.ok("FETCH 1 ENVELOPE")[0]
+    assert untagged(client.ok('SEARCH SUBJECT "bilan tardif"'), b"SEARCH") == [b"* SEARCH 1\r\n"]
+    client.close()

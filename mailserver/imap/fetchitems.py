@@ -45,6 +45,12 @@ class FetchItem:
         """Fetching these marks the message \\Seen (RFC 3501 §6.4.5; RFC 3516 for BINARY)."""
         return self.name in ("RFC822", "RFC822.TEXT") or (self.name in ("BODY[]", "BINARY[]") and not self.peek)
 
+    @property
+    def header_only(self) -> bool:
+        """Answered from the message's header alone (the store then reads only its start)."""
+        return self.name in ("ENVELOPE", "RFC822.HEADER") or (
+            self.name == "BODY[]" and not self.part and (self.text or "").startswith("HEADER"))
+
     def response_label(self) -> bytes:
         """The name the response carries: PEEK dropped, only the origin octet of a partial
         (RFC 3501 §7.4.2: BODY[section]<origin>)."""

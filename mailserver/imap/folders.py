@@ -325,12 +325,14 @@ class Folders:
             rows = (await conn.execute(union_all(present, expunged).order_by("uid"))).all()
         return Changes(state, [_meta(r) for r in rows if not r.gone], [r.uid for r in rows if r.gone])
 
-    async def bodies(self, folder_id: int, uids: Sequence[int]) -> dict[int, bytes]:
-        """The raw messages of `uids` (absent ones left out), BATCH at a time."""
+    async def bodies(self, folder_id: int, uids: Sequence[int], *, head: int | None = None) -> dict[int, bytes]:
+        """The raw messages of `uids` (absent ones left out), BATCH at a time; with `head`, only
+        their first `head` octets (what ENVELOPE or a header SEARCH reads)."""
         found: dict[int, bytes] = {}
+        data = bodies.c.data if head is None else func.substr(bodies.c.data, 1, head).label("data")
         async with self._engine.connect() as conn:
             for chunk in _chunks(sorted(set(uids))):
-                rows = await conn.execute(select(folder_messages.c.uid, bodies.c.data).select_from(_WITH_SIZE).where(
+                rows = await conn.execute(select(folder_messages.c.uid, data).select_from(_WITH_SIZE).where(
                     folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
                 found.update((r.uid, bytes(r.data)) for r in rows)
         return found

@@ -81,6 +81,7 @@ class Key:
     """A search key. `needs_message`: evaluating it reads the message body or header."""
 
     needs_message = False
+    needs_body = False  # beyond the header
 
     def matches(self, ctx: _Context) -> bool:
         raise NotImplementedError
@@ -208,6 +209,7 @@ class Body(Key):
     value: str
     with_header: bool
     needs_message = True
+    needs_body = True
 
     def matches(self, ctx: _Context) -> bool:
         needle = self.value.casefold()
@@ -247,6 +249,7 @@ class SearchQuery:
     charset: str
     key: Key
     needs_message: bool
+    needs_body: bool
     uses_modseq: bool  # a MODSEQ key: the response carries (MODSEQ n), RFC 7162 §3.1.5
 
     def matches(self, facts: MessageFacts, *, largest_seq: int, largest_uid: int) -> bool:
@@ -381,4 +384,5 @@ def parse_search(args: Sequence[Token], *, utf8_default: bool) -> SearchQuery:
     key = _and(keys)
     nodes = list(_walk(key))
     return SearchQuery(returns, charset, key, needs_message=any(k.needs_message for k in nodes),
+                       needs_body=any(k.needs_body for k in nodes),
                        uses_modseq=any(isinstance(k, ModSeq) for k in nodes))

@@ -40,7 +40,8 @@ from .syntax import Atom, Command, PList, String, Token, text
 log = logging.getLogger("msante.imap")
 
 IDLE_TIMEOUT = 30 * 60.0  # RFC 3501 §5.4: at least 30 minutes
-FETCH_BATCH = 200  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
+FETCH_BATCH = 200
+HEAD_BYTES = 8 * 1024  # read first when only headers are needed; longer headers are read whole  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
 SMALL_LITERAL = 64 * 1024  # any literal but APPEND's: mailbox names, search strings, passwords
 BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE")
 AUTHENTICATED_CAPABILITIES = (
@@ -725,10 +726,11 @@ class Session:
         if changed_since is not None:
             uids = [u for u in uids if selected.meta[u].modseq > int(changed_since)]
         sets_seen = not selected.readonly and selected.box.may("s") and any(i.sets_seen for i in items)
-        needs_body = any(i.name not in STORE_ITEMS for i in items)
+        needs_message = any(i.name not in STORE_ITEMS for i in items)
+        header_only = all(i.header_only for i in items if i.name not in STORE_ITEMS)
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start:start + FETCH_BATCH]
-            bodies = await self.ctx.folders.bodies(selected.folder_id, batch) if needs_body else {}
+            bodies = await self._messages(selected.folder_id, batch, header_only) if needs_message else {}
             seen_now: set[int] = set()
             if sets_seen:
                 unseen = [u for u in batch if "\\Seen" not in selected.meta[u].flags]
@@ -739,7 +741,7 @@ class Session:
                         seen_now.add(meta.uid)
             out = []
             for u in batch:
-                if u not in bodies and needs_body:
+                if u not in bodies and needs_message:
                     continue  # expunged by another session since we looked: skip, the EXPUNGE follows
                 try:
                     out.append(self._fetch_response(selected, u, items, bodies.get(u), uid=uid,
@@ -747,6 +749,18 @@ class Session:
                 except UnknownCTE:
                     raise No(f"message UID {u} has a transfer encoding we cannot decode", "UNKNOWN-CTE") from None
             await self.conn.send(b"".join(out))
+
+    async def _messages(self, folder_id: int, uids: list[int], header_only: bool) -> dict[int, bytes]:
+        """The messages, or when only their header matters, their first HEAD_BYTES (and the
+        whole of those whose header is longer)."""
+        if not header_only:
+            return await self.ctx.folders.bodies(folder_id, uids)
+        heads = await self.ctx.folders.bodies(folder_id, uids, head=HEAD_BYTES)
+        longer = [u for u, head in heads.items()
+                  if len(head) >= HEAD_BYTES and b"\r\n\r\n" not in head and b"\n\n" not in head]
+        if longer:
+            heads.update(await self.ctx.folders.bodies(folder_id, longer))
+        return heads
 
     def _fetch_response(self, selected: Selected, uid_: int, items, body: bytes | None, *, uid: bool,
                         condstore: bool, add_flags: bool) -> bytes:
@@ -855,7 +869,8 @@ class Session:
         found: list[tuple[int, int]] = []  # (seq, uid)
         for start in range(0, selected.exists, FETCH_BATCH):
             batch = selected.uids[start:start + FETCH_BATCH]
-            bodies = await self.ctx.folders.bodies(selected.folder_id, batch) if query.needs_message else {}
+            bodies = await self._messages(selected.folder_id, batch, not query.needs_body) \
+                if query.needs_message else {}
             for offset, u in enumerate(batch):
                 meta = selected.meta[u]
                 flags = frozenset(selected.flags_of(u))
