@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.audit import AuditTrail
@@ -48,6 +48,7 @@ class Accepted:
     failed: tuple[str, ...]
 
 
+FREE_BATCH = 500  # body ids per IN (...) list: far below SQLite's and asyncpg's bound-parameter limits
 QUEUE_CHANNEL = "queue"  # "something was queued for relay": wakes the outbound queue
 QUEUED = {"type": "queued"}
 
@@ -198,3 +199,22 @@ async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, bod
         "modseq": bumped.highestmodseq})).scalar_one()
     event = {"type": "new_mail", "mailbox": active.address, "folder": folder_name, "uid": uid}
     return folder_message_id, uid, event
+
+
+async def free_bodies(conn: AsyncConnection, body_ids: Sequence[int]) -> None:
+    """Delete the bodies no folder row and no queued delivery needs. The bodies are locked
+    first (PostgreSQL; SQLite's writer already holds the database), in id order: two sessions
+    expunging the last two copies of one message would otherwise each see the other's and
+    free neither; a COPY of it cannot race this, as it locks the source folder. Called by
+    IMAP expunges and by the outbound queue once a message's last queued delivery ends."""
+    queued = (select(deliveries.c.id).join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
+              .where(envelopes.c.body_id == bodies.c.id, deliveries.c.status == "queued"))
+    for start in range(0, len(body_ids), FREE_BATCH):
+        chunk = body_ids[start:start + FREE_BATCH]
+        await conn.execute(select(bodies.c.id).where(bodies.c.id.in_(chunk)).order_by(bodies.c.id).with_for_update())
+        unused = list((await conn.execute(select(bodies.c.id).where(
+            bodies.c.id.in_(chunk), ~exists().where(folder_messages.c.body_id == bodies.c.id),
+            ~queued.exists()))).scalars())
+        if unused:
+            await conn.execute(update(envelopes).where(envelopes.c.body_id.in_(unused)).values(body_id=None))
+            await conn.execute(delete(bodies).where(bodies.c.id.in_(unused)))

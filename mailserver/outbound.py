@@ -34,7 +34,7 @@ from store.events import EventBus
 from store.schema import bodies, deliveries, envelopes
 
 from . import dsn
-from .mailstore import QUEUE_CHANNEL, MailStore
+from .mailstore import QUEUE_CHANNEL, MailStore, free_bodies
 
 log = logging.getLogger("msante.outbound")
 
@@ -252,6 +252,7 @@ class OutboundQueue:
                 body = (await conn.execute(select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
                 events = await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
                                                   arrival=message.received_at, statuses=reports, original=body)
+            await free_bodies(conn, [message.body_id])  # kept while a delivery or a folder needs it
         await self._store.publish(events)
 
     @staticmethod
@@ -349,7 +350,7 @@ async def bounce(engine: AsyncEngine, store: MailStore, delivery_id: int, reason
     async with engine.begin() as conn:
         row = (await conn.execute(
             select(deliveries.c.recipient, deliveries.c.notify, deliveries.c.orcpt, envelopes.c.sender,
-                   envelopes.c.envid, envelopes.c.ret, envelopes.c.received_at, bodies.c.data)
+                   envelopes.c.envid, envelopes.c.ret, envelopes.c.received_at, envelopes.c.body_id, bodies.c.data)
             .join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
             .join(bodies, bodies.c.id == envelopes.c.body_id)
             .where(deliveries.c.id == delivery_id, deliveries.c.status == "queued"))).first()
@@ -364,5 +365,6 @@ async def bounce(engine: AsyncEngine, store: MailStore, delivery_id: int, reason
                                          original_recipient=tuple(row.orcpt.split(";", 1)) if row.orcpt else None)
             events = await store.report(conn, sender=row.sender, envid=row.envid or None, ret=row.ret or None,
                                         arrival=utc(row.received_at), statuses=[status], original=row.data)
+        await free_bodies(conn, [row.body_id])
     await store.publish(events)
     return True

@@ -51,6 +51,9 @@ def test_mail_both_ways_with_delivery_reports(operators):
     assert stored.count(b"Received: from") == 2  # A's submission, then B's relay listener
     assert b"peer server" in stored.split(b"Received: from")[1]
     assert a.deliveries(REMOTE)[-1][0] == "relayed"
+    # relayed and held in no folder of A's: A keeps the envelope, not the body
+    assert a.query("SELECT e.body_id FROM envelopes e JOIN deliveries d ON d.envelope_id = e.id "
+                   "WHERE d.recipient = ? ORDER BY e.id DESC LIMIT 1", REMOTE) == [(None,)]
     # B supports DSN: the success report comes from B, over the relay, to A's sender
     raw = wait_for(lambda: [m for m in a.inbox(GP) if b"sortie-1" in m], what="B's success report")[0]
     report, recipients = report_of(raw)

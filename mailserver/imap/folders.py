@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, literal, null, select, union_all, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, null, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, mailbox_channel
+from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, free_bodies, mailbox_channel
 from store.db import committed, dialect_insert, utc
 from store.events import EventBus
-from store.schema import (bodies, deliveries, envelopes, folder_messages, folder_subscriptions, folder_vanished, folders,
+from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
                           mailbox_acl, mailboxes)
 
 T = TypeVar("T")
@@ -573,21 +573,4 @@ async def _remove(conn: AsyncConnection, rows: Sequence[Any]) -> None:
         await conn.execute(update(deliveries).where(deliveries.c.folder_message_id.in_(chunk))
                            .values(folder_message_id=None))
         await conn.execute(delete(folder_messages).where(folder_messages.c.id.in_(chunk)))
-    await _free_bodies(conn, sorted({r.body_id for r in rows}))
-
-
-async def _free_bodies(conn: AsyncConnection, body_ids: Sequence[int]) -> None:
-    """Delete the bodies no folder row and no queued delivery needs. The bodies are locked
-    first (PostgreSQL; SQLite's writer already holds the database), in id order: two sessions
-    expunging the last two copies of one message would otherwise each see the other's and
-    free neither; a COPY of it cannot race this, as it locks the source folder."""
-    queued = (select(deliveries.c.id).join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
-              .where(envelopes.c.body_id == bodies.c.id, deliveries.c.status == "queued"))
-    for chunk in _chunks(body_ids):
-        await conn.execute(select(bodies.c.id).where(bodies.c.id.in_(chunk)).order_by(bodies.c.id).with_for_update())
-        unused = list((await conn.execute(select(bodies.c.id).where(
-            bodies.c.id.in_(chunk), ~exists().where(folder_messages.c.body_id == bodies.c.id),
-            ~queued.exists()))).scalars())
-        if unused:
-            await conn.execute(update(envelopes).where(envelopes.c.body_id.in_(unused)).values(body_id=None))
-            await conn.execute(delete(bodies).where(bodies.c.id.in_(unused)))
+    await free_bodies(conn, sorted({r.body_id for r in rows}))
