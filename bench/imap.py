@@ -253,12 +253,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
     finally:
         peers.stop()
         if server is not None:
-            code = server.stop()
-            if server.proc is not None:
-                findings = server.log_findings()
-                print(f"msante serve exited {code} after SIGTERM; its log had {len(findings)} warning/error line(s)")
-                for line in findings[:10]:
-                    print("  " + line[:300])
+            server.stop_and_report()
         print(f"total time {time.monotonic() - t0:.0f} s")
     return 0
 

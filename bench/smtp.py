@@ -139,6 +139,15 @@ class Msante:
     def pids(self) -> list[int]:
         return [self.proc.pid] if self.proc else []
 
+    def stop_and_report(self) -> None:
+        """SIGTERM, then say how it ended and what the server logged that someone should read."""
+        code = self.stop()
+        if self.proc is not None:
+            findings = self.log_findings()
+            print(f"msante serve exited {code} after SIGTERM; its log had {len(findings)} warning/error line(s)")
+            for line in findings[:10]:
+                print("  " + line[:300])
+
     def log_findings(self) -> list[str]:
         """Warnings, errors and tracebacks the server logged."""
         found = []
@@ -392,12 +401,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
             print(f"Dovecot maildirs at the end: {maildirs / 2**20:.0f} MB")
     finally:
         peers.stop()
-        code = server.stop()
-        if server.proc is not None:
-            findings = server.log_findings()
-            print(f"msante serve exited {code} after SIGTERM; its log had {len(findings)} warning/error line(s)")
-            for line in findings[:10]:
-                print("  " + line[:300])
+        server.stop_and_report()
         print(f"total time {time.monotonic() - t0:.0f} s")
     return 0
 
