@@ -164,6 +164,9 @@ def _banner(settings: Settings, listeners: list) -> None:  # noqa: ANN001
         f"'{settings.public_url}/api/directory/search?q=dupont'",
         f"  demo login: {demo.MAILBOXES[0][0]}@{settings.domains[0]} (RPPS {demo.LOGIN_RPPS}), "
         f"audit: .venv/bin/msante audit tail",
+        f"  mail client (IMAPS {settings.listen['imaps'] or '-'}, submission {settings.listen['submission'] or '-'}): "
+        f".venv/bin/msante mailbox app-password create {demo.MAILBOXES[0][0]}@{settings.domains[0]} "
+        f"--rpps {demo.LOGIN_RPPS} --label laptop",
         "Stop with Ctrl-C.", ""]
     print("\n".join(lines), flush=True)
 
