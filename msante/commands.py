@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 

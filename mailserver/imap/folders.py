@@ -31,10 +31,13 @@ from store.events import EventBus
 from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
                           mailbox_acl, mailboxes)
 
+from .names import normalise
+
 T = TypeVar("T")
 BATCH = 500  # ids per IN (...) list: far below SQLite's and asyncpg's limits on bound parameters
 INBOX = "INBOX"
-SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+# RFC 3501 §2.3.2, by their lower-case spelling; in the order a FLAGS response lists them.
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
 _DEFAULT_USE = dict(DEFAULT_FOLDERS)
 Event = tuple[int, dict[str, Any]]  # (mailbox id, event)
 
@@ -88,11 +91,6 @@ class _Unchanged(Exception):
 
     def __init__(self, result: Any) -> None:
         self.result = result
-
-
-def canonical(name: str) -> str:
-    """INBOX is case-insensitive (RFC 3501 §5.1); every other name is taken as given."""
-    return INBOX if name.upper() == INBOX else name
 
 
 def flag_set(text: str) -> frozenset[str]:
@@ -166,10 +164,10 @@ class Folders:
         """A default folder is created on first use, as `list` would (a client may SELECT
         Drafts before it ever LISTs)."""
         query = select(folders.c.id, folders.c.name, folders.c.special_use).where(
-            folders.c.mailbox_id == mailbox_id, folders.c.name == canonical(name))
+            folders.c.mailbox_id == mailbox_id, folders.c.name == normalise(name))
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        if row is None and canonical(name) in {n for n, _ in DEFAULT_FOLDERS}:
+        if row is None and normalise(name) in {n for n, _ in DEFAULT_FOLDERS}:
             await self.list(mailbox_id)
             async with self._engine.connect() as conn:
                 row = (await conn.execute(query)).first()
@@ -178,7 +176,7 @@ class Folders:
         return FolderInfo(row.id, row.name, row.special_use)
 
     async def create(self, mailbox_id: int, name: str, special_use: str = "") -> FolderInfo:
-        name = canonical(name)
+        name = normalise(name)
 
         async def work(conn: AsyncConnection) -> tuple[FolderInfo, list[Event]]:
             await ensure_folders(conn, mailbox_id)  # "Sent" made by hand would lose its \Sent
@@ -195,7 +193,7 @@ class Folders:
         folders under it stay (RFC 3501 §6.3.4). A default folder (Sent, Trash...) comes back
         empty at once, as ensure_folders would bring it back at the next LIST, but with a
         greater UIDVALIDITY than the one deleted, which the clock alone cannot promise."""
-        name = canonical(name)
+        name = normalise(name)
         if name == INBOX:
             raise ValueError("INBOX cannot be deleted")
 
@@ -217,7 +215,7 @@ class Folders:
         new UIDVALIDITY: a client may have cached an earlier folder of the new name. Renaming
         INBOX moves its messages into a new folder and leaves INBOX empty (its folders below
         stay). A default folder renamed away comes back empty, as in delete()."""
-        old, new = canonical(old), canonical(new)
+        old, new = normalise(old), normalise(new)
         if old == new:
             raise FolderExists(new)
 
@@ -252,14 +250,14 @@ class Folders:
 
     async def subscribe(self, mailbox_id: int, who: str, name: str) -> None:
         """The name need not exist (RFC 3501 §6.3.6)."""
-        row = {"mailbox_id": mailbox_id, "who": who, "name": canonical(name)}
+        row = {"mailbox_id": mailbox_id, "who": who, "name": normalise(name)}
         await committed(self._engine, lambda conn: conn.execute(
             dialect_insert(conn, folder_subscriptions).on_conflict_do_nothing(), row))
 
     async def unsubscribe(self, mailbox_id: int, who: str, name: str) -> None:
         await committed(self._engine, lambda conn: conn.execute(delete(folder_subscriptions).where(
             folder_subscriptions.c.mailbox_id == mailbox_id, folder_subscriptions.c.who == who,
-            folder_subscriptions.c.name == canonical(name))))
+            folder_subscriptions.c.name == normalise(name))))
 
     async def acl(self, mailbox_id: int) -> dict[str, str]:
         async with self._engine.connect() as conn:
@@ -315,6 +313,8 @@ class Folders:
         fm, fv = folder_messages, folder_vanished
         async with self._engine.connect() as conn:
             state = _state(await _folder(conn, folder_id))
+            if state.highestmodseq <= since_modseq:  # what a session asks after almost every command
+                return Changes(state, [], [])
 
             def window(modseq: Any) -> Any:
                 return and_(modseq > since_modseq, modseq <= state.highestmodseq)

@@ -13,11 +13,10 @@ import bisect
 from dataclasses import dataclass, field
 
 from . import encode
-from .folders import Folders, MessageMeta
+from .folders import SYSTEM_FLAGS, Folders, MessageMeta
 from .names import Box
 from .seqset import compress
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 @dataclass
@@ -69,7 +68,7 @@ class Selected:
         return sorted({f for m in self.meta.values() for f in m.flags if not f.startswith("\\")})
 
     def flags_response(self) -> bytes:
-        return b"* FLAGS " + encode.plist(f.encode() for f in (*SYSTEM_FLAGS, *self.keywords())) + b"\r\n"
+        return b"* FLAGS " + encode.plist(f.encode() for f in (*SYSTEM_FLAGS.values(), *self.keywords())) + b"\r\n"
 
     def fetch_flags(self, uid: int, *, condstore: bool) -> bytes:
         """An untagged FETCH telling a flag change (with UID and MODSEQ, as RFC 7162 §3.2.4 asks)."""

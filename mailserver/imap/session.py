@@ -28,7 +28,7 @@ from store.schema import mailbox_delegates
 
 from . import encode, listing
 from .fetchitems import parse_fetch, render
-from .folders import FolderExists, Folders, NoSuchFolder, OverQuota
+from .folders import SYSTEM_FLAGS, FolderExists, Folders, NoSuchFolder, OverQuota
 from .message import Message, UnknownCTE
 from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
 from .parser import LiteralPending
@@ -72,6 +72,14 @@ class No(Exception):
 
 class Bad(Exception):
     """The command is malformed or not allowed now: tagged BAD."""
+
+
+@dataclass(frozen=True)
+class Ok:
+    """A tagged OK; `code` is its response code without brackets ([APPENDUID …], [READ-WRITE])."""
+
+    code: str
+    text: str
 
 
 @dataclass
@@ -165,7 +173,7 @@ class Session:
             await self._tagged(command.tag, "BAD", f"{name} is not allowed in the {self.state} state")
             return
         try:
-            text_ = await method(self, command.tag, list(args), uid) or f"{name} completed"
+            result = await method(self, command.tag, list(args), uid) or Ok("", f"{name} completed")
         except _Handled:
             return
         except No as exc:
@@ -175,12 +183,9 @@ class Session:
         except (Bad, ValueError) as exc:
             await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
             return
-        if self.state == LOGOUT:
-            await self._tagged(command.tag, "OK", text_)
-            return
-        await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH"))
-        code, _, rest = text_.partition("\x00")
-        await self._tagged(command.tag, "OK", rest if _ else code, code if _ else "")
+        if self.state != LOGOUT:
+            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH"))
+        await self._tagged(command.tag, "OK", result.text, result.code)
 
     async def _tagged(self, tag: str, status: str, message: str, code: str = "") -> None:
         code = f"[{code}] " if code else ""
@@ -219,10 +224,9 @@ class Session:
     async def noop(self, tag: str, args: list, uid: bool) -> None:
         return None
 
-    async def logout(self, tag: str, args: list, uid: bool) -> str:
+    async def logout(self, tag: str, args: list, uid: bool) -> None:
         await self.conn.send(b"* BYE logging out\r\n")
         self.state = LOGOUT
-        return "LOGOUT completed"
 
     async def id(self, tag: str, args: list, uid: bool) -> None:
         """RFC 2971: the client may tell who it is; we log it (it helps support) and answer."""
@@ -235,14 +239,14 @@ class Session:
 
     # -- not authenticated ---------------------------------------------------------------------
 
-    async def starttls(self, tag: str, args: list, uid: bool) -> str:
+    async def starttls(self, tag: str, args: list, uid: bool) -> Ok | None:
         if self.conn.tls or not self.starttls_offered:
             raise Bad("TLS is already active" if self.conn.tls else "STARTTLS is not offered here")
         await self._tagged(tag, "OK", "begin TLS negotiation now")
         await self.conn.starttls()  # discards anything the client pipelined after STARTTLS
         raise _Handled
 
-    async def login_cmd(self, tag: str, args: list, uid: bool) -> str:
+    async def login_cmd(self, tag: str, args: list, uid: bool) -> Ok | None:
         if not self.conn.tls:
             raise No("log in after STARTTLS: passwords never travel in clear", "PRIVACYREQUIRED")
         if len(args) != 2:
@@ -250,7 +254,7 @@ class Session:
         credentials = sasl.PasswordCredentials("LOGIN", None, text(args[0]), text(args[1]))
         return await self._log_in(credentials)
 
-    async def authenticate(self, tag: str, args: list, uid: bool) -> str:
+    async def authenticate(self, tag: str, args: list, uid: bool) -> Ok | None:
         if not self.conn.tls:
             raise No("authenticate after STARTTLS", "PRIVACYREQUIRED")
         if not args or len(args) > 2 or not isinstance(args[0], Atom):
@@ -289,7 +293,7 @@ class Session:
         line = line.strip()
         return sasl.ABORT if line == b"*" else sasl.b64decode_response(line.decode("ascii", "replace"))
 
-    async def _log_in(self, credentials: sasl.Credentials) -> str:
+    async def _log_in(self, credentials: sasl.Credentials) -> Ok:
         try:
             login = await self.ctx.logins.login(credentials, peer_certificate=self.conn.peer_certificate,
                                                 source=self.conn.source, protocol="imap")
@@ -310,7 +314,7 @@ class Session:
         self._counted = account
         self.login, self.namespace, self.state = login, namespace, AUTHENTICATED
         await self._audit("login.imap", namespace.personal.grant.address, via=login.principal.via)
-        return f"CAPABILITY {self.capabilities()}\x00logged in"
+        return Ok(f"CAPABILITY {self.capabilities()}", "logged in")
 
     async def _namespace(self, login: Login) -> Namespace | None:
         principal = login.principal
@@ -368,7 +372,7 @@ class Session:
         except NoSuchFolder:
             raise No(f"no folder {resolved.folder!r}", "NONEXISTENT") from None
 
-    async def select(self, tag: str, args: list, uid: bool, *, readonly: bool = False) -> str:
+    async def select(self, tag: str, args: list, uid: bool, *, readonly: bool = False) -> Ok | None:
         if not args:
             raise Bad("SELECT needs a mailbox name")
         params = _select_params(args[1:])
@@ -401,10 +405,9 @@ class Session:
         self.selected, self.state = selected, SELECTED
         await self._audit("imap.examine" if readonly else "imap.select", resolved.box.grant.address,
                           folder=resolved.folder, role=resolved.box.grant.role)
-        return ("READ-ONLY" if readonly else "READ-WRITE") + "\x00" + ("EXAMINE" if readonly else "SELECT") + \
-            " completed"
+        return Ok("READ-ONLY" if readonly else "READ-WRITE", ("EXAMINE" if readonly else "SELECT") + " completed")
 
-    async def examine(self, tag: str, args: list, uid: bool) -> str:
+    async def examine(self, tag: str, args: list, uid: bool) -> Ok | None:
         return await self.select(tag, args, uid, readonly=True)
 
     async def _qresync(self, selected: Selected, param: PList) -> list[bytes]:
@@ -502,7 +505,7 @@ class Session:
         shared = b'(("Shared/" "/"))' if self.namespace.shared else b"NIL"
         await self.conn.send(b'* NAMESPACE (("" "/")) NIL %s\r\n' % shared)
 
-    async def append(self, tag: str, args: list, uid: bool) -> str:
+    async def append(self, tag: str, args: list, uid: bool) -> Ok | None:
         if len(args) < 2:
             raise Bad("APPEND takes a mailbox, optional flags and date, and the message")
         message = args[-1]
@@ -531,7 +534,7 @@ class Session:
             raise No("the mailbox is full", "OVERQUOTA") from None
         await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
                           size=len(message.value))
-        return f"APPENDUID {uidvalidity} {new_uid}\x00APPEND completed"
+        return Ok(f"APPENDUID {uidvalidity} {new_uid}", "APPEND completed")
 
     async def _folder_id_or_trycreate(self, resolved: Resolved) -> int:
         try:
@@ -695,9 +698,8 @@ class Session:
         if uid:
             largest = selected.uids[-1] if selected.uids else 0
             return [u for u in selected.uids if numbers.contains(u, largest)]
-        if not selected.uids:
-            if spec.strip() == "*" or ":*" in spec or "*:" in spec:
-                raise Bad("the mailbox is empty: there is no message *")
+        if not selected.uids and any(None in r for r in numbers.ranges):
+            raise Bad("the mailbox is empty: there is no message *")
         beyond = [n for r in numbers.ranges for n in r if n is not None and n > selected.exists]
         if beyond:
             raise Bad(f"no message {max(beyond)}: the mailbox has {selected.exists}")
@@ -718,9 +720,8 @@ class Session:
             if not (uid and self.qresync and changed_since is not None):
                 raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")
             changes = await self.ctx.folders.changes(selected.folder_id, int(changed_since))
-            largest = max(uids[-1] if uids else 0, *changes.vanished) if changes.vanished else 0
-            spec = SequenceSet.parse(text(args[0]))
-            gone = [u for u in changes.vanished if spec.contains(u, largest)]
+            spec = SequenceSet.parse(text(args[0]))  # "*": the highest UID ever given here
+            gone = [u for u in changes.vanished if spec.contains(u, selected.uidnext - 1)]
             if gone:
                 await self.conn.send(b"* VANISHED (EARLIER) %s\r\n" % compress(gone).encode())
         if changed_since is not None:
@@ -789,7 +790,7 @@ class Session:
             parts.append(b"MODSEQ (%d)" % meta.modseq)
         return b"* %d FETCH (%s)\r\n" % (selected.seq_of(uid_), b" ".join(parts))
 
-    async def store(self, tag: str, args: list, uid: bool) -> str | None:
+    async def store(self, tag: str, args: list, uid: bool) -> Ok | None:
         if len(args) < 3:
             raise Bad("STORE takes a set, an item and flags")
         selected = self.selected
@@ -803,7 +804,7 @@ class Session:
             raise Bad(f"unknown STORE item {item[:30]!r}")
         silent = item.endswith(".SILENT")
         flags = _flags(args[2].items if isinstance(args[2], PList) else args[2:])
-        needed = {"s" if f == "\\Seen" else "t" if f == "\\Deleted" else "w" for f in flags} or {"w"}
+        needed = {"s" if f.lower() == "\\seen" else "t" if f.lower() == "\\deleted" else "w" for f in flags} or {"w"}
         for right in sorted(needed):
             self._writable(right)
         uids = self._uids(text(args[0]), uid)
@@ -822,10 +823,10 @@ class Session:
             await self.conn.send(b"".join(out))
         if failed:
             listed = failed if uid else [selected.seq_of(u) for u in failed]
-            return f"MODIFIED {compress(listed)}\x00conditional STORE failed for some messages"
+            return Ok(f"MODIFIED {compress(listed)}", "conditional STORE failed for some messages")
         return None
 
-    async def copy(self, tag: str, args: list, uid: bool, *, move: bool = False) -> str:
+    async def copy(self, tag: str, args: list, uid: bool, *, move: bool = False) -> Ok | None:
         if len(args) != 2:
             raise Bad("COPY and MOVE take a set and a mailbox")
         selected = self._writable("t") if move else self.selected
@@ -838,7 +839,7 @@ class Session:
             raise No(str(exc), "TRYCREATE" if exc.code == "NONEXISTENT" else exc.code) from None
         dest_id = await self._folder_id_or_trycreate(target)
         if not uids:  # RFC 9051 §6.4.7: an empty UID set is not an error
-            return f"{'MOVE' if move else 'COPY'} completed"
+            return None
         operation = self.ctx.folders.move if move else self.ctx.folders.copy
         try:
             uidvalidity, pairs = await operation(selected.folder_id, uids, dest_id)
@@ -849,12 +850,12 @@ class Session:
                           source_box=selected.box.grant.address, source_folder=selected.folder, folder=target.folder,
                           count=len(pairs))
         if not move:
-            return f"{copyuid}\x00COPY completed"
+            return Ok(copyuid, "COPY completed")
         await self.conn.send(f"* OK [{copyuid}] moved\r\n".encode() +
                              b"".join(selected.forget([p[0] for p in pairs], qresync=self.qresync)))
         return None
 
-    async def move(self, tag: str, args: list, uid: bool) -> str:
+    async def move(self, tag: str, args: list, uid: bool) -> Ok | None:
         return await self.copy(tag, args, uid, move=True)
 
     async def search(self, tag: str, args: list, uid: bool) -> None:
@@ -928,19 +929,16 @@ def _one(args: list, command: str) -> Token:
 
 
 def _flags(tokens: Sequence[Token]) -> set[str]:
-    """Flags to store: system flags in their canonical case, keywords as given (RFC 3501 §2.3.2).
-    \\Recent is the server's to set."""
-    canonical = {f.upper(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
+    """Flags to store, as the client wrote them: the store gives system flags their usual case
+    and drops \\Recent, the server's to set (RFC 3501 §2.3.2). Unknown system flags are refused."""
     flags = set()
     for token in tokens:
         if not isinstance(token, Atom):
             raise Bad("flags are atoms")
         flag = token.value
-        if flag.upper() == "\\RECENT":
-            continue
-        if flag.startswith("\\") and flag.upper() not in canonical:
+        if flag.startswith("\\") and flag.lower() not in SYSTEM_FLAGS and flag.lower() != "\\recent":
             raise Bad(f"unknown system flag {flag[:30]}")
-        flags.add(canonical.get(flag.upper(), flag))
+        flags.add(flag)
     return flags
 
 
