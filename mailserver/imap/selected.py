@@ -92,7 +92,7 @@ class Selected:
         self.pending_vanished.update(gone)
         if expunges and self.pending_vanished:
             out += self.forget(sorted(self.pending_vanished), qresync=qresync)
-        added = False
+        added: list[int] = []
         for meta in changes.changed:
             if meta.uid in self.pending_vanished:
                 continue
@@ -102,7 +102,7 @@ class Selected:
                     continue  # cannot happen: UIDs only grow; never break the sequence order
                 self.uids.append(meta.uid)
                 self.meta[meta.uid] = meta
-                added = True
+                added.append(meta.uid)
             else:
                 self.meta[meta.uid] = meta
                 if old.flags != meta.flags:
@@ -111,7 +111,7 @@ class Selected:
             out.append(b"* %d EXISTS\r\n" % self.exists)
             if not self.readonly:
                 recent_from = await folders.claim_recent(self.folder_id)
-                self.recent.update(u for u in self.uids if u >= recent_from)
+                self.recent.update(u for u in added if u >= recent_from)
         self.uidnext = max(self.uidnext, changes.state.uidnext)
         self.highestmodseq = max(self.highestmodseq, changes.state.highestmodseq)
         return out
