@@ -185,9 +185,8 @@ def identity_from_certificate(cert: x509.Certificate) -> CertIdentity:
 
     Only reads: whether the certificate is to be trusted is `verify_chain`'s question.
     """
-    alt = _alt_names(cert)
-    mailboxes = alt.get_values_for_type(x509.RFC822Name)
-    hosts = (*alt.get_values_for_type(x509.DNSName), *map(str, alt.get_values_for_type(x509.IPAddress)))
+    mailboxes = _alt_values(cert, x509.RFC822Name)
+    hosts = (*_alt_values(cert, x509.DNSName), *map(str, _alt_values(cert, x509.IPAddress)))
     common_names = _values(cert.subject, NameOID.COMMON_NAME)
     units = [ou for ou in _values(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) if STRUCTURE_ID.fullmatch(ou)]
     names_a_person = _values(cert.subject, NameOID.SURNAME) or _values(cert.subject, NameOID.GIVEN_NAME)
@@ -303,11 +302,14 @@ def _ascii_mailbox(mailbox: str) -> str:
     return f"{local}@{_ascii_host(domain)}"
 
 
-def _alt_names(cert: x509.Certificate) -> x509.SubjectAlternativeName:
+def _alt_values(cert: x509.Certificate, kind: type[x509.GeneralName]) -> list:
+    """The subjectAltName values of one kind; none when the extension is absent (CPS certificates
+    have none, and cryptography 45+ refuses to build an empty SubjectAlternativeName)."""
     try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return x509.SubjectAlternativeName([])
+        return []
+    return alt.get_values_for_type(kind)
 
 
 def _subject(cert: x509.Certificate) -> str:
