@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # store.db.upgrade says which migrations run; Alembic's INFO repeats it
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2

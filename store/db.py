@@ -6,6 +6,7 @@ and a busy timeout, set on every new connection because they are per-connection 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, TypeVar
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger("msante.store")
 T = TypeVar("T")
 _unfinished: set[asyncio.Future] = set()  # shielded writes whose callers may be gone
 
@@ -82,14 +84,29 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-async def upgrade(engine: AsyncEngine) -> None:
-    """Apply every pending migration (idempotent: run by init and by serve)."""
-    def _run(sync_conn) -> None:  # noqa: ANN001
+async def upgrade(engine: AsyncEngine) -> list[str]:
+    """Apply every pending migration and return their revisions, oldest first.
+
+    Idempotent: `init`, `serve` and every CLI command that opens the store run it, so a current
+    schema costs one read and logs nothing; each migration applied logs one line of ours
+    (Alembic's own INFO lines are left to `--verbose`).
+    """
+    def _run(sync_conn) -> list[str]:  # noqa: ANN001
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
         cfg = alembic_config(str(engine.url))
         cfg.attributes["connection"] = sync_conn
-        command.upgrade(cfg, "head")
+        script = ScriptDirectory.from_config(cfg)
+        current = MigrationContext.configure(sync_conn).get_current_revision()
+        pending = list(reversed(list(script.iterate_revisions("head", current))))
+        for revision in pending:
+            log.info("applying migration %s (%s)", revision.revision, (revision.doc or "").strip())
+        if pending:
+            command.upgrade(cfg, "head")
+        return [revision.revision for revision in pending]
     async with engine.begin() as conn:
-        await conn.run_sync(_run)
+        return await conn.run_sync(_run)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

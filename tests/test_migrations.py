@@ -1,4 +1,7 @@
 """Alembic migrations build the schema the code queries, on SQLite and PostgreSQL alike."""
+import subprocess
+import sys
+
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
@@ -10,9 +13,10 @@ from store.schema import metadata
 async def test_upgrade_creates_every_table_and_is_idempotent(database_url):
     engine = db.create_engine(database_url)
     try:
-        await db.upgrade(engine)
-        await db.upgrade(engine)  # init and serve both run it: the second run is a no-op
+        applied = await db.upgrade(engine)
+        assert await db.upgrade(engine) == []  # init and serve both run it: the second run is a no-op
         head = ScriptDirectory.from_config(db.alembic_config(database_url)).get_current_head()
+        assert applied[0] == "0001" and applied[-1] == head
         assert await db.current_revision(engine) == head
         async with engine.connect() as conn:
             tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
@@ -52,3 +56,15 @@ async def test_sqlite_pragmas(tmp_path):
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
     finally:
         await engine.dispose()
+
+
+def test_cli_logs_migrations_only_when_one_runs(tmp_path):
+    """Every command opens the store; only the first, on an empty database, migrates and says so."""
+    def msante(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "msante", *args, "--data-dir", str(tmp_path / "var")],
+                              capture_output=True, text=True, check=True)
+        return done.stdout + done.stderr
+    first = msante("init")
+    assert "applying migration 0001" in first
+    again = msante("mailbox", "list")
+    assert "migration" not in again and "alembic" not in again.lower() and "INFO" not in again
