@@ -224,7 +224,7 @@ class OutboundQueue:
         async with self._engine.begin() as conn:
             for rcpt in message.recipients:
                 answer = answers[rcpt.address]
-                diagnostic = f"smtp; {answer.code} {answer.text}"[:dsn.DIAGNOSTIC_MAX]
+                diagnostic = f"{answer.code} {answer.text}"  # the reply; dsn.py writes the "smtp;" type
                 values: dict[str, Any] = {"attempts": rcpt.attempts + 1, "last_error": "", "updated_at": now}
                 if answer.accepted:
                     values["status"] = "relayed"
