@@ -21,7 +21,8 @@ from aiosmtpd.smtp import TLSSetupException
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from certs.tls import peer_identity
+from certs.dn import dn_of
+from certs.tls import peer_certificate, peer_identity
 from directory.access import grant_for
 from store.audit import Actor, AuditTrail
 from store.schema import mailboxes
@@ -208,8 +209,14 @@ class RelayHandler(_Receiver):
             if not domain or not await self._trust.contains(domain) or domain in self._domains:
                 await self.refused(session, sender, "sender domain outside the trust space")
                 return f"550 5.7.1 <{sender}>: the sending domain is not a domain of the MSSanté trust space"
-            allowed = {domain, self._route_hosts.get(domain, domain)}
-            if not allowed & {h.lower() for h in identity.hosts}:
+            operators = await self._trust.operators(domain)
+            if operators:
+                if dn_of(peer_certificate(server.ssl_object).subject) not in operators:
+                    await self.refused(session, sender, "certificate is not an operator of the domain in the "
+                                       "white list", certificate=identity.subject)
+                    return (f"550 5.7.1 Your certificate ({identity.subject}) is not one the MSSanté white list "
+                            f"gives for {domain}")
+            elif not {domain, self._route_hosts.get(domain, domain)} & {h.lower() for h in identity.hosts}:
                 await self.refused(session, sender, "certificate does not match the sending operator",
                                    certificate=list(identity.hosts))
                 return (f"550 5.7.1 Your certificate ({', '.join(identity.hosts)}) is not the operator of "

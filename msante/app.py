@@ -199,7 +199,8 @@ def imap_listeners(services: Services) -> list[Listener]:
 def outbound_queue(services: Services) -> OutboundQueue:
     s = services.settings
     client_tls = tls.client_context(_bundle(s), cert_path=s.tls_cert, key_path=s.tls_key)
-    return OutboundQueue(services.engine, services.mailstore, services.bus, services.audit, hostname=s.hostname,
+    return OutboundQueue(services.engine, services.mailstore, services.bus, services.audit, services.trust,
+                         hostname=s.hostname,
                          routes=dict(s.relay_routes), client_tls=client_tls, retry_base=s.relay_retry_base,
                          retry_max=s.relay_retry_max, lifetime=s.relay_lifetime, delay_warning=s.relay_delay_warning)
 
