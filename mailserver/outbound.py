@@ -7,7 +7,7 @@ is known: a message whose DATA got `250` is marked `relayed` before the next one
 a crash can at worst re-send the one message whose `250` was in flight (the RFC 1047 window),
 and never drops one. Temporary failures (4xx, refused connection, TLS failure) back off
 exponentially until `relay.lifetime`; so does a peer whose certificate is not one the white
-list gives for the destination domain (`_check_peer`: a wrong certificate is more often a
+list gives for the destination domain, or is revoked (`_check_peer`: a wrong certificate is more often a
 configuration being changed than a lost cause, and the mail must not go there meanwhile).
 Permanent ones (5xx) and expiry produce a failure
 report (RFC 3464), `NOTIFY=DELAY` a delay report once, and a remote without DSN a `relayed`
@@ -32,6 +32,8 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from certs.dn import Dn, dn_of
+from certs.pki import CertificateError
+from certs.revocation import Revocations
 from certs.tls import peer_certificate
 from store.audit import Actor, AuditTrail
 from store.db import utc
@@ -92,14 +94,15 @@ class PeerRefused(Exception):
 
 
 class OutboundQueue:
-    def __init__(self, engine: AsyncEngine, store: MailStore, bus: EventBus, audit: AuditTrail, trust: TrustSpace, *,
-                 hostname: str, routes: dict[str, str], client_tls: ssl.SSLContext, retry_base: int,
+    def __init__(self, engine: AsyncEngine, store: MailStore, bus: EventBus, audit: AuditTrail, trust: TrustSpace,
+                 revocations: Revocations, *, hostname: str, routes: dict[str, str], client_tls: ssl.SSLContext, retry_base: int,
                  retry_max: int, lifetime: int, delay_warning: int) -> None:
         self._engine = engine
         self._store = store
         self._bus = bus
         self._audit = audit
         self._trust = trust
+        self._revocations = revocations
         self._hostname = hostname
         self._routes = routes
         self._tls = client_tls
@@ -230,14 +233,19 @@ class OutboundQueue:
             raise
         return client
 
-    @staticmethod
-    def _check_peer(client: smtplib.SMTP, domain: str, operators: frozenset[Dn]) -> None:
-        """The handshake checked the chain and the host name; the white list says which
-        operator certificates `domain` is served with (none listed: the host name suffices)."""
+    def _check_peer(self, client: smtplib.SMTP, domain: str, operators: frozenset[Dn]) -> None:
+        """The handshake checked the chain and the host name; here the CRLs, and which operator
+        certificates the white list gives for `domain` (none listed: the host name suffices)."""
         cert = peer_certificate(client.sock)
-        if operators and (cert is None or dn_of(cert.subject) not in operators):
-            subject = cert.subject.rfc4514_string() if cert is not None else "none"
-            raise PeerRefused(f"certificate {subject} is not one the MSSanté white list gives for {domain}")
+        if cert is None:  # cannot happen with CERT_REQUIRED; refuse rather than assume
+            raise PeerRefused("no server certificate")
+        try:
+            self._revocations.check(cert)
+        except CertificateError as exc:
+            raise PeerRefused(f"{cert.subject.rfc4514_string()}: {exc}") from None
+        if operators and dn_of(cert.subject) not in operators:
+            raise PeerRefused(f"certificate {cert.subject.rfc4514_string()} is not one the MSSanté white list "
+                              f"gives for {domain}")
 
     async def _record(self, message: _Message, answers: dict[str, _Answer], *, dsn_remote: bool) -> None:
         """Commit what the remote said, for each recipient, before anything else is sent."""
