@@ -1,7 +1,7 @@
-"""The white list's operator certificates over real sockets: one in-process server
-(msante.test), two other operators' certificates from its dev PKI, the relay listener
-taking mail from them and the outbound queue delivering to an aiosmtpd peer that presents
-one or the other."""
+"""Operator certificates over real sockets: one in-process server (msante.test), two other
+operators' certificates from its dev PKI, the relay listener taking mail from them and the
+outbound queue delivering to an aiosmtpd peer that presents one or the other; what the
+white list says of them, and what the CRL says."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import time
 
 import pytest
 from aiosmtpd.controller import Controller
+from cryptography import x509
 from sqlalchemy import select
 
 from certs import pki, tls
@@ -29,6 +30,7 @@ def routed_to_the_peer(monkeypatch):
     monkeypatch.setenv("MSANTE_RELAY__ROUTES", json.dumps({"chu-exemple.test": f"127.0.0.1:{PEER_PORT}"}))
     monkeypatch.setenv("MSANTE_RELAY__RETRY_BASE", "1")
     monkeypatch.setenv("MSANTE_RELAY__RETRY_MAX", "1")
+    monkeypatch.setenv("MSANTE_TLS__CRL_REFRESH", "1")
     monkeypatch.setattr(trust, "RELOAD_SECONDS", 0)  # the list imported below applies at once
 
 
@@ -122,5 +124,35 @@ def test_outbound_delivers_only_to_a_listed_operator(server, operators):
         wait_for(lambda: listed.received, "the retry to the listed operator")
         assert b"Pour le CHU" in listed.received[0]
         wait_for(lambda: delivery()[0]["status"] == "relayed", "the delivery to be marked relayed")
+    finally:
+        controller.stop()
+
+
+def test_a_revoked_operator_certificate_is_refused_both_ways(server, operators):
+    chu, _ = operators
+    with relay(server, chu) as client:
+        client.sendmail(CHU, [GP], message(CHU, [GP], "Avant revocation"))
+    serial = x509.load_pem_x509_certificate(chu[0].read_bytes()).serial_number
+    assert server.cli("certs", "revoke", f"{serial:x}", "--reason", "cessationOfOperation") == 0
+    started = time.monotonic()
+
+    def refusal() -> bytes | None:
+        with relay(server, chu) as client:  # the handshake completes; the EHLO after it is refused
+            return None if client.does_esmtp else client.ehlo_resp
+    text = wait_for(refusal, "the relay to refuse the revoked certificate")
+    print(f"revoked operator certificate refused {time.monotonic() - started:.2f} s after `msante certs revoke`")
+    assert text.startswith(b"4.7.1") and b"revoked" in text
+    rows = server.rows(select(audit.c.detail).where(audit.c.action == "relay.refuse"))
+    assert "cessationOfOperation" in json.loads(rows[-1]["detail"])["error"]
+
+    controller, revoked = peer(chu)  # the listed operator, but revoked: nothing goes to it
+    try:
+        client = login(server)
+        client.sendmail(GP, [CHU], message(GP, [CHU], "Pour un CHU revoque"))
+        client.quit()
+        row = wait_for(lambda: [r for r in server.rows(select(deliveries.c.status, deliveries.c.last_error).where(
+            deliveries.c.recipient == CHU)) if r["last_error"]], "a refused attempt")[0]
+        assert row["status"] == "queued" and row["last_error"].startswith("4.7.5") and "revoked" in row["last_error"]
+        assert revoked.received == []
     finally:
         controller.stop()
