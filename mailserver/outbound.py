@@ -6,12 +6,12 @@ destination carries every due message for it. Each remote answer is committed as
 is known: a message whose DATA got `250` is marked `relayed` before the next one is sent, so
 a crash can at worst re-send the one message whose `250` was in flight (the RFC 1047 window),
 and never drops one. Temporary failures (4xx, refused connection, TLS failure) back off
-exponentially until `relay.lifetime`; so does a peer whose certificate is not one the white
-list gives for the destination domain, or is revoked (`_check_peer`: a wrong certificate is more often a
-configuration being changed than a lost cause, and the mail must not go there meanwhile).
-Permanent ones (5xx) and expiry produce a failure
-report (RFC 3464), `NOTIFY=DELAY` a delay report once, and a remote without DSN a `relayed`
-report when success was asked for (RFC 3461 §5.2.2).
+exponentially until `relay.lifetime`; so does a peer whose certificate is revoked or not one
+the white list gives for the destination domain (`_check_peer`, 4.7.5: a wrong certificate is
+more often a configuration being changed than a lost cause, and the mail must not go there
+meanwhile). Permanent ones (5xx) and expiry produce a failure report (RFC 3464),
+`NOTIFY=DELAY` a delay report once, and a remote without DSN a `relayed` report when success
+was asked for (RFC 3461 §5.2.2).
 
 The SMTP client is the standard library's, run in a worker thread per destination: it is
 blocking, but it is the most exercised client there is, and a thread per destination is few.
