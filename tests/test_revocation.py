@@ -3,6 +3,7 @@ is unusable, and revoked CPS and applicative certificates refused at SASL EXTERN
 running server that was told nothing but the new CRL file."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import smtplib
@@ -155,3 +156,31 @@ def test_serials_that_are_not_serials(server, capsys):
     for text in ("zz", "0", "-5", "0x" + "f" * 41):
         assert server.cli("certs", "revoke", text) == 2
         assert "not a certificate serial number" in capsys.readouterr().err
+
+
+def test_serving_without_a_crl_and_refusing_an_unusable_one(tmp_path, monkeypatch, capsys):
+    """A data dir from before CRLs (`make run` keeps an existing `var`) has none configured and
+    starts; a configured CRL that cannot be read stops `msante serve` with one clear line."""
+    import config
+    from msante import app, cli
+    from tests.conftest import init_data_dir
+
+    data_dir = tmp_path / "var"
+    init_data_dir(data_dir, monkeypatch)
+    generated = data_dir / "msante.toml"
+    text = generated.read_text()
+    generated.write_text(text[:text.index("[tls]")])
+    (data_dir / "pki" / "ca.crl").unlink()
+    settings = config.load(data_dir=str(data_dir))
+    assert settings.crls == ()
+
+    async def open_and_close() -> None:
+        services = await app.Services.open(settings)
+        await services.close()
+    asyncio.run(open_and_close())
+
+    generated.write_text(text)  # lists pki/ca.crl, which is gone
+    capsys.readouterr()
+    assert cli.main(["serve"]) == 2
+    error = capsys.readouterr().err
+    assert "tls.crls" in error and "ca.crl: cannot read the CRL" in error
