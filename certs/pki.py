@@ -184,7 +184,10 @@ def revoke(ca: CA, serial: int, reason: x509.ReasonFlags | None = None) -> bool:
 def _current_crl(ca: CA) -> x509.CertificateRevocationList | None:
     if not ca.crl_path.exists():
         return None
-    crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
+    try:
+        crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
+    except ValueError as exc:
+        raise CertificateError(f"{ca.crl_path} is not a PEM CRL ({exc}); move it away to start a new one") from None
     if not crl.is_signature_valid(ca.key.public_key()):
         raise CertificateError(f"{ca.crl_path} is not signed by {ca.cert_path}")
     return crl

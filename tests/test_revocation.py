@@ -152,10 +152,13 @@ def test_revoked_cps_and_applicative_certificates_refused_at_external(server, tm
     assert {r["target"] for r in revokes} == {serial, f"{load(app[0]).serial_number:x}"}
 
 
-def test_serials_that_are_not_serials(server, capsys):
+def test_serials_that_are_not_serials_and_a_damaged_crl(server, capsys):
     for text in ("zz", "0", "-5", "0x" + "f" * 41):
         assert server.cli("certs", "revoke", text) == 2
         assert "not a certificate serial number" in capsys.readouterr().err
+    (server.settings.ca_dir / "ca.crl").write_text("damaged")
+    assert server.cli("certs", "revoke", "0x1f") == 2
+    assert "ca.crl is not a PEM CRL" in capsys.readouterr().err
 
 
 def test_serving_without_a_crl_and_refusing_an_unusable_one(tmp_path, monkeypatch, capsys):
