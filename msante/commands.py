@@ -509,6 +509,8 @@ async def certs_issue_command(settings: Settings, args: argparse.Namespace) -> i
 
 async def certs_revoke_command(settings: Settings, args: argparse.Namespace) -> int:
     serial = _serial(args.serial)
+    if not (settings.ca_dir / "ca.crt").exists():
+        raise CommandError(f"no dev CA in {settings.ca_dir}: run `msante init` (a national CA revokes its own)")
     ca = pki.load_ca(settings.ca_dir)
     reason = x509.ReasonFlags(args.reason) if args.reason else None
     added = pki.revoke(ca, serial, reason)

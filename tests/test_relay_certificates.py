@@ -48,7 +48,7 @@ def operators(server, tmp_path):
 
 
 def relay(server, cert) -> smtplib.SMTP:
-    host, port = server.listeners["smtp"].rsplit(":", 1)
+    _, port = server.listeners["smtp"].rsplit(":", 1)
     context = server.client_tls()
     context.load_cert_chain(*cert)
     client = smtplib.SMTP("127.0.0.1", int(port), timeout=15)
