@@ -25,6 +25,9 @@ Subject layouts (RFC 4514 order, most specific first):
   same certificate when they relay to each other over mutual TLS.
 
 RSA throughout: national clients offer only ECDHE-RSA suites for TLS 1.2.
+
+The CA publishes a CRL (`ca.crl` beside `ca.crt`, PEM), as the IGC-Santé CAs do: `write_crl`
+re-signs it, `revoke` adds a serial to it; `certs.revocation` is what reads CRLs and refuses.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,11 +47,15 @@ from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyB
 
 from .files import write_private, write_public
 
+if TYPE_CHECKING:
+    from .revocation import Revocations
+
 DEV_CA_NAME = "AC IGC-SANTE ELEMENTAIRE ORGANISATIONS DEV"
 CA_KEY_BITS = 3072  # 128-bit security for ten years; 4096 (as the national CAs) costs seconds per test run
 LEAF_KEY_BITS = 2048  # the IGC-Santé leaf size; every ECDHE-RSA client accepts it
 CA_DAYS = 10 * 365
 LEAF_MAX_DAYS = 3 * 365  # IGC-Santé issues leaves for three years at most
+CRL_DAYS = 30  # nextUpdate of the dev CRL; a dev data dir left alone for weeks still starts quietly
 BACKDATE = timedelta(minutes=5)  # accept peers whose clock runs a little behind ours
 
 # IdNat: a type digit (8 RPPS, 0 ADELI, 1/3/5… structures) then the local identifier,
@@ -71,6 +78,10 @@ class CA:
     certificate: x509.Certificate
     key: rsa.RSAPrivateKey
     cert_path: Path
+
+    @property
+    def crl_path(self) -> Path:
+        return self.cert_path.with_name("ca.crl")
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,56 @@ def load_ca(directory: Path) -> CA:
     if not isinstance(key, rsa.RSAPrivateKey) or key.public_key() != cert.public_key():
         raise CertificateError(f"{directory}: ca.key is not the private key of ca.crt")
     return CA(cert, key, directory / "ca.crt")
+
+
+def write_crl(ca: CA, revoked: list[x509.RevokedCertificate] | None = None) -> Path:
+    """(Re)sign the CA's CRL with `revoked` (default: the entries it has), a CRL number one
+    higher than the last (RFC 5280 §5.2.3), valid CRL_DAYS."""
+    previous = _current_crl(ca)
+    if revoked is None:
+        revoked = list(previous) if previous is not None else []
+    number = 1
+    if previous is not None:
+        number = previous.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    now = datetime.now(timezone.utc)
+    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca.certificate.subject)
+               .last_update(now - BACKDATE)
+               .next_update(now + timedelta(days=CRL_DAYS))
+               .add_extension(x509.CRLNumber(number), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False))
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca.key, hashes.SHA256())
+    write_public(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+    return ca.crl_path
+
+
+def revoke(ca: CA, serial: int, reason: x509.ReasonFlags | None = None) -> bool:
+    """Add `serial` to the CA's CRL; False if it is there already. No reason means
+    "unspecified", which RFC 5280 §5.3.1 says to leave out."""
+    previous = _current_crl(ca)
+    entries = list(previous) if previous is not None else []
+    if any(entry.serial_number == serial for entry in entries):
+        return False
+    entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(datetime.now(timezone.utc))
+    if reason is not None:
+        entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+    write_crl(ca, [*entries, entry.build()])
+    return True
+
+
+def _current_crl(ca: CA) -> x509.CertificateRevocationList | None:
+    if not ca.crl_path.exists():
+        return None
+    try:
+        crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
+    except ValueError as exc:
+        raise CertificateError(f"{ca.crl_path} is not a PEM CRL ({exc}); move it away to start a new one") from None
+    if not crl.is_signature_valid(ca.key.public_key()):
+        raise CertificateError(f"{ca.crl_path} is not signed by {ca.cert_path}")
+    return crl
 
 
 def issue_server(ca: CA, hosts: list[str], out_dir: Path, *, stem: str = "server",
@@ -205,8 +266,10 @@ def identity_from_certificate(cert: x509.Certificate) -> CertIdentity:
                         hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
 
 
-def verify_chain(cert: x509.Certificate, ca_certs: list[x509.Certificate], now: datetime | None = None) -> None:
-    """Check that `cert` is within its dates and chains to one of `ca_certs` as a client credential.
+def verify_chain(cert: x509.Certificate, ca_certs: list[x509.Certificate], now: datetime | None = None, *,
+                 revocations: "Revocations | None" = None) -> None:
+    """Check that `cert` is within its dates, chains to one of `ca_certs` as a client credential
+    and, given `revocations`, is not on its CA's CRL.
 
     Each CA given is a trust anchor, so an operator may trust the intermediate "AC IGC-SANTE
     ELEMENTAIRE ORGANISATIONS" without its root. The dates are checked first only to give
@@ -230,6 +293,8 @@ def verify_chain(cert: x509.Certificate, ca_certs: list[x509.Certificate], now: 
         verifier.verify(cert, [])
     except VerificationError as exc:
         raise CertificateError(f"certificate does not chain to a trusted authority: {exc}") from None
+    if revocations is not None:
+        revocations.check(cert)
 
 
 def _issue(ca: CA, subject: x509.Name, out_dir: Path, stem: str, days: int,

@@ -56,17 +56,21 @@ def client_context(ca_path: Path, *, cert_path: Path | None = None,
     return context
 
 
+def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> x509.Certificate | None:
+    """The certificate the peer presented, or None. asyncio callers pass
+    `transport.get_extra_info("ssl_object")`, smtplib ones `client.sock`."""
+    der = ssl_object.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der) if der else None
+
+
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> CertIdentity | None:
     """The identity in the certificate the peer presented, or None if it presented none.
 
-    The handshake has already verified the chain; this only reads it. asyncio callers pass
-    `transport.get_extra_info("ssl_object")`. Raises `CertificateError` for a certificate
-    that carries no identity msante understands.
+    The handshake has already verified the chain; this only reads it. Raises
+    `CertificateError` for a certificate that carries no identity msante understands.
     """
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    return identity_from_certificate(x509.load_der_x509_certificate(der))
+    cert = peer_certificate(ssl_object)
+    return identity_from_certificate(cert) if cert is not None else None
 
 
 def _context(protocol: int) -> ssl.SSLContext:

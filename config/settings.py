@@ -53,6 +53,8 @@ class Settings:
     tls_cert: Path
     tls_key: Path
     client_cas: tuple[Path, ...]
+    crls: tuple[Path, ...]
+    crl_refresh: int
     admins: tuple[str, ...]
 
     def path(self, *parts: str) -> Path:
@@ -95,6 +97,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "cert": (str, None),  # PEM server certificate (chain); default: <data_dir>/tls/server.crt
         "key": (str, None),  # its private key; default: <data_dir>/tls/server.key
         "client_cas": (list, None),  # CAs client certificates must chain to; default: the dev CA
+        "crls": (list, []),  # CRL files of those CAs (PEM or DER); `msante init` lists the dev CA's
+        "crl_refresh": (int, 10),  # seconds between checks of the CRL files for a new version
     },
     "relay": {
         "routes": (dict, {}),  # {"domain" = "host:port"}: where mail for a domain goes (tests, private links)
@@ -236,6 +240,11 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     client_cas = tls["client_cas"] if tls["client_cas"] is not None else [str(data_dir / "pki" / "ca.crt")]
     if not all(isinstance(c, str) and c for c in client_cas):
         raise ConfigError(f"{where('tls.client_cas')} must be a list of file paths")
+    crls = tls["crls"]
+    if not all(isinstance(c, str) and c for c in crls):
+        raise ConfigError(f"{where('tls.crls')} must be a list of file paths")
+    if not 1 <= tls["crl_refresh"] <= 3600:
+        raise ConfigError(f"{where('tls.crl_refresh')} must be between 1 and 3600 seconds")
     relay = v["relay"]
     routes = {}
     for domain, target in relay["routes"].items():
@@ -259,7 +268,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     relay_lifetime=relay["lifetime"], relay_delay_warning=relay["delay_warning"],
                     tls_cert=Path(tls["cert"] or data_dir / "tls" / "server.crt"),
                     tls_key=Path(tls["key"] or data_dir / "tls" / "server.key"),
-                    client_cas=tuple(Path(c) for c in client_cas), admins=tuple(admins))
+                    client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),
+                    crl_refresh=tls["crl_refresh"], admins=tuple(admins))
 
 
 def _url_host(hostport: str) -> str:

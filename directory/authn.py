@@ -15,6 +15,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from certs.pki import CertificateError, identity_from_certificate, verify_chain
+from certs.revocation import Revocations
 from certs.tokens import TokenError, TokenVerifier
 from store.audit import ANONYMOUS, Actor, AuditTrail
 from store.schema import mailboxes, professionals
@@ -46,11 +47,13 @@ class AuthError(Exception):
 
 class Authenticator:
     def __init__(self, engine: AsyncEngine, verifier: TokenVerifier, audit: AuditTrail,
-                 ca_certs: list[x509.Certificate], admins: tuple[str, ...] = ()) -> None:
+                 ca_certs: list[x509.Certificate], admins: tuple[str, ...] = (),
+                 revocations: Revocations | None = None) -> None:
         self._engine = engine
         self._verifier = verifier
         self._audit = audit
         self._ca_certs = ca_certs
+        self._revocations = revocations
         self._admins = frozenset(admins)
 
     async def by_token(self, token: str, *, source: str, protocol: str) -> Principal:
@@ -67,7 +70,7 @@ class Authenticator:
 
     async def by_certificate(self, cert: x509.Certificate, *, source: str, protocol: str) -> Principal:
         try:
-            verify_chain(cert, self._ca_certs)
+            verify_chain(cert, self._ca_certs, revocations=self._revocations)
             identity = identity_from_certificate(cert)
         except CertificateError as exc:
             await self._audit.record(ANONYMOUS, "auth.certificate", outcome="failed", source=source,

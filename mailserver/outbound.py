@@ -6,9 +6,12 @@ destination carries every due message for it. Each remote answer is committed as
 is known: a message whose DATA got `250` is marked `relayed` before the next one is sent, so
 a crash can at worst re-send the one message whose `250` was in flight (the RFC 1047 window),
 and never drops one. Temporary failures (4xx, refused connection, TLS failure) back off
-exponentially until `relay.lifetime`; permanent ones (5xx) and expiry produce a failure
-report (RFC 3464), `NOTIFY=DELAY` a delay report once, and a remote without DSN a `relayed`
-report when success was asked for (RFC 3461 §5.2.2).
+exponentially until `relay.lifetime`; so does a peer whose certificate is revoked or not one
+the white list gives for the destination domain (`_check_peer`, 4.7.5: a wrong certificate is
+more often a configuration being changed than a lost cause, and the mail must not go there
+meanwhile). Permanent ones (5xx) and expiry produce a failure report (RFC 3464),
+`NOTIFY=DELAY` a delay report once, and a remote without DSN a `relayed` report when success
+was asked for (RFC 3461 §5.2.2).
 
 The SMTP client is the standard library's, run in a worker thread per destination: it is
 blocking, but it is the most exercised client there is, and a thread per destination is few.
@@ -28,6 +31,10 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from certs.dn import Dn, dn_of
+from certs.pki import CertificateError
+from certs.revocation import Revocations
+from certs.tls import peer_certificate
 from store.audit import Actor, AuditTrail
 from store.db import utc
 from store.events import EventBus
@@ -35,6 +42,7 @@ from store.schema import bodies, deliveries, envelopes
 
 from . import dsn
 from .mailstore import QUEUE_CHANNEL, MailStore, free_bodies
+from .trust import TrustSpace
 
 log = logging.getLogger("msante.outbound")
 
@@ -81,14 +89,20 @@ class _Answer:
         return 200 <= self.code < 300
 
 
+class PeerRefused(Exception):
+    """The peer's TLS certificate is not one mail for the domain may go to."""
+
+
 class OutboundQueue:
-    def __init__(self, engine: AsyncEngine, store: MailStore, bus: EventBus, audit: AuditTrail, *,
-                 hostname: str, routes: dict[str, str], client_tls: ssl.SSLContext, retry_base: int,
+    def __init__(self, engine: AsyncEngine, store: MailStore, bus: EventBus, audit: AuditTrail, trust: TrustSpace,
+                 revocations: Revocations, *, hostname: str, routes: dict[str, str], client_tls: ssl.SSLContext, retry_base: int,
                  retry_max: int, lifetime: int, delay_warning: int) -> None:
         self._engine = engine
         self._store = store
         self._bus = bus
         self._audit = audit
+        self._trust = trust
+        self._revocations = revocations
         self._hostname = hostname
         self._routes = routes
         self._tls = client_tls
@@ -177,12 +191,14 @@ class OutboundQueue:
         """Up to PER_CONNECTION messages per connection; a connection that drops is replaced
         for the messages after the one it dropped on."""
         host, port = self._route(domain)
+        operators = await self._trust.operators(domain)
         pending = list(messages)
         while pending:
             try:
-                client = await asyncio.to_thread(self._connect, host, port)
-            except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
-                answer = _Answer(421, f"cannot reach {host}:{port}: {exc.__class__.__name__}: {exc}"[:500])
+                client = await asyncio.to_thread(self._connect, host, port, domain, operators)
+            except (OSError, smtplib.SMTPException, ssl.SSLError, PeerRefused) as exc:
+                answer = (_Answer(421, f"4.7.5 {host}:{port}: {exc}"[:500]) if isinstance(exc, PeerRefused) else
+                          _Answer(421, f"cannot reach {host}:{port}: {exc.__class__.__name__}: {exc}"[:500]))
                 log.warning("relay to %s: %s", domain, answer.text)
                 for message in pending:
                     await self._record(message, {r.address: answer for r in message.recipients}, dsn_remote=False)
@@ -203,18 +219,33 @@ class OutboundQueue:
             finally:
                 await asyncio.to_thread(_quit, client)
 
-    def _connect(self, host: str, port: int) -> smtplib.SMTP:
+    def _connect(self, host: str, port: int, domain: str, operators: frozenset[Dn]) -> smtplib.SMTP:
         client = smtplib.SMTP(host, port, local_hostname=self._hostname, timeout=CONNECT_TIMEOUT)
         try:
             client.ehlo()
             if not client.has_extn("starttls"):
                 raise smtplib.SMTPException(f"{host} offers no STARTTLS: mail is never relayed in clear")
             client.starttls(context=self._tls)
+            self._check_peer(client, domain, operators)
             client.ehlo()
         except BaseException:
             client.close()
             raise
         return client
+
+    def _check_peer(self, client: smtplib.SMTP, domain: str, operators: frozenset[Dn]) -> None:
+        """The handshake checked the chain and the host name; here the CRLs, and which operator
+        certificates the white list gives for `domain` (none listed: the host name suffices)."""
+        cert = peer_certificate(client.sock)
+        if cert is None:  # cannot happen with CERT_REQUIRED; refuse rather than assume
+            raise PeerRefused("no server certificate")
+        try:
+            self._revocations.check(cert)
+        except CertificateError as exc:
+            raise PeerRefused(f"{cert.subject.rfc4514_string()}: {exc}") from None
+        if operators and dn_of(cert.subject) not in operators:
+            raise PeerRefused(f"certificate {cert.subject.rfc4514_string()} is not one the MSSanté white list "
+                              f"gives for {domain}")
 
     async def _record(self, message: _Message, answers: dict[str, _Answer], *, dsn_remote: bool) -> None:
         """Commit what the remote said, for each recipient, before anything else is sent."""
@@ -224,7 +255,7 @@ class OutboundQueue:
         async with self._engine.begin() as conn:
             for rcpt in message.recipients:
                 answer = answers[rcpt.address]
-                diagnostic = f"smtp; {answer.code} {answer.text}"[:dsn.DIAGNOSTIC_MAX]
+                diagnostic = f"{answer.code} {answer.text}"  # the reply; dsn.py writes the "smtp;" type
                 values: dict[str, Any] = {"attempts": rcpt.attempts + 1, "last_error": "", "updated_at": now}
                 if answer.accepted:
                     values["status"] = "relayed"

@@ -7,6 +7,7 @@ or DSN, upper-cases MAIL/RCPT parameters (which would corrupt ENVID and ORCPT, R
 - takes RET/ENVID and NOTIFY/ORCPT out of the command before aiosmtpd sees it, parses them
   with `dsn.py`, and hangs them on the envelope once aiosmtpd accepted the command;
 - runs SASL through `sasl.py` and logs in through the shared `Logins` (same as IMAP);
+- lets the handler refuse a client certificate right after STARTTLS (`check_tls_peer`);
 - adds an enhanced status code (RFC 2034/3463) to every reply that lacks one;
 - limits concurrent sessions per client address.
 Policy (who may send what, where it goes, storing it) lives in the handler, `submission.py`.
@@ -157,6 +158,19 @@ class MsanteSMTP(SMTP):
     def peer_certificate(self) -> bytes | None:
         obj = self.ssl_object
         return obj.getpeercert(binary_form=True) if obj else None
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """After the handshake, the handler may refuse the certificate it verified (the relay's
+        revocation check): 421 and the connection closes before any command is read."""
+        await super().smtp_STARTTLS(arg)
+        check = getattr(self.event_handler, "check_tls_peer", None)
+        if check is None or self.ssl_object is None:
+            return
+        refusal = await check(self, self.session)
+        if refusal:
+            self._tls_handshake_okay = False  # aiosmtpd answers anything still in flight with 554
+            await self.push(refusal)
+            self.transport.close()
 
     # -- replies -----------------------------------------------------------------------------------
 

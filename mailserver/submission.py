@@ -21,7 +21,10 @@ from aiosmtpd.smtp import TLSSetupException
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from certs.tls import peer_identity
+from certs.dn import dn_of
+from certs.pki import CertificateError
+from certs.revocation import Revocations
+from certs.tls import peer_certificate, peer_identity
 from directory.access import grant_for
 from store.audit import Actor, AuditTrail
 from store.schema import mailboxes
@@ -188,13 +191,26 @@ class RelayHandler(_Receiver):
 
     audit_prefix = "relay"
 
-    def __init__(self, *args: Any, routes: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, routes: dict[str, str], revocations: Revocations, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._route_hosts = {domain: hostport.rpartition(":")[0] for domain, hostport in routes.items()}
+        self._revocations = revocations
 
     def actor(self, session: Any) -> Actor:
-        identity = session.peer_identity
+        identity = getattr(session, "peer_identity", None)
         return Actor(identity.hosts[0] if identity and identity.hosts else "-", "server")
+
+    async def check_tls_peer(self, server: Any, session: Any) -> str | None:
+        """Right after STARTTLS: the handshake verified the chain, here the CRL."""
+        cert = peer_certificate(server.ssl_object)
+        if cert is None:
+            return None  # handle_MAIL answers 530
+        try:
+            self._revocations.check(cert)
+        except CertificateError as exc:
+            await self.refused(session, cert.subject.rfc4514_string()[:320], "certificate revoked", error=str(exc))
+            return f"421 4.7.1 Your certificate is refused: {exc}"
+        return None
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: MsanteEnvelope, address: str,
                           mail_options: list[str]) -> str:
@@ -208,8 +224,14 @@ class RelayHandler(_Receiver):
             if not domain or not await self._trust.contains(domain) or domain in self._domains:
                 await self.refused(session, sender, "sender domain outside the trust space")
                 return f"550 5.7.1 <{sender}>: the sending domain is not a domain of the MSSanté trust space"
-            allowed = {domain, self._route_hosts.get(domain, domain)}
-            if not allowed & {h.lower() for h in identity.hosts}:
+            operators = await self._trust.operators(domain)
+            if operators:
+                if dn_of(peer_certificate(server.ssl_object).subject) not in operators:
+                    await self.refused(session, sender, "certificate is not an operator of the domain in the "
+                                       "white list", certificate=identity.subject)
+                    return (f"550 5.7.1 Your certificate ({identity.subject}) is not one the MSSanté white list "
+                            f"gives for {domain}")
+            elif not {domain, self._route_hosts.get(domain, domain)} & {h.lower() for h in identity.hosts}:
                 await self.refused(session, sender, "certificate does not match the sending operator",
                                    certificate=list(identity.hosts))
                 return (f"550 5.7.1 Your certificate ({', '.join(identity.hosts)}) is not the operator of "

@@ -20,9 +20,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from certs import tls
+from certs.pki import CertificateError
+from certs.revocation import Revocations
 from certs.tokens import TokenVerifier
 from directory.app_passwords import AppPasswords
-from config import Settings
+from config import ConfigError, Settings
 from directory.api import DirectoryApi
 from directory.authn import Authenticator
 from directory.mailbox_api import MailboxApi
@@ -65,6 +67,7 @@ class Services:
     bus: EventBus
     mailstore: MailStore
     trust: TrustSpace
+    revocations: Revocations
     metrics: Metrics = field(default_factory=Metrics)
     router: Router = field(default_factory=Router)
     instant: Instant | None = None  # care circles, /ws and the web client: built by https_listener
@@ -76,13 +79,19 @@ class Services:
         await db.upgrade(engine)
         audit = AuditTrail(engine)
         verifier = TokenVerifier(list(settings.issuers), settings.token_leeway)
-        authenticator = Authenticator(engine, verifier, audit, load_client_cas(settings), settings.admins)
+        cas = load_client_cas(settings)
+        try:
+            revocations = Revocations(settings.crls, cas, settings.crl_refresh)
+        except CertificateError as exc:
+            await engine.dispose()
+            raise ConfigError(f"{settings.source}: tls.crls: {exc}") from None
+        authenticator = Authenticator(engine, verifier, audit, cas, settings.admins, revocations)
         passwords = AppPasswords(engine, audit)
         logins = Logins(engine, authenticator, passwords, audit)
         bus = LocalBus()
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
         return cls(settings, engine, audit, authenticator, passwords, logins, bus, mailstore,
-                   TrustSpace(engine, settings.domains))
+                   TrustSpace(engine, settings.domains), revocations)
 
     async def close(self) -> None:
         await self.mailstore.close()
@@ -163,7 +172,7 @@ def smtp_listeners(services: Services) -> list[Listener]:
     common = dict(domains=s.domains, hostname=s.hostname, limits=limits)
     submission = SubmissionHandler(services.engine, services.mailstore, services.audit, services.trust, **common)
     relay = RelayHandler(services.engine, services.mailstore, services.audit, services.trust,
-                         routes=dict(s.relay_routes), **common)
+                         routes=dict(s.relay_routes), revocations=services.revocations, **common)
     plans = (("submission", submission, services.logins, services.server_tls(), False),
              ("submissions", submission, services.logins, services.server_tls(), True),
              ("smtp", relay, None, services.server_tls(require_client_cert=True), False))
@@ -199,7 +208,8 @@ def imap_listeners(services: Services) -> list[Listener]:
 def outbound_queue(services: Services) -> OutboundQueue:
     s = services.settings
     client_tls = tls.client_context(_bundle(s), cert_path=s.tls_cert, key_path=s.tls_key)
-    return OutboundQueue(services.engine, services.mailstore, services.bus, services.audit, hostname=s.hostname,
+    return OutboundQueue(services.engine, services.mailstore, services.bus, services.audit, services.trust,
+                         services.revocations, hostname=s.hostname,
                          routes=dict(s.relay_routes), client_tls=client_tls, retry_base=s.relay_retry_base,
                          retry_max=s.relay_retry_max, lifetime=s.relay_lifetime, delay_warning=s.relay_delay_warning)
 
@@ -242,6 +252,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             await listener.start()
             log.info("%s listening on %s", listener.name, listener.address)
         queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
+        crl_refresh = asyncio.create_task(services.revocations.run(queue_stop), name="crl-refresh")
         if services.instant:
             await services.instant.start()
         await services.audit.record(SERVER, "server.start",
@@ -257,6 +268,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             services.imap.shutdown()
         await asyncio.gather(*(lst.stop(SHUTDOWN_DEADLINE) for lst in listeners))
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
+        await crl_refresh
         await services.audit.record(SERVER, "server.stop")
     finally:
         for sig in signals:

@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from cryptography import x509
+
 import config
+from certs.pki import CertificateError
 from directory.app_passwords import AppPasswordError
 from directory.mailboxes import KINDS, MailboxError
 from mailserver.trust import TrustListError
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         if asyncio.iscoroutine(result):
             result = _run(result)
         return int(result or 0)
-    except (config.ConfigError, MailboxError, AppPasswordError, TrustListError, commands.CommandError) as exc:
+    except (config.ConfigError, MailboxError, AppPasswordError, TrustListError, CertificateError,
+            commands.CommandError) as exc:
         print(f"msante: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -160,6 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mailbox", help="the applicative mailbox (app)")
     c.add_argument("--host", action="append", help="host name(s) of another operator's server (server)")
     c.add_argument("--out", required=True, type=Path, metavar="DIR")
+    c = command(k, "revoke", commands.certs_revoke_command, "add a certificate to the dev CA's revocation list")
+    c.add_argument("serial", help="the certificate's serial number, decimal or hex (0x…, or as OpenSSL prints it)")
+    c.add_argument("--reason", choices=[r.value for r in x509.ReasonFlags if r.value not in ("unspecified", "removeFromCRL")],
+                   help="RFC 5280 reason code (default: none, i.e. unspecified)")
 
     t = sub.add_parser("token", help="dev token issuer (Pro Santé Connect shape)").add_subparsers(metavar="ACTION")
     c = command(t, "issue", commands.token_issue_command, "print a signed access token for a professional")

@@ -15,6 +15,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -70,6 +71,8 @@ def init_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 
         settings = _write_generated_config(settings, demo_admin=args.demo)
     ca_dir = settings.ca_dir
     ca = pki.load_ca(ca_dir) if (ca_dir / "ca.crt").exists() else pki.create_ca(ca_dir)
+    if not ca.crl_path.exists():
+        pki.write_crl(ca)
     if not settings.tls_cert.exists():
         hosts = sorted({*settings.domains, "localhost", "127.0.0.1", *_listen_hosts(settings)})
         cert, key = pki.issue_server(ca, hosts, settings.tls_cert.parent, stem=settings.tls_cert.stem)
@@ -110,6 +113,10 @@ def _write_generated_config(settings: Settings, *, demo_admin: bool) -> Settings
             f'  {{issuer = {json.dumps(settings.public_url)}, audience = "{app.DEV_AUDIENCE}", '
             f'jwks_file = {json.dumps(str(data_dir / "oidc" / "jwks.json"))}, acr = "eidas1"}},',
             "]",
+            "",
+            "[tls]",
+            "# the dev CA's revocation list (`msante certs revoke SERIAL` adds to it)",
+            f"crls = [{json.dumps(str(data_dir / 'pki' / 'ca.crl'))}]",
             "",
         ])
         path.write_text(text, encoding="utf-8")
@@ -498,6 +505,42 @@ async def certs_issue_command(settings: Settings, args: argparse.Namespace) -> i
         cert, key = pki.issue_server(ca, args.host, args.out, stem=f"server-{args.host[0]}")
     print(f"certificate: {cert}\nprivate key: {key} (mode {oct(os.stat(key).st_mode & 0o777)})")
     return 0
+
+
+async def certs_revoke_command(settings: Settings, args: argparse.Namespace) -> int:
+    serial = _serial(args.serial)
+    if not (settings.ca_dir / "ca.crt").exists():
+        raise CommandError(f"no dev CA in {settings.ca_dir}: run `msante init` (a national CA revokes its own)")
+    ca = pki.load_ca(settings.ca_dir)
+    reason = x509.ReasonFlags(args.reason) if args.reason else None
+    added = pki.revoke(ca, serial, reason)
+    async with _opened(settings) as engine:
+        await AuditTrail(engine).record(OPERATOR, "certs.revoke", target=f"{serial:x}", source="cli",
+                                        reason=args.reason or "unspecified", already_revoked=not added)
+    if not added:
+        print(f"serial {serial:x} was already on {ca.crl_path}")
+        return 0
+    configured = ca.crl_path.resolve() in {p.resolve() for p in settings.crls}
+    print(f"revoked serial {serial:x} ({serial}) in {ca.crl_path}; " + (
+        f"running servers refuse it within {settings.crl_refresh} s (tls.crl_refresh)" if configured else
+        f"note: {ca.crl_path} is not in tls.crls of {settings.source}, so servers do not read it"))
+    return 0
+
+
+def _serial(text: str) -> int:
+    """A serial as people copy it: decimal, or hex with 0x, letters or colons (OpenSSL prints
+    `serial=4A3B…` and `4a:3b:…`)."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        if text.strip().lower().startswith("0x") or ":" in text or any(c in "abcdef" for c in cleaned):
+            serial = int(cleaned, 16)
+        else:
+            serial = int(cleaned, 10)
+    except ValueError:
+        raise CommandError(f"{text!r} is not a certificate serial number (decimal or hex)") from None
+    if not 0 < serial < 2 ** 160:  # RFC 5280 §4.1.2.2: positive, at most 20 octets
+        raise CommandError(f"{text!r} is not a certificate serial number (positive, at most 20 octets)")
+    return serial
 
 
 # --- audit ------------------------------------------------------------------------------------

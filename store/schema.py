@@ -159,6 +159,13 @@ trusted_domains = Table(
     Column("added_at", DateTime(timezone=True), nullable=False),
 )
 
+trusted_operators = Table(
+    "trusted_operators", metadata,  # a domain's DNCertificatOperateur values, as the list writes them
+    Column("domain", String(253), primary_key=True),
+    Column("dn", String(1024), primary_key=True),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+)
+
 app_passwords = Table(
     "app_passwords", metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
