@@ -187,6 +187,7 @@ class Activity:
     site: Site | None  # None: an activity with no structure (a replacement, for instance)
     mode: tuple[str, str]  # Code/Libellé mode exercice
     lines: int = 1  # the national file sometimes lists one activity on two lines
+    line_nos: list[int] = field(default_factory=list)  # where they were written
 
     @property
     def key(self) -> tuple:
@@ -222,6 +223,7 @@ class Mailbox:
     site: Site | None  # ORG, APP
     service: str
     lines: int = 1  # the national file lists some addresses twice
+    line_nos: list[int] = field(default_factory=list)  # where they were written
 
 
 class Defect(NamedTuple):
@@ -252,13 +254,14 @@ class Extracts:
         return {d.line_no: d for d in self.defects if d.file == path.name}
 
     @property
-    def ps_lines(self) -> int:
-        """Data lines of the PS file, bad ones included."""
-        return sum(a.lines for p in self.people.values() for a in p.activities) + len(self.defects_in(self.ps))
+    def activities(self) -> dict[int, tuple[Person, Activity]]:
+        """What each good line of the PS file holds, by line number."""
+        return {n: (p, a) for p in self.people.values() for a in p.activities for n in a.line_nos}
 
     @property
-    def mss_lines(self) -> int:
-        return sum(b.lines for b in self.mailboxes.values()) + len(self.defects_in(self.mss))
+    def boxes_by_line(self) -> dict[int, Mailbox]:
+        """What each good line of the MSSanté file holds, by line number."""
+        return {n: b for b in self.mailboxes.values() for n in b.line_nos}
 
 
 class _Writer:
@@ -393,7 +396,8 @@ class _Writer:
         site.columns = "|".join(values.get(name, "") for name in PS_COLUMNS[19:50]) + "|"
         return site.columns
 
-    def ps_lines(self, person: Person) -> list[str]:
+    def ps_lines(self, person: Person) -> list[tuple[Activity, str]]:
+        """One line per activity, to be written `activity.lines` times."""
         head = "|".join((person.id_type, person.ident, person.idnat, *person.title, *person.civility,
                          person.family_name, person.given_name, *person.profession, "C", "Civil",
                          "S" if person.specialty[0] else "", "Spécialité ordinale" if person.specialty[0] else "",
@@ -407,7 +411,7 @@ class _Writer:
                            ("A", "Pharmaciens titulaires d'officine") if activity.mode[0] == "L" else
                            ("H", "Pharmaciens des établissements de santé"))
             line = f"{head}{'|'.join(activity.mode)}|{self.site_columns(activity.site)}{'|'.join(section)}|"
-            lines += [line] * activity.lines
+            lines.append((activity, line))
         return lines
 
     def address(self, *parts: str, domain: str | None = None) -> str:
@@ -516,15 +520,17 @@ def write_extracts(outdir: str | Path, *, people: int, bad: int = 0, seed: int =
         for position, person in enumerate([*persons.values(), None]):
             while gap == position:
                 kind = DEFECT_KINDS[len(defects) % len(DEFECT_KINDS)]
-                line, value = writer.bad_line(kind, "ps", lambda p: writer.ps_lines(_with_activity(p, sites))[0])
+                line, value = writer.bad_line(kind, "ps", lambda p: writer.ps_lines(_with_activity(p, sites))[0][1])
                 line_no += 1
                 out.write(line + "\n")
                 defects.append(Defect(ps_path.name, line_no, kind, value))
                 gap = next(gaps)
             if person is not None:
-                for line in writer.ps_lines(person):
-                    out.write(line + "\n")
-                    line_no += 1
+                for activity, line in writer.ps_lines(person):
+                    for _ in range(activity.lines):
+                        line_no += 1
+                        out.write(line + "\n")
+                        activity.line_nos.append(line_no)
 
     listed = list(boxes.values())
     rnd.shuffle(listed)  # the national file mixes kinds and operators
@@ -553,8 +559,9 @@ def write_extracts(outdir: str | Path, *, people: int, bad: int = 0, seed: int =
             if box is not None:
                 line = writer.mss_line(box, persons)
                 for _ in range(box.lines):
-                    out.write(line + "\n")
                     line_no += 1
+                    out.write(line + "\n")
+                    box.line_nos.append(line_no)
 
     used = {a.site.id: a.site for p in persons.values() for a in p.activities if a.site}
     return Extracts(ps_path, mss_path, defects, persons, used, boxes)
