@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from directory.extract import MSS_COLUMNS, MSS_HEADER, PS_COLUMNS, PS_HEADER
 from directory.identifiers import fold, idnat_adeli, idnat_finess, idnat_rpps, idnat_siret, luhn_digit
@@ -154,6 +156,7 @@ def _siret_number(rnd: random.Random) -> str:
     return body + luhn_digit(body)
 
 
+@lru_cache(maxsize=1024)  # names and towns come from short lists
 def _slug(text: str) -> str:
     """ASCII mailbox local part from a name: "N'DIAYE" → "n-diaye"."""
     return fold(text).replace(" ", "-")
@@ -337,8 +340,9 @@ class _Writer:
         return Person(idnat, id_type, ident, ("MME", "Madame") if woman else ("M", "Monsieur"), title or ("", ""),
                       rnd.choice(SURNAMES), rnd.choice(WOMEN if woman else MEN), (code, label), specialty)
 
-    def activities(self, person: Person, by_kind: dict[str, list[Site]], groups: list[Site],
+    def activities(self, person: Person, employers: dict[str, list[Site]], groups: list[Site],
                    pharmacies: list[Site]) -> list[Activity]:
+        """1 to 3 activities; `employers`: the structures where each profession can be salaried."""
         rnd = self.rnd
         code = person.profession[0]
         liberal_share = next(p[4] for p in _PROFESSIONS if p[0] == code)
@@ -356,8 +360,7 @@ class _Writer:
                     site = self.cabinet(person.family_name, rnd.choice(TOWNS))
                 activity = Activity(site, ("L", "Libéral"))
             else:
-                choices = [s for kind in _SALARIED_AT[code] for s in by_kind.get(kind, ())]
-                activity = Activity(rnd.choice(choices), ("S", "Salarié"))
+                activity = Activity(rnd.choice(employers[code]), ("S", "Salarié"))
             if any(a.key == activity.key for a in done):
                 continue
             if rnd.random() < 0.03:
@@ -424,9 +427,17 @@ class _Writer:
         return Mailbox(self.address(person.given_name, person.family_name, domain=domain), "PER", person.idnat,
                        None, "", 2 if self.rnd.random() < 0.03 else 1)
 
-    def mss_line(self, box: Mailbox, people: dict[str, Person]) -> str:
+    def site_boxes(self, site: Site) -> list[Mailbox]:
+        label = site.name.split(" DE ")[0] if site.finess else "cabinet"
+        boxes = [Mailbox(self.address(service, label, site.town.city), "ORG", None, site, service)
+                 for service in site.services]
+        if site.application:
+            boxes.append(Mailbox(self.address(site.application.lower(), label, site.town.city), "APP", None, site,
+                                 site.application))
+        return boxes
+
+    def mss_line(self, box: Mailbox, person: Person | None) -> str:
         values = {"Type de BAL": box.type, "Adresse BAL": box.address, "Dématérialisation": "O"}
-        person = people.get(box.owner) if box.owner else None
         if person is not None:
             first = next((a.site for a in person.activities if a.site), None)
             town = first.town if first else TOWNS[0]
@@ -451,8 +462,8 @@ class _Writer:
                        "Département": town.department, "Pays": "France"})
         return "|".join(values.get(name, "") for name in MSS_COLUMNS) + "|"
 
-    def bad_line(self, kind: str, file: str, build) -> tuple[str, str]:  # noqa: ANN001
-        """(line, defect value): `build(person)` writes a good line, which is then spoiled."""
+    def bad_line(self, kind: str, width: int, build: Callable[[Person], str]) -> tuple[str, str]:
+        """(line, defect value): `build(person)` writes a good line of a new person, then spoiled."""
         person = self.person()
         if kind == CHECK_DIGIT:
             person.ident = person.ident[:-1] + str((int(person.ident[-1]) + 1) % 10)
@@ -462,15 +473,44 @@ class _Writer:
             person.family_name = ""
             return build(person), person.ident
         fields = build(person).split("|")[:-1]
-        width = len(PS_COLUMNS if file == "ps" else MSS_COLUMNS)
         kept = self.rnd.choice((width // 2, width - 1, width + 1))
         fields = (fields + ["X"])[:kept]
         return "|".join(fields) + "|", str(kept)
 
 
+class _Output:
+    """One extract being written: numbers its lines, spoils the bad ones and remembers them."""
+
+    def __init__(self, path: Path, header: str) -> None:
+        self.path = path
+        self.width = header.count("|")
+        self.defects: list[Defect] = []
+        self._file = open(path, "w", encoding="utf-8", newline="\n")
+        self._file.write(header + "\n")
+        self._line_no = 1
+
+    def write(self, line: str, times: int = 1) -> list[int]:
+        """Write `line` `times` times; its line numbers."""
+        self._file.write((line + "\n") * times)
+        self._line_no += times
+        return list(range(self._line_no - times + 1, self._line_no + 1))
+
+    def spoil(self, writer: _Writer, build: Callable[[Person], str]) -> None:
+        kind = DEFECT_KINDS[len(self.defects) % len(DEFECT_KINDS)]
+        line, value = writer.bad_line(kind, self.width, build)
+        self.defects.append(Defect(self.path.name, self.write(line)[0], kind, value))
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def write_extracts(outdir: str | Path, *, people: int, bad: int = 0, seed: int = 1, stamp: str = "202611230600",
-                   domain: str = "msante.test") -> Extracts:
-    """Write both extracts of `people` professionals into `outdir`, with `bad` bad lines each."""
+                   domain: str = "msante.test", describe: bool = True) -> Extracts:
+    """Write both extracts of `people` professionals into `outdir`, with `bad` bad lines each.
+
+    The files are written as the people are made up, so memory stays flat with `describe` off;
+    on, the returned Extracts also holds every person, structure and mailbox written.
+    """
     datetime.strptime(stamp, "%Y%m%d%H%M")  # a ValueError for a stamp the importer would not read
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -478,98 +518,57 @@ def write_extracts(outdir: str | Path, *, people: int, bad: int = 0, seed: int =
     rnd = writer.rnd
 
     sites = writer.finess_sites(max(3 * len(TOWNS), people // 40))
-    by_kind: dict[str, list[Site]] = {}
-    for site in sites:
-        by_kind.setdefault(site.kind, []).append(site)
+    employers = {code: [s for s in sites if s.kind in kinds] for code, kinds in _SALARIED_AT.items()}
     groups = [writer.company(f"CABINET MEDICAL {rnd.choice(_STREETS)}", "cabinet", _SECTOR_GROUP, town)
               for town in TOWNS]
     pharmacies = [writer.company(f"PHARMACIE {rnd.choice(_STREETS)}", "other", _SECTOR_PHARMACY, town)
                   for town in TOWNS]
 
+    def bad_ps(person: Person) -> str:
+        person.activities = [Activity(sites[0], ("S", "Salarié"))]
+        return writer.ps_lines(person)[0][1]
+
+    def bad_mss(person: Person) -> str:
+        return writer.mss_line(writer.personal_box(person), person)
+
+    # Bad lines go between two people, never among one person's lines: `gaps[i]` before person i,
+    # and before the structures' boxes for i == people.
+    ps_gaps = Counter(rnd.choices(range(people + 1), k=bad))
+    mss_gaps = Counter(rnd.choices(range(people + 1), k=bad))
     persons: dict[str, Person] = {}
-    for _ in range(people):
-        person = writer.person(adeli=rnd.random() < 0.03)
-        person.activities = writer.activities(person, by_kind, groups, pharmacies)
-        persons[person.idnat] = person
-
+    used: dict[str, Site] = {}
     boxes: dict[str, Mailbox] = {}
-    for person in persons.values():
-        for _ in range(rnd.choices((0, 1, 2), (10, 80, 10))[0]):
-            box = writer.personal_box(person)
-            boxes[box.address] = box
-    for site in [*sites, *groups]:
-        label = site.name.split(" DE ")[0] if site.finess else "cabinet"
-        for service in site.services:
-            box = Mailbox(writer.address(service, label, site.town.city), "ORG", None, site, service)
-            boxes[box.address] = box
-        if site.application:
-            box = Mailbox(writer.address(site.application.lower(), label, site.town.city), "APP", None, site,
-                          site.application)
-            boxes[box.address] = box
-
-    defects: list[Defect] = []
-    ps_path = outdir / PS_NAME.format(stamp=stamp)
-    mss_path = outdir / MSS_NAME.format(stamp=stamp)
-    # Bad lines go between two people (between two boxes), never inside one person's lines.
-    ps_gaps = sorted(rnd.choices(range(people + 1), k=bad))
-    with open(ps_path, "w", encoding="utf-8", newline="\n") as out:
-        out.write(PS_HEADER + "\n")
-        line_no = 1
-        gaps = iter(ps_gaps + [None])
-        gap = next(gaps)
-        for position, person in enumerate([*persons.values(), None]):
-            while gap == position:
-                kind = DEFECT_KINDS[len(defects) % len(DEFECT_KINDS)]
-                line, value = writer.bad_line(kind, "ps", lambda p: writer.ps_lines(_with_activity(p, sites))[0][1])
-                line_no += 1
-                out.write(line + "\n")
-                defects.append(Defect(ps_path.name, line_no, kind, value))
-                gap = next(gaps)
-            if person is not None:
-                for activity, line in writer.ps_lines(person):
-                    for _ in range(activity.lines):
-                        line_no += 1
-                        out.write(line + "\n")
-                        activity.line_nos.append(line_no)
-
-    listed = list(boxes.values())
-    rnd.shuffle(listed)  # the national file mixes kinds and operators
-    mss_gaps = sorted(rnd.choices(range(len(listed) + 1), k=bad))
-    mss_defects = 0
-    with open(mss_path, "w", encoding="utf-8", newline="\n") as out:
-        out.write(MSS_HEADER + "\n")
-        line_no = 1
-        gaps = iter(mss_gaps + [None])
-        gap = next(gaps)
-        for position, box in enumerate([*listed, None]):
-            while gap == position:
-                kind = DEFECT_KINDS[mss_defects % len(DEFECT_KINDS)]
-                mss_defects += 1
-                scratch: dict[str, Person] = {}
-
-                def per_line(person: Person) -> str:
-                    scratch[person.idnat] = person
-                    return writer.mss_line(Mailbox(writer.address(person.given_name, person.family_name), "PER",
-                                                   person.idnat, None, ""), scratch)
-                line, value = writer.bad_line(kind, "mss", per_line)
-                line_no += 1
-                out.write(line + "\n")
-                defects.append(Defect(mss_path.name, line_no, kind, value))
-                gap = next(gaps)
-            if box is not None:
-                line = writer.mss_line(box, persons)
-                for _ in range(box.lines):
-                    line_no += 1
-                    out.write(line + "\n")
-                    box.line_nos.append(line_no)
-
-    used = {a.site.id: a.site for p in persons.values() for a in p.activities if a.site}
-    return Extracts(ps_path, mss_path, defects, persons, used, boxes)
-
-
-def _with_activity(person: Person, sites: list[Site]) -> Person:
-    person.activities = [Activity(sites[0], ("S", "Salarié"))]
-    return person
+    ps = _Output(outdir / PS_NAME.format(stamp=stamp), PS_HEADER)
+    mss = _Output(outdir / MSS_NAME.format(stamp=stamp), MSS_HEADER)
+    try:
+        for position in range(people + 1):
+            for _ in range(ps_gaps[position]):
+                ps.spoil(writer, bad_ps)
+            for _ in range(mss_gaps[position]):
+                mss.spoil(writer, bad_mss)
+            if position == people:
+                break
+            person = writer.person(adeli=rnd.random() < 0.03)
+            person.activities = writer.activities(person, employers, groups, pharmacies)
+            for activity, line in writer.ps_lines(person):
+                activity.line_nos = ps.write(line, activity.lines)
+            for _ in range(rnd.choices((0, 1, 2), (10, 80, 10))[0]):
+                box = writer.personal_box(person)
+                box.line_nos = mss.write(writer.mss_line(box, person), box.lines)
+                if describe:
+                    boxes[box.address] = box
+            if describe:
+                persons[person.idnat] = person
+                used.update((a.site.id, a.site) for a in person.activities if a.site)
+        for site in [*sites, *groups]:
+            for box in writer.site_boxes(site):
+                box.line_nos = mss.write(writer.mss_line(box, None), box.lines)
+                if describe:
+                    boxes[box.address] = box
+    finally:
+        ps.close()
+        mss.close()
+    return Extracts(ps.path, mss.path, ps.defects + mss.defects, persons, used, boxes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -585,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = args.stamp or datetime.now(timezone.utc).strftime("%Y%m%d%H%M")
     try:
         extracts = write_extracts(args.outdir, people=args.people, bad=args.bad, seed=args.seed, stamp=stamp,
-                                  domain=args.domain)
+                                  domain=args.domain, describe=False)
     except ValueError as exc:
         parser.error(f"--stamp {stamp!r}: {exc}")
     print(extracts.ps)
