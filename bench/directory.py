@@ -108,10 +108,11 @@ async def run_searches(engine, count: int, rnd: random.Random) -> None:
     """`count` searches: name prefixes (alone, with a given name, with a profession), profession +
     town, and identifier look-ups (RPPS, national identifier, mailbox address, FINESS)."""
     async with engine.connect() as conn:
-        # National identifiers all have 12 digits: their text order is their numeric order, and a
-        # random number between the first and the last lands anywhere in the table.
-        first, last = (await conn.execute(
-            select(func.min(professionals.c.idnat), func.max(professionals.c.idnat)))).one()
+        # National identifiers from RPPS (8 + 11 digits) all have 12 digits: their text order is
+        # their numeric order, and a random number between the first and the last lands anywhere
+        # among them (the few ADELI ones, 0 + 9 characters, sort before).
+        first, last = (await conn.execute(select(func.min(professionals.c.idnat), func.max(professionals.c.idnat))
+                                          .where(professionals.c.idnat.startswith("8")))).one()
         people = []
         for _ in range(300):
             start = str(rnd.randint(int(first), int(last)))
