@@ -9,7 +9,8 @@ be committed). This module writes both extracts of the Annuaire Santé, of any s
   two lines as the national file does;
 - Extraction_Correspondance_MSSante_<stamp>.txt: one line per mailbox (31 columns): personal
   (PER) boxes, organisational (ORG) boxes of the structures, applicative (APP) boxes of
-  hospitals and laboratories, now and then one address on two lines.
+  hospitals and laboratories, now and then one address on two lines; most at the operator's
+  domain, some at another operator's (OTHER_DOMAIN).
 
 Identifiers carry valid check digits (RPPS, FINESS, SIRET: Luhn), Corsican FINESS numbers start
 with 2A/2B, overseas (97x) structures have the 970x FINESS numbers of their department. Names
@@ -20,7 +21,9 @@ are ASCII (no IDN). The output depends only on the arguments: the same seed writ
 digit, an empty family name, a wrong column count), and returned as `Defect`s with their line
 numbers, so that a test can hold the parser's rejections against them. The returned `Extracts`
 also describe what the good lines hold (people, structures, activities, mailboxes): a test can
-check an import against what was written rather than against a second parser.
+check an import against what was written rather than against a second parser. The files are
+written as the people are made up: without that description (the command line), memory stays
+flat whatever the size.
 
     python -m directory.synthetic --people N [--bad K] [--seed S] [--stamp AAAAMMJJhhmm] [--domain D] OUTDIR
 """
@@ -98,7 +101,7 @@ TOWNS = (
     Town("75015", "75115", "PARIS", "75", "Paris"),
     Town("97200", "97209", "FORT-DE-FRANCE", "972", "Martinique"),
     Town("44000", "44109", "NANTES", "44", "Loire-Atlantique"),
-    Town("97600", "97611", "MAMOUDZOU", "976", "Mayotte"),
+    Town("13005", "13205", "MARSEILLE", "13", "Bouches-du-Rhône"),
     Town("69003", "69383", "LYON", "69", "Rhône"),
     Town("29200", "29019", "BREST", "29", "Finistère"),
 )
@@ -187,6 +190,7 @@ class Site:
 
 @dataclass
 class Activity:
+    """One workplace of a person: a line of the PS file (or two)."""
     site: Site | None  # None: an activity with no structure (a replacement, for instance)
     mode: tuple[str, str]  # Code/Libellé mode exercice
     lines: int = 1  # the national file sometimes lists one activity on two lines
@@ -202,6 +206,7 @@ class Activity:
 
 @dataclass
 class Person:
+    """A made-up professional, with the columns the PS file gives them."""
     idnat: str
     id_type: str  # 8 RPPS, 0 ADELI
     ident: str
@@ -220,6 +225,7 @@ class Person:
 
 @dataclass
 class Mailbox:
+    """A line of the MSSanté file (or two)."""
     address: str
     type: str  # PER, ORG, APP
     owner: str | None  # idnat (PER)
@@ -508,8 +514,8 @@ def write_extracts(outdir: str | Path, *, people: int, bad: int = 0, seed: int =
                    domain: str = "msante.test", describe: bool = True) -> Extracts:
     """Write both extracts of `people` professionals into `outdir`, with `bad` bad lines each.
 
-    The files are written as the people are made up, so memory stays flat with `describe` off;
-    on, the returned Extracts also holds every person, structure and mailbox written.
+    With `describe` (the default) the returned Extracts holds every person, structure and
+    mailbox written; without, only the files and their bad lines, and memory stays flat.
     """
     datetime.strptime(stamp, "%Y%m%d%H%M")  # a ValueError for a stamp the importer would not read
     outdir = Path(outdir)

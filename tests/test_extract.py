@@ -105,7 +105,7 @@ def test_ps_file_parses_and_rejects_the_bad_lines_by_number(extracts):
     assert {i[:3] for i in corsican} == {"32A", "32B"}
     overseas = {r.organisation.department for r in records if r.organisation and r.organisation.finess
                 and r.organisation.finess.startswith("97")}
-    assert overseas and overseas <= {"971", "972", "973", "974", "976"}
+    assert overseas and overseas <= {"971", "972", "973", "974"}
 
 
 def test_mss_file_parses_and_rejects_the_bad_lines_by_number(extracts):
