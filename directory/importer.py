@@ -44,9 +44,10 @@ Progress = Callable[[int, int, int], None]  # (lines done, bytes done, total byt
 
 
 class ImportRefused(Exception):
-    """The file was not imported, and nothing was changed; the message says why.
+    """The file was not imported, and no entry was changed; the message says why.
 
-    `report` holds the figures when the file was read before being refused (every line rejected).
+    `report` holds the figures when the file was read before being refused (every line rejected);
+    the imports log then keeps that run as started and never finished, like a run that died.
     """
 
     def __init__(self, message: str, report: ImportReport | None = None) -> None:

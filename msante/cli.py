@@ -1,7 +1,8 @@
 """The `msante` command: operator entry points over the same services the server uses.
 
 Every subcommand takes `--config FILE` (or `--data-dir DIR`); errors a person can fix are
-printed as one line on stderr with exit status 2, never as a traceback.
+printed as one line on stderr with exit status 2, never as a traceback (`directory import` exits
+with 1 for a file it could not import: IMPORT_EPILOG).
 """
 from __future__ import annotations
 

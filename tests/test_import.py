@@ -419,6 +419,10 @@ def test_command_refused_and_unusable_files(import_command, database_url, tmp_pa
 
 
 def test_command_usage_errors(import_command, tmp_path, capsys):
+    with pytest.raises(SystemExit) as helped:
+        import_command("--help")
+    assert helped.value.code == 0
+    assert "exit status:\n  0  every file imported" in capsys.readouterr().out
     with pytest.raises(SystemExit) as no_file:
         import_command()
     assert no_file.value.code == 2
