@@ -310,11 +310,11 @@ class _Writer:
                               (sector_code, sector_label), town, self.street(), services, application))
         return sites
 
-    def cabinet(self, family_name: str, town: Town) -> Site:
+    def cabinet(self, name: str, town: Town) -> Site:
         """An individual cabinet: no FINESS nor SIRET, a technical id only."""
         self.site_serial += 1
         technical = f"R1000{self.site_serial:010d}"
-        return Site("R" + technical, "", "", "", technical, f"CABINET DU DR {family_name}", "cabinet", _SECTOR_CABINET,
+        return Site("R" + technical, "", "", "", technical, name, "cabinet", _SECTOR_CABINET,
                     town, self.street())
 
     def company(self, name: str, kind: str, sector: tuple[str, str], town: Town) -> Site:
@@ -363,7 +363,8 @@ class _Writer:
                 elif rnd.random() < 0.3:
                     site = rnd.choice(groups)
                 else:
-                    site = self.cabinet(person.family_name, rnd.choice(TOWNS))
+                    site = self.cabinet(f"CABINET {'DU DR ' if person.title[0] else ''}{person.family_name}",
+                                        rnd.choice(TOWNS))
                 activity = Activity(site, ("L", "Libéral"))
             else:
                 activity = Activity(rnd.choice(employers[code]), ("S", "Salarié"))
