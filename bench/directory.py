@@ -1,8 +1,8 @@
 """Directory benchmark: import rate, memory, search latency and the idempotent re-import.
 
-    .venv/bin/python bench/directory.py [--people 1000000] [--db URL] [--generator PATH]
+    .venv/bin/python bench/directory.py [--people 1000000] [--db URL]
 
-Generates synthetic national extracts with the shared generator into a temporary directory,
+Generates synthetic national extracts (directory/synthetic.py) into a temporary directory,
 imports them into a fresh SQLite database (or the database at --db, which should be empty),
 then runs a mix of searches. Prints figures; asserts nothing. Memory is the process's peak
 resident size (ru_maxrss), shown before the imports too: an import that streams keeps it flat
@@ -33,6 +33,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from directory.importer import import_file  # noqa: E402
 from directory.queries import search  # noqa: E402
+from directory.synthetic import MSS_NAME, PS_NAME  # noqa: E402
 from store.db import create_engine, upgrade  # noqa: E402
 from store.schema import activities, mailboxes, organisations, professionals  # noqa: E402
 
@@ -55,10 +56,13 @@ def show_progress(lines: int, done: int, total: int) -> None:
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
     started = time.monotonic()
-    subprocess.run([sys.executable, str(args.generator), "--people", str(args.people), "--bad", "20",
-                    "--domain", DOMAIN, str(workdir)], check=True, stdout=subprocess.DEVNULL)
-    ps_file = next(workdir.glob("PS_LibreAcces_Personne_activite_*.txt"))
-    mss_file = next(workdir.glob("Extraction_Correspondance_MSSante_*.txt"))
+    # In a process of its own: the generator holds every fake person in memory, and the peak RSS
+    # printed below must be the import's.
+    stamp = "202611230600"
+    subprocess.run([sys.executable, "-m", "directory.synthetic", "--people", str(args.people), "--bad", "20",
+                    "--seed", str(args.seed), "--stamp", stamp, "--domain", DOMAIN, str(workdir)],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    ps_file, mss_file = workdir / PS_NAME.format(stamp=stamp), workdir / MSS_NAME.format(stamp=stamp)
     print(f"generated {args.people:,} people in {time.monotonic() - started:.1f} s: "
           f"{ps_file.stat().st_size / 2**20:.0f} MB PS, {mss_file.stat().st_size / 2**20:.0f} MB MSSanté")
 
@@ -104,10 +108,11 @@ async def run_searches(engine, count: int, rnd: random.Random) -> None:
     """`count` searches: name prefixes (alone, with a given name, with a profession), profession +
     town, and identifier look-ups (RPPS, national identifier, mailbox address, FINESS)."""
     async with engine.connect() as conn:
-        # National identifiers all have 12 digits: their text order is their numeric order, and a
-        # random number between the first and the last lands anywhere in the table.
-        first, last = (await conn.execute(
-            select(func.min(professionals.c.idnat), func.max(professionals.c.idnat)))).one()
+        # National identifiers from RPPS (8 + 11 digits) all have 12 digits: their text order is
+        # their numeric order, and a random number between the first and the last lands anywhere
+        # among them (the few ADELI ones, 0 + 9 characters, sort before).
+        first, last = (await conn.execute(select(func.min(professionals.c.idnat), func.max(professionals.c.idnat))
+                                          .where(professionals.c.idnat.startswith("8")))).one()
         people = []
         for _ in range(300):
             start = str(rnd.randint(int(first), int(last)))
@@ -163,12 +168,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--db", help="database URL (default: a fresh SQLite file in the temporary directory)")
-    parser.add_argument("--generator", type=Path, default=REPO.parent / "shared" / "data" / "generate.py")
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    if not args.generator.exists():
-        parser.error(f"generator not found at {args.generator}: give --generator PATH")
     with tempfile.TemporaryDirectory(prefix="msante-bench-") as workdir:
         asyncio.run(run(args, Path(workdir)))
 

@@ -34,6 +34,13 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def luhn_digit(body: str) -> str:
+    """The check digit that makes `body` + digit pass `luhn_valid` (to build identifiers)."""
+    # The check digit will sit rightmost, so the body's last digit is the first one doubled.
+    total = sum(_DOUBLED[int(d)] for d in body[-1::-2]) + sum(map(int, body[-2::-2]))
+    return str(-total % 10)
+
+
 def valid_rpps(value: str) -> bool:
     """An RPPS number: exactly 11 digits, the last one a Luhn check digit."""
     return len(value) == 11 and luhn_valid(value)

@@ -44,7 +44,15 @@ Progress = Callable[[int, int, int], None]  # (lines done, bytes done, total byt
 
 
 class ImportRefused(Exception):
-    """The file was not imported, and nothing was changed; the message says why."""
+    """The file was not imported, and no entry was changed; the message says why.
+
+    `report` holds the figures when the file was read before being refused (every line rejected);
+    the imports log then keeps that run as started and never finished, like a run that died.
+    """
+
+    def __init__(self, message: str, report: ImportReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -69,12 +77,16 @@ class ImportReport:
 
 
 async def import_file(engine: AsyncEngine, path: str | Path, *, local_domains: Iterable[str],
-                      progress: Progress | None = None, force: bool = False) -> ImportReport:
+                      progress: Progress | None = None, force: bool = False,
+                      on_rejected: Callable[[list[Rejected]], None] | None = None) -> ImportReport:
     """Import one PS_LibreAcces_Personne_activite or Extraction_Correspondance_MSSante extract.
 
     `local_domains`: this operator's mail domains; imported mailboxes there are flagged `local`.
     `force`: import even a file older or much shorter than the last one of its kind, or one
-    already imported. Raises ImportRefused (or ExtractError for an unknown file) without writing.
+    already imported. `on_rejected` is given every rejected line, batch by batch (the report
+    keeps only the first REJECTED_SAMPLES). Raises ImportRefused (or ExtractError for an unknown
+    file, OSError for one that cannot be read) without writing; a file none of whose lines could
+    be read is refused too, since retiring every entry it does not list would empty the directory.
     """
     started = time.monotonic()
     path = Path(path)
@@ -104,14 +116,21 @@ async def import_file(engine: AsyncEngine, path: str | Path, *, local_domains: I
         pending = asyncio.ensure_future(asyncio.to_thread(reader.next_batch))
         while (batch := await pending) is not None:
             pending = asyncio.ensure_future(asyncio.to_thread(reader.next_batch))
-            async with engine.begin() as conn:
-                await writer.write(conn, batch.records, datetime.now(timezone.utc))
+            if batch.records:
+                async with engine.begin() as conn:
+                    await writer.write(conn, batch.records, datetime.now(timezone.utc))
+            if on_rejected is not None and batch.rejected:
+                on_rejected(batch.rejected)
             report.lines = batch.lines
             report.accepted += len(batch.records)
             report.rejected_count += len(batch.rejected)
             report.rejected.extend(batch.rejected[:REJECTED_SAMPLES - len(report.rejected)])
             if progress is not None:
                 progress(batch.lines, batch.bytes_done, total_bytes)
+        if report.accepted == 0:
+            report.seconds = time.monotonic() - started
+            raise ImportRefused(f"{path.name}: no data line could be imported ({report.lines} lines, "
+                                f"{report.rejected_count} rejected): no entry was changed", report)
         async with engine.begin() as conn:
             report.retired = await writer.retire(conn, datetime.now(timezone.utc))
             await _finish(conn, import_id, report)

@@ -1,7 +1,8 @@
 """The `msante` command: operator entry points over the same services the server uses.
 
 Every subcommand takes `--config FILE` (or `--data-dir DIR`); errors a person can fix are
-printed as one line on stderr with exit status 2, never as a traceback.
+printed as one line on stderr with exit status 2, never as a traceback (`directory import` exits
+with 1 for a file it could not import: IMPORT_EPILOG).
 """
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ from mailserver.trust import TrustListError
 from . import commands
 
 log = logging.getLogger("msante")
+
+IMPORT_EPILOG = """exit status:
+  0  every file imported (or already imported), even with rejected lines: they are listed,
+     and --report has them all
+  1  a file could not be imported: unreadable, not a national extract, or refused (older or
+     much shorter than the last one of its kind, no line readable); the other files are
+     still imported, and the store keeps what it had for that kind
+  2  usage error (arguments, configuration, --report not writable)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     c = command(d, "import", commands.import_command, "import national extract files (PS_LibreAcces…, "
                                                    "Extraction_Correspondance_MSSante…)")
     c.add_argument("files", nargs="+", type=Path)
-    c.add_argument("--force", action="store_true", help="import a file older than the last one of its kind")
+    c.add_argument("--force", action="store_true", help="import a file older or much shorter than the last one of "
+                   "its kind, or already imported")
+    c.add_argument("--report", metavar="FILE.jsonl", type=Path, help="write every rejected line (file, line, "
+                   "reason) and a summary per file there, one JSON object a line")
+    c.epilog = IMPORT_EPILOG
+    c.formatter_class = argparse.RawDescriptionHelpFormatter
     c = command(d, "search", commands.search_command, "search people, organisations and mailboxes")
     c.add_argument("text")
     c.add_argument("--kind", choices=["professional", "organisation", "mailbox"])

@@ -13,7 +13,8 @@ import os
 import sys
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from pathlib import Path
+from typing import Any, AsyncIterator, TextIO
 
 from cryptography import x509
 from sqlalchemy import select
@@ -180,29 +181,95 @@ def _banner(settings: Settings, listeners: list) -> None:  # noqa: ANN001
 # --- directory --------------------------------------------------------------------------------
 
 async def import_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Import each file in turn; a file that cannot be imported does not stop the next ones.
+
+    Exit status (a nightly job acts on it, cli.IMPORT_EPILOG says the same): 0 when every file
+    was imported or had been already, rejected lines or not: a few bad lines among two million
+    are listed, not a failure. 1 when a file could not be imported at all: unreadable, not an
+    extract, refused (older or much shorter than the last one, no line readable). 2, from
+    cli.main, for a usage error.
+    """
+    try:
+        sink = open(args.report, "w", encoding="utf-8") if args.report else None
+    except OSError as exc:
+        raise CommandError(f"--report {args.report}: {exc.strerror or exc}") from None
     status = 0
-    async with _opened(settings) as engine:
-        for path in args.files:
-            if not path.exists():
-                raise CommandError(f"{path}: no such file")
-            progress = _Progress(path.name) if sys.stderr.isatty() else None
-            try:
-                report = await importer.import_file(engine, path, local_domains=settings.domains,
-                                                    progress=progress, force=args.force)
-            except importer.ImportRefused as exc:
-                raise CommandError(f"{path.name}: {exc}") from None
-            if progress:
-                progress.done()
-            await AuditTrail(engine).record(OPERATOR, "directory.import", target=path.name, source="cli",
-                                            lines=report.lines, accepted=report.accepted,
-                                            rejected=report.rejected_count, retired=report.retired)
-            print(report.summary())
-            for rejected in report.rejected[:50]:
-                print(f"  line {rejected.line_no}: {rejected.reason}")
-            if report.rejected_count > 50:
-                print(f"  … and {report.rejected_count - 50} more rejected lines")
-            status = status or (1 if report.rejected_count else 0)
+    try:
+        async with _opened(settings) as engine:
+            for path in args.files:
+                if not await _import_one(engine, settings, path, args.force, _ImportLog(sink, path)):
+                    status = 1
+    finally:
+        if sink is not None:
+            sink.close()
     return status
+
+
+async def _import_one(engine: AsyncEngine, settings: Settings, path: Path, force: bool, log: _ImportLog) -> bool:
+    """Import one file, print its summary and rejected lines, audit the outcome; False if refused."""
+    progress = _Progress(path.name) if sys.stderr.isatty() else None
+    audit = AuditTrail(engine)
+    try:
+        report = await importer.import_file(engine, path, local_domains=settings.domains, progress=progress,
+                                            force=force, on_rejected=log.rejected)
+    except (importer.ImportRefused, extract.ExtractError, OSError) as exc:
+        if progress:
+            progress.done()
+        if isinstance(exc, importer.ImportRefused):
+            reason, report = str(exc), exc.report
+        else:
+            reason, report = f"{path}: {exc.strerror if isinstance(exc, OSError) else exc}", None
+        if report is not None:
+            _print_rejected(report)
+        print(f"msante: {reason}", file=sys.stderr)
+        await audit.record(OPERATOR, "directory.import", target=path.name, source="cli", outcome="failed",
+                           reason=reason)
+        log.summary("refused", report, reason)
+        return False
+    if progress:
+        progress.done()
+    await audit.record(OPERATOR, "directory.import", target=path.name, source="cli", lines=report.lines,
+                       accepted=report.accepted, rejected=report.rejected_count, retired=report.retired,
+                       unchanged=report.unchanged)
+    print(report.summary())
+    _print_rejected(report)
+    log.summary("unchanged" if report.unchanged else "imported", report)
+    return True
+
+
+def _print_rejected(report: importer.ImportReport, shown: int = 50) -> None:
+    for rejected in report.rejected[:shown]:
+        print(f"  line {rejected.line_no}: {rejected.reason}")
+    if report.rejected_count > shown:
+        print(f"  … and {report.rejected_count - shown} more rejected lines")
+
+
+class _ImportLog:
+    """The machine-readable report of `directory import --report FILE`, one JSON object a line:
+    {"type": "rejected", "file", "line", "reason"} for every rejected line (not only the ones
+    printed), then {"type": "summary", "file", "status": imported|unchanged|refused, …} per file.
+    A file already imported is not read again: its summary gives the figures of that import."""
+
+    def __init__(self, sink: TextIO | None, path: Path) -> None:
+        self._sink = sink
+        self._file = str(path)
+
+    def rejected(self, lines: list[extract.Rejected]) -> None:
+        for line in lines:
+            self._write({"type": "rejected", "file": self._file, "line": line.line_no, "reason": line.reason})
+
+    def summary(self, status: str, report: importer.ImportReport | None, error: str = "") -> None:
+        summary: dict[str, Any] = {"type": "summary", "file": self._file, "status": status}
+        if report is not None:
+            summary.update(kind=report.kind, stamp=report.stamp, lines=report.lines, accepted=report.accepted,
+                           rejected=report.rejected_count, retired=report.retired, seconds=round(report.seconds, 3))
+        if error:
+            summary["error"] = error
+        self._write(summary)
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        if self._sink is not None:
+            self._sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
 
 class _Progress:

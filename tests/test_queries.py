@@ -7,27 +7,24 @@ from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import select
-from tests.test_import import (DOMAIN, NEWER, data_lines, engine, generate, import_both,  # noqa: F401
-                               needs_generator, rewrite)
+from tests.test_import import DOMAIN, NEWER, engine, generate, import_both, rewrite  # noqa: F401
 
 import directory.queries as queries
 from directory.identifiers import fold
 from directory.queries import get_entry, mailboxes_of, search
 from store.schema import activities, mailbox_delegates, mailboxes, organisations, professionals
 
-pytestmark = needs_generator
-
 
 @pytest.fixture
 def extracts(tmp_path):
-    """Generated extracts of 200 people: (PS file, MSSanté file)."""
+    """Generated extracts of 200 people (directory.synthetic.Extracts)."""
     return generate(tmp_path, people=200, bad=5)
 
 
 @pytest.fixture
 async def directory(engine, extracts):
     """The engine, with the extracts imported."""
-    await import_both(engine, *extracts)
+    await import_both(engine, extracts.ps, extracts.mss)
     return engine
 
 
@@ -79,7 +76,7 @@ async def test_family_and_given_name(directory):
 @pytest.mark.parametrize("criteria", [
     {"profession": "10", "city": "Saint-Paul"},
     {"city": "POITIERS"},
-    {"profession": "60", "city": "saint paul", "text": "d"},
+    {"profession": "60", "city": "saint paul", "text": "m"},
     {"organisation": "centre hospitalier"},
     {"organisation": "Laboratoire", "profession": "21"},
     {"organisation": "centre hospitalier", "city": "Saint Paul"},  # both on the same activity
@@ -133,8 +130,9 @@ async def test_organisation_search(directory):
     assert [i["id"] for i in found.items] == [corsican.id]
 
 
-async def test_identifiers(directory):
-    person = next(p for p in await table(directory, professionals) if p.retired_at is None)
+async def test_identifiers(directory, extracts):
+    chosen = next(p for p in extracts.people.values() if p.rpps and all(a.site for a in p.activities))
+    person = next(p for p in await table(directory, professionals) if p.idnat == chosen.idnat)
     owned = sorted(b.address for b in await table(directory, mailboxes) if b.owner_idnat == person.idnat)
     for identifier in (person.rpps, person.idnat):
         page = await search(directory, identifier=identifier, kind="professional")
@@ -165,11 +163,12 @@ async def test_mailbox_search_by_address_prefix_and_organisation(directory):
     boxes = sorted(b.address for b in await table(directory, mailboxes) if b.address.startswith("secretariat."))
     items, totals = await every_page(directory, kind="mailbox", text="Secretariat.")
     assert [i["address"] for i in items] == boxes and totals == {len(boxes)}
-    structure = next(o for o in await table(directory, organisations) if o.kind == "hospital")
+    structure = next(o for o in await table(directory, organisations) if o.name.startswith("CENTRE HOSPITALIER"))
     page = await search(directory, kind="mailbox", organisation=structure.finess)
     assert {i["address"] for i in page.items} == {
         b.address for b in await table(directory, mailboxes) if b.organisation_id == structure.id}
-    assert {i["service"] for i in page.items} == {"Secretariat", "Urgences"}
+    assert {(i["type"], i["service"]) for i in page.items} == {
+        ("organisational", "Secretariat"), ("organisational", "Urgences"), ("applicative", "DPI")}
 
 
 async def test_pagination(directory):
@@ -231,10 +230,9 @@ async def test_unpublished_mailboxes_are_hidden_unless_asked(directory):
 
 
 async def test_retired_entries_are_not_returned(directory, extracts):
-    ps, mss = extracts
-    person = data_lines(ps)[0]
-    gone, family = person[2], fold(person[7])
-    box = next(f[1] for f in data_lines(mss) if f[0] == "PER" and f[4] == gone)
+    ps, mss = extracts.ps, extracts.mss
+    box, gone = next((b.address, b.owner) for b in extracts.mailboxes.values() if b.type == "PER")
+    family = fold(extracts.people[gone].family_name)
     await import_both(directory, rewrite(ps, NEWER, keep=lambda f: f[2] != gone),
                       rewrite(mss, NEWER, keep=lambda f: f[1] != box))
     items, _ = await every_page(directory, text=family, kind="professional")
