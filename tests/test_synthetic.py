@@ -3,7 +3,6 @@
 What it writes is read back with plain string handling and the identifier checks, not with the
 parser under test (tests/test_extract.py does that).
 """
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -16,7 +15,6 @@ from directory.identifiers import luhn_digit, luhn_valid, valid_finess, valid_rp
 from directory.synthetic import CHECK_DIGIT, COLUMNS, EMPTY_NAME, write_extracts
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MSANTE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def rows(path: Path) -> tuple[str, list[list[str]]]:
@@ -106,12 +104,3 @@ def test_command_line(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "directory.synthetic", "--stamp", "20270102", str(tmp_path)],
                              cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2 and "--stamp '20270102'" in refused.stderr and "Traceback" not in refused.stderr
-
-
-@pytest.mark.skipif(not (SHARED / "PS_LibreAcces_Personne_activite_sample.txt").exists(),
-                    reason=f"no reference samples in {SHARED} (set MSANTE_SHARED_DATA)")
-def test_headers_match_the_reference_samples(extracts):
-    for ours, sample in ((extracts.ps, "PS_LibreAcces_Personne_activite_sample.txt"),
-                         (extracts.mss, "Extraction_Correspondance_MSSante_sample.txt")):
-        reference = (SHARED / sample).read_text(encoding="utf-8").splitlines()[0]
-        assert ours.read_text(encoding="utf-8").splitlines()[0] == reference
