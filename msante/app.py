@@ -7,6 +7,7 @@ verifiers or TLS contexts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -40,6 +41,7 @@ from store import db
 from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
+from store.relay import Relay
 from store.schema import deliveries, envelopes, mailboxes, professionals
 from web.http import Request, Response, serve_connection
 from web.metrics import Metrics
@@ -244,6 +246,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
         if services.instant:
             await services.instant.start()
+        if services.imap:
+            services.imap.start()
+        relay = Relay(services.engine, services.bus)  # what the CLI changes reaches live sessions through it
+        await relay.start()
+        relaying = asyncio.create_task(relay.run(), name="store relay")
         await services.audit.record(SERVER, "server.start",
                                      listeners={lst.name: lst.address for lst in listeners})
         if on_ready:
@@ -257,6 +264,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             services.imap.shutdown()
         await asyncio.gather(*(lst.stop(SHUTDOWN_DEADLINE) for lst in listeners))
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
+        relaying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relaying
         await services.audit.record(SERVER, "server.stop")
     finally:
         for sig in signals:
