@@ -63,6 +63,13 @@ def test_revoked_delegation_ends_idle_selected_and_listing_sessions(server):
     tag, lines = browsing.command(f"SELECT {SHARED}")
     assert lines[-1].startswith(f"{tag} NO [NONEXISTENT]".encode()), lines
     browsing.ok("SELECT INBOX")  # her own box is still hers
+
+    started = time.monotonic()
+    assert server.cli("mailbox", "grant", URGENCES, "--rpps", URGENTIST_IDNAT[1:]) == 0  # given back
+    while URGENCES.encode() not in b"".join(browsing.ok('LIST "" "*"')):
+        assert time.monotonic() - started < BOUND, "the delegation granted again never reached the session"
+    print(f"CLI grant -> the box is back in LIST without logging in again: {(time.monotonic() - started) * 1000:.0f} ms")
+    browsing.ok(f"SELECT {SHARED}")
     for client in (idling, selected, browsing):
         client.close()
     withdrawn = [r for r in denied(server, "imap.select") if '"rights withdrawn"' in r["detail"]]
@@ -82,6 +89,9 @@ def test_rights_set_by_the_cli_apply_to_the_next_command_and_end_idle(server):
     print(f"\nCLI rights lrs -> the selected session's next commands use them: {elapsed * 1000:.0f} ms")
     tag, lines = selected.command("STORE 1 +FLAGS (\\Deleted)")
     assert lines[-1].startswith(f"{tag} NO [NOPERM]".encode()), lines
+    tag, lines = selected.command("EXPUNGE")
+    assert lines[-1].startswith(f"{tag} NO [NOPERM]".encode()), lines
+    assert [r["target"] for r in denied(server, "imap.expunge")] == [URGENCES]
     selected.ok("STORE 1 +FLAGS (\\Seen)")  # "s" is still granted
 
     elapsed = timed_bye(idling, lambda: server.cli("mailbox", "grant", URGENCES, "--rpps", URGENTIST_IDNAT[1:],

@@ -738,7 +738,7 @@ class Session:
         self.selected, self.state = None, AUTHENTICATED
 
     async def expunge(self, tag: str, args: list, uid: bool) -> None:
-        selected = self._writable("e")
+        selected = await self._writable("e", "imap.expunge")
         uids = self._uids(text(args[0]), True) if uid and args else None
         if uid and not args:
             raise Bad("UID EXPUNGE needs a UID set")
@@ -748,11 +748,15 @@ class Session:
             await self._audit("imap.expunge", selected.box.grant.address, folder=selected.folder,
                               uids=compress(expunged))
 
-    def _writable(self, right: str) -> Selected:
+    async def _writable(self, right: str, action: str = "") -> Selected:
+        """The selected folder, if this session may change it with `right`; refusals of an
+        audited `action` are audited."""
         selected = self.selected
         if selected.readonly:
             raise No("the mailbox is open read-only (EXAMINE)", "READ-ONLY")
         if not selected.box.may(right):
+            if action:
+                await self._audit(action, selected.box.grant.address, "denied", folder=selected.folder, needs=right)
             raise No(f"you lack the right {right!r} here", "NOPERM")
         return selected
 
@@ -874,7 +878,7 @@ class Session:
         flags = _flags(args[2].items if isinstance(args[2], PList) else args[2:])
         needed = {"s" if f.lower() == "\\seen" else "t" if f.lower() == "\\deleted" else "w" for f in flags} or {"w"}
         for right in sorted(needed):
-            self._writable(right)
+            await self._writable(right)
         uids = self._uids(text(args[0]), uid)
         unchanged_since = modifiers.get("UNCHANGEDSINCE")
         if unchanged_since is not None:
@@ -897,9 +901,9 @@ class Session:
     async def copy(self, tag: str, args: list, uid: bool, *, move: bool = False) -> Ok | None:
         if len(args) != 2:
             raise Bad("COPY and MOVE take a set and a mailbox")
-        selected = self._writable("t") if move else self.selected
+        selected = await self._writable("t", "imap.move") if move else self.selected
         if move:
-            self._writable("e")
+            await self._writable("e", "imap.move")
         uids = self._uids(text(args[0]), uid)
         try:
             target = await self._resolve(args[1], "i", "imap.move" if move else "imap.copy")
