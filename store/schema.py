@@ -122,7 +122,7 @@ mailbox_delegates = Table(
 )
 
 bus_events = Table(
-    "bus_events", metadata,  # events other processes must hear at once (the CLI's changes to rights), see store/relay.py
+    "bus_events", metadata,  # events other processes must hear at once (the CLI's changes): store/relay.py
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("channel", String(340), nullable=False),
     Column("event", Text, nullable=False),  # JSON

@@ -68,7 +68,8 @@ def test_revoked_delegation_ends_idle_selected_and_listing_sessions(server):
     assert server.cli("mailbox", "grant", URGENCES, "--rpps", URGENTIST_IDNAT[1:]) == 0  # given back
     while URGENCES.encode() not in b"".join(browsing.ok('LIST "" "*"')):
         assert time.monotonic() - started < BOUND, "the delegation granted again never reached the session"
-    print(f"CLI grant -> the box is back in LIST without logging in again: {(time.monotonic() - started) * 1000:.0f} ms")
+    elapsed = time.monotonic() - started
+    print(f"CLI grant -> the box is back in LIST without logging in again: {elapsed * 1000:.0f} ms")
     browsing.ok(f"SELECT {SHARED}")
     for client in (idling, selected, browsing):
         client.close()

@@ -3,15 +3,16 @@
 The session never touches a socket: it reads commands handed to it by `server.py` and
 writes through a `Conn` (send bytes, read one raw line for AUTHENTICATE and IDLE, start
 TLS). Policy lives here: which state allows what, the rights (RFC 4314) behind each
-command, the audit trail of every access to a box.
+command, the audit trail of every access to a box. Storage is `folders.Folders`; FETCH,
+SEARCH and MIME are in their own sans-IO modules.
 
 Rights are checked on every command against the namespace read at login, which is read again
-before the next command (or at once, during IDLE) when a rights change concerning this
-login is heard on the bus (RIGHTS: a delegation revoked, an ACL changed, here or by the
-CLI). A box withdrawn leaves LIST and refuses SELECT; withdrawn while selected (no more "r"),
-the session ends with `* BYE`, as a selected mailbox that is deleted does elsewhere: RFC 3501
-has no way to unselect a client, and a lesser change simply makes the next command NO [NOPERM]. Storage is `folders.Folders`;
-FETCH, SEARCH and MIME are in their own sans-IO modules.
+before the next command (or at once, during IDLE) when a rights change concerning this login
+is heard on the bus (RIGHTS: a delegation granted or revoked, an ACL changed, here or by the
+CLI). A box withdrawn leaves LIST and refuses SELECT. Withdrawn while selected (no more "r"),
+the session ends with `* BYE`, as other servers end one whose selected mailbox is deleted:
+RFC 3501 has no way to unselect a client. A lesser change makes the next command that needs
+the right fail with NO [NOPERM].
 """
 from __future__ import annotations
 
