@@ -83,7 +83,11 @@ class Relay:
         """Relay until cancelled."""
         wake = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
-            notified = await self._listen(stack, wake)
+            try:
+                notified = await self._listen(stack, wake)
+            except Exception:  # no LISTEN: polling alone still carries every event
+                log.exception("cannot LISTEN for events from other processes; polling every %.1f s", POLL_SECONDS)
+                notified = False
             interval = NOTIFIED_POLL_SECONDS if notified else POLL_SECONDS
             pruned = time.monotonic()
             while True:

@@ -108,7 +108,7 @@ class ImapContext:
     # Rights changes heard, per identity ("": anyone's, after the bus overflowed): a session
     # whose count moved since it read its namespace reads it again.
     rights_changes: Counter = field(default_factory=Counter)
-    _rights_task: asyncio.Task | None = None
+    _rights_task: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     def start(self) -> None:
         """Hear rights changes (store.events.RIGHTS) from now on."""
