@@ -2,7 +2,9 @@
 
 Rules from the national model: an address and its kind never change; a nominative box has
 one owner (a professional); organisational and applicative boxes belong to a structure; an
-organisational box is opened by the professionals delegated to it. Every change is audited.
+organisational box is opened by the professionals delegated to it. Every change is audited,
+and a delegation's change is announced on the bus (RIGHTS) once committed: live IMAP sessions
+and websockets of the delegate apply it at once (from the CLI, through store/relay.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.audit import Actor, AuditTrail
+from store.events import RIGHTS, EventBus, rights_event
 from store.schema import mailbox_delegates, mailboxes, organisations, professionals
 
 KINDS = ("nominative", "organisational", "applicative", "cabinet")
@@ -43,10 +46,12 @@ def normalise_address(address: str) -> str:
 
 
 class MailboxAdmin:
-    def __init__(self, engine: AsyncEngine, audit: AuditTrail, local_domains: tuple[str, ...]) -> None:
+    def __init__(self, engine: AsyncEngine, audit: AuditTrail, local_domains: tuple[str, ...],
+                 bus: EventBus) -> None:
         self._engine = engine
         self._audit = audit
         self._domains = local_domains
+        self._bus = bus
 
     async def add(self, address: str, *, kind: str, actor: Actor, owner: str | None = None,
                   organisation: str | None = None, description: str = "", service: str = "",
@@ -90,6 +95,8 @@ class MailboxAdmin:
                     "granted_by": actor.id})
         await self._audit.record(actor, "mailbox.grant", target=address, source="cli", delegate=idnat,
                                  already=bool(present))
+        if not present:
+            await self._bus.publish(RIGHTS, rights_event("delegation.granted", box, idnat))
 
     async def revoke(self, address: str, person: str, *, actor: Actor) -> None:
         address = normalise_address(address)
@@ -101,6 +108,7 @@ class MailboxAdmin:
         if result.rowcount == 0:
             raise MailboxError(f"{idnat} was not a delegate of {address}")
         await self._audit.record(actor, "mailbox.revoke", target=address, source="cli", delegate=idnat)
+        await self._bus.publish(RIGHTS, rights_event("delegation.revoked", box, idnat))
 
     async def list(self, *, local_only: bool = True) -> list[dict]:
         query = select(mailboxes.c.id, mailboxes.c.address, mailboxes.c.kind, mailboxes.c.owner_idnat,

@@ -106,11 +106,17 @@ class Circles:
         await self._audit.record(principal.actor, "circle.read", target=str(circle_id), source=source)
         return {**circle, "members": await self._store.members(circle_id), "read": marker, "unread": unread}
 
-    async def still_following(self, principal: Principal, circle_ids: list[int]) -> set[int]:
-        """Which of the circles a live connection follows it may still follow."""
+    async def ended(self, principal: Principal, circle_ids: list[int]) -> dict[int, str]:
+        """Which of the circles a live connection follows it may no longer follow, and why
+        (`removed`, `delegation_ended`: the box it represented there is no longer theirs)."""
         kept = await self._store.followed_still(principal.id, circle_ids)
-        return {circle_id for circle_id, on_behalf_of in kept.items()
-                if not await self._delegation_lapsed(principal, on_behalf_of)}
+        ended = {}
+        for circle_id in circle_ids:
+            if circle_id not in kept:
+                ended[circle_id] = "removed"
+            elif await self._delegation_lapsed(principal, kept[circle_id]):
+                ended[circle_id] = "delegation_ended"
+        return ended
 
     # --- changing -------------------------------------------------------------------------------
 

@@ -7,6 +7,10 @@ handed over, a Session for the rules, the handlers for the work. Three tasks:
   page by page from the store, waiting for the socket to drain after each write;
 - the timer pings, gives up on a missing pong, re-reads memberships, ends an expired token.
 
+Memberships end at once when the hub tells of it (a `member.removed` on the circle's channel,
+a `rights` event on the person's: the delegation a membership rested on may be gone); the
+timer's periodic re-read is the floor for a change whose event was lost.
+
 The outbox is bounded (frames and bytes). Hub delivery never waits: when a reader falls so far
 behind that the bound is hit, the queue is dropped and the connection closed with 4008, and
 the client resumes from its last seq. Memory per connection therefore has a ceiling. Any
@@ -331,7 +335,9 @@ class Connection:
     def deliver(self, channel: str, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if channel.startswith("person:"):
-            if kind in ("alert", "read"):
+            if kind == "rights":  # a delegation a membership rests on may have ended
+                self._spawn(self._recheck())
+            elif kind in ("alert", "read"):
                 self._offer(frames.encode({k: v for k, v in event.items() if k != "channel"}))
             elif kind == "overflow":  # alerts were dropped on the way: send the pending ones again
                 self._spawn(self._resend_alerts())
@@ -339,7 +345,7 @@ class Connection:
         circle = int(channel.partition(":")[2])
         if kind == "member.removed":
             if event["idnat"] == self.me.get("id"):
-                self._cut(circle)
+                self._cut(circle, "removed")
             return
         if circle not in self.session.cursors:
             return
@@ -356,13 +362,22 @@ class Connection:
                      self.me.get("id", "?"), self._outbox.bytes)
             self.shut(Close.RESYNC, "too far behind: reconnect and resubscribe with after")
 
-    def _cut(self, circle: int) -> None:
-        """The person left the circle: from this instant nothing more of it is written."""
+    def _cut(self, circle: int, reason: str) -> None:
+        """The person's membership ended (`reason` as in the `unsubscribed` frame): from this
+        instant nothing more of the circle is written. Audited as a refused subscription."""
         if circle in self._followed:
             self._followed.discard(circle)
             if self.session.unfollow(circle):
-                self._send({"type": "unsubscribed", "circle": circle, "reason": "removed"})
+                self._send({"type": "unsubscribed", "circle": circle, "reason": reason})
             self._spawn(self._instant.hub.unfollow(circle, self, self.me))
+            self._spawn(self._instant.audit.record(self._principal.actor, "circle.subscribe", target=str(circle),
+                                                   outcome="denied", source=self._peer, reason=reason, live=True))
+
+    async def _recheck(self) -> None:
+        """Re-read the memberships behind the circles followed; cut those that ended."""
+        ended = await self._instant.circles.ended(self._principal, list(self.session.cursors))
+        for circle, reason in ended.items():
+            self._cut(circle, reason)
 
     async def _resend_alerts(self) -> None:
         for alert in await self._instant.alerts.pending_for(self._principal):
@@ -443,9 +458,7 @@ class Connection:
                 self.shut(action.code, action.reason)
                 return
             elif isinstance(action, Recheck):
-                kept = await self._instant.circles.still_following(self._principal, list(self.session.cursors))
-                for circle in set(self.session.cursors) - kept:
-                    self._cut(circle)
+                await self._recheck()
             else:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):

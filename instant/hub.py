@@ -10,7 +10,10 @@ one of their connections follows it in state "online", away while all of them ar
 Changes are announced on the circle's channel.
 
 Channels: `circle:<id>` (messages, typing, presence, removals of members) and
-`person:<idnat>` (alerts, read markers moved from another device).
+`person:<idnat>` (alerts, read markers moved from another device). Rights changes (RIGHTS: a
+delegation revoked, from this server or the CLI) are heard once for the process and handed
+to the connections of the person concerned as a `rights` event on their person channel: a
+membership held on behalf of an organisational box ends with the delegation.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import logging
 from collections import Counter
 from typing import Any, Protocol
 
-from store.events import EventBus, Subscription
+from store.events import RIGHTS, EventBus, Subscription
 
 log = logging.getLogger("msante.instant")
 
@@ -81,13 +84,30 @@ class Hub:
             await subscription.close()
             task.cancel()
 
+    def start(self) -> None:
+        """Hear rights changes (store.events.RIGHTS) from now on."""
+        subscription = self._bus.subscribe(RIGHTS)
+        self._pumps[RIGHTS] = (subscription, asyncio.create_task(self._pump_rights(subscription), name="hub rights"))
+
     async def _pump(self, channel: str, subscription: Subscription) -> None:
         async for event in subscription:
-            for listener in list(self._listeners.get(channel, ())):
-                try:
-                    listener.deliver(channel, event)
-                except Exception:  # one broken connection must not starve the others
-                    log.exception("delivering %s on %s failed", event.get("type"), channel)
+            self._deliver(channel, event)
+
+    async def _pump_rights(self, subscription: Subscription) -> None:
+        """A person's rights changed: their connections re-read their memberships. After an
+        overflow, whose they were is unknown: everyone's do."""
+        async for event in subscription:
+            idnat = event.get("idnat")
+            channels = [person_channel(idnat)] if idnat else [c for c in self._listeners if c.startswith("person:")]
+            for channel in channels:
+                self._deliver(channel, {**event, "type": "rights"})
+
+    def _deliver(self, channel: str, event: dict[str, Any]) -> None:
+        for listener in list(self._listeners.get(channel, ())):
+            try:
+                listener.deliver(channel, event)
+            except Exception:  # one broken connection must not starve the others
+                log.exception("delivering %s on %s failed", event.get("type"), channel)
 
     async def close(self) -> None:
         for channel in list(self._pumps):

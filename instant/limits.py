@@ -44,9 +44,10 @@ class Limits:
     max_history_page: int = 200
     # Typing notices from one connection for one circle: at most one every 2 s.
     typing_interval: float = 2.0
-    # Membership is re-read this often for each connection, so a change made elsewhere (the
-    # CLI, another node) cuts a removed member off within a minute; changes through this
-    # server's API take effect at once.
+    # Membership changes take effect at once (their events reach the connections, from the CLI
+    # through the store); membership is also re-read this often for each connection, so a
+    # change whose event was lost (a command killed between its commit and its announcement)
+    # still cuts a removed member off within a minute.
     membership_recheck: float = 60.0
 
 

@@ -25,7 +25,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from store.audit import AuditTrail
-from store.events import LocalBus
+from store.relay import StoreBus
 from web.http import HttpError, Request, Response, Upgrade
 from web.router import Router
 
@@ -80,6 +80,7 @@ class Instant:
         router.add("GET", "/ws", self.websocket)
 
     async def start(self) -> None:
+        self.hub.start()
         self._background = asyncio.create_task(self._mail_alerts.run(), name="mail alerts")
 
     async def stop(self, deadline: float) -> None:
@@ -128,10 +129,10 @@ class Instant:
 
 
 def circle_admin(engine: AsyncEngine, audit: AuditTrail) -> Circles:
-    """The circle handlers without a running server, for the CLI. Their announcements go to a
-    bus nobody hears: a running server applies a change to live connections at its next
-    membership recheck (Limits.membership_recheck), and alerts wait in the store."""
-    bus = LocalBus()
+    """The circle handlers without a running server, for the CLI. They announce through the
+    store (store/relay.py): running servers cut a removed member's live connections and push
+    the alerts at once."""
+    bus = StoreBus(engine)
     return Circles(engine, SqlStore(engine), Alerts(engine, AlertStore(engine), audit, bus), audit, bus)
 
 

@@ -7,6 +7,7 @@ verifiers or TLS contexts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -42,6 +43,7 @@ from store import db
 from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
+from store.relay import Relay
 from store.schema import deliveries, envelopes, mailboxes, professionals
 from web.http import Request, Response, serve_connection
 from web.metrics import Metrics
@@ -255,6 +257,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         crl_refresh = asyncio.create_task(services.revocations.run(queue_stop), name="crl-refresh")
         if services.instant:
             await services.instant.start()
+        if services.imap:
+            services.imap.start()
+        relay = Relay(services.engine, services.bus)  # what the CLI changes reaches live sessions through it
+        await relay.start()
+        relaying = asyncio.create_task(relay.run(), name="store relay")
         await services.audit.record(SERVER, "server.start",
                                      listeners={lst.name: lst.address for lst in listeners})
         if on_ready:
@@ -269,6 +276,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         await asyncio.gather(*(lst.stop(SHUTDOWN_DEADLINE) for lst in listeners))
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
         await crl_refresh
+        relaying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relaying
         await services.audit.record(SERVER, "server.stop")
     finally:
         for sig in signals:

@@ -39,6 +39,7 @@ from mailserver.mailstore import MailStore
 from store import db
 from store.audit import OPERATOR, AuditTrail
 from store.events import LocalBus
+from store.relay import StoreBus
 from store.schema import activities, mailboxes, organisations, professionals
 
 from . import app, demo
@@ -135,7 +136,7 @@ async def _load_demo(settings: Settings, engine: AsyncEngine) -> None:
         report = await importer.import_file(engine, path, local_domains=settings.domains)
         print(f"demo: {path.name}: {report.accepted} entries, {report.rejected_count} rejected")
     audit = AuditTrail(engine)
-    admin = MailboxAdmin(engine, audit, settings.domains)
+    admin = MailboxAdmin(engine, audit, settings.domains, StoreBus(engine))
     existing = {b["address"] for b in await admin.list()}
     for local_part, finess, description in demo.APPLICATIVE:
         if f"{local_part}@{domain}" not in existing:
@@ -332,7 +333,7 @@ async def show_command(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _with_admin(settings: Settings, work) -> Any:  # noqa: ANN001
     async with _opened(settings) as engine:
-        return await work(MailboxAdmin(engine, AuditTrail(engine), settings.domains))
+        return await work(MailboxAdmin(engine, AuditTrail(engine), settings.domains, StoreBus(engine)))
 
 
 async def mailbox_add_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -355,7 +356,7 @@ async def mailbox_grant_command(settings: Settings, args: argparse.Namespace) ->
         async with _opened(settings) as engine:
             async with engine.connect() as conn:
                 mailbox_id = (await conn.execute(select(mailboxes.c.id).where(mailboxes.c.address == address))).scalar()
-            await Folders(engine, LocalBus(), quota_bytes=settings.mailbox_quota).set_acl(
+            await Folders(engine, StoreBus(engine), quota_bytes=settings.mailbox_quota).set_acl(
                 mailbox_id, person["idnat"], rights)
             await AuditTrail(engine).record(OPERATOR, "mailbox.rights", target=address, source="cli",
                                             identifier=person["idnat"], rights=rights)
@@ -494,7 +495,7 @@ async def circle_add_command(settings: Settings, args: argparse.Namespace) -> in
 async def circle_remove_command(settings: Settings, args: argparse.Namespace) -> int:
     member = await _with_circles(settings, lambda circles: circles.remove_member(None, args.circle, args.rpps, "cli"))
     print(f"{member['name']} removed from care circle {args.circle} (a running server cuts their live connections "
-          f"within a minute)")
+          f"at once)")
     return 0
 
 

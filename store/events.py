@@ -1,5 +1,6 @@
-"""The event bus: announcements of rows just committed (new mail, circle changes), for the
-layers that push to live sessions (IMAP IDLE, websockets).
+"""The event bus: announcements of rows just committed (new mail, circle changes, rights), for
+the layers that push to live sessions (IMAP IDLE, websockets). Other processes (the CLI)
+publish through the store (store/relay.py).
 
 Events are hints, not the data: a subscriber that hears "new mail in box 12" reads the
 store. That is what lets a later backend (Redis pub/sub, for several nodes) lose nothing
@@ -14,8 +15,17 @@ from typing import Any, AsyncIterator, Protocol
 
 log = logging.getLogger("msante.events")
 
+# Who may open what changed: a delegation granted or revoked, IMAP rights (RFC 4314) set.
+# {"type": "rights", "change": ..., "mailbox": <id>, "idnat": <whose rights>}; the layers that
+# hold live sessions re-read that person's rights (IMAP) or memberships (websockets).
+RIGHTS = "rights"
 QUEUE_DEPTH = 1024  # events buffered per subscriber before it is told to resynchronise
 OVERFLOW = {"type": "overflow"}  # delivered in place of what was dropped: "re-read the store"
+
+
+def rights_event(change: str, mailbox_id: int, idnat: str) -> dict[str, Any]:
+    """What goes on RIGHTS: `change` is delegation.granted, delegation.revoked or acl."""
+    return {"type": "rights", "change": change, "mailbox": mailbox_id, "idnat": idnat}
 
 
 class Subscription(Protocol):

@@ -121,6 +121,14 @@ mailbox_delegates = Table(
     Column("granted_by", String(64), nullable=False),
 )
 
+bus_events = Table(
+    "bus_events", metadata,  # events other processes must hear at once (the CLI's changes): store/relay.py
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("channel", String(340), nullable=False),
+    Column("event", Text, nullable=False),  # JSON
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
 imports = Table(
     "imports", metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),

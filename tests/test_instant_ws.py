@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import logging
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -237,12 +238,69 @@ async def test_removed_member_is_cut_off_at_once(server, connect):
     assert alert["alert"]["title"] == "Vous avez été retiré(e) du cercle de soins de Josette TECHER"
 
 
-@pytest.mark.parametrize("limits", [{"membership_recheck": 0.5}], indirect=True)
-async def test_removal_from_the_cli_reaches_live_connections(limits, server, connect):
+async def timed_cut(client: Client, change, reason: str) -> float:  # noqa: ANN001 - a coroutine
+    """Seconds from the start of `change` to the `unsubscribed` frame telling `reason`."""
+    started = time.monotonic()
+    await change
+    assert (await client.expect(type="unsubscribed", timeout=RIGHTS_BOUND))["reason"] == reason
+    return time.monotonic() - started
+
+
+RIGHTS_BOUND = 2.0  # seconds from a change made by the CLI to live connections; the store is polled every 0.2 s
+
+
+async def test_removal_from_the_cli_reaches_live_connections_at_once(server, connect):
+    nurse, gp = await connect(NURSE), await connect(GP)
+    for client in (nurse, gp):
+        await client.request(type="subscribe", circle=CIRCLE)
+    elapsed = await timed_cut(nurse, cli(server, "circle", "remove", str(CIRCLE), "--rpps", NURSE[1:]), "removed")
+    print(f"\nCLI circle remove -> unsubscribed (removed) on the websocket: {elapsed * 1000:.0f} ms")
+    assert elapsed < RIGHTS_BOUND
+    await post(gp, "après le retrait")
+    await nurse.nothing(type="message")
+    alert = await nurse.expect(type="alert", where=lambda f: f["alert"]["data"]["change"] == "member.removed")
+    assert alert["alert"]["title"].startswith("Vous avez été retiré(e)")  # pushed, not left for the next login
+    assert (NURSE, str(CIRCLE)) in await audited(server, "circle.subscribe", "denied")
+
+
+async def test_revoked_delegation_ends_the_membership_held_for_the_box(server, connect):
+    """Marie Grondin sits in the circle for the EHPAD's secretariat; when the operator revokes
+    her delegation to that box, her websocket stops receiving the circle at once."""
+    box = f"secretariat.ehpad-filaos@{server.settings.domains[0]}"
+    assert await cli(server, "circle", "add", str(CIRCLE), "--rpps", PHARMACIST[1:], "--on-behalf-of", box) == 0
+    pharmacist, gp = await connect(PHARMACIST), await connect(GP)
+    for client in (pharmacist, gp):
+        await client.request(type="subscribe", circle=CIRCLE)
+    await post(gp, "avant")
+    assert await pharmacist.messages(1) == [1]
+
+    revoke = cli(server, "mailbox", "revoke", box, "--rpps", PHARMACIST[1:])
+    elapsed = await timed_cut(pharmacist, revoke, "delegation_ended")
+    print(f"\nCLI mailbox revoke -> unsubscribed (delegation_ended) on the websocket: {elapsed * 1000:.0f} ms")
+    assert elapsed < RIGHTS_BOUND
+    await post(gp, "après la révocation")
+    await pharmacist.nothing(type="message")
+    assert (await pharmacist.request(type="subscribe", circle=CIRCLE))["code"] == "forbidden"
+    rows = await asyncio.to_thread(server.rows, select(audit.c.detail).where(
+        audit.c.action == "circle.subscribe", audit.c.outcome == "denied", audit.c.actor == PHARMACIST))
+    reasons = [json.loads(r["detail"])["reason"] for r in rows]
+    assert reasons[0] == "delegation_ended" and reasons[1].startswith("no longer a delegate of"), reasons
+
+
+async def test_a_command_in_another_process_reaches_live_connections(server, connect):
+    """The same as `server.cli`, from a separate `python -m msante` process."""
     nurse = await connect(NURSE)
     await nurse.request(type="subscribe", circle=CIRCLE)
-    assert await cli(server, "circle", "remove", str(CIRCLE), "--rpps", NURSE[1:]) == 0  # no event reaches us
-    assert (await nurse.expect(type="unsubscribed", timeout=5))["reason"] == "removed"
+    started = time.monotonic()
+    command = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "msante", "circle", "remove", str(CIRCLE), "--rpps", NURSE[1:],
+        "--data-dir", str(server.data_dir), stdout=asyncio.subprocess.DEVNULL)
+    assert await command.wait() == 0
+    exited = time.monotonic()
+    assert (await nurse.expect(type="unsubscribed", timeout=RIGHTS_BOUND))["reason"] == "removed"
+    now = time.monotonic()
+    print(f"\nmsante circle remove in another process -> unsubscribed: {(now - started) * 1000:.0f} ms from its "
+          f"start (Python's own start included), {(now - exited) * 1000:.0f} ms after it exited")
 
 
 async def test_expired_token_closes_4001_and_resuming_loses_nothing(server, connect):

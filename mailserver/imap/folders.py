@@ -9,7 +9,8 @@ after the other. The same UPDATE claims the MODSEQ (RFC 7162 §3.1.1) that every
 transaction changes is stamped with; UIDs (RFC 3501 §2.3.1.1) come from `uidnext` by UPDATE ...
 RETURNING, as in mailserver/mailstore.py, so two appends never share one. A write that turns out
 to change nothing rolls back, giving its MODSEQ back. After the commit, sessions watching the box
-(IDLE) hear a `folder_changed` event and re-read the store.
+(IDLE) hear a `folder_changed` event and re-read the store; an ACL change goes on the RIGHTS
+channel, for the sessions of the person whose rights changed.
 
 A body (one per message, however many folders hold it) is freed when the last folder row goes
 and no queued delivery still has to relay it; the envelope stays, with no body.
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, free_bodies, mailbox_channel
 from store.db import committed, dialect_insert, utc
-from store.events import EventBus
+from store.events import RIGHTS, EventBus, rights_event
 from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
                           mailbox_acl, mailboxes)
 
@@ -279,10 +280,12 @@ class Folders:
                 index_elements=[mailbox_acl.c.mailbox_id, mailbox_acl.c.identifier],
                 set_={"rights": upsert.excluded.rights}))
         await committed(self._engine, work)
+        await self._bus.publish(RIGHTS, rights_event("acl", mailbox_id, identifier))
 
     async def delete_acl(self, mailbox_id: int, identifier: str) -> None:
         await committed(self._engine, lambda conn: conn.execute(delete(mailbox_acl).where(
             mailbox_acl.c.mailbox_id == mailbox_id, mailbox_acl.c.identifier == identifier)))
+        await self._bus.publish(RIGHTS, rights_event("acl", mailbox_id, identifier))
 
     async def quota(self, mailbox_id: int) -> tuple[int, int, int]:
         """(bytes used, messages, limit): a message in two folders counts twice, as a client

@@ -3,8 +3,16 @@
 The session never touches a socket: it reads commands handed to it by `server.py` and
 writes through a `Conn` (send bytes, read one raw line for AUTHENTICATE and IDLE, start
 TLS). Policy lives here: which state allows what, the rights (RFC 4314) behind each
-command, the audit trail of every access to a box. Storage is `folders.Folders`;
-FETCH, SEARCH and MIME are in their own sans-IO modules.
+command, the audit trail of every access to a box. Storage is `folders.Folders`; FETCH,
+SEARCH and MIME are in their own sans-IO modules.
+
+Rights are checked on every command against the namespace read at login, which is read again
+before the next command (or at once, during IDLE) when a rights change concerning this login
+is heard on the bus (RIGHTS: a delegation granted or revoked, an ACL changed, here or by the
+CLI). A box withdrawn leaves LIST and refuses SELECT. Withdrawn while selected (no more "r"),
+the session ends with `* BYE`, as other servers end one whose selected mailbox is deleted:
+RFC 3501 has no way to unselect a client. A lesser change makes the next command that needs
+the right fail with NO [NOPERM].
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from mailserver import sasl
 from mailserver.logins import Login, LoginFailed, Logins
 from mailserver.mailstore import mailbox_channel
 from store.audit import AuditTrail
-from store.events import EventBus
+from store.events import OVERFLOW, RIGHTS, EventBus, Subscription
 from store.schema import mailbox_delegates
 
 from . import encode, listing
@@ -97,11 +105,31 @@ class ImapContext:
     open_sessions: Counter = field(default_factory=Counter)
     connections: set = field(default_factory=set)  # server.ImapConnection, for shutdown
     stopping: bool = False
+    # Rights changes heard, per identity ("": anyone's, after the bus overflowed): a session
+    # whose count moved since it read its namespace reads it again.
+    rights_changes: Counter = field(default_factory=Counter)
+    _rights_task: asyncio.Task | None = field(default=None, init=False, repr=False)
+
+    def start(self) -> None:
+        """Hear rights changes (store.events.RIGHTS) from now on."""
+        self._rights_task = asyncio.create_task(self._count_rights(self.bus.subscribe(RIGHTS)), name="imap rights")
+
+    async def _count_rights(self, subscription: Subscription) -> None:
+        try:
+            async for event in subscription:
+                self.rights_changes[event.get("idnat", "")] += 1
+        finally:
+            await subscription.close()
+
+    def rights_version(self, identity: str) -> tuple[int, int]:
+        return self.rights_changes[""], self.rights_changes[identity]
 
     def shutdown(self) -> None:
         """Server shutdown: clients waiting for input get BYE now (RFC 3501 §7.1.5); a command
         in progress finishes first."""
         self.stopping = True
+        if self._rights_task is not None:
+            self._rights_task.cancel()
         for connection in list(self.connections):
             connection.interrupt()
 
@@ -117,6 +145,7 @@ class Session:
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
         self._counted: str | None = None
+        self._rights_read: tuple[int, int] | None = None  # ctx.rights_version when the namespace was read
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -171,6 +200,8 @@ class Session:
         states, method = entry
         if self.state not in states:
             await self._tagged(command.tag, "BAD", f"{name} is not allowed in the {self.state} state")
+            return
+        if self.login is not None and not await self._rights_hold():
             return
         try:
             result = await method(self, command.tag, list(args), uid) or Ok("", f"{name} completed")
@@ -317,11 +348,15 @@ class Session:
         return Ok(f"CAPABILITY {self.capabilities()}", "logged in")
 
     async def _namespace(self, login: Login) -> Namespace | None:
+        """The boxes this login may use, with its rights on each; None when it may use none,
+        or no longer the box it named at login."""
         principal = login.principal
+        version = self.ctx.rights_version(principal.id)  # before reading: a change after it is read again
         async with self.ctx.engine.connect() as conn:
             grants = await usable_mailboxes(conn, principal)
-        if not grants:
+        if not grants or (login.mailbox and login.mailbox not in grants):
             return None
+        self._rights_read = version
         personal = login.mailbox or next((g for g in grants if g.role in ("owner", "application")), grants[0])
         boxes = []
         for grant in [personal, *(g for g in grants if g.address != personal.address)]:
@@ -330,6 +365,35 @@ class Session:
                 rights = expand_rights((await self.ctx.folders.acl(grant.mailbox_id)).get(principal.id, DELEGATE_RIGHTS))
             boxes.append(Box(grant, "" if grant is personal else shared_prefix(grant.address), rights))
         return Namespace(boxes[0], boxes[1:])
+
+    async def _rights_hold(self, *, heard: bool = False) -> bool:
+        """Before a command (or during IDLE, `heard` a rights change): read the namespace again
+        if a rights change concerning this login came since it was read. False when the session
+        lost the box it has selected, or every box: `* BYE` was sent, the refusal audited."""
+        assert self.login is not None
+        if not heard and self._rights_read == self.ctx.rights_version(self.login.principal.id):
+            return True
+        namespace = await self._namespace(self.login)
+        selected = self.selected
+        box = None
+        if namespace is not None and selected is not None:
+            box = next((b for b in namespace.boxes if b.grant.mailbox_id == selected.box.grant.mailbox_id), None)
+        if namespace is not None and (selected is None or box is not None and box.may("r")):
+            self.namespace = namespace
+            if selected is not None:
+                selected.box = box
+            return True
+        if selected is not None:
+            await self._audit("imap.examine" if selected.readonly else "imap.select", selected.box.grant.address,
+                              "denied", folder=selected.folder, reason="rights withdrawn")
+            message = f"your access to {selected.box.grant.address} was withdrawn"
+        else:
+            await self._audit("login.imap", self.namespace.personal.grant.address, "denied",
+                              reason="rights withdrawn")
+            message = "your access to this mailbox was withdrawn"
+        await self.conn.send(f"* BYE {message}\r\n".encode())
+        self.state = LOGOUT
+        return False
 
     # -- authenticated -------------------------------------------------------------------------
 
@@ -544,29 +608,34 @@ class Session:
 
     async def idle(self, tag: str, args: list, uid: bool) -> None:
         """RFC 2177: push what changes in the selected folder the moment the store commits it
-        (the mail store and other sessions announce it on the box's bus channel)."""
-        subscription = None
+        (the mail store and other sessions announce it on the box's bus channel), and end the
+        session at once if the rights behind it are withdrawn."""
+        channels = [RIGHTS]
         if self.selected is not None:
-            subscription = self.ctx.bus.subscribe(mailbox_channel(self.selected.box.grant.mailbox_id))
+            channels.append(mailbox_channel(self.selected.box.grant.mailbox_id))
+        subscription = self.ctx.bus.subscribe(*channels)
+        mine = self.login.principal.id
         await self.conn.send(b"+ idling\r\n")
+        line_task = asyncio.ensure_future(self.conn.read_line(IDLE_TIMEOUT))
         try:
-            line_task = asyncio.ensure_future(self.conn.read_line(IDLE_TIMEOUT))
-            events = aiter(subscription) if subscription is not None else None
+            events = aiter(subscription)
             while True:
-                waiting = {line_task}
-                event_task = asyncio.ensure_future(anext(events)) if events is not None else None
-                if event_task is not None:
-                    waiting.add(event_task)
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if event_task is not None and event_task not in done:
+                event_task = asyncio.ensure_future(anext(events))
+                done, _ = await asyncio.wait({line_task, event_task}, return_when=asyncio.FIRST_COMPLETED)
+                if event_task not in done:
                     event_task.cancel()
                 if line_task in done:
                     break
-                await self._sync(expunges=True)
+                event = event_task.result()
+                rights = event is not OVERFLOW and event["channel"] == RIGHTS
+                if (event is OVERFLOW or rights and event["idnat"] == mine) and not await self._rights_hold(heard=True):
+                    raise _Handled
+                if not rights:
+                    await self._sync(expunges=True)
             line = line_task.result()
         finally:
-            if subscription is not None:
-                await subscription.close()
+            line_task.cancel()
+            await subscription.close()
         if line is None:
             raise ConnectionError("IDLE timed out or the client left")
         if line.strip().upper() != b"DONE":
@@ -670,7 +739,7 @@ class Session:
         self.selected, self.state = None, AUTHENTICATED
 
     async def expunge(self, tag: str, args: list, uid: bool) -> None:
-        selected = self._writable("e")
+        selected = await self._writable("e", "imap.expunge")
         uids = self._uids(text(args[0]), True) if uid and args else None
         if uid and not args:
             raise Bad("UID EXPUNGE needs a UID set")
@@ -680,11 +749,15 @@ class Session:
             await self._audit("imap.expunge", selected.box.grant.address, folder=selected.folder,
                               uids=compress(expunged))
 
-    def _writable(self, right: str) -> Selected:
+    async def _writable(self, right: str, action: str = "") -> Selected:
+        """The selected folder, if this session may change it with `right`; refusals of an
+        audited `action` are audited."""
         selected = self.selected
         if selected.readonly:
             raise No("the mailbox is open read-only (EXAMINE)", "READ-ONLY")
         if not selected.box.may(right):
+            if action:
+                await self._audit(action, selected.box.grant.address, "denied", folder=selected.folder, needs=right)
             raise No(f"you lack the right {right!r} here", "NOPERM")
         return selected
 
@@ -806,7 +879,7 @@ class Session:
         flags = _flags(args[2].items if isinstance(args[2], PList) else args[2:])
         needed = {"s" if f.lower() == "\\seen" else "t" if f.lower() == "\\deleted" else "w" for f in flags} or {"w"}
         for right in sorted(needed):
-            self._writable(right)
+            await self._writable(right)
         uids = self._uids(text(args[0]), uid)
         unchanged_since = modifiers.get("UNCHANGEDSINCE")
         if unchanged_since is not None:
@@ -829,9 +902,9 @@ class Session:
     async def copy(self, tag: str, args: list, uid: bool, *, move: bool = False) -> Ok | None:
         if len(args) != 2:
             raise Bad("COPY and MOVE take a set and a mailbox")
-        selected = self._writable("t") if move else self.selected
+        selected = await self._writable("t", "imap.move") if move else self.selected
         if move:
-            self._writable("e")
+            await self._writable("e", "imap.move")
         uids = self._uids(text(args[0]), uid)
         try:
             target = await self._resolve(args[1], "i", "imap.move" if move else "imap.copy")
