@@ -222,7 +222,10 @@ class _Progress:
 async def search_command(settings: Settings, args: argparse.Namespace) -> int:
     async with _opened(settings) as engine:
         async with engine.connect() as conn:
-            page = await queries.search(conn, text=args.text, kind=args.kind, per_page=args.limit)
+            try:
+                page = await queries.search(conn, text=args.text, kind=args.kind, per_page=args.limit)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         await AuditTrail(engine).record(OPERATOR, "directory.search", source="cli", q=args.text,
                                         results=len(page.items))
     for item in page.items:

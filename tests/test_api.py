@@ -15,13 +15,13 @@ URGENTIST = "810002000015"  # Dr Claire Leroy, delegate of the emergency departm
 
 
 def request(server, method: str, path: str, token: str | None = None, *, context: ssl.SSLContext | None = None,
-            body: dict | None = None):
+            body: dict | bytes | None = None):
     host, port = server.listeners["https"].rsplit(":", 1)
     conn = http.client.HTTPSConnection("localhost", int(port), context=context or server.client_tls(), timeout=10)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if body is not None:
         headers["Content-Type"] = "application/json"
-    conn.request(method, path, headers=headers, body=json.dumps(body) if body is not None else None)
+    conn.request(method, path, headers=headers, body=json.dumps(body) if isinstance(body, dict) else body)
     response = conn.getresponse()
     body = response.read()
     conn.close()
@@ -93,10 +93,23 @@ def test_search_entry_and_mailboxes(server):
     ("q=a&page=0", "bad_page"),
     ("q=a&kind=planet", "bad_kind"),
     ("q=" + "a" * 201, "too_long"),
+    ("q=a&page=%C2%B2", "bad_page"),  # "²": str.isdigit() says yes, int() says no
+    ("q=a&page=200&per_page=100", "bad_search"),  # past the result window
+    ("q=%25%25%25_", "bad_search"),  # folds to nothing: it listed everyone
+    ("city=%25%25", "bad_search"),
 ])
 def test_bad_queries_are_400(server, query, code):
     status, _, body = request(server, "GET", f"/api/directory/search?{query}", token_for(server, GP))
     assert (status, body["error"]) == (400, code)
+
+
+@pytest.mark.parametrize("body", [b'{"patient": ' + b"1" * 5000 + b"}", b"[" * 100_000])
+def test_json_bodies_python_cannot_read_are_400(server, body):
+    """Integers over 4,300 digits (int() refuses them) and bodies nested past the recursion limit."""
+    status, _, answer = request(server, "POST", "/api/circles", token_for(server, GP), body=body)
+    assert (status, answer["error"]) == (400, "bad_json")
+    status, _, answer = request(server, "GET", "/api/circles/%C2%B2", token_for(server, GP))
+    assert (status, answer["error"]) == (404, "not_found")
 
 
 def test_unknown_route_and_method(server):

@@ -191,6 +191,16 @@ async def test_conversation_every_frame(server, connect):
     assert len(await audited(server, "circle.post")) == 8 and (GP, "1") in await audited(server, "circle.subscribe")
 
 
+async def test_bidirectional_overrides_are_refused(server, connect):
+    """U+202E would show "dose 10 mg" as "dose 1gm 0": refused with an error frame, nothing stored."""
+    gp = await connect(GP)
+    for text in ("dose 1\u202e0 mg", "\u2066isolé\u2069"):
+        refused = await gp.request(type="post", circle=CIRCLE, client_id=str(uuid.uuid4()), text=text)
+        assert (refused["type"], refused["code"]) == ("error", "bad_frame"), refused
+    assert await stored_messages(server) == 0
+    await post(gp, "\u200fשלום\u200e, Dr Cohen")  # direction marks reorder nothing: they pass
+
+
 async def test_token_in_the_handshake(server):
     """Browsers put the token beside the subprotocol; other clients may use Authorization."""
     port = server.listeners["https"].rsplit(":", 1)[1]
