@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
+import time
+from dataclasses import replace
 
 import pytest
 
+import web.http
 from certs.tokens import DevIssuer
 from msante import demo
 
@@ -27,6 +31,19 @@ def request(server, method: str, path: str, token: str | None = None, *, context
     conn.close()
     ctype = response.getheader("content-type", "")
     return response.status, dict(response.getheaders()), json.loads(body) if "json" in ctype else body.decode()
+
+
+def raw_tls(server, source: str = "127.0.0.1") -> ssl.SSLSocket:
+    """A TLS connection to the https listener from `source` (another loopback address will do)."""
+    port = int(server.listeners["https"].rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return server.client_tls().wrap_socket(sock, server_hostname="localhost")
+
+
+@pytest.fixture
+def http_limits(request, monkeypatch):
+    """Tighter HTTPS limits for the server the test starts (list this fixture before `server`)."""
+    monkeypatch.setattr(web.http, "DEFAULT", replace(web.http.DEFAULT, **request.param))
 
 
 def token_for(server, idnat: str, **kwargs) -> str:
@@ -110,6 +127,61 @@ def test_json_bodies_python_cannot_read_are_400(server, body):
     assert (status, answer["error"]) == (400, "bad_json")
     status, _, answer = request(server, "GET", "/api/circles/%C2%B2", token_for(server, GP))
     assert (status, answer["error"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("http_limits", [{"request_timeout": 1.0}], indirect=True)
+def test_a_request_trickling_in_is_cut_at_its_deadline(http_limits, server):
+    """Slowloris: a header line every 0.2 s, never the blank line that ends the head. Each line
+    restarted the 30 s idle timeout; the request's deadline now runs from its first byte."""
+    sock = raw_tls(server)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")
+    started, answer = time.monotonic(), b""
+    sock.settimeout(0.2)
+    while time.monotonic() - started < 10 and not answer:
+        try:
+            sock.sendall(b"x-slow: 1\r\n")
+            answer = sock.recv(4096) or b"(closed)"
+        except TimeoutError:
+            continue
+        except OSError as exc:  # cut without an answer
+            answer = repr(exc).encode()
+    elapsed = time.monotonic() - started
+    sock.close()
+    print(f"trickling request cut after {elapsed:.2f} s (deadline 1 s)")
+    assert answer.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in answer, answer
+    assert elapsed < 5
+
+
+@pytest.mark.parametrize("http_limits", [{"max_connections_per_address": 2, "max_connections": 3}], indirect=True)
+def test_connections_per_address_and_in_all_are_capped(http_limits, server):
+    def served(source: str) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection("127.0.0.1", int(server.listeners["https"].rsplit(":", 1)[1]),
+                                           context=server.client_tls(), timeout=10, source_address=(source, 0))
+        conn.request("GET", "/healthz", headers={"Host": "localhost"})
+        response = conn.getresponse()
+        assert response.status == 200 and response.read()  # kept alive: the connection stays counted
+        return conn
+
+    def refused(source: str) -> bytes:
+        with raw_tls(server, source) as sock:  # answered before it sends anything
+            return sock.recv(4096)
+
+    held = [served("127.0.0.1"), served("127.0.0.1")]
+    assert refused("127.0.0.1").startswith(b"HTTP/1.1 503 ")  # a third from one address
+    held.append(served("127.0.0.2"))  # another address gets in, up to the total
+    answer = refused("127.0.0.3")
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 10" in answer and b'"busy"' in answer
+    held.pop(0).close()
+    deadline = time.monotonic() + 5
+    while True:  # the slot comes back once the server has seen the close
+        try:
+            held.append(served("127.0.0.3"))
+            break
+        except (http.client.HTTPException, OSError, AssertionError):
+            assert time.monotonic() < deadline, "a closed connection's slot never came back"
+            time.sleep(0.1)
+    for conn in held:
+        conn.close()
 
 
 def test_unknown_route_and_method(server):
