@@ -54,6 +54,7 @@ class Settings:
     tls_key: Path
     client_cas: tuple[Path, ...]
     admins: tuple[str, ...]
+    dev_sign_in: bool
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -107,6 +108,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "issuers": (list, []),
         "admins": (list, []),  # national identifiers allowed to read the audit trail over HTTPS
         "token_leeway": (int, 30),  # seconds of clock skew tolerated on exp/nbf/iat
+        "dev_sign_in": (bool, False),  # the dev issuer's sign-in page (web/oidc.py): demos only, loopback only
     },
 }
 
@@ -259,7 +261,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     relay_lifetime=relay["lifetime"], relay_delay_warning=relay["delay_warning"],
                     tls_cert=Path(tls["cert"] or data_dir / "tls" / "server.crt"),
                     tls_key=Path(tls["key"] or data_dir / "tls" / "server.key"),
-                    client_cas=tuple(Path(c) for c in client_cas), admins=tuple(admins))
+                    client_cas=tuple(Path(c) for c in client_cas), admins=tuple(admins),
+                    dev_sign_in=v["auth"]["dev_sign_in"])
 
 
 def _url_host(hostport: str) -> str:

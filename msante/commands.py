@@ -67,7 +67,7 @@ def init_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 
     data_dir = settings.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if args.config is None:
-        settings = _write_generated_config(settings, demo_admin=args.demo)
+        settings = _write_generated_config(settings, with_demo=args.demo)
     ca_dir = settings.ca_dir
     ca = pki.load_ca(ca_dir) if (ca_dir / "ca.crt").exists() else pki.create_ca(ca_dir)
     if not settings.tls_cert.exists():
@@ -92,12 +92,13 @@ async def _init_store(settings: Settings, with_demo: bool) -> int:
     return 0
 
 
-def _write_generated_config(settings: Settings, *, demo_admin: bool) -> Settings:
-    """Write <data_dir>/msante.toml (once): the settings in force plus the dev issuer to trust."""
+def _write_generated_config(settings: Settings, *, with_demo: bool) -> Settings:
+    """Write <data_dir>/msante.toml (once): the settings in force plus the dev issuer to trust;
+    with the demo, its admin and the dev sign-in page too."""
     path = settings.path(config.settings.GENERATED_NAME)
     if not path.exists():
         data_dir = settings.data_dir.resolve()
-        admins = [demo.ADMIN_IDNAT] if demo_admin else []
+        admins = [demo.ADMIN_IDNAT] if with_demo else []
         text = "\n".join([
             "# Written by `msante init`; edit freely. Every key is documented in config/msante.example.toml.",
             "[server]",
@@ -106,6 +107,7 @@ def _write_generated_config(settings: Settings, *, demo_admin: bool) -> Settings
             "",
             "[auth]",
             f"admins = {json.dumps(admins)}",
+            f"dev_sign_in = {json.dumps(with_demo)}  # the dev issuer's sign-in page: demos only, loopback only",
             "issuers = [",
             f'  {{issuer = {json.dumps(settings.public_url)}, audience = "{app.DEV_AUDIENCE}", '
             f'jwks_file = {json.dumps(str(data_dir / "oidc" / "jwks.json"))}, acr = "eidas1"}},',
