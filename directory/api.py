@@ -5,6 +5,8 @@ OpenAPI description served at `/api/openapi.json` documents the same routes.
 """
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.audit import AuditTrail
@@ -17,6 +19,7 @@ from .authn import Authenticator
 
 MAX_PER_PAGE = 100
 MAX_QUERY_CHARS = 200
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SEARCH_FILTERS = ("q", "identifier", "profession", "city", "organisation")
 KINDS = ("professional", "organisation", "mailbox")
 
@@ -96,6 +99,8 @@ def _text_arg(request: Request, name: str) -> str | None:
     value = value.strip()
     if len(value) > MAX_QUERY_CHARS:
         raise HttpError(400, "too_long", f"{name} is limited to {MAX_QUERY_CHARS} characters")
+    if CONTROL.search(value):  # PostgreSQL refuses NUL in text parameters; no name holds a control
+        raise HttpError(400, f"bad_{name}", f"{name} holds control characters")
     return value or None
 
 

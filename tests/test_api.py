@@ -114,6 +114,8 @@ def test_search_entry_and_mailboxes(server):
     ("q=a&page=200&per_page=100", "bad_search"),  # past the result window
     ("q=%25%25%25_", "bad_search"),  # folds to nothing: it listed everyone
     ("city=%25%25", "bad_search"),
+    ("identifier=%00", "bad_identifier"),  # PostgreSQL refuses NUL: it was a 500 there
+    ("profession=%01", "bad_profession"),
 ])
 def test_bad_queries_are_400(server, query, code):
     status, _, body = request(server, "GET", f"/api/directory/search?{query}", token_for(server, GP))
