@@ -76,11 +76,12 @@ class Request:
         return values[-1] if values else default
 
     def json(self) -> Any:
-        """The body as JSON. ValueError covers integers of more than 4,300 digits (Python's
-        int() limit, CVE-2020-10735) and RecursionError a body nested thousands deep."""
+        """The body as JSON. ValueError covers bad syntax, bytes that are not UTF-8 and integers
+        of more than 4,300 digits (Python's int() limit, CVE-2020-10735); RecursionError a body
+        nested thousands deep."""
         try:
             return json.loads(self.body or b"null")
-        except (ValueError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             raise HttpError(400, "bad_json", "the request body is not valid JSON") from None
 
 
@@ -144,7 +145,8 @@ class HttpServer:
                         self._open.total())
             try:
                 await _send(h11.Connection(h11.SERVER), writer, _error(HttpError(
-                    503, "busy", "too many connections: try again shortly", {"retry-after": "10", "connection": "close"})))
+                    503, "busy", "too many connections: try again shortly",
+                    {"retry-after": "10", "connection": "close"})))
             except ConnectionError:
                 pass
             finally:
