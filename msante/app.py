@@ -41,7 +41,7 @@ from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
 from store.schema import deliveries, envelopes, mailboxes, professionals
-from web.http import HttpServer, Request, Response
+from web.http import Request, Response, serve_connection
 from web.metrics import Metrics
 from web.oidc import DevSignIn
 from web.router import Router
@@ -152,7 +152,7 @@ def https_listener(services: Services) -> Listener:
         finally:
             m.inc("msante_http_requests_total", route=route, status=str(status))
 
-    return Listener("https", s.listen["https"], HttpServer(handle), services.server_tls())
+    return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle), services.server_tls())
 
 
 def smtp_listeners(services: Services) -> list[Listener]:

@@ -1,9 +1,9 @@
 """HTTP/1.1 over asyncio streams, on h11's sans-IO connection.
 
 h11 does the RFC 9112 parsing and framing; this module adds what a server needs around it:
-limits (header size, body size, idle time, a deadline for each request, connections per
-address and in all), keep-alive, one JSON error shape, and a hand-off point for connections
-that upgrade (the websocket at /ws).
+limits (header size, body size, idle time, a deadline for each request), keep-alive, one
+JSON error shape, and a hand-off point for connections that upgrade (the websocket at /ws).
+How many connections a client may hold is the listeners' business, not this module's.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -27,7 +26,7 @@ DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also says yes 
 
 @dataclass(frozen=True)
 class HttpLimits:
-    """What one client may cost the HTTPS listener. `DEFAULT` is what `msante serve` uses;
+    """What one request may cost the HTTPS listener. `DEFAULT` is what `msante serve` uses;
     tests replace it to reach a bound in a second rather than a minute."""
 
     max_header_bytes: int = 16 * 1024  # nginx's large_client_header_buffers default is 8-32 KB
@@ -37,10 +36,6 @@ class HttpLimits:
     # read waiting idle_timeout alone would let a client hold a connection for hours. Apache's
     # mod_reqtimeout gives the headers 20 s; 1 MiB of body in 20 s is 50 KB/s.
     request_timeout: float = 20.0
-    # Connections held at once (websockets included: they are upgraded HTTPS connections). The
-    # instant layer budgets 2,000 websockets; one hospital's NAT may carry a few hundred users.
-    max_connections: int = 2000
-    max_connections_per_address: int = 200
 
 
 DEFAULT = HttpLimits()
@@ -126,44 +121,12 @@ SECURITY_HEADERS = {
 }
 
 
-class HttpServer:
-    """The HTTPS listener's connection handler: counts the connections it serves, per client
-    address and in all. One over HttpLimits gets a 503 at once, before anything is read:
-    cheaper than reading its request, and the client still learns why (as SMTP's 421 does)."""
-
-    def __init__(self, handler: Handler, limits: HttpLimits | None = None) -> None:
-        self._handler = handler
-        self.limits = limits or DEFAULT  # read when built: tests replace it
-        self._open: Counter[str] = Counter()
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = peername[0] if isinstance(peername, tuple) else str(peername or "")
-        limits = self.limits
-        if self._open[peer] >= limits.max_connections_per_address or self._open.total() >= limits.max_connections:
-            log.warning("https: %s refused: %d connections open from it, %d in all", peer, self._open[peer],
-                        self._open.total())
-            try:
-                await _send(h11.Connection(h11.SERVER), writer, _error(HttpError(
-                    503, "busy", "too many connections: try again shortly",
-                    {"retry-after": "10", "connection": "close"})))
-            except ConnectionError:
-                pass
-            finally:
-                await _close(writer)
-            return
-        self._open[peer] += 1
-        try:
-            await serve_connection(reader, writer, self._handler, peer, limits)
-        finally:
-            self._open[peer] -= 1
-            if self._open[peer] <= 0:
-                del self._open[peer]
-
-
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler,
-                           peer: str, limits: HttpLimits) -> None:
+                           limits: HttpLimits | None = None) -> None:
     """Serve requests on one connection until the peer leaves, an error, or a timeout."""
+    limits = limits or DEFAULT  # read for each connection: tests replace it
+    peername = writer.get_extra_info("peername")
+    peer = peername[0] if isinstance(peername, tuple) else str(peername or "")
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     try:
         while True:
@@ -187,15 +150,11 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
     except (ConnectionError, asyncio.IncompleteReadError, h11.LocalProtocolError):
         return
     finally:
-        await _close(writer)
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except (ConnectionError, OSError, asyncio.CancelledError):
-        pass
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
