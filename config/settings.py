@@ -56,6 +56,7 @@ class Settings:
     crls: tuple[Path, ...]
     crl_refresh: int
     admins: tuple[str, ...]
+    dev_sign_in: bool
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -111,6 +112,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "issuers": (list, []),
         "admins": (list, []),  # national identifiers allowed to read the audit trail over HTTPS
         "token_leeway": (int, 30),  # seconds of clock skew tolerated on exp/nbf/iat
+        "dev_sign_in": (bool, False),  # the dev issuer's sign-in page (web/oidc.py): demos only, loopback only
     },
 }
 
@@ -269,7 +271,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     tls_cert=Path(tls["cert"] or data_dir / "tls" / "server.crt"),
                     tls_key=Path(tls["key"] or data_dir / "tls" / "server.key"),
                     client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),
-                    crl_refresh=tls["crl_refresh"], admins=tuple(admins))
+                    crl_refresh=tls["crl_refresh"], admins=tuple(admins),
+                    dev_sign_in=v["auth"]["dev_sign_in"])
 
 
 def _url_host(hostport: str) -> str:

@@ -5,11 +5,13 @@ OpenAPI description served at `/api/openapi.json` documents the same routes.
 """
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.audit import AuditTrail
 from web.auth import require_bearer
-from web.http import HttpError, Request, Response
+from web.http import HttpError, Request, Response, decimal
 from web.router import Router
 
 from . import queries
@@ -17,6 +19,7 @@ from .authn import Authenticator
 
 MAX_PER_PAGE = 100
 MAX_QUERY_CHARS = 200
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SEARCH_FILTERS = ("q", "identifier", "profession", "city", "organisation")
 KINDS = ("professional", "organisation", "mailbox")
 
@@ -45,10 +48,13 @@ class DirectoryApi:
         page = _int_arg(request, "page", 1, 1, 10_000)
         per_page = _int_arg(request, "per_page", 20, 1, MAX_PER_PAGE)
         async with self._engine.connect() as conn:
-            result = await queries.search(
-                conn, text=filters.get("q"), identifier=filters.get("identifier"),
-                profession=filters.get("profession"), city=filters.get("city"),
-                organisation=filters.get("organisation"), kind=kind, page=page, per_page=per_page)
+            try:
+                result = await queries.search(
+                    conn, text=filters.get("q"), identifier=filters.get("identifier"),
+                    profession=filters.get("profession"), city=filters.get("city"),
+                    organisation=filters.get("organisation"), kind=kind, page=page, per_page=per_page)
+            except ValueError as exc:  # criteria search() refuses: beyond the result window, no letter
+                raise HttpError(400, "bad_search", str(exc)) from None
         await self._audit.record(principal.actor, "directory.search", source=request.peer,
                                  filters=filters, kind=kind, page=page, results=len(result.items))
         return Response.json({"items": result.items, "page": result.page, "per_page": result.per_page,
@@ -93,6 +99,8 @@ def _text_arg(request: Request, name: str) -> str | None:
     value = value.strip()
     if len(value) > MAX_QUERY_CHARS:
         raise HttpError(400, "too_long", f"{name} is limited to {MAX_QUERY_CHARS} characters")
+    if CONTROL.search(value):  # PostgreSQL refuses NUL in text parameters; no name holds a control
+        raise HttpError(400, f"bad_{name}", f"{name} holds control characters")
     return value or None
 
 
@@ -100,6 +108,7 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     value = request.arg(name)
     if value is None or value == "":
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    number = decimal(value)
+    if number is None or not low <= number <= high:
         raise HttpError(400, f"bad_{name}", f"{name} must be an integer from {low} to {high}")
-    return int(value)
+    return number

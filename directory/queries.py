@@ -105,6 +105,9 @@ async def search(db: AsyncEngine | AsyncConnection, *, text: str | None = None, 
         raise ValueError(f"only the first {RESULT_WINDOW} results are served: narrow the search")
     c = _Criteria(fold(text or ""), (text or "").strip().lower(), (identifier or "").strip(),
                   (profession or "").strip(), fold(city or ""), (organisation or "").strip())
+    for name, asked, folded in (("text", text, c.text), ("city", city, c.city)):
+        if asked and asked.strip() and not folded:  # "%%%_" folds to "": no criterion, everyone would match
+            raise ValueError(f"{name} {asked.strip()[:40]!r} has no letter or digit to search by")
     given = c.given()
     if kind is not None:
         unknown = given - _FILTERS[kind]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from web.auth import require_bearer
-from web.http import HttpError, Request, Response
+from web.http import HttpError, Request, Response, decimal
 from web.router import Router
 
 from .circles import MAX_INITIAL_MEMBERS, MemberSpec
@@ -82,10 +82,10 @@ async def _call(work: Any) -> Any:
 
 
 def _circle_id(request: Request) -> int:
-    value = request.params["id"]
-    if not value.isdigit() or len(value) > 15:
+    value = decimal(request.params["id"])
+    if value is None:
         raise HttpError(404, "not_found", f"no resource at {request.path}")
-    return int(value)
+    return value
 
 
 def _object(body: Any) -> dict:
@@ -98,7 +98,8 @@ def _member(body: Any) -> MemberSpec:
     """{"id": national identifier or RPPS, "on_behalf_of": organisational mailbox (optional)}"""
     body = _object(body)
     identifier, behalf = body.get("id"), body.get("on_behalf_of", "")
-    if not isinstance(identifier, str) or not identifier.isdigit() or len(identifier) > MAX_IDENTIFIER_CHARS:
+    if not isinstance(identifier, str) or not identifier.isascii() or not identifier.isdigit() \
+            or len(identifier) > MAX_IDENTIFIER_CHARS:
         raise HttpError(400, "invalid", "a member's id is a national identifier or an RPPS number")
     if not isinstance(behalf, str) or len(behalf) > MAX_ADDRESS_CHARS:
         raise HttpError(400, "invalid", f"on_behalf_of is a mailbox address of at most {MAX_ADDRESS_CHARS} characters")

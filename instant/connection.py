@@ -1,7 +1,8 @@
 """One websocket connection: `websockets`' sans-IO protocol over the streams the HTTP server
 handed over, a Session for the rules, the handlers for the work. Three tasks:
 
-- the reader feeds bytes to the protocol and serves client frames one at a time, in order;
+- the reader feeds bytes to the protocol and serves client frames one at a time, in order,
+  and reads on only once the socket has drained what it wrote (the protocol's pongs);
 - the writer empties the outbox: replies as they are, live messages through the circle's
   cursor (so a catch-up and the live stream never show a seq twice or skip one), catch-ups
   page by page from the store, waiting for the socket to drain after each write;
@@ -180,10 +181,18 @@ class Connection:
             self._flush()  # pongs, the echo of a close
             if not data or self._protocol.state is State.CLOSED:
                 return
+            # Read no more until the peer has taken what we wrote: pongs are written here, not
+            # through the bounded outbox, and a client that pings without reading would
+            # otherwise grow the socket's write buffer without end.
+            await self._writer.drain()
 
     async def _on_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.PONG:
-            self.session.pong(bytes(frame.data), time.monotonic())
+        if frame.opcode in (Opcode.PING, Opcode.PONG):
+            close = self.session.control(time.monotonic())
+            if close:
+                self.shut(close, "too many frames")
+            if frame.opcode is Opcode.PONG:
+                self.session.pong(bytes(frame.data), time.monotonic())
         elif frame.opcode is Opcode.BINARY:
             self.shut(Close.UNSUPPORTED_DATA, "this protocol is JSON text frames")
         elif frame.opcode in (Opcode.TEXT, Opcode.CONT) and not self._closing:

@@ -24,8 +24,11 @@ MAX_ID_CHARS = 64  # request ids and client message ids: a UUID is 36
 MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript client reads exactly
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # C0 controls other than tab, newline, carriage return: they corrupt displays and logs, and
-# PostgreSQL refuses NUL in text.
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# PostgreSQL refuses NUL in text. Bidirectional embeddings, overrides and isolates (U+202A-202E,
+# U+2066-2069) reorder what follows them on screen ("Trojan Source", CVE-2021-42574): a message
+# could show one dose and hold another. The marks U+200E/200F/061C stay: they reorder nothing
+# beyond the neutral characters beside them, and names in Arabic or Hebrew script need them.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 PRESENCE_STATES = ("online", "away")
 
 
@@ -178,7 +181,7 @@ def _request_id(data: dict[str, Any]) -> str | None:
 
 def _check_characters(name: str, value: str) -> None:
     if CONTROL.search(value):
-        raise FrameError("bad_frame", f"{name} holds control characters")
+        raise FrameError("bad_frame", f"{name} holds control or bidirectional override characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but not text

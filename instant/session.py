@@ -4,8 +4,8 @@ to do and tells it what happened, so every rule below is tested with a fake cloc
 - Phases: nothing but `auth` is served until a token is accepted; the token's expiry then
   ends the connection (close 4001) unless a fresh `auth` arrives first. A fresh token must
   name the same person: one connection, one identity.
-- Rate: a token bucket over every client frame; frames refused in a row (rate, malformed)
-  past `refusals_before_close` end the connection (1008).
+- Rate: a token bucket over every client frame, pings and pongs included; frames refused in
+  a row (rate, malformed) past `refusals_before_close` end the connection (1008).
 - Timers: `tick(now)` says whether to ping, to give up on a missing pong, to re-read
   memberships, or to close for a late authentication or an expired token; `next_wakeup`
   says when to call it again.
@@ -122,6 +122,14 @@ class Session:
         if isinstance(frame, Typing) and frame.circle not in self.cursors:
             return self._refused(Refusal("not_subscribed", f"subscribe to circle {frame.circle} first"))
         self._refusals = 0
+        return None
+
+    def control(self, now: float) -> Close | None:
+        """A ping or pong from the client: each costs a parse and a ping a written pong, so they
+        take from the same bucket as other frames. No error frame answers a control frame: a
+        refused one only counts toward the close (1008)."""
+        if self._bucket.take(now):
+            return self._refused(Refusal("rate_limited", "")).close
         return None
 
     def malformed(self) -> Close | None:

@@ -70,7 +70,7 @@ def init_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 
     data_dir = settings.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if args.config is None:
-        settings = _write_generated_config(settings, demo_admin=args.demo)
+        settings = _write_generated_config(settings, with_demo=args.demo)
     ca_dir = settings.ca_dir
     ca = pki.load_ca(ca_dir) if (ca_dir / "ca.crt").exists() else pki.create_ca(ca_dir)
     if not ca.crl_path.exists():
@@ -97,12 +97,13 @@ async def _init_store(settings: Settings, with_demo: bool) -> int:
     return 0
 
 
-def _write_generated_config(settings: Settings, *, demo_admin: bool) -> Settings:
-    """Write <data_dir>/msante.toml (once): the settings in force plus the dev issuer to trust."""
+def _write_generated_config(settings: Settings, *, with_demo: bool) -> Settings:
+    """Write <data_dir>/msante.toml (once): the settings in force plus the dev issuer to trust;
+    with the demo, its admin and the dev sign-in page too."""
     path = settings.path(config.settings.GENERATED_NAME)
     if not path.exists():
         data_dir = settings.data_dir.resolve()
-        admins = [demo.ADMIN_IDNAT] if demo_admin else []
+        admins = [demo.ADMIN_IDNAT] if with_demo else []
         text = "\n".join([
             "# Written by `msante init`; edit freely. Every key is documented in config/msante.example.toml.",
             "[server]",
@@ -111,6 +112,7 @@ def _write_generated_config(settings: Settings, *, demo_admin: bool) -> Settings
             "",
             "[auth]",
             f"admins = {json.dumps(admins)}",
+            f"dev_sign_in = {json.dumps(with_demo)}  # the dev issuer's sign-in page: demos only, loopback only",
             "issuers = [",
             f'  {{issuer = {json.dumps(settings.public_url)}, audience = "{app.DEV_AUDIENCE}", '
             f'jwks_file = {json.dumps(str(data_dir / "oidc" / "jwks.json"))}, acr = "eidas1"}},',
@@ -297,7 +299,10 @@ class _Progress:
 async def search_command(settings: Settings, args: argparse.Namespace) -> int:
     async with _opened(settings) as engine:
         async with engine.connect() as conn:
-            page = await queries.search(conn, text=args.text, kind=args.kind, per_page=args.limit)
+            try:
+                page = await queries.search(conn, text=args.text, kind=args.kind, per_page=args.limit)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
         await AuditTrail(engine).record(OPERATOR, "directory.search", source="cli", q=args.text,
                                         results=len(page.items))
     for item in page.items:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
+import time
+from dataclasses import replace
 
 import pytest
 
+import web.http
 from certs.tokens import DevIssuer
 from msante import demo
 
@@ -15,18 +19,31 @@ URGENTIST = "810002000015"  # Dr Claire Leroy, delegate of the emergency departm
 
 
 def request(server, method: str, path: str, token: str | None = None, *, context: ssl.SSLContext | None = None,
-            body: dict | None = None):
+            body: dict | bytes | None = None):
     host, port = server.listeners["https"].rsplit(":", 1)
     conn = http.client.HTTPSConnection("localhost", int(port), context=context or server.client_tls(), timeout=10)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if body is not None:
         headers["Content-Type"] = "application/json"
-    conn.request(method, path, headers=headers, body=json.dumps(body) if body is not None else None)
+    conn.request(method, path, headers=headers, body=json.dumps(body) if isinstance(body, dict) else body)
     response = conn.getresponse()
     body = response.read()
     conn.close()
     ctype = response.getheader("content-type", "")
     return response.status, dict(response.getheaders()), json.loads(body) if "json" in ctype else body.decode()
+
+
+def raw_tls(server) -> ssl.SSLSocket:
+    """A TLS connection to the https listener, for bytes no HTTP client would send."""
+    port = int(server.listeners["https"].rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return server.client_tls().wrap_socket(sock, server_hostname="localhost")
+
+
+@pytest.fixture
+def http_limits(request, monkeypatch):
+    """Tighter HTTPS limits for the server the test starts (list this fixture before `server`)."""
+    monkeypatch.setattr(web.http, "DEFAULT", replace(web.http.DEFAULT, **request.param))
 
 
 def token_for(server, idnat: str, **kwargs) -> str:
@@ -93,10 +110,48 @@ def test_search_entry_and_mailboxes(server):
     ("q=a&page=0", "bad_page"),
     ("q=a&kind=planet", "bad_kind"),
     ("q=" + "a" * 201, "too_long"),
+    ("q=a&page=%C2%B2", "bad_page"),  # "²": str.isdigit() says yes, int() says no
+    ("q=a&page=200&per_page=100", "bad_search"),  # past the result window
+    ("q=%25%25%25_", "bad_search"),  # folds to nothing: it listed everyone
+    ("city=%25%25", "bad_search"),
+    ("identifier=%00", "bad_identifier"),  # PostgreSQL refuses NUL: it was a 500 there
+    ("profession=%01", "bad_profession"),
 ])
 def test_bad_queries_are_400(server, query, code):
     status, _, body = request(server, "GET", f"/api/directory/search?{query}", token_for(server, GP))
     assert (status, body["error"]) == (400, code)
+
+
+@pytest.mark.parametrize("body", [b'{"patient": ' + b"1" * 5000 + b"}", b"[" * 100_000])
+def test_json_bodies_python_cannot_read_are_400(server, body):
+    """Integers over 4,300 digits (int() refuses them) and bodies nested past the recursion limit."""
+    status, _, answer = request(server, "POST", "/api/circles", token_for(server, GP), body=body)
+    assert (status, answer["error"]) == (400, "bad_json")
+    status, _, answer = request(server, "GET", "/api/circles/%C2%B2", token_for(server, GP))
+    assert (status, answer["error"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("http_limits", [{"request_timeout": 1.0}], indirect=True)
+def test_a_request_trickling_in_is_cut_at_its_deadline(http_limits, server):
+    """Slowloris: a header line every 0.2 s, never the blank line that ends the head. Each line
+    restarted the 30 s idle timeout; the request's deadline now runs from its first byte."""
+    sock = raw_tls(server)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")
+    started, answer = time.monotonic(), b""
+    sock.settimeout(0.2)
+    while time.monotonic() - started < 10 and not answer:
+        try:
+            sock.sendall(b"x-slow: 1\r\n")
+            answer = sock.recv(4096) or b"(closed)"
+        except TimeoutError:
+            continue
+        except OSError as exc:  # cut without an answer
+            answer = repr(exc).encode()
+    elapsed = time.monotonic() - started
+    sock.close()
+    print(f"trickling request cut after {elapsed:.2f} s (deadline 1 s)")
+    assert answer.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in answer, answer
+    assert elapsed < 5
 
 
 def test_unknown_route_and_method(server):

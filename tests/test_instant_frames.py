@@ -65,6 +65,8 @@ def test_not_a_frame(text, code):
     ({"type": "post", "circle": 1, "client_id": "c", "text": "nul\x00byte"}, "bad_frame"),
     ({"type": "post", "circle": 1, "client_id": "c", "text": "bell\x07"}, "bad_frame"),
     ({"type": "post", "circle": 1, "client_id": "c", "text": "\ud800"}, "bad_frame"),  # lone surrogate
+    ({"type": "post", "circle": 1, "client_id": "c", "text": "dose 1\u202e0 mg"}, "bad_frame"),  # RTL override
+    ({"type": "post", "circle": 1, "client_id": "c", "text": "\u2067isolate\u2069"}, "bad_frame"),
     ({"type": "history", "circle": 1, "before": 5, "after": 1}, "bad_frame"),
     ({"type": "history", "circle": 1, "limit": 201}, "bad_frame"),
     ({"type": "history", "circle": 1, "before": 0}, "bad_frame"),

@@ -8,11 +8,14 @@ import http.client
 import json
 import re
 import secrets
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from sqlalchemy import select
 
+import config
+from msante import cli
 from store.schema import audit
 
 NURSE = "810002000023"
@@ -23,10 +26,12 @@ def pkce() -> tuple[str, str]:
     return verifier, base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-def call(server, method: str, path: str, form: dict | None = None,
-         token: str | None = None) -> tuple[int, dict[str, str], str]:
+def call(server, method: str, path: str, form: dict | None = None, token: str | None = None,
+         source: str | None = None) -> tuple[int, dict[str, str], str]:
+    """One request; from `source`, another address of this machine, when given."""
     port = int(server.listeners["https"].rsplit(":", 1)[1])
-    conn = http.client.HTTPSConnection("localhost", port, context=server.client_tls(), timeout=10)
+    conn = http.client.HTTPSConnection("127.0.0.1" if source else "localhost", port, context=server.client_tls(),
+                                       timeout=10, source_address=(source, 0) if source else None)
     headers = {"Content-Type": "application/x-www-form-urlencoded"} if form is not None else {}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -132,3 +137,51 @@ def test_only_demo_professionals_can_be_chosen(server):
     status, headers, _ = call(server, "POST", "/oidc/authorize", {**authorization(server, challenge),
                                                                   "idnat": "899999999999"})
     assert status == 400 and "location" not in headers
+
+
+def non_loopback_address() -> str:
+    """An IPv4 address of this machine outside 127/8: a connection from it to 127.0.0.1 never
+    leaves the loopback interface, yet the server sees a peer that is not loopback."""
+    trie = Path("/proc/net/fib_trie").read_text() if Path("/proc/net/fib_trie").exists() else ""
+    for address in re.findall(r"\|-- (\d+\.\d+\.\d+\.\d+)\n\s+/32 host LOCAL", trie):
+        if not address.startswith("127."):
+            return address
+    pytest.skip("this machine has no IPv4 address outside 127/8")
+
+
+def test_sign_in_serves_loopback_clients_only(caplog, server):
+    assert any("DEV SIGN-IN IS ON" in r.getMessage() for r in caplog.get_records("setup"))  # init --demo: on
+    elsewhere = non_loopback_address()
+    _, challenge = pkce()
+    status, _, body = call(server, "GET", "/oidc/authorize?" + urlencode(authorization(server, challenge)),
+                           source=elsewhere)
+    assert (status, json.loads(body)["error"]) == (403, "forbidden")
+    status, _, _ = call(server, "POST", "/oidc/authorize", {**authorization(server, challenge),
+                                                             "idnat": NURSE}, source=elsewhere)
+    assert status == 403
+    code, verifier = sign_in(server)  # a code got on this host is no use from another one either
+    status, _, _ = call(server, "POST", "/oidc/token", {
+        "grant_type": "authorization_code", "code": code, "redirect_uri": f"{server.settings.public_url}/",
+        "client_id": "msante-web", "code_verifier": verifier}, source=elsewhere)
+    assert status == 403
+    rows = server.rows(select(audit.c.action, audit.c.source).where(audit.c.outcome == "denied",
+                                                                     audit.c.action.like("oidc.%")))
+    assert [(r["action"], r["source"]) for r in rows] == [
+        ("oidc.authorize", elsewhere), ("oidc.authorize", elsewhere), ("oidc.token", elsewhere)]
+
+
+@pytest.fixture
+def sign_in_off(monkeypatch):
+    """The server the test starts runs without [auth] dev_sign_in (list before `server`)."""
+    monkeypatch.setenv("MSANTE_AUTH__DEV_SIGN_IN", "false")
+
+
+def test_sign_in_is_off_unless_configured(caplog, sign_in_off, server, tmp_path, monkeypatch):
+    _, challenge = pkce()
+    status, _, body = call(server, "GET", "/oidc/authorize?" + urlencode(authorization(server, challenge)))
+    assert (status, json.loads(body)["error"]) == (404, "no_issuer")
+    assert not any("DEV SIGN-IN" in r.getMessage() for r in caplog.get_records("setup"))
+    monkeypatch.delenv("MSANTE_AUTH__DEV_SIGN_IN")
+    monkeypatch.setenv("MSANTE_SERVER__DATA_DIR", str(tmp_path / "plain"))
+    assert cli.main(["init"]) == 0  # without --demo: a server that may face other hosts
+    assert config.load(data_dir=str(tmp_path / "plain")).dev_sign_in is False

@@ -15,10 +15,11 @@ from dataclasses import replace
 import pytest
 import websockets
 from sqlalchemy import select
+from websockets.frames import Frame, Opcode
 
 import instant.limits
 from store.schema import audit, circle_messages
-from tests.test_api import request, token_for
+from tests.test_api import raw_tls, request, token_for
 from tests.test_instant_api import api
 
 GP, URGENTIST, NURSE, COORDINATOR, PHARMACIST = (
@@ -190,6 +191,16 @@ async def test_conversation_every_frame(server, connect):
     await post(other_device, "après le départ")
     await gp.nothing(type="message")
     assert len(await audited(server, "circle.post")) == 8 and (GP, "1") in await audited(server, "circle.subscribe")
+
+
+async def test_bidirectional_overrides_are_refused(server, connect):
+    """U+202E would show "dose 10 mg" as "dose 1gm 0": refused with an error frame, nothing stored."""
+    gp = await connect(GP)
+    for text in ("dose 1\u202e0 mg", "\u2066isolé\u2069"):
+        refused = await gp.request(type="post", circle=CIRCLE, client_id=str(uuid.uuid4()), text=text)
+        assert (refused["type"], refused["code"]) == ("error", "bad_frame"), refused
+    assert await stored_messages(server) == 0
+    await post(gp, "\u200fשלום\u200e, Dr Cohen")  # direction marks reorder nothing: they pass
 
 
 async def test_token_in_the_handshake(server):
@@ -440,6 +451,52 @@ async def test_limits(limits, server, connect):
     for code in (4029, 1009, 1003, 1008):
         assert f'msante_websocket_closes_total{{by="server",code="{code}"}} 1' in metrics
     assert "msante_websocket_connections 2" in metrics  # gp and its second connection remain
+
+
+async def test_a_ping_flood_closes_1008_even_before_authentication(server, connect):
+    """Pings and pongs take from the frame bucket: 30 in a burst, then 50 refused in a row."""
+    flood = await connect(auth=False)
+    for _ in range(100):
+        await flood.ws.ping()
+    assert await flood.close_code() == 1008
+
+
+def rss_mb() -> float:
+    """This process's resident memory (the server runs in a thread of it)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.parametrize("limits", [{"frames_per_second": 1e9, "frame_burst": 10**9, "auth_timeout": 60}],
+                         indirect=True)
+def test_pings_from_a_client_that_reads_nothing_are_not_buffered_without_end(limits, server):
+    """The server writes a pong per ping; a client that never reads them used to be served all
+    the same, the pongs piling up in the server's write buffer (+85 MB in 10 s). Now the server
+    reads no more until its writes drain: the client's sends block after the socket buffers."""
+    sock = raw_tls(server)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    ping = Frame(Opcode.PING, b"p" * 125).serialize(mask=True, extensions=[])
+    chunk, budget = ping * (64 * 1024 // len(ping)), 64 * 1024 * 1024
+    before, sent = rss_mb(), 0
+    sock.settimeout(2.0)
+    try:
+        while sent < budget:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except TimeoutError:  # the server stopped reading: backpressure
+        pass
+    grown = rss_mb() - before
+    sock.close()
+    print(f"ping flood: {sent / 2**20:.1f} MiB taken before the sends blocked (budget {budget / 2**20:.0f} MiB); "
+          f"process RSS +{grown:.1f} MB")
+    assert sent < budget / 4, "the server kept reading pings it could not answer"
+    assert grown < 32
 
 
 def is_mail(frame: dict) -> bool:

@@ -1,14 +1,17 @@
 """HTTP/1.1 over asyncio streams, on h11's sans-IO connection.
 
 h11 does the RFC 9112 parsing and framing; this module adds what a server needs around it:
-limits (header size, body size, idle time), keep-alive, one JSON error shape, and a
-hand-off point for connections that upgrade (the websocket at /ws).
+limits (header size, body size, idle time, a deadline for each request), keep-alive, one
+JSON error shape, and a hand-off point for connections that upgrade (the websocket at /ws).
+How many connections a client may hold is the listeners' business, not this module's.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -17,10 +20,25 @@ import h11
 
 log = logging.getLogger("msante.http")
 
-MAX_HEADER_BYTES = 16 * 1024  # nginx's large_client_header_buffers default is 8-32 KB
-MAX_BODY_BYTES = 1024 * 1024  # API bodies are small JSON documents
-IDLE_TIMEOUT = 30.0  # seconds to wait for the next request on a kept-alive connection
 READ_CHUNK = 64 * 1024
+DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also says yes to "²", which int() refuses
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one request may cost the HTTPS listener. `DEFAULT` is what `msante serve` uses;
+    tests replace it to reach a bound in a second rather than a minute."""
+
+    max_header_bytes: int = 16 * 1024  # nginx's large_client_header_buffers default is 8-32 KB
+    max_body_bytes: int = 1024 * 1024  # API bodies are small JSON documents
+    idle_timeout: float = 30.0  # seconds to wait for the first byte of the next request
+    # From a request's first byte to its last, however slowly it trickles in (slowloris): each
+    # read waiting idle_timeout alone would let a client hold a connection for hours. Apache's
+    # mod_reqtimeout gives the headers 20 s; 1 MiB of body in 20 s is 50 KB/s.
+    request_timeout: float = 20.0
+
+
+DEFAULT = HttpLimits()
 
 
 class HttpError(Exception):
@@ -53,10 +71,18 @@ class Request:
         return values[-1] if values else default
 
     def json(self) -> Any:
+        """The body as JSON. ValueError covers bad syntax, bytes that are not UTF-8 and integers
+        of more than 4,300 digits (Python's int() limit, CVE-2020-10735); RecursionError a body
+        nested thousands deep."""
         try:
             return json.loads(self.body or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise HttpError(400, "bad_json", "the request body is not valid JSON") from None
+
+
+def decimal(value: str) -> int | None:
+    """`value` as a non-negative integer when it is 1 to 18 ASCII digits, else None."""
+    return int(value) if DECIMAL.fullmatch(value) else None
 
 
 @dataclass
@@ -95,14 +121,16 @@ SECURITY_HEADERS = {
 }
 
 
-async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
-    """Serve requests on one connection until the peer leaves, an error, or the idle timeout."""
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler,
+                           limits: HttpLimits | None = None) -> None:
+    """Serve requests on one connection until the peer leaves, an error, or a timeout."""
+    limits = limits or DEFAULT  # read for each connection: tests replace it
     peername = writer.get_extra_info("peername")
     peer = peername[0] if isinstance(peername, tuple) else str(peername or "")
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     try:
         while True:
-            request = await _read_request(conn, reader, writer, peer)
+            request = await _read_request(conn, reader, writer, peer, limits)
             if request is None:
                 return
             try:
@@ -130,9 +158,13 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        peer: str) -> Request | None:
+                        peer: str, limits: HttpLimits) -> Request | None:
+    """The next request, or None when the connection is to end. The wait for its first byte
+    is bounded by idle_timeout, the whole request by request_timeout from that byte on."""
     head: h11.Request | None = None
     body = bytearray()
+    deadline = time.monotonic() + limits.request_timeout if conn.trailing_data[0] else None
+    too_large = HttpError(413, "too_large", f"body over {limits.max_body_bytes} bytes")
     while True:
         try:
             event = conn.next_event()
@@ -142,10 +174,16 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writ
                 await _send(conn, writer, _error(HttpError(status, "bad_request", str(exc) or "malformed request")))
             return None
         if event is h11.NEED_DATA:
+            wait = limits.idle_timeout if deadline is None else deadline - time.monotonic()
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), IDLE_TIMEOUT)
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), max(0.0, wait))
             except asyncio.TimeoutError:
+                if deadline is not None:  # part of a request came: RFC 9110 §15.5.9
+                    await _send(conn, writer, _error(HttpError(
+                        408, "request_timeout", f"a request must arrive within {limits.request_timeout:g} s")))
                 return None
+            if deadline is None:
+                deadline = time.monotonic() + limits.request_timeout
             conn.receive_data(data)
             if not data:
                 if head is None:
@@ -153,13 +191,13 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writ
         elif isinstance(event, h11.Request):
             head = event
             declared = _header(event.headers, b"content-length")
-            if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                await _send(conn, writer, _error(HttpError(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")))
+            if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+                await _send(conn, writer, _error(too_large))
                 return None
         elif isinstance(event, h11.Data):
             body += event.data
-            if len(body) > MAX_BODY_BYTES:
-                await _send(conn, writer, _error(HttpError(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")))
+            if len(body) > limits.max_body_bytes:
+                await _send(conn, writer, _error(too_large))
                 return None
         elif isinstance(event, h11.EndOfMessage):
             assert head is not None

@@ -10,9 +10,13 @@ way Pro Santé Connect runs it, so that the web client signs in here exactly as 
   verifier must hash to the challenge), an ID token and a refresh token; `refresh_token`
   grants rotate the refresh token.
 
-Only the demo's fictional professionals can be chosen, and only while the dev issuer is one
-the server trusts (`msante init` configures that; a production configuration lists PSC).
-Codes and refresh tokens live in memory: a restart signs everyone out, as a dev issuer may.
+Anyone who reaches the page picks whom to be, the demo's admin included: the page is served
+only when `[auth] dev_sign_in` is on (`msante init --demo` turns it on, plain `init` does not),
+while the dev issuer is one the server trusts, and to loopback clients only (403 otherwise,
+audited). Behind a reverse proxy on the same host every client looks local: never turn it on
+there. Startup logs a warning while it is on. Only the demo's fictional professionals can be
+chosen. Codes and refresh tokens live in memory: a restart signs everyone out, as a dev
+issuer may.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import base64
 import hashlib
 import hmac
 import html
+import ipaddress
+import logging
 import re
 import secrets
 import time
@@ -32,12 +38,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from certs.tokens import DevIssuer
 from config import Settings
 from msante import demo
-from store.audit import Actor, AuditTrail
+from store.audit import ANONYMOUS, Actor, AuditTrail
 from store.schema import professionals
 
 from .http import HttpError, Request, Response
 from .router import Router
 
+log = logging.getLogger("msante.oidc")
 CLIENT_ID = "msante-web"  # the web client served at /, the one client registered here
 CODE_TTL = 60  # s; the client exchanges the code as soon as the browser comes back
 ACCESS_TTL = 300  # s; PSC access tokens live a few minutes, the client refreshes them
@@ -74,7 +81,11 @@ class DevSignIn:
         self._redirect_uri = f"{settings.public_url}/"
         trusted = [i for i in settings.issuers if i.issuer == settings.public_url]
         key_exists = settings.path("oidc", "signing-key.json").exists()
-        self._issuer = DevIssuer.load(settings.data_dir, settings.public_url) if trusted and key_exists else None
+        enabled = settings.dev_sign_in and trusted and key_exists
+        self._issuer = DevIssuer.load(settings.data_dir, settings.public_url) if enabled else None
+        if enabled:
+            log.warning("DEV SIGN-IN IS ON ([auth] dev_sign_in): any client on this host can get a token for any "
+                        "demo professional, the admin included, at %s/oidc/authorize. Demos only.", self._issuer_url)
         self._audience = trusted[0].audience if trusted else ""
         self._acr = (trusted[0].acr if trusted else "") or "eidas1"
         self._codes: dict[str, _Grant] = {}
@@ -86,6 +97,7 @@ class DevSignIn:
         router.add("POST", "/oidc/token", self.token)
 
     async def chooser(self, request: Request) -> Response:
+        await self._local_only(request, "oidc.authorize")
         params = self._authorization_request({k: v[-1] for k, v in request.query.items()})
         if isinstance(params, Response):
             return params
@@ -107,6 +119,7 @@ par Pro Santé Connect avec la carte CPS ou l'application e-CPS).</p>
         return Response(200, page.encode(), "text/html; charset=utf-8", {"content-security-policy": PAGE_CSP})
 
     async def authorize(self, request: Request) -> Response:
+        await self._local_only(request, "oidc.authorize")
         form = _form(request)
         params = self._authorization_request(form)
         if isinstance(params, Response):
@@ -120,6 +133,7 @@ par Pro Santé Connect avec la carte CPS ou l'application e-CPS).</p>
         return Response(303, headers={"location": f"{params['redirect_uri']}?{urlencode(answer)}"})
 
     async def token(self, request: Request) -> Response:
+        await self._local_only(request, "oidc.token")
         try:
             form = _form(request)
             if self._issuer is None:
@@ -138,6 +152,13 @@ par Pro Santé Connect avec la carte CPS ou l'application e-CPS).</p>
             return await self._tokens(grant, grant_type, request.peer)
         except OAuthError as exc:
             return Response.json({"error": exc.error, "error_description": exc.description}, 400)
+
+    async def _local_only(self, request: Request, action: str) -> None:
+        """No sign-in for a client on another host (once the issuer runs at all: 404 otherwise)."""
+        if self._issuer is None or _loopback(request.peer):
+            return
+        await self._audit.record(ANONYMOUS, action, outcome="denied", source=request.peer, reason="not loopback")
+        raise HttpError(403, "forbidden", "the dev sign-in serves clients on this host only")
 
     # --- the steps --------------------------------------------------------------------------------
 
@@ -221,6 +242,17 @@ par Pro Santé Connect avec la carte CPS ou l'application e-CPS).</p>
                 .order_by(professionals.c.family_name))
             return [{"idnat": r.idnat, "name": f"{r.given_name.title()} {r.family_name}",
                      "profession": " – ".join(x for x in (r.profession_label, r.specialty_label) if x)} for r in rows]
+
+
+def _loopback(peer: str) -> bool:
+    """127.0.0.0/8 or ::1, also as an IPv4-mapped address (a dual-stack listener's "::ffff:127.0.0.1")."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _form(request: Request) -> dict[str, str]:
