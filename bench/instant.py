@@ -196,7 +196,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         env[f"MSANTE_LISTEN__{name.upper()}"] = ""
     if args.db:
         env["MSANTE_DATABASE__URL"] = args.db
-    subprocess.run([sys.executable, "-m", "msante", "init", "--data-dir", str(data_dir)], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "msante", "init", "--dev-issuer", "--data-dir", str(data_dir)], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     settings = config.load(data_dir=str(data_dir), environ=env)
     started = time.perf_counter()

@@ -81,6 +81,10 @@ class Services:
         await db.upgrade(engine)
         audit = AuditTrail(engine)
         verifier = TokenVerifier(list(settings.issuers), settings.token_leeway)
+        if any(i.issuer == settings.public_url for i in settings.issuers):
+            log.warning("THE DEV TOKEN ISSUER IS TRUSTED ([auth] issuers names %s): whoever reads %s can sign "
+                        "in as any professional. Development only: remove it in production.",
+                        settings.public_url, settings.path("oidc"))
         cas = load_client_cas(settings)
         try:
             revocations = Revocations(settings.crls, cas, settings.crl_refresh)

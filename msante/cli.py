@@ -85,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     c = command(sub, "init", commands.init_command, "create the data directory, PKI, token issuer and database")
-    c.add_argument("--demo", action="store_true", help="load the demo care network (fictional people)")
+    c.add_argument("--demo", action="store_true", help="load the demo care network (fictional people); implies "
+                   "--dev-issuer and turns the dev sign-in page on (loopback clients only)")
+    c.add_argument("--dev-issuer", action="store_true", help="trust tokens of the dev issuer this command creates "
+                   "(`msante token issue`): for development and tests, never in production")
     command(sub, "serve", commands.serve_command, "run every listener until SIGTERM")
 
     d = sub.add_parser("directory", help="the professional directory").add_subparsers(metavar="ACTION")

@@ -70,7 +70,8 @@ def init_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 
     data_dir = settings.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if args.config is None:
-        settings = _write_generated_config(settings, with_demo=args.demo)
+        settings = _write_generated_config(settings, with_demo=args.demo,
+                                           dev_issuer=args.demo or args.dev_issuer)
     ca_dir = settings.ca_dir
     ca = pki.load_ca(ca_dir) if (ca_dir / "ca.crt").exists() else pki.create_ca(ca_dir)
     if not ca.crl_path.exists():
@@ -97,9 +98,10 @@ async def _init_store(settings: Settings, with_demo: bool) -> int:
     return 0
 
 
-def _write_generated_config(settings: Settings, *, with_demo: bool) -> Settings:
-    """Write <data_dir>/msante.toml (once): the settings in force plus the dev issuer to trust;
-    with the demo, its admin and the dev sign-in page too."""
+def _write_generated_config(settings: Settings, *, with_demo: bool, dev_issuer: bool) -> Settings:
+    """Write <data_dir>/msante.toml (once): the settings in force; the dev issuer is trusted only
+    when asked (`--dev-issuer`, or `--demo`, which adds its admin and the dev sign-in page): a
+    production install trusts Pro Santé Connect, configured by hand, and nothing else."""
     path = settings.path(config.settings.GENERATED_NAME)
     if not path.exists():
         data_dir = settings.data_dir.resolve()
@@ -113,9 +115,10 @@ def _write_generated_config(settings: Settings, *, with_demo: bool) -> Settings:
             "[auth]",
             f"admins = {json.dumps(admins)}",
             f"dev_sign_in = {json.dumps(with_demo)}  # the dev issuer's sign-in page: demos only, loopback only",
-            "issuers = [",
-            f'  {{issuer = {json.dumps(settings.public_url)}, audience = "{app.DEV_AUDIENCE}", '
-            f'jwks_file = {json.dumps(str(data_dir / "oidc" / "jwks.json"))}, acr = "eidas1"}},',
+            "issuers = [" if dev_issuer else "issuers = [  # Pro Santé Connect: see config/msante.example.toml",
+            *([f'  {{issuer = {json.dumps(settings.public_url)}, audience = "{app.DEV_AUDIENCE}", '
+               f'jwks_file = {json.dumps(str(data_dir / "oidc" / "jwks.json"))}, acr = "eidas1"}},  '
+               "# the dev issuer (`msante token issue`): not for production"] if dev_issuer else []),
             "]",
             "",
             "[tls]",

@@ -185,3 +185,14 @@ def test_sign_in_is_off_unless_configured(caplog, sign_in_off, server, tmp_path,
     monkeypatch.setenv("MSANTE_SERVER__DATA_DIR", str(tmp_path / "plain"))
     assert cli.main(["init"]) == 0  # without --demo: a server that may face other hosts
     assert config.load(data_dir=str(tmp_path / "plain")).dev_sign_in is False
+
+
+def test_plain_init_trusts_no_dev_issuer_and_a_trusting_server_says_so(caplog, server, tmp_path, monkeypatch):
+    """Only `--demo` or `--dev-issuer` trust tokens signed with the key in the data directory."""
+    assert any("DEV TOKEN ISSUER IS TRUSTED" in r.getMessage() for r in caplog.get_records("setup"))
+    for name, flags, trusted in (("plain", [], False), ("dev", ["--dev-issuer"], True)):
+        monkeypatch.setenv("MSANTE_SERVER__DATA_DIR", str(tmp_path / name))
+        assert cli.main(["init", *flags]) == 0
+        settings = config.load(data_dir=str(tmp_path / name))
+        assert any(i.issuer == settings.public_url for i in settings.issuers) is trusted
+        assert settings.dev_sign_in is False
