@@ -215,3 +215,20 @@ def test_my_mailboxes_and_app_passwords(server):
     assert status == 204
     status, _, listed = request(server, "GET", path, token)
     assert listed["items"] == []
+
+
+@pytest.mark.parametrize("size", [20 * 1024, 60 * 1024, 90 * 1024])
+def test_a_head_over_the_header_limit_is_431_even_when_it_arrives_whole(server, size):
+    """h11 checks max_header_bytes only while the head is incomplete: a head sent in one go
+    (up to a read's 64 KiB and more) was accepted up to ~100 KiB, past the 16 KiB limit."""
+    sock = raw_tls(server)
+    head = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-big: " + b"a" * size + b"\r\n\r\n"
+    sock.sendall(head)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]

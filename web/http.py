@@ -189,6 +189,10 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writ
                 if head is None:
                     return None
         elif isinstance(event, h11.Request):
+            if _head_size(event) > limits.max_header_bytes:  # h11 checks only a head still incomplete
+                await _send(conn, writer, _error(HttpError(
+                    431, "headers_too_large", f"request head over {limits.max_header_bytes} bytes")))
+                return None
             head = event
             declared = _header(event.headers, b"content-length")
             if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
@@ -209,6 +213,12 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writ
             return Request(head.method.decode("ascii"), head.target.decode("latin-1"), headers, bytes(body), peer)
         elif isinstance(event, h11.ConnectionClosed):
             return None
+
+
+def _head_size(request: h11.Request) -> int:
+    """The octets of the request line and header fields, as sent less optional whitespace."""
+    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
