@@ -31,6 +31,10 @@ _FLAG_KEYS = {
     "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False), "OLD": ("\\Recent", False),
 }
 _HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
+# NOT, OR and parentheses around one key. Parsing and matching recurse once per level, so a
+# client could reach Python's recursion limit (1,000) with `NOT NOT … ALL`; no client query
+# needs more than a handful, and the command parser caps parentheses at the same depth.
+MAX_NESTING = 64
 _DATE_KEYS = {"BEFORE": "<", "ON": "=", "SINCE": ">=", "SENTBEFORE": "<", "SENTON": "=", "SENTSINCE": ">="}
 
 
@@ -311,13 +315,16 @@ def _sequence(spec: str, uid: bool) -> Numbers:
     return Numbers(spec, uid, SequenceSet.parse(spec))
 
 
-def _key(r: _Reader) -> Key:
+def _key(r: _Reader, depth: int = 0) -> Key:
+    """One search key; `depth` counts the NOT, OR and parentheses around it."""
+    if depth > MAX_NESTING:
+        raise ValueError(f"search keys nested more than {MAX_NESTING} deep")
     token = r.next("search key")
     if isinstance(token, PList):
         inner = _Reader(token.items)
-        keys = [_key(inner)]
+        keys = [_key(inner, depth + 1)]
         while not inner.done():
-            keys.append(_key(inner))
+            keys.append(_key(inner, depth + 1))
         return _and(keys)
     if isinstance(token, String):
         raise ValueError("a string is not a search key")
@@ -342,9 +349,9 @@ def _key(r: _Reader) -> Key:
     if word in ("LARGER", "SMALLER"):
         return Size(word == "LARGER", r.number("size"))
     if word == "NOT":
-        return Not(_key(r))
+        return Not(_key(r, depth + 1))
     if word == "OR":
-        return Or(_key(r), _key(r))
+        return Or(_key(r, depth + 1), _key(r, depth + 1))
     if word == "UID":
         return _sequence(r.atom("UID set"), uid=True)
     if word == "MODSEQ":

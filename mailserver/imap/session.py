@@ -50,6 +50,11 @@ log = logging.getLogger("msante.imap")
 IDLE_TIMEOUT = 30 * 60.0  # RFC 3501 §5.4: at least 30 minutes
 FETCH_BATCH = 200
 HEAD_BYTES = 8 * 1024  # read first when only headers are needed; longer headers are read whole  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
+# Mailbox names: every command that names a box holds and compares them, and every LIST sends
+# them all. 255 per level is a file name's limit (NAME_MAX), which maildir-based servers the
+# boxes may migrate to inherit; 1,024 in all leaves room for the shared-box prefix.
+MAX_NAME_LEVEL = 255
+MAX_NAME = 1024
 SMALL_LITERAL = 64 * 1024  # any literal but APPEND's: mailbox names, search strings, passwords
 BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE")
 AUTHENTICATED_CAPABILITIES = (
@@ -411,7 +416,10 @@ class Session:
 
     def _mailbox_name(self, token: Token) -> str:
         name = text(token)
-        return name if self.rev2 else encode.utf7_decode(name)
+        name = name if self.rev2 else encode.utf7_decode(name)
+        if len(name) > MAX_NAME or any(len(level) > MAX_NAME_LEVEL for level in name.split("/")):
+            raise No(f"mailbox names are at most {MAX_NAME} characters, {MAX_NAME_LEVEL} between two /", "LIMIT")
+        return name
 
     def _encode_name(self, name: str) -> bytes:
         return encode.mailbox_name(name, utf8=self.rev2)
