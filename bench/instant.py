@@ -190,8 +190,11 @@ def quantile(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace, workdir: Path) -> None:
     port = free_port()
     data_dir = workdir / "var"
+    # Every connection comes from 127.0.0.1: the per-address cap (50 by default) must let them in.
     env = {**os.environ, "MSANTE_LISTEN__HTTPS": f"127.0.0.1:{port}",
-           "MSANTE_SERVER__PUBLIC_URL": f"https://localhost:{port}"}
+           "MSANTE_SERVER__PUBLIC_URL": f"https://localhost:{port}",
+           "MSANTE_LIMITS__CONNECTIONS_PER_ADDRESS": str(args.connections + 100),
+           "MSANTE_LIMITS__CONNECTIONS": str(max(4000, args.connections + 100))}
     for name in ("smtp", "submission", "submissions", "imap", "imaps"):
         env[f"MSANTE_LISTEN__{name.upper()}"] = ""
     if args.db:

@@ -1,4 +1,4 @@
 """Configuration: the settings schema, loading and validation (see settings.py)."""
-from .settings import ConfigError, Issuer, Settings, load, split_hostport
+from .settings import ConfigError, Issuer, Limits, Settings, load, split_hostport
 
-__all__ = ["ConfigError", "Issuer", "Settings", "load", "split_hostport"]
+__all__ = ["ConfigError", "Issuer", "Limits", "Settings", "load", "split_hostport"]

@@ -34,6 +34,17 @@ class Issuer:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What anonymous clients may hold of the server, whatever the protocol (see SCHEMA)."""
+
+    connections: int = 4000
+    connections_per_address: int = 50
+    login_deadline: int = 60
+    smtp_refusals: int = 20
+    imap_refusals: int = 50
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str  # the file the settings came from, or "defaults"
     domains: tuple[str, ...]
@@ -57,6 +68,7 @@ class Settings:
     crl_refresh: int
     admins: tuple[str, ...]
     dev_sign_in: bool
+    limits: Limits = Limits()
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -113,6 +125,26 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "admins": (list, []),  # national identifiers allowed to read the audit trail over HTTPS
         "token_leeway": (int, 30),  # seconds of clock skew tolerated on exp/nbf/iat
         "dev_sign_in": (bool, False),  # the dev issuer's sign-in page (web/oidc.py): demos only, loopback only
+    },
+    "limits": {
+        # Open connections on all listeners together: each holds a file descriptor and a few
+        # hundred KB at most; past this, new ones get the protocol's refusal (IMAP BYE, SMTP
+        # 421, HTTP 503). Keep it well below the descriptor limit (`ulimit -n`): the server
+        # warns at start when it is not, since TLS clients fail silently once descriptors run out.
+        "connections": (int, 4000),
+        # Open connections from one client address on one listener (Postfix's
+        # smtpd_client_connection_count_limit is 50 too). A hospital behind one NAT address
+        # may need more; a benchmark from loopback does.
+        "connections_per_address": (int, 50),
+        # Seconds from connecting to a successful login on IMAP and submission, however
+        # active the client: an anonymous session is closed then (Dovecot's
+        # login_proxy_timeout and Postfix's smtpd_timeout are of this order).
+        "login_deadline": (int, 60),
+        # Refusals one session may earn (failed logins, senders or recipients refused, each
+        # audited) before it is closed: enough for a confused client, not for a prober
+        # filling the audit trail. IMAP clients retry more (several folders, several boxes).
+        "smtp_refusals": (int, 20),
+        "imap_refusals": (int, 50),
     },
 }
 
@@ -260,6 +292,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     for key in ("retry_base", "retry_max", "lifetime", "delay_warning"):
         if relay[key] < 1:
             raise ConfigError(f"{where('relay.' + key)} must be a positive number of seconds")
+    for key, value in v["limits"].items():
+        if value < 1:
+            raise ConfigError(f"{where('limits.' + key)} must be at least 1, got {value}")
     https = listen["https"] or "127.0.0.1:8443"
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
     return Settings(source=file_source, domains=domains, data_dir=data_dir, database_url=url, listen=listen,
@@ -272,7 +307,7 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     tls_key=Path(tls["key"] or data_dir / "tls" / "server.key"),
                     client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
-                    dev_sign_in=v["auth"]["dev_sign_in"])
+                    dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]))
 
 
 def _url_host(hostport: str) -> str:

@@ -8,8 +8,8 @@ or DSN, upper-cases MAIL/RCPT parameters (which would corrupt ENVID and ORCPT, R
   with `dsn.py`, and hangs them on the envelope once aiosmtpd accepted the command;
 - runs SASL through `sasl.py` and logs in through the shared `Logins` (same as IMAP);
 - lets the handler refuse a client certificate right after STARTTLS (`check_tls_peer`);
-- adds an enhanced status code (RFC 2034/3463) to every reply that lacks one;
-- limits concurrent sessions per client address.
+- adds an enhanced status code (RFC 2034/3463) to every reply that lacks one.
+How many sessions a client may open is the listener's business (msante/admission.py).
 Policy (who may send what, where it goes, storing it) lives in the handler, `submission.py`.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 import re
 import ssl
 import warnings
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,6 @@ class SmtpLimits:
     max_recipients: int = 100  # per message; RFC 5321 §4.5.3.1.8 requires at least 100 be accepted
     max_commands: int = 200  # uses of any other verb per session (aiosmtpd's call limit): stops NOOP loops
     max_messages: int = 1000  # messages per session (Exim's smtp_accept_max_per_connection)
-    max_connections_per_address: int = 50  # concurrent sessions from one address (Postfix's default too)
     idle_timeout: float = 300  # RFC 5321 §4.5.3.2.7: 5 minutes for the server
 
 
@@ -69,10 +68,6 @@ class MsanteEnvelope(Envelope):
         self.routes: list[int | None] = []  # per recipient: local mailbox id, or None for the outbound queue
 
 
-class ConnectionCounter(Counter):
-    """Open sessions per client address, shared by the protocol instances of a listener."""
-
-
 class MsanteSMTP(SMTP):
     # aiosmtpd's reader limit is also its DATA line limit (1001). An AUTH line carrying a PSC
     # token is several KB, so both become 8 KB: still bounded, and lenient with long lines in
@@ -80,7 +75,7 @@ class MsanteSMTP(SMTP):
     line_length_limit = MAX_AUTH_LINE + 64
 
     def __init__(self, handler: Any, *, logins: Logins | None, limits: SmtpLimits, hostname: str,
-                 tls_context: ssl.SSLContext, implicit_tls: bool, connections: ConnectionCounter) -> None:
+                 tls_context: ssl.SSLContext, implicit_tls: bool) -> None:
         """`logins` None: the relay listener, where the TLS certificate is the identity and
         there is no AUTH."""
         with warnings.catch_warnings():
@@ -99,35 +94,9 @@ class MsanteSMTP(SMTP):
         self.logins = logins
         self.limits = limits
         self.implicit_tls = implicit_tls
-        self._connections = connections
-        self._address: str | None = None  # counted in `connections` while set
         self._quiet = False  # inside EHLO/HELO: no enhanced codes on those replies
 
-    # -- connection accounting ----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None and self._address is None:  # a new connection, not STARTTLS
-            peer = transport.get_extra_info("peername")
-            address = peer[0] if isinstance(peer, tuple) else str(peer)
-            if self._connections[address] >= self.limits.max_connections_per_address:
-                log.warning("%s: refused, %d sessions open already", address, self._connections[address])
-                transport.write(b"421 4.7.0 Too many connections from your address, try again later\r\n")
-                transport.close()
-                self._refused = True
-                return
-            self._connections[address] += 1
-            self._address = address
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if getattr(self, "_refused", False):
-            return
-        if self._address is not None:
-            self._connections[self._address] -= 1
-            if self._connections[self._address] <= 0:
-                del self._connections[self._address]
-            self._address = None
-        super().connection_lost(error)
+    # -- connection life ------------------------------------------------------------------------
 
     def close_if_idle(self) -> bool:
         """At shutdown: a session with no mail transaction open is told so and closed now;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import ssl
 import threading
@@ -35,7 +36,7 @@ from mailserver.imap.server import connection_handler
 from mailserver.imap.session import ImapContext
 from mailserver.logins import Logins
 from mailserver.mailstore import MailStore
-from mailserver.smtp import ConnectionCounter, MsanteSMTP, SmtpLimits
+from mailserver.smtp import MsanteSMTP, SmtpLimits
 from mailserver.outbound import OutboundQueue
 from mailserver.submission import RelayHandler, SubmissionHandler
 from mailserver.trust import TrustSpace
@@ -51,11 +52,19 @@ from web.oidc import DevSignIn
 from web.router import Router
 from web.wellknown import WellKnown
 
+from .admission import Admission
 from .listeners import Listener
 
 log = logging.getLogger("msante")
 SHUTDOWN_DEADLINE = 20.0  # seconds in-flight work gets after SIGTERM (systemd waits 90 s by default)
 DEV_AUDIENCE = "msante"
+# What a connection refused by `Admission` reads, in its listener's protocol.
+IMAP_REFUSAL = b"* BYE [UNAVAILABLE] too many connections, try again later\r\n"  # RFC 3501 §7.1.5, RFC 5530
+SMTP_REFUSAL = b"421 4.7.0 Too many connections, try again later\r\n"  # RFC 5321 §3.8, RFC 3463
+HTTP_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 10\r\n"
+                b"content-length: 77\r\nconnection: close\r\n\r\n"
+                b'{"error": "unavailable", "message": "too many connections, try again later"}\n')
+DESCRIPTORS_SPARE = 256  # descriptors beyond the connections: database, logs, TLS files, outbound relay
 
 
 @dataclass
@@ -70,6 +79,7 @@ class Services:
     mailstore: MailStore
     trust: TrustSpace
     revocations: Revocations
+    admission: Admission
     metrics: Metrics = field(default_factory=Metrics)
     router: Router = field(default_factory=Router)
     instant: Instant | None = None  # care circles, /ws and the web client: built by https_listener
@@ -96,8 +106,9 @@ class Services:
         logins = Logins(engine, authenticator, passwords, audit)
         bus = LocalBus()
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
+        admission = Admission(settings.limits.connections, settings.limits.connections_per_address)
         return cls(settings, engine, audit, authenticator, passwords, logins, bus, mailstore,
-                   TrustSpace(engine, settings.domains), revocations)
+                   TrustSpace(engine, settings.domains), revocations, admission)
 
     async def close(self) -> None:
         await self.mailstore.close()
@@ -167,7 +178,8 @@ def https_listener(services: Services) -> Listener:
         finally:
             m.inc("msante_http_requests_total", route=route, status=str(status))
 
-    return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle), services.server_tls())
+    return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle), services.server_tls(),
+                    admission=services.admission, refusal=HTTP_REFUSAL)
 
 
 def smtp_listeners(services: Services) -> list[Listener]:
@@ -187,12 +199,11 @@ def smtp_listeners(services: Services) -> list[Listener]:
         if not s.listen[name]:
             continue
 
-        def factory(handler=handler, logins=logins, context=context, implicit=implicit,  # noqa: ANN001
-                    connections=ConnectionCounter()) -> MsanteSMTP:
+        def factory(handler=handler, logins=logins, context=context, implicit=implicit) -> MsanteSMTP:  # noqa: ANN001
             return MsanteSMTP(handler, logins=logins, limits=limits, hostname=s.hostname, tls_context=context,
-                              implicit_tls=implicit, connections=connections)
+                              implicit_tls=implicit)
         listeners.append(Listener(name, s.listen[name], ssl_context=context if implicit else None,
-                                  protocol_factory=factory))
+                                  protocol_factory=factory, admission=services.admission, refusal=SMTP_REFUSAL))
     return listeners
 
 
@@ -207,7 +218,8 @@ def imap_listeners(services: Services) -> list[Listener]:
         if s.listen[name]:
             context = services.server_tls()
             listeners.append(Listener(name, s.listen[name], connection_handler(ctx, context, implicit_tls=implicit),
-                                      context if implicit else None))
+                                      context if implicit else None, admission=services.admission,
+                                      refusal=IMAP_REFUSAL))
     return listeners
 
 
@@ -238,10 +250,19 @@ async def _queue(engine: AsyncEngine, what: str) -> dict:
     return {(): age}
 
 
+def _check_descriptors(connections: int) -> None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and connections + DESCRIPTORS_SPARE > soft:
+        log.warning("limits.connections is %d but this process may open only %d descriptors (ulimit -n): "
+                    "raise the limit (systemd LimitNOFILE=) or lower limits.connections, or clients will "
+                    "fail without an answer once descriptors run out", connections, soft)
+
+
 async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Run every configured listener until SIGTERM/SIGINT (or `stop`), then shut down cleanly."""
     services = await Services.open(settings)
+    _check_descriptors(settings.limits.connections)
     listeners: list[Listener] = []
     if settings.listen["https"]:
         listeners.append(https_listener(services))

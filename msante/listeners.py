@@ -1,4 +1,12 @@
-"""TCP listeners that know their in-flight connections, so shutdown can finish them.
+"""TCP listeners that admit connections, know the ones in flight, and finish them at shutdown.
+
+Every accepted connection first meets a gate, before any TLS handshake: `Admission` counts it
+or refuses it, and a refused one gets its protocol's answer (`refusal`: IMAP BYE, SMTP 421,
+HTTP 503), after a handshake on implicit-TLS listeners since that is the only way a client
+reads it. Admitted connections are handed to the listener's protocol, TLS first if implicit.
+Refusing costs little: a few refusals in TLS at a time, the rest just closed. The listener
+does TLS itself, rather than asyncio's create_server(ssl=…), because asyncio hands over a TLS
+connection only once its handshake is done: the ones still handshaking would go uncounted.
 
 asyncio.Server.close() stops accepting but (before Python 3.12.1) does not wait for the
 connections it already handed out; SIGTERM must let a message in DATA finish, up to a
@@ -10,14 +18,19 @@ import asyncio
 import logging
 import ssl
 import weakref
+from asyncio import sslproto
 from typing import Any, Awaitable, Callable
 
 from config import split_hostport
+
+from .admission import Admission, Ticket
 
 log = logging.getLogger("msante.listen")
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TLS_HANDSHAKE_TIMEOUT = 15.0  # seconds; a peer that never finishes the handshake holds a slot
+REFUSAL_HANDSHAKE_TIMEOUT = 5.0  # seconds a refused client gets to finish its handshake and read why
+REFUSALS_IN_TLS = 64  # refused connections handshaking at once to be told why; more are just closed
 
 
 class Listener:
@@ -25,11 +38,13 @@ class Listener:
 
     def __init__(self, name: str, address: str, handler: ConnectionHandler | None = None,
                  ssl_context: ssl.SSLContext | None = None, *, protocol_factory: Callable[[], Any] | None = None,
-                 limit: int = 64 * 1024) -> None:
+                 admission: Admission, refusal: bytes, limit: int = 64 * 1024) -> None:
         if (handler is None) == (protocol_factory is None):
             raise ValueError("give a handler or a protocol factory")
         self.name = name
         self.address = address
+        self.admission = admission
+        self.refusal = refusal
         self._handler = handler
         self._factory = protocol_factory
         self._ssl = ssl_context
@@ -37,29 +52,69 @@ class Listener:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._protocols: weakref.WeakSet = weakref.WeakSet()
+        self._refusing = 0  # refused connections still in their TLS handshake
 
     async def start(self) -> None:
         host, port = split_hostport(self.address)
-        timeout = TLS_HANDSHAKE_TIMEOUT if self._ssl else None
-        if self._handler is not None:
-            self._server = await asyncio.start_server(self._run, host, port, ssl=self._ssl, limit=self._limit,
-                                                      ssl_handshake_timeout=timeout)
-        else:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(self._protocol, host, port, ssl=self._ssl,
-                                                    ssl_handshake_timeout=timeout)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Gate(self), host, port)
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"  # port 0 in tests becomes the real port
 
-    def _protocol(self) -> Any:
-        protocol = self._factory()
-        self._protocols.add(protocol)
-        return protocol
+    # -- after the gate -----------------------------------------------------------------------------
 
-    def _in_flight(self) -> set[asyncio.Task]:
-        # aiosmtpd runs each session in `_handler_coroutine`; waiting for it lets a DATA finish.
-        sessions = {getattr(p, "_handler_coroutine", None) for p in list(self._protocols)}
-        return self._tasks | {t for t in sessions if t is not None and not t.done()}
+    def _app_protocol(self) -> asyncio.BaseProtocol:
+        if self._factory is not None:
+            protocol = self._factory()
+            self._protocols.add(protocol)
+            return protocol
+        loop = asyncio.get_running_loop()
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=self._limit, loop=loop), self._run, loop=loop)
+
+    def _open(self, transport: asyncio.Transport, ticket: Ticket) -> None:
+        """An admitted connection: TLS first on an implicit-TLS listener, then the protocol.
+        The ticket goes back when the protocol loses its connection, or the handshake fails."""
+        protocol = self._app_protocol()
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            ticket.release()
+            lost(exc)
+        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+        if self._ssl is None:
+            transport.set_protocol(protocol)
+            protocol.connection_made(transport)
+            return
+        handshake = self._tls(transport, protocol, TLS_HANDSHAKE_TIMEOUT)
+        handshake.add_done_callback(lambda done: (done.cancelled() or done.exception()) and ticket.release())
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        if self._ssl is None:
+            transport.write(self.refusal)
+            transport.close()
+        elif self._refusing >= REFUSALS_IN_TLS:
+            transport.abort()
+        else:
+            self._refusing += 1
+            handshake = self._tls(transport, _Refusal(self.refusal), REFUSAL_HANDSHAKE_TIMEOUT)
+            handshake.add_done_callback(lambda _done: self._refused_one())
+
+    def _refused_one(self) -> None:
+        self._refusing -= 1
+
+    def _tls(self, transport: asyncio.Transport, protocol: asyncio.BaseProtocol, timeout: float) -> asyncio.Future:
+        """Put TLS between `transport` and `protocol`, now: bytes the client sent already are
+        not lost (uvloop reads as soon as the connection is made). This is what
+        loop.start_tls does, without its await; aiosmtpd's STARTTLS does the same. The
+        future ends with the handshake (an exception if it failed; the protocol then never
+        hears of the connection)."""
+        loop = asyncio.get_running_loop()
+        handshake = loop.create_future()
+        tls = sslproto.SSLProtocol(loop, protocol, self._ssl, handshake, server_side=True,
+                                   ssl_handshake_timeout=timeout)
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        return handshake
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -75,6 +130,13 @@ class Listener:
             self._tasks.discard(task)
             if not writer.is_closing():
                 writer.close()
+
+    # -- shutdown -------------------------------------------------------------------------------------
+
+    def _in_flight(self) -> set[asyncio.Task]:
+        # aiosmtpd runs each session in `_handler_coroutine`; waiting for it lets a DATA finish.
+        sessions = {getattr(p, "_handler_coroutine", None) for p in list(self._protocols)}
+        return self._tasks | {t for t in sessions if t is not None and not t.done()}
 
     async def stop(self, deadline: float) -> None:
         """Stop accepting, give open connections `deadline` seconds, then cancel them."""
@@ -92,3 +154,32 @@ class Listener:
                 log.warning("%s: %d connection(s) cut at shutdown deadline", self.name, len(pending))
                 await asyncio.wait(pending, timeout=1)
         await self._server.wait_closed()
+
+
+class _Gate(asyncio.Protocol):
+    """The first protocol of every accepted connection: asks `Admission`, then hands the
+    connection on or refuses it, before any byte is read."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else str(peer or "")
+        listener = self._listener
+        ticket = listener.admission.admit(listener.name, address)
+        if ticket is None:
+            listener._refuse(transport)  # noqa: SLF001
+        else:
+            listener._open(transport, ticket)  # noqa: SLF001
+
+
+class _Refusal(asyncio.Protocol):
+    """What a refused client reads once its TLS handshake is done."""
+
+    def __init__(self, refusal: bytes) -> None:
+        self._refusal = refusal
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.write(self._refusal)
+        transport.close()

@@ -353,7 +353,7 @@ def test_connections_per_address_limited(server):
     host, port = server.listeners["submission"].rsplit(":", 1)
     held = []
     try:
-        for _ in range(SmtpLimits().max_connections_per_address):
+        for _ in range(server.settings.limits.connections_per_address):
             sock = socket.create_connection(("127.0.0.1", int(port)), timeout=10)
             held.append(sock)
             assert sock.recv(512).startswith(b"220 ")
