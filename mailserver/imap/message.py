@@ -111,11 +111,19 @@ def _entity(raw: bytes, start: int, end: int) -> _Part:
     return _Part(raw, start, start + header.size, end, header)
 
 
-def _parse(raw: bytes, start: int, end: int, depth: int, budget: list[int], digest: bool = False) -> _Part:
-    """`budget` holds the parts still allowed (MAX_PARTS in all); composite parts at MAX_DEPTH
-    and multipart children past the budget are not opened: RFC 3501 output stays valid."""
+@dataclass
+class _Budget:
+    """What one message may still cost: parts left to open, and whether a cap was reached."""
+
+    parts: int = MAX_PARTS
+    cut: bool = False
+
+
+def _parse(raw: bytes, start: int, end: int, depth: int, budget: _Budget, digest: bool = False) -> _Part:
+    """Composite parts at MAX_DEPTH and multipart children past MAX_PARTS are not opened, and
+    the budget says so: RFC 3501 output stays valid, submission refuses such a message."""
     part = _entity(raw, start, end)
-    budget[0] -= 1
+    budget.parts -= 1
     ctype = part.get("content-type")
     m = _TYPE.match(ctype) if ctype else None
     if m:
@@ -125,7 +133,8 @@ def _parse(raw: bytes, start: int, end: int, depth: int, budget: list[int], dige
         part.maintype, part.subtype, part.params = "message", "rfc822", []
     kind = part.maintype.lower()
     if kind == "multipart" or (kind == "message" and part.subtype.lower() in ("rfc822", "global")):
-        if depth >= MAX_DEPTH or budget[0] <= 0:
+        if depth >= MAX_DEPTH or budget.parts <= 0:
+            budget.cut = True
             part.maintype, part.subtype, part.params = "application", "octet-stream", []
         elif kind == "message":
             part.inner = _parse(raw, part.body_start, end, depth + 1, budget)
@@ -134,7 +143,8 @@ def _parse(raw: bytes, start: int, end: int, depth: int, budget: list[int], dige
             is_digest = part.subtype.lower() == "digest"
             part.children = []
             for s, e in _split_multipart(raw, part.body_start, end, boundary):
-                if budget[0] <= 0:
+                if budget.parts <= 0:
+                    budget.cut = True
                     break
                 part.children.append(_parse(raw, s, e, depth + 1, budget, is_digest))
         else:
@@ -222,13 +232,24 @@ class Message:
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.size = len(raw)
+        self._budget = _Budget()
 
     @cached_property
     def _root(self) -> _Part:
         try:
-            return _parse(self.raw, 0, len(self.raw), 0, [MAX_PARTS])
+            return _parse(self.raw, 0, len(self.raw), 0, self._budget)
         except Exception:  # never fail a FETCH on a broken message: show it as plain text
             return _entity(self.raw, 0, len(self.raw))
+
+    @property
+    def header(self) -> headers.Header:
+        """The top-level header fields, as ENVELOPE and the submission policy read them."""
+        return self._root.header_fields
+
+    @property
+    def beyond_caps(self) -> bool:
+        """Nested deeper than MAX_DEPTH or more than MAX_PARTS parts: some parts are not shown."""
+        return self._root is not None and self._budget.cut
 
     def envelope(self) -> bytes:
         return _envelope(self._root)
