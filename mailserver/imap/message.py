@@ -12,7 +12,6 @@ understood is shown as text/plain, and nesting deeper than MAX_DEPTH is left opa
 from __future__ import annotations
 
 import binascii
-import codecs
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -355,9 +354,9 @@ def _decode_charset(data: bytes, charset: str | None) -> str:
     name = (charset or "").strip().lower()
     if name in ("", "us-ascii", "ascii", "utf-8", "utf8"):
         return data.decode("utf-8", "replace")
-    try:
-        return codecs.decode(data, codecs.lookup(name).name, "replace")
-    except LookupError:
+    try:  # bytes.decode takes text encodings only: charset="zlib" or "base64" is no way to inflate a body
+        return data.decode(name, "replace")
+    except (LookupError, ValueError):  # unknown, or not even text: charset=u\xe9 (found by fuzzing)
         return data.decode("utf-8", "replace")
 
 
