@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from mailserver.headers import MAX_FIELDS, MAX_HEADER_BYTES
+
 ENV_PREFIX = "MSANTE_"
 GENERATED_NAME = "msante.toml"
 
@@ -54,6 +56,8 @@ class Settings:
     issuers: tuple[Issuer, ...]
     public_url: str
     max_message_size: int
+    max_header_size: int
+    max_header_fields: int
     mailbox_quota: int
     token_leeway: int
     relay_routes: Mapping[str, str]
@@ -94,6 +98,10 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "public_url": (str, None),  # https://<https listener>, used in tokens and discovery
         "max_message_size": (int, 25 * 1024 * 1024),  # announced with SMTP SIZE; 25 MB as most operators
         "mailbox_quota": (int, 2 * 1024 ** 3),  # bytes per box (IMAP QUOTA, APPEND/COPY refused beyond)
+        # A message's header section accepted by SMTP: Postfix's header_size_limit is 100 KiB;
+        # half of what IMAP reads (mailserver/headers.py), so trace fields added later still fit
+        "max_header_size": (int, 128 * 1024),
+        "max_header_fields": (int, 500),  # 50 Received: (the hop limit) and many others; IMAP reads 1000
     },
     "database": {
         "url": (str, None),  # default: SQLite file in data_dir
@@ -245,6 +253,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     max_size = v["server"]["max_message_size"]
     if max_size < 1024:
         raise ConfigError(f"{where('server.max_message_size')} must be at least 1024 bytes, got {max_size}")
+    for key, ceiling in (("max_header_size", MAX_HEADER_BYTES // 2), ("max_header_fields", MAX_FIELDS // 2)):
+        if not 1 <= v["server"][key] <= ceiling:  # room for the trace fields of the hops still to come
+            raise ConfigError(f"{where('server.' + key)} must be between 1 and {ceiling}, got {v['server'][key]}")
     if v["server"]["mailbox_quota"] < max_size:
         raise ConfigError(f"{where('server.mailbox_quota')} must be at least server.max_message_size")
     if v["auth"]["token_leeway"] < 0 or v["auth"]["token_leeway"] > 300:
@@ -299,6 +310,7 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
     return Settings(source=file_source, domains=domains, data_dir=data_dir, database_url=url, listen=listen,
                     issuers=tuple(issuers), public_url=public_url.rstrip("/"), max_message_size=max_size,
+                    max_header_size=v["server"]["max_header_size"], max_header_fields=v["server"]["max_header_fields"],
                     mailbox_quota=v["server"]["mailbox_quota"],
                     token_leeway=v["auth"]["token_leeway"], relay_routes=routes,
                     relay_retry_base=relay["retry_base"], relay_retry_max=relay["retry_max"],

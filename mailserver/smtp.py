@@ -54,6 +54,8 @@ class SmtpLimits:
     """Every limit has a name and a reason; the defaults follow what large MTAs ship."""
 
     max_message_size: int = 25 * 1024 * 1024  # announced with SIZE; no national limit, 25 MB usual
+    max_header_size: int = 128 * 1024  # header section octets (config/settings.py says why)
+    max_header_fields: int = 500
     max_recipients: int = 100  # per message; RFC 5321 §4.5.3.1.8 requires at least 100 be accepted
     max_commands: int = 200  # uses of any other verb per session (aiosmtpd's call limit): stops NOOP loops
     max_messages: int = 1000  # messages per session (Exim's smtp_accept_max_per_connection)

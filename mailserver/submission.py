@@ -9,12 +9,13 @@ Thunderbird and Outlook in GP practices.
 """
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
+import re
 import secrets
 from datetime import datetime, timezone
-from email.parser import BytesHeaderParser
-from email.policy import SMTP as SMTP_POLICY
+from email.header import decode_header, make_header
 from typing import Any
 
 from aiosmtpd.smtp import TLSSetupException
@@ -29,6 +30,9 @@ from directory.access import grant_for
 from store.audit import Actor, AuditTrail
 from store.schema import mailboxes
 
+from .addresses import Address, parse_addresses
+from .headers import Header
+from .imap.message import MAX_DEPTH, MAX_PARTS, Message
 from .mailstore import MailStore, Recipient
 from .smtp import MsanteEnvelope, SmtpLimits
 from .trust import TrustListError, TrustSpace, a_label
@@ -37,6 +41,8 @@ log = logging.getLogger("msante.receive")
 
 MAX_HOPS = 50  # Received: headers before a message is taken for a loop (Postfix's hopcount_limit)
 NULL_SENDER = "<>"  # how aiosmtpd hands over MAIL FROM:<> (reports, RFC 3461 §6.2)
+# Something that reads as an address inside a display name: `"jean@msante.test" <marie@…>`
+_ADDRESS_LIKE = re.compile(r"[^\s<>\"'(),;:@]+@[^\s<>\"'(),;:@]+\.[^\s<>\"'(),;:@]+")
 
 
 class _Receiver:
@@ -71,9 +77,26 @@ class _Receiver:
         """None to queue a remote recipient for relay, or the refusal to send."""
         raise NotImplementedError
 
-    async def check_message(self, session: Any, envelope: MsanteEnvelope, headers: Any) -> str | None:
+    async def check_message(self, session: Any, envelope: MsanteEnvelope, header: Header) -> str | None:
         """None if the message may be stored, else the refusal to send."""
         raise NotImplementedError
+
+    async def check_size(self, session: Any, envelope: MsanteEnvelope, header: Header, beyond_caps: bool) -> str | None:
+        """Both listeners: what IMAP could not show whole is refused rather than stored."""
+        limits = self._limits
+        if header.size > limits.max_header_size or header.truncated:
+            reason, refusal = "header too large", (f"552 5.3.4 The message header is too large: at most "
+                                                   f"{limits.max_header_size} octets")
+        elif len(header.fields) > limits.max_header_fields:
+            reason, refusal = "too many header fields", (f"552 5.3.4 The message has too many header fields: at "
+                                                         f"most {limits.max_header_fields}")
+        elif beyond_caps:
+            reason, refusal = "MIME structure too large", (f"554 5.6.0 The message nests MIME parts deeper than "
+                                                           f"{MAX_DEPTH} levels or has more than {MAX_PARTS} parts")
+        else:
+            return None
+        await self.refused(session, envelope.mail_from, reason, header_size=header.size, fields=len(header.fields))
+        return refusal
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: MsanteEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -110,11 +133,13 @@ class _Receiver:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: MsanteEnvelope) -> str:
         raw: bytes = envelope.original_content
-        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(raw)
-        refusal = await self.check_message(session, envelope, headers)
+        message = Message(raw)  # the reader IMAP uses: what is checked here is what clients are shown
+        beyond_caps = await asyncio.to_thread(lambda: message.beyond_caps)  # up to 25 MB: off the loop
+        refusal = (await self.check_size(session, envelope, message.header, beyond_caps)
+                   or await self.check_message(session, envelope, message.header))
         if refusal:
             return refusal
-        message_id = str(headers.get("Message-ID", "")).strip()
+        message_id = message.header.get("message-id") or ""
         stored = self._received(session, server, envelope) + raw
         recipients = [Recipient(address, rcpt_dsn, mailbox_id) for address, rcpt_dsn, mailbox_id
                       in zip(envelope.rcpt_tos, envelope.rcpt_dsn, envelope.routes)]
@@ -175,14 +200,47 @@ class SubmissionHandler(_Receiver):
         return (f"550 5.7.1 <{recipient}>: the domain {domain} is outside the MSSanté trust space; "
                 f"secure messaging only reaches trust-space domains")
 
-    async def check_message(self, session: Any, envelope: MsanteEnvelope, headers: Any) -> str | None:
-        from_addresses = [a.lower() for _, a in email.utils.getaddresses(headers.get_all("From", []))]
-        if from_addresses == [envelope.mail_from]:
-            return None
-        await self.refused(session, envelope.mail_from, "From header does not match the sender",
-                           from_header=from_addresses)
-        return (f"550 5.7.1 The From: header must be exactly <{envelope.mail_from}>, the mailbox you send as "
-                f"(found {', '.join(from_addresses) or 'none'})")
+    async def check_message(self, session: Any, envelope: MsanteEnvelope, header: Header) -> str | None:
+        """The From: is the mailbox of MAIL FROM, alone, under a name that names no other
+        address; a Sender: is a mailbox the sender may use. Field names must be well formed
+        (RFC 5322 §3.6.8), since readers that disagree on them disagree on who sent the mail."""
+        sender = envelope.mail_from
+        malformed = header.malformed
+        if malformed:
+            name = malformed[0].raw.split(b"\n", 1)[0].split(b":", 1)[0][:60].decode("ascii", "replace")
+            await self.refused(session, sender, "malformed header field name", field=name)
+            return (f"554 5.6.0 Malformed header field {name!r}: a field name is printable characters "
+                    f"followed directly by a colon")
+        froms = header.all("from")
+        if len(froms) > 1:
+            await self.refused(session, sender, "more than one From header", count=len(froms))
+            return f"554 5.6.0 The message has {len(froms)} From: fields; it must have exactly one"
+        from_addresses = parse_addresses(froms[0].value) if froms else []
+        found = [_mailbox(a) for a in from_addresses]
+        if found != [sender]:
+            await self.refused(session, sender, "From header does not match the sender", from_header=found)
+            return (f"550 5.7.1 The From: header must be exactly <{sender}>, the mailbox you send as "
+                    f"(found {', '.join(a or 'a group' for a in found) or 'none'})")
+        senders = header.all("sender")
+        sender_addresses = parse_addresses(senders[0].value) if len(senders) == 1 else []
+        if senders and (len(senders) > 1 or len(sender_addresses) != 1 or not await self._may_use(
+                session, _mailbox(sender_addresses[0]))):
+            shown = ", ".join(_mailbox(a) or "a group" for a in sender_addresses) or "several"
+            await self.refused(session, sender, "Sender header not allowed", sender_header=shown)
+            return (f"550 5.7.1 The Sender: header must be one mailbox you may send as (found {shown})")
+        for address in from_addresses + sender_addresses:
+            named = _address_in_name(address)
+            if named:
+                await self.refused(session, sender, "display name holds another address", name=named)
+                return (f"550 5.7.1 The display name names another address ({named}) than the mailbox "
+                        f"<{_mailbox(address)}>: readers would take it for the sender")
+        return None
+
+    async def _may_use(self, session: Any, address: str | None) -> bool:
+        if not address:
+            return False
+        async with self._engine.connect() as conn:
+            return await grant_for(conn, session.auth_data.principal, address) is not None
 
 
 class RelayHandler(_Receiver):
@@ -244,12 +302,32 @@ class RelayHandler(_Receiver):
         await self.refused(session, recipient, "relaying denied")
         return f"550 5.7.1 <{recipient}>: relaying denied, this server only takes mail for its own domains"
 
-    async def check_message(self, session: Any, envelope: MsanteEnvelope, headers: Any) -> str | None:
-        hops = len(headers.get_all("Received", []))
+    async def check_message(self, session: Any, envelope: MsanteEnvelope, header: Header) -> str | None:
+        hops = len(header.all("received"))
         if hops < MAX_HOPS:
             return None
         await self.refused(session, envelope.mail_from, "mail loop", hops=hops)
         return f"554 5.4.6 Too many hops ({hops} Received: headers): mail loop"
+
+
+def _mailbox(address: Address) -> str | None:
+    """local@domain, lower-cased, as MAIL FROM is compared; None for a group marker."""
+    _, _, local, domain = address
+    return f"{local}@{domain}".lower() if local is not None and domain is not None else None
+
+
+def _address_in_name(address: Address) -> str | None:
+    """An address other than the mailbox's own written in its display name (RFC 2047 words
+    decoded first: that is what a mail client shows)."""
+    name = address[0]
+    if not name:
+        return None
+    try:
+        name = str(make_header(decode_header(name)))
+    except Exception:  # broken encoded words: look at the text as written
+        pass
+    own = _mailbox(address)
+    return next((m.group() for m in _ADDRESS_LIKE.finditer(name) if m.group().lower() != own), None)
 
 
 def _peer(session: Any) -> str:

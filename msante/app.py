@@ -186,7 +186,8 @@ def smtp_listeners(services: Services) -> list[Listener]:
     """`submission` (STARTTLS before anything else), `submissions` (implicit TLS, RFC 8314) and
     `smtp`, the relay between operators (STARTTLS with a client certificate required)."""
     s = services.settings
-    limits = SmtpLimits(max_message_size=s.max_message_size)
+    limits = SmtpLimits(max_message_size=s.max_message_size, max_header_size=s.max_header_size,
+                         max_header_fields=s.max_header_fields)
     common = dict(domains=s.domains, hostname=s.hostname, limits=limits)
     submission = SubmissionHandler(services.engine, services.mailstore, services.audit, services.trust, **common)
     relay = RelayHandler(services.engine, services.mailstore, services.audit, services.trust,

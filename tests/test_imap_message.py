@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 
 from mailserver.imap.fetchitems import FetchItem, parse_fetch, render
-from mailserver.imap.message import Message, UnknownCTE, parse_addresses
+from mailserver.imap.message import MAX_DEPTH, MAX_PARTS, Message, UnknownCTE, parse_addresses
 from mailserver.imap.syntax import Atom, PList, String
 
 PLAIN = (
@@ -237,7 +237,7 @@ def test_pathological_nesting_is_cut_off():
     raw = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(depth))
     raw += b"Content-Type: text/plain\r\n\r\ndeep\r\n"
     structure = Message(raw).bodystructure(extended=False)
-    assert structure.count(b'"mixed"') == 50
+    assert structure.count(b'"mixed"') == MAX_DEPTH
     assert b'("application" "octet-stream" NIL NIL NIL "7bit" ' in structure
     assert Message(raw).body_text() == ""
 
