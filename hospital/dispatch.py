@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mailserver import dsn
 from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
-from store.db import committed, dialect_insert, utc
+from store.db import dialect_insert, utc
 from store.events import EventBus
 from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
@@ -35,6 +35,7 @@ from .message import parse
 
 log = logging.getLogger("msante.hl7")
 BATCH = 100  # pending events read at a time
+CONCURRENT = 8  # events dispatched at once, their mails in one group commit; more would hold up the feed's ACKs
 POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs at most this
 NO_GP = "no GP given"
 NO_BOX = "GP has no MSSanté box"
@@ -86,9 +87,9 @@ class Dispatcher:
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(select(hospital_events).where(hospital_events.c.status == "pending")
                                            .order_by(hospital_events.c.id).limit(BATCH))).all()
-            for row in rows:
-                await self.dispatch(row)
-                done += 1
+            for start in range(0, len(rows), CONCURRENT):  # their mails share group commits
+                await asyncio.gather(*(self.dispatch(row) for row in rows[start:start + CONCURRENT]))
+            done += len(rows)
             if len(rows) < BATCH:
                 return done
 
@@ -136,7 +137,7 @@ class Dispatcher:
 
         try:
             if target is None:
-                raised = await committed(self._engine, lambda conn: finish(conn, None))
+                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None))
             else:
                 message = notice.build(notice.Notice(
                     kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=_occurred(event, patient),

@@ -51,15 +51,13 @@ class Sender:
 
 
 class Feed:
-    def __init__(self, engine: AsyncEngine, audit: AuditTrail, bus: EventBus, *, facility: str) -> None:
+    def __init__(self, engine: AsyncEngine, audit: AuditTrail, bus: EventBus, writes: GroupCommit, *,
+                 facility: str) -> None:
         self._engine = engine
         self._audit = audit
         self._bus = bus
+        self._writes = writes  # the mail store's: one writer for SQLite's one write lock
         self._facility = facility  # our MSH-3/4 in ACKs: the operator's host name
-        self._writes = GroupCommit(engine)
-
-    async def close(self) -> None:
-        await self._writes.close()
 
     async def receive(self, data: bytes, sender: Sender, *, source: str) -> bytes:
         """The ACK for one message (the bytes of one MLLP frame)."""
@@ -72,22 +70,20 @@ class Feed:
                              f"the structure of this certificate (FINESS {sender.finess})", "MSH", field_no=4,
                              header=header)
             return await self._refuse(error, sender, source, data)
-        stored = await self._stored_ack(sender, header.control_id)
-        if stored is not None:
-            await self._audit.record(sender.actor, "hl7.resend", target=header.control_id, source=source,
-                                     message_type=header.message_type)
-            return stored
         try:
             message = parse(data)
         except Hl7Error as error:
-            return await self._refuse(error, sender, source, data)
+            stored = await self._stored_ack(sender, header.control_id)  # what was taken once stays taken
+            return stored if stored is not None else await self._refuse(error, sender, source, data)
         answer = ack.build(header, "AA", _ack_id(), facility=self._facility)
         try:
             await self._writes.run(lambda conn: self._store(conn, message, data, answer, sender, source))
-        except IntegrityError:  # the same MSH-10 stored meanwhile by another connection
+        except IntegrityError:  # a resend: this MSH-10 is stored (the unique key says so, no read first)
             stored = await self._stored_ack(sender, header.control_id)
             if stored is None:
                 raise
+            await self._audit.record(sender.actor, "hl7.resend", target=header.control_id, source=source,
+                                     message_type=header.message_type)
             return stored
         if message.kind in NOTIFIED_KINDS:
             await self._bus.publish(CHANNEL, PENDING)

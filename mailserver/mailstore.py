@@ -62,7 +62,9 @@ class MailStore:
         self._engine = engine
         self._bus = bus
         self._reporting_mta = reporting_mta
-        self._writes = GroupCommit(engine)
+        # The writer the hospital feed shares (hospital/feed.py): with SQLite's one write lock,
+        # writes taken in turn by one task beat writers fighting over it with busy-wait backoff.
+        self.writes = GroupCommit(engine)
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
                      audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient],
@@ -80,12 +82,12 @@ class MailStore:
             if alongside is not None:
                 await alongside(conn, stored[0])
             return stored
-        accepted, events = await self._writes.run(write)
+        accepted, events = await self.writes.run(write)
         await self.publish(events + ([(0, QUEUED)] if accepted.queued else []))
         return accepted
 
     async def close(self) -> None:
-        await self._writes.close()
+        await self.writes.close()
 
     async def _store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,
                      audit: AuditTrail, audit_action: str, source: str, mail_dsn: dsn.MailDsn,

@@ -283,7 +283,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
     listeners += imap_listeners(services)
     feed = None
     if settings.listen["hl7"]:
-        feed = Feed(services.engine, services.audit, services.bus, facility=settings.hostname)
+        feed = Feed(services.engine, services.audit, services.bus, services.mailstore.writes,
+                    facility=settings.hostname)
         listeners.append(hl7_listener(services, feed))
     queue_stop = asyncio.Event()
     stop = stop or asyncio.Event()
@@ -324,8 +325,6 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
         if dispatch is not None:
             await asyncio.wait_for(dispatch, SHUTDOWN_DEADLINE)
-        if feed is not None:
-            await feed.close()
         await crl_refresh
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
