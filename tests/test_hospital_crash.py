@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import sqlite3
 import ssl
 import threading
 import time
-from pathlib import Path
 
 import pytest
 

@@ -169,3 +169,16 @@ def test_oversized_frame_closes_the_connection(server):
             while client.sock.recv(65536):
                 pass
             raise ConnectionError("closed")
+
+
+def test_cli_plays_the_demo_hospital(server, capsys):
+    files = [str(SAMPLES / name) for name in ("adt_a04_ed_visit.hl7", "mdm_t02_ed_report.hl7", "adt_a03_discharge.hl7")]
+    assert server.cli("hl7", "send", *files) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.rsplit(": ", 1)[1] for line in out] == ["AA", "AA", "AA"]
+    bad = server.data_dir / "bad.hl7"
+    bad.write_text("MSH|^~\\&|X|CHSP^970002002|Y|Z|20261206||ADT^A01|BAD-2|P|2.5\nPID|1\n")
+    assert server.cli("hl7", "send", str(bad)) == 1
+    assert capsys.readouterr().out.strip().endswith(": AE segment EVN is required")
+    rows = wait_for(server, select(hospital_notices.c.status), 3)
+    assert {r["status"] for r in rows} == {"delivered"}
