@@ -56,28 +56,36 @@ class Target:
 
 class Dispatcher:
     def __init__(self, engine: AsyncEngine, mailstore: MailStore, audit: AuditTrail, bus: EventBus, *,
-                 domains: tuple[str, ...]) -> None:
+                 domains: tuple[str, ...], poll_seconds: float = POLL_SECONDS) -> None:
         self._engine = engine
+        self._poll = poll_seconds
         self._mailstore = mailstore
         self._audit = audit
         self._bus = bus
         self._hostname = domains[0]
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch what is pending, then sleep until the feed stores more, POLL_SECONDS, or stop."""
         subscription = self._bus.subscribe(CHANNEL)
-        events = aiter(subscription)
+        wake = asyncio.Event()
+
+        async def listen() -> None:
+            async for _event in subscription:
+                wake.set()
+        listener = asyncio.create_task(listen())
         try:
             while not stop.is_set():
+                wake.clear()
                 try:
                     await self.run_once()
-                except Exception:
+                except Exception:  # the job must outlive a bad pass; the events stay pending
                     log.exception("hospital dispatch failed; retrying in %.0f s", POLL_SECONDS)
-                heard = asyncio.ensure_future(anext(events))
-                stopping = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({heard, stopping}, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in (heard, stopping):
+                waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
+                await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
                     waiter.cancel()
         finally:
+            listener.cancel()
             await subscription.close()
 
     async def run_once(self) -> int:
