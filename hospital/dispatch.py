@@ -40,7 +40,11 @@ POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs a
 NO_GP = "no GP given"
 NO_BOX = "GP has no MSSanté box"
 UNKNOWN_GP = "GP unknown to the directory"
-NOTIFY = dsn.RcptDsn(notify=frozenset({"SUCCESS", "FAILURE"}))
+# Another operator's box: a DSN tells the hospital's box when the mail is delivered or fails. Ours:
+# the transaction that stores the mail in the GP's INBOX is the delivery, recorded on the notice
+# as it commits, so no report is written to the hospital's box (it doubled the work per event).
+NOTIFY_REMOTE = dsn.RcptDsn(notify=frozenset({"SUCCESS", "FAILURE"}))
+NOTIFY_LOCAL = dsn.RcptDsn(notify=frozenset({"NEVER"}))
 ALERT_KIND = "patient"
 TITLES = {"ADM": "Admission", "URG": "Passage aux urgences", "SOR": "Sortie d'hospitalisation",
           "DOC": "Nouveau document"}
@@ -159,7 +163,8 @@ class Dispatcher:
                 await self._mailstore.accept(
                     message=message, message_id="", sender=sender, actor=actor, audit=self._audit,
                     audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
-                    recipients=[Recipient(target.address, NOTIFY, target.mailbox_id)], alongside=alongside)
+                    recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
+                                          target.mailbox_id)], alongside=alongside)
                 raised = holder["raised"]
         except _AlreadyDone:
             return

@@ -4,8 +4,8 @@ It says who (the patient, with the INS), what (the event, with its national type
 TRE_R254-TypeEvenement, OID 1.2.250.1.213.1.1.4.337: ADM admission, SOR discharge, DOC
 document deposited; an ED visit is an ADM whose unit says "urgences"), where (the unit), when
 (in the hospital's own time, as the message gave it) and whom to call. A read receipt is
-asked (Disposition-Notification-To) and the DSN NOTIFY=SUCCESS,FAILURE is set by the
-dispatcher. A document event carries the document twice, as the national convention wants:
+asked (Disposition-Notification-To); for another operator's box the dispatcher asks a DSN
+(NOTIFY=SUCCESS,FAILURE). A document event carries the document twice, as the national convention wants:
 the PDF (or CDA) itself and an IHE_XDM.ZIP, under a subject starting "XDM/1.0/DDM+".
 """
 from __future__ import annotations
