@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from sqlalchemy import and_, insert, select, update
@@ -151,11 +151,15 @@ class Dispatcher:
             if target is None:
                 raised = await self._mailstore.writes.run(lambda conn: finish(conn, None))
             else:
-                message = notice.build(notice.Notice(
+                facts = notice.Notice(
                     kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=_occurred(event, patient),
                     unit=event.unit, hospital=hospital, sender=sender, contact=contact, recipient=target.address,
-                    recipient_name=target.name, event_id=event.id,
-                    document=parse(data).document if event.kind == "DOC" else None), hostname=self._hostname)
+                    recipient_name=target.name, event_id=event.id)
+                if event.kind == "DOC":  # the document (up to [hl7] max_frame) is decoded and zipped off the loop
+                    message = await asyncio.to_thread(
+                        lambda: notice.build(replace(facts, document=parse(data).document), hostname=self._hostname))
+                else:
+                    message = notice.build(facts, hostname=self._hostname)
                 holder: dict = {}
 
                 async def alongside(conn: AsyncConnection, accepted: Accepted) -> None:

@@ -14,6 +14,7 @@ malformed messages are audited and not stored. The event waits, `pending`, for t
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .message import Header, HospitalMessage, Hl7Error, parse, read_header
 CHANNEL = "hospital"  # "an event is pending": wakes the dispatcher
 PENDING = {"type": "pending"}
 NOTIFIED_KINDS = ("ADM", "URG", "SOR", "DOC")  # updates and cancellations are kept, not announced
+IN_THREAD = 256 * 1024  # bytes beyond which a message is parsed in a thread (base64 documents)
 FACILITY_MISMATCH = 204  # table 0357 "unknown key identifier": the facility is not the sender's
 
 
@@ -70,8 +72,8 @@ class Feed:
                              f"the structure of this certificate (FINESS {sender.finess})", "MSH", field_no=4,
                              header=header)
             return await self._refuse(error, sender, source, data)
-        try:
-            message = parse(data)
+        try:  # a document message (up to [hl7] max_frame) is decoded off the event loop
+            message = await asyncio.to_thread(parse, data) if len(data) > IN_THREAD else parse(data)
         except Hl7Error as error:
             stored = await self._stored_ack(sender, header.control_id)  # what was taken once stays taken
             return stored if stored is not None else await self._refuse(error, sender, source, data)

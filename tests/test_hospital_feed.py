@@ -2,6 +2,7 @@
 GP's mail read back over IMAP, and what was not notified kept with its reason."""
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import io
@@ -182,3 +183,19 @@ def test_cli_plays_the_demo_hospital(server, capsys):
     assert capsys.readouterr().out.strip().endswith(": AE segment EVN is required")
     rows = wait_for(server, select(hospital_notices.c.status), 3)
     assert {r["status"] for r in rows} == {"delivered"}
+
+
+def test_a_large_document_goes_through(server):
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 2048 + b"\n%%EOF\n"  # 512 KiB: parsed and zipped off the loop
+    data = sample("mdm_t02_ed_report.hl7", "BIG-1").decode()
+    head, _, _ = data.rpartition("^Base64^")
+    data = head + "^Base64^" + base64.b64encode(pdf).decode() + "||||||F\n"
+    with hospital(server) as client:
+        assert msa(client.send(data.encode()))[1] == "AA"
+    wait_for(server, select(hospital_notices))
+    imap = imaplib_client(server)
+    imap.select("INBOX")
+    _, fetched = imap.fetch(b"1", "(RFC822)")
+    imap.logout()
+    mail = email.message_from_bytes(fetched[0][1], policy=email.policy.default)
+    assert {p.get_filename(): p.get_content() for p in mail.iter_attachments()}["DOC0001.PDF"] == pdf
