@@ -162,6 +162,8 @@ def test_other_certificates_are_cut_off(server, tmp_path):
         client.send(sample("adt_a04_ed_visit.hl7"))
     client.close()
     assert server.rows(select(hl7_messages.c.id)) == []
+    refused = server.rows(select(audit.c.actor, audit.c.detail).where(audit.c.action == "hl7.refuse"))
+    assert refused[0]["actor"] == "810001045367" and "not an applicative certificate" in refused[0]["detail"]
 
 
 def test_oversized_frame_closes_the_connection(server):
@@ -171,6 +173,8 @@ def test_oversized_frame_closes_the_connection(server):
             while client.sock.recv(65536):
                 pass
             raise ConnectionError("closed")
+    framing = server.rows(select(audit.c.actor, audit.c.outcome).where(audit.c.action == "hl7.framing"))
+    assert framing == [{"actor": "dpi.ch-saint-paul@msante.test", "outcome": "denied"}]
 
 
 def test_cli_plays_the_demo_hospital(server, capsys):
