@@ -17,7 +17,6 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
 
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -101,31 +100,23 @@ class Dispatcher:
                 rows = (await conn.execute(select(hospital_events).where(hospital_events.c.status == "pending")
                                            .order_by(hospital_events.c.id).limit(BATCH))).all()
             for start in range(0, len(rows), CONCURRENT):  # their mails share group commits
-                async with self._engine.connect() as conn:  # one connection reads what the chunk needs
-                    plans = [await self._plan(conn, row) for row in rows[start:start + CONCURRENT]]
-                await asyncio.gather(*(self._deliver(plan) for plan in plans))
+                await asyncio.gather(*(self.dispatch(row) for row in rows[start:start + CONCURRENT]))
             done += len(rows)
             if len(rows) < BATCH:
                 return done
 
-    async def _plan(self, conn: AsyncConnection, event) -> "_Plan":  # noqa: ANN001 - a hospital_events row
-        """What telling of `event` needs from the store: who sent it, the hospital, the GP's box, the circle."""
+    async def dispatch(self, event) -> None:  # noqa: ANN001 - a hospital_events row
         patient = json.loads(event.patient)
-        # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
-        columns = [hl7_messages.c.sender, *([hl7_messages.c.data] if event.kind == "DOC" else [])]
-        found = (await conn.execute(select(*columns).where(hl7_messages.c.id == event.message_id))).one()
-        hospital, contact = await _hospital(conn, event.organisation_id)
-        target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
-        members = await _circle_members(conn, event.patient_ins)
-        return _Plan(event, patient, found.sender, getattr(found, "data", b""), hospital, contact or found.sender,
-                     target, reason, [_alert_row(event, patient, idnat) for idnat in members])
-
-    async def _deliver(self, plan: "_Plan") -> None:
-        """The mail (if anyone can be told), the notice, the circle's alerts and the event marked
-        dispatched: one transaction."""
-        event, patient, sender, data, target, reason = (plan.event, plan.patient, plan.sender, plan.data,
-                                                        plan.target, plan.reason)
-        hospital, contact, alert_rows = plan.hospital, plan.contact, plan.alert_rows
+        async with self._engine.connect() as conn:
+            # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
+            columns = [hl7_messages.c.sender, *([hl7_messages.c.data] if event.kind == "DOC" else [])]
+            found = (await conn.execute(select(*columns).where(hl7_messages.c.id == event.message_id))).one()
+            sender, data = found.sender, getattr(found, "data", b"")
+            hospital, contact = await _hospital(conn, event.organisation_id)
+            contact = contact or sender
+            target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
+            members = await _circle_members(conn, event.patient_ins)
+        alert_rows = [_alert_row(event, patient, idnat) for idnat in members]
         actor = Actor(sender, "application")
 
         async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
@@ -183,19 +174,6 @@ class Dispatcher:
             return
         for alert in raised:
             await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
-
-
-@dataclass(frozen=True)
-class _Plan:
-    event: Any  # the hospital_events row
-    patient: dict
-    sender: str  # the hospital's applicative box
-    data: bytes  # the message, for a document event only
-    hospital: str
-    contact: str
-    target: Target | None
-    reason: str  # why nobody, or why not the GP's own box
-    alert_rows: list[dict]
 
 
 class _AlreadyDone(Exception):
