@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from directory.access import MailboxGrant, grant_for
 from directory.app_passwords import AppPasswords
 from directory.authn import Authenticator, AuthError, Principal
-from store.audit import Actor, AuditTrail
+from store.audit import ANONYMOUS, Actor, AuditTrail
 
 from .sasl import BearerCredentials, Credentials, ExternalCredentials, PasswordCredentials
 
@@ -155,6 +155,12 @@ class Logins:
         if isinstance(credentials, PasswordCredentials) and account:
             self.throttle.forgive(f"password:account:{account}")
         return Login(principal, grant)
+
+    async def malformed(self, mechanism: str, reason: str, *, source: str, protocol: str) -> None:
+        """A login attempt too malformed to check (not base64, not UTF-8, a broken SASL
+        exchange): refused by the protocol's error, audited here like any failed login."""
+        await self._audit.record(ANONYMOUS, f"login.{protocol}", outcome="failed", source=source,
+                                 mechanism=mechanism[:20], reason=reason)
 
     async def _authenticate(self, credentials: Credentials, peer_certificate: bytes | None, source: str,
                             protocol: str) -> Principal:

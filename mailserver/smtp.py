@@ -335,6 +335,8 @@ class MsanteSMTP(SMTP):
             while isinstance(result, sasl.Challenge):
                 result = exchange.step(await self._auth_response(result.data))
         except sasl.SaslError as exc:
+            if exc.kind != "aborted":
+                await self.logins.malformed(mechanism, str(exc), source=_peer(self.session), protocol="smtp")
             await self.push("501 5.7.0 Authentication aborted" if exc.kind == "aborted"
                             else f"501 5.5.2 {exc}")
             return

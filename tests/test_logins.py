@@ -3,6 +3,8 @@ ones; and wrong passwords never slow a token or certificate login. `Throttle` al
 clock of our own, then over real sockets against a running server."""
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 
@@ -12,6 +14,7 @@ from sqlalchemy import func, select
 from mailserver.logins import Throttle
 from store.schema import audit
 from tests.imap_client import GP, RawImap, xoauth2, token
+from tests.test_smtp import connect
 
 
 class Clock:
@@ -113,3 +116,25 @@ def test_wrong_passwords_do_not_slow_the_owners_token_login(server):
     tag, lines = password.command(f"LOGIN {GP} still-wrong")
     password.close()
     assert b" NO " in lines[-1]  # slowed, or refused unchecked while the queue is full ([UNAVAILABLE])
+
+
+def test_hostile_user_names_are_refused_and_audited_escaped(server):
+    """A user name with NUL or bidi controls went to the audit row as is (PostgreSQL refuses
+    NUL: no row, and an error for the client); bytes that are not UTF-8 left no row at all."""
+    client = RawImap(server)
+    tag, lines = client.command("LOGIN \x00 wrong-password", "jean\x00\u202e@msante.test".encode())
+    assert lines[-1].startswith(f"{tag} NO [AUTHENTICATIONFAILED]".encode()), lines
+    tag, lines = client.command("LOGIN \x00 wrong-password", b"jean\xff@msante.test")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    tag, lines = client.command("AUTHENTICATE PLAIN " + base64.b64encode(b"\0jean\xff\0pw").decode())
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.ok("NOOP")
+    client.close()
+    smtp = connect(server)
+    code, _ = smtp.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0jean\xfe\0pw").decode())
+    assert code == 501
+    smtp.close()
+    rows = server.rows(select(audit).where(audit.c.outcome == "failed").order_by(audit.c.id))
+    assert "jean\\x00\\u202e@msante.test" in [r["actor"] for r in rows if r["action"] == "auth.password"]
+    malformed = [(r["action"], json.loads(r["detail"])["mechanism"]) for r in rows if r["action"].startswith("login.")]
+    assert malformed == [("login.imap", "LOGIN"), ("login.imap", "PLAIN"), ("login.smtp", "PLAIN")], malformed

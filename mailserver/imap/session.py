@@ -300,7 +300,11 @@ class Session:
             raise No("log in after STARTTLS: passwords never travel in clear", "PRIVACYREQUIRED")
         if len(args) != 2:
             raise Bad("LOGIN takes a user name and a password")
-        credentials = sasl.PasswordCredentials("LOGIN", None, text(args[0]), text(args[1]))
+        try:
+            credentials = sasl.PasswordCredentials("LOGIN", None, text(args[0]), text(args[1]))
+        except ValueError as exc:
+            await self.ctx.logins.malformed("LOGIN", str(exc), source=self.conn.source, protocol="imap")
+            raise Bad("LOGIN takes a user name and a password, in UTF-8") from None
         return await self._log_in(credentials)
 
     async def authenticate(self, tag: str, args: list, uid: bool) -> Ok | None:
@@ -320,6 +324,8 @@ class Session:
         except sasl.SaslError as exc:
             if exc.kind == "unknown-mechanism":
                 raise No("unknown mechanism", "CANNOT") from None
+            if exc.kind != "aborted":
+                await self.ctx.logins.malformed(mechanism, str(exc), source=self.conn.source, protocol="imap")
             raise Bad(f"authentication {'cancelled' if exc.kind == 'aborted' else 'exchange malformed'}") from None
         try:
             return await self._log_in(result)
