@@ -15,7 +15,7 @@ import ssl
 import threading
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from cryptography import x509
 from sqlalchemy import func, select
@@ -28,7 +28,7 @@ from certs.tokens import TokenVerifier
 from directory.app_passwords import AppPasswords
 from config import ConfigError, Settings
 from directory.api import DirectoryApi
-from directory.authn import Authenticator
+from directory.authn import Authenticator, audit_handshake_refusal
 from directory.mailbox_api import MailboxApi
 from instant.service import Instant
 from mailserver.imap.folders import Folders
@@ -179,7 +179,8 @@ def https_listener(services: Services) -> Listener:
             m.inc("msante_http_requests_total", route=route, status=str(status))
 
     return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle), services.server_tls(),
-                    admission=services.admission, refusal=HTTP_REFUSAL)
+                    admission=services.admission, refusal=HTTP_REFUSAL,
+                    on_tls_failure=_tls_failure_audit(services, "https"))
 
 
 def smtp_listeners(services: Services) -> list[Listener]:
@@ -187,7 +188,8 @@ def smtp_listeners(services: Services) -> list[Listener]:
     `smtp`, the relay between operators (STARTTLS with a client certificate required)."""
     s = services.settings
     limits = SmtpLimits(max_message_size=s.max_message_size, max_header_size=s.max_header_size,
-                         max_header_fields=s.max_header_fields)
+                         max_header_fields=s.max_header_fields, login_deadline=s.limits.login_deadline,
+                         max_refusals=s.limits.smtp_refusals)
     common = dict(domains=s.domains, hostname=s.hostname, limits=limits)
     submission = SubmissionHandler(services.engine, services.mailstore, services.audit, services.trust, **common)
     relay = RelayHandler(services.engine, services.mailstore, services.audit, services.trust,
@@ -201,10 +203,11 @@ def smtp_listeners(services: Services) -> list[Listener]:
             continue
 
         def factory(handler=handler, logins=logins, context=context, implicit=implicit) -> MsanteSMTP:  # noqa: ANN001
-            return MsanteSMTP(handler, logins=logins, limits=limits, hostname=s.hostname, tls_context=context,
+            return MsanteSMTP(handler, logins=logins, audit=services.audit, limits=limits, hostname=s.hostname, tls_context=context,
                               implicit_tls=implicit)
         listeners.append(Listener(name, s.listen[name], ssl_context=context if implicit else None,
-                                  protocol_factory=factory, admission=services.admission, refusal=SMTP_REFUSAL))
+                                  protocol_factory=factory, admission=services.admission, refusal=SMTP_REFUSAL,
+                                  on_tls_failure=_tls_failure_audit(services, name)))
     return listeners
 
 
@@ -212,7 +215,8 @@ def imap_listeners(services: Services) -> list[Listener]:
     """`imap` (STARTTLS, LOGINDISABLED before it) and `imaps` (implicit TLS, RFC 8314)."""
     s = services.settings
     ctx = ImapContext(services.engine, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
-                      services.logins, services.audit, services.bus, s.hostname, s.max_message_size)
+                      services.logins, services.audit, services.bus, s.hostname, s.max_message_size,
+                      login_deadline=s.limits.login_deadline, max_refusals=s.limits.imap_refusals)
     services.imap = ctx
     listeners = []
     for name, implicit in (("imap", False), ("imaps", True)):
@@ -220,8 +224,15 @@ def imap_listeners(services: Services) -> list[Listener]:
             context = services.server_tls()
             listeners.append(Listener(name, s.listen[name], connection_handler(ctx, context, implicit_tls=implicit),
                                       context if implicit else None, admission=services.admission,
-                                      refusal=IMAP_REFUSAL))
+                                      refusal=IMAP_REFUSAL, on_tls_failure=_tls_failure_audit(services, name)))
     return listeners
+
+
+def _tls_failure_audit(services: Services, listener: str):  # noqa: ANN202 - listeners.TlsFailure
+    """What an implicit-TLS listener does with a failed handshake: audit a refused certificate."""
+    def report(error: BaseException, address: str) -> Awaitable[None]:
+        return audit_handshake_refusal(services.audit, error, source=address, protocol=listener)
+    return report
 
 
 def outbound_queue(services: Services) -> OutboundQueue:

@@ -314,6 +314,7 @@ circle_messages = Table(
     Column("author", String(24), ForeignKey("professionals.idnat"), nullable=False),
     Column("client_id", String(64), nullable=False),  # the posting client's id: a retry stores nothing twice
     Column("text", Text, nullable=False),
+    Column("reply_to", BigInteger),  # the seq of the message this one quotes, in the same circle
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("circle_id", "seq", name="uq_circle_messages_seq"),
     UniqueConstraint("circle_id", "author", "client_id", name="uq_circle_messages_client_id"),

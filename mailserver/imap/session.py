@@ -30,7 +30,7 @@ from directory.access import usable_mailboxes
 from mailserver import sasl
 from mailserver.logins import Login, LoginFailed, Logins
 from mailserver.mailstore import mailbox_channel
-from store.audit import AuditTrail
+from store.audit import ANONYMOUS, Actor, AuditTrail
 from store.events import OVERFLOW, RIGHTS, EventBus, Subscription
 from store.schema import mailbox_delegates
 
@@ -107,6 +107,8 @@ class ImapContext:
     hostname: str
     max_message_size: int
     max_connections_per_account: int = 20
+    login_deadline: float = 60  # seconds from connecting to a login ([limits] login_deadline)
+    max_refusals: int = 50  # NO and BAD one session may earn before it is closed ([limits] imap_refusals)
     open_sessions: Counter = field(default_factory=Counter)
     connections: set = field(default_factory=set)  # server.ImapConnection, for shutdown
     stopping: bool = False
@@ -151,6 +153,7 @@ class Session:
         self.enabled: set[str] = set()
         self._counted: str | None = None
         self._rights_read: tuple[int, int] | None = None  # ctx.rights_version when the namespace was read
+        self.refusals = 0  # tagged NO and BAD sent
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -223,7 +226,17 @@ class Session:
             await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
+    @property
+    def actor(self) -> Actor:
+        return self.login.principal.actor if self.login is not None else ANONYMOUS
+
+    async def reply(self, tag: str, status: str, message: str) -> None:
+        """A tagged reply decided by the connection (a literal refused, a command unparsable)."""
+        await self._tagged(tag, status, message)
+
     async def _tagged(self, tag: str, status: str, message: str, code: str = "") -> None:
+        if status != "OK":
+            self.refusals += 1
         code = f"[{code}] " if code else ""
         await self.conn.send(f"{tag} {status} {code}{message}\r\n".encode("utf-8", "replace"))
 
@@ -287,7 +300,11 @@ class Session:
             raise No("log in after STARTTLS: passwords never travel in clear", "PRIVACYREQUIRED")
         if len(args) != 2:
             raise Bad("LOGIN takes a user name and a password")
-        credentials = sasl.PasswordCredentials("LOGIN", None, text(args[0]), text(args[1]))
+        try:
+            credentials = sasl.PasswordCredentials("LOGIN", None, text(args[0]), text(args[1]))
+        except ValueError as exc:
+            await self.ctx.logins.malformed("LOGIN", str(exc), source=self.conn.source, protocol="imap")
+            raise Bad("LOGIN takes a user name and a password, in UTF-8") from None
         return await self._log_in(credentials)
 
     async def authenticate(self, tag: str, args: list, uid: bool) -> Ok | None:
@@ -307,6 +324,8 @@ class Session:
         except sasl.SaslError as exc:
             if exc.kind == "unknown-mechanism":
                 raise No("unknown mechanism", "CANNOT") from None
+            if exc.kind != "aborted":
+                await self.ctx.logins.malformed(mechanism, str(exc), source=self.conn.source, protocol="imap")
             raise Bad(f"authentication {'cancelled' if exc.kind == 'aborted' else 'exchange malformed'}") from None
         try:
             return await self._log_in(result)
