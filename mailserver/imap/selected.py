@@ -1,9 +1,12 @@
 """The selected folder as one session knows it: message sequence numbers, flags, MODSEQs.
 
 Sequence numbers (RFC 3501 §2.3.1.2) are per session: they move only when this session is
-told of an expunge. The store is the truth; `sync` reads what changed since the highest
-MODSEQ this session has seen (new messages, other sessions' flag changes, expunges, all
-stamped by the one folder counter) and turns it into untagged responses. Expunges wait while
+told of an expunge. The store is the truth and its change log the only way the view moves on:
+`sync` reads what changed since the highest MODSEQ this session read from the log (new
+messages, flag changes, expunges, all stamped by the one folder counter) and turns into
+untagged responses whatever differs from what the session holds. The session's own writes
+update what it holds, never where it has read the log up to, so they are not told twice and
+cannot hide others' earlier changes. Expunges wait while
 a command that uses sequence numbers runs (RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE
 or SEARCH) and are told at the next point where they may be.
 """
@@ -79,10 +82,12 @@ class Selected:
         return b"* %d FETCH (%s)\r\n" % (self.seq_of(uid), items)
 
     def update(self, meta: MessageMeta) -> None:
-        """Our own STORE changed a message: remember it, so sync does not tell it again."""
+        """Our own STORE changed a message: remember its new state, so sync, finding the same
+        state in the change log, does not tell it again. `highestmodseq` stays where the log was
+        last read: our MODSEQ may be above others' changes not yet told (an expunge, a new
+        message), which the next sync must still read."""
         if meta.uid in self.meta:
             self.meta[meta.uid] = meta
-            self.highestmodseq = max(self.highestmodseq, meta.modseq)
 
     async def sync(self, folders: Folders, *, expunges: bool, qresync: bool, condstore: bool) -> list[bytes]:
         """Untagged responses for what changed since we last looked."""
@@ -105,7 +110,7 @@ class Selected:
                 added.append(meta.uid)
             else:
                 self.meta[meta.uid] = meta
-                if old.flags != meta.flags:
+                if old.flags != meta.flags or condstore and old.modseq != meta.modseq:
                     out.append(self.fetch_flags(meta.uid, condstore=condstore))
         if added:
             out.append(b"* %d EXISTS\r\n" % self.exists)
