@@ -231,7 +231,7 @@ class Session:
         if self.selected is None:
             return
         out = await self.selected.sync(self.ctx.folders, expunges=expunges, qresync=self.qresync,
-                                       condstore=self.condstore)
+                                       condstore=self.condstore, rev2=self.rev2)
         if out:
             await self.conn.send(b"".join(out))
 
@@ -466,9 +466,7 @@ class Session:
             unseen = selected.first_unseen()
             if unseen:
                 out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % unseen)
-        permanent = b"()" if readonly else b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
-        out += [b"* OK [PERMANENTFLAGS %s] flags you can change permanently\r\n" % permanent,
-                b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % selected.uidvalidity,
+        out += [b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % selected.uidvalidity,
                 b"* OK [UIDNEXT %d] predicted next UID\r\n" % selected.uidnext,
                 b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % selected.highestmodseq]
         if "QRESYNC" in params:
@@ -898,7 +896,8 @@ class Session:
         for meta in changed:
             selected.update(meta)
         changed_uids = {m.uid for m in changed}
-        out = [selected.fetch_flags(u, condstore=self.condstore) for u in uids
+        out = selected.tell_keywords(changed)
+        out += [selected.fetch_flags(u, condstore=self.condstore) for u in uids
                if u in selected.meta and u not in failed and (not silent or (unchanged_since and u in changed_uids))]
         if out:
             await self.conn.send(b"".join(out))
