@@ -11,6 +11,7 @@ understood is shown as text/plain, and nesting deeper than MAX_DEPTH is left opa
 """
 from __future__ import annotations
 
+import base64
 import binascii
 import re
 from dataclasses import dataclass, field
@@ -308,6 +309,32 @@ class Message:
         if cur.children is not None or cur.inner is not None:
             return cur.body
         return _decode_cte(cur.body, cur.cte)
+
+    def without_nul(self) -> bytes:
+        """The message as IMAP can send it in BODY[]: each part whose content holds NUL octets
+        (an APPEND of binary content, RFC 3516 §4.4) re-encoded in base64, as Dovecot stores
+        such an APPEND. BINARY[] gives the octets back; a NUL elsewhere (a header) stays, and a
+        FETCH of it is refused (encode.NulOctet)."""
+        if b"\0" not in self.raw:
+            return self.raw
+        leaves, stack = [], [self._root]
+        while stack:
+            p = stack.pop()
+            if p.children is not None:
+                stack += p.children
+            elif p.inner is not None:
+                stack.append(p.inner)
+            elif b"\0" in p.body and p.cte in _COMPOSITE_CTE and not p.header_fields.truncated:
+                leaves.append(p)
+        out, at = [], 0
+        for p in sorted(leaves, key=lambda p: p.start):
+            fields = b"".join(f.raw for f in p.fields if f.key != "content-transfer-encoding")
+            if fields and not fields.endswith(b"\n"):
+                fields += b"\r\n"
+            encoded = base64.encodebytes(p.body).replace(b"\n", b"\r\n")
+            out += [self.raw[at:p.start], fields, b"Content-Transfer-Encoding: base64\r\n\r\n", encoded]
+            at = p.end
+        return b"".join(out) + self.raw[at:]
 
     def header_values(self, name: str) -> list[str]:
         """Every value of a top-level header field, RFC 2047 words decoded (SEARCH HEADER, FROM...)."""

@@ -588,9 +588,10 @@ class Session:
                 flags = _flags(extra.items)
             else:
                 when = encode.parse_date_time(text(extra))
-        if len(message.value) > self.ctx.max_message_size:
+        data = Message(message.value).without_nul()  # base64 grows it: the limit is on what is kept
+        if len(data) > self.ctx.max_message_size:
             raise No(f"message over the limit of {self.ctx.max_message_size} octets", "TOOBIG")
-        if not message.value:
+        if not data:
             raise No("an empty message is not a message", "CANNOT")
         try:
             resolved = await self._resolve(args[0], "i", "imap.append")
@@ -599,11 +600,11 @@ class Session:
             raise
         folder_id = await self._folder_id_or_trycreate(resolved)
         try:
-            uidvalidity, new_uid = await self.ctx.folders.append(folder_id, message.value, flags, when)
+            uidvalidity, new_uid = await self.ctx.folders.append(folder_id, data, flags, when)
         except OverQuota:
             raise No("the mailbox is full", "OVERQUOTA") from None
         await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
-                          size=len(message.value))
+                          size=len(data))
         return Ok(f"APPENDUID {uidvalidity} {new_uid}", "APPEND completed")
 
     async def _folder_id_or_trycreate(self, resolved: Resolved) -> int:
@@ -828,6 +829,8 @@ class Session:
                                                     condstore=condstore, add_flags=u in seen_now))
                 except UnknownCTE:
                     raise No(f"message UID {u} has a transfer encoding we cannot decode", "UNKNOWN-CTE") from None
+                except encode.NulOctet:
+                    raise No(f"message UID {u} holds NUL octets there: only BINARY[] can send them") from None
             await self.conn.send(b"".join(out))
 
     async def _messages(self, folder_id: int, uids: list[int], header_only: bool) -> dict[int, bytes]:
