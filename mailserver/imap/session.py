@@ -408,11 +408,22 @@ class Session:
         for arg in args:
             name = text(arg).upper()
             if name in ENABLEABLE and name not in self.enabled:
-                self.enabled.add(name)
-                newly.append("IMAP4rev2" if name == "IMAP4REV2" else name)
-        if "QRESYNC" in self.enabled:
-            self.enabled.add("CONDSTORE")
-        await self.conn.send(("* ENABLED " + " ".join(newly)).rstrip().encode() + b"\r\n")
+                newly.append(name)
+        self.enabled.update(n for n in newly if n != "CONDSTORE")
+        await self.conn.send(("* ENABLED " + " ".join("IMAP4rev2" if n == "IMAP4REV2" else n for n in newly))
+                             .rstrip().encode() + b"\r\n")
+        if "CONDSTORE" in newly or "QRESYNC" in newly:
+            await self._condstore_on()
+
+    async def _condstore_on(self) -> None:
+        """RFC 7162 §3.1: CONDSTORE turned on while a folder is selected (by ENABLE, or by the
+        first command that uses it: FETCH MODSEQ or CHANGEDSINCE, STORE UNCHANGEDSINCE, SEARCH
+        MODSEQ) tells the HIGHESTMODSEQ the session's view is at, once."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            await self.conn.send(b"* OK [HIGHESTMODSEQ %d] CONDSTORE on\r\n" % self.selected.highestmodseq)
 
     def _mailbox_name(self, token: Token) -> str:
         name = text(token)
@@ -795,7 +806,7 @@ class Session:
         changed_since = modifiers.get("CHANGEDSINCE")
         condstore = self.condstore or changed_since is not None or any(i.name == "MODSEQ" for i in items)
         if condstore:
-            self.enabled.add("CONDSTORE")
+            await self._condstore_on()
         if "VANISHED" in modifiers:
             if not (uid and self.qresync and changed_since is not None):
                 raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")
@@ -892,7 +903,7 @@ class Session:
         uids = self._uids(text(args[0]), uid)
         unchanged_since = modifiers.get("UNCHANGEDSINCE")
         if unchanged_since is not None:
-            self.enabled.add("CONDSTORE")
+            await self._condstore_on()
         changed, failed = await self.ctx.folders.store_flags(
             selected.folder_id, uids, mode, flags,
             unchanged_since=int(unchanged_since) if unchanged_since is not None else None)
@@ -948,7 +959,7 @@ class Session:
         except BadCharset as exc:
             raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
         if query.uses_modseq:
-            self.enabled.add("CONDSTORE")
+            await self._condstore_on()
         largest_uid = selected.uids[-1] if selected.uids else 0
         found: list[tuple[int, int]] = []  # (seq, uid)
         for start in range(0, selected.exists, FETCH_BATCH):
@@ -963,10 +974,15 @@ class Session:
                 if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
                     found.append((start + offset + 1, u))
         numbers = [u if uid else s for s, u in found]
-        modseq = max((selected.meta[u].modseq for _, u in found), default=0) if query.uses_modseq else 0
         returns = query.returns
         if returns is None and self.rev2:
             returns = ("ALL",)
+        # RFC 7162 §3.1.5: the highest MODSEQ of what is returned; MIN and MAX alone return
+        # one message each (found is in sequence order, so they are its ends)
+        told = found
+        if returns and set(returns) <= {"MIN", "MAX"}:
+            told = found[:1] * ("MIN" in returns) + found[-1:] * ("MAX" in returns)
+        modseq = max((selected.meta[u].modseq for _, u in told), default=0) if query.uses_modseq else 0
         if returns is None:
             line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
             if modseq:
