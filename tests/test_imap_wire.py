@@ -41,6 +41,10 @@ def test_brackets_in_mailbox_names(server):
     client.ok("SELECT foo[bar]")
     client.ok("CREATE x]y[z")
     assert b'"/" x]y[z\r\n' in b"".join(client.ok('LIST "" x]y[*'))
+    weird = "!#$&'+,-.0123456789:;<=>?@^_`|[}"  # every ATOM-CHAR, and "&'", which is not modified UTF-7
+    tag, lines = client.command(f"SELECT {weird}")
+    assert lines[-1].startswith(f"{tag} NO".encode()), lines
+    assert client.ok(f'LIST "" {weird}%*') == [] and client.ok(f'LSUB "" {weird}%*') == []
     tag, lines = client.command("FETCH 1 BODY[HEADER")
     assert lines[-1].startswith(f"{tag} BAD".encode()), lines  # an atom now, but no FETCH item
     client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import encode
 from .names import DELIMITER, Box, expand_rights, pattern_matcher, valid_rights
 from .syntax import Atom, PList, Token, text
 
@@ -76,7 +77,8 @@ async def list_response(session: "Session", args: list[Token]) -> bytes:
     if len(args) != 2:
         raise ValueError("LIST takes a reference and a mailbox pattern")
     reference = session._mailbox_name(args[0])
-    patterns = [session._mailbox_name(p) for p in (args[1].items if isinstance(args[1], PList) else [args[1]])]
+    tokens = args[1].items if isinstance(args[1], PList) else [args[1]]
+    patterns = [p for t in tokens if (p := _pattern(session, t)) is not None]
     if patterns == [""]:  # RFC 3501 §6.3.8: the delimiter and root of the reference
         return b'* LIST (\\Noselect) "/" ""\r\n'
     entries = await _entries(session)
@@ -112,9 +114,23 @@ async def lsub_response(session: "Session", args: list[Token]) -> bytes:
     """RFC 3501 §6.3.9 (IMAP4rev1 clients; RFC 9051 replaces it with LIST (SUBSCRIBED))."""
     if len(args) != 2:
         raise ValueError("LSUB takes a reference and a mailbox pattern")
-    match = pattern_matcher(session._mailbox_name(args[0]), session._mailbox_name(args[1]))
+    pattern = _pattern(session, args[1])
+    if pattern is None:
+        return b""
+    match = pattern_matcher(session._mailbox_name(args[0]), pattern)
     return b"".join(b'* LSUB () "/" %s\r\n' % session._encode_name(name)
                     for name in sorted(await _subscribed(session)) if match(name))
+
+
+def _pattern(session: "Session", token: Token) -> str | None:
+    """A LIST pattern; None when it is ASCII but not modified UTF-7, so it can match no name
+    (RFC 3501 §6.3.8: LIST answers what exists; a pattern that matches nothing is no error)."""
+    if not session.rev2 and text(token).isascii():
+        try:
+            encode.utf7_decode(text(token))
+        except ValueError:
+            return None
+    return session._mailbox_name(token)
 
 
 def _check_status_items(items: list[str]) -> None:

@@ -426,8 +426,17 @@ class Session:
             await self.conn.send(b"* OK [HIGHESTMODSEQ %d] CONDSTORE on\r\n" % self.selected.highestmodseq)
 
     def _mailbox_name(self, token: Token) -> str:
+        """A name as the client wrote it. Before IMAP4rev2, 8-bit octets are a syntax error (BAD),
+        while ASCII that is not modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP naming no
+        mailbox here (NO, as Dovecot answers)."""
         name = text(token)
-        name = name if self.rev2 else encode.utf7_decode(name)
+        if not self.rev2:
+            try:
+                name = encode.utf7_decode(name)
+            except ValueError:
+                if not name.isascii():
+                    raise Bad("8-bit mailbox names need ENABLE IMAP4rev2; else modified UTF-7") from None
+                raise No(f"{name[:60]!r} is not modified UTF-7: no mailbox has that name", "CANNOT") from None
         if len(name) > MAX_NAME or any(len(level) > MAX_NAME_LEVEL for level in name.split("/")):
             raise No(f"mailbox names are at most {MAX_NAME} characters, {MAX_NAME_LEVEL} between two /", "LIMIT")
         return name
