@@ -194,8 +194,23 @@ def _decode_cte(body: bytes, cte: str) -> bytes:
         data = data[: len(data) - 1] if len(data) % 4 == 1 else data
         return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
     if cte == "quoted-printable":
-        return binascii.a2b_qp(body)
+        return _decode_qp(body)
     raise UnknownCTE(cte)
+
+
+def _decode_qp(body: bytes) -> bytes:
+    """Quoted-printable per RFC 2045 §6.7: white space at the end of a line is padding, dropped
+    (rule 3); "=" ending a line, white space after it or not, is a soft line break (rule 5);
+    other line ends are CRLF, the canonical form. A broken "=" escape stays as written."""
+    out = []
+    lines = body.split(b"\n")
+    for n, line in enumerate(lines):
+        line = line.rstrip(b" \t\r")
+        if line.endswith(b"="):
+            out.append(binascii.a2b_qp(line[:-1]))
+        else:
+            out.append(binascii.a2b_qp(line) + (b"\r\n" if n < len(lines) - 1 else b""))
+    return b"".join(out)
 
 
 def _decode_text(raw: bytes) -> str:
