@@ -357,6 +357,22 @@ class Message:
         return [_decode_words(_decode_text(f.value.encode("utf-8", "surrogateescape")))
                 for f in self._root.fields if f.key == name]
 
+    def addresses(self, name: str) -> list[str]:
+        """The addresses of a top-level header field as ENVELOPE reads them (SEARCH FROM, TO, CC,
+        BCC), each `Display Name <mailbox@host>`, the name's RFC 2047 words decoded; a group is
+        its name. What the raw text holds besides (comments, spacing, encoded words) is not."""
+        found = []
+        for f in self._root.fields:
+            if f.key != name.lower():
+                continue
+            for display, _adl, mailbox, host in parse_addresses(f.value):
+                if mailbox is None:
+                    continue  # the end of a group
+                address = mailbox if host is None else f"<{mailbox}@{host}>"
+                found.append(f"{_decode_words(_decode_text(display.encode('utf-8', 'surrogateescape')))} {address}"
+                             if display else address)
+        return found
+
     def header_text(self) -> str:
         """The whole top-level header, decoded, one field per line (SEARCH TEXT)."""
         return "\n".join(
@@ -364,7 +380,9 @@ class Message:
             for f in self._root.fields)
 
     def body_text(self) -> str:
-        """The text/* parts, transfer encoding and charset undone, encapsulated messages included."""
+        """The text parts, transfer encoding and charset undone, encapsulated messages included:
+        text/*, and the message/* leaves that are text too (a DSN's message/delivery-status,
+        RFC 3464; an MDN's message/disposition-notification)."""
         out: list[str] = []
         stack = [self._root]
         while stack:
@@ -373,7 +391,7 @@ class Message:
                 stack[:0] = p.children
             elif p.inner is not None:
                 stack.insert(0, p.inner)
-            elif p.maintype.lower() == "text":
+            elif p.maintype.lower() in ("text", "message"):
                 try:
                     data = _decode_cte(p.body, p.cte)
                 except (UnknownCTE, binascii.Error):
