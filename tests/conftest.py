@@ -19,7 +19,21 @@ import config
 
 PG_URL = os.environ.get("MSANTE_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _shared() -> Path:
+    """`../shared`, beside the repository: beside this checkout, or, when this checkout is a git
+    worktree (its `.git` is a file naming the main repository's), beside the main checkout."""
+    root = Path(__file__).resolve().parents[1]
+    beside = root.parent / "shared"
+    git = root / ".git"
+    if beside.is_dir() or not git.is_file():
+        return beside
+    gitdir = Path(git.read_text().partition("gitdir:")[2].strip())  # <main>/.git/worktrees/<name>
+    return gitdir.parents[2].parent / "shared" if len(gitdir.parents) > 2 else beside
+
+
+SHARED = _shared()
 
 
 _PORTS = random.Random()  # its own generator: tests that seed `random` must not pick the same ports

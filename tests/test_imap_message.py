@@ -299,6 +299,17 @@ def test_binary_decodes_transfer_encodings():
     assert Message(EIGHTBIT).binary((1,)) == "Cet été, la CLINIQUE ferme.\r\n".encode()
 
 
+def test_binary_decodes_quoted_printable_as_rfc_2045_says():
+    """Issue 12 item 6 (imaptest fetch-binary-mime-qp): trailing white space is dropped, a soft
+    line break may be followed by white space, hard line breaks are CRLF."""
+    body = (b"hello  \nbar=\n\nfoo\t=\nbar\nfoo\t \t= \n=62\nfoo = \t\nbar\nfoo =\n=62\nfoo  \nbar=\n\n"
+            b"foo_bar\n")
+    decoded = Message(b"Content-Transfer-Encoding: quoted-printable\n\n" + body).binary((1,))
+    assert decoded == b"hello\r\nbar\r\nfoo\tbar\r\nfoo\t \tb\r\nfoo bar\r\nfoo b\r\nfoo\r\nbar\r\nfoo_bar\r\n"
+    assert Message(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=E9t=C3=A9 =ZZ=\r\n").binary((1,)) == \
+        b"\xe9t\xc3\xa9 =ZZ"  # a broken escape stays as written
+
+
 def test_binary_is_lenient_with_base64_and_refuses_unknown_encodings():
     sloppy = b"Content-Transfer-Encoding: BASE64\r\n\r\naGVs\r\nbG8*gd29y\r\nbGQ\r\n"
     assert Message(sloppy).binary((1,)) == b"hello world"

@@ -342,15 +342,16 @@ class Folders:
 
     # --- writing a folder -------------------------------------------------------------------
 
-    async def claim_recent(self, folder_id: int) -> int:
-        """The first UID that is \\Recent for this session; from now on, none of those are for
-        another (RFC 3501 §2.3.2: one session sees a message as recent)."""
+    async def claim_recent(self, folder_id: int, upto: int) -> int:
+        """Claim for this session the messages not yet \\Recent for another, up to UID `upto`
+        (excluded: the session claims only what it has seen, or a message arriving meanwhile
+        would be recent for no one). Returns the first UID claimed; `upto` when none (RFC 3501
+        §2.3.2: one session sees a message as recent)."""
         async def work(conn: AsyncConnection) -> tuple[int, list[Event]]:
             folder = (await _lock(conn, {folder_id: 0}))[folder_id]
-            if folder.first_recent_uid >= folder.uidnext:
-                raise _Unchanged(folder.first_recent_uid)
-            await conn.execute(update(folders).where(folders.c.id == folder_id).values(
-                first_recent_uid=folder.uidnext))
+            if folder.first_recent_uid >= upto:
+                raise _Unchanged(upto)
+            await conn.execute(update(folders).where(folders.c.id == folder_id).values(first_recent_uid=upto))
             return folder.first_recent_uid, []
         return await self._write(work)
 
