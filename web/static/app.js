@@ -33,6 +33,7 @@ const state = {
   outgoing: new Map(),      // client_id -> {circle, text}: posts not yet acknowledged
   alerts: new Map(),        // id -> alert
   typingSentAt: 0, typingTimers: new Map(),
+  threadScroll: 0,          // where the thread was when the alerts covered it (0: at its latest message)
   nextId: 1, requests: new Map(),   // request id -> what it was for
 };
 
@@ -166,6 +167,7 @@ function welcome(frame) {
   state.reconnectMs = 1000;
   setStatus(true);
   $("me").textContent = frame.user.name;
+  $("whoami").textContent = `Connecté(e) : ${frame.user.name}`;
   $("signout").hidden = false;
   $("alerts-toggle").hidden = false;
   for (const summary of frame.circles) {
@@ -321,13 +323,13 @@ function renderCircles() {
 
 async function openCircle(id) {
   state.current = id;
-  $("app").dataset.view = "conversation";
-  $("back").hidden = false;
+  setView("conversation");
   $("conversation").hidden = false;
   $("messages").replaceChildren();
   $("typing").textContent = "";
   $("older").hidden = true;
   $("members").replaceChildren();
+  $("members-box").open = matchMedia("(min-width: 761px)").matches;   // a phone keeps the room for the thread
   const circle = state.circles.get(id);
   if (!circle) {   // not one of ours (an old link, a guess): the server decides, and says no
     $("patient-name").textContent = `Cercle ${id}`;
@@ -358,6 +360,8 @@ function showDenied(text) {
 function renderMembers() {
   const circle = state.circles.get(state.current);
   if (!circle || !circle.members) return;
+  const online = circle.members.filter((m) => circle.present?.get(m.id) === "online").length;
+  $("members-summary").textContent = `${circle.members.length} membres · ${online} en ligne`;
   $("members").replaceChildren(...circle.members.map((m) => el("li", {
     "data-member": m.id, "data-state": circle.present?.get(m.id) || "offline",
     text: m.role === "coordinator" ? `${m.name} (coordination)` : m.name,
@@ -451,17 +455,33 @@ function renderAlerts() {
 
 function toggleAlerts() {
   const panel = $("alerts");
+  const thread = $("thread");
+  if (panel.hidden) state.threadScroll = thread.scrollTop;   // a phone hides the thread, which forgets it
   panel.hidden = !panel.hidden;
+  if (panel.hidden) thread.scrollTop = state.threadScroll;
   $("app").classList.toggle("with-alerts", !panel.hidden);
   $("alerts-toggle").setAttribute("aria-expanded", String(!panel.hidden));
+  setView(document.body.dataset.view);
+  (panel.hidden ? $("alerts-toggle") : $("alerts-close")).focus();
 }
 
 // --- page -------------------------------------------------------------------------------------
 
+// The view a phone shows (the list or a conversation; the alerts panel over either): the bar's
+// back arrow leads out of anything but the list, so every panel has a way back.
+function setView(view) {
+  document.body.dataset.view = view;
+  $("back").hidden = view === "list" && $("alerts").hidden;
+}
+
+function back() {
+  if (!$("alerts").hidden) toggleAlerts(); else location.hash = "";
+}
+
 function setStatus(online) {
   const status = $("status");
   status.dataset.state = online ? "online" : "offline";
-  status.textContent = online ? "En ligne" : "Hors ligne";
+  status.querySelector(".label").textContent = online ? "En ligne" : "Hors ligne";
 }
 
 function notify(text) {
@@ -482,8 +502,7 @@ function route() {
   const match = location.hash.match(/^#\/cercle\/(\d+)$/);
   if (match) { openCircle(Number(match[1])); return; }
   state.current = null;
-  $("app").dataset.view = "list";
-  $("back").hidden = true;
+  setView("list");
   $("conversation").hidden = true;
   renderCircles();
 }
@@ -492,7 +511,8 @@ async function start() {
   $("signin-button").addEventListener("click", () => signIn().catch(() => notify("Connexion impossible.")));
   $("signout").addEventListener("click", () => signOut("Vous êtes déconnecté(e)."));
   $("alerts-toggle").addEventListener("click", toggleAlerts);
-  $("back").addEventListener("click", () => { location.hash = ""; });
+  $("alerts-close").addEventListener("click", toggleAlerts);
+  $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
   $("text").addEventListener("input", announceTyping);
   $("text").addEventListener("keydown", (e) => {
