@@ -1,13 +1,15 @@
 """Messages of a care circle: post, history, read markers. Members only, every access audited
 (never the text).
 
-A post is acknowledged only once stored; its announcement carries the message frame already
-encoded, so fanning it out to a circle's connections costs no store read and one JSON
-encoding, whatever the number of members.
+A post is acknowledged only once stored, and before it is announced: the author's connection
+then has the ack queued ahead of its own copy of the message, as the protocol promises. The
+announcement carries the message frame already encoded, so fanning it out to a circle's
+connections costs no store read and one JSON encoding, whatever the number of members.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Callable
 
 from directory.authn import Principal
 from store.audit import AuditTrail
@@ -26,16 +28,18 @@ class Messages:
         self._audit = audit
         self._bus = bus
 
-    async def post(self, principal: Principal, circle_id: int, client_id: str, text: str,
-                   source: str) -> tuple[dict, bool]:
-        """(the stored message, True when this client_id had been stored already)."""
+    async def post(self, principal: Principal, circle_id: int, client_id: str, text: str, source: str,
+                   acknowledge: Callable[[dict, bool], None]) -> tuple[dict, bool]:
+        """(the stored message, True when this client_id had been stored already); `acknowledge`
+        is called with the same once it is stored, before anyone hears of it."""
         await self._circles.require_member(principal, circle_id, "circle.post", source)
         async with self._circles.ordered(circle_id):
             message, duplicate = await self._store.append(circle_id, principal.id, client_id, text, _now())
+            acknowledge(message, duplicate)
             if not duplicate:
                 await self._bus.publish(circle_channel(circle_id), {
-                    "type": "message", "circle": circle_id, "seq": message["seq"],
-                    "wire": frames.encode(frames.message(**message))})
+                    "type": "message", "circle": circle_id, "seq": message["seq"], "author": principal.id,
+                    "client_id": client_id, "wire": frames.encode(frames.message(**message))})
         await self._audit.record(principal.actor, "circle.post", target=str(circle_id), source=source,
                                  seq=message["seq"], client_id=client_id, duplicate=duplicate)
         return message, duplicate

@@ -543,3 +543,44 @@ async def test_membership_changes_raise_alerts(server, connect):
     other = await gp.expect(type="alert", where=lambda f: f["alert"]["data"]["change"] == "member.added")
     assert other["alert"]["title"] == "Marie GRONDIN a rejoint le cercle de soins de Josette TECHER"
     assert (await pharmacist.request(type="subscribe", circle=CIRCLE))["type"] == "subscribed"
+
+
+async def _frames_until(client: Client, done) -> list[dict]:  # noqa: ANN001
+    """Every frame in the order the socket delivered it, until `done(frames)` holds."""
+    received: list[dict] = []
+    async with asyncio.timeout(10):
+        while not done(received):
+            received.append(json.loads(await client.ws.recv()))
+    return received
+
+
+def _ack_first(received: list[dict], client_ids: list[str]) -> None:
+    order = [(f["type"], f.get("client_id")) for f in received if f["type"] in ("ack", "message")]
+    for client_id in client_ids:
+        assert order.index(("ack", client_id)) < order.index(("message", client_id)), (client_id, order)
+
+
+@pytest.mark.parametrize("limits", [{"frames_per_second": 1000.0, "frame_burst": 1000}], indirect=True)
+async def test_the_author_hears_the_ack_before_its_own_message(limits, server, connect):
+    """The protocol's word (docs/instant-protocol.md, `post`): the ack, then the message, on the author's
+    connection, for live posts and for posts that land while the connection catches up from the store."""
+    gp = await connect(GP)
+    await gp.request(type="subscribe", circle=CIRCLE)
+    await gp.expect(type="alert")  # the circle's creation, pending since init
+    live = [str(uuid.uuid4()) for _ in range(40)]
+    for n, client_id in enumerate(live):
+        await gp.send(type="post", circle=CIRCLE, client_id=client_id, text=f"direct {n}")
+    received = await _frames_until(gp, lambda got: sum(f["type"] == "message" for f in got) == len(live))
+    _ack_first(received, live)
+
+    for attempt in range(10):  # a second device resumes from the start and posts before its catch-up ends
+        phone = await connect(GP)
+        client_id = str(uuid.uuid4())
+        await phone.send(type="subscribe", circle=CIRCLE, after=0, id="s")
+        await phone.send(type="post", circle=CIRCLE, client_id=client_id, text=f"pendant le rattrapage {attempt}")
+        received = await _frames_until(phone, lambda got, c=client_id: any(
+            f["type"] == "message" and f["client_id"] == c for f in got))
+        _ack_first(received, [client_id])
+        seqs = [f["seq"] for f in received if f["type"] == "message"]
+        assert seqs == list(range(1, len(seqs) + 1))  # and still each seq once, in order
+        await phone.ws.close()
