@@ -337,7 +337,7 @@ class Connection:
         self._unacked.add(key)
         try:
             await self._instant.messages.post(self._principal, frame.circle, frame.client_id, frame.text,
-                                              self._peer, acknowledge)
+                                              self._peer, acknowledge, frame.reply_to)
         finally:
             if not acked:  # refused before it was stored: nothing to wait for
                 self._unacked.discard(key)

@@ -15,9 +15,10 @@ writes fails outright if another writer committed in between.
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+from types import SimpleNamespace
 from typing import Any, Protocol
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import and_, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +26,9 @@ from store.db import dialect_insert
 from store.schema import circle_members, circle_messages, circles, professionals, read_markers
 
 from .patient import Patient
+
+
+QUOTE_CHARS = 200  # a reply shows the start of what it answers; the whole is in the history
 
 
 class CircleExists(Exception):
@@ -43,8 +47,9 @@ class InstantStore(Protocol):
     async def add_member(self, circle_id: int, idnat: str, on_behalf_of: str, by: str, now: datetime) -> bool: ...
     async def remove_member(self, circle_id: int, idnat: str, now: datetime) -> bool: ...
     async def professional(self, identifier: str) -> dict | None: ...
-    async def append(self, circle_id: int, author: str, client_id: str, text: str,
-                     now: datetime) -> tuple[dict, bool]: ...
+    async def quote(self, circle_id: int, seq: int) -> dict | None: ...
+    async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
+                     reply_to: dict | None = None) -> tuple[dict, bool]: ...
     async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
                        limit: int) -> tuple[list[dict], bool]: ...
     async def mark_read(self, circle_id: int, idnat: str, seq: int, now: datetime) -> tuple[int, int]:
@@ -195,10 +200,20 @@ class SqlStore:
 
     # --- messages and read markers ------------------------------------------------------------
 
-    async def append(self, circle_id: int, author: str, client_id: str, text: str,
-                     now: datetime) -> tuple[dict, bool]:
-        """Store a message; (message, True) when this client_id was stored before. The insert
-        is optimistic: a retry meets the unique constraint, and the rollback gives its seq back."""
+    async def quote(self, circle_id: int, seq: int) -> dict | None:
+        """Message `seq` of the circle as a reply quotes it ({seq, author, text: its start}), or None."""
+        query = (select(circle_messages.c.seq, circle_messages.c.text, *_PERSON)
+                 .join(professionals, professionals.c.idnat == circle_messages.c.author)
+                 .where(circle_messages.c.circle_id == circle_id, circle_messages.c.seq == seq))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _quote(row.seq, row, row.text) if row else None
+
+    async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
+                     reply_to: dict | None = None) -> tuple[dict, bool]:
+        """Store a message (answering `reply_to`, a quote); (message, True) when this client_id
+        was stored before. The insert is optimistic: a retry meets the unique constraint, and
+        the rollback gives its seq back."""
         try:
             async with self._engine.begin() as conn:
                 seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
@@ -206,7 +221,7 @@ class SqlStore:
                                           .returning(circles.c.last_seq))).scalar_one()
                 await conn.execute(insert(circle_messages), {
                     "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
-                    "created_at": now})
+                    "reply_to": reply_to["seq"] if reply_to else None, "created_at": now})
                 person = (await conn.execute(select(*_PERSON).where(professionals.c.idnat == author))).one()
         except IntegrityError:  # stored before (a retry), or just now by the same post racing this one
             async with self._engine.connect() as conn:
@@ -215,7 +230,7 @@ class SqlStore:
                 raise
             return prior, True
         return {"circle": circle_id, "seq": seq, "author": {"id": author, "name": display_name(person)},
-                "client_id": client_id, "text": text, "at": iso(now)}, False
+                "client_id": client_id, "text": text, "at": iso(now), "reply_to": reply_to}, False
 
     async def _by_client_id(self, conn, circle_id: int, author: str, client_id: str) -> dict | None:  # noqa: ANN001
         row = (await conn.execute(_messages().where(
@@ -272,14 +287,33 @@ class SqlStore:
         return int(row[0]), int(row[1]), int(row[2])
 
 
+_QUOTED = circle_messages.alias("quoted")
+_QUOTED_BY = professionals.alias("quoted_by")
+
+
 def _messages():  # noqa: ANN202 - a Select
-    return (select(circle_messages, *_PERSON)
-            .join(professionals, professionals.c.idnat == circle_messages.c.author))
+    """Messages with their author, and the message each answers with its author (outer joins)."""
+    return (select(circle_messages, *_PERSON, _QUOTED.c.text.label("q_text"), _QUOTED_BY.c.idnat.label("q_idnat"),
+                   _QUOTED_BY.c.given_name.label("q_given_name"), _QUOTED_BY.c.family_name.label("q_family_name"),
+                   _QUOTED_BY.c.practice_civility.label("q_practice_civility"))
+            .join(professionals, professionals.c.idnat == circle_messages.c.author)
+            .outerjoin(_QUOTED, and_(_QUOTED.c.circle_id == circle_messages.c.circle_id,
+                                     _QUOTED.c.seq == circle_messages.c.reply_to))
+            .outerjoin(_QUOTED_BY, _QUOTED_BY.c.idnat == _QUOTED.c.author))
 
 
 def _message(row: Any) -> dict:
+    quoted = None
+    if row.reply_to is not None and row.q_idnat is not None:
+        who = SimpleNamespace(idnat=row.q_idnat, given_name=row.q_given_name, family_name=row.q_family_name,
+                              practice_civility=row.q_practice_civility)
+        quoted = _quote(row.reply_to, who, row.q_text)
     return {"circle": row.circle_id, "seq": row.seq, "author": {"id": row.author, "name": display_name(row)},
-            "client_id": row.client_id, "text": row.text, "at": iso(row.created_at)}
+            "client_id": row.client_id, "text": row.text, "at": iso(row.created_at), "reply_to": quoted}
+
+
+def _quote(seq: int, author: Any, text: str) -> dict:
+    return {"seq": seq, "author": {"id": author.idnat, "name": display_name(author)}, "text": text[:QUOTE_CHARS]}
 
 
 def _circle(row: Any) -> dict:

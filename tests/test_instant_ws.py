@@ -584,3 +584,34 @@ async def test_the_author_hears_the_ack_before_its_own_message(limits, server, c
         seqs = [f["seq"] for f in received if f["type"] == "message"]
         assert seqs == list(range(1, len(seqs) + 1))  # and still each seq once, in order
         await phone.ws.close()
+
+
+async def test_a_reply_quotes_a_message_of_its_own_circle(server, connect):
+    """`reply_to` names a seq of the same circle: the message and the history carry the quote; a seq
+    the circle does not have (or another circle's) is refused, nothing stored."""
+    from tests.test_instant_api import PATIENT
+    gp, nurse = await connect(GP), await connect(NURSE)
+    await nurse.request(type="subscribe", circle=CIRCLE)
+    first = await post(gp, "Pouvez-vous refaire le pansement ce soir ?")
+    reply = await nurse.request(type="post", circle=CIRCLE, client_id=str(uuid.uuid4()), text="Oui, vers 18 h.",
+                                reply_to=first["seq"])
+    assert reply["type"] == "ack"
+    live = await nurse.expect(type="message", seq=reply["seq"])
+    quote = {"seq": first["seq"], "author": {"id": GP, "name": "Dr Jean DUPONT"},
+             "text": "Pouvez-vous refaire le pansement ce soir ?"}
+    assert live["reply_to"] == quote
+    page = await gp.request(type="history", circle=CIRCLE)
+    assert [m["reply_to"] for m in page["messages"]] == [None, quote]
+
+    status, other = await asyncio.to_thread(api, server, "POST", "/api/circles", GP,
+                                            {"patient": PATIENT, "members": [{"id": NURSE}]})
+    assert status == 201
+    stored = await stored_messages(server)
+    for circle, seq in ((CIRCLE, reply["seq"] + 1), (other["id"], first["seq"])):  # none yet; another circle's
+        refused = await gp.request(type="post", circle=circle, client_id=str(uuid.uuid4()), text="?", reply_to=seq)
+        assert refused["code"] == "no_such_message", refused
+    assert await stored_messages(server) == stored
+    long = await post(gp, "x" * 4000)
+    quoted = await nurse.request(type="post", circle=CIRCLE, client_id=str(uuid.uuid4()), text="Vu.",
+                                 reply_to=long["seq"])
+    assert len((await nurse.expect(type="message", seq=quoted["seq"]))["reply_to"]["text"]) == 200

@@ -89,11 +89,16 @@ def test_two_professionals_talk_live(database_url, server, browser):
     gp.press("#text", "Enter")
     received = urgentist.wait_for_selector("#messages li:has-text('Mme Técher sort demain')")
     assert "Dr Jean DUPONT" in received.inner_text()
-    gp.wait_for_selector("#messages li.mine:not(.pending):has-text('Mme Técher sort demain')")
+    gp.wait_for_selector("#messages li.mine:not(.pending):has-text('Mme Técher sort demain') button.reply")
 
+    received.query_selector("button.reply").click()  # a reply quotes the message it answers
+    assert "Mme Técher sort demain" in urgentist.inner_text("#replying")
     urgentist.fill("#text", "Entendu, je passe à 9 h.")
     urgentist.click("#composer button[type=submit]")
-    gp.wait_for_selector("#messages li:has-text('Entendu, je passe à 9 h.')")
+    answer = gp.wait_for_selector("#messages li:has-text('Entendu, je passe à 9 h.')")
+    assert "Dr Claire LEROY" in answer.inner_text()
+    assert "Vous : Bonjour, Mme Técher sort demain" in answer.query_selector("blockquote.quote").inner_text()
+    assert urgentist.is_hidden("#replying")
     gp.click("#alerts-toggle")  # the circle's creation, pending since init --demo
     alert = gp.wait_for_selector("#alert-list li:has-text('Nouveau cercle de soins : Josette TECHER')")
     alert.query_selector("button").click()

@@ -30,7 +30,8 @@ const state = {
   circles: new Map(),       // id -> {summary, unread, head, lastSeq, firstSeq}
   current: null,            // the circle shown
   denied: new Set(),        // circles the server refused to this person
-  outgoing: new Map(),      // client_id -> {circle, text}: posts not yet acknowledged
+  outgoing: new Map(),      // client_id -> {circle, text, reply_to}: posts not yet acknowledged
+  replyTo: null,            // the message the composer answers ({seq, author, text}), if any
   alerts: new Map(),        // id -> alert
   typingSentAt: 0, typingTimers: new Map(),
   threadScroll: 0,          // where the thread was when the alerts covered it (0: at its latest message)
@@ -185,7 +186,8 @@ function welcome(frame) {
   }
   if (state.current !== null && (!resumed || !state.circles.has(state.current))) openCircle(state.current);
   if (resumed) for (const [clientId, post] of state.outgoing) {           // a retry stores nothing twice
-    request({ type: "post", circle: post.circle, client_id: clientId, text: post.text }, { circle: post.circle });
+    request({ type: "post", circle: post.circle, client_id: clientId, text: post.text,
+              ...(post.reply_to ? { reply_to: post.reply_to.seq } : {}) }, { circle: post.circle });
   }
 }
 
@@ -229,10 +231,14 @@ function message(frame) {
   }
 }
 
-function acknowledged(frame) {
+function acknowledged(frame) {     // the ack comes before the message itself: the pending item becomes the message
+  const sent = state.outgoing.get(frame.client_id);
   state.outgoing.delete(frame.client_id);
-  const pending = document.querySelector(`#messages li[data-client-id="${CSS.escape(frame.client_id)}"]`);
-  if (pending) { pending.classList.remove("pending"); pending.dataset.seq = frame.seq; }
+  const pending = document.querySelector(`#messages li.pending[data-client-id="${CSS.escape(frame.client_id)}"]`);
+  if (pending && sent) {
+    pending.replaceWith(messageItem({ seq: frame.seq, client_id: frame.client_id, text: sent.text, at: frame.at,
+                                      author: state.me, reply_to: sent.reply_to }));
+  }
 }
 
 function historyPage(frame, purpose) {
@@ -327,6 +333,7 @@ async function openCircle(id) {
   $("conversation").hidden = false;
   $("messages").replaceChildren();
   $("typing").textContent = "";
+  cancelReply();
   $("older").hidden = true;
   $("members").replaceChildren();
   $("members-box").open = matchMedia("(min-width: 761px)").matches;   // a phone keeps the room for the thread
@@ -370,9 +377,34 @@ function renderMembers() {
 
 function messageItem(m) {
   const mine = m.author.id === state.me.id;
-  return el("li", { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-client-id": m.client_id },
-    el("div", { class: "who", text: `${mine ? "Vous" : m.author.name} · ${timeFmt.format(new Date(m.at))}` }),
-    el("div", { class: "text", text: m.text }));
+  const who = el("div", { class: "who" }, el("span", { text: `${mine ? "Vous" : m.author.name} · ${timeFmt.format(new Date(m.at))}` }));
+  if (m.seq) {
+    const reply = el("button", { type: "button", class: "reply", text: "Répondre",
+                                 "aria-label": `Répondre au message de ${mine ? "vous-même" : m.author.name}` });
+    reply.addEventListener("click", () => startReply(m));
+    who.append(reply);
+  }
+  const item = el("li", { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-client-id": m.client_id }, who);
+  if (m.reply_to) {
+    item.append(el("blockquote", { class: "quote", "data-quotes": String(m.reply_to.seq) },
+      el("strong", { text: `${m.reply_to.author.id === state.me.id ? "Vous" : m.reply_to.author.name} : ` }),
+      m.reply_to.text));
+  }
+  item.append(el("div", { class: "text", text: m.text }));
+  return item;
+}
+
+function startReply(m) {
+  state.replyTo = { seq: m.seq, author: m.author, text: m.text.slice(0, 200) };
+  $("replying-to").textContent = `Réponse à ${m.author.id === state.me.id ? "vous-même" : m.author.name} :`;
+  $("replying-text").textContent = state.replyTo.text;
+  $("replying").hidden = false;
+  $("text").focus();
+}
+
+function cancelReply() {
+  state.replyTo = null;
+  $("replying").hidden = true;
 }
 
 function appendMessages(items) {
@@ -410,14 +442,17 @@ function post(event) {
   const id = state.current;
   if (!text || id === null || !state.circles.has(id)) return;
   const clientId = crypto.randomUUID();
-  state.outgoing.set(clientId, { circle: id, text });
+  const replyTo = state.replyTo;
+  state.outgoing.set(clientId, { circle: id, text, reply_to: replyTo });
   const pending = messageItem({ seq: "", client_id: clientId, text, at: new Date().toISOString(),
-                                author: state.me });
+                                author: state.me, reply_to: replyTo });
   pending.classList.add("pending");
   $("messages").append(pending);
   $("thread").scrollTop = $("thread").scrollHeight;
-  request({ type: "post", circle: id, client_id: clientId, text }, { circle: id });
+  request({ type: "post", circle: id, client_id: clientId, text, ...(replyTo ? { reply_to: replyTo.seq } : {}) },
+          { circle: id });
   $("text").value = "";
+  cancelReply();
 }
 
 function announceTyping() {
@@ -514,9 +549,11 @@ async function start() {
   $("alerts-close").addEventListener("click", toggleAlerts);
   $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
+  $("reply-cancel").addEventListener("click", () => { cancelReply(); $("text").focus(); });
   $("text").addEventListener("input", announceTyping);
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
+    if (e.key === "Escape" && state.replyTo) cancelReply();
   });
   $("older").addEventListener("click", () => {
     const circle = state.circles.get(state.current);
