@@ -313,7 +313,8 @@ class Connection:
         await instant.audit.record(self._principal.actor, "circle.subscribe", target=str(circle),
                                    source=self._peer, after=frame.after, head=head)
         self._send(frames.reply(frame.id, {"type": "subscribed", "circle": circle, "head": head, "read": marker,
-                                           "unread": unread, "present": instant.hub.present(circle)}))
+                                           "unread": unread, "present": instant.hub.present(circle),
+                                           "receipts": await instant.store.receipts(circle)}))
         self._offer(CatchUp(circle))  # what lies between `after` and now, and anything the bus drops
 
     async def _unsubscribe(self, frame: frames.Unsubscribe) -> None:
@@ -350,7 +351,8 @@ class Connection:
                                            "more": more}))
 
     async def _read(self, frame: frames.Read) -> None:
-        marker, unread = await self._instant.messages.mark_read(self._principal, frame.circle, frame.seq, self._peer)
+        marker, unread = await self._instant.messages.mark_read(self._principal, frame.circle, frame.seq, self._peer,
+                                                                self.me)
         self._send(frames.reply(frame.id, {"type": "read", "circle": frame.circle, "seq": marker,
                                            "unread": unread}))
 
@@ -390,6 +392,8 @@ class Connection:
         if kind == "message":
             self._offer(Live(circle, event["seq"], event["author"], event["client_id"], event["wire"]))
         elif kind in ("typing", "presence") and event["user"]["id"] != self.me.get("id"):
+            self._offer(frames.encode({k: v for k, v in event.items() if k != "channel"}))
+        elif kind == "receipt":  # the reader's own connections included: one place shows every reader
             self._offer(frames.encode({k: v for k, v in event.items() if k != "channel"}))
         elif kind == "overflow":  # the bus lost events of this circle: the store has them
             self._offer(CatchUp(circle))

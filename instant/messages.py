@@ -66,14 +66,19 @@ class Messages:
         page, _more = await self._store.messages(circle_id, after=after, limit=limit)
         return page
 
-    async def mark_read(self, principal: Principal, circle_id: int, seq: int, source: str) -> tuple[int, int]:
-        """(marker, unread) after moving the caller's read marker; their other connections hear of it."""
+    async def mark_read(self, principal: Principal, circle_id: int, seq: int, source: str,
+                        user: dict[str, str]) -> tuple[int, int]:
+        """(marker, unread) after moving the caller's read marker; their other connections hear of
+        it, and the circle hears a `receipt` (`user` is the caller as frames show them), so
+        authors see who has read what."""
         await self._circles.require_member(principal, circle_id, "circle.mark_read", source)
         marker, unread = await self._store.mark_read(circle_id, principal.id, seq, _now())
         await self._audit.record(principal.actor, "circle.mark_read", target=str(circle_id), source=source,
                                  seq=marker)
         await self._bus.publish(person_channel(principal.id), {
             "type": "read", "circle": circle_id, "seq": marker, "unread": unread})
+        await self._bus.publish(circle_channel(circle_id), {
+            "type": "receipt", "circle": circle_id, "user": user, "seq": marker})
         return marker, unread
 
     async def read_state(self, principal: Principal, circle_id: int) -> tuple[int, int, int]:

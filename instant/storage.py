@@ -43,6 +43,7 @@ class InstantStore(Protocol):
     async def membership(self, circle_id: int, idnat: str) -> dict | None: ...
     async def followed_still(self, idnat: str, circle_ids: list[int]) -> dict[int, str]: ...
     async def circles_of(self, idnat: str) -> list[dict]: ...
+    async def receipts(self, circle_id: int) -> list[dict]: ...
     async def all_circles(self) -> list[dict]: ...
     async def add_member(self, circle_id: int, idnat: str, on_behalf_of: str, by: str, now: datetime) -> bool: ...
     async def remove_member(self, circle_id: int, idnat: str, now: datetime) -> bool: ...
@@ -149,20 +150,43 @@ class SqlStore:
             return {r.circle_id: r.on_behalf_of for r in await conn.execute(query)}
 
     async def circles_of(self, idnat: str) -> list[dict]:
-        """The person's circles with their read marker and unread count (others' messages only)."""
+        """The person's circles with their read marker, unread count (others' messages only) and
+        last message (its start, as a list shows it; None before the first)."""
         marker = func.coalesce(select(read_markers.c.seq).where(
             read_markers.c.circle_id == circles.c.id, read_markers.c.idnat == idnat).scalar_subquery(), 0)
         unread = select(func.count()).select_from(circle_messages).where(
             circle_messages.c.circle_id == circles.c.id, circle_messages.c.seq > marker,
             circle_messages.c.author != idnat).scalar_subquery()
-        query = (select(circles, circle_members.c.on_behalf_of, marker.label("read"), unread.label("unread"))
+        query = (select(circles, circle_members.c.on_behalf_of, marker.label("read"), unread.label("unread"),
+                        _LAST.c.text.label("last_text"), _LAST.c.created_at.label("last_at"),
+                        *(_LAST_BY.c[name].label(f"last_{name}")
+                          for name in ("idnat", "given_name", "family_name", "practice_civility")))
                  .join(circle_members, circle_members.c.circle_id == circles.c.id)
+                 .outerjoin(_LAST, and_(_LAST.c.circle_id == circles.c.id, _LAST.c.seq == circles.c.last_seq))
+                 .outerjoin(_LAST_BY, _LAST_BY.c.idnat == _LAST.c.author)
                  .where(circle_members.c.idnat == idnat)
                  .order_by(circles.c.patient_family_name, circles.c.patient_given_name, circles.c.id))
         async with self._engine.connect() as conn:
             return [{**_circle(r), "role": "coordinator" if r.coordinator == idnat else "member",
-                     "on_behalf_of": r.on_behalf_of, "read": r.read, "unread": r.unread}
+                     "on_behalf_of": r.on_behalf_of, "read": r.read, "unread": r.unread,
+                     "last_message": None if r.last_text is None else {
+                         **_quote(r.last_seq, SimpleNamespace(idnat=r.last_idnat, given_name=r.last_given_name,
+                                                              family_name=r.last_family_name,
+                                                              practice_civility=r.last_practice_civility),
+                                  r.last_text),
+                         "at": iso(r.last_at)}}
                     for r in await conn.execute(query)]
+
+    async def receipts(self, circle_id: int) -> list[dict]:
+        """Every member's read marker that has moved: [{user: {id, name}, seq}]."""
+        query = (select(read_markers.c.seq, *_PERSON)
+                 .join(professionals, professionals.c.idnat == read_markers.c.idnat)
+                 .join(circle_members, and_(circle_members.c.circle_id == read_markers.c.circle_id,
+                                            circle_members.c.idnat == read_markers.c.idnat))
+                 .where(read_markers.c.circle_id == circle_id, read_markers.c.seq > 0)
+                 .order_by(read_markers.c.idnat))
+        async with self._engine.connect() as conn:
+            return [{"user": {"id": r.idnat, "name": display_name(r)}, "seq": r.seq} for r in await conn.execute(query)]
 
     async def all_circles(self) -> list[dict]:
         """Every circle with its members' identifiers (the operator's view)."""
@@ -289,6 +313,8 @@ class SqlStore:
 
 _QUOTED = circle_messages.alias("quoted")
 _QUOTED_BY = professionals.alias("quoted_by")
+_LAST = circle_messages.alias("last")
+_LAST_BY = professionals.alias("last_by")
 
 
 def _messages():  # noqa: ANN202 - a Select

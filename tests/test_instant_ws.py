@@ -615,3 +615,25 @@ async def test_a_reply_quotes_a_message_of_its_own_circle(server, connect):
     quoted = await nurse.request(type="post", circle=CIRCLE, client_id=str(uuid.uuid4()), text="Vu.",
                                  reply_to=long["seq"])
     assert len((await nurse.expect(type="message", seq=quoted["seq"]))["reply_to"]["text"]) == 200
+
+
+async def test_receipts_and_the_last_message_of_each_circle(server, connect):
+    """Who has read up to where (`receipts` on subscribing, a `receipt` as markers move), and each
+    circle's last message in `welcome`, for a list ordered by activity."""
+    gp = await connect(GP)
+    assert gp.welcome["circles"][0]["last_message"] is None
+    await gp.request(type="subscribe", circle=CIRCLE)
+    first = await post(gp, "Glycémie à jeun : 1,05 g/l.")
+    await post(gp, "Prochain contrôle lundi.")
+    nurse = await connect(NURSE)
+    last = nurse.welcome["circles"][0]["last_message"]
+    assert (last["seq"], last["author"]["id"], last["text"]) == (2, GP, "Prochain contrôle lundi.") and last["at"]
+    subscribed = await nurse.request(type="subscribe", circle=CIRCLE)
+    assert subscribed["receipts"] == []
+    await nurse.request(type="read", circle=CIRCLE, seq=first["seq"])
+    receipt = await gp.expect(type="receipt")
+    assert receipt == {"v": 1, "type": "receipt", "circle": CIRCLE, "user": {"id": NURSE, "name": "Sophie HOARAU"},
+                       "seq": first["seq"]}
+    later = await connect(URGENTIST)
+    assert (await later.request(type="subscribe", circle=CIRCLE))["receipts"] == [
+        {"user": {"id": NURSE, "name": "Sophie HOARAU"}, "seq": first["seq"]}]
