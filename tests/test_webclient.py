@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert, update
+
+from store.schema import circle_messages, circles
+from tests.test_instant_api import PATIENT, api
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +66,11 @@ def browser(server):
         chromium.close()
 
 
-def signed_in(browser, server, idnat: str, **viewport):  # noqa: ANN001, ANN201 - a Playwright page
-    context = browser.new_context(ignore_https_errors=True, locale="fr-FR", **viewport)
+def signed_in(browser, server, idnat: str, init_script: str | None = None, **viewport):  # noqa: ANN001, ANN201
+    """A Playwright page signed in as `idnat`; `init_script` runs before the page's own."""
+    context = browser.new_context(ignore_https_errors=True, locale="fr-FR", timezone_id="Europe/Paris", **viewport)
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     page.set_default_timeout(10_000)
     page.goto(f"{server.settings.public_url}/")
@@ -264,3 +273,100 @@ def test_desktop_three_columns_and_keyboard_only(database_url, server, browser):
     page.wait_for_selector("#alerts", state="hidden")
     assert page.evaluate("document.activeElement.id") == "alerts-toggle"
     page.context.close()
+
+
+# Notifications recorded instead of shown (a headless browser has no notification centre);
+# permission starts undecided, as in a fresh browser, and is granted when asked.
+NOTIFICATIONS = """
+window.shownNotifications = [];
+window.Notification = class {
+  static permission = "default";
+  static async requestPermission() { window.Notification.permission = "granted"; return "granted"; }
+  constructor(title, options) { window.shownNotifications.push({title, ...options}); }
+  close() {}
+};
+"""
+
+
+def hidden(page, really: bool) -> None:  # noqa: ANN001
+    """The tab goes to the background (or comes back), as the browser tells it."""
+    page.evaluate("""(hide) => {
+      Object.defineProperty(document, "visibilityState", {value: hide ? "hidden" : "visible", configurable: true});
+      document.dispatchEvent(new Event("visibilitychange"));
+    }""", really)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_list_by_activity_receipts_days_notifications_and_mute(database_url, server, browser):
+    """The circle list shows each circle's last message and unread count, the most active first; a
+    conversation separates days and says who read my messages; a hidden tab notifies (who and
+    where, never the text) and counts unread messages in its title, except for a muted circle."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    status, second = api(server, "POST", "/api/circles", GP, {"patient": PATIENT, "members": [{"id": URGENTIST}]})
+    assert status == 201
+    yesterday = datetime.now(timezone.utc) - timedelta(days=1)
+    with ThreadPoolExecutor(1) as thread:  # the store from another thread: Playwright holds this one's loop
+        thread.submit(server.execute, insert(circle_messages).values(
+            circle_id=1, seq=1, author=URGENTIST, client_id="hier", text="Passage infirmier fait hier soir.",
+            created_at=yesterday)).result()
+        thread.submit(server.execute, update(circles).where(circles.c.id == 1).values(last_seq=1)).result()
+
+    gp = signed_in(browser, server, GP, NOTIFICATIONS, viewport={"width": 1280, "height": 800})
+    gp.wait_for_selector(f'#circle-list li[data-circle="{second["id"]}"]')
+    order = lambda: gp.eval_on_selector_all("#circle-list li", "items => items.map(i => Number(i.dataset.circle))")  # noqa: E731
+    assert order() == [second["id"], 1]  # created just now, before yesterday's message
+    assert "Dr Claire LEROY : Passage infirmier fait hier soir." in gp.inner_text('#circle-list li[data-circle="1"]')
+    assert gp.inner_text('#circle-list li[data-circle="1"] .badge').startswith("1") and gp.title().startswith("(1)")
+    gp.click("#notify-enable")  # asked on a click, as browsers require
+    gp.wait_for_selector("#notify-enable", state="hidden")
+
+    urgentist = signed_in(browser, server, URGENTIST, viewport={"width": 390, "height": 844}, is_mobile=True,
+                          has_touch=True)
+    gp.click('#circle-list li[data-circle="1"] a')
+    gp.wait_for_selector("#messages li.day:has-text('Hier')")
+    gp.fill("#text", "Résultats de la prise de sang reçus, rien d'alarmant.")
+    gp.press("#text", "Enter")
+    mine = gp.wait_for_selector("#messages li.mine:not(.pending):has-text('prise de sang')")
+    assert gp.eval_on_selector_all("#messages li.day", "ds => ds.map(d => d.textContent)") == ["Hier", "Aujourd'hui"]
+    assert "à l'instant" in mine.inner_text()
+    gp.wait_for_selector("#messages li.mine .receipt:has-text('Lu par 0 sur 3')")
+    assert order() == [1, second["id"]]  # the newest message moves its circle up
+    gp.wait_for_function("() => !document.title.startsWith('(')")  # read here, so nothing unread
+
+    urgentist.click('#circle-list li[data-circle="1"] a')  # she reads it
+    urgentist.wait_for_selector("#messages li:has-text('prise de sang')")
+    gp.wait_for_selector("#messages li.mine .receipt:has-text('Lu par 1 sur 3')")
+    gp.click("#messages li.mine .receipt summary")
+    assert "Dr Claire LEROY" in gp.inner_text("#messages li.mine .receipt")
+
+    hidden(gp, True)
+    urgentist.click("#back")
+    urgentist.click(f'#circle-list li[data-circle="{second["id"]}"] a')
+    urgentist.fill("#text", "M. Martin demande un rendez-vous.")
+    urgentist.press("#text", "Enter")
+    gp.wait_for_function("() => window.shownNotifications.length === 1")
+    shown = gp.evaluate("window.shownNotifications[0]")
+    assert shown == {"title": "Nouveau message de Dr Claire LEROY", "body": "Cercle de soins de Paul MARTIN",
+                     "tag": f"cercle-{second['id']}"}  # who and where, not what
+    assert gp.title().startswith("(1)") and order() == [second["id"], 1]
+    assert "M. Martin demande un rendez-vous." in gp.inner_text(f'#circle-list li[data-circle="{second["id"]}"]')
+    gp.screenshot(path=ARTIFACTS / "circle-list-unread-desktop.png")
+
+    hidden(gp, False)
+    gp.click(f'#circle-list li[data-circle="{second["id"]}"] a')
+    gp.wait_for_selector(f'#circle-list li[data-circle="{second["id"]}"] a:not(:has(.badge))')
+    gp.click("#mute:has-text('Couper les notifications')")
+    assert gp.inner_text("#mute") == "Réactiver les notifications"
+    gp.click('#circle-list li[data-circle="1"] a')
+    hidden(gp, True)
+    urgentist.fill("#text", "Il passera jeudi.")
+    urgentist.press("#text", "Enter")
+    gp.wait_for_selector(f'#circle-list li[data-circle="{second["id"]}"] .badge.muted')
+    assert gp.evaluate("window.shownNotifications.length") == 1 and not gp.title().startswith("(")
+    gp.reload()  # the mute is kept by this browser
+    gp.wait_for_selector(f'#circle-list li[data-circle="{second["id"]}"].muted')
+    assert_accessible(gp, "list with a muted circle")
+    gp.screenshot(path=ARTIFACTS / "receipts-days-desktop.png")
+    urgentist.screenshot(path=ARTIFACTS / "reply-phone.png")
+    for page in (gp, urgentist):
+        page.context.close()

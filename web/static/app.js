@@ -8,6 +8,8 @@ const TYPING_EVERY_MS = 2000;   // the server accepts one typing notice per 2 s 
 const TYPING_SHOWN_MS = 4000;
 const RECONNECT_MAX_MS = 30000;
 const READ_EVERY_MS = 500;
+const TITLE = document.title;
+const RELATIVE_UNDER_MS = 60 * 60 * 1000;   // within the hour "il y a 5 minutes", then the time of day
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...children) => {
@@ -22,12 +24,17 @@ const el = (tag, attrs = {}, ...children) => {
 const timeFmt = new Intl.DateTimeFormat("fr-FR", { hour: "2-digit", minute: "2-digit" });
 const dateTimeFmt = new Intl.DateTimeFormat("fr-FR", { dateStyle: "short", timeStyle: "short" });
 const birthFmt = new Intl.DateTimeFormat("fr-FR", { dateStyle: "long", timeZone: "UTC" });
+const dayFmt = new Intl.DateTimeFormat("fr-FR", { weekday: "long", day: "numeric", month: "long" });
+const dayYearFmt = new Intl.DateTimeFormat("fr-FR", { weekday: "long", day: "numeric", month: "long", year: "numeric" });
+const shortDayFmt = new Intl.DateTimeFormat("fr-FR", { day: "numeric", month: "short" });
+const relativeFmt = new Intl.RelativeTimeFormat("fr", { numeric: "auto" });
 
 const state = {
   session: null,            // {access, refresh, expiresAt}
   me: null,                 // {id, name}
   ws: null, reconnectMs: 1000, refreshTimer: null,
-  circles: new Map(),       // id -> {summary, unread, head, lastSeq, firstSeq}
+  circles: new Map(),       // id -> {summary, unread, head, lastSeq, firstSeq, last, receipts, members}
+  muted: new Set(),         // circles whose messages raise no notification (this browser, localStorage)
   current: null,            // the circle shown
   denied: new Set(),        // circles the server refused to this person
   outgoing: new Map(),      // client_id -> {circle, text, reply_to}: posts not yet acknowledged
@@ -155,6 +162,7 @@ function receive(frame) {
     case "ack": return acknowledged(frame);
     case "history": return historyPage(frame, purpose);
     case "read": return readMarker(frame);
+    case "receipt": return receipt(frame);
     case "typing": return typing(frame);
     case "presence": return presence(frame.circle, frame.user, frame.state);
     case "alert": return alert(frame.alert);
@@ -171,9 +179,11 @@ function welcome(frame) {
   $("whoami").textContent = `Connecté(e) : ${frame.user.name}`;
   $("signout").hidden = false;
   $("alerts-toggle").hidden = false;
+  state.muted = new Set(JSON.parse(localStorage.getItem(mutedKey()) || "[]"));
   for (const summary of frame.circles) {
     const known = state.circles.get(summary.id);
-    state.circles.set(summary.id, { ...(known || {}), summary, unread: summary.unread });
+    state.circles.set(summary.id, { ...(known || {}), summary, unread: summary.unread,
+                                    last: summary.last_message || known?.last || null });
   }
   for (const id of [...state.circles.keys()]) {
     if (!frame.circles.some((c) => c.id === id)) state.circles.delete(id);
@@ -197,11 +207,13 @@ function subscribed(frame) {
   circle.unread = frame.unread;
   if (circle.lastSeq === undefined) circle.lastSeq = frame.head;
   circle.present = new Map(frame.present.map((p) => [p.user.id, p.state]));
+  circle.receipts = new Map(frame.receipts.map((r) => [r.user.id, r.seq]));
   state.circles.set(frame.circle, circle);
   state.denied.delete(frame.circle);
   renderCircles();
   if (frame.circle === state.current) {
     renderMembers();
+    renderReceipts();
     if (circle.firstSeq === undefined) request({ type: "history", circle: frame.circle }, { circle: frame.circle });
   }
 }
@@ -221,14 +233,38 @@ function message(frame) {
   circle.lastSeq = Math.max(circle.lastSeq || 0, frame.seq);
   if (isNew) circle.head = frame.seq;
   state.outgoing.delete(frame.client_id);
+  if (!circle.last || frame.seq >= circle.last.seq) {
+    circle.last = { seq: frame.seq, author: frame.author, text: frame.text.slice(0, 200), at: frame.at };
+  }
+  const shown = frame.circle === state.current && document.visibilityState === "visible";
+  if (isNew && frame.author.id !== state.me.id && !shown) {
+    circle.unread += 1;
+    if (document.visibilityState !== "visible") notifyMessage(frame, circle);
+  }
   if (frame.circle === state.current) {
     appendMessages([frame]);
     markRead(frame.circle);
     if ($("typing").textContent.startsWith(frame.author.name)) $("typing").textContent = "";
-  } else if (isNew && frame.author.id !== state.me.id) {
-    circle.unread += 1;
-    renderCircles();
   }
+  renderCircles();
+}
+
+// A notification says who wrote in which circle, never what: it shows on lock screens and in
+// notification centres, where health data has no place.
+function notifyMessage(frame, circle) {
+  if (!("Notification" in window) || Notification.permission !== "granted" || state.muted.has(frame.circle)) return;
+  const shown = new Notification(`Nouveau message de ${frame.author.name}`, {
+    body: circle.summary ? `Cercle de soins de ${patientName(circle.summary.patient)}` : "Cercle de soins",
+    tag: `cercle-${frame.circle}`,
+  });
+  shown.onclick = () => { window.focus(); location.hash = `#/cercle/${frame.circle}`; shown.close(); };
+}
+
+function receipt(frame) {
+  const circle = state.circles.get(frame.circle);
+  if (!circle || !circle.receipts) return;
+  circle.receipts.set(frame.user.id, Math.max(circle.receipts.get(frame.user.id) || 0, frame.seq));
+  if (frame.circle === state.current) renderReceipts();
 }
 
 function acknowledged(frame) {     // the ack comes before the message itself: the pending item becomes the message
@@ -238,6 +274,7 @@ function acknowledged(frame) {     // the ack comes before the message itself: t
   if (pending && sent) {
     pending.replaceWith(messageItem({ seq: frame.seq, client_id: frame.client_id, text: sent.text, at: frame.at,
                                       author: state.me, reply_to: sent.reply_to }));
+    renderReceipts();
   }
 }
 
@@ -311,20 +348,117 @@ function patientName(p) {
   return `${p.given_name.charAt(0)}${p.given_name.slice(1).toLowerCase()} ${p.family_name}`;
 }
 
+const activity = (circle) => circle.last?.at || circle.summary.created_at;
+
+// The most recently active circle first, each with its last message and unread count; the
+// page title counts the unread messages of the circles not muted.
 function renderCircles() {
   const list = $("circle-list");
-  list.replaceChildren();
-  for (const [id, circle] of state.circles) {
-    if (!circle.summary) continue;
+  const shown = [...state.circles].filter(([, c]) => c.summary).sort(([, a], [, b]) => activity(b).localeCompare(activity(a)));
+  list.replaceChildren(...shown.map(([id, circle]) => {
     const p = circle.summary.patient;
-    const link = el("a", { href: `#/cercle/${id}` },
-      el("span", {}, patientName(p), el("small", { text: `Né(e) le ${birthFmt.format(new Date(p.birth_date))}` })));
-    if (circle.unread > 0) link.append(el("span", { class: "badge", text: String(circle.unread),
-                                                     "aria-label": `${circle.unread} non lu(s)` }));
+    const muted = state.muted.has(id);
+    const preview = circle.last
+      ? `${circle.last.author.id === state.me?.id ? "Vous" : circle.last.author.name} : ${circle.last.text}`
+      : `Né(e) le ${birthFmt.format(new Date(p.birth_date))}`;
+    const head = el("span", { class: "circle-head" }, el("strong", { text: patientName(p) }));
+    if (circle.last) head.append(el("time", { datetime: circle.last.at, text: shortTime(circle.last.at) }));
+    const link = el("a", { href: `#/cercle/${id}` }, el("span", { class: "circle-text" }, head,
+      el("small", { class: "preview", text: preview })));
+    if (circle.unread > 0) {
+      link.append(el("span", { class: muted ? "badge muted" : "badge", text: String(circle.unread),
+                               title: `${circle.unread} non lu(s)${muted ? ", notifications coupées" : ""}` },
+                     el("span", { class: "visually-hidden", text: " non lu(s)" })));
+    }
     if (id === state.current) link.setAttribute("aria-current", "page");
-    list.append(el("li", { "data-circle": String(id) }, link));
-  }
+    return el("li", { "data-circle": String(id), class: muted ? "muted" : "" }, link);
+  }));
   $("no-circle").hidden = state.circles.size > 0;
+  const unread = [...state.circles].reduce((sum, [id, c]) => sum + (state.muted.has(id) ? 0 : c.unread || 0), 0);
+  document.title = unread ? `(${unread}) ${TITLE}` : TITLE;
+  $("notify-enable").hidden = !("Notification" in window) || Notification.permission !== "default";
+}
+
+// --- notifications and mute ---------------------------------------------------------------------
+
+const mutedKey = () => `msante.muted.${state.me.id}`;
+
+function toggleMute() {
+  const id = state.current;
+  if (state.muted.has(id)) state.muted.delete(id); else state.muted.add(id);
+  localStorage.setItem(mutedKey(), JSON.stringify([...state.muted]));
+  renderMute();
+  renderCircles();
+}
+
+function renderMute() {
+  $("mute").textContent = state.muted.has(state.current) ? "Réactiver les notifications" : "Couper les notifications";
+}
+
+async function enableNotifications() {        // asked on a click: browsers refuse to ask otherwise
+  await Notification.requestPermission();
+  renderCircles();
+}
+
+// --- times ------------------------------------------------------------------------------------
+
+const startOfDay = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+
+function relativeTime(at) {
+  const elapsed = Date.now() - new Date(at).getTime();
+  if (elapsed < 60 * 1000) return "à l'instant";
+  if (elapsed < RELATIVE_UNDER_MS) return relativeFmt.format(-Math.floor(elapsed / 60000), "minute");
+  return timeFmt.format(new Date(at));
+}
+
+function shortTime(at) {     // the circle list: the time today, the day before
+  const date = new Date(at);
+  return startOfDay(date) === startOfDay(new Date()) ? relativeTime(at) : shortDayFmt.format(date);
+}
+
+function dayLabel(date) {
+  const days = Math.round((startOfDay(new Date()) - startOfDay(date)) / 86400000);
+  if (days === 0) return "Aujourd'hui";
+  if (days === 1) return "Hier";
+  const label = (date.getFullYear() === new Date().getFullYear() ? dayFmt : dayYearFmt).format(date);
+  return label.charAt(0).toUpperCase() + label.slice(1);
+}
+
+// A separator before the first message of each day, wherever messages were added.
+function placeDaySeparators() {
+  const list = $("messages");
+  list.querySelectorAll("li.day").forEach((li) => li.remove());
+  let previous = null;
+  for (const li of [...list.children]) {
+    const day = startOfDay(new Date(li.dataset.at));
+    if (day !== previous) li.before(el("li", { class: "day", text: dayLabel(new Date(li.dataset.at)) }));
+    previous = day;
+  }
+}
+
+function refreshTimes() {
+  document.querySelectorAll("#messages time[data-relative]").forEach((t) => { t.textContent = relativeTime(t.dateTime); });
+  renderCircles();
+  if (state.current !== null) placeDaySeparators();   // midnight passed: "Aujourd'hui" becomes "Hier"
+}
+
+// "Lu par N sur M" under each of my messages: the other members whose read marker is at or past it.
+function renderReceipts() {
+  const circle = state.circles.get(state.current);
+  if (!circle || !circle.members || !circle.receipts) return;
+  const others = circle.members.filter((m) => m.id !== state.me.id);
+  for (const li of document.querySelectorAll("#messages li.mine[data-seq]:not(.pending)")) {
+    const seq = Number(li.dataset.seq);
+    const readers = others.filter((m) => (circle.receipts.get(m.id) || 0) >= seq);
+    const label = `Lu par ${readers.length} sur ${others.length}`;
+    const current = li.querySelector(".receipt");
+    if (current && current.dataset.label === `${label}:${readers.map((m) => m.id)}`) continue;
+    const shown = readers.length
+      ? el("details", { class: "receipt" }, el("summary", { text: label }), el("span", { text: readers.map((m) => m.name).join(", ") }))
+      : el("p", { class: "receipt", text: label });
+    shown.dataset.label = `${label}:${readers.map((m) => m.id)}`;
+    if (current) current.replaceWith(shown); else li.append(shown);
+  }
 }
 
 async function openCircle(id) {
@@ -352,9 +486,14 @@ async function openCircle(id) {
   $("patient-meta").textContent = `Né(e) le ${birthFmt.format(new Date(p.birth_date))} · INS ${p.ins}`;
   renderCircles();
   renderMembers();
+  renderMute();
   if (circle.head !== undefined) request({ type: "history", circle: id }, { circle: id });
   const response = await fetch(`/api/circles/${id}`, { headers: { Authorization: `Bearer ${state.session.access}` } });
-  if (response.ok && state.current === id) { circle.members = (await response.json()).members; renderMembers(); }
+  if (response.ok && state.current === id) {
+    circle.members = (await response.json()).members;
+    renderMembers();
+    renderReceipts();
+  }
 }
 
 function showDenied(text) {
@@ -377,14 +516,17 @@ function renderMembers() {
 
 function messageItem(m) {
   const mine = m.author.id === state.me.id;
-  const who = el("div", { class: "who" }, el("span", { text: `${mine ? "Vous" : m.author.name} · ${timeFmt.format(new Date(m.at))}` }));
+  const when = el("time", { datetime: m.at, title: dateTimeFmt.format(new Date(m.at)), "data-relative": "",
+                            text: relativeTime(m.at) });
+  const who = el("div", { class: "who" }, el("span", { text: `${mine ? "Vous" : m.author.name} · ` }, when));
   if (m.seq) {
     const reply = el("button", { type: "button", class: "reply", text: "Répondre",
                                  "aria-label": `Répondre au message de ${mine ? "vous-même" : m.author.name}` });
     reply.addEventListener("click", () => startReply(m));
     who.append(reply);
   }
-  const item = el("li", { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-client-id": m.client_id }, who);
+  const item = el("li", { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-client-id": m.client_id,
+                          "data-at": m.at }, who);
   if (m.reply_to) {
     item.append(el("blockquote", { class: "quote", "data-quotes": String(m.reply_to.seq) },
       el("strong", { text: `${m.reply_to.author.id === state.me.id ? "Vous" : m.reply_to.author.name} : ` }),
@@ -415,12 +557,16 @@ function appendMessages(items) {
     if (pending && m.author.id === state.me.id) pending.replaceWith(messageItem(m));
     else list.append(messageItem(m));
   }
+  placeDaySeparators();
+  renderReceipts();
   $("thread").scrollTop = $("thread").scrollHeight;
 }
 
 function prependMessages(items) {
   const list = $("messages");
   list.prepend(...items.filter((m) => !list.querySelector(`li[data-seq="${m.seq}"]`)).map(messageItem));
+  placeDaySeparators();
+  renderReceipts();
 }
 
 function markRead(id) {      // at most one read marker every READ_EVERY_MS: a busy circle stays under the rate limit
@@ -448,6 +594,7 @@ function post(event) {
                                 author: state.me, reply_to: replyTo });
   pending.classList.add("pending");
   $("messages").append(pending);
+  placeDaySeparators();
   $("thread").scrollTop = $("thread").scrollHeight;
   request({ type: "post", circle: id, client_id: clientId, text, ...(replyTo ? { reply_to: replyTo.seq } : {}) },
           { circle: id });
@@ -549,6 +696,9 @@ async function start() {
   $("alerts-close").addEventListener("click", toggleAlerts);
   $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
+  $("mute").addEventListener("click", toggleMute);
+  $("notify-enable").addEventListener("click", enableNotifications);
+  setInterval(refreshTimes, 60 * 1000);
   $("reply-cancel").addEventListener("click", () => { cancelReply(); $("text").focus(); });
   $("text").addEventListener("input", announceTyping);
   $("text").addEventListener("keydown", (e) => {
