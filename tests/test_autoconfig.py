@@ -46,6 +46,8 @@ def test_the_document_names_the_running_servers_ports(database_url, server, path
 def test_a_client_that_follows_it_reads_and_sends(database_url, server):
     status, _, pem = request(server, "GET", "/mail/ca.crt")
     assert status == 200 and pem == server.ca_file.read_text()
+    status, headers, empty = request(server, "HEAD", "/mail/ca.crt")  # how the web client asks whether there is one
+    assert (status, empty, int(headers["content-length"])) == (200, "", len(pem))
     trust = ssl.create_default_context(cadata=pem)  # only what the page handed out
     _, _, document = request(server, "GET", PATHS[1])
     (_, _, imaps, _, host, _), (_, _, submissions, _, _, _), _ = servers(document)

@@ -370,3 +370,45 @@ def test_list_by_activity_receipts_days_notifications_and_mute(database_url, ser
     urgentist.screenshot(path=ARTIFACTS / "reply-phone.png")
     for page in (gp, urgentist):
         page.context.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_connect_a_mail_client_page(database_url, server, browser):
+    """From the circle list to the settings a mail client needs (the running server's own ports), an
+    application password created, used by a real IMAP client, then revoked; on a phone and a desktop."""
+    import imaplib
+    import ssl
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    trust = ssl.create_default_context(cafile=str(server.ca_file))
+    imaps = int(server.listeners["imaps"].rsplit(":", 1)[1])
+    for size in ({"width": 360, "height": 640}, {"width": 1280, "height": 800}):
+        page = signed_in(browser, server, URGENTIST, viewport=size, is_mobile=size["width"] < 700)
+        page.click("text=Connecter un logiciel de messagerie")
+        page.wait_for_selector("#server-rows tr")
+        rows = page.eval_on_selector_all("#server-rows tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+        assert rows[0] == ["Réception (IMAP)", "localhost", str(imaps), "SSL/TLS"]
+        assert {r[2] for r in rows[1:]} == {server.listeners[n].rsplit(":", 1)[1] for n in ("submissions", "submission")}
+        page.wait_for_selector("#ca-link:visible")
+        assert page.is_visible("#back") == (size["width"] < 700)
+        box = page.wait_for_selector('#boxes [data-box="claire.leroy@msante.test"] form')
+        layout(page, f"mail clients {size}")
+        assert_accessible(page, f"mail clients {size}")
+        label = f"Thunderbird {size['width']}"
+        box.query_selector("input").fill(label)
+        box.query_selector("button[type=submit]").click()
+        password = page.wait_for_selector('[data-box="claire.leroy@msante.test"] .created code').inner_text()
+        page.wait_for_selector(f'[data-box="claire.leroy@msante.test"] li[data-label="{label}"]')
+        page.screenshot(path=ARTIFACTS / f"mail-clients-{size['width']}x{size['height']}.png", full_page=True)
+        with imaplib.IMAP4_SSL("localhost", imaps, ssl_context=trust, timeout=10) as imap:
+            assert imap.login("claire.leroy@msante.test", password)[0] == "OK"
+        page.click(f'[data-box="claire.leroy@msante.test"] li[data-label="{label}"] button')
+        page.wait_for_selector(f'[data-box="claire.leroy@msante.test"] li[data-label="{label}"]', state="detached")
+        with imaplib.IMAP4_SSL("localhost", imaps, ssl_context=trust, timeout=10) as imap:
+            with pytest.raises(imaplib.IMAP4.error):
+                imap.login("claire.leroy@msante.test", password)
+        if size["width"] < 700:
+            page.click("#back")
+            page.wait_for_selector("#circles:visible")
+            assert page.is_hidden("#mail-clients")
+        page.context.close()

@@ -682,11 +682,93 @@ function showSignIn(message) {
 
 function route() {
   const match = location.hash.match(/^#\/cercle\/(\d+)$/);
+  $("mail-clients").hidden = true;
   if (match) { openCircle(Number(match[1])); return; }
   state.current = null;
-  setView("list");
   $("conversation").hidden = true;
+  if (location.hash === "#/logiciels") { openMailClients(); renderCircles(); return; }
+  setView("list");
   renderCircles();
+}
+
+// --- "Connecter un logiciel de messagerie" ------------------------------------------------------
+// The servers come from the autoconfig document Thunderbird reads (web/autoconfig.py): one source.
+
+const api = (path, options = {}) => fetch(path, {
+  ...options, headers: { Authorization: `Bearer ${state.session.access}`, ...(options.body ? { "Content-Type": "application/json" } : {}) },
+});
+const boxPath = (address) => `/api/mailboxes/${encodeURIComponent(address)}/app-passwords`;
+
+async function openMailClients() {
+  setView("clients");
+  $("mail-clients").hidden = false;
+  $("password-error").hidden = true;
+  const response = await fetch("/.well-known/autoconfig/mail/config-v1.1.xml");
+  const xml = new DOMParser().parseFromString(await response.text(), "application/xml");
+  const uses = { imap: "Réception (IMAP)", smtp: "Envoi (SMTP)" };
+  const security = { SSL: "SSL/TLS", STARTTLS: "STARTTLS" };
+  $("server-rows").replaceChildren(...[...xml.querySelectorAll("incomingServer, outgoingServer")].map((s) => el("tr", {},
+    el("td", { text: uses[s.getAttribute("type")] }), el("td", { text: s.querySelector("hostname").textContent }),
+    el("td", { text: s.querySelector("port").textContent }),
+    el("td", { text: security[s.querySelector("socketType").textContent] || s.querySelector("socketType").textContent }))));
+  $("ca-box").hidden = !(await fetch("/mail/ca.crt", { method: "HEAD" })).ok;
+  const boxes = await api("/api/mailboxes");
+  if (!boxes.ok) return;
+  const { items } = await boxes.json();
+  $("example-box").textContent = items[0]?.address || "prenom.nom@…";
+  $("boxes").replaceChildren(...items.map((box) => el("div", { class: "box", "data-box": box.address },
+    el("h4", { text: `${box.address} (${box.role === "owner" ? "votre boîte" : "boîte déléguée"})` }),
+    el("ul", { class: "passwords" }), el("p", { class: "created", hidden: "" }))));
+  for (const box of items) { renderPasswords(box.address); }
+}
+
+async function renderPasswords(address) {
+  const panel = document.querySelector(`#boxes [data-box="${CSS.escape(address)}"]`);
+  const response = await api(boxPath(address));
+  if (!panel || !response.ok) return;
+  const { items } = await response.json();
+  const list = panel.querySelector("ul");
+  list.replaceChildren(...items.map((p) => {
+    const revoke = el("button", { type: "button", class: "secondary small", text: "Révoquer",
+                                  "aria-label": `Révoquer le mot de passe ${p.label}` });
+    revoke.addEventListener("click", async () => {
+      const done = await api(`${boxPath(address)}/${encodeURIComponent(p.label)}`, { method: "DELETE" });
+      if (!done.ok) showPasswordError(done);
+      renderPasswords(address);
+    });
+    const used = p.last_used_at ? `utilisé le ${dateTimeFmt.format(new Date(p.last_used_at))}` : "jamais utilisé";
+    return el("li", { "data-label": p.label }, el("span", {}, el("strong", { text: p.label }), ` · ${used}`), revoke);
+  }));
+  if (!items.length) list.append(el("li", { class: "empty", text: "Aucun mot de passe d'application." }));
+  if (!panel.querySelector("form")) panel.append(passwordForm(address));
+}
+
+function passwordForm(address) {
+  const id = `label-${address.replace(/[^a-z0-9]/gi, "-")}`;
+  const input = el("input", { id, name: "label", maxlength: "80", required: "", placeholder: "Thunderbird du cabinet" });
+  const form = el("form", {}, el("label", { for: id, text: "Appareil ou logiciel :" }), input,
+    el("button", { type: "submit", text: "Créer un mot de passe" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const response = await api(boxPath(address), { method: "POST", body: JSON.stringify({ label: input.value }) });
+    if (!response.ok) { showPasswordError(response); return; }
+    const created = await response.json();
+    $("password-error").hidden = true;
+    const shown = form.parentElement.querySelector(".created");
+    shown.replaceChildren(`Mot de passe pour « ${created.label} » : `, el("code", { text: created.password }),
+      el("br"), "Copiez-le maintenant dans le logiciel : il ne sera plus affiché.");
+    shown.hidden = false;
+    input.value = "";
+    renderPasswords(address);
+  });
+  return form;
+}
+
+async function showPasswordError(response) {
+  const reasons = { 400: "Refusé : ce nom est déjà pris ou trop long, ou cette boîte a déjà 20 mots de passe.",
+                    403: "Cette boîte ne vous est pas accessible.", 404: "Ce mot de passe n'existe plus." };
+  $("password-error").textContent = reasons[response.status] || `Refusé (${response.status}).`;
+  $("password-error").hidden = false;
 }
 
 async function start() {
