@@ -272,6 +272,18 @@ def test_desktop_three_columns_and_keyboard_only(database_url, server, browser):
     page.keyboard.press("Enter")  # the focus is on the panel's close button
     page.wait_for_selector("#alerts", state="hidden")
     assert page.evaluate("document.activeElement.id") == "alerts-toggle"
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#alerts:visible")
+    page.keyboard.press("Escape")  # closes it too
+    page.wait_for_selector("#alerts", state="hidden")
+
+    page.fill("#text", "x" * 20)
+    page.evaluate("() => { document.getElementById('text').removeAttribute('maxlength'); }")
+    page.fill("#text", "x" * 4001)  # past the limit: the server's refusal, said in French
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#notice:has-text('Message trop long : 4 000 caractères au plus.')")
+    page.wait_for_selector("#messages li.pending", state="detached")  # not left pending, not retried
+    assert len(page.input_value("#text")) == 4001  # back in the composer, to shorten
     page.context.close()
 
 

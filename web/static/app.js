@@ -319,6 +319,12 @@ function alert(item) {
 }
 
 function error(frame, purpose) {
+  if (purpose?.clientId && frame.code !== "rate_limited" && frame.code !== "internal") {
+    const sent = state.outgoing.get(purpose.clientId);   // refused for good: back into the composer, not retried
+    state.outgoing.delete(purpose.clientId);
+    document.querySelector(`#messages li.pending[data-client-id="${CSS.escape(purpose.clientId)}"]`)?.remove();
+    if (sent && purpose.circle === state.current && !$("text").value) $("text").value = sent.text;
+  }
   if (frame.code === "forbidden" && purpose && purpose.circle !== undefined) {
     state.denied.add(purpose.circle);
     if (purpose.circle === state.current) {
@@ -326,8 +332,19 @@ function error(frame, purpose) {
     }
     return;
   }
-  notify(frame.message || frame.code);
+  notify(ERRORS[frame.code] || `Erreur du serveur (${frame.code}).`);
 }
+
+// The server's error codes (docs/instant-protocol.md) as a French-speaking user reads them.
+const ERRORS = {
+  rate_limited: "Trop d'envois rapprochés : patientez un instant.",
+  too_long: "Message trop long : 4 000 caractères au plus.",
+  no_such_message: "Le message cité n'existe pas dans ce cercle.",
+  bad_frame: "Message refusé : caractères non autorisés.",
+  not_subscribed: "Ce cercle n'est pas suivi sur cette connexion.",
+  too_many_subscriptions: "Trop de cercles suivis sur cette connexion.",
+  internal: "Incident du serveur : réessayez.",
+};
 
 // --- circles and the conversation -------------------------------------------------------------
 
@@ -597,7 +614,7 @@ function post(event) {
   placeDaySeparators();
   $("thread").scrollTop = $("thread").scrollHeight;
   request({ type: "post", circle: id, client_id: clientId, text, ...(replyTo ? { reply_to: replyTo.seq } : {}) },
-          { circle: id });
+          { circle: id, clientId });
   $("text").value = "";
   cancelReply();
 }
@@ -798,6 +815,7 @@ async function start() {
     if (state.current !== null) markRead(state.current);
   });
   window.addEventListener("hashchange", route);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("alerts").hidden) toggleAlerts(); });
 
   const query = new URLSearchParams(location.search);
   try {
