@@ -424,3 +424,35 @@ def test_connect_a_mail_client_page(database_url, server, browser):
             page.wait_for_selector("#circles:visible")
             assert page.is_hidden("#mail-clients")
         page.context.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_create_a_circle_with_members_found_as_one_types(database_url, server, browser):
+    """On a phone: the patient's INS identity, a member found in the directory while typing, a refusal
+    said in French, then the new circle opens with its members."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = signed_in(browser, server, GP, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.click("text=Nouveau cercle")
+    page.wait_for_selector("#new-circle:visible")
+    assert page.is_hidden("#circles") and page.is_visible("#back")
+    page.fill("#nc-ins", "185057511204539")  # a wrong key
+    page.fill("#nc-family", PATIENT["family_name"])
+    page.fill("#nc-given", PATIENT["given_name"])
+    page.fill("#nc-birth", PATIENT["birth_date"])
+    page.type("#nc-search", "lero", delay=50)
+    page.click("#nc-results button:has-text('Dr Claire LEROY')")
+    page.wait_for_selector(f'#nc-members li[data-idnat="{URGENTIST}"]')
+    layout(page, "new circle")
+    assert_accessible(page, "new circle")
+    page.screenshot(path=ARTIFACTS / "new-circle-390x844.png")
+    page.click("#new-circle-form button[type=submit]")
+    page.wait_for_selector("#new-circle-error:has-text('Matricule INS invalide')")
+    page.fill("#nc-ins", PATIENT["ins"])
+    page.click("#new-circle-form button[type=submit]")
+    page.wait_for_selector("#patient-name:has-text('Paul MARTIN')")
+    page.click("#members-summary")
+    page.wait_for_selector(f'#members li[data-member="{URGENTIST}"]:visible')
+    assert "(coordination)" in page.inner_text(f'#members li[data-member="{GP}"]')
+    page.click("#back")
+    page.wait_for_selector('#circle-list li:has-text("Paul MARTIN")')
+    page.context.close()

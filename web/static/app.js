@@ -700,12 +700,88 @@ function showSignIn(message) {
 function route() {
   const match = location.hash.match(/^#\/cercle\/(\d+)$/);
   $("mail-clients").hidden = true;
+  $("new-circle").hidden = true;
   if (match) { openCircle(Number(match[1])); return; }
   state.current = null;
   $("conversation").hidden = true;
   if (location.hash === "#/logiciels") { openMailClients(); renderCircles(); return; }
+  if (location.hash === "#/nouveau-cercle") { openNewCircle(); renderCircles(); return; }
   setView("list");
   renderCircles();
+}
+
+// --- a new circle: the patient's INS identity, members found in the directory as one types ------
+
+const SEARCH_DELAY_MS = 300;          // one directory search per pause in typing, not per key
+const chosen = new Map();             // idnat -> name: the members to add
+
+function openNewCircle() {
+  setView("create");
+  $("new-circle").hidden = false;
+  $("new-circle-error").hidden = true;
+  $("nc-ins").focus();
+}
+
+const professionalName = (p) => [["DR", "DOCTEUR"].includes((p.practice_civility || "").toUpperCase()) ? "Dr" : "",
+  p.given_name.charAt(0) + p.given_name.slice(1).toLowerCase(), p.family_name.toUpperCase()].filter(Boolean).join(" ");
+
+async function searchDirectory() {
+  const text = $("nc-search").value.trim();
+  if (text.length < 2) { $("nc-results").replaceChildren(); return; }
+  const field = /^[0-9]+$/.test(text) ? "identifier" : "q";
+  const response = await api(`/api/directory/search?${new URLSearchParams({ [field]: text, kind: "professional", per_page: "8" })}`);
+  if (!response.ok || $("nc-search").value.trim() !== text) return;
+  const { items } = await response.json();
+  $("nc-results").replaceChildren(...items.filter((p) => p.idnat !== state.me.id && !chosen.has(p.idnat)).map((p) => {
+    const pick = el("button", { type: "button", "data-idnat": p.idnat }, el("strong", { text: professionalName(p) }),
+      ` · ${p.profession_label || ""}${p.rpps ? ` · RPPS ${p.rpps}` : ""}`);
+    pick.addEventListener("click", () => {
+      chosen.set(p.idnat, professionalName(p));
+      renderChosen();
+      $("nc-search").value = "";
+      $("nc-results").replaceChildren();
+      $("nc-search").focus();
+    });
+    return el("li", {}, pick);
+  }));
+}
+
+function renderChosen() {
+  $("nc-members").replaceChildren(...[...chosen].map(([idnat, name]) => {
+    const remove = el("button", { type: "button", class: "secondary small", text: "Retirer", "aria-label": `Retirer ${name}` });
+    remove.addEventListener("click", () => { chosen.delete(idnat); renderChosen(); });
+    return el("li", { "data-idnat": idnat }, el("span", { text: name }), remove);
+  }));
+}
+
+const PATIENT_ERRORS = {
+  ins: "Matricule INS invalide : 15 caractères, clé de contrôle comprise.",
+  ins_oid: "Référentiel INS inconnu.",
+  family_name: "Nom : lettres, espaces, traits d'union et apostrophes seulement.",
+  given_name: "Prénom : lettres, espaces, traits d'union et apostrophes seulement.",
+  birth_date: "Date de naissance invalide (passée, après 1890).",
+};
+
+async function createCircle(event) {
+  event.preventDefault();
+  const form = $("new-circle-form");
+  const patient = Object.fromEntries(["ins", "ins_oid", "family_name", "given_name", "birth_date"]
+    .map((name) => [name, form.elements[name].value.trim()]));
+  const response = await api("/api/circles", { method: "POST", body: JSON.stringify({
+    patient, members: [...chosen.keys()].map((id) => ({ id })) }) });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const field = (body.message || "").split(":")[0];
+    $("new-circle-error").textContent = response.status === 409 ? "Un cercle de soins existe déjà pour ce patient."
+      : PATIENT_ERRORS[field] || "Création refusée : vérifiez les champs.";
+    $("new-circle-error").hidden = false;
+    return;
+  }
+  form.reset();
+  chosen.clear();
+  renderChosen();
+  await refreshCircles();
+  location.hash = `#/cercle/${body.id}`;
 }
 
 // --- "Connecter un logiciel de messagerie" ------------------------------------------------------
@@ -796,6 +872,9 @@ async function start() {
   $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
   $("mute").addEventListener("click", toggleMute);
+  $("new-circle-form").addEventListener("submit", createCircle);
+  let searchTimer = null;
+  $("nc-search").addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(searchDirectory, SEARCH_DELAY_MS); });
   $("notify-enable").addEventListener("click", enableNotifications);
   setInterval(refreshTimes, 60 * 1000);
   $("reply-cancel").addEventListener("click", () => { cancelReply(); $("text").focus(); });
