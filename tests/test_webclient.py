@@ -456,3 +456,27 @@ def test_create_a_circle_with_members_found_as_one_types(database_url, server, b
     page.click("#back")
     page.wait_for_selector('#circle-list li:has-text("Paul MARTIN")')
     page.context.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_coordinator_adds_and_removes_members(database_url, server, browser):
+    """Karim Payet coordinates the demo circle: he adds the pharmacist found by name, she sees the circle
+    appear; he removes her, and she loses it at once. Members cannot change the list."""
+    coordinator = signed_in(browser, server, "810002000031", viewport={"width": 1280, "height": 800})
+    pharmacist = signed_in(browser, server, PHARMACIST, viewport={"width": 390, "height": 844}, is_mobile=True)
+    member = signed_in(browser, server, GP, viewport={"width": 1280, "height": 800})
+    for page in (coordinator, member):
+        page.click('#circle-list li[data-circle="1"] a')
+        page.wait_for_selector(f'#members li[data-member="{GP}"]')
+    assert member.is_hidden("#member-add") and not member.query_selector("#members button")
+    coordinator.type("#ma-search", PHARMACIST, delay=30)  # by national identifier
+    coordinator.click(f'#ma-results button[data-idnat="{PHARMACIST}"]')
+    coordinator.wait_for_selector(f'#members li[data-member="{PHARMACIST}"]')
+    pharmacist.wait_for_selector('#circle-list li[data-circle="1"]')  # her circle list grows
+    assert_accessible(coordinator, "members, coordinator")
+    coordinator.screenshot(path=ARTIFACTS / "members-coordinator-desktop.png")
+    coordinator.click(f'#members li[data-member="{PHARMACIST}"] button')
+    coordinator.wait_for_selector(f'#members li[data-member="{PHARMACIST}"]', state="detached")
+    pharmacist.wait_for_selector('#circle-list li[data-circle="1"]', state="detached")
+    for page in (coordinator, pharmacist, member):
+        page.context.close()

@@ -520,15 +520,37 @@ function showDenied(text) {
   $("thread").hidden = Boolean(text);
 }
 
+// The members, with presence; the coordinator may add (from the directory) and remove them.
 function renderMembers() {
   const circle = state.circles.get(state.current);
   if (!circle || !circle.members) return;
   const online = circle.members.filter((m) => circle.present?.get(m.id) === "online").length;
+  const coordinating = circle.summary?.coordinator === state.me.id;
   $("members-summary").textContent = `${circle.members.length} membres · ${online} en ligne`;
-  $("members").replaceChildren(...circle.members.map((m) => el("li", {
-    "data-member": m.id, "data-state": circle.present?.get(m.id) || "offline",
-    text: m.role === "coordinator" ? `${m.name} (coordination)` : m.name,
-  })));
+  $("member-add").hidden = !coordinating;
+  $("members").replaceChildren(...circle.members.map((m) => {
+    const item = el("li", { "data-member": m.id, "data-state": circle.present?.get(m.id) || "offline" },
+      m.role === "coordinator" ? `${m.name} (coordination)` : m.name);
+    if (coordinating && m.id !== state.me.id) {
+      const remove = el("button", { type: "button", class: "secondary small", text: "Retirer",
+                                    "aria-label": `Retirer ${m.name} du cercle` });
+      remove.addEventListener("click", () => changeMembers("DELETE", `/api/circles/${state.current}/members/${m.id}`));
+      item.append(" ", remove);
+    }
+    return item;
+  }));
+}
+
+async function changeMembers(method, path, body) {
+  const id = state.current;
+  const response = await api(path, { method, ...(body ? { body: JSON.stringify(body) } : {}) });
+  if (!response.ok) { notify("Modification des membres refusée."); return; }
+  const detail = await api(`/api/circles/${id}`);
+  if (detail.ok && state.current === id) {
+    state.circles.get(id).members = (await detail.json()).members;
+    renderMembers();
+    renderReceipts();
+  }
 }
 
 function messageItem(m) {
@@ -725,25 +747,30 @@ function openNewCircle() {
 const professionalName = (p) => [["DR", "DOCTEUR"].includes((p.practice_civility || "").toUpperCase()) ? "Dr" : "",
   p.given_name.charAt(0) + p.given_name.slice(1).toLowerCase(), p.family_name.toUpperCase()].filter(Boolean).join(" ");
 
-async function searchDirectory() {
-  const text = $("nc-search").value.trim();
-  if (text.length < 2) { $("nc-results").replaceChildren(); return; }
-  const field = /^[0-9]+$/.test(text) ? "identifier" : "q";
-  const response = await api(`/api/directory/search?${new URLSearchParams({ [field]: text, kind: "professional", per_page: "8" })}`);
-  if (!response.ok || $("nc-search").value.trim() !== text) return;
-  const { items } = await response.json();
-  $("nc-results").replaceChildren(...items.filter((p) => p.idnat !== state.me.id && !chosen.has(p.idnat)).map((p) => {
-    const pick = el("button", { type: "button", "data-idnat": p.idnat }, el("strong", { text: professionalName(p) }),
-      ` · ${p.profession_label || ""}${p.rpps ? ` · RPPS ${p.rpps}` : ""}`);
-    pick.addEventListener("click", () => {
-      chosen.set(p.idnat, professionalName(p));
-      renderChosen();
-      $("nc-search").value = "";
-      $("nc-results").replaceChildren();
-      $("nc-search").focus();
-    });
-    return el("li", {}, pick);
-  }));
+// Professionals found in the directory as `input` is typed into, listed in `results`; `skip`
+// leaves out those already chosen, `pick` takes one.
+function directorySearch(input, results, skip, pick) {
+  let timer = null;
+  const search = async () => {
+    const text = input.value.trim();
+    if (text.length < 2) { results.replaceChildren(); return; }
+    const field = /^[0-9]+$/.test(text) ? "identifier" : "q";
+    const response = await api(`/api/directory/search?${new URLSearchParams({ [field]: text, kind: "professional", per_page: "8" })}`);
+    if (!response.ok || input.value.trim() !== text) return;
+    const { items } = await response.json();
+    results.replaceChildren(...items.filter((p) => p.idnat !== state.me.id && !skip(p.idnat)).map((p) => {
+      const button = el("button", { type: "button", "data-idnat": p.idnat }, el("strong", { text: professionalName(p) }),
+        ` · ${p.profession_label || ""}${p.rpps ? ` · RPPS ${p.rpps}` : ""}`);
+      button.addEventListener("click", () => {
+        input.value = "";
+        results.replaceChildren();
+        input.focus();
+        pick(p);
+      });
+      return el("li", {}, button);
+    }));
+  };
+  input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, SEARCH_DELAY_MS); });
 }
 
 function renderChosen() {
@@ -873,8 +900,11 @@ async function start() {
   $("composer").addEventListener("submit", post);
   $("mute").addEventListener("click", toggleMute);
   $("new-circle-form").addEventListener("submit", createCircle);
-  let searchTimer = null;
-  $("nc-search").addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(searchDirectory, SEARCH_DELAY_MS); });
+  directorySearch($("nc-search"), $("nc-results"), (idnat) => chosen.has(idnat),
+                  (p) => { chosen.set(p.idnat, professionalName(p)); renderChosen(); });
+  directorySearch($("ma-search"), $("ma-results"),
+                  (idnat) => (state.circles.get(state.current)?.members || []).some((m) => m.id === idnat),
+                  (p) => changeMembers("POST", `/api/circles/${state.current}/members`, { id: p.idnat }));
   $("notify-enable").addEventListener("click", enableNotifications);
   setInterval(refreshTimes, 60 * 1000);
   $("reply-cancel").addEventListener("click", () => { cancelReply(); $("text").focus(); });
