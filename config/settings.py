@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from mailserver.headers import MAX_FIELDS, MAX_HEADER_BYTES
 
@@ -47,6 +48,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class MailClients:
+    """Where mail clients connect, as they reach it (a NAT or a load balancer may map other
+    ports): what autoconfig and the web client's settings page tell them. Port 0: not offered."""
+
+    host: str = "localhost"
+    imaps: int = 0
+    submissions: int = 0
+    submission: int = 0
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str  # the file the settings came from, or "defaults"
     domains: tuple[str, ...]
@@ -73,6 +85,7 @@ class Settings:
     admins: tuple[str, ...]
     dev_sign_in: bool
     limits: Limits = Limits()
+    clients: MailClients = MailClients()
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -133,6 +146,12 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "admins": (list, []),  # national identifiers allowed to read the audit trail over HTTPS
         "token_leeway": (int, 30),  # seconds of clock skew tolerated on exp/nbf/iat
         "dev_sign_in": (bool, False),  # the dev issuer's sign-in page (web/oidc.py): demos only, loopback only
+    },
+    "clients": {  # what mail clients are told (autoconfig, the web client's settings page)
+        "host": (str, None),  # the name they connect to; default: public_url's host
+        "imaps": (int, None),  # ports as they reach them; default: the listener's own, 0 when it is off
+        "submissions": (int, None),
+        "submission": (int, None),
     },
     "limits": {
         # Open connections on all listeners together: each holds a file descriptor and a few
@@ -308,6 +327,15 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
             raise ConfigError(f"{where('limits.' + key)} must be at least 1, got {value}")
     https = listen["https"] or "127.0.0.1:8443"
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
+    clients = v["clients"]
+    ports = {}
+    for key in ("imaps", "submissions", "submission"):
+        ports[key] = clients[key] if clients[key] is not None else (split_hostport(listen[key])[1] if listen[key] else 0)
+        if not 0 <= ports[key] <= 65535:
+            raise ConfigError(f"{where('clients.' + key)} must be a port (0: not offered), got {ports[key]}")
+    client_host = clients["host"] if clients["host"] is not None else urlsplit(public_url).hostname or ""
+    if not client_host or any(c.isspace() or c in "/:@" for c in client_host):
+        raise ConfigError(f"{where('clients.host')} must be a host name, got {client_host!r}")
     return Settings(source=file_source, domains=domains, data_dir=data_dir, database_url=url, listen=listen,
                     issuers=tuple(issuers), public_url=public_url.rstrip("/"), max_message_size=max_size,
                     max_header_size=v["server"]["max_header_size"], max_header_fields=v["server"]["max_header_fields"],
@@ -319,7 +347,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     tls_key=Path(tls["key"] or data_dir / "tls" / "server.key"),
                     client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
-                    dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]))
+                    dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
+                    clients=MailClients(client_host, **ports))
 
 
 def _url_host(hostport: str) -> str:

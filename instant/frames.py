@@ -81,6 +81,7 @@ class Post:
     circle: int
     client_id: str  # the client's own id: a retry with the same one stores nothing twice
     text: str
+    reply_to: int | None = None  # the seq of the message of the same circle this one answers
     id: str | None = None
 
 
@@ -204,7 +205,8 @@ def _post(f: _Fields, limits: Limits) -> Post:
     client_id = f.data.get("client_id")
     if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
         raise FrameError("bad_frame", "client_id must be 1 to 64 of A-Z a-z 0-9 . _ : - (a UUID will do)")
-    return Post(f.integer("circle", low=1), client_id, f.text("text", limits.max_text_chars), f.id)
+    return Post(f.integer("circle", low=1), client_id, f.text("text", limits.max_text_chars),
+                f.integer("reply_to", required=False, low=1), f.id)
 
 
 def _history(f: _Fields, limits: Limits) -> History:
@@ -254,6 +256,8 @@ def error(code: str, message: str, request_id: str | None = None, **extra: Any) 
     return reply(request_id, {"type": "error", "code": code, "message": message, **extra})
 
 
-def message(circle: int, seq: int, author: dict[str, str], client_id: str, text: str, at: str) -> dict[str, Any]:
+def message(circle: int, seq: int, author: dict[str, str], client_id: str, text: str, at: str,
+            reply_to: dict[str, Any] | None) -> dict[str, Any]:
+    """`reply_to`: the quoted message ({seq, author, text: its start}), or None."""
     return {"type": "message", "circle": circle, "seq": seq, "author": author, "client_id": client_id,
-            "text": text, "at": at}
+            "text": text, "at": at, "reply_to": reply_to}

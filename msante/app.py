@@ -50,6 +50,7 @@ from web.http import Request, Response, serve_connection
 from web.metrics import Metrics
 from web.oidc import DevSignIn
 from web.router import Router
+from web.autoconfig import Autoconfig
 from web.wellknown import WellKnown
 
 from .admission import Admission
@@ -148,6 +149,7 @@ def https_listener(services: Services) -> Listener:
             lambda: _queue(services.engine, "age"))
     router = services.router
     WellKnown(s).register(router)
+    Autoconfig(s).register(router)
     DirectoryApi(services.engine, services.authenticator, services.audit).register(router)
     MailboxApi(services.engine, services.authenticator, services.passwords).register(router)
     DevSignIn(s, services.engine, services.audit).register(router)
