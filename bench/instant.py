@@ -195,7 +195,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
            "MSANTE_SERVER__PUBLIC_URL": f"https://localhost:{port}",
            "MSANTE_LIMITS__CONNECTIONS_PER_ADDRESS": str(args.connections + 100),
            "MSANTE_LIMITS__CONNECTIONS": str(max(4000, args.connections + 100))}
-    for name in ("smtp", "submission", "submissions", "imap", "imaps"):
+    for name in ("smtp", "submission", "submissions", "imap", "imaps", "hl7"):
         env[f"MSANTE_LISTEN__{name.upper()}"] = ""
     if args.db:
         env["MSANTE_DATABASE__URL"] = args.db

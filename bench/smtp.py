@@ -77,7 +77,7 @@ class Msante:
     def __init__(self, workdir: Path, db_url: str | None) -> None:
         self.data = workdir / "var"
         self.log = workdir / "serve.log"
-        self.ports = {name: free_port() for name in ("https", "smtp", "submission", "submissions", "imap", "imaps")}
+        self.ports = {name: free_port() for name in ("https", "smtp", "submission", "submissions", "imap", "imaps", "hl7")}
         # Every msante command (init, serve, token issue, and mailbench's token command) must see the
         # same listeners: the https one is the dev token issuer's identity.
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

@@ -86,6 +86,7 @@ class Settings:
     dev_sign_in: bool
     limits: Limits = Limits()
     clients: MailClients = MailClients()
+    hl7_max_frame: int = 20 * 1024 * 1024
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -101,7 +102,7 @@ class Settings:
         return self.path("pki")
 
 
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "https")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "https", "hl7")
 
 # section -> key -> (type, default). A default of None means "derived from other keys".
 SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
@@ -126,6 +127,12 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "imap": (str, "127.0.0.1:1430"),
         "imaps": (str, "127.0.0.1:9930"),
         "https": (str, "127.0.0.1:8443"),
+        "hl7": (str, "127.0.0.1:2575"),  # HL7 v2 over MLLP in mutual TLS, from hospitals (2575: IANA's hl7)
+    },
+    "hl7": {
+        # Largest MLLP frame (one HL7 message) a hospital may send: an MDM carries its document
+        # in base64 (4/3 of the PDF), and the mail it becomes must stay under max_message_size.
+        "max_frame": (int, 20 * 1024 * 1024),
     },
     "tls": {
         "cert": (str, None),  # PEM server certificate (chain); default: <data_dir>/tls/server.crt
@@ -325,6 +332,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     for key, value in v["limits"].items():
         if value < 1:
             raise ConfigError(f"{where('limits.' + key)} must be at least 1, got {value}")
+    if not 1024 <= v["hl7"]["max_frame"] <= max_size:
+        raise ConfigError(f"{where('hl7.max_frame')} must be between 1024 and server.max_message_size "
+                          f"(the notice it becomes is a mail), got {v['hl7']['max_frame']}")
     https = listen["https"] or "127.0.0.1:8443"
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
     clients = v["clients"]
@@ -348,7 +358,7 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
-                    clients=MailClients(client_host, **ports))
+                    clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"])
 
 
 def _url_host(hostport: str) -> str:

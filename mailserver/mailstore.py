@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -62,24 +62,32 @@ class MailStore:
         self._engine = engine
         self._bus = bus
         self._reporting_mta = reporting_mta
-        self._writes = GroupCommit(engine)
+        # The writer the hospital feed shares (hospital/feed.py): with SQLite's one write lock,
+        # writes taken in turn by one task beat writers fighting over it with busy-wait backoff.
+        self.writes = GroupCommit(engine)
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
-                     audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
+                     audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient],
+                     alongside: Callable[[AsyncConnection, Accepted], Awaitable[Any]] | None = None) -> Accepted:
         """Store one accepted message; returns once it is committed (with other sessions' messages:
-        see store/group_commit.py), then wakes whoever watches the boxes."""
+        see store/group_commit.py), then wakes whoever watches the boxes. `alongside` runs in the
+        same transaction, after the message is stored: a job that sends mail marks itself done
+        there, so a crash leaves both done or neither (hospital/dispatch.py)."""
         recipients = list(recipients)
 
         async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int, dict]]]:
-            return await self._store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
-                                     audit=audit, audit_action=audit_action, source=source, mail_dsn=mail_dsn,
-                                     recipients=recipients)
-        accepted, events = await self._writes.run(write)
+            stored = await self._store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
+                                       audit=audit, audit_action=audit_action, source=source, mail_dsn=mail_dsn,
+                                       recipients=recipients)
+            if alongside is not None:
+                await alongside(conn, stored[0])
+            return stored
+        accepted, events = await self.writes.run(write)
         await self.publish(events + ([(0, QUEUED)] if accepted.queued else []))
         return accepted
 
     async def close(self) -> None:
-        await self._writes.close()
+        await self.writes.close()
 
     async def _store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,
                      audit: AuditTrail, audit_action: str, source: str, mail_dsn: dsn.MailDsn,

@@ -30,6 +30,9 @@ from config import ConfigError, Settings
 from directory.api import DirectoryApi
 from directory.authn import Authenticator, audit_handshake_refusal
 from directory.mailbox_api import MailboxApi
+from hospital.dispatch import Dispatcher
+from hospital.feed import Feed
+from hospital.listener import connection_handler as hl7_handler
 from instant.service import Instant
 from mailserver.imap.folders import Folders
 from mailserver.imap.server import connection_handler
@@ -65,6 +68,7 @@ SMTP_REFUSAL = b"421 4.7.0 Too many connections, try again later\r\n"  # RFC 532
 HTTP_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 10\r\n"
                 b"content-length: 77\r\nconnection: close\r\n\r\n"
                 b'{"error": "unavailable", "message": "too many connections, try again later"}\n')
+HL7_REFUSAL = b""  # MLLP has no greeting nor refusal: a connection over the limits is just closed
 DESCRIPTORS_SPARE = 256  # descriptors beyond the connections: database, logs, TLS files, outbound relay
 
 
@@ -237,6 +241,15 @@ def _tls_failure_audit(services: Services, listener: str):  # noqa: ANN202 - lis
     return report
 
 
+def hl7_listener(services: Services, feed: Feed) -> Listener:
+    """`hl7`: hospitals' record systems, MLLP inside TLS with their applicative certificate required."""
+    s = services.settings
+    handler = hl7_handler(services.engine, services.authenticator, feed, max_frame=s.hl7_max_frame)
+    return Listener("hl7", s.listen["hl7"], handler, services.server_tls(require_client_cert=True),
+                    admission=services.admission, refusal=HL7_REFUSAL,
+                    on_tls_failure=_tls_failure_audit(services, "hl7"))
+
+
 def outbound_queue(services: Services) -> OutboundQueue:
     s = services.settings
     client_tls = tls.client_context(_bundle(s), cert_path=s.tls_cert, key_path=s.tls_key)
@@ -282,6 +295,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         listeners.append(https_listener(services))
     listeners += smtp_listeners(services)
     listeners += imap_listeners(services)
+    feed = None
+    if settings.listen["hl7"]:
+        feed = Feed(services.engine, services.audit, services.bus, services.mailstore.writes,
+                    facility=settings.hostname)
+        listeners.append(hl7_listener(services, feed))
     queue_stop = asyncio.Event()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -294,6 +312,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             log.info("%s listening on %s", listener.name, listener.address)
         queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
         crl_refresh = asyncio.create_task(services.revocations.run(queue_stop), name="crl-refresh")
+        dispatch = None
+        if feed is not None:
+            dispatcher = Dispatcher(services.engine, services.mailstore, services.audit, services.bus,
+                                    domains=settings.domains)
+            dispatch = asyncio.create_task(dispatcher.run(queue_stop), name="hospital-dispatch")
         if services.instant:
             await services.instant.start()
         if services.imap:
@@ -314,6 +337,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             services.imap.shutdown()
         await asyncio.gather(*(lst.stop(SHUTDOWN_DEADLINE) for lst in listeners))
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
+        if dispatch is not None:
+            await asyncio.wait_for(dispatch, SHUTDOWN_DEADLINE)
         await crl_refresh
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -193,6 +193,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--acr", default="eidas1")
     c.add_argument("--audience", default="msante")
 
+    h = sub.add_parser("hl7", help="the hospital feed (HL7 v2 over MLLP)").add_subparsers(metavar="ACTION")
+    c = command(h, "send", commands.hl7_send_command,
+                "send HL7 v2 message files to the hl7 listener as a hospital, and print each ACK")
+    c.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    c.add_argument("--cert", type=Path, help="the hospital's applicative certificate (default: the demo hospital's)")
+    c.add_argument("--key", type=Path, help="its private key")
+    c.add_argument("--to", metavar="HOST:PORT", help="the listener (default: [listen] hl7)")
+
     a = sub.add_parser("audit", help="the audit trail").add_subparsers(metavar="ACTION")
     c = command(a, "tail", commands.audit_tail_command, "show the latest audit rows")
     c.add_argument("-n", "--lines", type=int, default=20)

@@ -147,6 +147,7 @@ async def _load_demo(settings: Settings, engine: AsyncEngine) -> None:
         if f"{local_part}@{domain}" not in existing:
             await admin.add(f"{local_part}@{domain}", kind="applicative", organisation=finess,
                             description=description, actor=OPERATOR)
+    await _demo_hospital_certificate(settings, engine)
     for local_part, rpps in demo.DELEGATES:
         await admin.grant(f"{local_part}@{domain}", rpps, actor=OPERATOR)
     await trust.import_list(engine, demo.write_trust_list(settings.path("demo"), settings.domains))
@@ -157,6 +158,19 @@ async def _load_demo(settings: Settings, engine: AsyncEngine) -> None:
         print(f"demo: care circle {circle['id']} with {len(circle['members'])} members")
     except Conflict:
         pass  # init --demo ran before
+
+
+async def _demo_hospital_certificate(settings: Settings, engine: AsyncEngine) -> None:
+    """The demo hospital's applicative certificate, for `msante hl7 send` (once)."""
+    out = settings.path("demo")
+    if (out / f"{demo.HOSPITAL_CERT}.crt").exists():
+        return
+    address = f"{demo.APPLICATIVE[0][0]}@{settings.domains[0]}"
+    async with engine.connect() as conn:
+        box = (await conn.execute(select(mailboxes).where(mailboxes.c.address == address))).one()
+    cert, _key = pki.issue_app(pki.load_ca(settings.ca_dir), mailbox=address, organisation_id=box.organisation_id,
+                               out_dir=out, stem=demo.HOSPITAL_CERT)
+    print(f"demo: hospital certificate for {address}: {cert}")
 
 
 def serve_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201 - coroutine
@@ -581,6 +595,32 @@ async def certs_issue_command(settings: Settings, args: argparse.Namespace) -> i
         cert, key = pki.issue_server(ca, args.host, args.out, stem=f"server-{args.host[0]}")
     print(f"certificate: {cert}\nprivate key: {key} (mode {oct(os.stat(key).st_mode & 0o777)})")
     return 0
+
+
+def hl7_send_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Each file is one message; exit status 1 if any ACK is not AA."""
+    from hospital.client import Hl7Client, ack_code, client_context
+
+    cert = args.cert or settings.path("demo", f"{demo.HOSPITAL_CERT}.crt")
+    key = args.key or cert.with_suffix(".key")
+    target = args.to or settings.listen["hl7"]
+    if not target:
+        raise CommandError("the hl7 listener is disabled ([listen] hl7 = \"\"): give --to HOST:PORT")
+    if not cert.exists():
+        raise CommandError(f"no certificate at {cert}: `msante init --demo` issues the demo hospital's, "
+                           "or give --cert/--key (`msante certs issue --kind app`)")
+    host, port = split_hostport(target)
+    failed = 0
+    try:
+        with Hl7Client(host, port, client_context(settings.ca_dir / "ca.crt", cert, key),
+                       server_hostname="localhost" if host in ("127.0.0.1", "::1") else host) as client:
+            for path in args.files:
+                answer = ack_code(client.send(path.read_bytes()))
+                failed += not answer.startswith("AA")
+                print(f"{path}: {answer}")
+    except (OSError, ConnectionError) as exc:
+        raise CommandError(f"{target}: {exc}") from None
+    return 1 if failed else 0
 
 
 async def certs_revoke_command(settings: Settings, args: argparse.Namespace) -> int:

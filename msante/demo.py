@@ -37,6 +37,7 @@ MAILBOXES = [
 ]
 # Boxes the public extract does not carry (applicative) and who acts on the shared ones.
 APPLICATIVE = [("dpi.ch-saint-paul", "970002002", "Dossier patient informatisé du CH (alertes)")]
+HOSPITAL_CERT = "hospital"  # <data_dir>/demo/hospital.crt and .key: the DPI's certificate for `msante hl7 send`
 DELEGATES = [("urgences.ch-saint-paul", "10002000015"),
              ("coordination.dac-sud", "10002000031"),
              ("secretariat.ehpad-filaos", "10002000049")]

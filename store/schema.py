@@ -342,3 +342,50 @@ alerts = Table(
     UniqueConstraint("audience", "key", name="uq_alerts_audience_key"),
 )
 Index("ix_alerts_pending", alerts.c.audience, alerts.c.acknowledged_at)
+
+# --- hospital feed ---------------------------------------------------------------------------
+# HL7 v2 messages from hospitals' record systems (hospital/), what they mean, and who was told.
+
+hl7_messages = Table(
+    "hl7_messages", metadata,  # one per (sender, MSH-10): a resend finds its row and gets the same ACK
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("sender", String(320), nullable=False),  # the applicative box whose certificate sent it
+    Column("control_id", String(199), nullable=False),  # MSH-10 (ST, 199 characters in v2.5)
+    Column("message_type", String(16), nullable=False),  # MSH-9, e.g. ADT^A01
+    Column("ack_code", String(2), nullable=False),  # MSA-1 answered: AA
+    Column("ack", Text, nullable=False),  # the ACK as sent, byte for byte on a resend
+    Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # the message: a document event builds its mail from it
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("sender", "control_id", name="uq_hl7_messages_control_id"),
+)
+
+hospital_events = Table(
+    "hospital_events", metadata,  # what a message means for the care team; `pending` rows are the dispatch job
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("message_id", BigId, ForeignKey("hl7_messages.id"), nullable=False, index=True),
+    Column("organisation_id", String(24), nullable=False),  # the hospital (organisations.id)
+    Column("kind", String(8), nullable=False),  # ADM, URG, SOR, DOC, UPD, ANN (hospital/message.py)
+    Column("trigger", String(8), nullable=False),  # A01, A04, A03, A11, A08, T02…
+    Column("patient_ins", String(15), nullable=False, default="", index=True),  # "" when PID-3 has none
+    Column("patient", Text, nullable=False),  # JSON: names, birth date, INS OID, local id
+    Column("gp_rpps", String(11), nullable=False, default=""),
+    Column("unit", Text, nullable=False, default=""),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),  # pending, dispatched
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("dispatched_at", DateTime(timezone=True)),
+)
+Index("ix_hospital_events_status", hospital_events.c.status, hospital_events.c.id)
+
+hospital_notices = Table(
+    "hospital_notices", metadata,  # who was told of an event, or why nobody was
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("event_id", BigId, ForeignKey("hospital_events.id"), nullable=False, index=True),
+    Column("recipient", String(320), nullable=False, default=""),  # the box written to; "" when not notified
+    Column("role", String(16), nullable=False),  # gp, gp_structure
+    Column("status", String(16), nullable=False),  # delivered, queued, failed, not_notified
+    Column("reason", Text, nullable=False, default=""),  # why not notified (said to coordinators)
+    Column("envelope_id", BigId, ForeignKey("envelopes.id")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

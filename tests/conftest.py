@@ -133,7 +133,7 @@ def init_data_dir(data_dir: Path, monkeypatch, *, database_url: str | None = Non
     monkeypatch.setenv("MSANTE_SERVER__DATA_DIR", str(data_dir))
     monkeypatch.setenv("MSANTE_LISTEN__HTTPS", f"127.0.0.1:{port}")
     monkeypatch.setenv("MSANTE_SERVER__PUBLIC_URL", f"https://localhost:{port}")
-    for name in ("smtp", "submission", "submissions", "imap", "imaps"):
+    for name in ("smtp", "submission", "submissions", "imap", "imaps", "hl7"):
         monkeypatch.setenv(f"MSANTE_LISTEN__{name.upper()}", f"127.0.0.1:{free_port()}")
     if database_url:
         monkeypatch.setenv("MSANTE_DATABASE__URL", database_url)

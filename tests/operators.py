@@ -19,7 +19,7 @@ from typing import Iterator
 
 from tests.conftest import free_port
 
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "https")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "https", "hl7")
 
 
 class Operator:

@@ -18,7 +18,8 @@ def test_defaults_use_the_fixed_keys(tmp_path):
     s = config.load(data_dir=str(tmp_path / "d"), environ={})
     assert s.domains == ("msante.test",)
     assert s.listen == {"smtp": "127.0.0.1:2525", "submission": "127.0.0.1:5870", "submissions": "127.0.0.1:4650",
-                        "imap": "127.0.0.1:1430", "imaps": "127.0.0.1:9930", "https": "127.0.0.1:8443"}
+                        "imap": "127.0.0.1:1430", "imaps": "127.0.0.1:9930", "https": "127.0.0.1:8443",
+                        "hl7": "127.0.0.1:2575"}
     assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'd' / 'msante.db'}"
     assert s.issuers == ()
 

@@ -17,7 +17,7 @@ from tests.conftest import free_port
 def test_init_serve_sigterm(tmp_path):
     port = free_port()
     env = {**os.environ, "MSANTE_LISTEN__HTTPS": f"127.0.0.1:{port}"}
-    for name in ("smtp", "submission", "submissions", "imap", "imaps"):
+    for name in ("smtp", "submission", "submissions", "imap", "imaps", "hl7"):
         env[f"MSANTE_LISTEN__{name.upper()}"] = f"127.0.0.1:{free_port()}"
     data = str(tmp_path / "var")
     msante = [sys.executable, "-m", "msante", "--data-dir", data]

@@ -205,7 +205,7 @@ def test_sigkill_during_submission_loses_and_duplicates_nothing(tmp_path, capsys
     https = free_port()
     env |= {"MSANTE_LISTEN__HTTPS": f"127.0.0.1:{https}", "MSANTE_SERVER__PUBLIC_URL": f"https://localhost:{https}",
             "MSANTE_LISTEN__SUBMISSION": f"127.0.0.1:{submission}"}
-    for name in ("smtp", "submissions", "imap", "imaps"):
+    for name in ("smtp", "submissions", "imap", "imaps", "hl7"):
         env[f"MSANTE_LISTEN__{name.upper()}"] = f"127.0.0.1:{free_port()}"
 
     run_cli(env, work, "init", "--demo", "--data-dir", str(data_dir))

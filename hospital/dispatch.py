@@ -1,0 +1,231 @@
+"""Who must know of a hospital event, and telling them: a durable job, like the outbound queue.
+
+`hospital_events` rows wait `pending` after the ACK. For each, the dispatcher finds the GP
+the hospital named (ROL/PD1 RPPS → directory → the GP's nominative box, ours or another
+operator's; else an organisational box of a structure where the GP practises), writes the
+notification mail, and in the same transaction as that mail records the notice, raises a
+`patient` alert for the members of the patient's care circle (if one exists for that INS)
+and marks the event dispatched. A crash before that commit leaves the event pending and
+nothing sent; after it, everything done: each event is notified exactly once, restarts
+included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté
+box"…): coordinators count them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mailserver import dsn
+from mailserver.mailstore import Accepted, MailStore, Recipient
+from store.audit import Actor, AuditTrail
+from store.db import dialect_insert, utc
+from store.events import EventBus
+from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
+                          hospital_notices, mailboxes, organisations, professionals)
+
+from . import notice
+from .feed import CHANNEL
+from .message import parse
+
+log = logging.getLogger("msante.hl7")
+BATCH = 100  # pending events read at a time
+CONCURRENT = 8  # events dispatched at once, their mails in one group commit; more would hold up the feed's ACKs
+POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs at most this
+NO_GP = "no GP given"
+NO_BOX = "GP has no MSSanté box"
+UNKNOWN_GP = "GP unknown to the directory"
+# Another operator's box: a DSN tells the hospital's box when the mail is delivered or fails. Ours:
+# the transaction that stores the mail in the GP's INBOX is the delivery, recorded on the notice
+# as it commits, so no report is written to the hospital's box (it doubled the work per event).
+NOTIFY_REMOTE = dsn.RcptDsn(notify=frozenset({"SUCCESS", "FAILURE"}))
+NOTIFY_LOCAL = dsn.RcptDsn(notify=frozenset({"NEVER"}))
+ALERT_KIND = "patient"
+TITLES = {"ADM": "Admission", "URG": "Passage aux urgences", "SOR": "Sortie d'hospitalisation",
+          "DOC": "Nouveau document"}
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str
+    mailbox_id: int | None  # None: another operator's box, through the relay queue
+    name: str
+    role: str  # gp, gp_structure
+
+
+class Dispatcher:
+    def __init__(self, engine: AsyncEngine, mailstore: MailStore, audit: AuditTrail, bus: EventBus, *,
+                 domains: tuple[str, ...], poll_seconds: float = POLL_SECONDS) -> None:
+        self._engine = engine
+        self._poll = poll_seconds
+        self._mailstore = mailstore
+        self._audit = audit
+        self._bus = bus
+        self._hostname = domains[0]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch what is pending, then sleep until the feed stores more, POLL_SECONDS, or stop."""
+        subscription = self._bus.subscribe(CHANNEL)
+        wake = asyncio.Event()
+
+        async def listen() -> None:
+            async for _event in subscription:
+                wake.set()
+        listener = asyncio.create_task(listen())
+        try:
+            while not stop.is_set():
+                wake.clear()
+                try:
+                    await self.run_once()
+                except Exception:  # the job must outlive a bad pass; the events stay pending
+                    log.exception("hospital dispatch failed; retrying in %.0f s", POLL_SECONDS)
+                waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
+                await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            listener.cancel()
+            await subscription.close()
+
+    async def run_once(self) -> int:
+        """Dispatch every pending event; returns how many."""
+        done = 0
+        while True:
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(select(hospital_events).where(hospital_events.c.status == "pending")
+                                           .order_by(hospital_events.c.id).limit(BATCH))).all()
+            for start in range(0, len(rows), CONCURRENT):  # their mails share group commits
+                await asyncio.gather(*(self.dispatch(row) for row in rows[start:start + CONCURRENT]))
+            done += len(rows)
+            if len(rows) < BATCH:
+                return done
+
+    async def dispatch(self, event) -> None:  # noqa: ANN001 - a hospital_events row
+        patient = json.loads(event.patient)
+        async with self._engine.connect() as conn:
+            sender, data = (await conn.execute(select(hl7_messages.c.sender, hl7_messages.c.data).where(
+                hl7_messages.c.id == event.message_id))).one()
+            hospital = (await conn.execute(select(organisations.c.name).where(
+                organisations.c.id == event.organisation_id))).scalar() or event.organisation_id
+            contact = (await conn.execute(select(mailboxes.c.address).where(and_(
+                mailboxes.c.organisation_id == event.organisation_id, mailboxes.c.kind == "organisational",
+                mailboxes.c.retired_at.is_(None))).order_by(mailboxes.c.address).limit(1))).scalar() or sender
+            target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
+            members = await _circle_members(conn, event.patient_ins)
+        alert_rows = [_alert_row(event, patient, idnat) for idnat in members]
+        actor = Actor(sender, "application")
+
+        async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
+            now = datetime.now(timezone.utc)
+            marked = await conn.execute(update(hospital_events).where(and_(
+                hospital_events.c.id == event.id, hospital_events.c.status == "pending")).values(
+                status="dispatched", dispatched_at=now))
+            if marked.rowcount != 1:
+                raise _AlreadyDone()
+            status = "not_notified"
+            if accepted is not None:
+                status = "delivered" if accepted.delivered else "queued" if accepted.queued else "failed"
+            await conn.execute(insert(hospital_notices), {
+                "event_id": event.id, "recipient": target.address if target else "",
+                "role": target.role if target else "gp", "status": status, "reason": reason,
+                "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
+            raised = []
+            for row in alert_rows:
+                statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
+                    index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id)
+                alert_id = (await conn.execute(statement, {**row, "created_at": now})).scalar()
+                if alert_id is not None:
+                    raised.append({"id": alert_id, **row, "data": json.loads(row["data"]),
+                                   "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None})
+            if accepted is None:
+                await self._audit.record(actor, "hospital.not_notified", target=str(event.id), conn=conn,
+                                         kind=event.kind, reason=reason)
+            return raised
+
+        try:
+            if target is None:
+                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None))
+            else:
+                facts = notice.Notice(
+                    kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=_occurred(event, patient),
+                    unit=event.unit, hospital=hospital, sender=sender, contact=contact, recipient=target.address,
+                    recipient_name=target.name, event_id=event.id)
+                if event.kind == "DOC":  # the document (up to [hl7] max_frame) is decoded and zipped off the loop
+                    message = await asyncio.to_thread(
+                        lambda: notice.build(replace(facts, document=parse(data).document), hostname=self._hostname))
+                else:
+                    message = notice.build(facts, hostname=self._hostname)
+                holder: dict = {}
+
+                async def alongside(conn: AsyncConnection, accepted: Accepted) -> None:
+                    holder["raised"] = await finish(conn, accepted)
+                await self._mailstore.accept(
+                    message=message, message_id="", sender=sender, actor=actor, audit=self._audit,
+                    audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
+                    recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
+                                          target.mailbox_id)], alongside=alongside)
+                raised = holder["raised"]
+        except _AlreadyDone:
+            return
+        for alert in raised:
+            await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
+
+
+class _AlreadyDone(Exception):
+    """Another dispatcher marked the event first: this transaction rolls back, mail included."""
+
+
+async def _target(conn: AsyncConnection, rpps: str, gp: dict | None) -> tuple[Target | None, str]:
+    if not rpps:
+        if gp and gp.get("problem"):
+            return None, f"GP identifier unusable: {gp['problem']}"
+        return None, NO_GP
+    person = (await conn.execute(select(professionals).where(and_(
+        professionals.c.rpps == rpps, professionals.c.retired_at.is_(None))))).first()
+    if person is None:
+        return None, f"{UNKNOWN_GP} (RPPS {rpps})"
+    name = " ".join(part for part in ("Dr" if person.profession_code == "10" else "", person.given_name.title(),
+                                      person.family_name) if part)
+    box = (await conn.execute(select(mailboxes.c.id, mailboxes.c.address, mailboxes.c.local).where(and_(
+        mailboxes.c.owner_idnat == person.idnat, mailboxes.c.kind == "nominative",
+        mailboxes.c.retired_at.is_(None))).order_by(mailboxes.c.local.desc(), mailboxes.c.address).limit(1))).first()
+    if box is not None:
+        return Target(box.address, box.id if box.local else None, name, "gp"), ""
+    structure = (await conn.execute(
+        select(mailboxes.c.id, mailboxes.c.address, mailboxes.c.local, mailboxes.c.service)
+        .select_from(mailboxes.join(activities, activities.c.organisation_id == mailboxes.c.organisation_id))
+        .where(and_(activities.c.idnat == person.idnat, activities.c.retired_at.is_(None),
+                    mailboxes.c.kind == "organisational", mailboxes.c.retired_at.is_(None)))
+        .order_by(mailboxes.c.address).limit(1))).first()
+    if structure is not None:
+        return Target(structure.address, structure.id if structure.local else None,
+                      structure.service or structure.address, "gp_structure"), f"sent to the GP's structure ({name})"
+    return None, NO_BOX
+
+
+async def _circle_members(conn: AsyncConnection, ins: str) -> list[str]:
+    if not ins:
+        return []
+    rows = await conn.execute(select(circle_members.c.idnat).join(circles, circles.c.id == circle_members.c.circle_id)
+                              .where(circles.c.patient_ins == ins).order_by(circle_members.c.idnat))
+    return [r.idnat for r in rows]
+
+
+def _alert_row(event, patient: dict, idnat: str) -> dict:  # noqa: ANN001
+    who = f"{patient.get('family_name', '')} {patient.get('given_name', '').title()}".strip()
+    return {"audience": f"person:{idnat}", "kind": ALERT_KIND, "key": f"hospital-event:{event.id}",
+            "title": f"{TITLES[event.kind]} : {who}" + (f" ({event.unit})" if event.unit else ""),
+            "data": json.dumps({"event": event.id, "kind": event.kind, "ins": event.patient_ins,
+                                "occurred": patient.get("occurred", "")}, ensure_ascii=False, sort_keys=True)}
+
+
+def _occurred(event, patient: dict) -> datetime:  # noqa: ANN001
+    try:
+        return datetime.fromisoformat(patient["occurred"])
+    except (KeyError, ValueError):
+        return utc(event.occurred_at)

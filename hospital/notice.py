@@ -1,0 +1,92 @@
+"""The notification mail a hospital event becomes, in French, from the hospital's applicative box.
+
+It says who (the patient, with the INS), what (the event, with its national type code from
+TRE_R254-TypeEvenement, OID 1.2.250.1.213.1.1.4.337: ADM admission, SOR discharge, DOC
+document deposited; an ED visit is an ADM whose unit says "urgences"), where (the unit), when
+(in the hospital's own time, as the message gave it) and whom to call. A read receipt is
+asked (Disposition-Notification-To); for another operator's box the dispatcher asks a DSN
+(NOTIFY=SUCCESS,FAILURE). A document event carries the document twice, as the national convention wants:
+the PDF (or CDA) itself and an IHE_XDM.ZIP, under a subject starting "XDM/1.0/DDM+".
+"""
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+
+from . import xdm
+from .message import Document
+
+# TRE_R254-TypeEvenement (ANS nomenclature, "Notification d'événements" model)
+EVENT_CODES = {"ADM": "ADM", "URG": "ADM", "SOR": "SOR", "DOC": "DOC"}
+EVENT_LABELS = {"ADM": "Admission d'un patient dans un établissement de santé",
+                "SOR": "Sortie d'un patient de l'établissement de santé",
+                "DOC": "Dépôt de document pour un patient"}
+WHAT = {"ADM": "a été admis(e) à", "URG": "s'est présenté(e) aux urgences de", "SOR": "est sorti(e) de",
+        "DOC": "a un nouveau document de"}
+SUBJECT = {"ADM": "Admission", "URG": "Passage aux urgences", "SOR": "Sortie", "DOC": "Document"}
+
+
+@dataclass(frozen=True)
+class Notice:
+    kind: str
+    patient: dict  # family_name, given_name, birth_date, ins, ins_oid
+    occurred: datetime  # with the hospital's offset
+    unit: str
+    hospital: str  # the structure's name
+    sender: str  # its applicative box
+    contact: str  # a box to write to (the hospital's organisational one), or the sender
+    recipient: str
+    recipient_name: str  # "Dr Jean DUPONT", or the box's service
+    event_id: int
+    document: Document | None = None
+
+
+def build(notice: Notice, *, hostname: str) -> bytes:
+    p = notice.patient
+    who = f"{p['family_name']} {p['given_name'].title()}".strip()
+    born = _date(p.get("birth_date", ""))
+    code = EVENT_CODES[notice.kind]
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = email.utils.formataddr((notice.hospital, notice.sender))
+    msg["To"] = email.utils.formataddr((notice.recipient_name, notice.recipient))
+    subject = f"{SUBJECT[notice.kind]} : {who}" + (f" (né(e) le {born})" if born else "") + f" - {notice.hospital}"
+    if notice.document is not None:
+        subject = f"XDM/1.0/DDM+{notice.document.type_code} {subject}"
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(f"hospital-event.{notice.event_id}", domain=hostname)
+    msg["Disposition-Notification-To"] = notice.sender
+    msg["X-MSS-INS"] = "O" if notice.document is not None and p.get("ins") else "N"
+    if notice.document is not None and notice.document.media_type == "text/xml":
+        msg["X-MSS-CODECDA"] = notice.document.type_code
+    lines = [f"Bonjour {notice.recipient_name},", "",
+             f"Votre patient(e) {who}" + (f", né(e) le {born}" if born else "")
+             + (f" (INS {p['ins']})" if p.get("ins") else "")
+             + f", {WHAT[notice.kind]} {notice.hospital}"
+             + f" le {notice.occurred:%d/%m/%Y à %H:%M}" + (f" (unité : {notice.unit})" if notice.unit else "") + ".",
+             ""]
+    if notice.document is not None:
+        lines += [f"Document joint : {notice.document.type_label or notice.document.type_code} "
+                  f"(LOINC {notice.document.type_code}), en PDF/CDA et dans l'archive IHE_XDM.ZIP.", ""]
+    lines += [f"Pour joindre le service : {notice.contact}", "",
+              f"Type d'événement : {code} ({EVENT_LABELS[code]}, TRE_R254-TypeEvenement).",
+              "Message automatique envoyé par la messagerie sécurisée de santé de l'établissement.", ""]
+    msg.set_content("\n".join(lines), charset="utf-8", cte="quoted-printable")
+    if notice.document is not None:
+        doc = notice.document
+        maintype, _, subtype = doc.media_type.partition("/")
+        msg.add_attachment(doc.data, maintype=maintype, subtype=subtype,
+                           filename="DOC0001.PDF" if subtype == "pdf" else "DOC0001.XML")
+        archive = xdm.build(doc, ins=p.get("ins", ""), ins_oid=p.get("ins_oid", ""), author=notice.hospital,
+                            hospital=notice.hospital, submitted_at=notice.occurred,
+                            set_id=f"2.25.{uuid.uuid4().int}")  # a UUID as an OID (ITU-T X.667)
+        msg.add_attachment(archive, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
+    return msg.as_bytes()
+
+
+def _date(iso_date: str) -> str:
+    return f"{iso_date[8:10]}/{iso_date[5:7]}/{iso_date[:4]}" if len(iso_date) == 10 else ""

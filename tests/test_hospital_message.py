@@ -1,0 +1,125 @@
+"""HL7 v2 reading (hospital/message.py), MLLP framing (hospital/mllp.py) and ACKs (hospital/ack.py), without a network."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hl7
+import pytest
+
+from hospital import ack, mllp
+from hospital.message import Hl7Error, parse, read_header
+
+SAMPLES = Path(__file__).resolve().parents[1] / "hospital" / "samples"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def replace_segment(data: bytes, segment: str, new: str | None) -> bytes:
+    lines = [line for line in data.decode().splitlines()]
+    out = [new if line.startswith(segment + "|") else line for line in lines]
+    return "\r".join(line for line in out if line is not None).encode()
+
+
+def test_ed_visit_reads_patient_gp_unit_and_time():
+    msg = parse(sample("adt_a04_ed_visit.hl7"))
+    assert (msg.kind, msg.trigger, msg.patient_class) == ("URG", "A04", "E")
+    assert msg.patient.ins == "248039741512358" and msg.patient.ins_oid == "1.2.250.1.213.1.4.11"
+    assert (msg.patient.family_name, msg.patient.given_name, msg.patient.birth_date) == ("TECHER", "JOSETTE",
+                                                                                         "1948-03-12")
+    assert msg.gp is not None and (msg.gp.rpps, msg.gp.source) == ("10001045367", "ROL")
+    assert msg.unit == "URGENCES ADULTES" and msg.movement_action == "INSERT"
+    assert msg.occurred_at.isoformat() == "2026-12-06T08:12:00+04:00"
+    assert msg.header.sending_facility[1] == "970002002" and msg.header.control_id == "CHSP-A04-0001"
+
+
+def test_every_sample_reads():
+    kinds = {path.name: parse(path.read_bytes()).kind for path in SAMPLES.glob("*.hl7")}
+    assert kinds == {"adt_a01_admission.hl7": "ADM", "adt_a04_ed_visit.hl7": "URG", "adt_a03_discharge.hl7": "SOR",
+                     "adt_a08_update.hl7": "UPD", "adt_a11_cancel_admission.hl7": "ANN",
+                     "mdm_t02_ed_report.hl7": "DOC"}
+
+
+def test_document_is_decoded():
+    doc = parse(sample("mdm_t02_ed_report.hl7")).document
+    assert doc is not None and doc.type_code == "15507-7" and doc.media_type == "application/pdf"
+    assert doc.data.startswith(b"%PDF-")
+
+
+def test_gp_from_pd1_when_no_rol_and_bad_check_digit_kept_as_a_problem():
+    data = replace_segment(sample("adt_a04_ed_visit.hl7"), "ROL", None)
+    data = replace_segment(data, "PD1", "PD1||||10001045367^DUPONT^JEAN^^^^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^L^^^RPPS")
+    assert parse(data).gp.rpps == "10001045367" and parse(data).gp.source == "PD1"
+    bad = replace_segment(data, "PD1", "PD1||||10001045368^DUPONT^JEAN^^^^^^^^^^RPPS")
+    gp = parse(bad).gp
+    assert gp.rpps == "" and "check digit" in gp.problem and gp.family_name == "DUPONT"
+    assert parse(replace_segment(data, "PD1", None)).gp is None
+
+
+def test_unknown_segments_are_ignored():
+    data = sample("adt_a01_admission.hl7") + b"\rZFU|whatever|x\rZZZ|1"
+    assert parse(data).kind == "ADM"
+
+
+@pytest.mark.parametrize("change, code, condition, where", [
+    (("PID", None), "AE", 100, ("PID", 0)),  # a required segment missing
+    (("EVN", None), "AE", 100, ("EVN", 0)),
+    (("PID", "PID|1||||||19480312|F"), "AE", 101, ("PID", 3)),  # no patient identifier
+    (("EVN", "EVN||2026-12-06"), "AE", 102, ("EVN", 2)),  # not an HL7 time
+    (("MSH", "MSH|^~\\&|A|CHSP^970002002^FINESS|B|C|20261206||ORU^R01|X1|P|2.5"), "AR", 200, ("MSH", 9)),
+    (("MSH", "MSH|^~\\&|A|CHSP^970002002^FINESS|B|C|20261206||ADT^A40|X1|P|2.5"), "AR", 201, ("MSH", 9)),
+    (("MSH", "MSH|^~\\&|A|CHSP^970002002^FINESS|B|C|20261206||ADT^A01|X1|P|2.3"), "AR", 203, ("MSH", 12)),
+    (("MSH", "MSH|^~\\&|A|CHSP^970002002^FINESS|B|C|20261206||ADT^A01||P|2.5"), "AR", 101, ("MSH", 10)),
+    (("MSH", "MSH|^~\\&|A|CHSP^970002002^FINESS|B|C|20261206||ADT^A01|X1|P|2.5|||||FRA|EBCDIC"), "AR", 102,
+     ("MSH", 18)),
+])
+def test_malformed_messages_get_ae_or_ar_with_their_location(change, code, condition, where):
+    data = replace_segment(sample("adt_a04_ed_visit.hl7"), *change)
+    with pytest.raises(Hl7Error) as caught:
+        parse(data)
+    error = caught.value
+    assert (error.code, error.condition, (error.segment, error.field)) == (code, condition, where)
+    answer = hl7.parse(ack.build(error.header, error.code, "ACK1", error=error).decode())
+    assert str(answer.segment("MSA")(1)) == code
+    err = answer.segment("ERR")
+    assert err.extract_field(1, 2, 1, 1) == where[0] and err.extract_field(1, 3, 1, 1) == str(condition)
+    if where[1]:
+        assert err.extract_field(1, 2, 1, 3) == str(where[1])
+
+
+def test_not_hl7_at_all_is_rejected_and_still_answered():
+    with pytest.raises(Hl7Error) as caught:
+        read_header(b"GET / HTTP/1.1\r\n")
+    answer = ack.build(caught.value.header, "AR", "ACK2", error=caught.value)
+    assert b"MSA|AR|" in answer and b"ERR|" in answer
+
+
+def test_document_errors():
+    data = sample("mdm_t02_ed_report.hl7").replace(b"^Base64^JVBER", b"^Base64^!!!!")
+    with pytest.raises(Hl7Error) as caught:
+        parse(data)
+    assert (caught.value.code, caught.value.segment, caught.value.field) == ("AE", "OBX", 5)
+
+
+def test_ack_echoes_control_id_and_escapes_text():
+    header = read_header(sample("adt_a04_ed_visit.hl7"))
+    answer = hl7.parse(ack.build(header, "AA", "ACK-9", facility="MSANTE").decode())
+    assert str(answer.segment("MSA")(2)) == "CHSP-A04-0001" and str(answer.segment("MSH")(10)) == "ACK-9"
+    error = Hl7Error("AE", 101, "a|b^c", "PID", field_no=3, header=header)
+    text = hl7.parse(ack.build(header, "AE", "ACK-10", error=error).decode()).segment("ERR").extract_field(1, 8)
+    assert text == "a|b^c"
+
+
+def test_mllp_frames_split_anywhere_and_bounded():
+    one, two = mllp.frame(b"MSH|1"), mllp.frame(b"MSH|2")
+    stream = one + b"\n" + two
+    for cut in range(len(stream) + 1):
+        reader = mllp.FrameReader(max_frame=64)
+        assert reader.feed(stream[:cut]) + reader.feed(stream[cut:]) == [b"MSH|1", b"MSH|2"]
+    with pytest.raises(mllp.FramingError):
+        mllp.FrameReader(max_frame=64).feed(b"\x0b" + b"x" * 100)
+    with pytest.raises(mllp.FramingError):
+        mllp.FrameReader().feed(b"MSH|no start byte")
+    reader = mllp.FrameReader()
+    assert reader.feed(b"\x0bMSH|half") == [] and reader.pending
