@@ -44,6 +44,7 @@ from store import db
 from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
+from store.redis_bus import RedisBus
 from store.relay import Relay
 from store.schema import deliveries, envelopes, mailboxes, professionals
 from web.http import Request, Response, serve_connection
@@ -75,7 +76,8 @@ class Services:
     authenticator: Authenticator
     passwords: AppPasswords
     logins: Logins
-    bus: EventBus
+    bus: EventBus  # this process's subscribers and, with [bus] url, every other process's
+    local_bus: LocalBus  # this process's subscribers only: what the store relay feeds
     mailstore: MailStore
     trust: TrustSpace
     revocations: Revocations
@@ -104,14 +106,20 @@ class Services:
         authenticator = Authenticator(engine, verifier, audit, cas, settings.admins, revocations)
         passwords = AppPasswords(engine, audit)
         logins = Logins(engine, authenticator, passwords, audit)
-        bus = LocalBus()
+        local_bus = LocalBus()
+        bus: EventBus = local_bus
+        if settings.bus_url:
+            bus = RedisBus(settings.bus_url, local_bus)
+            await bus.start()
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
         admission = Admission(settings.limits.connections, settings.limits.connections_per_address)
-        return cls(settings, engine, audit, authenticator, passwords, logins, bus, mailstore,
+        return cls(settings, engine, audit, authenticator, passwords, logins, bus, local_bus, mailstore,
                    TrustSpace(engine, settings.domains), revocations, admission)
 
     async def close(self) -> None:
         await self.mailstore.close()
+        if isinstance(self.bus, RedisBus):
+            await self.bus.close()
         await db.finish_writes()
         await self.engine.dispose()
 
@@ -285,7 +293,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             await services.instant.start()
         if services.imap:
             services.imap.start()
-        relay = Relay(services.engine, services.bus)  # what the CLI changes reaches live sessions through it
+        # What the CLI changes reaches live sessions through the store, on every node: each
+        # node's relay feeds its own subscribers only (Redis would hand them the same event twice).
+        relay = Relay(services.engine, services.local_bus)
         await relay.start()
         relaying = asyncio.create_task(relay.run(), name="store relay")
         await services.audit.record(SERVER, "server.start",
