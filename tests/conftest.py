@@ -57,21 +57,33 @@ async def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
+    name = await _postgresql("CREATE DATABASE {}")
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    await _postgresql("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+@pytest.fixture
+async def postgresql_url():
+    """A fresh PostgreSQL database, for tests that only make sense on it (several processes
+    sharing one store); skipped when MSANTE_TEST_DATABASE_URL is not set."""
+    if not PG_URL:
+        pytest.skip("MSANTE_TEST_DATABASE_URL is not set")
+    name = await _postgresql("CREATE DATABASE {}")
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    await _postgresql("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+async def _postgresql(statement: str, name: str | None = None) -> str:
+    """Run a CREATE or DROP DATABASE `statement` for `name` (a new unique one by default)."""
     import asyncpg
 
-    name = f"msante_t_{uuid.uuid4().hex[:12]}"
-    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn)
+    name = name or f"msante_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(statement.format(f'"{name}"'))
     finally:
         await conn.close()
-    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    return name
 
 
 @dataclass
