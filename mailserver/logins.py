@@ -4,16 +4,21 @@ Tokens and certificates go through the directory's one authentication path; appl
 passwords through `directory.app_passwords`. Then the mailbox named at login (XOAUTH2
 `user=`, OAUTHBEARER `a=`, PLAIN/LOGIN user name, EXTERNAL authzid), if any, must be one the
 caller may use. Failures are slowed down per client address and per account, each session
-waiting on its own, so an attacker on one address does not slow anyone else down.
+waiting on its own, so an attacker on one address does not slow anyone else down; with several
+nodes the failures are counted in Redis, across all of them.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from cryptography import x509
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from directory.access import MailboxGrant, grant_for
@@ -22,6 +27,8 @@ from directory.authn import Authenticator, AuthError, Principal
 from store.audit import AuditTrail
 
 from .sasl import BearerCredentials, Credentials, ExternalCredentials, PasswordCredentials
+
+log = logging.getLogger("msante.logins")
 
 
 class LoginFailed(Exception):
@@ -39,7 +46,8 @@ class Login:
 
 class Throttle:
     """Delay after repeated failures: 0 s for the first FREE, then doubling up to MAX_DELAY,
-    forgotten after FORGET seconds without failure. Bounded memory (oldest keys dropped)."""
+    forgotten after FORGET seconds without failure. Bounded memory (oldest keys dropped).
+    Counts this process's failures only: several processes share RedisThrottle."""
 
     FREE = 3
     BASE_DELAY = 0.5
@@ -51,16 +59,24 @@ class Throttle:
         self._clock = clock
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
-    def delay(self, *keys: str) -> float:
+    @classmethod
+    def delay_after(cls, failures: int) -> float:
+        return 0.0 if failures < cls.FREE else min(cls.BASE_DELAY * 2 ** (failures - cls.FREE), cls.MAX_DELAY)
+
+    async def delay(self, *keys: str) -> float:
+        return self.delay_after(self.failures(*keys))
+
+    def failures(self, *keys: str) -> int:
+        """The most failures counted against any of `keys`."""
         now = self._clock()
         worst = 0
         for key in keys:
             count, last = self._failures.get(key, (0, 0.0))
             if count and now - last < self.FORGET:
                 worst = max(worst, count)
-        return 0.0 if worst < self.FREE else min(self.BASE_DELAY * 2 ** (worst - self.FREE), self.MAX_DELAY)
+        return worst
 
-    def failed(self, *keys: str) -> None:
+    async def failed(self, *keys: str) -> None:
         now = self._clock()
         for key in keys:
             count, last = self._failures.pop(key, (0, 0.0))
@@ -68,13 +84,74 @@ class Throttle:
         while len(self._failures) > self.MAX_KEYS:
             self._failures.popitem(last=False)
 
-    def succeeded(self, account: str) -> None:
+    async def succeeded(self, account: str) -> None:
         self._failures.pop(f"account:{account}", None)
+
+
+class RedisThrottle:
+    """The throttle of several processes or nodes ([bus] url): failures counted in Redis keys
+    that expire FORGET seconds after the last failure, so a brute force spread over the nodes
+    behind a load balancer is slowed as if it hit one. Keys are hashes: Redis holds no address
+    or account name. Redis is no single point of failure: each process also counts its own
+    failures (a Throttle), the floor of the delay, and alone while Redis does not answer within
+    TIMEOUT; counts Redis loses (a restart) only shorten delays already running."""
+
+    PREFIX = "msante:throttle:"
+    TIMEOUT = 0.5  # s a login waits for Redis before going by this process's counts alone
+
+    def __init__(self, redis: aioredis.Redis, clock=time.monotonic) -> None:  # noqa: ANN001
+        self._redis = redis
+        self.local = Throttle(clock)
+        self._down = False  # logged once per outage: an attack during one would flood the log
+
+    def _reached(self, exc: BaseException | None = None) -> None:
+        if exc is not None and not self._down:
+            log.warning("login throttle: Redis unavailable (%s): counting this process's failures only",
+                        exc or type(exc).__name__)
+        elif exc is None and self._down:
+            log.info("login throttle: Redis answers again: counting every node's failures")
+        self._down = exc is not None
+
+    def _key(self, key: str) -> str:
+        return self.PREFIX + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    async def delay(self, *keys: str) -> float:
+        shared = 0
+        try:
+            counts = await asyncio.wait_for(self._redis.mget([self._key(k) for k in keys]), self.TIMEOUT)
+            shared = max(int(c) for c in counts if c is not None) if any(counts) else 0
+            self._reached()
+        except (RedisError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            self._reached(exc)
+        return Throttle.delay_after(max(shared, self.local.failures(*keys)))
+
+    async def failed(self, *keys: str) -> None:
+        await self.local.failed(*keys)
+
+        async def count() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.incr(self._key(key))
+                    pipe.expire(self._key(key), int(Throttle.FORGET))
+                await pipe.execute()
+        try:
+            await asyncio.wait_for(count(), self.TIMEOUT)
+            self._reached()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._reached(exc)
+
+    async def succeeded(self, account: str) -> None:
+        await self.local.succeeded(account)
+        try:
+            await asyncio.wait_for(self._redis.delete(self._key(f"account:{account}")), self.TIMEOUT)
+            self._reached()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._reached(exc)  # the account's failures expire FORGET seconds after the last one
 
 
 class Logins:
     def __init__(self, engine: AsyncEngine, authenticator: Authenticator, passwords: AppPasswords,
-                 audit: AuditTrail, throttle: Throttle | None = None) -> None:
+                 audit: AuditTrail, throttle: Throttle | RedisThrottle | None = None) -> None:
         self._engine = engine
         self._authenticator = authenticator
         self._passwords = passwords
@@ -85,7 +162,7 @@ class Logins:
                     protocol: str) -> Login:
         account = _account(credentials)
         keys = (f"address:{source}", f"account:{account}") if account else (f"address:{source}",)
-        wait = self.throttle.delay(*keys)
+        wait = await self.throttle.delay(*keys)
         if wait:
             await asyncio.sleep(wait)
         try:
@@ -100,12 +177,12 @@ class Logins:
                                              source=source, reason="not a mailbox of this identity")
                     raise LoginFailed("not_allowed", f"{principal.display} may not use {requested}")
         except AuthError as exc:
-            self.throttle.failed(*keys)
+            await self.throttle.failed(*keys)
             raise LoginFailed(exc.code, str(exc), temporary=exc.code == "keys_unavailable") from None
         except LoginFailed:
-            self.throttle.failed(*keys)
+            await self.throttle.failed(*keys)
             raise
-        self.throttle.succeeded(account)
+        await self.throttle.succeeded(account)
         return Login(principal, grant)
 
     async def _authenticate(self, credentials: Credentials, peer_certificate: bytes | None, source: str,

@@ -34,7 +34,7 @@ from instant.service import Instant
 from mailserver.imap.folders import Folders
 from mailserver.imap.server import connection_handler
 from mailserver.imap.session import ImapContext
-from mailserver.logins import Logins
+from mailserver.logins import Logins, RedisThrottle, Throttle
 from mailserver.mailstore import MailStore
 from mailserver.smtp import MsanteSMTP, SmtpLimits
 from mailserver.outbound import OutboundQueue
@@ -105,12 +105,14 @@ class Services:
             raise ConfigError(f"{settings.source}: tls.crls: {exc}") from None
         authenticator = Authenticator(engine, verifier, audit, cas, settings.admins, revocations)
         passwords = AppPasswords(engine, audit)
-        logins = Logins(engine, authenticator, passwords, audit)
         local_bus = LocalBus()
         bus: EventBus = local_bus
-        if settings.bus_url:
+        throttle: Throttle | RedisThrottle = Throttle()
+        if settings.bus_url:  # several processes: events and login failures cross them through Redis
             bus = RedisBus(settings.bus_url, local_bus)
             await bus.start()
+            throttle = RedisThrottle(bus.redis)
+        logins = Logins(engine, authenticator, passwords, audit, throttle)
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
         admission = Admission(settings.limits.connections, settings.limits.connections_per_address)
         return cls(settings, engine, audit, authenticator, passwords, logins, bus, local_bus, mailstore,

@@ -55,9 +55,10 @@ class RedisBus:
         self.subscribed = asyncio.Event()  # set while events from other processes arrive
         self._channel = channel
         # No retries inside redis-py: a reconnection it made silently would hide lost events.
-        self._redis = aioredis.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=SOCKET_SECONDS,
+        # Shared with what else crosses nodes through Redis (mailserver/logins.py RedisThrottle).
+        self.redis = aioredis.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=SOCKET_SECONDS,
                                         socket_connect_timeout=SOCKET_SECONDS)
-        self._where = self._redis.get_connection_kwargs().get("host", "redis")
+        self._where = self.redis.get_connection_kwargs().get("host", "redis")
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(OUTBOX_DEPTH)
         self._dropped = False  # events were lost on the way out: announce a resync first
         self._tasks: list[asyncio.Task] = []
@@ -79,7 +80,7 @@ class RedisBus:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._redis.aclose()
+        await self.redis.aclose()
 
     async def publish(self, channel: str, event: dict[str, Any]) -> None:
         await self.local.publish(channel, event)
@@ -109,7 +110,7 @@ class RedisBus:
                 batch.append(self._outbox.get_nowait())
             resync, self._dropped = self._dropped, False
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
+                async with self.redis.pipeline(transaction=False) as pipe:
                     if resync:
                         pipe.publish(self._channel, json.dumps({"node": self.node, "resync": True}))
                     for data in batch:
@@ -128,7 +129,7 @@ class RedisBus:
     async def _receive(self) -> None:
         delay = RECONNECT_SECONDS[0]
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
                 await self._listen(pubsub)

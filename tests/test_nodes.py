@@ -4,6 +4,7 @@ sessions on B catching up from the store once it is back."""
 from __future__ import annotations
 
 import asyncio
+import smtplib
 import time
 import uuid
 
@@ -15,6 +16,8 @@ from tests.nodes import cluster_environment, start_node
 from tests.test_imap import deliver
 from tests.test_instant_ws import CIRCLE, NURSE, Client, post
 from tests.test_instant_ws import GP as GP_IDNAT
+from tests.test_smtp import connect as smtp_connect
+from tests.test_smtp import xoauth2
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +103,22 @@ async def test_redis_restarted_nothing_lost_sessions_catch_up(nodes, redis_serve
         await poster.ws.close()
         await follower.ws.close()
         await client.logout()
+
+
+def test_login_failures_are_counted_across_nodes(nodes):
+    """An attacker alternating between the nodes is slowed as on one: after four failures (two
+    on each node, each of which alone would still answer at once) the fifth attempt waits."""
+    a, b = nodes
+
+    def attempt(node) -> float:  # noqa: ANN001
+        client = smtp_connect(node)
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.auth("XOAUTH2", xoauth2(GP, token(node, ttl=-300)))
+        assert refused.value.smtp_code == 535
+        client.close()
+        return time.monotonic() - started
+
+    waits = [attempt(node) for node in (a, b, a, b, b)]
+    assert max(waits[:3]) < 0.4, waits  # three free failures
+    assert waits[3] >= 0.5 and waits[4] >= 1.0, waits  # 0.5 s after the third, doubling: 1 s on node B
