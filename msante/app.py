@@ -165,8 +165,13 @@ def https_listener(services: Services) -> Listener:
     services.instant.register(router)
 
     async def healthz(_request: Request) -> Response:
+        """200 while the store answers. Redis, when several nodes share it, is reported but does
+        not fail the check: without it a node still serves (docs/deployment.md), and a load
+        balancer that took every node out over Redis would turn its outage into one of msante."""
         async with services.engine.connect() as conn:
             await conn.execute(select(1))
+        if isinstance(services.bus, RedisBus):
+            return Response.json({"status": "ok", "redis": "ok" if services.bus.subscribed.is_set() else "unreachable"})
         return Response.json({"status": "ok"})
 
     async def metrics(_request: Request) -> Response:

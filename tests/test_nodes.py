@@ -7,11 +7,13 @@ import asyncio
 import smtplib
 import time
 import uuid
+from unittest.mock import ANY
 
 import aioimaplib
 import pytest
 
 from tests.imap_client import GP, token
+from tests.test_api import request
 from tests.nodes import cluster_environment, start_node
 from tests.test_imap import deliver
 from tests.test_instant_ws import CIRCLE, NURSE, Client, post
@@ -91,6 +93,7 @@ async def test_redis_restarted_nothing_lost_sessions_catch_up(nodes, redis_serve
         during = [(await post(poster, f"pendant la panne {n}"))["seq"] for n in range(3)]
         await asyncio.to_thread(deliver, a, [GP], "Pendant la panne " + uuid.uuid4().hex)
         await follower.nothing(0.5, type="message")  # nothing crosses while Redis is down
+        assert await asyncio.to_thread(request, b, "GET", "/healthz") == (200, ANY, {"status": "ok", "redis": "unreachable"})
         redis_server.start()
         # B subscribes again, is told events were lost, and its sessions re-read the store.
         assert await follower.messages(3, timeout=15) == during
@@ -98,6 +101,7 @@ async def test_redis_restarted_nothing_lost_sessions_catch_up(nodes, redis_serve
         client.idle_done()
         await asyncio.wait_for(idle, 10)
         after = (await post(poster, "après la panne"))["seq"]
+        assert await asyncio.to_thread(request, b, "GET", "/healthz") == (200, ANY, {"status": "ok", "redis": "ok"})
         assert await follower.messages(1) == [after]
     finally:
         await poster.ws.close()
