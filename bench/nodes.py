@@ -4,9 +4,10 @@ and for reference the same session on node A itself.
 
     .venv/bin/python bench/nodes.py [--n 300] [--pg postgresql+asyncpg://postgres@127.0.0.1:5432/postgres]
 
-IMAP: one submission session on A sends --n messages to jean.dupont one after another (each
-waits for the previous one's wake-ups); an IDLE session on B and one on A, both on his INBOX,
-time the `* N EXISTS` they get. Latency is counted from MAIL FROM sent (so it includes the
+The bus alone: two RedisBus objects in this process, 10 x --n events one at a time, from
+publish to the other bus's subscriber. IMAP: one submission session on A sends --n messages
+to jean.dupont one after another (each waits for the previous one's wake-ups); an IDLE
+session on B and one on A, both on his INBOX, time the `* N EXISTS` they get. Latency is counted from MAIL FROM sent (so it includes the
 SMTP transaction and the commit, as a user sees it) and, beside it, from the 250 after DATA
 (the commit is done and the event published just before that 250 leaves, so this is the push
 alone and may be negative). Websockets: a member posts on A; a member following the circle on
@@ -36,6 +37,7 @@ sys.path[0] = str(REPO)  # the repository, not bench/ (whose directory.py would 
 import asyncpg  # noqa: E402
 
 from bench.procs import Fatal, run_bench  # noqa: E402
+from store.redis_bus import RedisBus  # noqa: E402
 from tests.conftest import RedisServer, free_port  # noqa: E402
 from tests.imap_client import GP, GP_IDNAT, token  # noqa: E402
 from tests.nodes import Node, cluster_environment, start_node  # noqa: E402
@@ -141,6 +143,26 @@ def figures(samples: list[float]) -> str:
     return f"p50 {statistics.median(ms):7.2f} ms  p99 {p99:7.2f} ms  max {ms[-1]:7.2f} ms"
 
 
+async def bus_hops(url: str, n: int) -> dict[str, list[float]]:
+    """The bus alone, in this process: publish on one RedisBus, heard on another's subscriber."""
+    a, b = RedisBus(url), RedisBus(url)
+    if not (await a.start() and await b.start()):
+        raise Fatal("the buses did not subscribe to Redis")
+    events = aiter(b.subscribe("bench"))
+    hops = []
+    try:
+        for i in range(n):
+            sent = time.monotonic()
+            await a.publish("bench", {"type": "bench", "i": i})
+            if (await asyncio.wait_for(anext(events), WAIT)).get("i") != i:
+                raise Fatal("events arrived out of order")
+            hops.append(time.monotonic() - sent)
+    finally:
+        await a.close()
+        await b.close()
+    return {"B from publish on A": hops}
+
+
 async def imap_wakeups(a: Node, b: Node, n: int, verb: str) -> dict[str, list[float]]:
     on_b, on_a = Idler(b, verb), Idler(a, verb)
     await on_b.start()
@@ -208,6 +230,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         print("load average before: %.2f %.2f %.2f (2 cores: above 2, the figures include waiting for a CPU)"
               % os.getloadavg())
         for title, run in (
+                ("the bus alone: a RedisBus subscriber hears another's publish (two buses in this process)",
+                 lambda: bus_hops(redis.url, args.n * 10)),
                 ("IMAP IDLE after EXAMINE (read-only): `* N EXISTS` after a submission on A",
                  lambda: imap_wakeups(a, b, args.n, "EXAMINE")),
                 ("IMAP IDLE after SELECT: `* N EXISTS` (sent once \\Recent is claimed, a commit) after a submission on A",
