@@ -44,6 +44,7 @@ from store import db
 from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
+from store.lease import OUTBOUND_QUEUE, run_exclusively
 from store.redis_bus import RedisBus
 from store.relay import Relay
 from store.schema import deliveries, envelopes, mailboxes, professionals
@@ -294,7 +295,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         for listener in listeners:
             await listener.start()
             log.info("%s listening on %s", listener.name, listener.address)
-        queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
+        queue = asyncio.create_task(run_exclusively(  # one sender among the nodes and workers
+            services.engine, OUTBOUND_QUEUE, "the outbound queue", outbound_queue(services).run, queue_stop),
+            name="outbound-queue")
         crl_refresh = asyncio.create_task(services.revocations.run(queue_stop), name="crl-refresh")
         if services.instant:
             await services.instant.start()
