@@ -87,6 +87,7 @@ class Settings:
     limits: Limits = Limits()
     clients: MailClients = MailClients()
     hl7_max_frame: int = 20 * 1024 * 1024
+    bus_url: str = ""  # Redis, for events between processes and nodes; "": this process only
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -119,6 +120,11 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     },
     "database": {
         "url": (str, None),  # default: SQLite file in data_dir
+    },
+    "bus": {
+        # Redis (redis://, rediss:// or unix://) through which several processes or nodes on one
+        # database hear each other's events (store/redis_bus.py); "": events stay in this process.
+        "url": (str, ""),
     },
     "listen": {
         "smtp": (str, "127.0.0.1:2525"),
@@ -290,6 +296,10 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
         raise ConfigError(f"{where('database.url')} must start with sqlite+aiosqlite:// or "
                           f"postgresql+asyncpg://, got {url.split('://')[0]}://…")
+    bus_url = v["bus"]["url"]
+    if bus_url and not bus_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{where('bus.url')} must start with redis://, rediss:// or unix:// "
+                          f"(or be \"\" for one process), got {bus_url.split('://')[0]}://…")
     issuers = []
     for i, item in enumerate(v["auth"]["issuers"]):
         at = f"{where('auth.issuers')}[{i}]"
@@ -358,7 +368,7 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
-                    clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"])
+                    clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url)
 
 
 def _url_host(hostport: str) -> str:

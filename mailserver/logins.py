@@ -4,16 +4,21 @@ Tokens and certificates go through the directory's one authentication path; appl
 passwords through `directory.app_passwords`. Then the mailbox named at login (XOAUTH2
 `user=`, OAUTHBEARER `a=`, PLAIN/LOGIN user name, EXTERNAL authzid), if any, must be one the
 caller may use. Failures are slowed down per client address and per account, each session
-waiting on its own, so an attacker on one address does not slow anyone else down (`Throttle`).
+waiting on its own, so an attacker on one address does not slow anyone else down (`Throttle`);
+with several nodes the failures are also counted in Redis, across all of them (`SharedFailures`).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from cryptography import x509
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from directory.access import MailboxGrant, grant_for
@@ -22,6 +27,8 @@ from directory.authn import Authenticator, AuthError, Principal
 from store.audit import ANONYMOUS, Actor, AuditTrail
 
 from .sasl import BearerCredentials, Credentials, ExternalCredentials, PasswordCredentials
+
+log = logging.getLogger("msante.logins")
 
 
 class LoginFailed(Exception):
@@ -57,9 +64,10 @@ class Throttle:
         self._clock = clock
         self._keys: OrderedDict[str, _Attempts] = OrderedDict()
 
-    def step(self, count: int) -> float:
+    @classmethod
+    def step(cls, count: int) -> float:
         """The wait before an attempt that follows `count` failed (or unfinished) ones."""
-        return 0.0 if count < self.FREE else min(self.BASE_DELAY * 2 ** (count - self.FREE), self.MAX_DELAY)
+        return 0.0 if count < cls.FREE else min(cls.BASE_DELAY * 2 ** (count - cls.FREE), cls.MAX_DELAY)
 
     def reserve(self, *keys: str) -> float | None:
         """Seconds this attempt waits before its check, counting on `keys` until `release`; or
@@ -112,14 +120,73 @@ class _Attempts:
     next_at: float = 0.0  # earliest start of the next attempt
 
 
+class SharedFailures:
+    """Failures counted across processes and nodes ([bus] url), in Redis keys that expire FORGET
+    seconds after the last failure, so a brute force spread over the nodes behind a load balancer
+    is slowed as if it hit one. Each process's Throttle still spaces and counts its own attempts
+    (in flight included); this adds the wait that every node's failures together call for. Keys
+    are hashes: Redis holds no address or account name. Redis is no single point of failure:
+    while it does not answer within TIMEOUT, each process goes by its own counts; counts Redis
+    loses (a restart) only shorten delays already running."""
+
+    PREFIX = "msante:throttle:"
+    TIMEOUT = 0.5  # s a login waits for Redis before going by this process's counts alone
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._down = False  # logged once per outage: an attack during one would flood the log
+
+    def _reached(self, exc: BaseException | None = None) -> None:
+        if exc is not None and not self._down:
+            log.warning("login throttle: Redis unavailable (%s): counting this process's failures only",
+                        exc or type(exc).__name__)
+        elif exc is None and self._down:
+            log.info("login throttle: Redis answers again: counting every node's failures")
+        self._down = exc is not None
+
+    def _key(self, key: str) -> str:
+        return self.PREFIX + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    async def wait(self, *keys: str) -> float:
+        """The wait that the failures counted on any of `keys`, by every node, call for."""
+        try:
+            counts = await asyncio.wait_for(self._redis.mget([self._key(k) for k in keys]), self.TIMEOUT)
+            self._reached()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._reached(exc)
+            return 0.0
+        return Throttle.step(max((int(c) for c in counts if c is not None), default=0))
+
+    async def failed(self, *keys: str) -> None:
+        async def count() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.incr(self._key(key))
+                    pipe.expire(self._key(key), int(Throttle.FORGET))
+                await pipe.execute()
+        try:
+            await asyncio.wait_for(count(), self.TIMEOUT)
+            self._reached()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._reached(exc)
+
+    async def forgive(self, key: str) -> None:
+        try:
+            await asyncio.wait_for(self._redis.delete(self._key(key)), self.TIMEOUT)
+            self._reached()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._reached(exc)  # the account's failures expire FORGET seconds after the last one
+
+
 class Logins:
     def __init__(self, engine: AsyncEngine, authenticator: Authenticator, passwords: AppPasswords,
-                 audit: AuditTrail, throttle: Throttle | None = None) -> None:
+                 audit: AuditTrail, throttle: Throttle | None = None, shared: SharedFailures | None = None) -> None:
         self._engine = engine
         self._authenticator = authenticator
         self._passwords = passwords
         self._audit = audit
         self.throttle = throttle or Throttle()
+        self.shared = shared  # other nodes' failures, with several
 
     async def login(self, credentials: Credentials, *, peer_certificate: bytes | None, source: str,
                     protocol: str) -> Login:
@@ -132,6 +199,8 @@ class Logins:
             raise LoginFailed("throttled", "too many attempts, try again in a moment", temporary=True)
         failed = False
         try:
+            if self.shared is not None:
+                wait = max(wait, await self.shared.wait(*keys))
             if wait:
                 await asyncio.sleep(wait)
             principal = await self._authenticate(credentials, peer_certificate, source, protocol)
@@ -152,8 +221,12 @@ class Logins:
             raise
         finally:  # also when the client left while waiting (cancelled): no longer in flight
             self.throttle.release(*keys, failed=failed)
+            if failed and self.shared is not None:
+                await self.shared.failed(*keys)
         if isinstance(credentials, PasswordCredentials) and account:
             self.throttle.forgive(f"password:account:{account}")
+            if self.shared is not None:
+                await self.shared.forgive(f"password:account:{account}")
         return Login(principal, grant)
 
     async def malformed(self, mechanism: str, reason: str, *, source: str, protocol: str) -> None:

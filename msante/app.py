@@ -37,7 +37,7 @@ from instant.service import Instant
 from mailserver.imap.folders import Folders
 from mailserver.imap.server import connection_handler
 from mailserver.imap.session import ImapContext
-from mailserver.logins import Logins
+from mailserver.logins import Logins, SharedFailures
 from mailserver.mailstore import MailStore
 from mailserver.smtp import MsanteSMTP, SmtpLimits
 from mailserver.outbound import OutboundQueue
@@ -47,6 +47,8 @@ from store import db
 from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
+from store.lease import OUTBOUND_QUEUE, run_exclusively
+from store.redis_bus import RedisBus
 from store.relay import Relay
 from store.schema import deliveries, envelopes, mailboxes, professionals
 from web.http import Request, Response, serve_connection
@@ -80,7 +82,8 @@ class Services:
     authenticator: Authenticator
     passwords: AppPasswords
     logins: Logins
-    bus: EventBus
+    bus: EventBus  # this process's subscribers and, with [bus] url, every other process's
+    local_bus: LocalBus  # this process's subscribers only: what the store relay feeds
     mailstore: MailStore
     trust: TrustSpace
     revocations: Revocations
@@ -108,15 +111,23 @@ class Services:
             raise ConfigError(f"{settings.source}: tls.crls: {exc}") from None
         authenticator = Authenticator(engine, verifier, audit, cas, settings.admins, revocations)
         passwords = AppPasswords(engine, audit)
-        logins = Logins(engine, authenticator, passwords, audit)
-        bus = LocalBus()
+        local_bus = LocalBus()
+        bus: EventBus = local_bus
+        shared = None
+        if settings.bus_url:  # several processes: events and login failures cross them through Redis
+            bus = RedisBus(settings.bus_url, local_bus)
+            await bus.start()
+            shared = SharedFailures(bus.redis)
+        logins = Logins(engine, authenticator, passwords, audit, shared=shared)
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
         admission = Admission(settings.limits.connections, settings.limits.connections_per_address)
-        return cls(settings, engine, audit, authenticator, passwords, logins, bus, mailstore,
+        return cls(settings, engine, audit, authenticator, passwords, logins, bus, local_bus, mailstore,
                    TrustSpace(engine, settings.domains), revocations, admission)
 
     async def close(self) -> None:
         await self.mailstore.close()
+        if isinstance(self.bus, RedisBus):
+            await self.bus.close()
         await db.finish_writes()
         await self.engine.dispose()
 
@@ -161,8 +172,13 @@ def https_listener(services: Services) -> Listener:
     services.instant.register(router)
 
     async def healthz(_request: Request) -> Response:
+        """200 while the store answers. Redis, when several nodes share it, is reported but does
+        not fail the check: without it a node still serves (docs/deployment.md), and a load
+        balancer that took every node out over Redis would turn its outage into one of msante."""
         async with services.engine.connect() as conn:
             await conn.execute(select(1))
+        if isinstance(services.bus, RedisBus):
+            return Response.json({"status": "ok", "redis": "ok" if services.bus.subscribed.is_set() else "unreachable"})
         return Response.json({"status": "ok"})
 
     async def metrics(_request: Request) -> Response:
@@ -310,7 +326,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         for listener in listeners:
             await listener.start()
             log.info("%s listening on %s", listener.name, listener.address)
-        queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
+        queue = asyncio.create_task(run_exclusively(  # one sender among the nodes and workers
+            services.engine, OUTBOUND_QUEUE, "the outbound queue", outbound_queue(services).run, queue_stop),
+            name="outbound-queue")
         crl_refresh = asyncio.create_task(services.revocations.run(queue_stop), name="crl-refresh")
         dispatch = None
         if feed is not None:
@@ -321,7 +339,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             await services.instant.start()
         if services.imap:
             services.imap.start()
-        relay = Relay(services.engine, services.bus)  # what the CLI changes reaches live sessions through it
+        # What the CLI changes reaches live sessions through the store, on every node: each
+        # node's relay feeds its own subscribers only (Redis would hand them the same event twice).
+        relay = Relay(services.engine, services.local_bus)
         await relay.start()
         relaying = asyncio.create_task(relay.run(), name="store relay")
         await services.audit.record(SERVER, "server.start",

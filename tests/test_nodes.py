@@ -1,0 +1,128 @@
+"""Two `msante serve` nodes on one PostgreSQL database and one private Redis (tests/nodes.py):
+what happens on node A reaches the live sessions of node B, and a Redis outage loses nothing,
+sessions on B catching up from the store once it is back."""
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+import uuid
+from unittest.mock import ANY
+
+import aioimaplib
+import pytest
+
+from tests.imap_client import GP, token
+from tests.test_api import request
+from tests.nodes import cluster_environment, start_node
+from tests.test_imap import deliver
+from tests.test_instant_ws import CIRCLE, NURSE, Client, post
+from tests.test_instant_ws import GP as GP_IDNAT
+from tests.test_smtp import connect as smtp_connect
+from tests.test_smtp import xoauth2
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def nodes(tmp_path, postgresql_url, redis_server):
+    env = cluster_environment(tmp_path / "var", postgresql_url, redis_server.url)
+    a = start_node("a", env)
+    try:
+        b = start_node("b", env)
+    except BaseException:
+        a.stop()
+        raise
+    yield a, b
+    for node in (b, a):
+        node.stop()
+        assert node.process.returncode == 0, node.log.read_text(errors="replace")[-3000:]
+
+
+async def idle_on(node) -> aioimaplib.IMAP4_SSL:
+    _host, port = node.listeners["imaps"].rsplit(":", 1)
+    client = aioimaplib.IMAP4_SSL("localhost", int(port), ssl_context=node.client_tls(), timeout=15)
+    await client.wait_hello_from_server()
+    assert (await client.xoauth2(GP, token(node))).result == "OK"
+    assert (await client.select("INBOX")).result == "OK"
+    return client
+
+
+def exists(pushed) -> bool:  # noqa: ANN001 - what aioimaplib pushes
+    return any(b"EXISTS" in (p if isinstance(p, bytes) else p.encode()) for p in pushed)
+
+
+async def test_mail_submitted_on_a_wakes_idle_on_b(nodes):
+    a, b = nodes
+    client = await idle_on(b)
+    idle = await client.idle_start(timeout=30)
+    started = time.monotonic()
+    await asyncio.to_thread(deliver, a, [GP], "Résultats de biologie")
+    pushed = await client.wait_server_push(timeout=10)
+    assert exists(pushed), pushed
+    assert time.monotonic() - started < 5
+    client.idle_done()
+    await asyncio.wait_for(idle, 10)
+    await client.logout()
+
+
+async def test_circle_posts_on_a_reach_b_once_and_in_order(nodes):
+    a, b = nodes
+    poster = await Client.connect(a, GP_IDNAT)
+    follower = await Client.connect(b, NURSE)
+    try:
+        subscribed = await follower.request(type="subscribe", circle=CIRCLE)
+        assert subscribed["type"] == "subscribed", subscribed
+        seqs = [(await post(poster, f"message {n}"))["seq"] for n in range(20)]
+        assert await follower.messages(20) == seqs
+        await follower.nothing(1.0, type="message")  # once: not again through Redis or the relay
+    finally:
+        await poster.ws.close()
+        await follower.ws.close()
+
+
+async def test_redis_restarted_nothing_lost_sessions_catch_up(nodes, redis_server):
+    a, b = nodes
+    poster = await Client.connect(a, GP_IDNAT)
+    follower = await Client.connect(b, NURSE)
+    client = await idle_on(b)
+    try:
+        await follower.request(type="subscribe", circle=CIRCLE)
+        idle = await client.idle_start(timeout=60)
+        redis_server.kill()
+        during = [(await post(poster, f"pendant la panne {n}"))["seq"] for n in range(3)]
+        await asyncio.to_thread(deliver, a, [GP], "Pendant la panne " + uuid.uuid4().hex)
+        await follower.nothing(0.5, type="message")  # nothing crosses while Redis is down
+        assert await asyncio.to_thread(request, b, "GET", "/healthz") == (200, ANY, {"status": "ok", "redis": "unreachable"})
+        redis_server.start()
+        # B subscribes again, is told events were lost, and its sessions re-read the store.
+        assert await follower.messages(3, timeout=15) == during
+        assert exists(await client.wait_server_push(timeout=15))
+        client.idle_done()
+        await asyncio.wait_for(idle, 10)
+        after = (await post(poster, "après la panne"))["seq"]
+        assert await asyncio.to_thread(request, b, "GET", "/healthz") == (200, ANY, {"status": "ok", "redis": "ok"})
+        assert await follower.messages(1) == [after]
+    finally:
+        await poster.ws.close()
+        await follower.ws.close()
+        await client.logout()
+
+
+def test_login_failures_are_counted_across_nodes(nodes):
+    """An attacker alternating between the nodes is slowed as on one: after four failures (two
+    on each node, each of which alone would still answer at once) the fifth attempt waits."""
+    a, b = nodes
+
+    def attempt(node) -> float:  # noqa: ANN001
+        client = smtp_connect(node)
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.auth("XOAUTH2", xoauth2(GP, token(node, ttl=-300)))
+        assert refused.value.smtp_code == 535
+        client.close()
+        return time.monotonic() - started
+
+    waits = [attempt(node) for node in (a, b, a, b, b)]
+    assert max(waits[:3]) < 0.4, waits  # three free failures
+    assert waits[3] >= 0.5 and waits[4] >= 1.0, waits  # 0.5 s after the third, doubling: 1 s on node B
