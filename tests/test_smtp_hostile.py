@@ -105,7 +105,9 @@ def secure(server) -> ssl.SSLSocket:
 
 def test_anonymous_garbage_leaves_no_traceback(server, server_log):
     """Bytes an anonymous client may send and leave: half lines, a close in the middle of the
-    greeting, TLS garbage after STARTTLS, a reset."""
+    greeting, TLS garbage after STARTTLS, a close inside AUTH, a reset while replies to
+    pipelined commands are written (asyncio logged "socket.send() raised exception." for every
+    one of them). The probe's eof_received assertion did not show here (aiosmtpd 1.4.6)."""
     host, port = server.listeners["submission"].rsplit(":", 1)
     for payload in (b"EHLO x\r\nSTARTTLS\r\n\x16\x03\x01\x00\x05hello", b"EHLO x\r\nMAIL FROM:<a@[>\r\n",
                     b"\xff\xfe\r\n" * 3, b"EHLO x\r\nAUTH PLAIN \xff\r\n", b"HELO"):
