@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -191,6 +192,10 @@ class Logins:
     async def login(self, credentials: Credentials, *, peer_certificate: bytes | None, source: str,
                     protocol: str) -> Login:
         account = _account(credentials)
+        if _CONTROL.search(account):  # no address has any; PostgreSQL refuses NUL in a query
+            await self.malformed(credentials.mechanism, "control characters in the user name", source=source,
+                                 protocol=protocol, user=account)
+            raise LoginFailed("malformed", "the user name holds control characters")
         keys = _throttle_keys(credentials, source, account)
         wait = self.throttle.reserve(*keys)
         if wait is None:
@@ -229,11 +234,11 @@ class Logins:
                 await self.shared.forgive(f"password:account:{account}")
         return Login(principal, grant)
 
-    async def malformed(self, mechanism: str, reason: str, *, source: str, protocol: str) -> None:
+    async def malformed(self, mechanism: str, reason: str, *, source: str, protocol: str, **detail: str) -> None:
         """A login attempt too malformed to check (not base64, not UTF-8, a broken SASL
         exchange): refused by the protocol's error, audited here like any failed login."""
         await self._audit.record(ANONYMOUS, f"login.{protocol}", outcome="failed", source=source,
-                                 mechanism=mechanism[:20], reason=reason)
+                                 mechanism=mechanism[:20], reason=reason, **detail)
 
     async def _authenticate(self, credentials: Credentials, peer_certificate: bytes | None, source: str,
                             protocol: str) -> Principal:
@@ -249,6 +254,9 @@ class Logins:
             raise AuthError("bad_authzid", "acting as another identity is not supported with passwords")
         return await self._authenticator.by_password(self._passwords.check, credentials.username,
                                                      credentials.password, source=source, protocol=protocol)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _throttle_keys(credentials: Credentials, source: str, account: str) -> tuple[str, ...]:

@@ -29,10 +29,11 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 
-from . import dsn, sasl
-from .logins import LoginFailed, Logins
 from directory.authn import audit_handshake_refusal
 from store.audit import ANONYMOUS, Actor, AuditTrail
+
+from . import dsn, sasl
+from .logins import LoginFailed, Logins
 
 log = logging.getLogger("msante.smtp")
 # aiosmtpd logs every command and reply at INFO ("mail.log"): seven lines per message, and
@@ -145,13 +146,16 @@ class MsanteSMTP(SMTP):
         """Say `reply`, close, end the session, audit why (once: the transport is closing after)."""
         if self.transport is None or self.transport.is_closing():
             return
-        log.info("%s: %s", _peer(self.session), reason)
+        log.info("%s: %s", peer_address(self.session), reason)
         self.transport.write(reply.encode() + b"\r\n")
         self.transport.close()
+        # Commands the client pipelined are not read: the session's next read waits, and the
+        # cancellation lands there, not inside the next command's database work.
+        self._reader._buffer.clear()  # noqa: SLF001
         if self._handler_coroutine is not None:  # a TLS close waits for the peer; the session need not
             self._handler_coroutine.cancel()
         _keep(asyncio.ensure_future(self.audit.record(
-            self._actor(), "smtp.disconnect", outcome="denied", source=_peer(self.session), reason=reason,
+            self._actor(), "smtp.disconnect", outcome="denied", source=peer_address(self.session), reason=reason,
             refusals=self._refusals, **detail)))
 
     def _actor(self) -> Actor:
@@ -195,7 +199,7 @@ class MsanteSMTP(SMTP):
         try:
             await super().smtp_STARTTLS(arg)
         except TLSSetupException as exc:
-            await audit_handshake_refusal(self.audit, exc, source=_peer(self.session), protocol="smtp")
+            await audit_handshake_refusal(self.audit, exc, source=peer_address(self.session), protocol="smtp")
             raise  # aiosmtpd closes the connection
         check = getattr(self.event_handler, "check_tls_peer", None)
         if check is None or self.ssl_object is None:
@@ -267,20 +271,22 @@ class MsanteSMTP(SMTP):
         except Exception:  # noqa: BLE001 - the parser raises AttributeError, IndexError… on bad input
             return None, None
 
-    async def _not_utf8(self, arg: str | None, verb: str, reply: str) -> bool:
+    async def _unusable_address(self, arg: str | None, verb: str, reply: str) -> bool:
         """True, after refusing it (audited, escaped), when `arg` holds bytes that are not UTF-8
-        (aiosmtpd keeps them as surrogates): no address of ours or of the trust space has any."""
-        if not arg or not _SURROGATE.search(arg):
+        (aiosmtpd keeps them as surrogates) or control characters."""
+        if not arg or not _NOT_ADDRESS.search(arg):
             return False
         if await self.check_helo_needed() or await self.check_auth_needed(verb):
             return True
         address = arg.partition(":")[2].strip().split(" ", 1)[0].strip("<>") or arg
-        await self.event_handler.refused(self.session, address, "address is not UTF-8", command=verb)
+        await self.event_handler.refused(self.session, address, "address not UTF-8 or with control characters",
+                                         command=verb)
         await self.push(reply)
         return True
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self._not_utf8(arg, "MAIL", "501 5.1.7 The sender address is not valid UTF-8"):
+        if await self._unusable_address(arg, "MAIL", "501 5.1.7 The sender address is not valid UTF-8 or holds "
+                                                     "control characters"):
             return
         arg, params = _take_params(arg, MAIL_DSN_PARAMS)
         try:
@@ -293,7 +299,8 @@ class MsanteSMTP(SMTP):
             self.envelope.dsn = mail_dsn
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self._not_utf8(arg, "RCPT", "501 5.1.3 The recipient address is not valid UTF-8"):
+        if await self._unusable_address(arg, "RCPT", "501 5.1.3 The recipient address is not valid UTF-8 or holds "
+                                                     "control characters"):
             return
         arg, params = _take_params(arg, RCPT_DSN_PARAMS)
         try:
@@ -336,16 +343,16 @@ class MsanteSMTP(SMTP):
                 result = exchange.step(await self._auth_response(result.data))
         except sasl.SaslError as exc:
             if exc.kind != "aborted":
-                await self.logins.malformed(mechanism, str(exc), source=_peer(self.session), protocol="smtp")
+                await self.logins.malformed(mechanism, str(exc), source=peer_address(self.session), protocol="smtp")
             await self.push("501 5.7.0 Authentication aborted" if exc.kind == "aborted"
                             else f"501 5.5.2 {exc}")
             return
         if isinstance(result, sasl.Failed):
             await self.push("535 5.7.8 Authentication credentials invalid")
             return
-        peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else str(self.session.peer)
         try:
-            login = await self.logins.login(result, peer_certificate=cert, source=peer, protocol="smtp")
+            login = await self.logins.login(result, peer_certificate=cert, source=peer_address(self.session),
+                                            protocol="smtp")
         except LoginFailed as exc:
             challenge = exchange.fail(exc.code)
             if challenge is not None:  # OAuth mechanisms: error challenge, then the client's dummy answer
@@ -375,16 +382,25 @@ class MsanteSMTP(SMTP):
         return sasl.b64decode_response(line.decode("ascii", "replace"))
 
 
-_SURROGATE = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8, as surrogateescape keeps it
+# A byte that was not UTF-8 (as surrogateescape keeps it), or a control character: no address
+# has any (RFC 5321 §4.1.2), and PostgreSQL refuses NUL in a query.
+_NOT_ADDRESS = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")
 _closing: set[asyncio.Future] = set()  # audit rows of sessions being closed, until written
 
 
 def _keep(future: asyncio.Future) -> None:
     _closing.add(future)
-    future.add_done_callback(_closing.discard)
+    future.add_done_callback(_written)
 
 
-def _peer(session: Any) -> str:
+def _written(future: asyncio.Future) -> None:
+    _closing.discard(future)
+    if not future.cancelled() and future.exception() is not None:
+        log.error("audit row of a closed session not written: %s", future.exception())
+
+
+def peer_address(session: Any) -> str:
+    """The client's address of an aiosmtpd session (its peer is a (host, port) tuple)."""
     return session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
 
 

@@ -225,8 +225,8 @@ def smtp_listeners(services: Services) -> list[Listener]:
             continue
 
         def factory(handler=handler, logins=logins, context=context, implicit=implicit) -> MsanteSMTP:  # noqa: ANN001
-            return MsanteSMTP(handler, logins=logins, audit=services.audit, limits=limits, hostname=s.hostname, tls_context=context,
-                              implicit_tls=implicit)
+            return MsanteSMTP(handler, logins=logins, audit=services.audit, limits=limits, hostname=s.hostname,
+                              tls_context=context, implicit_tls=implicit)
         listeners.append(Listener(name, s.listen[name], ssl_context=context if implicit else None,
                                   protocol_factory=factory, admission=services.admission, refusal=SMTP_REFUSAL,
                                   on_tls_failure=_tls_failure_audit(services, name)))

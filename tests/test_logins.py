@@ -119,15 +119,20 @@ def test_wrong_passwords_do_not_slow_the_owners_token_login(server):
 
 
 def test_hostile_user_names_are_refused_and_audited_escaped(server):
-    """A user name with NUL or bidi controls went to the audit row as is (PostgreSQL refuses
-    NUL: no row, and an error for the client); bytes that are not UTF-8 left no row at all."""
+    """A user name with bidi controls went to the audit row as is, one with NUL to the store
+    (PostgreSQL refuses NUL: an error, no row); bytes that are not UTF-8 left no row at all."""
     client = RawImap(server)
-    tag, lines = client.command("LOGIN \x00 wrong-password", "jean\x00\u202e@msante.test".encode())
+    tag, lines = client.command("LOGIN \x00 wrong-password", "jean\u202e@msante.test".encode())
     assert lines[-1].startswith(f"{tag} NO [AUTHENTICATIONFAILED]".encode()), lines
     tag, lines = client.command("LOGIN \x00 wrong-password", b"jean\xff@msante.test")
     assert lines[-1].startswith(f"{tag} BAD".encode()), lines
     tag, lines = client.command("AUTHENTICATE PLAIN " + base64.b64encode(b"\0jean\xff\0pw").decode())
     assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    # NUL in a user name, with a password of the right shape (the store is asked) or a token
+    tag, lines = client.command("LOGIN \x00 abcdefgh-abcdefghijklmnopqrst", b"jean\x00@msante.test")
+    assert lines[-1].startswith(f"{tag} NO".encode()), lines
+    tag, lines = client.command("AUTHENTICATE XOAUTH2 " + xoauth2("jean\x00@msante.test", token(server)))
+    assert lines[-1].split()[1] in (b"NO", b"BAD"), lines  # the SASL reader may refuse it first
     client.ok("NOOP")
     client.close()
     smtp = connect(server)
@@ -135,6 +140,8 @@ def test_hostile_user_names_are_refused_and_audited_escaped(server):
     assert code == 501
     smtp.close()
     rows = server.rows(select(audit).where(audit.c.outcome == "failed").order_by(audit.c.id))
-    assert "jean\\x00\\u202e@msante.test" in [r["actor"] for r in rows if r["action"] == "auth.password"]
+    assert "jean\\u202e@msante.test" in [r["actor"] for r in rows if r["action"] == "auth.password"]
+    assert '"user": "jean\\\\x00@msante.test"' in [r["detail"] for r in rows if r["action"] == "login.imap"][2]
     malformed = [(r["action"], json.loads(r["detail"])["mechanism"]) for r in rows if r["action"].startswith("login.")]
-    assert malformed == [("login.imap", "LOGIN"), ("login.imap", "PLAIN"), ("login.smtp", "PLAIN")], malformed
+    assert malformed == [("login.imap", "LOGIN"), ("login.imap", "PLAIN"), ("login.imap", "LOGIN"),
+                         ("login.imap", "XOAUTH2"), ("login.smtp", "PLAIN")], malformed

@@ -59,6 +59,8 @@ def test_invalid_utf8_in_mail_and_rcpt_is_501_and_audited_escaped(server, server
     assert client.mail(GP)[0] == 250
     code, text = raw(client, b"RCPT TO:<sophie\xc3\x28\x01@msante.test>")
     assert code == 501 and text.startswith(b"5.1.3"), (code, text)
+    code, text = raw(client, b"RCPT TO:<nul\x00@msante.test>")  # PostgreSQL refuses NUL in a query
+    assert code == 501 and text.startswith(b"5.1.3"), (code, text)
     code, text = raw(client, "RCPT TO:<personne\u202e@msante.test>".encode())  # valid UTF-8, unknown box
     assert code == 550, (code, text)
     client.quit()
@@ -67,6 +69,7 @@ def test_invalid_utf8_in_mail_and_rcpt_is_501_and_audited_escaped(server, server
     assert "jean\\xff\\xfe@msante.test" in targets, targets
     assert "sophie\\xc3(\\x01@msante.test" in targets, targets
     assert "personne\\u202e@msante.test" in targets, targets
+    assert "nul\\x00@msante.test" in targets, targets
     assert tracebacks(server_log) == []
 
 
@@ -84,7 +87,10 @@ def test_refused_starttls_client_certificate_closes_quietly(server, server_log, 
         client.starttls(context=context)
         client.ehlo("client.test")
     client.close()
-    rows = server.rows(select(audit).where(audit.c.action == "auth.certificate"))
+    deadline = time.monotonic() + 5  # the client learns of the failure before the row is written
+    while not (rows := server.rows(select(audit).where(audit.c.action == "auth.certificate"))):
+        assert time.monotonic() < deadline, "no audit row"
+        time.sleep(0.1)
     assert rows and rows[-1]["outcome"] == "failed" and rows[-1]["source"] == "127.0.0.1", rows
     assert tracebacks(server_log) == []
 
@@ -99,7 +105,9 @@ def secure(server) -> ssl.SSLSocket:
 
 def test_anonymous_garbage_leaves_no_traceback(server, server_log):
     """Bytes an anonymous client may send and leave: half lines, a close in the middle of the
-    greeting, TLS garbage after STARTTLS, a reset."""
+    greeting, TLS garbage after STARTTLS, a close inside AUTH, a reset while replies to
+    pipelined commands are written (asyncio logged "socket.send() raised exception." for every
+    one of them). The probe's eof_received assertion did not show here (aiosmtpd 1.4.6)."""
     host, port = server.listeners["submission"].rsplit(":", 1)
     for payload in (b"EHLO x\r\nSTARTTLS\r\n\x16\x03\x01\x00\x05hello", b"EHLO x\r\nMAIL FROM:<a@[>\r\n",
                     b"\xff\xfe\r\n" * 3, b"EHLO x\r\nAUTH PLAIN \xff\r\n", b"HELO"):

@@ -69,7 +69,7 @@ class ImapConnection:
     def too_late(self) -> bool:
         return self.login_by is not None and asyncio.get_running_loop().time() >= self.login_by
 
-    async def goodbye(self, text: str, reason: str) -> None:
+    async def _goodbye(self, text: str, reason: str) -> None:
         """`* BYE text` and an audit row saying why the server ended the session."""
         await self.send(f"* BYE {text}\r\n".encode())
         session = self.session
@@ -77,7 +77,7 @@ class ImapConnection:
                                     source=self.source, reason=reason, refusals=session.refusals if session else 0)
 
     async def _too_late(self) -> None:
-        await self.goodbye(f"no login within {self.ctx.login_deadline:g} seconds", "login deadline passed")
+        await self._goodbye(f"no login within {self.ctx.login_deadline:g} seconds", "login deadline passed")
 
     async def _fill(self, timeout: float) -> bool:
         """Read more bytes into the parser; False on timeout or end of stream."""
@@ -136,7 +136,7 @@ class ImapConnection:
                     await self._too_late()
                     return
                 if session.refusals >= self.ctx.max_refusals:
-                    await self.goodbye("too many refused commands", "too many refusals")
+                    await self._goodbye("too many refused commands", "too many refusals")
                     return
                 event = self.parser.next_command()
                 if event is None:
