@@ -480,3 +480,33 @@ def test_the_coordinator_adds_and_removes_members(database_url, server, browser)
     pharmacist.wait_for_selector('#circle-list li[data-circle="1"]', state="detached")
     for page in (coordinator, pharmacist, member):
         page.context.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_mail_alert_opens_the_mail(database_url, server, browser):
+    """On a phone: the alert of a new mail opens it read-only (headers, text, the attachments to download,
+    an XDM archive's documents); "Marquer comme lu" sets \\Seen."""
+    from tests.test_webmail import PDF, send
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = signed_in(browser, server, URGENTIST, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    with ThreadPoolExecutor(1) as thread:  # smtplib from another thread: Playwright holds this one's loop
+        thread.submit(send, server, "claire.leroy@msante.test").result()
+    page.click("#alerts-toggle")
+    page.click("#alert-list li:has-text('Patiente Técher') button.open-mail")
+    page.wait_for_selector("#mail-subject:has-text('Patiente Técher : CR de sortie')")
+    assert page.is_hidden("#alerts") and page.is_visible("#back")
+    assert "le compte rendu est joint." in page.inner_text("#mail-text")
+    assert "DOC0001.PDF" in page.inner_text("#mail-attachments")
+    layout(page, "mail")
+    assert_accessible(page, "mail")
+    page.screenshot(path=ARTIFACTS / "mail-390x844.png")
+    with page.expect_download() as download:
+        page.click("#mail-attachments button:has-text('compte-rendu.pdf')")
+    assert download.value.suggested_filename == "compte-rendu.pdf"
+    assert Path(download.value.path()).read_bytes() == PDF
+    page.click("#mail-seen")
+    page.wait_for_selector("#mail-seen-state:visible")
+    page.click("#back")
+    page.wait_for_selector("#circles:visible")
+    page.context.close()

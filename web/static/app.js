@@ -663,6 +663,14 @@ function renderAlerts() {
       el("strong", { text: a.title }),
       ...details.map((d) => el("p", { text: d })),
       el("p", { text: dateTimeFmt.format(new Date(a.created_at)) }));
+    if (a.kind === "mail") {
+      const open = el("button", { type: "button", class: "secondary small open-mail", text: "Ouvrir le message" });
+      open.addEventListener("click", () => {
+        if (!$("alerts").hidden && matchMedia("(max-width: 760px)").matches) toggleAlerts();   // a phone shows one panel
+        location.hash = `#/courriel/${encodeURIComponent(a.data.mailbox)}/${a.data.uid}`;
+      });
+      item.append(open, " ");
+    }
     if (a.acknowledged_at) {
       item.append(el("p", { text: `Acquittée par ${a.acknowledged_by.name} le ${dateTimeFmt.format(new Date(a.acknowledged_at))}` }));
     } else {
@@ -723,6 +731,15 @@ function route() {
   const match = location.hash.match(/^#\/cercle\/(\d+)$/);
   $("mail-clients").hidden = true;
   $("new-circle").hidden = true;
+  $("mail-view").hidden = true;
+  const mail = location.hash.match(/^#\/courriel\/([^/]+)\/(\d+)$/);
+  if (mail) {
+    state.current = null;
+    $("conversation").hidden = true;
+    openMail(decodeURIComponent(mail[1]), Number(mail[2]));
+    renderCircles();
+    return;
+  }
   if (match) { openCircle(Number(match[1])); return; }
   state.current = null;
   $("conversation").hidden = true;
@@ -730,6 +747,69 @@ function route() {
   if (location.hash === "#/nouveau-cercle") { openNewCircle(); renderCircles(); return; }
   setView("list");
   renderCircles();
+}
+
+// --- a mail an alert announced: read only, text and attachments (never HTML), mailserver/webmail.py --
+
+const sizeFmt = (n) => (n < 1024 ? `${n} o` : n < 1048576 ? `${Math.round(n / 1024)} ko` : `${(n / 1048576).toFixed(1)} Mo`);
+
+async function openMail(address, uid) {
+  setView("mail");
+  const view = $("mail-view");
+  view.hidden = false;
+  const path = `/api/mailboxes/${encodeURIComponent(address)}/messages/${uid}`;
+  view.dataset.path = path;
+  for (const id of ["mail-headers", "mail-text", "mail-attachments"]) $(id).replaceChildren();
+  $("mail-subject").textContent = "Message";
+  $("mail-error").hidden = true;
+  const response = await api(path);
+  if (!response.ok) {
+    $("mail-error").textContent = response.status === 403 ? "Accès refusé : cette boîte ne vous est pas accessible."
+      : "Ce message n'est plus dans la boîte de réception.";
+    $("mail-error").hidden = false;
+    $("mail-seen").hidden = true;
+    return;
+  }
+  const mail = await response.json();
+  $("mail-subject").textContent = mail.subject || "(sans objet)";
+  const rows = [["De", mail.from], ["À", mail.to], ["Cc", mail.cc], ["Date", mail.date], ["Boîte", mail.address]];
+  $("mail-headers").replaceChildren(...rows.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  $("mail-text").textContent = mail.text ?? (mail.html_only
+    ? "Ce message n'a pas de version texte : ouvrez-le dans un logiciel de messagerie." : "(message sans texte)");
+  if (mail.truncated) $("mail-text").append(el("p", { text: "… (suite dans un logiciel de messagerie)" }));
+  showSeen(mail.seen);
+  $("mail-attachments-title").hidden = mail.attachments.length === 0;
+  $("mail-attachments").replaceChildren(...mail.attachments.map((a) => {
+    const name = a.filename || `partie-${a.part}`;
+    const download = el("button", { type: "button", class: "secondary small", text: `Télécharger ${name} (${sizeFmt(a.size)})` });
+    download.addEventListener("click", () => downloadPart(`${path}/parts/${a.part}`, name));
+    const item = el("li", { "data-part": a.part }, download);
+    if (a.documents) {
+      item.append(el("ul", { "aria-label": "Documents de l'archive XDM" },
+        ...a.documents.map((d) => el("li", { text: `${d.name} (${sizeFmt(d.size)})` }))));
+    }
+    return item;
+  }));
+}
+
+function showSeen(seen) {
+  $("mail-seen").hidden = seen;
+  $("mail-seen-state").hidden = !seen;
+}
+
+async function downloadPart(path, name) {     // the API wants the bearer token: fetched, then saved
+  const response = await api(path);
+  if (!response.ok) { notify("Téléchargement refusé."); return; }
+  const link = el("a", { href: URL.createObjectURL(await response.blob()), download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+async function markMailSeen() {
+  const response = await api(`${$("mail-view").dataset.path}/seen`, { method: "POST" });
+  if (response.ok) showSeen(true); else notify("Impossible de marquer ce message comme lu.");
 }
 
 // --- a new circle: the patient's INS identity, members found in the directory as one types ------
@@ -899,6 +979,7 @@ async function start() {
   $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
   $("mute").addEventListener("click", toggleMute);
+  $("mail-seen").addEventListener("click", markMailSeen);
   $("new-circle-form").addEventListener("submit", createCircle);
   directorySearch($("nc-search"), $("nc-results"), (idnat) => chosen.has(idnat),
                   (p) => { chosen.set(p.idnat, professionalName(p)); renderChosen(); });
