@@ -171,7 +171,8 @@ def layout(page, where: str) -> dict:  # noqa: ANN001
     assert not m["covered"], (where, m["covered"])
     for part in ("composer", "patient", "alerts", "circles", "conversation"):
         if m[part]:
-            assert m[part]["top"] >= m["bar"]["bottom"] - 0.5 and m[part]["bottom"] <= m["height"] + 0.5, (where, part, m)
+            box = m[part]
+            assert box["top"] >= m["bar"]["bottom"] - 0.5 and box["bottom"] <= m["height"] + 0.5, (where, part, m)
     return m
 
 
@@ -265,7 +266,8 @@ def test_desktop_three_columns_and_keyboard_only(database_url, server, browser):
     page.keyboard.press("Enter")
     page.wait_for_selector("#alerts:visible")
     m = layout(page, "desktop")
-    assert m["circles"]["right"] <= m["conversation"]["left"] + 1 and m["conversation"]["right"] <= m["alerts"]["left"] + 1
+    assert m["circles"]["right"] <= m["conversation"]["left"] + 1
+    assert m["conversation"]["right"] <= m["alerts"]["left"] + 1
     assert page.is_visible("#members") and page.is_visible("#me")
     page.screenshot(path=ARTIFACTS / "desktop-1280x800.png")
     assert_accessible(page, "desktop with alerts")
@@ -325,7 +327,8 @@ def test_list_by_activity_receipts_days_notifications_and_mute(database_url, ser
 
     gp = signed_in(browser, server, GP, NOTIFICATIONS, viewport={"width": 1280, "height": 800})
     gp.wait_for_selector(f'#circle-list li[data-circle="{second["id"]}"]')
-    order = lambda: gp.eval_on_selector_all("#circle-list li", "items => items.map(i => Number(i.dataset.circle))")  # noqa: E731
+    def order() -> list[int]:
+        return gp.eval_on_selector_all("#circle-list li", "items => items.map(i => Number(i.dataset.circle))")
     assert order() == [second["id"], 1]  # created just now, before yesterday's message
     assert "Dr Claire LEROY : Passage infirmier fait hier soir." in gp.inner_text('#circle-list li[data-circle="1"]')
     assert gp.inner_text('#circle-list li[data-circle="1"] .badge').startswith("1") and gp.title().startswith("(1)")
@@ -400,7 +403,8 @@ def test_connect_a_mail_client_page(database_url, server, browser):
         page.wait_for_selector("#server-rows tr")
         rows = page.eval_on_selector_all("#server-rows tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
         assert rows[0] == ["Réception (IMAP)", "localhost", str(imaps), "SSL/TLS"]
-        assert {r[2] for r in rows[1:]} == {server.listeners[n].rsplit(":", 1)[1] for n in ("submissions", "submission")}
+        submission_ports = {server.listeners[n].rsplit(":", 1)[1] for n in ("submissions", "submission")}
+        assert {r[2] for r in rows[1:]} == submission_ports
         page.wait_for_selector("#ca-link:visible")
         assert page.is_visible("#back") == (size["width"] < 700)
         box = page.wait_for_selector('#boxes [data-box="claire.leroy@msante.test"] form')

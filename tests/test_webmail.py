@@ -65,7 +65,7 @@ def test_read_a_mail_in_the_browser(database_url, server):
     for idnat in (PHARMACIST_IDNAT, GP_IDNAT):  # not readers of the box: the same 403, audited
         status, _, refused = request(server, "GET", path, token_for(server, idnat))
         assert (status, refused["error"]) == (403, "forbidden")
-    status, _, _ = request(server, "GET", f"/api/mailboxes/nobody@msante.test/messages/1", token_for(server, GP_IDNAT))
+    status, _, _ = request(server, "GET", "/api/mailboxes/nobody@msante.test/messages/1", token_for(server, GP_IDNAT))
     assert status == 403
     rows = server.rows(select(audit.c.actor, audit.c.outcome).where(audit.c.action == "mail.read"))
     assert sum(r["outcome"] == "denied" for r in rows) == 3 and sum(r["outcome"] == "ok" for r in rows) == 2
@@ -89,4 +89,5 @@ def test_the_acl_decides_as_for_imap(database_url, server):
     assert server.cli("mailbox", "grant", URGENCES, "--rpps", "10002000015", "--rights", "lr") == 0
     assert request(server, "GET", path, token_for(server, URGENTIST_IDNAT))[0] == 200
     assert request(server, "POST", f"{path}/seen", token_for(server, URGENTIST_IDNAT))[0] == 403
-    assert request(server, "GET", f"/api/mailboxes/{URGENTIST}/messages/99", token_for(server, URGENTIST_IDNAT))[0] == 404
+    missing = f"/api/mailboxes/{URGENTIST}/messages/99"
+    assert request(server, "GET", missing, token_for(server, URGENTIST_IDNAT))[0] == 404
