@@ -42,8 +42,7 @@ def send(server, to: str) -> None:
     client.quit()
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_read_a_mail_in_the_browser(database_url, server):
+def test_read_a_mail_in_the_browser(server):
     send(server, URGENCES)
     path = f"/api/mailboxes/{URGENCES}/messages/1"
     status, _, mail = request(server, "GET", path, token_for(server, URGENTIST_IDNAT))  # a delegate of the box
@@ -80,8 +79,7 @@ def test_read_a_mail_in_the_browser(database_url, server):
         assert b"\\Seen" in imap.uid("FETCH", "1", "(FLAGS)")[1][0]  # mail clients agree
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_the_acl_decides_as_for_imap(database_url, server):
+def test_the_acl_decides_as_for_imap(server):
     """A delegate whose rights on the box lack `s` reads but cannot mark read; one without `r`
     cannot read (`msante mailbox grant … --rights`)."""
     send(server, URGENCES)
