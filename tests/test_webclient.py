@@ -514,3 +514,29 @@ def test_a_mail_alert_opens_the_mail(database_url, server, browser):
     page.click("#back")
     page.wait_for_selector("#circles:visible")
     page.context.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_search_a_circle(database_url, server, browser):
+    """The words found in the circle's history, newest first, marked; then back to the conversation."""
+    page = signed_in(browser, server, GP, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.click('#circle-list li[data-circle="1"] a')
+    for text in ("Pansement refait ce matin.", "Tension 13/8.", "Prochain PANSEMENT jeudi."):
+        page.fill("#text", text)
+        page.press("#text", "Enter")
+    page.wait_for_selector("#messages li:not(.pending):has-text('Prochain PANSEMENT jeudi.')")
+    page.click("#search-toggle")
+    page.fill("#search-q", "pansement")
+    page.press("#search-q", "Enter")
+    page.wait_for_selector("#search-results li")
+    found = page.eval_on_selector_all("#search-results li .text", "ts => ts.map(t => t.textContent)")
+    assert found == ["Prochain PANSEMENT jeudi.", "Pansement refait ce matin."]
+    assert page.eval_on_selector_all("#search-results mark", "ms => ms.map(m => m.textContent)") == [
+        "PANSEMENT", "Pansement"]
+    assert page.is_hidden("#thread") and page.is_visible("#composer")
+    layout(page, "search")
+    assert_accessible(page, "search")
+    page.screenshot(path=ARTIFACTS / "search-390x844.png")
+    page.click("#search-toggle")
+    page.wait_for_selector("#thread:visible")
+    page.context.close()

@@ -161,6 +161,7 @@ function receive(frame) {
     case "message": return message(frame);
     case "ack": return acknowledged(frame);
     case "history": return historyPage(frame, purpose);
+    case "search": return searchResults(frame, purpose);
     case "read": return readMarker(frame);
     case "receipt": return receipt(frame);
     case "typing": return typing(frame);
@@ -396,6 +397,54 @@ function renderCircles() {
   $("notify-enable").hidden = !("Notification" in window) || Notification.permission !== "default";
 }
 
+// --- search in a circle's history (the search frame: newest first, a page at a time) -------------
+
+function toggleSearch(open = $("search-panel").hidden) {
+  $("search-panel").hidden = !open;
+  $("conversation").classList.toggle("searching", open);
+  $("search-toggle").setAttribute("aria-expanded", String(open));
+  $("search-toggle").textContent = open ? "Fermer la recherche" : "Rechercher";
+  if (open) $("search-q").focus();
+  else { $("search-results").replaceChildren(); $("search-status").textContent = ""; $("search-more").hidden = true; }
+}
+
+function runSearch(before) {
+  const q = $("search-q").value.trim();
+  if (q.length < 2 || state.current === null) return;
+  state.searching = { circle: state.current, q };
+  if (before === undefined) $("search-results").replaceChildren();
+  $("search-status").textContent = "Recherche…";
+  request({ type: "search", circle: state.current, q, ...(before ? { before } : {}) }, { circle: state.current, search: q });
+}
+
+function searchResults(frame, purpose) {
+  if (!purpose || frame.circle !== state.current || purpose.search !== state.searching?.q) return;
+  const list = $("search-results");
+  list.append(...frame.messages.map((m) => {
+    const item = messageItem(m);
+    item.querySelector(".reply")?.remove();
+    highlight(item.querySelector(".text"), purpose.search);
+    return item;
+  }));
+  const count = list.children.length;
+  $("search-status").textContent = count ? `${count}${frame.more ? " premiers" : ""} résultat${count > 1 ? "s" : ""}, du plus récent au plus ancien`
+    : "Aucun message ne contient ces mots.";
+  $("search-more").hidden = !frame.more;
+  state.searching.oldest = frame.messages.at(-1)?.seq;
+}
+
+function highlight(node, q) {       // the words found, marked, as text nodes: never parsed as HTML
+  const text = node.textContent;
+  const lower = text.toLowerCase(), needle = q.toLowerCase();
+  const parts = [];
+  let at = 0;
+  for (let i = lower.indexOf(needle); i !== -1; i = lower.indexOf(needle, i + needle.length)) {
+    parts.push(text.slice(at, i), el("mark", { text: text.slice(i, i + needle.length) }));
+    at = i + needle.length;
+  }
+  if (parts.length) node.replaceChildren(...parts, text.slice(at));
+}
+
 // --- notifications and mute ---------------------------------------------------------------------
 
 const mutedKey = () => `msante.muted.${state.me.id}`;
@@ -485,6 +534,7 @@ async function openCircle(id) {
   $("messages").replaceChildren();
   $("typing").textContent = "";
   cancelReply();
+  toggleSearch(false);
   $("older").hidden = true;
   $("members").replaceChildren();
   $("members-box").open = matchMedia("(min-width: 761px)").matches;   // a phone keeps the room for the thread
@@ -979,6 +1029,9 @@ async function start() {
   $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
   $("mute").addEventListener("click", toggleMute);
+  $("search-toggle").addEventListener("click", () => toggleSearch());
+  $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
+  $("search-more").addEventListener("click", () => runSearch(state.searching?.oldest));
   $("mail-seen").addEventListener("click", markMailSeen);
   $("new-circle-form").addEventListener("submit", createCircle);
   directorySearch($("nc-search"), $("nc-results"), (idnat) => chosen.has(idnat),
