@@ -464,8 +464,9 @@ def test_create_a_circle_with_members_found_as_one_types(database_url, server, b
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_coordinator_adds_and_removes_members(database_url, server, browser):
-    """Karim Payet coordinates the demo circle: he adds the pharmacist found by name, she sees the circle
-    appear; he removes her, and she loses it at once. Members cannot change the list."""
+    """Karim Payet coordinates the demo circle: he adds the pharmacist found by identifier, she sees the
+    circle appear; he removes her, and she loses it at once. Members cannot change the list, but may
+    leave it."""
     coordinator = signed_in(browser, server, "810002000031", viewport={"width": 1280, "height": 800})
     pharmacist = signed_in(browser, server, PHARMACIST, viewport={"width": 390, "height": 844}, is_mobile=True)
     member = signed_in(browser, server, GP, viewport={"width": 1280, "height": 800})
@@ -482,6 +483,13 @@ def test_the_coordinator_adds_and_removes_members(database_url, server, browser)
     coordinator.click(f'#members li[data-member="{PHARMACIST}"] button')
     coordinator.wait_for_selector(f'#members li[data-member="{PHARMACIST}"]', state="detached")
     pharmacist.wait_for_selector('#circle-list li[data-circle="1"]', state="detached")
+    assert coordinator.is_hidden("#leave-box")  # a circle keeps its coordinator
+    # a member leaves, after confirming
+    member.click("#leave")
+    member.click("#leave-confirm")
+    member.wait_for_selector("#circles:visible")
+    member.wait_for_selector('#circle-list li[data-circle="1"]', state="detached")
+
     for page in (coordinator, pharmacist, member):
         page.context.close()
 

@@ -578,6 +578,8 @@ function renderMembers() {
   const coordinating = circle.summary?.coordinator === state.me.id;
   $("members-summary").textContent = `${circle.members.length} membres · ${online} en ligne`;
   $("member-add").hidden = !coordinating;
+  $("leave-box").hidden = coordinating;   // a circle keeps its coordinator
+  $("leave-confirm").hidden = true;
   $("members").replaceChildren(...circle.members.map((m) => {
     const item = el("li", { "data-member": m.id, "data-state": circle.present?.get(m.id) || "offline" },
       m.role === "coordinator" ? `${m.name} (coordination)` : m.name);
@@ -1029,6 +1031,14 @@ async function start() {
   $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
   $("mute").addEventListener("click", toggleMute);
+  $("leave").addEventListener("click", () => { $("leave-confirm").hidden = false; $("leave-confirm").focus(); });
+  $("leave-confirm").addEventListener("click", async () => {
+    const id = state.current;
+    const response = await api(`/api/circles/${id}/members/${state.me.id}`, { method: "DELETE" });
+    if (!response.ok) { notify("Impossible de quitter ce cercle."); return; }
+    state.circles.delete(id);
+    location.hash = "";
+  });
   $("search-toggle").addEventListener("click", () => toggleSearch());
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
   $("search-more").addEventListener("click", () => runSearch(state.searching?.oldest));
