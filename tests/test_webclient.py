@@ -489,6 +489,7 @@ def test_the_coordinator_adds_and_removes_members(database_url, server, browser)
     member.click("#leave-confirm")
     member.wait_for_selector("#circles:visible")
     member.wait_for_selector('#circle-list li[data-circle="1"]', state="detached")
+    coordinator.wait_for_selector(f'#members li[data-member="{GP}"]', state="detached")  # seen live
 
     for page in (coordinator, pharmacist, member):
         page.context.close()

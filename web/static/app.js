@@ -317,6 +317,9 @@ function alert(item) {
   state.alerts.set(item.id, item);
   renderAlerts();
   if (item.kind === "circle" && !item.acknowledged_at) refreshCircles();
+  if (item.kind === "circle" && item.data.circle === state.current && item.data.change !== "created") {
+    reloadMembers(state.current);   // someone joined or left the circle on screen
+  }
 }
 
 function error(frame, purpose) {
@@ -597,8 +600,12 @@ async function changeMembers(method, path, body) {
   const id = state.current;
   const response = await api(path, { method, ...(body ? { body: JSON.stringify(body) } : {}) });
   if (!response.ok) { notify("Modification des membres refusée."); return; }
+  await reloadMembers(id);
+}
+
+async function reloadMembers(id) {
   const detail = await api(`/api/circles/${id}`);
-  if (detail.ok && state.current === id) {
+  if (detail.ok && state.current === id && state.circles.has(id)) {
     state.circles.get(id).members = (await detail.json()).members;
     renderMembers();
     renderReceipts();
