@@ -111,11 +111,11 @@ class WebMail:
                                      via="web", needs=right)
             raise HttpError(403, "forbidden", f"{address} is not a mailbox you may read")
         folder = await self._folders.get(grant.mailbox_id, "INBOX")
-        found = (await self._folders.bodies(folder.id, [uid])).get(uid) if uid is not None else None
-        if found is None:
+        meta = await self._folders.meta(folder.id, uid) if uid is not None else None
+        found = (await self._folders.bodies(folder.id, [uid])).get(uid) if meta is not None else None
+        if meta is None or found is None:
             raise HttpError(404, "not_found", f"no message {request.params['uid'][:20]} in the INBOX of {address}")
-        flags = next((m.flags for m in await self._folders.messages(folder.id) if m.uid == uid), frozenset())
-        return principal, grant.address, uid, folder.id, found, flags
+        return principal, grant.address, uid, folder.id, found, meta.flags
 
 
 def _alternative(leaf: Leaf) -> bool:
