@@ -391,7 +391,8 @@ def test_leaves_number_parts_as_body_sections_do():
     from mailserver.imap.message import Message
 
     raw = (b"Content-Type: multipart/mixed; boundary=a\r\n\r\n"
-           b"--a\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+           b"--a\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+           b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
            b"Pi=E8ce jointe\r\n"
            b"--a\r\nContent-Type: message/rfc822\r\n\r\n"
            b"Subject: transf\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
