@@ -396,7 +396,8 @@ def test_leaves_number_parts_as_body_sections_do():
            b"Pi=E8ce jointe\r\n"
            b"--a\r\nContent-Type: message/rfc822\r\n\r\n"
            b"Subject: transf\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
-           b"--b\r\nContent-Type: text/plain\r\n\r\ntexte\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--b--\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\ntexte\r\n"
+           b"--b\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--b--\r\n"
            b"--a\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment;\r\n"
            b" filename=\"=?utf-8?q?compte-rendu_=C3=A9t=C3=A9.pdf?=\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
            b"JVBERi0xLjQ=\r\n--a--\r\n")
