@@ -350,7 +350,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     clients = v["clients"]
     ports = {}
     for key in ("imaps", "submissions", "submission"):
-        ports[key] = clients[key] if clients[key] is not None else (split_hostport(listen[key])[1] if listen[key] else 0)
+        own = split_hostport(listen[key])[1] if listen[key] else 0
+        ports[key] = clients[key] if clients[key] is not None else own
         if not 0 <= ports[key] <= 65535:
             raise ConfigError(f"{where('clients.' + key)} must be a port (0: not offered), got {ports[key]}")
     client_host = clients["host"] if clients["host"] is not None else urlsplit(public_url).hostname or ""

@@ -350,6 +350,12 @@ class Connection:
         self._send(frames.reply(frame.id, {"type": "history", "circle": frame.circle, "messages": page,
                                            "more": more}))
 
+    async def _search(self, frame: frames.Search) -> None:
+        found, more = await self._instant.messages.search(self._principal, frame.circle, frame.q, before=frame.before,
+                                                          limit=self._limits.search_page, source=self._peer)
+        self._send(frames.reply(frame.id, {"type": "search", "circle": frame.circle, "messages": found,
+                                           "more": more}))
+
     async def _read(self, frame: frames.Read) -> None:
         marker, unread = await self._instant.messages.mark_read(self._principal, frame.circle, frame.seq, self._peer,
                                                                 self.me)
@@ -537,5 +543,5 @@ class Connection:
 
 
 _HANDLERS = {frames.Auth: "_auth", frames.Subscribe: "_subscribe", frames.Unsubscribe: "_unsubscribe",
-             frames.Post: "_post", frames.History: "_history", frames.Read: "_read", frames.Typing: "_typing",
-             frames.Presence: "_presence", frames.AlertAck: "_alert_ack"}
+             frames.Post: "_post", frames.History: "_history", frames.Search: "_search", frames.Read: "_read",
+             frames.Typing: "_typing", frames.Presence: "_presence", frames.AlertAck: "_alert_ack"}

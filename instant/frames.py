@@ -95,6 +95,14 @@ class History:
 
 
 @dataclass(frozen=True)
+class Search:
+    circle: int
+    q: str  # matched anywhere in a message's text, case-insensitively
+    before: int | None  # the next page: results before this seq; None: from the latest
+    id: str | None = None
+
+
+@dataclass(frozen=True)
 class Read:
     circle: int
     seq: int  # everything up to and including seq has been read
@@ -119,7 +127,7 @@ class AlertAck:
     id: str | None = None
 
 
-ClientFrame = Auth | Subscribe | Unsubscribe | Post | History | Read | Typing | Presence | AlertAck
+ClientFrame = Auth | Subscribe | Unsubscribe | Post | History | Search | Read | Typing | Presence | AlertAck
 
 
 def parse(text: str, limits: Limits) -> ClientFrame:
@@ -217,6 +225,13 @@ def _history(f: _Fields, limits: Limits) -> History:
     return History(f.integer("circle", low=1), before, after, limit or limits.history_page, f.id)
 
 
+def _search(f: _Fields, limits: Limits) -> Search:
+    q = f.text("q", limits.max_search_chars).strip()
+    if len(q) < 2:
+        raise FrameError("bad_frame", "q must hold at least 2 characters")
+    return Search(f.integer("circle", low=1), q, f.integer("before", required=False, low=1), f.id)
+
+
 def _read(f: _Fields, _limits: Limits) -> Read:
     return Read(f.integer("circle", low=1), f.integer("seq"), f.id)
 
@@ -237,7 +252,8 @@ def _alert_ack(f: _Fields, _limits: Limits) -> AlertAck:
 
 
 _READERS = {"auth": _auth, "subscribe": _subscribe, "unsubscribe": _unsubscribe, "post": _post,
-            "history": _history, "read": _read, "typing": _typing, "presence": _presence, "alert.ack": _alert_ack}
+            "history": _history, "search": _search, "read": _read, "typing": _typing, "presence": _presence,
+            "alert.ack": _alert_ack}
 
 
 # --- server frames ----------------------------------------------------------------------------

@@ -60,6 +60,16 @@ class Messages:
                                  via="history", before=before, after=after, results=len(page))
         return page, more
 
+    async def search(self, principal: Principal, circle_id: int, text: str, *, before: int | None, limit: int,
+                     source: str) -> tuple[list[dict], bool]:
+        """Members only; audited like a read, with the length of what was looked for (never the
+        words: they may name a patient or a condition)."""
+        await self._circles.require_member(principal, circle_id, "circle.read", source)
+        found, more = await self._store.search(circle_id, text, before=before, limit=limit)
+        await self._audit.record(principal.actor, "circle.read", target=str(circle_id), source=source,
+                                 via="search", chars=len(text), before=before, results=len(found))
+        return found, more
+
     async def catch_up(self, circle_id: int, after: int, limit: int) -> list[dict]:
         """Messages after `after` for a connection that follows the circle (membership was
         checked when it subscribed, and is withdrawn from it as soon as it changes)."""

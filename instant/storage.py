@@ -53,6 +53,7 @@ class InstantStore(Protocol):
                      reply_to: dict | None = None) -> tuple[dict, bool]: ...
     async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
                        limit: int) -> tuple[list[dict], bool]: ...
+    async def search(self, circle_id: int, text: str, *, before: int | None, limit: int) -> tuple[list[dict], bool]: ...
     async def mark_read(self, circle_id: int, idnat: str, seq: int, now: datetime) -> tuple[int, int]:
         """Move the person's marker forward to `seq` (never back, never past the last message);
         returns (marker, unread)."""
@@ -278,6 +279,19 @@ class SqlStore:
         more = len(rows) > limit
         rows = rows[:limit]
         return (rows if after is not None else rows[::-1]), more
+
+    async def search(self, circle_id: int, text: str, *, before: int | None, limit: int) -> tuple[list[dict], bool]:
+        """Messages holding `text` (case-insensitive: ILIKE on PostgreSQL, lower() on SQLite,
+        which folds ASCII letters only), newest first, before `before`; and whether more match."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = _messages().where(circle_messages.c.circle_id == circle_id,
+                                  circle_messages.c.text.ilike(pattern, escape="\\"))
+        if before is not None:
+            query = query.where(circle_messages.c.seq < before)
+        async with self._engine.connect() as conn:
+            newest = query.order_by(circle_messages.c.seq.desc()).limit(limit + 1)
+            rows = [_message(r) for r in await conn.execute(newest)]
+        return rows[:limit], len(rows) > limit
 
     async def mark_read(self, circle_id: int, idnat: str, seq: int, now: datetime) -> tuple[int, int]:
         """Move the person's marker forward to `seq` (never back, never past the last message);

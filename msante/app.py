@@ -43,6 +43,7 @@ from mailserver.smtp import MsanteSMTP, SmtpLimits
 from mailserver.outbound import OutboundQueue
 from mailserver.submission import RelayHandler, SubmissionHandler
 from mailserver.trust import TrustSpace
+from mailserver.webmail import WebMail
 from store import db
 from store.db import utc
 from store.audit import SERVER, AuditTrail
@@ -167,6 +168,8 @@ def https_listener(services: Services) -> Listener:
     Autoconfig(s).register(router)
     DirectoryApi(services.engine, services.authenticator, services.audit).register(router)
     MailboxApi(services.engine, services.authenticator, services.passwords).register(router)
+    WebMail(services.engine, services.authenticator, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
+            services.audit).register(router)
     DevSignIn(s, services.engine, services.audit).register(router)
     services.instant = Instant(services)
     services.instant.register(router)

@@ -637,3 +637,27 @@ async def test_receipts_and_the_last_message_of_each_circle(server, connect):
     later = await connect(URGENTIST)
     assert (await later.request(type="subscribe", circle=CIRCLE))["receipts"] == [
         {"user": {"id": NURSE, "name": "Sophie HOARAU"}, "seq": first["seq"]}]
+
+
+async def test_search_a_circles_history(server, connect):
+    """Words anywhere in a message, any case, newest first, a page at a time; `%` and `_` are
+    only characters; members only; audited without the words."""
+    gp = await connect(GP)
+    texts = ["Pansement refait ce matin.", "Tension 13/8.", "PANSEMENT à refaire demain.", "Glycémie 100 %",
+             "Pas de pansement_ici", "pansement ok"]
+    for text in texts:
+        await post(gp, text)
+    found = await gp.request(type="search", circle=CIRCLE, q="pansement")
+    assert [m["seq"] for m in found["messages"]] == [6, 5, 3, 1] and found["more"] is False
+    assert found["messages"][0]["text"] == "pansement ok" and found["messages"][0]["author"]["id"] == GP
+    assert [m["seq"] for m in (await gp.request(type="search", circle=CIRCLE, q="pansement", before=5))["messages"]] \
+        == [3, 1]
+    assert [m["seq"] for m in (await gp.request(type="search", circle=CIRCLE, q="100 %"))["messages"]] == [4]
+    assert (await gp.request(type="search", circle=CIRCLE, q="%%"))["messages"] == []  # not a wildcard
+    assert [m["seq"] for m in (await gp.request(type="search", circle=CIRCLE, q="13_8"))["messages"]] == []
+    assert [m["seq"] for m in (await gp.request(type="search", circle=CIRCLE, q="t_ici"))["messages"]] == [5]
+    assert (await gp.request(type="search", circle=CIRCLE, q=" a "))["code"] == "bad_frame"
+    outsider = await connect(PHARMACIST)
+    assert (await outsider.request(type="search", circle=CIRCLE, q="pansement"))["code"] == "forbidden"
+    rows = await asyncio.to_thread(server.rows, select(audit.c.detail).where(audit.c.action == "circle.read"))
+    assert not any("pansement" in str(r["detail"]).lower() for r in rows)

@@ -171,7 +171,8 @@ def layout(page, where: str) -> dict:  # noqa: ANN001
     assert not m["covered"], (where, m["covered"])
     for part in ("composer", "patient", "alerts", "circles", "conversation"):
         if m[part]:
-            assert m[part]["top"] >= m["bar"]["bottom"] - 0.5 and m[part]["bottom"] <= m["height"] + 0.5, (where, part, m)
+            box = m[part]
+            assert box["top"] >= m["bar"]["bottom"] - 0.5 and box["bottom"] <= m["height"] + 0.5, (where, part, m)
     return m
 
 
@@ -265,7 +266,8 @@ def test_desktop_three_columns_and_keyboard_only(database_url, server, browser):
     page.keyboard.press("Enter")
     page.wait_for_selector("#alerts:visible")
     m = layout(page, "desktop")
-    assert m["circles"]["right"] <= m["conversation"]["left"] + 1 and m["conversation"]["right"] <= m["alerts"]["left"] + 1
+    assert m["circles"]["right"] <= m["conversation"]["left"] + 1
+    assert m["conversation"]["right"] <= m["alerts"]["left"] + 1
     assert page.is_visible("#members") and page.is_visible("#me")
     page.screenshot(path=ARTIFACTS / "desktop-1280x800.png")
     assert_accessible(page, "desktop with alerts")
@@ -325,7 +327,8 @@ def test_list_by_activity_receipts_days_notifications_and_mute(database_url, ser
 
     gp = signed_in(browser, server, GP, NOTIFICATIONS, viewport={"width": 1280, "height": 800})
     gp.wait_for_selector(f'#circle-list li[data-circle="{second["id"]}"]')
-    order = lambda: gp.eval_on_selector_all("#circle-list li", "items => items.map(i => Number(i.dataset.circle))")  # noqa: E731
+    def order() -> list[int]:
+        return gp.eval_on_selector_all("#circle-list li", "items => items.map(i => Number(i.dataset.circle))")
     assert order() == [second["id"], 1]  # created just now, before yesterday's message
     assert "Dr Claire LEROY : Passage infirmier fait hier soir." in gp.inner_text('#circle-list li[data-circle="1"]')
     assert gp.inner_text('#circle-list li[data-circle="1"] .badge').startswith("1") and gp.title().startswith("(1)")
@@ -400,7 +403,8 @@ def test_connect_a_mail_client_page(database_url, server, browser):
         page.wait_for_selector("#server-rows tr")
         rows = page.eval_on_selector_all("#server-rows tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
         assert rows[0] == ["Réception (IMAP)", "localhost", str(imaps), "SSL/TLS"]
-        assert {r[2] for r in rows[1:]} == {server.listeners[n].rsplit(":", 1)[1] for n in ("submissions", "submission")}
+        submission_ports = {server.listeners[n].rsplit(":", 1)[1] for n in ("submissions", "submission")}
+        assert {r[2] for r in rows[1:]} == submission_ports
         page.wait_for_selector("#ca-link:visible")
         assert page.is_visible("#back") == (size["width"] < 700)
         box = page.wait_for_selector('#boxes [data-box="claire.leroy@msante.test"] form')
@@ -460,8 +464,9 @@ def test_create_a_circle_with_members_found_as_one_types(database_url, server, b
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_coordinator_adds_and_removes_members(database_url, server, browser):
-    """Karim Payet coordinates the demo circle: he adds the pharmacist found by name, she sees the circle
-    appear; he removes her, and she loses it at once. Members cannot change the list."""
+    """Karim Payet coordinates the demo circle: he adds the pharmacist found by identifier, she sees the
+    circle appear; he removes her, and she loses it at once. Members cannot change the list, but may
+    leave it."""
     coordinator = signed_in(browser, server, "810002000031", viewport={"width": 1280, "height": 800})
     pharmacist = signed_in(browser, server, PHARMACIST, viewport={"width": 390, "height": 844}, is_mobile=True)
     member = signed_in(browser, server, GP, viewport={"width": 1280, "height": 800})
@@ -478,5 +483,69 @@ def test_the_coordinator_adds_and_removes_members(database_url, server, browser)
     coordinator.click(f'#members li[data-member="{PHARMACIST}"] button')
     coordinator.wait_for_selector(f'#members li[data-member="{PHARMACIST}"]', state="detached")
     pharmacist.wait_for_selector('#circle-list li[data-circle="1"]', state="detached")
+    assert coordinator.is_hidden("#leave-box")  # a circle keeps its coordinator
+    # a member leaves, after confirming
+    member.click("#leave")
+    member.click("#leave-confirm")
+    member.wait_for_selector("#circles:visible")
+    member.wait_for_selector('#circle-list li[data-circle="1"]', state="detached")
+    coordinator.wait_for_selector(f'#members li[data-member="{GP}"]', state="detached")  # seen live
+
     for page in (coordinator, pharmacist, member):
         page.context.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_mail_alert_opens_the_mail(database_url, server, browser):
+    """On a phone: the alert of a new mail opens it read-only (headers, text, the attachments to download,
+    an XDM archive's documents); "Marquer comme lu" sets \\Seen."""
+    from tests.test_webmail import PDF, send
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = signed_in(browser, server, URGENTIST, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    with ThreadPoolExecutor(1) as thread:  # smtplib from another thread: Playwright holds this one's loop
+        thread.submit(send, server, "claire.leroy@msante.test").result()
+    page.click("#alerts-toggle")
+    page.click("#alert-list li:has-text('Patiente Técher') button.open-mail")
+    page.wait_for_selector("#mail-subject:has-text('Patiente Técher : CR de sortie')")
+    assert page.is_hidden("#alerts") and page.is_visible("#back")
+    assert "le compte rendu est joint." in page.inner_text("#mail-text")
+    assert "DOC0001.PDF" in page.inner_text("#mail-attachments")
+    layout(page, "mail")
+    assert_accessible(page, "mail")
+    page.screenshot(path=ARTIFACTS / "mail-390x844.png")
+    with page.expect_download() as download:
+        page.click("#mail-attachments button:has-text('compte-rendu.pdf')")
+    assert download.value.suggested_filename == "compte-rendu.pdf"
+    assert Path(download.value.path()).read_bytes() == PDF
+    page.click("#mail-seen")
+    page.wait_for_selector("#mail-seen-state:visible")
+    page.click("#back")
+    page.wait_for_selector("#circles:visible")
+    page.context.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_search_a_circle(database_url, server, browser):
+    """The words found in the circle's history, newest first, marked; then back to the conversation."""
+    page = signed_in(browser, server, GP, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.click('#circle-list li[data-circle="1"] a')
+    for text in ("Pansement refait ce matin.", "Tension 13/8.", "Prochain PANSEMENT jeudi."):
+        page.fill("#text", text)
+        page.press("#text", "Enter")
+    page.wait_for_selector("#messages li:not(.pending):has-text('Prochain PANSEMENT jeudi.')")
+    page.click("#search-toggle")
+    page.fill("#search-q", "pansement")
+    page.press("#search-q", "Enter")
+    page.wait_for_selector("#search-results li")
+    found = page.eval_on_selector_all("#search-results li .text", "ts => ts.map(t => t.textContent)")
+    assert found == ["Prochain PANSEMENT jeudi.", "Pansement refait ce matin."]
+    assert page.eval_on_selector_all("#search-results mark", "ms => ms.map(m => m.textContent)") == [
+        "PANSEMENT", "Pansement"]
+    assert page.is_hidden("#thread") and page.is_visible("#composer")
+    layout(page, "search")
+    assert_accessible(page, "search")
+    page.screenshot(path=ARTIFACTS / "search-390x844.png")
+    page.click("#search-toggle")
+    page.wait_for_selector("#thread:visible")
+    page.context.close()

@@ -308,6 +308,13 @@ class Folders:
                                       .order_by(folder_messages.c.uid))
             return [_meta(r) for r in rows]
 
+    async def meta(self, folder_id: int, uid: int) -> MessageMeta | None:
+        """One message's flags and size, for a reader outside IMAP (mailserver/webmail.py)."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(*_META).select_from(_WITH_SIZE).where(
+                folder_messages.c.folder_id == folder_id, folder_messages.c.uid == uid))).first()
+        return _meta(row) if row else None
+
     async def changes(self, folder_id: int, since_modseq: int) -> Changes:
         """What changed after `since_modseq` (CONDSTORE FETCH CHANGEDSINCE, QRESYNC). The state
         is read first and the rows are bounded by its HIGHESTMODSEQ: writes to a folder commit in

@@ -241,6 +241,18 @@ def _address_list(addresses: list[Address]) -> bytes:
 # ---------------------------------------------------------------- the message
 
 
+@dataclass(frozen=True)
+class Leaf:
+    """A single part, as a mail reader lists it."""
+
+    section: tuple[int, ...]
+    content_type: str  # lower case, "text/plain"
+    charset: str | None
+    filename: str | None  # RFC 2047 words decoded
+    disposition: str | None  # "inline", "attachment" or None
+    size: int  # octets as stored (before the transfer encoding is undone)
+
+
 class Message:
     """One stored message, parsed on first use."""
 
@@ -350,6 +362,33 @@ class Message:
             out += [self.raw[at:p.start], fields, b"Content-Transfer-Encoding: base64\r\n\r\n", encoded]
             at = p.end
         return b"".join(out) + self.raw[at:]
+
+    def leaves(self) -> list[Leaf]:
+        """Every single (not composite) part, encapsulated messages' included, in order: what a
+        reader shows as the text and the attachments. `section` is what `binary` takes."""
+        out: list[Leaf] = []
+        stack = [((n,), p) for n, p in enumerate(_message_parts(self._root), 1)][::-1]
+        while stack:
+            section, part = stack.pop()
+            inner = _part_parts(part)
+            if inner:
+                stack.extend(((*section, n), p) for n, p in reversed(list(enumerate(inner, 1))))
+                continue
+            disposition = part.get("content-disposition") or ""
+            kind = _DISP.match(disposition)
+            name = next((v for n, v in _params(disposition) if n.lower() == "filename"), None) or part.param("name")
+            out.append(Leaf(section, f"{part.maintype}/{part.subtype}".lower(), part.param("charset"),
+                            _decode_words(name) if name else None,
+                            kind.group(1).lower() if kind else None, part.body_size))
+        return out
+
+    def text_of(self, leaf: Leaf) -> str:
+        """A text part's content, transfer encoding and charset undone."""
+        try:
+            data = self.binary(leaf.section)
+        except (UnknownCTE, binascii.Error):
+            data = self.section(leaf.section, None)
+        return _decode_charset(data, leaf.charset)
 
     def header_values(self, name: str) -> list[str]:
         """Every value of a top-level header field, RFC 2047 words decoded (SEARCH HEADER, FROM...)."""

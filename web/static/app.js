@@ -161,6 +161,7 @@ function receive(frame) {
     case "message": return message(frame);
     case "ack": return acknowledged(frame);
     case "history": return historyPage(frame, purpose);
+    case "search": return searchResults(frame, purpose);
     case "read": return readMarker(frame);
     case "receipt": return receipt(frame);
     case "typing": return typing(frame);
@@ -316,6 +317,9 @@ function alert(item) {
   state.alerts.set(item.id, item);
   renderAlerts();
   if (item.kind === "circle" && !item.acknowledged_at) refreshCircles();
+  if (item.kind === "circle" && item.data.circle === state.current && item.data.change !== "created") {
+    reloadMembers(state.current);   // someone joined or left the circle on screen
+  }
 }
 
 function error(frame, purpose) {
@@ -394,6 +398,54 @@ function renderCircles() {
   const unread = [...state.circles].reduce((sum, [id, c]) => sum + (state.muted.has(id) ? 0 : c.unread || 0), 0);
   document.title = unread ? `(${unread}) ${TITLE}` : TITLE;
   $("notify-enable").hidden = !("Notification" in window) || Notification.permission !== "default";
+}
+
+// --- search in a circle's history (the search frame: newest first, a page at a time) -------------
+
+function toggleSearch(open = $("search-panel").hidden) {
+  $("search-panel").hidden = !open;
+  $("conversation").classList.toggle("searching", open);
+  $("search-toggle").setAttribute("aria-expanded", String(open));
+  $("search-toggle").textContent = open ? "Fermer la recherche" : "Rechercher";
+  if (open) $("search-q").focus();
+  else { $("search-results").replaceChildren(); $("search-status").textContent = ""; $("search-more").hidden = true; }
+}
+
+function runSearch(before) {
+  const q = $("search-q").value.trim();
+  if (q.length < 2 || state.current === null) return;
+  state.searching = { circle: state.current, q };
+  if (before === undefined) $("search-results").replaceChildren();
+  $("search-status").textContent = "Recherche…";
+  request({ type: "search", circle: state.current, q, ...(before ? { before } : {}) }, { circle: state.current, search: q });
+}
+
+function searchResults(frame, purpose) {
+  if (!purpose || frame.circle !== state.current || purpose.search !== state.searching?.q) return;
+  const list = $("search-results");
+  list.append(...frame.messages.map((m) => {
+    const item = messageItem(m);
+    item.querySelector(".reply")?.remove();
+    highlight(item.querySelector(".text"), purpose.search);
+    return item;
+  }));
+  const count = list.children.length;
+  $("search-status").textContent = count ? `${count}${frame.more ? " premiers" : ""} résultat${count > 1 ? "s" : ""}, du plus récent au plus ancien`
+    : "Aucun message ne contient ces mots.";
+  $("search-more").hidden = !frame.more;
+  state.searching.oldest = frame.messages.at(-1)?.seq;
+}
+
+function highlight(node, q) {       // the words found, marked, as text nodes: never parsed as HTML
+  const text = node.textContent;
+  const lower = text.toLowerCase(), needle = q.toLowerCase();
+  const parts = [];
+  let at = 0;
+  for (let i = lower.indexOf(needle); i !== -1; i = lower.indexOf(needle, i + needle.length)) {
+    parts.push(text.slice(at, i), el("mark", { text: text.slice(i, i + needle.length) }));
+    at = i + needle.length;
+  }
+  if (parts.length) node.replaceChildren(...parts, text.slice(at));
 }
 
 // --- notifications and mute ---------------------------------------------------------------------
@@ -485,6 +537,7 @@ async function openCircle(id) {
   $("messages").replaceChildren();
   $("typing").textContent = "";
   cancelReply();
+  toggleSearch(false);
   $("older").hidden = true;
   $("members").replaceChildren();
   $("members-box").open = matchMedia("(min-width: 761px)").matches;   // a phone keeps the room for the thread
@@ -528,6 +581,8 @@ function renderMembers() {
   const coordinating = circle.summary?.coordinator === state.me.id;
   $("members-summary").textContent = `${circle.members.length} membres · ${online} en ligne`;
   $("member-add").hidden = !coordinating;
+  $("leave-box").hidden = coordinating;   // a circle keeps its coordinator
+  $("leave-confirm").hidden = true;
   $("members").replaceChildren(...circle.members.map((m) => {
     const item = el("li", { "data-member": m.id, "data-state": circle.present?.get(m.id) || "offline" },
       m.role === "coordinator" ? `${m.name} (coordination)` : m.name);
@@ -545,8 +600,12 @@ async function changeMembers(method, path, body) {
   const id = state.current;
   const response = await api(path, { method, ...(body ? { body: JSON.stringify(body) } : {}) });
   if (!response.ok) { notify("Modification des membres refusée."); return; }
+  await reloadMembers(id);
+}
+
+async function reloadMembers(id) {
   const detail = await api(`/api/circles/${id}`);
-  if (detail.ok && state.current === id) {
+  if (detail.ok && state.current === id && state.circles.has(id)) {
     state.circles.get(id).members = (await detail.json()).members;
     renderMembers();
     renderReceipts();
@@ -663,6 +722,14 @@ function renderAlerts() {
       el("strong", { text: a.title }),
       ...details.map((d) => el("p", { text: d })),
       el("p", { text: dateTimeFmt.format(new Date(a.created_at)) }));
+    if (a.kind === "mail") {
+      const open = el("button", { type: "button", class: "secondary small open-mail", text: "Ouvrir le message" });
+      open.addEventListener("click", () => {
+        if (!$("alerts").hidden && matchMedia("(max-width: 760px)").matches) toggleAlerts();   // a phone shows one panel
+        location.hash = `#/courriel/${encodeURIComponent(a.data.mailbox)}/${a.data.uid}`;
+      });
+      item.append(open, " ");
+    }
     if (a.acknowledged_at) {
       item.append(el("p", { text: `Acquittée par ${a.acknowledged_by.name} le ${dateTimeFmt.format(new Date(a.acknowledged_at))}` }));
     } else {
@@ -723,6 +790,15 @@ function route() {
   const match = location.hash.match(/^#\/cercle\/(\d+)$/);
   $("mail-clients").hidden = true;
   $("new-circle").hidden = true;
+  $("mail-view").hidden = true;
+  const mail = location.hash.match(/^#\/courriel\/([^/]+)\/(\d+)$/);
+  if (mail) {
+    state.current = null;
+    $("conversation").hidden = true;
+    openMail(decodeURIComponent(mail[1]), Number(mail[2]));
+    renderCircles();
+    return;
+  }
   if (match) { openCircle(Number(match[1])); return; }
   state.current = null;
   $("conversation").hidden = true;
@@ -730,6 +806,69 @@ function route() {
   if (location.hash === "#/nouveau-cercle") { openNewCircle(); renderCircles(); return; }
   setView("list");
   renderCircles();
+}
+
+// --- a mail an alert announced: read only, text and attachments (never HTML), mailserver/webmail.py --
+
+const sizeFmt = (n) => (n < 1024 ? `${n} o` : n < 1048576 ? `${Math.round(n / 1024)} ko` : `${(n / 1048576).toFixed(1)} Mo`);
+
+async function openMail(address, uid) {
+  setView("mail");
+  const view = $("mail-view");
+  view.hidden = false;
+  const path = `/api/mailboxes/${encodeURIComponent(address)}/messages/${uid}`;
+  view.dataset.path = path;
+  for (const id of ["mail-headers", "mail-text", "mail-attachments"]) $(id).replaceChildren();
+  $("mail-subject").textContent = "Message";
+  $("mail-error").hidden = true;
+  const response = await api(path);
+  if (!response.ok) {
+    $("mail-error").textContent = response.status === 403 ? "Accès refusé : cette boîte ne vous est pas accessible."
+      : "Ce message n'est plus dans la boîte de réception.";
+    $("mail-error").hidden = false;
+    $("mail-seen").hidden = true;
+    return;
+  }
+  const mail = await response.json();
+  $("mail-subject").textContent = mail.subject || "(sans objet)";
+  const rows = [["De", mail.from], ["À", mail.to], ["Cc", mail.cc], ["Date", mail.date], ["Boîte", mail.address]];
+  $("mail-headers").replaceChildren(...rows.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  $("mail-text").textContent = mail.text ?? (mail.html_only
+    ? "Ce message n'a pas de version texte : ouvrez-le dans un logiciel de messagerie." : "(message sans texte)");
+  if (mail.truncated) $("mail-text").append(el("p", { text: "… (suite dans un logiciel de messagerie)" }));
+  showSeen(mail.seen);
+  $("mail-attachments-title").hidden = mail.attachments.length === 0;
+  $("mail-attachments").replaceChildren(...mail.attachments.map((a) => {
+    const name = a.filename || `partie-${a.part}`;
+    const download = el("button", { type: "button", class: "secondary small", text: `Télécharger ${name} (${sizeFmt(a.size)})` });
+    download.addEventListener("click", () => downloadPart(`${path}/parts/${a.part}`, name));
+    const item = el("li", { "data-part": a.part }, download);
+    if (a.documents) {
+      item.append(el("ul", { "aria-label": "Documents de l'archive XDM" },
+        ...a.documents.map((d) => el("li", { text: `${d.name} (${sizeFmt(d.size)})` }))));
+    }
+    return item;
+  }));
+}
+
+function showSeen(seen) {
+  $("mail-seen").hidden = seen;
+  $("mail-seen-state").hidden = !seen;
+}
+
+async function downloadPart(path, name) {     // the API wants the bearer token: fetched, then saved
+  const response = await api(path);
+  if (!response.ok) { notify("Téléchargement refusé."); return; }
+  const link = el("a", { href: URL.createObjectURL(await response.blob()), download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+async function markMailSeen() {
+  const response = await api(`${$("mail-view").dataset.path}/seen`, { method: "POST" });
+  if (response.ok) showSeen(true); else notify("Impossible de marquer ce message comme lu.");
 }
 
 // --- a new circle: the patient's INS identity, members found in the directory as one types ------
@@ -899,6 +1038,18 @@ async function start() {
   $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
   $("mute").addEventListener("click", toggleMute);
+  $("leave").addEventListener("click", () => { $("leave-confirm").hidden = false; $("leave-confirm").focus(); });
+  $("leave-confirm").addEventListener("click", async () => {
+    const id = state.current;
+    const response = await api(`/api/circles/${id}/members/${state.me.id}`, { method: "DELETE" });
+    if (!response.ok) { notify("Impossible de quitter ce cercle."); return; }
+    state.circles.delete(id);
+    location.hash = "";
+  });
+  $("search-toggle").addEventListener("click", () => toggleSearch());
+  $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
+  $("search-more").addEventListener("click", () => runSearch(state.searching?.oldest));
+  $("mail-seen").addEventListener("click", markMailSeen);
   $("new-circle-form").addEventListener("submit", createCircle);
   directorySearch($("nc-search"), $("nc-results"), (idnat) => chosen.has(idnat),
                   (p) => { chosen.set(p.idnat, professionalName(p)); renderChosen(); });
