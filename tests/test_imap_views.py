@@ -128,3 +128,22 @@ def test_new_keywords_are_announced_before_a_fetch_shows_them(server):
     assert not any(ln.startswith(b"* FLAGS ") for ln in a.ok("STORE 1 -FLAGS (Urgent)") + a.ok("NOOP"))
     a.close()
     b.close()
+
+
+def test_recent_count_is_told_again_when_recent_messages_are_expunged(server):
+    """The number of \\Recent messages is told whenever it changes, an expunge included: a
+    client keeps the last RECENT it was told (imaptest's stress checks their sum)."""
+    a = session(server)
+    deliver(server, [GP], "one")
+    deliver(server, [GP], "two")
+    assert b"* 2 RECENT\r\n" in a.ok("NOOP")
+    b = session(server)
+    b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.ok("EXPUNGE")
+    lines = a.ok("NOOP")
+    assert lines == [b"* 1 EXPUNGE\r\n", b"* 1 RECENT\r\n"], lines
+    deliver(server, [GP], "three")  # recent for b, who looks first: a's count does not change
+    assert b"* 1 RECENT\r\n" in b.ok("NOOP")
+    assert a.ok("NOOP") == [b"* 2 EXISTS\r\n"]
+    a.close()
+    b.close()

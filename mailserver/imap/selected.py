@@ -37,6 +37,7 @@ class Selected:
     recent: set[int] = field(default_factory=set)
     pending_vanished: set[int] = field(default_factory=set)
     told_keywords: set[str] = field(default_factory=set)  # in the last FLAGS response
+    told_recent: int = 0  # in the last RECENT response
 
     @classmethod
     async def open(cls, folders: Folders, box: Box, folder: str, folder_id: int, *, readonly: bool) -> "Selected":
@@ -88,6 +89,10 @@ class Selected:
             encode.plist(f.encode() for f in (*SYSTEM_FLAGS.values(), *keywords, "\\*"))
         return b"* FLAGS %s\r\n* OK [PERMANENTFLAGS %s] flags you can change permanently\r\n" % (flags, permanent)
 
+    def recent_response(self) -> bytes:
+        self.told_recent = len(self.recent)
+        return b"* %d RECENT\r\n" % self.told_recent
+
     def tell_keywords(self, metas: Iterable[MessageMeta]) -> list[bytes]:
         """FLAGS and PERMANENTFLAGS again, to send before any FETCH that shows a keyword the
         session has not been told of (RFC 3501 §7.2.6: FLAGS lists the flags in use; clients
@@ -117,7 +122,9 @@ class Selected:
     async def sync(self, folders: Folders, *, expunges: bool, qresync: bool, condstore: bool,
                    rev2: bool) -> list[bytes]:
         """Untagged responses for what changed since we last looked: expunges (when they may
-        be told), then new keywords, flag changes, EXISTS and, before IMAP4rev2, RECENT."""
+        be told), then new keywords, flag changes, EXISTS and, before IMAP4rev2, RECENT when
+        the number of \\Recent messages changed (new ones claimed, or expunged ones gone, as
+        Dovecot tells it: a client keeps the last number it was told)."""
         out: list[bytes] = []
         changes = await folders.changes(self.folder_id, self.highestmodseq)
         gone = [uid for uid in changes.vanished if uid in self.meta]
@@ -144,8 +151,8 @@ class Selected:
         if added:
             out.append(b"* %d EXISTS\r\n" % self.exists)
             self.recent |= await self._recent(folders, changes.state, added)
-            if not rev2:
-                out.append(b"* %d RECENT\r\n" % len(self.recent))
+        if not rev2 and len(self.recent) != self.told_recent:
+            out.append(self.recent_response())
         self.uidnext = max(self.uidnext, changes.state.uidnext)
         self.highestmodseq = max(self.highestmodseq, changes.state.highestmodseq)
         return out

@@ -482,7 +482,7 @@ class Session:
                                        readonly=readonly)
         out = [selected.flags_response(), b"* %d EXISTS\r\n" % selected.exists]
         if not self.rev2:
-            out.append(b"* %d RECENT\r\n" % len(selected.recent))
+            out.append(selected.recent_response())
             unseen = selected.first_unseen()
             if unseen:
                 out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % unseen)
