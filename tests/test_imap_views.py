@@ -147,3 +147,19 @@ def test_recent_count_is_told_again_when_recent_messages_are_expunged(server):
     assert a.ok("NOOP") == [b"* 2 EXISTS\r\n"]
     a.close()
     b.close()
+
+
+def test_a_keyword_stays_in_flags_after_its_last_message_is_expunged(server):
+    """A keyword, once used in a folder, is one of its FLAGS for every session (as Dovecot keeps
+    it), even one that never saw a message carrying it: imaptest's checkpoint compares them."""
+    deliver(server, [GP], "one")
+    deliver(server, [GP], "two")
+    a, b = session(server), session(server)
+    b.ok("STORE 2 +FLAGS.SILENT ($Gone \\Deleted)")
+    b.ok("EXPUNGE")
+    lines = a.ok("NOOP")
+    assert any(ln.startswith(b"* FLAGS (") and b"$Gone" in ln for ln in lines), lines
+    c = session(server, "EXAMINE INBOX")
+    assert b"$Gone" in next(ln for ln in c.ok("NOOP") + c.ok("EXAMINE INBOX") if ln.startswith(b"* FLAGS"))
+    for client in (a, b, c):
+        client.close()

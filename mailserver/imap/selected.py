@@ -48,7 +48,7 @@ class Selected:
         selected = cls(box, folder, folder_id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq)
         selected.uids = [m.uid for m in messages]
         selected.meta = {m.uid: m for m in messages}
-        selected.told_keywords = selected.keywords()
+        selected.told_keywords = set(state.keywords) | selected.keywords()  # one arriving meanwhile too
         if messages:
             selected.recent = await selected._recent(folders, state, selected.uids)
         return selected
@@ -93,11 +93,12 @@ class Selected:
         self.told_recent = len(self.recent)
         return b"* %d RECENT\r\n" % self.told_recent
 
-    def tell_keywords(self, metas: Iterable[MessageMeta]) -> list[bytes]:
+    def tell_keywords(self, flags: Iterable[str]) -> list[bytes]:
         """FLAGS and PERMANENTFLAGS again, to send before any FETCH that shows a keyword the
         session has not been told of (RFC 3501 §7.2.6: FLAGS lists the flags in use; clients
-        such as imaptest check each flag they see against it)."""
-        new = {f for m in metas for f in m.flags if not f.startswith("\\")} - self.told_keywords
+        such as imaptest check each flag they see against it), or when the folder's list of
+        keywords grew (one set on a message expunged before this session looked)."""
+        new = {f for f in flags if not f.startswith("\\")} - self.told_keywords
         if not new:
             return []
         self.told_keywords |= new
@@ -147,7 +148,8 @@ class Selected:
                 self.meta[meta.uid] = meta
                 if old.flags != meta.flags or condstore and old.modseq != meta.modseq:
                     fetches.append(self.fetch_flags(meta.uid, condstore=condstore))
-        out += self.tell_keywords(changes.changed) + fetches
+        out += self.tell_keywords([*changes.state.keywords, *(f for m in changes.changed for f in m.flags)])
+        out += fetches
         if added:
             out.append(b"* %d EXISTS\r\n" % self.exists)
             self.recent |= await self._recent(folders, changes.state, added)

@@ -919,7 +919,7 @@ class Session:
         for meta in changed:
             selected.update(meta)
         changed_uids = {m.uid for m in changed}
-        out = selected.tell_keywords(changed)
+        out = selected.tell_keywords(f for m in changed for f in m.flags)
         out += [selected.fetch_flags(u, condstore=self.condstore) for u in uids
                if u in selected.meta and u not in failed and (not silent or (unchanged_since and u in changed_uids))]
         if out:
