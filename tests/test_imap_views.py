@@ -128,3 +128,38 @@ def test_new_keywords_are_announced_before_a_fetch_shows_them(server):
     assert not any(ln.startswith(b"* FLAGS ") for ln in a.ok("STORE 1 -FLAGS (Urgent)") + a.ok("NOOP"))
     a.close()
     b.close()
+
+
+def test_recent_count_is_told_again_when_recent_messages_are_expunged(server):
+    """The number of \\Recent messages is told whenever it changes, an expunge included: a
+    client keeps the last RECENT it was told (imaptest's stress checks their sum)."""
+    a = session(server)
+    deliver(server, [GP], "one")
+    deliver(server, [GP], "two")
+    assert b"* 2 RECENT\r\n" in a.ok("NOOP")
+    b = session(server)
+    b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.ok("EXPUNGE")
+    lines = a.ok("NOOP")
+    assert lines == [b"* 1 EXPUNGE\r\n", b"* 1 RECENT\r\n"], lines
+    deliver(server, [GP], "three")  # recent for b, who looks first: a's count does not change
+    assert b"* 1 RECENT\r\n" in b.ok("NOOP")
+    assert a.ok("NOOP") == [b"* 2 EXISTS\r\n"]
+    a.close()
+    b.close()
+
+
+def test_a_keyword_stays_in_flags_after_its_last_message_is_expunged(server):
+    """A keyword, once used in a folder, is one of its FLAGS for every session (as Dovecot keeps
+    it), even one that never saw a message carrying it: imaptest's checkpoint compares them."""
+    deliver(server, [GP], "one")
+    deliver(server, [GP], "two")
+    a, b = session(server), session(server)
+    b.ok("STORE 2 +FLAGS.SILENT ($Gone \\Deleted)")
+    b.ok("EXPUNGE")
+    lines = a.ok("NOOP")
+    assert any(ln.startswith(b"* FLAGS (") and b"$Gone" in ln for ln in lines), lines
+    c = session(server, "EXAMINE INBOX")
+    assert b"$Gone" in next(ln for ln in c.ok("NOOP") + c.ok("EXAMINE INBOX") if ln.startswith(b"* FLAGS"))
+    for client in (a, b, c):
+        client.close()

@@ -78,6 +78,7 @@ class FolderState:
     uidnext: int
     highestmodseq: int
     first_recent_uid: int
+    keywords: frozenset[str]  # every keyword ever set in the folder
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def _meta(row: Any) -> MessageMeta:
 
 
 def _state(row: Any) -> FolderState:
-    return FolderState(row.id, row.uidvalidity, row.uidnext, row.highestmodseq, row.first_recent_uid)
+    return FolderState(row.id, row.uidvalidity, row.uidnext, row.highestmodseq, row.first_recent_uid,
+                       flag_set(row.keywords))
 
 
 def _changed(row: Any) -> Event:
@@ -130,7 +132,7 @@ _META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modse
          bodies.c.size)
 _WITH_SIZE = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
 _FOLDER = (folders.c.id, folders.c.mailbox_id, folders.c.name, folders.c.uidvalidity, folders.c.uidnext,
-           folders.c.highestmodseq, folders.c.first_recent_uid)
+           folders.c.highestmodseq, folders.c.first_recent_uid, folders.c.keywords)
 
 
 class Folders:
@@ -395,6 +397,8 @@ class Folders:
                                                         row.size)))
             if not changed:
                 raise _Unchanged(([], refused))
+            if mode != "-":
+                await _keep_keywords(conn, folder, flags)
             await conn.execute(update(folder_messages).where(folder_messages.c.id == bindparam("row_id")).values(
                 flags=bindparam("new_flags"), modseq=folder.highestmodseq), [
                 {"row_id": row_id, "new_flags": _flags_text(meta.flags)} for row_id, meta in changed])
@@ -411,6 +415,7 @@ class Folders:
             if folder is None:
                 raise NoSuchFolder(folder_id)
             await self._check_quota(conn, folder.mailbox_id, len(data))
+            await _keep_keywords(conn, folder, _normalise(flags))
             now = datetime.now(timezone.utc)
             body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
                                           {"size": len(data), "data": data, "created_at": now})).scalar_one()
@@ -431,6 +436,7 @@ class Folders:
             if not rows:
                 raise _Unchanged((dst.uidvalidity, []))
             await self._check_quota(conn, dst.mailbox_id, sum(r.size for r in rows))
+            await _keep_keywords(conn, dst, {f for r in rows for f in flag_set(r.flags)})
             first = await _allocate_uids(conn, dst_folder, len(rows))
             await conn.execute(insert(folder_messages), [
                 {"folder_id": dst_folder, "uid": first + n, "body_id": r.body_id, "flags": r.flags,
@@ -450,6 +456,7 @@ class Folders:
                 raise _Unchanged((dst.uidvalidity, []))
             if dst.mailbox_id != src.mailbox_id:
                 await self._check_quota(conn, dst.mailbox_id, sum(r.size for r in rows))
+            await _keep_keywords(conn, dst, {f for r in rows for f in flag_set(r.flags)})
             first = await _allocate_uids(conn, dst_folder, len(rows))
             await conn.execute(insert(folder_vanished), [
                 {"folder_id": src_folder, "uid": r.uid, "modseq": src.highestmodseq} for r in rows])
@@ -501,6 +508,14 @@ async def _lock(conn: AsyncConnection, bumps: dict[int, int]) -> dict[int, Any]:
             raise NoSuchFolder(folder_id)
         rows[folder_id] = row
     return rows
+
+
+async def _keep_keywords(conn: AsyncConnection, folder: Any, flags: Iterable[str]) -> None:
+    """Add to the folder's keywords (`folder` a locked row) those of `flags` it lacks."""
+    new = {f for f in flags if not f.startswith("\\")} - flag_set(folder.keywords)
+    if new:
+        await conn.execute(update(folders).where(folders.c.id == folder.id).values(
+            keywords=_flags_text(flag_set(folder.keywords) | new)))
 
 
 async def _lock_name(conn: AsyncConnection, mailbox_id: int, name: str) -> Any:

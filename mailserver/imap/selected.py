@@ -37,6 +37,7 @@ class Selected:
     recent: set[int] = field(default_factory=set)
     pending_vanished: set[int] = field(default_factory=set)
     told_keywords: set[str] = field(default_factory=set)  # in the last FLAGS response
+    told_recent: int = 0  # in the last RECENT response
 
     @classmethod
     async def open(cls, folders: Folders, box: Box, folder: str, folder_id: int, *, readonly: bool) -> "Selected":
@@ -47,7 +48,7 @@ class Selected:
         selected = cls(box, folder, folder_id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq)
         selected.uids = [m.uid for m in messages]
         selected.meta = {m.uid: m for m in messages}
-        selected.told_keywords = selected.keywords()
+        selected.told_keywords = set(state.keywords) | selected.keywords()  # one arriving meanwhile too
         if messages:
             selected.recent = await selected._recent(folders, state, selected.uids)
         return selected
@@ -88,11 +89,16 @@ class Selected:
             encode.plist(f.encode() for f in (*SYSTEM_FLAGS.values(), *keywords, "\\*"))
         return b"* FLAGS %s\r\n* OK [PERMANENTFLAGS %s] flags you can change permanently\r\n" % (flags, permanent)
 
-    def tell_keywords(self, metas: Iterable[MessageMeta]) -> list[bytes]:
+    def recent_response(self) -> bytes:
+        self.told_recent = len(self.recent)
+        return b"* %d RECENT\r\n" % self.told_recent
+
+    def tell_keywords(self, flags: Iterable[str]) -> list[bytes]:
         """FLAGS and PERMANENTFLAGS again, to send before any FETCH that shows a keyword the
         session has not been told of (RFC 3501 §7.2.6: FLAGS lists the flags in use; clients
-        such as imaptest check each flag they see against it)."""
-        new = {f for m in metas for f in m.flags if not f.startswith("\\")} - self.told_keywords
+        such as imaptest check each flag they see against it), or when the folder's list of
+        keywords grew (one set on a message expunged before this session looked)."""
+        new = {f for f in flags if not f.startswith("\\")} - self.told_keywords
         if not new:
             return []
         self.told_keywords |= new
@@ -117,7 +123,9 @@ class Selected:
     async def sync(self, folders: Folders, *, expunges: bool, qresync: bool, condstore: bool,
                    rev2: bool) -> list[bytes]:
         """Untagged responses for what changed since we last looked: expunges (when they may
-        be told), then new keywords, flag changes, EXISTS and, before IMAP4rev2, RECENT."""
+        be told), then new keywords, flag changes, EXISTS and, before IMAP4rev2, RECENT when
+        the number of \\Recent messages changed (new ones claimed, or expunged ones gone, as
+        Dovecot tells it: a client keeps the last number it was told)."""
         out: list[bytes] = []
         changes = await folders.changes(self.folder_id, self.highestmodseq)
         gone = [uid for uid in changes.vanished if uid in self.meta]
@@ -140,12 +148,13 @@ class Selected:
                 self.meta[meta.uid] = meta
                 if old.flags != meta.flags or condstore and old.modseq != meta.modseq:
                     fetches.append(self.fetch_flags(meta.uid, condstore=condstore))
-        out += self.tell_keywords(changes.changed) + fetches
+        out += self.tell_keywords([*changes.state.keywords, *(f for m in changes.changed for f in m.flags)])
+        out += fetches
         if added:
             out.append(b"* %d EXISTS\r\n" % self.exists)
             self.recent |= await self._recent(folders, changes.state, added)
-            if not rev2:
-                out.append(b"* %d RECENT\r\n" % len(self.recent))
+        if not rev2 and len(self.recent) != self.told_recent:
+            out.append(self.recent_response())
         self.uidnext = max(self.uidnext, changes.state.uidnext)
         self.highestmodseq = max(self.highestmodseq, changes.state.highestmodseq)
         return out

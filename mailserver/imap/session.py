@@ -501,7 +501,7 @@ class Session:
                                        readonly=readonly)
         out = [selected.flags_response(), b"* %d EXISTS\r\n" % selected.exists]
         if not self.rev2:
-            out.append(b"* %d RECENT\r\n" % len(selected.recent))
+            out.append(selected.recent_response())
             unseen = selected.first_unseen()
             if unseen:
                 out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % unseen)
@@ -938,7 +938,7 @@ class Session:
         for meta in changed:
             selected.update(meta)
         changed_uids = {m.uid for m in changed}
-        out = selected.tell_keywords(changed)
+        out = selected.tell_keywords(f for m in changed for f in m.flags)
         out += [selected.fetch_flags(u, condstore=self.condstore) for u in uids
                if u in selected.meta and u not in failed and (not silent or (unchanged_since and u in changed_uids))]
         if out:
