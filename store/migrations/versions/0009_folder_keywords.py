@@ -1,7 +1,7 @@
 """folders.keywords: every keyword ever set in a folder, which IMAP's FLAGS lists
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 
 A keyword stays one of the folder's FLAGS (RFC 3501 §7.2.6) once used, as Dovecot keeps it,
 so every session is told the same list, even of a keyword whose last message was expunged
@@ -12,8 +12,8 @@ from collections import defaultdict
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0008'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
