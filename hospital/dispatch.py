@@ -108,13 +108,12 @@ class Dispatcher:
     async def dispatch(self, event) -> None:  # noqa: ANN001 - a hospital_events row
         patient = json.loads(event.patient)
         async with self._engine.connect() as conn:
-            sender, data = (await conn.execute(select(hl7_messages.c.sender, hl7_messages.c.data).where(
-                hl7_messages.c.id == event.message_id))).one()
-            hospital = (await conn.execute(select(organisations.c.name).where(
-                organisations.c.id == event.organisation_id))).scalar() or event.organisation_id
-            contact = (await conn.execute(select(mailboxes.c.address).where(and_(
-                mailboxes.c.organisation_id == event.organisation_id, mailboxes.c.kind == "organisational",
-                mailboxes.c.retired_at.is_(None))).order_by(mailboxes.c.address).limit(1))).scalar() or sender
+            # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
+            columns = [hl7_messages.c.sender, *([hl7_messages.c.data] if event.kind == "DOC" else [])]
+            found = (await conn.execute(select(*columns).where(hl7_messages.c.id == event.message_id))).one()
+            sender, data = found.sender, getattr(found, "data", b"")
+            hospital, contact = await _hospital(conn, event.organisation_id)
+            contact = contact or sender
             target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
             members = await _circle_members(conn, event.patient_ins)
         alert_rows = [_alert_row(event, patient, idnat) for idnat in members]
@@ -135,13 +134,14 @@ class Dispatcher:
                 "role": target.role if target else "gp", "status": status, "reason": reason,
                 "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
             raised = []
-            for row in alert_rows:
+            if alert_rows:  # one statement for the whole circle; a replayed event raises nothing new
                 statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
-                    index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id)
-                alert_id = (await conn.execute(statement, {**row, "created_at": now})).scalar()
-                if alert_id is not None:
-                    raised.append({"id": alert_id, **row, "data": json.loads(row["data"]),
-                                   "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None})
+                    index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id, alerts.c.audience)
+                inserted = {r.audience: r.id for r in await conn.execute(
+                    statement, [{**row, "created_at": now} for row in alert_rows])}
+                raised = [{"id": inserted[row["audience"]], **row, "data": json.loads(row["data"]),
+                           "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None}
+                          for row in alert_rows if row["audience"] in inserted]
             if accepted is None:
                 await self._audit.record(actor, "hospital.not_notified", target=str(event.id), conn=conn,
                                          kind=event.kind, reason=reason)
@@ -178,6 +178,17 @@ class Dispatcher:
 
 class _AlreadyDone(Exception):
     """Another dispatcher marked the event first: this transaction rolls back, mail included."""
+
+
+async def _hospital(conn: AsyncConnection, organisation_id: str) -> tuple[str, str]:
+    """The structure's name and an organisational box of it to name as the contact ("" if none)."""
+    row = (await conn.execute(
+        select(organisations.c.name, mailboxes.c.address)
+        .select_from(organisations.outerjoin(mailboxes, and_(
+            mailboxes.c.organisation_id == organisations.c.id, mailboxes.c.kind == "organisational",
+            mailboxes.c.retired_at.is_(None))))
+        .where(organisations.c.id == organisation_id).order_by(mailboxes.c.address).limit(1))).first()
+    return (row.name, row.address or "") if row else (organisation_id, "")
 
 
 async def _target(conn: AsyncConnection, rpps: str, gp: dict | None) -> tuple[Target | None, str]:

@@ -8,8 +8,9 @@ a box of no structure) is cut after the handshake: MLLP has no way to say why, t
 trail does.
 
 Messages on one connection are answered in order, one at a time, as MLLP senders expect
-(they wait for each ACK before sending the next). Framing errors close the connection with
-a log line (hospital/mllp.py).
+(they wait for each ACK before sending the next). Framing errors (bytes outside a frame, a
+frame beyond [hl7] max_frame: hospital/mllp.py) close the connection with a log line and an
+audit row.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from certs.tls import peer_certificate
 from directory.authn import Authenticator, AuthError
+from store.audit import AuditTrail
 from store.schema import mailboxes, organisations
 
 from . import mllp
@@ -31,11 +33,12 @@ READ_SIZE = 256 * 1024
 IDLE_TIMEOUT = 3600.0  # seconds without a byte: interface engines keep connections open for hours, not days
 
 
-def connection_handler(engine: AsyncEngine, authenticator: Authenticator, feed: Feed, *, max_frame: int):  # noqa: ANN201
+def connection_handler(engine: AsyncEngine, authenticator: Authenticator, audit: AuditTrail, feed: Feed, *,  # noqa: ANN201
+                       max_frame: int):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         source = peer[0] if isinstance(peer, tuple) else str(peer or "")
-        sender = await _sender(engine, authenticator, writer, source)
+        sender = await _sender(engine, authenticator, audit, writer, source)
         if sender is None:
             return
         frames = mllp.FrameReader(max_frame)
@@ -52,6 +55,7 @@ def connection_handler(engine: AsyncEngine, authenticator: Authenticator, feed: 
                 messages = frames.feed(data)
             except mllp.FramingError as exc:
                 log.warning("hl7: %s (%s): %s; connection closed", sender.mailbox, source, exc)
+                await audit.record(sender.actor, "hl7.framing", outcome="denied", source=source, reason=str(exc))
                 return
             for message in messages:
                 writer.write(mllp.frame(await feed.receive(message, sender, source=source)))
@@ -59,8 +63,8 @@ def connection_handler(engine: AsyncEngine, authenticator: Authenticator, feed: 
     return handle
 
 
-async def _sender(engine: AsyncEngine, authenticator: Authenticator, writer: asyncio.StreamWriter,
-                  source: str) -> Sender | None:
+async def _sender(engine: AsyncEngine, authenticator: Authenticator, audit: AuditTrail,
+                  writer: asyncio.StreamWriter, source: str) -> Sender | None:
     ssl_object = writer.get_extra_info("ssl_object")
     cert = peer_certificate(ssl_object) if ssl_object is not None else None
     if cert is None:
@@ -68,11 +72,13 @@ async def _sender(engine: AsyncEngine, authenticator: Authenticator, writer: asy
         return None
     try:
         principal = await authenticator.by_certificate(cert, source=source, protocol="hl7")
-    except AuthError as exc:
+    except AuthError as exc:  # audited by the authenticator
         log.warning("hl7: %s: %s", source, exc)
         return None
     if principal.kind != "application":
         log.warning("hl7: %s: %s is not an applicative certificate", source, principal.id)
+        await audit.record(principal.actor, "hl7.refuse", outcome="denied", source=source,
+                           reason="not an applicative certificate")
         return None
     async with engine.connect() as conn:
         row = (await conn.execute(
@@ -81,5 +87,7 @@ async def _sender(engine: AsyncEngine, authenticator: Authenticator, writer: asy
             .where(and_(mailboxes.c.address == principal.id, organisations.c.retired_at.is_(None))))).first()
     if row is None or not row.finess:
         log.warning("hl7: %s: the box %s belongs to no structure with a FINESS", source, principal.id)
+        await audit.record(principal.actor, "hl7.refuse", outcome="denied", source=source,
+                           reason="the box belongs to no structure with a FINESS")
         return None
     return Sender(principal.id, row.organisation_id, row.finess)

@@ -1,22 +1,26 @@
 """HL7 v2 messages from a hospital, read into what msante acts on: sans-IO, over python-hl7.
 
 Why python-hl7 (the `hl7` package) rather than hl7apy: msante needs the message tree
-(segments, fields, repetitions, components, escapes) and reads a dozen fields; python-hl7
-gives exactly that, is small, pure Python with no dependency, and parses a 20 MB MDM in one
-pass. hl7apy validates against the whole HL7 data dictionary, which is what a conformance
-tester wants, but it is slower by an order of magnitude, has a heavier API, and its strict
-mode refuses the national extensions French hospitals send (ZBE, ZFU…) unless each is
-declared; its lax mode validates nothing more than we do here. The rules that matter to us
-(which segments and fields are required, what they mean) are PAM-FR's, written below.
+(segments, fields, repetitions, components, escapes) and reads a dozen fields of it; python-hl7
+gives exactly that, is small, pure Python, with no dependency of its own, and does not need the
+message to match a dictionary. hl7apy builds each message against the HL7 data dictionary of
+its version, which is what a conformance tester wants; its strict validation wants the national
+Z segments (ZBE, ZFU…) declared to it, and its tolerant mode checks nothing the rules below do
+not. The rules that matter here (which segments and fields are required, what they mean) are
+PAM-FR's and the CI-SIS's, written below, so the choice of parser does not carry them. No
+speed comparison was made.
 
 Sources (IHE France, "PAM National Extension" 2.11, and its published example messages):
 - the patient: PID-3 repetitions, the INS one with assigning authority OID 1.2.250.1.213.1.4.x
   and identifier type "INS"; PID-5 names (type L, legal, and D), PID-7 birth date;
-- the GP (médecin traitant): a ROL segment whose ROL-3 role is "ODRP", ROL-4 an XCN whose
-  identifier is the RPPS (assigning authority OID 1.2.250.1.71.4.2.1, type "RPPS"), e.g.
-  ``ROL||UC|ODRP|10293847561^HARDY^RENE^^^^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^L^^^RPPS``
-  (examples of the guide's shape; the PDF itself was not machine-readable here). PD1-4
-  (patient primary care provider, XCN) is read when no ROL names one;
+- the GP (médecin traitant): a ROL segment whose ROL-3 role is "ODRP", right after PD1, ROL-4
+  the doctor as an XCN, one repetition per identifier (published PAM-FR example messages:
+  ``ROL||UC|ODRP|<id>^<NAME>^<GIVEN>^…^<authority>&<OID>&ISO^…^<type>``, with ADELI or RPPS
+  identifiers). The guide's PDF (Interop'Santé, ihe.iti.pam.fr) was not machine-readable from
+  here: ODRP is taken from those examples. The RPPS repetition is the one typed "RPPS" or
+  assigned by OID 1.2.250.1.71.4.2.1 (ANS, national identifier of professionals, as FR Core
+  uses it); an ADELI-only GP is not looked up. PD1-4 (primary care provider, XCN) is read
+  when no ROL names one;
 - the movement: ZBE-1 movement id, ZBE-2 its date, ZBE-4 INSERT/UPDATE/CANCEL, ZBE-7 the
   medical unit; PV1-2 the patient class (E: emergency), PV1-3 the location;
 - documents (MDM^T02, CI-SIS "transmission de documents" profile): TXA-2 the LOINC type code,

@@ -263,7 +263,7 @@ def _tls_failure_audit(services: Services, listener: str):  # noqa: ANN202 - lis
 def hl7_listener(services: Services, feed: Feed) -> Listener:
     """`hl7`: hospitals' record systems, MLLP inside TLS with their applicative certificate required."""
     s = services.settings
-    handler = hl7_handler(services.engine, services.authenticator, feed, max_frame=s.hl7_max_frame)
+    handler = hl7_handler(services.engine, services.authenticator, services.audit, feed, max_frame=s.hl7_max_frame)
     return Listener("hl7", s.listen["hl7"], handler, services.server_tls(require_client_cert=True),
                     admission=services.admission, refusal=HL7_REFUSAL,
                     on_tls_failure=_tls_failure_audit(services, "hl7"))

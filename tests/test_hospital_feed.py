@@ -2,6 +2,7 @@
 GP's mail read back over IMAP, and what was not notified kept with its reason."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import email.policy
@@ -161,6 +162,8 @@ def test_other_certificates_are_cut_off(server, tmp_path):
         client.send(sample("adt_a04_ed_visit.hl7"))
     client.close()
     assert server.rows(select(hl7_messages.c.id)) == []
+    refused = server.rows(select(audit.c.actor, audit.c.detail).where(audit.c.action == "hl7.refuse"))
+    assert refused[0]["actor"] == "810001045367" and "not an applicative certificate" in refused[0]["detail"]
 
 
 def test_oversized_frame_closes_the_connection(server):
@@ -170,6 +173,8 @@ def test_oversized_frame_closes_the_connection(server):
             while client.sock.recv(65536):
                 pass
             raise ConnectionError("closed")
+    framing = server.rows(select(audit.c.actor, audit.c.outcome).where(audit.c.action == "hl7.framing"))
+    assert framing == [{"actor": "dpi.ch-saint-paul@msante.test", "outcome": "denied"}]
 
 
 def test_cli_plays_the_demo_hospital(server, capsys):
@@ -199,3 +204,22 @@ def test_a_large_document_goes_through(server):
     imap.logout()
     mail = email.message_from_bytes(fetched[0][1], policy=email.policy.default)
     assert {p.get_filename(): p.get_content() for p in mail.iter_attachments()}["DOC0001.PDF"] == pdf
+
+
+async def test_circle_members_get_the_alert_live_and_can_acknowledge_it(server):
+    from tests.test_instant_ws import Client
+
+    nurse = await Client.connect(server, "810002000023")
+    try:
+        def send() -> bytes:
+            with hospital(server) as client:
+                return client.send(sample("adt_a04_ed_visit.hl7"))
+        assert msa(await asyncio.to_thread(send))[1] == "AA"
+        frame = await nurse.expect(type="alert", timeout=10, where=lambda f: f["alert"]["kind"] == "patient")
+        alert = frame["alert"]
+        assert alert["title"] == "Passage aux urgences : TECHER Josette (URGENCES ADULTES)"
+        assert alert["data"]["ins"] == "248039741512358" and alert["data"]["kind"] == "URG"
+        acked = await nurse.request(type="alert.ack", alert=alert["id"])
+        assert acked["alert"]["acknowledged_by"]["id"] == "810002000023"
+    finally:
+        await nurse.ws.close()
