@@ -163,8 +163,9 @@ def serve_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201
     if not settings.tls_cert.exists():
         raise CommandError(f"no server certificate at {settings.tls_cert}: run `msante init` first "
                            f"(or set [tls] cert/key)")
-    if args.worker is not None:  # one of `--workers N`, started by the supervisor
-        return app.serve(settings, reuse_port=True)
+    if args.worker is not None:  # one of `--workers N`, started by the supervisor; the first says it runs
+        ready = (lambda listeners: _banner(settings, listeners)) if args.worker == 0 else None
+        return app.serve(settings, on_ready=ready, reuse_port=True)
     n = workers.count(settings.workers if args.workers is None else args.workers)
     try:
         workers.check(settings, n)
