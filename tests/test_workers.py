@@ -63,7 +63,10 @@ async def test_workers_share_the_listeners_and_hear_each_other(tmp_path, postgre
         while len(workers := workers_of(node.process.pid)) != 2:
             assert time.monotonic() < deadline, workers
             await asyncio.sleep(0.1)
-        assert node.log.read_text().count("msante is running:") == 1  # the first worker says it, once
+        while "msante is running:" not in node.log.read_text():  # the first worker says it
+            assert time.monotonic() < deadline, "no banner"
+            await asyncio.sleep(0.1)
+        assert node.log.read_text().count("msante is running:") == 1  # once
         clients = [await idle_on(node) for _ in range(16)]
         spread = connections_by_process(workers, int(node.listeners["imaps"].rsplit(":", 1)[1]))
         assert sum(spread.values()) == 16 and all(spread.values()), spread  # the kernel used both
