@@ -88,6 +88,7 @@ class Settings:
     clients: MailClients = MailClients()
     hl7_max_frame: int = 20 * 1024 * 1024
     bus_url: str = ""  # Redis, for events between processes and nodes; "": this process only
+    workers: int = 1  # processes `msante serve` runs (msante/workers.py); 0: one per core
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -117,6 +118,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         # half of what IMAP reads (mailserver/headers.py), so trace fields added later still fit
         "max_header_size": (int, 128 * 1024),
         "max_header_fields": (int, 500),  # 50 Received: (the hop limit) and many others; IMAP reads 1000
+        # Processes serving the same listeners (SO_REUSEPORT), to use every core; 0: one per core.
+        # More than one needs PostgreSQL and [bus] url (docs/deployment.md).
+        "workers": (int, 1),
     },
     "database": {
         "url": (str, None),  # default: SQLite file in data_dir
@@ -296,6 +300,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
         raise ConfigError(f"{where('database.url')} must start with sqlite+aiosqlite:// or "
                           f"postgresql+asyncpg://, got {url.split('://')[0]}://…")
+    if not 0 <= v["server"]["workers"] <= 64:
+        raise ConfigError(f"{where('server.workers')} must be between 0 (one per core) and 64, "
+                          f"got {v['server']['workers']}")
     bus_url = v["bus"]["url"]
     if bus_url and not bus_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{where('bus.url')} must start with redis://, rediss:// or unix:// "
@@ -369,7 +376,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
-                    clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url)
+                    clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url,
+                    workers=v["server"]["workers"])
 
 
 def _url_host(hostport: str) -> str:

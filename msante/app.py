@@ -305,8 +305,9 @@ def _check_descriptors(connections: int) -> None:
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None] | None = None,
-                stop: asyncio.Event | None = None) -> None:
-    """Run every configured listener until SIGTERM/SIGINT (or `stop`), then shut down cleanly."""
+                stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
+    """Run every configured listener until SIGTERM/SIGINT (or `stop`), then shut down cleanly.
+    `reuse_port`: bind beside the other workers of `msante serve --workers` (msante/workers.py)."""
     services = await Services.open(settings)
     _check_descriptors(settings.limits.connections)
     listeners: list[Listener] = []
@@ -327,6 +328,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         loop.add_signal_handler(sig, stop.set)
     try:
         for listener in listeners:
+            listener.reuse_port = reuse_port
             await listener.start()
             log.info("%s listening on %s", listener.name, listener.address)
         queue = asyncio.create_task(run_exclusively(  # one sender among the nodes and workers

@@ -67,11 +67,12 @@ class Listener:
         self._refusing = 0  # refused connections still in their TLS handshake
         self._on_tls_failure = on_tls_failure
         self._reporting: set[asyncio.Task] = set()  # on_tls_failure calls not finished yet
+        self.reuse_port = False  # several workers bind the same address (msante/workers.py)
 
     async def start(self) -> None:
         host, port = split_hostport(self.address)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Gate(self), host, port)
+        self._server = await loop.create_server(lambda: _Gate(self), host, port, reuse_port=self.reuse_port or None)
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"  # port 0 in tests becomes the real port
 

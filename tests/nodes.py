@@ -51,15 +51,15 @@ def cluster_environment(data_dir: Path, database_url: str, bus_url: str) -> dict
     return env
 
 
-def start_node(name: str, env: dict[str, str], **extra: str) -> Node:
-    """`msante serve` with listeners on free loopback ports (and `extra` MSANTE_* settings),
-    returned once every listener accepts connections."""
+def start_node(name: str, env: dict[str, str], *options: str, **extra: str) -> Node:
+    """`msante serve` (with `options`) with listeners on free loopback ports (and `extra`
+    MSANTE_* settings), returned once every listener accepts connections."""
     listeners = {listener: f"127.0.0.1:{free_port()}" for listener in LISTENERS}
     env = {**env, **{f"MSANTE_LISTEN__{k.upper()}": v for k, v in listeners.items()}, **extra}
     data_dir = Path(env["MSANTE_SERVER__DATA_DIR"])
     log = data_dir / f"node-{name}.log"
     with open(log, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "msante", "serve"], env=env, cwd=REPO, stdout=out,
+        process = subprocess.Popen([sys.executable, "-m", "msante", "serve", *options], env=env, cwd=REPO, stdout=out,
                                    stderr=subprocess.STDOUT)
     node = Node(config.load(data_dir=str(data_dir), environ=env), data_dir, listeners, process, log)
     deadline = time.monotonic() + START_SECONDS
