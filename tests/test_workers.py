@@ -98,9 +98,11 @@ async def test_workers_share_the_listeners_and_hear_each_other(tmp_path, postgre
             client = await idle_on(node)
             await client.logout()
     finally:
-        for client in clients:
-            await client.logout()
-        node.stop()
+        try:
+            for client in clients:
+                await asyncio.wait_for(client.logout(), 10)
+        finally:
+            node.stop()  # even when a client could not log out: no server left behind
     assert node.process.returncode == 0, node.log.read_text(errors="replace")[-3000:]
     assert not workers_of(node.process.pid)
 
