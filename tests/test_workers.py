@@ -33,13 +33,14 @@ def workers_of(supervisor: int) -> set[int]:
     return children
 
 
-def connections_by_process(pids: set[int], port: int) -> dict[int, int]:
-    """Established TCP connections on local `port`, counted per process holding them."""
+def connections_by_process(pids: set[int], port: int, state: str = "01") -> dict[int, int]:
+    """TCP sockets on local `port` in `state` (01 established, 0A listening), counted per
+    process holding them."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
                 inodes.add(fields[9])
     counts = {}
     for pid in pids:
@@ -67,8 +68,12 @@ async def test_workers_share_the_listeners_and_hear_each_other(tmp_path, postgre
             assert time.monotonic() < deadline, "no banner"
             await asyncio.sleep(0.1)
         assert node.log.read_text().count("msante is running:") == 1  # once
+        imaps = int(node.listeners["imaps"].rsplit(":", 1)[1])
+        while not all(connections_by_process(workers, imaps, "0A").values()):  # both workers listen
+            assert time.monotonic() < deadline, "a worker does not listen"
+            await asyncio.sleep(0.1)
         clients = [await idle_on(node) for _ in range(16)]
-        spread = connections_by_process(workers, int(node.listeners["imaps"].rsplit(":", 1)[1]))
+        spread = connections_by_process(workers, imaps)
         assert sum(spread.values()) == 16 and all(spread.values()), spread  # the kernel used both
         idles = [await client.idle_start(timeout=30) for client in clients]
         await asyncio.to_thread(deliver, node, [GP], "Pour les deux workers")
@@ -86,14 +91,18 @@ async def test_workers_share_the_listeners_and_hear_each_other(tmp_path, postgre
             assert time.monotonic() < deadline, f"the killed worker was not replaced: {now}"
             await asyncio.sleep(0.1)
         assert killed not in now
-        await asyncio.sleep(2)  # the new worker's listeners
+        while not all(connections_by_process(now, imaps, "0A").values()):
+            assert time.monotonic() < deadline, "the new worker does not listen"
+            await asyncio.sleep(0.1)
         for _ in range(6):  # whichever worker the kernel picks answers
             client = await idle_on(node)
             await client.logout()
     finally:
-        for client in clients:
-            await client.logout()
-        node.stop()
+        try:
+            for client in clients:
+                await asyncio.wait_for(client.logout(), 10)
+        finally:
+            node.stop()  # even when a client could not log out: no server left behind
     assert node.process.returncode == 0, node.log.read_text(errors="replace")[-3000:]
     assert not workers_of(node.process.pid)
 
