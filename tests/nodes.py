@@ -17,7 +17,7 @@ import config
 from tests.conftest import RunningServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "https")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "https", "hl7")
 START_SECONDS = 60.0
 
 
