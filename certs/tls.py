@@ -73,6 +73,19 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> CertIdentity | N
     return identity_from_certificate(cert) if cert is not None else None
 
 
+def refused_certificate(error: BaseException | None) -> str | None:
+    """Why a server-side handshake refused the client's certificate (untrusted, expired…), or
+    None when `error` is another failure (a scanner's garbage, a reset): the first is a login
+    attempt with a certificate and is audited as one, the others are not."""
+    while error is not None:
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return error.verify_message or error.reason or "certificate verify failed"
+        if isinstance(error, ssl.SSLError) and error.reason and "CERTIFICATE" in error.reason:
+            return error.reason.lower().replace("_", " ")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _context(protocol: int) -> ssl.SSLContext:
     context = ssl.SSLContext(protocol)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from mailserver.headers import MAX_FIELDS, MAX_HEADER_BYTES
 
@@ -47,6 +48,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class MailClients:
+    """Where mail clients connect, as they reach it (a NAT or a load balancer may map other
+    ports): what autoconfig and the web client's settings page tell them. Port 0: not offered."""
+
+    host: str = "localhost"
+    imaps: int = 0
+    submissions: int = 0
+    submission: int = 0
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str  # the file the settings came from, or "defaults"
     domains: tuple[str, ...]
@@ -73,7 +85,10 @@ class Settings:
     admins: tuple[str, ...]
     dev_sign_in: bool
     limits: Limits = Limits()
+    clients: MailClients = MailClients()
     hl7_max_frame: int = 20 * 1024 * 1024
+    bus_url: str = ""  # Redis, for events between processes and nodes; "": this process only
+    workers: int = 1  # processes `msante serve` runs (msante/workers.py); 0: one per core
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -103,9 +118,17 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         # half of what IMAP reads (mailserver/headers.py), so trace fields added later still fit
         "max_header_size": (int, 128 * 1024),
         "max_header_fields": (int, 500),  # 50 Received: (the hop limit) and many others; IMAP reads 1000
+        # Processes serving the same listeners (SO_REUSEPORT), to use every core; 0: one per core.
+        # More than one needs PostgreSQL and [bus] url (docs/deployment.md).
+        "workers": (int, 1),
     },
     "database": {
         "url": (str, None),  # default: SQLite file in data_dir
+    },
+    "bus": {
+        # Redis (redis://, rediss:// or unix://) through which several processes or nodes on one
+        # database hear each other's events (store/redis_bus.py); "": events stay in this process.
+        "url": (str, ""),
     },
     "listen": {
         "smtp": (str, "127.0.0.1:2525"),
@@ -140,6 +163,12 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "admins": (list, []),  # national identifiers allowed to read the audit trail over HTTPS
         "token_leeway": (int, 30),  # seconds of clock skew tolerated on exp/nbf/iat
         "dev_sign_in": (bool, False),  # the dev issuer's sign-in page (web/oidc.py): demos only, loopback only
+    },
+    "clients": {  # what mail clients are told (autoconfig, the web client's settings page)
+        "host": (str, None),  # the name they connect to; default: public_url's host
+        "imaps": (int, None),  # ports as they reach them; default: the listener's own, 0 when it is off
+        "submissions": (int, None),
+        "submission": (int, None),
     },
     "limits": {
         # Open connections on all listeners together: each holds a file descriptor and a few
@@ -271,6 +300,13 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
         raise ConfigError(f"{where('database.url')} must start with sqlite+aiosqlite:// or "
                           f"postgresql+asyncpg://, got {url.split('://')[0]}://…")
+    if not 0 <= v["server"]["workers"] <= 64:
+        raise ConfigError(f"{where('server.workers')} must be between 0 (one per core) and 64, "
+                          f"got {v['server']['workers']}")
+    bus_url = v["bus"]["url"]
+    if bus_url and not bus_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{where('bus.url')} must start with redis://, rediss:// or unix:// "
+                          f"(or be \"\" for one process), got {bus_url.split('://')[0]}://…")
     issuers = []
     for i, item in enumerate(v["auth"]["issuers"]):
         at = f"{where('auth.issuers')}[{i}]"
@@ -318,6 +354,16 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                           f"(the notice it becomes is a mail), got {v['hl7']['max_frame']}")
     https = listen["https"] or "127.0.0.1:8443"
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
+    clients = v["clients"]
+    ports = {}
+    for key in ("imaps", "submissions", "submission"):
+        own = split_hostport(listen[key])[1] if listen[key] else 0
+        ports[key] = clients[key] if clients[key] is not None else own
+        if not 0 <= ports[key] <= 65535:
+            raise ConfigError(f"{where('clients.' + key)} must be a port (0: not offered), got {ports[key]}")
+    client_host = clients["host"] if clients["host"] is not None else urlsplit(public_url).hostname or ""
+    if not client_host or any(c.isspace() or c in "/:@" for c in client_host):
+        raise ConfigError(f"{where('clients.host')} must be a host name, got {client_host!r}")
     return Settings(source=file_source, domains=domains, data_dir=data_dir, database_url=url, listen=listen,
                     issuers=tuple(issuers), public_url=public_url.rstrip("/"), max_message_size=max_size,
                     max_header_size=v["server"]["max_header_size"], max_header_fields=v["server"]["max_header_fields"],
@@ -330,7 +376,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
-                    hl7_max_frame=v["hl7"]["max_frame"])
+                    clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url,
+                    workers=v["server"]["workers"])
 
 
 def _url_host(hostport: str) -> str:

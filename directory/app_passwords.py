@@ -37,6 +37,11 @@ class AppPasswordError(Exception):
     """A request a person can correct."""
 
 
+class AppPasswordDenied(AppPasswordError):
+    """Not the caller's to ask: a mailbox they may not use, or a login that may not create
+    passwords. Audited as denied."""
+
+
 @dataclass(frozen=True)
 class Created:
     label: str
@@ -65,13 +70,13 @@ class AppPasswords:
         if not label or len(label) > MAX_LABEL:
             raise AppPasswordError(f"the label must be 1 to {MAX_LABEL} characters")
         if principal.kind != "person" or principal.via == "password":
-            raise AppPasswordError("application passwords are created after a token or card login")
+            raise AppPasswordDenied("application passwords are created after a token or card login")
         async with self._engine.begin() as conn:
             grant = await grant_for(conn, principal, address)
             if grant is None:
                 await self._audit.record(principal.actor, "app_password.create", target=address, outcome="denied",
                                          source=source, label=label)
-                raise AppPasswordError(f"{address} is not a mailbox you may use")
+                raise AppPasswordDenied(f"{address} is not a mailbox you may use")
             mine = and_(app_passwords.c.mailbox_id == grant.mailbox_id, app_passwords.c.idnat == principal.id)
             labels = {r.label for r in await conn.execute(select(app_passwords.c.label).where(mine))}
             if label in labels:

@@ -16,9 +16,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from certs.pki import CertificateError, identity_from_certificate, verify_chain
 from certs.revocation import Revocations
+from certs.tls import refused_certificate
 from certs.tokens import TokenError, TokenVerifier
 from store.audit import ANONYMOUS, Actor, AuditTrail
 from store.schema import mailboxes, professionals
+
+
+async def audit_handshake_refusal(audit: AuditTrail, error: BaseException, *, source: str, protocol: str) -> None:
+    """A TLS handshake that failed on the client's certificate (a CPS from an untrusted CA, an
+    expired one) is a certificate login refused before SASL, audited as one: the listeners call
+    this when a handshake fails. Other failures (a scanner's garbage, a reset) are not logins
+    and leave no row."""
+    reason = refused_certificate(error)
+    if reason is not None:
+        await audit.record(ANONYMOUS, "auth.certificate", outcome="failed", source=source, protocol=protocol,
+                           reason=reason, step="tls")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from web.http import HttpError, Request, Response
 from web.router import Router
 
 from .access import usable_mailboxes
-from .app_passwords import AppPasswordError, AppPasswords
+from .app_passwords import AppPasswordDenied, AppPasswordError, AppPasswords
 from .authn import Authenticator
 
 
@@ -50,6 +50,8 @@ class MailboxApi:
         try:
             created = await self._passwords.create(principal, unquote(request.params["address"]), label,
                                                    source=request.peer)
+        except AppPasswordDenied as exc:  # the same answer whether the box exists or not
+            raise HttpError(403, "forbidden", str(exc)) from None
         except AppPasswordError as exc:
             raise HttpError(400, "refused", str(exc)) from None
         return Response.json({"label": created.label, "password": created.password}, status=201)

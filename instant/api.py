@@ -5,7 +5,7 @@ audit every access. Messages, read markers and alerts travel on the websocket (`
     POST   /api/circles                        create one; the caller coordinates it
     GET    /api/circles/{id}                   one circle with its members (members only)
     POST   /api/circles/{id}/members           add a member (coordinator only)
-    DELETE /api/circles/{id}/members/{member}  remove a member (coordinator only)
+    DELETE /api/circles/{id}/members/{member}  remove a member (coordinator only), or leave (oneself)
 """
 from __future__ import annotations
 

@@ -157,7 +157,13 @@ class Circles:
         return {**person, "on_behalf_of": on_behalf_of, "added": added}
 
     async def remove_member(self, by: Principal | None, circle_id: int, identifier: str, source: str) -> dict:
-        actor = await self._require_coordinator(by, circle_id, "circle.member.remove", source)
+        """The coordinator (or the operator) removes anyone but the coordinator; any other
+        member may remove themselves (leave)."""
+        if by is not None and identifier.strip() == by.id:
+            await self.require_member(by, circle_id, "circle.member.remove", source)
+            actor = by.actor
+        else:
+            actor = await self._require_coordinator(by, circle_id, "circle.member.remove", source)
         person = await self._professional(identifier)
         circle = await self._store.circle(circle_id)
         assert circle is not None

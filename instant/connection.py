@@ -5,7 +5,10 @@ handed over, a Session for the rules, the handlers for the work. Three tasks:
   and reads on only once the socket has drained what it wrote (the protocol's pongs);
 - the writer empties the outbox: replies as they are, live messages through the circle's
   cursor (so a catch-up and the live stream never show a seq twice or skip one), catch-ups
-  page by page from the store, waiting for the socket to drain after each write;
+  page by page from the store, waiting for the socket to drain after each write. A post of
+  this connection whose ack is not written yet holds its circle's messages at that seq (a
+  catch-up may find it in the store before the ack goes out); the ack releases them, so the
+  author always reads the ack first;
 - the timer pings, gives up on a missing pong, re-reads memberships, ends an expired token.
 
 Memberships end at once when the hub tells of it (a `member.removed` on the circle's channel,
@@ -50,6 +53,17 @@ READ_CHUNK = 64 * 1024
 class Live:
     circle: int
     seq: int
+    author: str
+    client_id: str
+    wire: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The answer to a post; writing it releases the circle's messages held for it."""
+
+    circle: int
+    client_id: str
     wire: str
 
 
@@ -76,8 +90,8 @@ class Outbox:
         self.bytes = 0
         self._ready = asyncio.Event()
 
-    def offer(self, item: str | Live | CatchUp) -> bool:
-        size = len(item) if isinstance(item, str) else len(item.wire) if isinstance(item, Live) else 0
+    def offer(self, item: str | Live | Ack | CatchUp) -> bool:
+        size = len(item) if isinstance(item, str) else len(item.wire) if isinstance(item, (Live, Ack)) else 0
         if len(self._items) >= self._max_items or self.bytes + size > self._max_bytes:
             return False
         self._put(item, size)
@@ -95,7 +109,7 @@ class Outbox:
         self.bytes += size
         self._ready.set()
 
-    async def get(self) -> str | Live | CatchUp | Closing:
+    async def get(self) -> str | Live | Ack | CatchUp | Closing:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
@@ -120,6 +134,8 @@ class Connection:
         self._fragments: list[bytes] = []
         self._closing = False
         self._followed: set[int] = set()  # circles the hub delivers to us (cursors may already be gone)
+        self._unacked: set[tuple[int, str]] = set()  # (circle, client_id) of posts whose ack is not written
+        self._held: set[int] = set()  # circles whose next message waits for such an ack
         self._tasks: set[asyncio.Task] = set()
         self.me: dict[str, str] = {}  # {id, name} once admitted
 
@@ -297,7 +313,8 @@ class Connection:
         await instant.audit.record(self._principal.actor, "circle.subscribe", target=str(circle),
                                    source=self._peer, after=frame.after, head=head)
         self._send(frames.reply(frame.id, {"type": "subscribed", "circle": circle, "head": head, "read": marker,
-                                           "unread": unread, "present": instant.hub.present(circle)}))
+                                           "unread": unread, "present": instant.hub.present(circle),
+                                           "receipts": await instant.store.receipts(circle)}))
         self._offer(CatchUp(circle))  # what lies between `after` and now, and anything the bus drops
 
     async def _unsubscribe(self, frame: frames.Unsubscribe) -> None:
@@ -308,10 +325,23 @@ class Connection:
         self._send(frames.reply(frame.id, {"type": "unsubscribed", "circle": frame.circle, "reason": "asked"}))
 
     async def _post(self, frame: frames.Post) -> None:
-        message, duplicate = await self._instant.messages.post(self._principal, frame.circle, frame.client_id,
-                                                               frame.text, self._peer)
-        self._send(frames.reply(frame.id, {"type": "ack", "circle": frame.circle, "client_id": frame.client_id,
-                                           "seq": message["seq"], "at": message["at"], "duplicate": duplicate}))
+        key = (frame.circle, frame.client_id)
+        acked = False
+
+        def acknowledge(message: dict, duplicate: bool) -> None:
+            nonlocal acked
+            acked = True
+            self._offer(Ack(frame.circle, frame.client_id, frames.encode(frames.reply(frame.id, {
+                "type": "ack", "circle": frame.circle, "client_id": frame.client_id, "seq": message["seq"],
+                "at": message["at"], "duplicate": duplicate}))))
+
+        self._unacked.add(key)
+        try:
+            await self._instant.messages.post(self._principal, frame.circle, frame.client_id, frame.text,
+                                              self._peer, acknowledge, frame.reply_to)
+        finally:
+            if not acked:  # refused before it was stored: nothing to wait for
+                self._unacked.discard(key)
 
     async def _history(self, frame: frames.History) -> None:
         page, more = await self._instant.messages.history(
@@ -320,8 +350,15 @@ class Connection:
         self._send(frames.reply(frame.id, {"type": "history", "circle": frame.circle, "messages": page,
                                            "more": more}))
 
+    async def _search(self, frame: frames.Search) -> None:
+        found, more = await self._instant.messages.search(self._principal, frame.circle, frame.q, before=frame.before,
+                                                          limit=self._limits.search_page, source=self._peer)
+        self._send(frames.reply(frame.id, {"type": "search", "circle": frame.circle, "messages": found,
+                                           "more": more}))
+
     async def _read(self, frame: frames.Read) -> None:
-        marker, unread = await self._instant.messages.mark_read(self._principal, frame.circle, frame.seq, self._peer)
+        marker, unread = await self._instant.messages.mark_read(self._principal, frame.circle, frame.seq, self._peer,
+                                                                self.me)
         self._send(frames.reply(frame.id, {"type": "read", "circle": frame.circle, "seq": marker,
                                            "unread": unread}))
 
@@ -359,13 +396,15 @@ class Connection:
         if circle not in self.session.cursors:
             return
         if kind == "message":
-            self._offer(Live(circle, event["seq"], event["wire"]))
+            self._offer(Live(circle, event["seq"], event["author"], event["client_id"], event["wire"]))
         elif kind in ("typing", "presence") and event["user"]["id"] != self.me.get("id"):
+            self._offer(frames.encode({k: v for k, v in event.items() if k != "channel"}))
+        elif kind == "receipt":  # the reader's own connections included: one place shows every reader
             self._offer(frames.encode({k: v for k, v in event.items() if k != "channel"}))
         elif kind == "overflow":  # the bus lost events of this circle: the store has them
             self._offer(CatchUp(circle))
 
-    def _offer(self, item: str | Live | CatchUp) -> None:
+    def _offer(self, item: str | Live | Ack | CatchUp) -> None:
         if not self._closing and not self._outbox.offer(item):
             log.info("websocket of %s too far behind (%d bytes queued): closing for a resync",
                      self.me.get("id", "?"), self._outbox.bytes)
@@ -427,10 +466,18 @@ class Connection:
                     self._flush()
                 await self._writer.drain()
                 return
+            elif isinstance(item, Ack):
+                self._write_text(item.wire)
+                self._unacked.discard((item.circle, item.client_id))
+                if item.circle in self._held:
+                    self._held.discard(item.circle)
+                    await self._catch_up(item.circle)
             elif isinstance(item, Live):
                 cursor = self.session.cursors.get(item.circle)
                 verdict = cursor.verdict(item.seq) if cursor else Verdict.SEEN
-                if verdict is Verdict.NEXT:
+                if verdict is Verdict.NEXT and self._awaits_ack(item.circle, item.author, item.client_id):
+                    self._held.add(item.circle)
+                elif verdict is Verdict.NEXT:
                     assert cursor is not None
                     cursor.advance(item.seq)
                     self._write_text(item.wire)
@@ -447,11 +494,18 @@ class Connection:
             for message in page:
                 if self.session.cursors.get(circle) is not cursor:  # unfollowed meanwhile
                     return
+                if self._awaits_ack(circle, message["author"]["id"], message["client_id"]):
+                    self._held.add(circle)  # its ack releases it
+                    return
                 cursor.advance(message["seq"])
                 self._write_text(frames.encode(frames.message(**message)))
             await self._writer.drain()
             if len(page) < page_size:
                 return
+
+    def _awaits_ack(self, circle: int, author: str, client_id: str) -> bool:
+        """A message this connection posted, whose ack is not written yet: it must wait."""
+        return author == self.me.get("id") and (circle, client_id) in self._unacked
 
     # --- timers and the end ---------------------------------------------------------------------
 
@@ -489,5 +543,5 @@ class Connection:
 
 
 _HANDLERS = {frames.Auth: "_auth", frames.Subscribe: "_subscribe", frames.Unsubscribe: "_unsubscribe",
-             frames.Post: "_post", frames.History: "_history", frames.Read: "_read", frames.Typing: "_typing",
-             frames.Presence: "_presence", frames.AlertAck: "_alert_ack"}
+             frames.Post: "_post", frames.History: "_history", frames.Search: "_search", frames.Read: "_read",
+             frames.Typing: "_typing", frames.Presence: "_presence", frames.AlertAck: "_alert_ack"}

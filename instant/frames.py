@@ -81,6 +81,7 @@ class Post:
     circle: int
     client_id: str  # the client's own id: a retry with the same one stores nothing twice
     text: str
+    reply_to: int | None = None  # the seq of the message of the same circle this one answers
     id: str | None = None
 
 
@@ -90,6 +91,14 @@ class History:
     before: int | None  # page backwards from this seq (exclusive); both None: the latest page
     after: int | None  # page forwards from this seq (exclusive)
     limit: int
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Search:
+    circle: int
+    q: str  # matched anywhere in a message's text, case-insensitively
+    before: int | None  # the next page: results before this seq; None: from the latest
     id: str | None = None
 
 
@@ -118,7 +127,7 @@ class AlertAck:
     id: str | None = None
 
 
-ClientFrame = Auth | Subscribe | Unsubscribe | Post | History | Read | Typing | Presence | AlertAck
+ClientFrame = Auth | Subscribe | Unsubscribe | Post | History | Search | Read | Typing | Presence | AlertAck
 
 
 def parse(text: str, limits: Limits) -> ClientFrame:
@@ -204,7 +213,8 @@ def _post(f: _Fields, limits: Limits) -> Post:
     client_id = f.data.get("client_id")
     if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
         raise FrameError("bad_frame", "client_id must be 1 to 64 of A-Z a-z 0-9 . _ : - (a UUID will do)")
-    return Post(f.integer("circle", low=1), client_id, f.text("text", limits.max_text_chars), f.id)
+    return Post(f.integer("circle", low=1), client_id, f.text("text", limits.max_text_chars),
+                f.integer("reply_to", required=False, low=1), f.id)
 
 
 def _history(f: _Fields, limits: Limits) -> History:
@@ -213,6 +223,13 @@ def _history(f: _Fields, limits: Limits) -> History:
         raise FrameError("bad_frame", "give before (page backwards) or after (page forwards), not both")
     limit = f.integer("limit", required=False, low=1, high=limits.max_history_page)
     return History(f.integer("circle", low=1), before, after, limit or limits.history_page, f.id)
+
+
+def _search(f: _Fields, limits: Limits) -> Search:
+    q = f.text("q", limits.max_search_chars).strip()
+    if len(q) < 2:
+        raise FrameError("bad_frame", "q must hold at least 2 characters")
+    return Search(f.integer("circle", low=1), q, f.integer("before", required=False, low=1), f.id)
 
 
 def _read(f: _Fields, _limits: Limits) -> Read:
@@ -235,7 +252,8 @@ def _alert_ack(f: _Fields, _limits: Limits) -> AlertAck:
 
 
 _READERS = {"auth": _auth, "subscribe": _subscribe, "unsubscribe": _unsubscribe, "post": _post,
-            "history": _history, "read": _read, "typing": _typing, "presence": _presence, "alert.ack": _alert_ack}
+            "history": _history, "search": _search, "read": _read, "typing": _typing, "presence": _presence,
+            "alert.ack": _alert_ack}
 
 
 # --- server frames ----------------------------------------------------------------------------
@@ -254,6 +272,8 @@ def error(code: str, message: str, request_id: str | None = None, **extra: Any) 
     return reply(request_id, {"type": "error", "code": code, "message": message, **extra})
 
 
-def message(circle: int, seq: int, author: dict[str, str], client_id: str, text: str, at: str) -> dict[str, Any]:
+def message(circle: int, seq: int, author: dict[str, str], client_id: str, text: str, at: str,
+            reply_to: dict[str, Any] | None) -> dict[str, Any]:
+    """`reply_to`: the quoted message ({seq, author, text: its start}), or None."""
     return {"type": "message", "circle": circle, "seq": seq, "author": author, "client_id": client_id,
-            "text": text, "at": at}
+            "text": text, "at": at, "reply_to": reply_to}

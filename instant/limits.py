@@ -42,6 +42,10 @@ class Limits:
     max_subscriptions: int = 200
     history_page: int = 50
     max_history_page: int = 200
+    # Searching a circle's history: words, not documents; each search scans the circle's
+    # messages, so the words are bounded and one page of results comes back at a time.
+    max_search_chars: int = 100
+    search_page: int = 20
     # Typing notices from one connection for one circle: at most one every 2 s.
     typing_interval: float = 2.0
     # Membership changes take effect at once (their events reach the connections, from the CLI

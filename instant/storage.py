@@ -15,9 +15,10 @@ writes fails outright if another writer committed in between.
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+from types import SimpleNamespace
 from typing import Any, Protocol
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import and_, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +26,9 @@ from store.db import dialect_insert
 from store.schema import circle_members, circle_messages, circles, professionals, read_markers
 
 from .patient import Patient
+
+
+QUOTE_CHARS = 200  # a reply shows the start of what it answers; the whole is in the history
 
 
 class CircleExists(Exception):
@@ -39,14 +43,17 @@ class InstantStore(Protocol):
     async def membership(self, circle_id: int, idnat: str) -> dict | None: ...
     async def followed_still(self, idnat: str, circle_ids: list[int]) -> dict[int, str]: ...
     async def circles_of(self, idnat: str) -> list[dict]: ...
+    async def receipts(self, circle_id: int) -> list[dict]: ...
     async def all_circles(self) -> list[dict]: ...
     async def add_member(self, circle_id: int, idnat: str, on_behalf_of: str, by: str, now: datetime) -> bool: ...
     async def remove_member(self, circle_id: int, idnat: str, now: datetime) -> bool: ...
     async def professional(self, identifier: str) -> dict | None: ...
-    async def append(self, circle_id: int, author: str, client_id: str, text: str,
-                     now: datetime) -> tuple[dict, bool]: ...
+    async def quote(self, circle_id: int, seq: int) -> dict | None: ...
+    async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
+                     reply_to: dict | None = None) -> tuple[dict, bool]: ...
     async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
                        limit: int) -> tuple[list[dict], bool]: ...
+    async def search(self, circle_id: int, text: str, *, before: int | None, limit: int) -> tuple[list[dict], bool]: ...
     async def mark_read(self, circle_id: int, idnat: str, seq: int, now: datetime) -> tuple[int, int]:
         """Move the person's marker forward to `seq` (never back, never past the last message);
         returns (marker, unread)."""
@@ -144,20 +151,43 @@ class SqlStore:
             return {r.circle_id: r.on_behalf_of for r in await conn.execute(query)}
 
     async def circles_of(self, idnat: str) -> list[dict]:
-        """The person's circles with their read marker and unread count (others' messages only)."""
+        """The person's circles with their read marker, unread count (others' messages only) and
+        last message (its start, as a list shows it; None before the first)."""
         marker = func.coalesce(select(read_markers.c.seq).where(
             read_markers.c.circle_id == circles.c.id, read_markers.c.idnat == idnat).scalar_subquery(), 0)
         unread = select(func.count()).select_from(circle_messages).where(
             circle_messages.c.circle_id == circles.c.id, circle_messages.c.seq > marker,
             circle_messages.c.author != idnat).scalar_subquery()
-        query = (select(circles, circle_members.c.on_behalf_of, marker.label("read"), unread.label("unread"))
+        query = (select(circles, circle_members.c.on_behalf_of, marker.label("read"), unread.label("unread"),
+                        _LAST.c.text.label("last_text"), _LAST.c.created_at.label("last_at"),
+                        *(_LAST_BY.c[name].label(f"last_{name}")
+                          for name in ("idnat", "given_name", "family_name", "practice_civility")))
                  .join(circle_members, circle_members.c.circle_id == circles.c.id)
+                 .outerjoin(_LAST, and_(_LAST.c.circle_id == circles.c.id, _LAST.c.seq == circles.c.last_seq))
+                 .outerjoin(_LAST_BY, _LAST_BY.c.idnat == _LAST.c.author)
                  .where(circle_members.c.idnat == idnat)
                  .order_by(circles.c.patient_family_name, circles.c.patient_given_name, circles.c.id))
         async with self._engine.connect() as conn:
             return [{**_circle(r), "role": "coordinator" if r.coordinator == idnat else "member",
-                     "on_behalf_of": r.on_behalf_of, "read": r.read, "unread": r.unread}
+                     "on_behalf_of": r.on_behalf_of, "read": r.read, "unread": r.unread,
+                     "last_message": None if r.last_text is None else {
+                         **_quote(r.last_seq, SimpleNamespace(idnat=r.last_idnat, given_name=r.last_given_name,
+                                                              family_name=r.last_family_name,
+                                                              practice_civility=r.last_practice_civility),
+                                  r.last_text),
+                         "at": iso(r.last_at)}}
                     for r in await conn.execute(query)]
+
+    async def receipts(self, circle_id: int) -> list[dict]:
+        """Every member's read marker that has moved: [{user: {id, name}, seq}]."""
+        query = (select(read_markers.c.seq, *_PERSON)
+                 .join(professionals, professionals.c.idnat == read_markers.c.idnat)
+                 .join(circle_members, and_(circle_members.c.circle_id == read_markers.c.circle_id,
+                                            circle_members.c.idnat == read_markers.c.idnat))
+                 .where(read_markers.c.circle_id == circle_id, read_markers.c.seq > 0)
+                 .order_by(read_markers.c.idnat))
+        async with self._engine.connect() as conn:
+            return [{"user": {"id": r.idnat, "name": display_name(r)}, "seq": r.seq} for r in await conn.execute(query)]
 
     async def all_circles(self) -> list[dict]:
         """Every circle with its members' identifiers (the operator's view)."""
@@ -195,10 +225,20 @@ class SqlStore:
 
     # --- messages and read markers ------------------------------------------------------------
 
-    async def append(self, circle_id: int, author: str, client_id: str, text: str,
-                     now: datetime) -> tuple[dict, bool]:
-        """Store a message; (message, True) when this client_id was stored before. The insert
-        is optimistic: a retry meets the unique constraint, and the rollback gives its seq back."""
+    async def quote(self, circle_id: int, seq: int) -> dict | None:
+        """Message `seq` of the circle as a reply quotes it ({seq, author, text: its start}), or None."""
+        query = (select(circle_messages.c.seq, circle_messages.c.text, *_PERSON)
+                 .join(professionals, professionals.c.idnat == circle_messages.c.author)
+                 .where(circle_messages.c.circle_id == circle_id, circle_messages.c.seq == seq))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _quote(row.seq, row, row.text) if row else None
+
+    async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
+                     reply_to: dict | None = None) -> tuple[dict, bool]:
+        """Store a message (answering `reply_to`, a quote); (message, True) when this client_id
+        was stored before. The insert is optimistic: a retry meets the unique constraint, and
+        the rollback gives its seq back."""
         try:
             async with self._engine.begin() as conn:
                 seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
@@ -206,7 +246,7 @@ class SqlStore:
                                           .returning(circles.c.last_seq))).scalar_one()
                 await conn.execute(insert(circle_messages), {
                     "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
-                    "created_at": now})
+                    "reply_to": reply_to["seq"] if reply_to else None, "created_at": now})
                 person = (await conn.execute(select(*_PERSON).where(professionals.c.idnat == author))).one()
         except IntegrityError:  # stored before (a retry), or just now by the same post racing this one
             async with self._engine.connect() as conn:
@@ -215,7 +255,7 @@ class SqlStore:
                 raise
             return prior, True
         return {"circle": circle_id, "seq": seq, "author": {"id": author, "name": display_name(person)},
-                "client_id": client_id, "text": text, "at": iso(now)}, False
+                "client_id": client_id, "text": text, "at": iso(now), "reply_to": reply_to}, False
 
     async def _by_client_id(self, conn, circle_id: int, author: str, client_id: str) -> dict | None:  # noqa: ANN001
         row = (await conn.execute(_messages().where(
@@ -239,6 +279,19 @@ class SqlStore:
         more = len(rows) > limit
         rows = rows[:limit]
         return (rows if after is not None else rows[::-1]), more
+
+    async def search(self, circle_id: int, text: str, *, before: int | None, limit: int) -> tuple[list[dict], bool]:
+        """Messages holding `text` (case-insensitive: ILIKE on PostgreSQL, lower() on SQLite,
+        which folds ASCII letters only), newest first, before `before`; and whether more match."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = _messages().where(circle_messages.c.circle_id == circle_id,
+                                  circle_messages.c.text.ilike(pattern, escape="\\"))
+        if before is not None:
+            query = query.where(circle_messages.c.seq < before)
+        async with self._engine.connect() as conn:
+            newest = query.order_by(circle_messages.c.seq.desc()).limit(limit + 1)
+            rows = [_message(r) for r in await conn.execute(newest)]
+        return rows[:limit], len(rows) > limit
 
     async def mark_read(self, circle_id: int, idnat: str, seq: int, now: datetime) -> tuple[int, int]:
         """Move the person's marker forward to `seq` (never back, never past the last message);
@@ -272,14 +325,35 @@ class SqlStore:
         return int(row[0]), int(row[1]), int(row[2])
 
 
+_QUOTED = circle_messages.alias("quoted")
+_QUOTED_BY = professionals.alias("quoted_by")
+_LAST = circle_messages.alias("last")
+_LAST_BY = professionals.alias("last_by")
+
+
 def _messages():  # noqa: ANN202 - a Select
-    return (select(circle_messages, *_PERSON)
-            .join(professionals, professionals.c.idnat == circle_messages.c.author))
+    """Messages with their author, and the message each answers with its author (outer joins)."""
+    return (select(circle_messages, *_PERSON, _QUOTED.c.text.label("q_text"), _QUOTED_BY.c.idnat.label("q_idnat"),
+                   _QUOTED_BY.c.given_name.label("q_given_name"), _QUOTED_BY.c.family_name.label("q_family_name"),
+                   _QUOTED_BY.c.practice_civility.label("q_practice_civility"))
+            .join(professionals, professionals.c.idnat == circle_messages.c.author)
+            .outerjoin(_QUOTED, and_(_QUOTED.c.circle_id == circle_messages.c.circle_id,
+                                     _QUOTED.c.seq == circle_messages.c.reply_to))
+            .outerjoin(_QUOTED_BY, _QUOTED_BY.c.idnat == _QUOTED.c.author))
 
 
 def _message(row: Any) -> dict:
+    quoted = None
+    if row.reply_to is not None and row.q_idnat is not None:
+        who = SimpleNamespace(idnat=row.q_idnat, given_name=row.q_given_name, family_name=row.q_family_name,
+                              practice_civility=row.q_practice_civility)
+        quoted = _quote(row.reply_to, who, row.q_text)
     return {"circle": row.circle_id, "seq": row.seq, "author": {"id": row.author, "name": display_name(row)},
-            "client_id": row.client_id, "text": row.text, "at": iso(row.created_at)}
+            "client_id": row.client_id, "text": row.text, "at": iso(row.created_at), "reply_to": quoted}
+
+
+def _quote(seq: int, author: Any, text: str) -> dict:
+    return {"seq": seq, "author": {"id": author.idnat, "name": display_name(author)}, "text": text[:QUOTE_CHARS]}
 
 
 def _circle(row: Any) -> dict:

@@ -8,7 +8,11 @@ or DSN, upper-cases MAIL/RCPT parameters (which would corrupt ENVID and ORCPT, R
   with `dsn.py`, and hangs them on the envelope once aiosmtpd accepted the command;
 - runs SASL through `sasl.py` and logs in through the shared `Logins` (same as IMAP);
 - lets the handler refuse a client certificate right after STARTTLS (`check_tls_peer`);
-- adds an enhanced status code (RFC 2034/3463) to every reply that lacks one.
+- adds an enhanced status code (RFC 2034/3463) to every reply that lacks one;
+- closes a submission session not authenticated within `login_deadline` seconds, and any
+  session that earned `max_refusals` 5xx replies, with 421 (RFC 5321 §3.8), audited once;
+- answers malformed addresses and bytes that are not UTF-8 with 553/501, and ends a session
+  whose client left (mid-reply, mid-AUTH, mid-handshake) without a traceback in the log.
 How many sessions a client may open is the listener's business (msante/admission.py).
 Policy (who may send what, where it goes, storing it) lives in the handler, `submission.py`.
 """
@@ -23,7 +27,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
+
+from directory.authn import audit_handshake_refusal
+from store.audit import ANONYMOUS, Actor, AuditTrail
 
 from . import dsn, sasl
 from .logins import LoginFailed, Logins
@@ -60,6 +67,8 @@ class SmtpLimits:
     max_commands: int = 200  # uses of any other verb per session (aiosmtpd's call limit): stops NOOP loops
     max_messages: int = 1000  # messages per session (Exim's smtp_accept_max_per_connection)
     idle_timeout: float = 300  # RFC 5321 §4.5.3.2.7: 5 minutes for the server
+    login_deadline: float = 60  # submission: seconds from connecting to AUTH done ([limits] login_deadline)
+    max_refusals: int = 20  # 5xx replies one session may earn ([limits] smtp_refusals)
 
 
 class MsanteEnvelope(Envelope):
@@ -76,7 +85,7 @@ class MsanteSMTP(SMTP):
     # bodies as Postfix is (it accepts them and wraps at 2048).
     line_length_limit = MAX_AUTH_LINE + 64
 
-    def __init__(self, handler: Any, *, logins: Logins | None, limits: SmtpLimits, hostname: str,
+    def __init__(self, handler: Any, *, logins: Logins | None, audit: AuditTrail, limits: SmtpLimits, hostname: str,
                  tls_context: ssl.SSLContext, implicit_tls: bool) -> None:
         """`logins` None: the relay listener, where the TLS certificate is the identity and
         there is no AUTH."""
@@ -94,11 +103,65 @@ class MsanteSMTP(SMTP):
         # session's EHLO raises the limits of all, and a new connection resets everyone's.
         self.command_size_limits = defaultdict(lambda: self.command_size_limit)
         self.logins = logins
+        self.audit = audit
         self.limits = limits
         self.implicit_tls = implicit_tls
         self._quiet = False  # inside EHLO/HELO: no enhanced codes on those replies
+        self._refusals = 0  # 5xx replies sent in this session
+        self._login_timer: asyncio.TimerHandle | None = None
 
     # -- connection life ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # STARTTLS calls this again with the TLS transport
+        super().connection_made(transport)
+        if first and self.logins is not None:
+            self._login_timer = self.loop.call_later(self.limits.login_deadline, self._login_deadline_passed)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        if self.session is not None:  # aiosmtpd calls this twice after a failed STARTTLS handshake
+            super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self.transport is None or self._handler_coroutine is None:  # EOF after the connection was lost
+            return False
+        return super().eof_received()
+
+    async def _handle_client(self) -> None:
+        """aiosmtpd's session, minus the traceback when the client leaves while a reply is
+        written or during AUTH (the task would end with the error, logged by asyncio)."""
+        try:
+            await super()._handle_client()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+
+    def _login_deadline_passed(self) -> None:
+        if self.session is not None and not self.session.authenticated:
+            self._goodbye(f"421 4.7.0 No login within {self.limits.login_deadline:g} seconds, closing",
+                          "login deadline passed", deadline=self.limits.login_deadline)
+
+    def _goodbye(self, reply: str, reason: str, **detail: Any) -> None:
+        """Say `reply`, close, end the session, audit why (once: the transport is closing after)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        log.info("%s: %s", peer_address(self.session), reason)
+        self.transport.write(reply.encode() + b"\r\n")
+        self.transport.close()
+        # Commands the client pipelined are not read: the session's next read waits, and the
+        # cancellation lands there, not inside the next command's database work.
+        self._reader._buffer.clear()  # noqa: SLF001
+        if self._handler_coroutine is not None:  # a TLS close waits for the peer; the session need not
+            self._handler_coroutine.cancel()
+        _keep(asyncio.ensure_future(self.audit.record(
+            self._actor(), "smtp.disconnect", outcome="denied", source=peer_address(self.session), reason=reason,
+            refusals=self._refusals, **detail)))
+
+    def _actor(self) -> Actor:
+        if self.session.authenticated:
+            return self.session.auth_data.principal.actor
+        return self.event_handler.actor(self.session) if self.logins is None else ANONYMOUS
 
     def close_if_idle(self) -> bool:
         """At shutdown: a session with no mail transaction open is told so and closed now;
@@ -133,7 +196,11 @@ class MsanteSMTP(SMTP):
     async def smtp_STARTTLS(self, arg: str) -> None:
         """After the handshake, the handler may refuse the certificate it verified (the relay's
         revocation check): 421 and the connection closes before any command is read."""
-        await super().smtp_STARTTLS(arg)
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as exc:
+            await audit_handshake_refusal(self.audit, exc, source=peer_address(self.session), protocol="smtp")
+            raise  # aiosmtpd closes the connection
         check = getattr(self.event_handler, "check_tls_peer", None)
         if check is None or self.ssl_object is None:
             return
@@ -151,6 +218,16 @@ class MsanteSMTP(SMTP):
         if not self._quiet and code not in NO_ENHANCED and not ENHANCED.match(line) and code in DEFAULT_ENHANCED:
             line = code + line[3:4] + DEFAULT_ENHANCED[code] + b" " + line[4:]
         await super().push(line)
+        # A client that pipelined commands and reset the connection: the loss is learnt in a
+        # callback, which must run before the next reply (asyncio logs every write after it).
+        # Not after 220: STARTTLS's ClientHello read in the meantime would go to the cleartext
+        # buffer, which the switch to TLS empties.
+        if code != b"220":
+            await asyncio.sleep(0)
+        if code.startswith(b"5"):
+            self._refusals += 1
+            if self._refusals >= self.limits.max_refusals:
+                self._goodbye("421 4.7.0 Too many refused commands, closing", "too many refusals")
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._quiet = True
@@ -186,7 +263,31 @@ class MsanteSMTP(SMTP):
 
     # -- DSN parameters ----------------------------------------------------------------------------
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's, with the standard library's parser failing on input like `<a@[>` taken
+        for what it is: a malformed address (553), not a fault of ours (451)."""
+        try:
+            return super()._getaddr(arg)
+        except Exception:  # noqa: BLE001 - the parser raises AttributeError, IndexError… on bad input
+            return None, None
+
+    async def _unusable_address(self, arg: str | None, verb: str, reply: str) -> bool:
+        """True, after refusing it (audited, escaped), when `arg` holds bytes that are not UTF-8
+        (aiosmtpd keeps them as surrogates) or control characters."""
+        if not arg or not _NOT_ADDRESS.search(arg):
+            return False
+        if await self.check_helo_needed() or await self.check_auth_needed(verb):
+            return True
+        address = arg.partition(":")[2].strip().split(" ", 1)[0].strip("<>") or arg
+        await self.event_handler.refused(self.session, address, "address not UTF-8 or with control characters",
+                                         command=verb)
+        await self.push(reply)
+        return True
+
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self._unusable_address(arg, "MAIL", "501 5.1.7 The sender address is not valid UTF-8 or holds "
+                                                     "control characters"):
+            return
         arg, params = _take_params(arg, MAIL_DSN_PARAMS)
         try:
             mail_dsn = dsn.parse_mail_params(params)
@@ -198,6 +299,9 @@ class MsanteSMTP(SMTP):
             self.envelope.dsn = mail_dsn
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self._unusable_address(arg, "RCPT", "501 5.1.3 The recipient address is not valid UTF-8 or holds "
+                                                     "control characters"):
+            return
         arg, params = _take_params(arg, RCPT_DSN_PARAMS)
         try:
             rcpt_dsn = dsn.parse_rcpt_params(params)
@@ -238,15 +342,17 @@ class MsanteSMTP(SMTP):
             while isinstance(result, sasl.Challenge):
                 result = exchange.step(await self._auth_response(result.data))
         except sasl.SaslError as exc:
+            if exc.kind != "aborted":
+                await self.logins.malformed(mechanism, str(exc), source=peer_address(self.session), protocol="smtp")
             await self.push("501 5.7.0 Authentication aborted" if exc.kind == "aborted"
                             else f"501 5.5.2 {exc}")
             return
         if isinstance(result, sasl.Failed):
             await self.push("535 5.7.8 Authentication credentials invalid")
             return
-        peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else str(self.session.peer)
         try:
-            login = await self.logins.login(result, peer_certificate=cert, source=peer, protocol="smtp")
+            login = await self.logins.login(result, peer_certificate=cert, source=peer_address(self.session),
+                                            protocol="smtp")
         except LoginFailed as exc:
             challenge = exchange.fail(exc.code)
             if challenge is not None:  # OAuth mechanisms: error challenge, then the client's dummy answer
@@ -264,6 +370,8 @@ class MsanteSMTP(SMTP):
         await self.push(b"334 " + sasl.b64encode_challenge(challenge).encode("ascii"))
         try:
             line = await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            raise ConnectionResetError("client left during AUTH") from None
         except asyncio.LimitOverrunError:
             raise sasl.SaslError("response too long", "too-long") from None
         line = line.strip()
@@ -272,6 +380,28 @@ class MsanteSMTP(SMTP):
         if line == sasl.ABORT:
             raise sasl.SaslError("aborted", "aborted")
         return sasl.b64decode_response(line.decode("ascii", "replace"))
+
+
+# A byte that was not UTF-8 (as surrogateescape keeps it), or a control character: no address
+# has any (RFC 5321 §4.1.2), and PostgreSQL refuses NUL in a query.
+_NOT_ADDRESS = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")
+_closing: set[asyncio.Future] = set()  # audit rows of sessions being closed, until written
+
+
+def _keep(future: asyncio.Future) -> None:
+    _closing.add(future)
+    future.add_done_callback(_written)
+
+
+def _written(future: asyncio.Future) -> None:
+    _closing.discard(future)
+    if not future.cancelled() and future.exception() is not None:
+        log.error("audit row of a closed session not written: %s", future.exception())
+
+
+def peer_address(session: Any) -> str:
+    """The client's address of an aiosmtpd session (its peer is a (host, port) tuple)."""
+    return session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
 
 
 def _take_params(arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str | bool]]:

@@ -34,7 +34,7 @@ from .addresses import Address, parse_addresses
 from .headers import Header
 from .imap.message import MAX_DEPTH, MAX_PARTS, Message
 from .mailstore import MailStore, Recipient
-from .smtp import MsanteEnvelope, SmtpLimits
+from .smtp import MsanteEnvelope, SmtpLimits, peer_address
 from .trust import TrustListError, TrustSpace, a_label
 
 log = logging.getLogger("msante.receive")
@@ -146,7 +146,7 @@ class _Receiver:
         sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from
         accepted = await self._store.accept(
             message=stored, message_id=message_id, sender=sender, actor=self.actor(session), audit=self._audit,
-            audit_action=f"{self.audit_prefix}.accept", source=_peer(session), mail_dsn=envelope.dsn,
+            audit_action=f"{self.audit_prefix}.accept", source=peer_address(session), mail_dsn=envelope.dsn,
             recipients=recipients)
         return f"250 2.0.0 Stored as {accepted.envelope_id}"
 
@@ -160,14 +160,14 @@ class _Receiver:
         tls_text = f" ({tls.version()} {tls.cipher()[0]})" if tls else ""
         actor = self.actor(session)
         stamp = email.utils.format_datetime(datetime.now(timezone.utc))
-        text = (f"Received: from {session.host_name} ([{_peer(session)}])\r\n\tby {self._hostname} (msante) with "
+        text = (f"Received: from {session.host_name} ([{peer_address(session)}])\r\n\tby {self._hostname} (msante) with "
                 f"{protocol}{tls_text}\r\n\t({'authenticated as' if session.authenticated else 'peer'} "
                 f"{actor.kind} {actor.id}) id {secrets.token_hex(8)};\r\n\t{stamp}\r\n")
         return text.encode("utf-8")
 
     async def refused(self, session: Any, target: str, reason: str, **detail: Any) -> None:
         await self._audit.record(self.actor(session), f"{self.audit_prefix}.refuse", target=target,
-                                 outcome="denied", source=_peer(session), reason=reason, **detail)
+                                 outcome="denied", source=peer_address(session), reason=reason, **detail)
 
 
 class SubmissionHandler(_Receiver):
@@ -329,6 +329,3 @@ def _address_in_name(address: Address) -> str | None:
     own = _mailbox(address)
     return next((m.group() for m in _ADDRESS_LIKE.finditer(name) if m.group().lower() != own), None)
 
-
-def _peer(session: Any) -> str:
-    return session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)

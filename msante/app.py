@@ -15,7 +15,7 @@ import ssl
 import threading
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from cryptography import x509
 from sqlalchemy import func, select
@@ -28,7 +28,7 @@ from certs.tokens import TokenVerifier
 from directory.app_passwords import AppPasswords
 from config import ConfigError, Settings
 from directory.api import DirectoryApi
-from directory.authn import Authenticator
+from directory.authn import Authenticator, audit_handshake_refusal
 from directory.mailbox_api import MailboxApi
 from hospital.dispatch import Dispatcher
 from hospital.feed import Feed
@@ -37,22 +37,26 @@ from instant.service import Instant
 from mailserver.imap.folders import Folders
 from mailserver.imap.server import connection_handler
 from mailserver.imap.session import ImapContext
-from mailserver.logins import Logins
+from mailserver.logins import Logins, SharedFailures
 from mailserver.mailstore import MailStore
 from mailserver.smtp import MsanteSMTP, SmtpLimits
 from mailserver.outbound import OutboundQueue
 from mailserver.submission import RelayHandler, SubmissionHandler
 from mailserver.trust import TrustSpace
+from mailserver.webmail import WebMail
 from store import db
 from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
+from store.lease import OUTBOUND_QUEUE, run_exclusively
+from store.redis_bus import RedisBus
 from store.relay import Relay
 from store.schema import deliveries, envelopes, mailboxes, professionals
 from web.http import Request, Response, serve_connection
 from web.metrics import Metrics
 from web.oidc import DevSignIn
 from web.router import Router
+from web.autoconfig import Autoconfig
 from web.wellknown import WellKnown
 
 from .admission import Admission
@@ -79,7 +83,8 @@ class Services:
     authenticator: Authenticator
     passwords: AppPasswords
     logins: Logins
-    bus: EventBus
+    bus: EventBus  # this process's subscribers and, with [bus] url, every other process's
+    local_bus: LocalBus  # this process's subscribers only: what the store relay feeds
     mailstore: MailStore
     trust: TrustSpace
     revocations: Revocations
@@ -107,15 +112,23 @@ class Services:
             raise ConfigError(f"{settings.source}: tls.crls: {exc}") from None
         authenticator = Authenticator(engine, verifier, audit, cas, settings.admins, revocations)
         passwords = AppPasswords(engine, audit)
-        logins = Logins(engine, authenticator, passwords, audit)
-        bus = LocalBus()
+        local_bus = LocalBus()
+        bus: EventBus = local_bus
+        shared = None
+        if settings.bus_url:  # several processes: events and login failures cross them through Redis
+            bus = RedisBus(settings.bus_url, local_bus)
+            await bus.start()
+            shared = SharedFailures(bus.redis)
+        logins = Logins(engine, authenticator, passwords, audit, shared=shared)
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
         admission = Admission(settings.limits.connections, settings.limits.connections_per_address)
-        return cls(settings, engine, audit, authenticator, passwords, logins, bus, mailstore,
+        return cls(settings, engine, audit, authenticator, passwords, logins, bus, local_bus, mailstore,
                    TrustSpace(engine, settings.domains), revocations, admission)
 
     async def close(self) -> None:
         await self.mailstore.close()
+        if isinstance(self.bus, RedisBus):
+            await self.bus.close()
         await db.finish_writes()
         await self.engine.dispose()
 
@@ -152,15 +165,23 @@ def https_listener(services: Services) -> Listener:
             lambda: _queue(services.engine, "age"))
     router = services.router
     WellKnown(s).register(router)
+    Autoconfig(s).register(router)
     DirectoryApi(services.engine, services.authenticator, services.audit).register(router)
     MailboxApi(services.engine, services.authenticator, services.passwords).register(router)
+    WebMail(services.engine, services.authenticator, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
+            services.audit).register(router)
     DevSignIn(s, services.engine, services.audit).register(router)
     services.instant = Instant(services)
     services.instant.register(router)
 
     async def healthz(_request: Request) -> Response:
+        """200 while the store answers. Redis, when several nodes share it, is reported but does
+        not fail the check: without it a node still serves (docs/deployment.md), and a load
+        balancer that took every node out over Redis would turn its outage into one of msante."""
         async with services.engine.connect() as conn:
             await conn.execute(select(1))
+        if isinstance(services.bus, RedisBus):
+            return Response.json({"status": "ok", "redis": "ok" if services.bus.subscribed.is_set() else "unreachable"})
         return Response.json({"status": "ok"})
 
     async def metrics(_request: Request) -> Response:
@@ -183,7 +204,8 @@ def https_listener(services: Services) -> Listener:
             m.inc("msante_http_requests_total", route=route, status=str(status))
 
     return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle), services.server_tls(),
-                    admission=services.admission, refusal=HTTP_REFUSAL)
+                    admission=services.admission, refusal=HTTP_REFUSAL,
+                    on_tls_failure=_tls_failure_audit(services, "https"))
 
 
 def smtp_listeners(services: Services) -> list[Listener]:
@@ -191,7 +213,8 @@ def smtp_listeners(services: Services) -> list[Listener]:
     `smtp`, the relay between operators (STARTTLS with a client certificate required)."""
     s = services.settings
     limits = SmtpLimits(max_message_size=s.max_message_size, max_header_size=s.max_header_size,
-                         max_header_fields=s.max_header_fields)
+                         max_header_fields=s.max_header_fields, login_deadline=s.limits.login_deadline,
+                         max_refusals=s.limits.smtp_refusals)
     common = dict(domains=s.domains, hostname=s.hostname, limits=limits)
     submission = SubmissionHandler(services.engine, services.mailstore, services.audit, services.trust, **common)
     relay = RelayHandler(services.engine, services.mailstore, services.audit, services.trust,
@@ -205,10 +228,11 @@ def smtp_listeners(services: Services) -> list[Listener]:
             continue
 
         def factory(handler=handler, logins=logins, context=context, implicit=implicit) -> MsanteSMTP:  # noqa: ANN001
-            return MsanteSMTP(handler, logins=logins, limits=limits, hostname=s.hostname, tls_context=context,
-                              implicit_tls=implicit)
+            return MsanteSMTP(handler, logins=logins, audit=services.audit, limits=limits, hostname=s.hostname,
+                              tls_context=context, implicit_tls=implicit)
         listeners.append(Listener(name, s.listen[name], ssl_context=context if implicit else None,
-                                  protocol_factory=factory, admission=services.admission, refusal=SMTP_REFUSAL))
+                                  protocol_factory=factory, admission=services.admission, refusal=SMTP_REFUSAL,
+                                  on_tls_failure=_tls_failure_audit(services, name)))
     return listeners
 
 
@@ -216,7 +240,8 @@ def imap_listeners(services: Services) -> list[Listener]:
     """`imap` (STARTTLS, LOGINDISABLED before it) and `imaps` (implicit TLS, RFC 8314)."""
     s = services.settings
     ctx = ImapContext(services.engine, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
-                      services.logins, services.audit, services.bus, s.hostname, s.max_message_size)
+                      services.logins, services.audit, services.bus, s.hostname, s.max_message_size,
+                      login_deadline=s.limits.login_deadline, max_refusals=s.limits.imap_refusals)
     services.imap = ctx
     listeners = []
     for name, implicit in (("imap", False), ("imaps", True)):
@@ -224,8 +249,15 @@ def imap_listeners(services: Services) -> list[Listener]:
             context = services.server_tls()
             listeners.append(Listener(name, s.listen[name], connection_handler(ctx, context, implicit_tls=implicit),
                                       context if implicit else None, admission=services.admission,
-                                      refusal=IMAP_REFUSAL))
+                                      refusal=IMAP_REFUSAL, on_tls_failure=_tls_failure_audit(services, name)))
     return listeners
+
+
+def _tls_failure_audit(services: Services, listener: str):  # noqa: ANN202 - listeners.TlsFailure
+    """What an implicit-TLS listener does with a failed handshake: audit a refused certificate."""
+    def report(error: BaseException, address: str) -> Awaitable[None]:
+        return audit_handshake_refusal(services.audit, error, source=address, protocol=listener)
+    return report
 
 
 def hl7_listener(services: Services, feed: Feed) -> Listener:
@@ -233,7 +265,8 @@ def hl7_listener(services: Services, feed: Feed) -> Listener:
     s = services.settings
     handler = hl7_handler(services.engine, services.authenticator, services.audit, feed, max_frame=s.hl7_max_frame)
     return Listener("hl7", s.listen["hl7"], handler, services.server_tls(require_client_cert=True),
-                    admission=services.admission, refusal=HL7_REFUSAL)
+                    admission=services.admission, refusal=HL7_REFUSAL,
+                    on_tls_failure=_tls_failure_audit(services, "hl7"))
 
 
 def outbound_queue(services: Services) -> OutboundQueue:
@@ -272,8 +305,9 @@ def _check_descriptors(connections: int) -> None:
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None] | None = None,
-                stop: asyncio.Event | None = None) -> None:
-    """Run every configured listener until SIGTERM/SIGINT (or `stop`), then shut down cleanly."""
+                stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
+    """Run every configured listener until SIGTERM/SIGINT (or `stop`), then shut down cleanly.
+    `reuse_port`: bind beside the other workers of `msante serve --workers` (msante/workers.py)."""
     services = await Services.open(settings)
     _check_descriptors(settings.limits.connections)
     listeners: list[Listener] = []
@@ -294,9 +328,12 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         loop.add_signal_handler(sig, stop.set)
     try:
         for listener in listeners:
+            listener.reuse_port = reuse_port
             await listener.start()
             log.info("%s listening on %s", listener.name, listener.address)
-        queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
+        queue = asyncio.create_task(run_exclusively(  # one sender among the nodes and workers
+            services.engine, OUTBOUND_QUEUE, "the outbound queue", outbound_queue(services).run, queue_stop),
+            name="outbound-queue")
         crl_refresh = asyncio.create_task(services.revocations.run(queue_stop), name="crl-refresh")
         dispatch = None
         if feed is not None:
@@ -307,7 +344,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             await services.instant.start()
         if services.imap:
             services.imap.start()
-        relay = Relay(services.engine, services.bus)  # what the CLI changes reaches live sessions through it
+        # What the CLI changes reaches live sessions through the store, on every node: each
+        # node's relay feeds its own subscribers only (Redis would hand them the same event twice).
+        relay = Relay(services.engine, services.local_bus)
         await relay.start()
         relaying = asyncio.create_task(relay.run(), name="store relay")
         await services.audit.record(SERVER, "server.start",

@@ -89,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
                    "--dev-issuer and turns the dev sign-in page on (loopback clients only)")
     c.add_argument("--dev-issuer", action="store_true", help="trust tokens of the dev issuer this command creates "
                    "(`msante token issue`): for development and tests, never in production")
-    command(sub, "serve", commands.serve_command, "run every listener until SIGTERM")
+    c = command(sub, "serve", commands.serve_command, "run every listener until SIGTERM")
+    c.add_argument("--workers", type=int, metavar="N", help="N processes sharing the listeners (SO_REUSEPORT), "
+                   "0: one per core; needs PostgreSQL and [bus] url (default: [server] workers, 1)")
+    c.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor for each worker
 
     d = sub.add_parser("directory", help="the professional directory").add_subparsers(metavar="ACTION")
     c = command(d, "import", commands.import_command, "import national extract files (PS_LibreAcces…, "

@@ -42,7 +42,7 @@ from store.events import LocalBus
 from store.relay import StoreBus
 from store.schema import activities, mailboxes, organisations, professionals
 
-from . import app, demo
+from . import app, demo, workers
 
 
 class CommandError(Exception):
@@ -177,7 +177,26 @@ def serve_command(settings: Settings, args: argparse.Namespace):  # noqa: ANN201
     if not settings.tls_cert.exists():
         raise CommandError(f"no server certificate at {settings.tls_cert}: run `msante init` first "
                            f"(or set [tls] cert/key)")
+    if args.worker is not None:  # one of `--workers N`, started by the supervisor; the first says it runs
+        ready = (lambda listeners: _banner(settings, listeners)) if args.worker == 0 else None
+        return app.serve(settings, on_ready=ready, reuse_port=True)
+    n = workers.count(settings.workers if args.workers is None else args.workers)
+    try:
+        workers.check(settings, n)
+    except workers.WorkersRefused as exc:
+        raise CommandError(str(exc)) from None
+    if n > 1:
+        return workers.supervise(settings, n, _worker_command(args))
     return app.serve(settings, on_ready=lambda listeners: _banner(settings, listeners))
+
+
+def _worker_command(args: argparse.Namespace) -> list[str]:
+    """This `msante serve`, as a worker: the same settings (file, data directory, environment)."""
+    command = [sys.executable, "-m", "msante"]
+    for option, value in (("--config", args.config), ("--data-dir", args.data_dir)):
+        if value:
+            command += [option, str(Path(value).resolve())]
+    return command + (["-v"] if args.verbose else []) + ["serve"]
 
 
 def _banner(settings: Settings, listeners: list) -> None:  # noqa: ANN001

@@ -4,7 +4,8 @@ Every accepted connection first meets a gate, before any TLS handshake: `Admissi
 or refuses it, and a refused one gets its protocol's answer (`refusal`: IMAP BYE, SMTP 421,
 HTTP 503), after a handshake on implicit-TLS listeners since that is the only way a client
 reads it. Admitted connections are handed to the listener's protocol, TLS first if implicit.
-Refusing costs little: a few refusals in TLS at a time, the rest just closed. The listener
+Refusing costs little: a few refusals in TLS at a time, the rest just closed. A handshake that
+fails is told to `on_tls_failure` (the audit of a refused client certificate). The listener
 does TLS itself, rather than asyncio's create_server(ssl=…), because asyncio hands over a TLS
 connection only once its handshake is done: the ones still handshaking would go uncounted.
 
@@ -28,9 +29,19 @@ from .admission import Admission, Ticket
 log = logging.getLogger("msante.listen")
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+TlsFailure = Callable[[BaseException, str], Awaitable[None]]  # (the handshake's error, client address)
 TLS_HANDSHAKE_TIMEOUT = 15.0  # seconds; a peer that never finishes the handshake holds a slot
 REFUSAL_HANDSHAKE_TIMEOUT = 5.0  # seconds a refused client gets to finish its handshake and read why
 REFUSALS_IN_TLS = 64  # refused connections handshaking at once to be told why; more are just closed
+
+
+class _TLSProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS layer with a 32 KiB read buffer instead of 256 KiB. The buffer is allocated
+    (and, once the allocator has raised its mmap threshold, touched) per connection: at 256 KiB an
+    idle TLS connection held ~290 KiB of RSS (bench/imap_prelogin.py). 32 KiB is two full TLS
+    records, enough that a bulk transfer costs no more reads than the records it carries."""
+
+    max_size = 32 * 1024
 
 
 class Listener:
@@ -38,7 +49,8 @@ class Listener:
 
     def __init__(self, name: str, address: str, handler: ConnectionHandler | None = None,
                  ssl_context: ssl.SSLContext | None = None, *, protocol_factory: Callable[[], Any] | None = None,
-                 admission: Admission, refusal: bytes, limit: int = 64 * 1024) -> None:
+                 admission: Admission, refusal: bytes, limit: int = 64 * 1024,
+                 on_tls_failure: TlsFailure | None = None) -> None:
         if (handler is None) == (protocol_factory is None):
             raise ValueError("give a handler or a protocol factory")
         self.name = name
@@ -53,11 +65,14 @@ class Listener:
         self._tasks: set[asyncio.Task] = set()
         self._protocols: weakref.WeakSet = weakref.WeakSet()
         self._refusing = 0  # refused connections still in their TLS handshake
+        self._on_tls_failure = on_tls_failure
+        self._reporting: set[asyncio.Task] = set()  # on_tls_failure calls not finished yet
+        self.reuse_port = False  # several workers bind the same address (msante/workers.py)
 
     async def start(self) -> None:
         host, port = split_hostport(self.address)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Gate(self), host, port)
+        self._server = await loop.create_server(lambda: _Gate(self), host, port, reuse_port=self.reuse_port or None)
         bound = self._server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"  # port 0 in tests becomes the real port
 
@@ -71,7 +86,7 @@ class Listener:
         loop = asyncio.get_running_loop()
         return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=self._limit, loop=loop), self._run, loop=loop)
 
-    def _open(self, transport: asyncio.Transport, ticket: Ticket) -> None:
+    def _open(self, transport: asyncio.Transport, ticket: Ticket, address: str) -> None:
         """An admitted connection: TLS first on an implicit-TLS listener, then the protocol.
         The ticket goes back when the protocol loses its connection, or the handshake fails."""
         protocol = self._app_protocol()
@@ -86,7 +101,16 @@ class Listener:
             protocol.connection_made(transport)
             return
         handshake = self._tls(transport, protocol, TLS_HANDSHAKE_TIMEOUT)
-        handshake.add_done_callback(lambda done: (done.cancelled() or done.exception()) and ticket.release())
+
+        def handshake_done(done: asyncio.Future) -> None:
+            if done.cancelled() or done.exception() is None:
+                return
+            ticket.release()
+            if self._on_tls_failure is not None:
+                report = asyncio.ensure_future(self._on_tls_failure(done.exception(), address))
+                self._reporting.add(report)
+                report.add_done_callback(self._reporting.discard)
+        handshake.add_done_callback(handshake_done)
 
     def _refuse(self, transport: asyncio.Transport) -> None:
         if self._ssl is None:
@@ -110,8 +134,8 @@ class Listener:
         hears of the connection)."""
         loop = asyncio.get_running_loop()
         handshake = loop.create_future()
-        tls = sslproto.SSLProtocol(loop, protocol, self._ssl, handshake, server_side=True,
-                                   ssl_handshake_timeout=timeout)
+        tls = _TLSProtocol(loop, protocol, self._ssl, handshake, server_side=True,
+                           ssl_handshake_timeout=timeout)
         transport.set_protocol(tls)
         tls.connection_made(transport)
         return handshake
@@ -171,7 +195,7 @@ class _Gate(asyncio.Protocol):
         if ticket is None:
             listener._refuse(transport)  # noqa: SLF001
         else:
-            listener._open(transport, ticket)  # noqa: SLF001
+            listener._open(transport, ticket, address)  # noqa: SLF001
 
 
 class _Refusal(asyncio.Protocol):

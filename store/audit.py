@@ -3,10 +3,16 @@ entry, mailbox or care circle (who, when, from where, what, outcome; never messa
 
 Nothing in the code base updates or deletes audit rows; retention beyond the configured
 period is an operator's archive job, not the server's.
+
+What a row holds often comes from the client: an address of invalid UTF-8, a user name with
+control characters. Every text is escaped before it is stored (`escape`), so the refusal of
+hostile input is recorded like any other instead of failing in the database driver (a lone
+surrogate cannot be encoded, PostgreSQL refuses NUL) and leaves no row.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +26,9 @@ from .schema import audit
 
 ACTOR_KINDS = ("person", "application", "operator", "anonymous", "server")
 OUTCOMES = ("ok", "denied", "failed", "error")
+# Control characters (C0, DEL, C1), bidi controls that reorder what a reader of the trail sees,
+# and the lone surrogates Python uses for bytes that were not UTF-8 (errors="surrogateescape").
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,31 @@ OPERATOR = Actor("cli", "operator")
 SERVER = Actor("msante", "server")
 
 
+def escape(text: str) -> str:
+    """`text` with every unsafe character written as an escape: \\xNN for a byte that was not
+    UTF-8 and for control characters, \\uNNNN for the rest. Readable, storable anywhere."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte surrogateescape kept
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _escape_all(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {escape(str(k)): _escape_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_escape_all(v) for v in value]
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return escape(str(value))
+
+
 class AuditTrail:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -50,9 +84,10 @@ class AuditTrail:
         it describes was committed (an accepted message)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
-        row = {"at": datetime.now(timezone.utc), "actor": actor.id[:320], "actor_kind": actor.kind,
-               "source": source[:64], "action": action[:64], "target": target[:320], "outcome": outcome,
-               "detail": json.dumps(detail, ensure_ascii=False, default=str, sort_keys=True) if detail else ""}
+        row = {"at": datetime.now(timezone.utc), "actor": escape(actor.id)[:320], "actor_kind": actor.kind,
+               "source": escape(source)[:64], "action": escape(action)[:64], "target": escape(target)[:320],
+               "outcome": outcome,
+               "detail": json.dumps(_escape_all(detail), ensure_ascii=False, sort_keys=True) if detail else ""}
         if conn is not None:
             await conn.execute(insert(audit), row)
             return

@@ -3,8 +3,9 @@ the layers that push to live sessions (IMAP IDLE, websockets). Other processes (
 publish through the store (store/relay.py).
 
 Events are hints, not the data: a subscriber that hears "new mail in box 12" reads the
-store. That is what lets a later backend (Redis pub/sub, for several nodes) lose nothing
-that matters: a subscriber that overflowed or reconnected resynchronises from the store.
+store. That is what lets the bus of several processes (Redis pub/sub, store/redis_bus.py)
+lose nothing that matters: a subscriber that overflowed, or whose events were lost between
+processes, gets OVERFLOW and resynchronises from the store.
 """
 from __future__ import annotations
 
@@ -54,6 +55,15 @@ class LocalSubscription:
             self.overflowed = True
             log.warning("subscriber of %s overflowed: it will resynchronise", ",".join(self.channels))
 
+    def resync(self) -> None:
+        """Tell the subscriber, after what it already holds, to re-read the store: events
+        meant for it were lost before reaching this process (store/redis_bus.py)."""
+        if not self.overflowed:
+            try:
+                self.queue.put_nowait(OVERFLOW)
+            except asyncio.QueueFull:
+                self.overflowed = True
+
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._events()
 
@@ -78,6 +88,11 @@ class LocalBus:
     async def publish(self, channel: str, event: dict[str, Any]) -> None:
         for subscriber in list(self._subscribers.get(channel, ())):
             subscriber.offer({**event, "channel": channel})
+
+    def resync(self) -> None:
+        """Every subscriber gets OVERFLOW once: events may have been lost on their way here."""
+        for subscription in set().union(*self._subscribers.values()):
+            subscription.resync()
 
     def subscribe(self, *channels: str) -> LocalSubscription:
         subscription = LocalSubscription(self, channels)

@@ -208,6 +208,8 @@ folders = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     # UIDs from here on are \Recent (RFC 3501 §2.3.2) for the next session that SELECTs the folder
     Column("first_recent_uid", BigInteger, nullable=False, default=1),
+    # every keyword ever set here, space-separated: FLAGS lists them all (RFC 3501 §7.2.6)
+    Column("keywords", Text, nullable=False, default=""),
     UniqueConstraint("mailbox_id", "name", name="uq_folders_mailbox_name"),
 )
 

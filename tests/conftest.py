@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,21 @@ import config
 
 PG_URL = os.environ.get("MSANTE_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _shared() -> Path:
+    """`../shared`, beside the repository: beside this checkout, or, when this checkout is a git
+    worktree (its `.git` is a file naming the main repository's), beside the main checkout."""
+    root = Path(__file__).resolve().parents[1]
+    beside = root.parent / "shared"
+    git = root / ".git"
+    if beside.is_dir() or not git.is_file():
+        return beside
+    gitdir = Path(git.read_text().partition("gitdir:")[2].strip())  # <main>/.git/worktrees/<name>
+    return gitdir.parents[2].parent / "shared" if len(gitdir.parents) > 2 else beside
+
+
+SHARED = _shared()
 
 
 _PORTS = random.Random()  # its own generator: tests that seed `random` must not pick the same ports
@@ -54,21 +71,33 @@ async def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
+    name = await _postgresql("CREATE DATABASE {}")
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    await _postgresql("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+@pytest.fixture
+async def postgresql_url():
+    """A fresh PostgreSQL database, for tests that only make sense on it (several processes
+    sharing one store); skipped when MSANTE_TEST_DATABASE_URL is not set."""
+    if not PG_URL:
+        pytest.skip("MSANTE_TEST_DATABASE_URL is not set")
+    name = await _postgresql("CREATE DATABASE {}")
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    await _postgresql("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+async def _postgresql(statement: str, name: str | None = None) -> str:
+    """Run a CREATE or DROP DATABASE `statement` for `name` (a new unique one by default)."""
     import asyncpg
 
-    name = f"msante_t_{uuid.uuid4().hex[:12]}"
-    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn)
+    name = name or f"msante_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(statement.format(f'"{name}"'))
     finally:
         await conn.close()
-    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    return name
 
 
 @dataclass
@@ -163,3 +192,57 @@ def server(tmp_path, monkeypatch, database_url):
     thread.join(30)
     assert not thread.is_alive(), "server did not stop"
     assert "error" not in holder, holder.get("error")
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a loopback port of its own, for tests that stop and restart
+    it (a shared instance could not be killed, and other tests' events would cross)."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - kept open by the child
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--daemonize", "no"], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None, (self.directory / "redis.log").read_text()
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: an outage as abrupt as they come."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A private redis-server (never the machine's shared 6379), killed at teardown."""
+    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(free_port(), directory)
+    server.start()
+    yield server
+    server.kill()

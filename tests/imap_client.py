@@ -30,12 +30,14 @@ def xoauth2(user: str, bearer: str) -> str:
 
 
 class RawImap:
-    def __init__(self, server, *, listener: str = "imaps", cert: tuple | None = None, timeout: float = 15) -> None:
+    def __init__(self, server, *, listener: str = "imaps", cert: tuple | None = None, timeout: float = 15,
+                 source: str | None = None) -> None:
         host, port = server.listeners[listener].rsplit(":", 1)
         self.context = server.client_tls()
         if cert:
             self.context.load_cert_chain(*cert)
-        sock = socket.create_connection((host, int(port)), timeout=timeout)
+        sock = socket.create_connection((host, int(port)), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
         self.sock = self.context.wrap_socket(sock, server_hostname="localhost") if listener == "imaps" else sock
         self.buffer = b""
         self.tags = (f"t{n}" for n in itertools.count(1))

@@ -201,7 +201,10 @@ def test_my_mailboxes_and_app_passwords(server):
     assert (status, body["error"]) == (400, "refused")  # one password per label
     status, _, body = request(server, "POST", "/api/mailboxes/jean.dupont@msante.test/app-passwords", token,
                               body={"label": "x"})
-    assert status == 400 and "not a mailbox you may use" in body["message"]
+    assert (status, body["error"]) == (403, "forbidden") and "not a mailbox you may use" in body["message"]
+    status, _, body = request(server, "POST", "/api/mailboxes/nobody@msante.test/app-passwords", token,
+                              body={"label": "x"})
+    assert (status, body["error"]) == (403, "forbidden")  # a box that does not exist: the same answer
     status, _, listed = request(server, "GET", path, token)
     assert [item["label"] for item in listed["items"]] == ["Poste urgences 3"]
     assert "password" not in listed["items"][0]

@@ -5,8 +5,10 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from mailserver.imap.encode import (
+    NulOctet,
     astring,
     date_time,
+    literal,
     mailbox_name,
     nstring,
     parse_date,
@@ -27,9 +29,19 @@ def test_quoted_when_safe():
 
 
 @pytest.mark.parametrize("value, utf8", [
-    (b"two\r\nlines", False), (b"nul\x00", True), ("été".encode(), False), (b"x" * 1025, True)])
+    (b"two\r\nlines", False), ("été".encode(), False), (b"x" * 1025, True)])
 def test_literal_otherwise(value, utf8):
     assert quoted_or_literal(value, utf8=utf8) == b"{%d}\r\n" % len(value) + value
+
+
+def test_nul_goes_only_in_a_literal8():
+    """Issue 12 item 5: never a NUL in a quoted string or a plain literal."""
+    with pytest.raises(NulOctet):
+        quoted_or_literal(b"nul\x00", utf8=True)
+    with pytest.raises(NulOctet):
+        literal(b"nul\x00")
+    assert literal(b"nul\x00", binary=True) == b"~{4}\r\nnul\x00"
+    assert literal(b"no nul", binary=True) == b"{6}\r\nno nul"
 
 
 def test_utf8_may_be_quoted_once_enabled():

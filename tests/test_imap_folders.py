@@ -172,10 +172,11 @@ async def test_append_messages_bodies_recent(store):
         (1, {"\\Seen", "$Label"}, 17, NOW), (2, frozenset(), 18, NOW)]
     assert messages[1].modseq > messages[0].modseq > state.highestmodseq
     assert await store.bodies(inbox, [2, 1, 99]) == {1: b"Subject: a\r\n\r\nx\r\n", 2: b"Subject: b\r\n\r\nyy\r\n"}
-    assert await store.claim_recent(inbox) == 1  # the first session sees both as \Recent
-    assert await store.claim_recent(inbox) == 3  # the next one sees none
+    assert await store.claim_recent(inbox, 2) == 1  # the first session saw one message: \Recent for it
+    assert await store.claim_recent(inbox, 3) == 2  # the next one sees both, the second as \Recent
+    assert await store.claim_recent(inbox, 3) == 3  # the next one has none
     await store.append(inbox, b"z", set(), NOW)
-    assert await store.claim_recent(inbox) == 3
+    assert await store.claim_recent(inbox, 4) == 3
     with pytest.raises(NoSuchFolder):
         await store.append(999, b"z", set(), NOW)
 

@@ -299,6 +299,17 @@ def test_binary_decodes_transfer_encodings():
     assert Message(EIGHTBIT).binary((1,)) == "Cet été, la CLINIQUE ferme.\r\n".encode()
 
 
+def test_binary_decodes_quoted_printable_as_rfc_2045_says():
+    """Issue 12 item 6 (imaptest fetch-binary-mime-qp): trailing white space is dropped, a soft
+    line break may be followed by white space, hard line breaks are CRLF."""
+    body = (b"hello  \nbar=\n\nfoo\t=\nbar\nfoo\t \t= \n=62\nfoo = \t\nbar\nfoo =\n=62\nfoo  \nbar=\n\n"
+            b"foo_bar\n")
+    decoded = Message(b"Content-Transfer-Encoding: quoted-printable\n\n" + body).binary((1,))
+    assert decoded == b"hello\r\nbar\r\nfoo\tbar\r\nfoo\t \tb\r\nfoo bar\r\nfoo b\r\nfoo\r\nbar\r\nfoo_bar\r\n"
+    assert Message(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=E9t=C3=A9 =ZZ=\r\n").binary((1,)) == \
+        b"\xe9t\xc3\xa9 =ZZ"  # a broken escape stays as written
+
+
 def test_binary_is_lenient_with_base64_and_refuses_unknown_encodings():
     sloppy = b"Content-Transfer-Encoding: BASE64\r\n\r\naGVs\r\nbG8*gd29y\r\nbGQ\r\n"
     assert Message(sloppy).binary((1,)) == b"hello world"
@@ -383,3 +394,29 @@ def test_render_message_items():
         one("FLAGS")
     with pytest.raises(UnknownCTE):
         render(FetchItem("BINARY[]", (1,)), Message(b"Content-Transfer-Encoding: x-foo\r\n\r\nx"))
+
+
+def test_leaves_number_parts_as_body_sections_do():
+    """A reader's list of parts (mailserver/webmail.py): single parts only, encapsulated messages
+    opened, numbered as BODY[section] and BINARY take them, names decoded."""
+    from mailserver.imap.message import Message
+
+    raw = (b"Content-Type: multipart/mixed; boundary=a\r\n\r\n"
+           b"--a\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+           b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+           b"Pi=E8ce jointe\r\n"
+           b"--a\r\nContent-Type: message/rfc822\r\n\r\n"
+           b"Subject: transf\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\ntexte\r\n"
+           b"--b\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--b--\r\n"
+           b"--a\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment;\r\n"
+           b" filename=\"=?utf-8?q?compte-rendu_=C3=A9t=C3=A9.pdf?=\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           b"JVBERi0xLjQ=\r\n--a--\r\n")
+    message = Message(raw)
+    leaves = message.leaves()
+    assert [(leaf.section, leaf.content_type) for leaf in leaves] == [
+        ((1,), "text/plain"), ((2, 1), "text/plain"), ((2, 2), "text/html"), ((3,), "application/pdf")]
+    assert message.text_of(leaves[0]) == "Pièce jointe"
+    assert (leaves[3].filename, leaves[3].disposition) == ("compte-rendu été.pdf", "attachment")
+    assert message.binary(leaves[3].section) == b"%PDF-1.4"
+    assert message.section((2, 2), None) == b"<p>html</p>"

@@ -69,9 +69,17 @@ def test_fetch_sections_are_one_atom():
     assert one(b"a FETCH 1 BODY[x[y]z]\r\n").args[1] == Atom("BODY[x[y]z]")
 
 
+def test_brackets_are_atom_and_astring_chars():
+    """Item 4 of issue 12: "[" is an ATOM-CHAR, "]" an ASTRING-CHAR (RFC 3501 §9)."""
+    assert one(b"a SELECT foo[bar\r\n").args == (Atom("foo[bar"),)
+    assert one(b"a SELECT foo]bar[\r\n").args == (Atom("foo]bar["),)
+    assert one(b"a LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*\r\n").args[1] == \
+        Atom("!#$&'+,-.0123456789:;<=>?@^_`|[}%*")
+    assert one(b"a FETCH 1 BODY[HEADER\r\n").args[1] == Atom("BODY[HEADER")  # FETCH refuses it
+
+
 @pytest.mark.parametrize("line", [
-    b"a FETCH 1 BODY[HEADER\r\n",  # unclosed section
-    b'a FETCH 1 BODY["]"\r\n',  # the "]" is quoted: still unclosed
+    b'a FETCH 1 BODY["]"\r\n',  # the "]" is quoted: unclosed, and a quote in an atom
     b"a FETCH 1 BODY[\xc3\xa9]\r\n",  # 8-bit in a section
 ])
 def test_bad_sections(line):

@@ -135,6 +135,48 @@ def test_search_strings_as_literals_and_utf8():
         parse_search([Atom("BODY"), String(b"\xff\xfe")], utf8_default=False)
 
 
+ADDRESSED = [  # imaptest's search-addresses messages
+    b"From: user-from@domain.org\r\nTo: user-to@domain.org\r\nCc: user-cc@domain.org\r\n"
+    b"Bcc: user-bcc@domain.org\r\n\r\nbody\r\n",
+    b"From: RealFrom <user-from@domain.org>\r\nTo: RealTo <user-to@domain.org>\r\n\r\nbody2\r\n",
+    b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: <user-to@domain.org>\r\n\r\nbody3\r\n",
+    b"From: user-from@domain.org (RealFrom)\r\nTo: user-to@domain.org (RealTo)\r\n\r\nbody4\r\n",
+    b"From: user-from1@domain.org, user-from2@domain.org\r\n\r\nbody5\r\n",
+    b"From: =?utf-8?q?Ren=C3=A9?= <rene@domain.org>\r\nTo: groupname: groupuser1@domain.org, "
+    b"groupuser2@domain.org;,\r\n  groupname2: groupuser3@domain.org;\r\n\r\nbody6\r\n",
+]
+
+
+@pytest.mark.parametrize("line, seqs", [
+    ("FROM user-from@domain.org", [1, 2, 3, 4]),  # message 3 spells it with comments inside
+    ("FROM realfrom", [2, 4]), ("TO realto", [2, 4]), ("FROM ser-fro", [1, 2, 3, 4, 5]),
+    ("FROM \"<user-from@domain.org>\"", [1, 2, 3, 4]), ("FROM comment", []),
+    ("FROM user-from2", [5]), ("FROM rené", [6]), ("FROM utf-8", []),
+    ("TO groupname", [6]), ("TO groupname2", [6]), ("TO groupuser3", [6]), ("TO groupuser4", []),
+])
+def test_address_keys_match_the_parsed_addresses(line, seqs):
+    """Issue 12 item 9: FROM/TO/CC/BCC look at the addresses as ENVELOPE shows them (display
+    name decoded, comments and spacing gone, group names), not at the raw header text."""
+    query = parse_search(toks(line), utf8_default=True)
+    assert [n for n, raw in enumerate(ADDRESSED, 1)
+            if query.matches(Facts(n, n, raw), largest_seq=6, largest_uid=6)] == seqs
+
+
+def test_body_search_looks_inside_delivery_status_parts():
+    """A DSN's Original-Envelope-Id (message/delivery-status, RFC 3464) must be findable."""
+    dsn = (b"From: MAILER-DAEMON@msante.test\r\nContent-Type: multipart/report; report-type=delivery-status; "
+           b"boundary=r\r\n\r\n--r\r\nContent-Type: text/plain\r\n\r\nNot delivered.\r\n"
+           b"--r\r\nContent-Type: message/delivery-status\r\n\r\nOriginal-Envelope-Id: env-4242\r\n"
+           b"Reporting-MTA: dns; msante.test\r\n\r\nFinal-Recipient: rfc822; x@y.test\r\nAction: failed\r\n"
+           b"--r\r\nContent-Type: application/pdf\r\n\r\nenv-4242 in a binary part\r\n--r--\r\n")
+    for line, found in (("BODY env-4242", True), ("TEXT \"action: failed\"", True), ("BODY \"not delivered\"", True)):
+        assert parse_search(toks(line), utf8_default=True).matches(Facts(1, 1, dsn), largest_seq=1, largest_uid=1) \
+            is found, line
+    pdf_only = dsn.replace(b"Original-Envelope-Id: env-4242", b"Original-Envelope-Id: other")
+    assert not parse_search(toks("BODY env-4242"), utf8_default=True).matches(
+        Facts(1, 1, pdf_only), largest_seq=1, largest_uid=1)  # application/* is not text
+
+
 def test_message_is_loaded_only_when_needed_and_once():
     facts = Facts(1, 1, PLAIN, frozenset({"\\Seen"}))
     parse_search(toks("SEEN LARGER 10 UID 1"), utf8_default=False).matches(facts, largest_seq=1, largest_uid=1)

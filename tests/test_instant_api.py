@@ -87,6 +87,19 @@ def test_only_the_coordinator_changes_members(server):
     assert actions == ["circle.member.add", "circle.member.add", "circle.member.remove", "circle.member.remove"]
 
 
+def test_a_member_leaves(server):
+    """Anyone but the coordinator may remove themselves; the change is audited and announced as any removal."""
+    assert api(server, "DELETE", f"/api/circles/1/members/{NURSE}", NURSE)[0] == 204
+    status, error = api(server, "GET", "/api/circles/1", NURSE)
+    assert (status, error["error"]) == (403, "forbidden")
+    status, error = api(server, "DELETE", f"/api/circles/1/members/{NURSE}", NURSE)  # no longer a member
+    assert (status, error["error"]) == (403, "forbidden")
+    rows = server.rows(select(audit.c.actor, audit.c.outcome).where(audit.c.action == "circle.member.remove"))
+    assert [(r["actor"], r["outcome"]) for r in rows] == [(NURSE, "ok"), (NURSE, "denied")]
+    status, error = api(server, "DELETE", f"/api/circles/1/members/{COORDINATOR}", COORDINATOR)
+    assert (status, error["error"]) == (400, "coordinator")  # a circle keeps its coordinator
+
+
 def test_delegates_join_on_behalf_of_their_organisational_box(server):
     status, member = api(server, "POST", "/api/circles/1/members", COORDINATOR,
                          {"id": PHARMACIST, "on_behalf_of": "secretariat.ehpad-filaos@msante.test"})

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from instant import frames
-from instant.frames import AlertAck, Auth, FrameError, History, Post, Presence, Read, Subscribe, Typing, Unsubscribe
+from instant.frames import (AlertAck, Auth, FrameError, History, Post, Presence, Read, Search, Subscribe, Typing,
+                            Unsubscribe)
 from instant.limits import DEFAULT
 
 
@@ -21,10 +22,14 @@ def parse(frame: object):  # noqa: ANN201
     ({"type": "unsubscribe", "circle": 3}, Unsubscribe(3)),
     ({"type": "post", "circle": 3, "client_id": "6f1c-44:a.b_c", "text": "Tension 14/9\n"},
      Post(3, "6f1c-44:a.b_c", "Tension 14/9\n")),
+    ({"type": "post", "circle": 3, "client_id": "c", "text": "Oui", "reply_to": 7, "id": "p"},
+     Post(3, "c", "Oui", 7, "p")),
     ({"type": "history", "circle": 3}, History(3, None, None, DEFAULT.history_page)),
     ({"type": "history", "circle": 3, "before": 10, "limit": 5}, History(3, 10, None, 5)),
     ({"type": "history", "circle": 3, "after": 0, "limit": 200}, History(3, None, 0, 200)),
     ({"type": "read", "circle": 3, "seq": 9}, Read(3, 9)),
+    ({"type": "search", "circle": 3, "q": " pansement "}, Search(3, "pansement", None)),
+    ({"type": "search", "circle": 3, "q": "ok", "before": 40, "id": "s"}, Search(3, "ok", 40, "s")),
     ({"type": "typing", "circle": 3}, Typing(3)),
     ({"type": "presence", "state": "away"}, Presence("away")),
     ({"type": "alert.ack", "alert": 12, "id": "a"}, AlertAck(12, "a")),
@@ -58,6 +63,11 @@ def test_not_a_frame(text, code):
     ({"type": "subscribe", "circle": 2**53}, "bad_frame"),
     ({"type": "subscribe", "circle": 1, "after": -1}, "bad_frame"),
     ({"type": "post", "circle": 1, "client_id": "", "text": "x"}, "bad_frame"),
+    ({"type": "post", "circle": 1, "client_id": "c", "text": "x", "reply_to": 0}, "bad_frame"),
+    ({"type": "search", "circle": 1, "q": "a"}, "bad_frame"),
+    ({"type": "search", "circle": 1, "q": "a" * 101}, "too_long"),
+    ({"type": "search", "circle": 1, "q": "ok", "before": 0}, "bad_frame"),
+    ({"type": "post", "circle": 1, "client_id": "c", "text": "x", "reply_to": "3"}, "bad_frame"),
     ({"type": "post", "circle": 1, "client_id": "a b", "text": "x"}, "bad_frame"),
     ({"type": "post", "circle": 1, "client_id": "c" * 65, "text": "x"}, "bad_frame"),
     ({"type": "post", "circle": 1, "client_id": "c", "text": "   "}, "bad_frame"),
@@ -95,5 +105,6 @@ def test_server_frames():
     assert frames.encode(frames.error("forbidden", "non", "r1")) == \
         '{"v":1,"type":"error","code":"forbidden","message":"non","id":"r1"}'
     assert json.loads(frames.encode(frames.reply(None, {"type": "ack", "seq": 3}))) == {"v": 1, "type": "ack", "seq": 3}
-    text = frames.encode(frames.message(1, 2, {"id": "8", "name": "Dr Ève"}, "c", "été", "2026-01-01T00:00:00+00:00"))
+    text = frames.encode(frames.message(1, 2, {"id": "8", "name": "Dr Ève"}, "c", "été", "2026-01-01T00:00:00+00:00",
+                                         None))
     assert "été" in text and "Ève" in text  # UTF-8 as is: a third smaller than \\u escapes for French text

@@ -543,3 +543,121 @@ async def test_membership_changes_raise_alerts(server, connect):
     other = await gp.expect(type="alert", where=lambda f: f["alert"]["data"]["change"] == "member.added")
     assert other["alert"]["title"] == "Marie GRONDIN a rejoint le cercle de soins de Josette TECHER"
     assert (await pharmacist.request(type="subscribe", circle=CIRCLE))["type"] == "subscribed"
+
+
+async def _frames_until(client: Client, done) -> list[dict]:  # noqa: ANN001
+    """Every frame in the order the socket delivered it, until `done(frames)` holds."""
+    received: list[dict] = []
+    async with asyncio.timeout(10):
+        while not done(received):
+            received.append(json.loads(await client.ws.recv()))
+    return received
+
+
+def _ack_first(received: list[dict], client_ids: list[str]) -> None:
+    order = [(f["type"], f.get("client_id")) for f in received if f["type"] in ("ack", "message")]
+    for client_id in client_ids:
+        assert order.index(("ack", client_id)) < order.index(("message", client_id)), (client_id, order)
+
+
+@pytest.mark.parametrize("limits", [{"frames_per_second": 1000.0, "frame_burst": 1000}], indirect=True)
+async def test_the_author_hears_the_ack_before_its_own_message(limits, server, connect):
+    """The protocol's word (docs/instant-protocol.md, `post`): the ack, then the message, on the author's
+    connection, for live posts and for posts that land while the connection catches up from the store."""
+    gp = await connect(GP)
+    await gp.request(type="subscribe", circle=CIRCLE)
+    await gp.expect(type="alert")  # the circle's creation, pending since init
+    live = [str(uuid.uuid4()) for _ in range(40)]
+    for n, client_id in enumerate(live):
+        await gp.send(type="post", circle=CIRCLE, client_id=client_id, text=f"direct {n}")
+    received = await _frames_until(gp, lambda got: sum(f["type"] == "message" for f in got) == len(live))
+    _ack_first(received, live)
+
+    for attempt in range(10):  # a second device resumes from the start and posts before its catch-up ends
+        phone = await connect(GP)
+        client_id = str(uuid.uuid4())
+        await phone.send(type="subscribe", circle=CIRCLE, after=0, id="s")
+        await phone.send(type="post", circle=CIRCLE, client_id=client_id, text=f"pendant le rattrapage {attempt}")
+        received = await _frames_until(phone, lambda got, c=client_id: any(
+            f["type"] == "message" and f["client_id"] == c for f in got))
+        _ack_first(received, [client_id])
+        seqs = [f["seq"] for f in received if f["type"] == "message"]
+        assert seqs == list(range(1, len(seqs) + 1))  # and still each seq once, in order
+        await phone.ws.close()
+
+
+async def test_a_reply_quotes_a_message_of_its_own_circle(server, connect):
+    """`reply_to` names a seq of the same circle: the message and the history carry the quote; a seq
+    the circle does not have (or another circle's) is refused, nothing stored."""
+    from tests.test_instant_api import PATIENT
+    gp, nurse = await connect(GP), await connect(NURSE)
+    await nurse.request(type="subscribe", circle=CIRCLE)
+    first = await post(gp, "Pouvez-vous refaire le pansement ce soir ?")
+    reply = await nurse.request(type="post", circle=CIRCLE, client_id=str(uuid.uuid4()), text="Oui, vers 18 h.",
+                                reply_to=first["seq"])
+    assert reply["type"] == "ack"
+    live = await nurse.expect(type="message", seq=reply["seq"])
+    quote = {"seq": first["seq"], "author": {"id": GP, "name": "Dr Jean DUPONT"},
+             "text": "Pouvez-vous refaire le pansement ce soir ?"}
+    assert live["reply_to"] == quote
+    page = await gp.request(type="history", circle=CIRCLE)
+    assert [m["reply_to"] for m in page["messages"]] == [None, quote]
+
+    status, other = await asyncio.to_thread(api, server, "POST", "/api/circles", GP,
+                                            {"patient": PATIENT, "members": [{"id": NURSE}]})
+    assert status == 201
+    stored = await stored_messages(server)
+    for circle, seq in ((CIRCLE, reply["seq"] + 1), (other["id"], first["seq"])):  # none yet; another circle's
+        refused = await gp.request(type="post", circle=circle, client_id=str(uuid.uuid4()), text="?", reply_to=seq)
+        assert refused["code"] == "no_such_message", refused
+    assert await stored_messages(server) == stored
+    long = await post(gp, "x" * 4000)
+    quoted = await nurse.request(type="post", circle=CIRCLE, client_id=str(uuid.uuid4()), text="Vu.",
+                                 reply_to=long["seq"])
+    assert len((await nurse.expect(type="message", seq=quoted["seq"]))["reply_to"]["text"]) == 200
+
+
+async def test_receipts_and_the_last_message_of_each_circle(server, connect):
+    """Who has read up to where (`receipts` on subscribing, a `receipt` as markers move), and each
+    circle's last message in `welcome`, for a list ordered by activity."""
+    gp = await connect(GP)
+    assert gp.welcome["circles"][0]["last_message"] is None
+    await gp.request(type="subscribe", circle=CIRCLE)
+    first = await post(gp, "Glycémie à jeun : 1,05 g/l.")
+    await post(gp, "Prochain contrôle lundi.")
+    nurse = await connect(NURSE)
+    last = nurse.welcome["circles"][0]["last_message"]
+    assert (last["seq"], last["author"]["id"], last["text"]) == (2, GP, "Prochain contrôle lundi.") and last["at"]
+    subscribed = await nurse.request(type="subscribe", circle=CIRCLE)
+    assert subscribed["receipts"] == []
+    await nurse.request(type="read", circle=CIRCLE, seq=first["seq"])
+    receipt = await gp.expect(type="receipt")
+    assert receipt == {"v": 1, "type": "receipt", "circle": CIRCLE, "user": {"id": NURSE, "name": "Sophie HOARAU"},
+                       "seq": first["seq"]}
+    later = await connect(URGENTIST)
+    assert (await later.request(type="subscribe", circle=CIRCLE))["receipts"] == [
+        {"user": {"id": NURSE, "name": "Sophie HOARAU"}, "seq": first["seq"]}]
+
+
+async def test_search_a_circles_history(server, connect):
+    """Words anywhere in a message, any case, newest first, a page at a time; `%` and `_` are
+    only characters; members only; audited without the words."""
+    gp = await connect(GP)
+    texts = ["Pansement refait ce matin.", "Tension 13/8.", "PANSEMENT à refaire demain.", "Glycémie 100 %",
+             "Pas de pansement_ici", "pansement ok"]
+    for text in texts:
+        await post(gp, text)
+    found = await gp.request(type="search", circle=CIRCLE, q="pansement")
+    assert [m["seq"] for m in found["messages"]] == [6, 5, 3, 1] and found["more"] is False
+    assert found["messages"][0]["text"] == "pansement ok" and found["messages"][0]["author"]["id"] == GP
+    assert [m["seq"] for m in (await gp.request(type="search", circle=CIRCLE, q="pansement", before=5))["messages"]] \
+        == [3, 1]
+    assert [m["seq"] for m in (await gp.request(type="search", circle=CIRCLE, q="100 %"))["messages"]] == [4]
+    assert (await gp.request(type="search", circle=CIRCLE, q="%%"))["messages"] == []  # not a wildcard
+    assert [m["seq"] for m in (await gp.request(type="search", circle=CIRCLE, q="13_8"))["messages"]] == []
+    assert [m["seq"] for m in (await gp.request(type="search", circle=CIRCLE, q="t_ici"))["messages"]] == [5]
+    assert (await gp.request(type="search", circle=CIRCLE, q=" a "))["code"] == "bad_frame"
+    outsider = await connect(PHARMACIST)
+    assert (await outsider.request(type="search", circle=CIRCLE, q="pansement"))["code"] == "forbidden"
+    rows = await asyncio.to_thread(server.rows, select(audit.c.detail).where(audit.c.action == "circle.read"))
+    assert not any("pansement" in str(r["detail"]).lower() for r in rows)

@@ -143,7 +143,7 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             if isinstance(response, Upgrade):
                 await response.run(reader, writer, request)
                 return
-            await _send(conn, writer, response)
+            await _send(conn, writer, response, head=request.method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
@@ -228,12 +228,15 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     return None
 
 
-async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, response: Response) -> None:
+async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, response: Response, *,
+                head: bool = False) -> None:
+    """`head`: the answer to HEAD, the GET's fields without its body (RFC 9110 §9.3.2); h11
+    refuses a body there, which used to drop the connection."""
     headers = {**SECURITY_HEADERS, **response.headers}
     if response.status != 204:  # RFC 9110 §8.6: no Content-Length on 204
         headers.update({"content-type": response.content_type, "content-length": str(len(response.body))})
     data = conn.send(h11.Response(status_code=response.status, headers=list(headers.items())))
-    data += conn.send(h11.Data(data=response.body)) if response.body else b""
+    data += conn.send(h11.Data(data=response.body)) if response.body and not head else b""
     data += conn.send(h11.EndOfMessage())
     writer.write(data)
     await writer.drain()

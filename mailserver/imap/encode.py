@@ -31,11 +31,26 @@ _SHIFTED = re.compile(r"&([A-Za-z0-9+,]*)-")
 _NON_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 
+class NulOctet(Exception):
+    """A string to send holds a NUL octet: no quoted string or plain literal may (RFC 3501 §9:
+    CHAR8 excludes it); only BINARY's literal8 (RFC 3516) can carry it."""
+
+
 def quoted_or_literal(value: bytes | str, *, utf8: bool = False) -> bytes:
     data = value.encode() if isinstance(value, str) else value
     unsafe = _UNSAFE_QUOTED if utf8 else _UNSAFE_ASCII
     if len(data) <= MAX_QUOTED and not unsafe.search(data):
         return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return literal(data)
+
+
+def literal(data: bytes, *, binary: bool = False) -> bytes:
+    """{n} and the octets; `binary` (BINARY[], RFC 3516 §4.3): a literal8, ~{n}, when they hold a
+    NUL. A NUL anywhere else raises NulOctet: the command must be refused, never answered with it."""
+    if b"\0" in data:
+        if not binary:
+            raise NulOctet()
+        return b"~{%d}\r\n" % len(data) + data
     return b"{%d}\r\n" % len(data) + data
 
 

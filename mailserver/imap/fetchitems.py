@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from . import encode
 from .message import Message
 from .syntax import Atom, PList, Token
 
@@ -131,9 +132,7 @@ def parse_fetch(args: Sequence[Token]) -> list[FetchItem]:
 
 def _literal(data: bytes, *, binary: bool = False) -> bytes:
     """Section contents go out as literals; RFC 3516 §4.3: literal8 (~{N}) only when there is a NUL."""
-    if not data:
-        return b'""'
-    return (b"~" if binary and b"\0" in data else b"") + b"{%d}\r\n" % len(data) + data
+    return encode.literal(data, binary=binary) if data else b'""'
 
 
 def render(item: FetchItem, message: Message) -> bytes:

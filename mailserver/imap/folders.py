@@ -78,6 +78,7 @@ class FolderState:
     uidnext: int
     highestmodseq: int
     first_recent_uid: int
+    keywords: frozenset[str]  # every keyword ever set in the folder
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def _meta(row: Any) -> MessageMeta:
 
 
 def _state(row: Any) -> FolderState:
-    return FolderState(row.id, row.uidvalidity, row.uidnext, row.highestmodseq, row.first_recent_uid)
+    return FolderState(row.id, row.uidvalidity, row.uidnext, row.highestmodseq, row.first_recent_uid,
+                       flag_set(row.keywords))
 
 
 def _changed(row: Any) -> Event:
@@ -130,7 +132,7 @@ _META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modse
          bodies.c.size)
 _WITH_SIZE = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
 _FOLDER = (folders.c.id, folders.c.mailbox_id, folders.c.name, folders.c.uidvalidity, folders.c.uidnext,
-           folders.c.highestmodseq, folders.c.first_recent_uid)
+           folders.c.highestmodseq, folders.c.first_recent_uid, folders.c.keywords)
 
 
 class Folders:
@@ -308,6 +310,13 @@ class Folders:
                                       .order_by(folder_messages.c.uid))
             return [_meta(r) for r in rows]
 
+    async def meta(self, folder_id: int, uid: int) -> MessageMeta | None:
+        """One message's flags and size, for a reader outside IMAP (mailserver/webmail.py)."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(*_META).select_from(_WITH_SIZE).where(
+                folder_messages.c.folder_id == folder_id, folder_messages.c.uid == uid))).first()
+        return _meta(row) if row else None
+
     async def changes(self, folder_id: int, since_modseq: int) -> Changes:
         """What changed after `since_modseq` (CONDSTORE FETCH CHANGEDSINCE, QRESYNC). The state
         is read first and the rows are bounded by its HIGHESTMODSEQ: writes to a folder commit in
@@ -342,15 +351,16 @@ class Folders:
 
     # --- writing a folder -------------------------------------------------------------------
 
-    async def claim_recent(self, folder_id: int) -> int:
-        """The first UID that is \\Recent for this session; from now on, none of those are for
-        another (RFC 3501 §2.3.2: one session sees a message as recent)."""
+    async def claim_recent(self, folder_id: int, upto: int) -> int:
+        """Claim for this session the messages not yet \\Recent for another, up to UID `upto`
+        (excluded: the session claims only what it has seen, or a message arriving meanwhile
+        would be recent for no one). Returns the first UID claimed; `upto` when none (RFC 3501
+        §2.3.2: one session sees a message as recent)."""
         async def work(conn: AsyncConnection) -> tuple[int, list[Event]]:
             folder = (await _lock(conn, {folder_id: 0}))[folder_id]
-            if folder.first_recent_uid >= folder.uidnext:
-                raise _Unchanged(folder.first_recent_uid)
-            await conn.execute(update(folders).where(folders.c.id == folder_id).values(
-                first_recent_uid=folder.uidnext))
+            if folder.first_recent_uid >= upto:
+                raise _Unchanged(upto)
+            await conn.execute(update(folders).where(folders.c.id == folder_id).values(first_recent_uid=upto))
             return folder.first_recent_uid, []
         return await self._write(work)
 
@@ -387,6 +397,8 @@ class Folders:
                                                         row.size)))
             if not changed:
                 raise _Unchanged(([], refused))
+            if mode != "-":
+                await _keep_keywords(conn, folder, flags)
             await conn.execute(update(folder_messages).where(folder_messages.c.id == bindparam("row_id")).values(
                 flags=bindparam("new_flags"), modseq=folder.highestmodseq), [
                 {"row_id": row_id, "new_flags": _flags_text(meta.flags)} for row_id, meta in changed])
@@ -403,6 +415,7 @@ class Folders:
             if folder is None:
                 raise NoSuchFolder(folder_id)
             await self._check_quota(conn, folder.mailbox_id, len(data))
+            await _keep_keywords(conn, folder, _normalise(flags))
             now = datetime.now(timezone.utc)
             body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
                                           {"size": len(data), "data": data, "created_at": now})).scalar_one()
@@ -423,6 +436,7 @@ class Folders:
             if not rows:
                 raise _Unchanged((dst.uidvalidity, []))
             await self._check_quota(conn, dst.mailbox_id, sum(r.size for r in rows))
+            await _keep_keywords(conn, dst, {f for r in rows for f in flag_set(r.flags)})
             first = await _allocate_uids(conn, dst_folder, len(rows))
             await conn.execute(insert(folder_messages), [
                 {"folder_id": dst_folder, "uid": first + n, "body_id": r.body_id, "flags": r.flags,
@@ -442,6 +456,7 @@ class Folders:
                 raise _Unchanged((dst.uidvalidity, []))
             if dst.mailbox_id != src.mailbox_id:
                 await self._check_quota(conn, dst.mailbox_id, sum(r.size for r in rows))
+            await _keep_keywords(conn, dst, {f for r in rows for f in flag_set(r.flags)})
             first = await _allocate_uids(conn, dst_folder, len(rows))
             await conn.execute(insert(folder_vanished), [
                 {"folder_id": src_folder, "uid": r.uid, "modseq": src.highestmodseq} for r in rows])
@@ -493,6 +508,14 @@ async def _lock(conn: AsyncConnection, bumps: dict[int, int]) -> dict[int, Any]:
             raise NoSuchFolder(folder_id)
         rows[folder_id] = row
     return rows
+
+
+async def _keep_keywords(conn: AsyncConnection, folder: Any, flags: Iterable[str]) -> None:
+    """Add to the folder's keywords (`folder` a locked row) those of `flags` it lacks."""
+    new = {f for f in flags if not f.startswith("\\")} - flag_set(folder.keywords)
+    if new:
+        await conn.execute(update(folders).where(folders.c.id == folder.id).values(
+            keywords=_flags_text(flag_set(folder.keywords) | new)))
 
 
 async def _lock_name(conn: AsyncConnection, mailbox_id: int, name: str) -> Any:

@@ -7,8 +7,9 @@ person has the "l" right (RFC 4314 §4).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from . import encode
 from .names import DELIMITER, Box, expand_rights, pattern_matcher, valid_rights
 from .syntax import Atom, PList, Token, text
 
@@ -73,48 +74,102 @@ async def list_response(session: "Session", args: list[Token]) -> bytes:
                 returns.add(option)
             else:
                 raise ValueError(f"unknown LIST return option {option[:30]}")
+    if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+        raise ValueError("RECURSIVEMATCH needs another selection option (RFC 5258 §3.1)")
     if len(args) != 2:
         raise ValueError("LIST takes a reference and a mailbox pattern")
     reference = session._mailbox_name(args[0])
-    patterns = [session._mailbox_name(p) for p in (args[1].items if isinstance(args[1], PList) else [args[1]])]
+    tokens = args[1].items if isinstance(args[1], PList) else [args[1]]
+    patterns = [p for t in tokens if (p := _pattern(session, t)) is not None]
     if patterns == [""]:  # RFC 3501 §6.3.8: the delimiter and root of the reference
         return b'* LIST (\\Noselect) "/" ""\r\n'
-    entries = await _entries(session)
-    subscribed = await _subscribed(session) if selection & {"SUBSCRIBED"} or "SUBSCRIBED" in returns else set()
+    entries = {e.name: e for e in await _entries(session)}
+    subscribed = await _subscribed(session) if "SUBSCRIBED" in selection | returns else set()
     matchers = [pattern_matcher(reference, p) for p in patterns]
-    all_names = [e.name for e in entries]
+
+    def selected(name: str) -> bool:
+        entry = entries.get(name)
+        return ("SUBSCRIBED" not in selection or name in subscribed) and \
+            ("SPECIAL-USE" not in selection or entry is not None and bool(entry.special_use))
+
+    # (SUBSCRIBED) lists subscribed names whose folder is gone too, as \NonExistent (RFC 5258 §3.1)
+    names = set(entries) | (subscribed if "SUBSCRIBED" in selection else set())
+    matched = {n for n in names if any(m(n) for m in matchers)}
+    childinfo = _childinfo(names, matched, selected, selection) if "RECURSIVEMATCH" in selection else {}
     out: list[bytes] = []
-    for entry in entries:
-        if not any(m(entry.name) for m in matchers):
+    for name in sorted(matched | set(childinfo), key=lambda n: (n != "INBOX", n)):
+        if not selected(name) and name not in childinfo:
             continue
-        if "SUBSCRIBED" in selection and entry.name not in subscribed:
-            continue
-        if "SPECIAL-USE" in selection and not entry.special_use:
-            continue
+        entry = entries.get(name)
         attributes = []
-        if entry.folder is None:
+        if entry is None:
+            attributes.append("\\NonExistent")
+        elif entry.folder is None:
             attributes.append("\\Noselect")
-        has_children = any(n.startswith(entry.name + DELIMITER) for n in all_names)
+        has_children = any(n.startswith(name + DELIMITER) for n in entries)
         attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
-        if entry.special_use:
+        if entry is not None and entry.special_use:
             attributes.append(entry.special_use)
-        if entry.name in subscribed:
+        if name in subscribed:
             attributes.append("\\Subscribed")
-        name = session._encode_name(entry.name)
-        out.append(b"* LIST (%s) \"/\" %s\r\n" % (" ".join(attributes).encode(), name))
-        if status_items and entry.folder is not None and entry.box.may("r"):
+        line = b"* LIST (%s) \"/\" %s" % (" ".join(attributes).encode(), session._encode_name(name))
+        if name in childinfo and not selected(name):
+            line += b' ("CHILDINFO" (%s))' % " ".join(f'"{o}"' for o in childinfo[name]).encode()
+        out.append(line + b"\r\n")
+        if status_items and entry is not None and entry.folder is not None and entry.box.may("r"):
             folder = await session.ctx.folders.get(entry.box.grant.mailbox_id, entry.folder)
-            out.append(await status_line(session, entry.name, folder.id, status_items))
+            out.append(await status_line(session, name, folder.id, status_items))
     return b"".join(out)
 
 
+def _childinfo(names: set[str], matched: set[str], selected: Callable[[str], bool],
+               selection: set[str]) -> dict[str, list[str]]:
+    """RECURSIVEMATCH (RFC 5258 §3.5): a name the patterns match whose descendant meets the
+    selection criteria without being matched itself is listed, with CHILDINFO naming the
+    criteria, even when it does not meet them."""
+    options = sorted(selection & {"SUBSCRIBED", "SPECIAL-USE"})
+    found: dict[str, list[str]] = {}
+    for name in names - matched:
+        if not selected(name):
+            continue
+        levels = name.split(DELIMITER)
+        for depth in range(1, len(levels)):
+            parent = DELIMITER.join(levels[:depth])
+            if parent in matched:
+                found[parent] = options
+    return found
+
+
 async def lsub_response(session: "Session", args: list[Token]) -> bytes:
-    """RFC 3501 §6.3.9 (IMAP4rev1 clients; RFC 9051 replaces it with LIST (SUBSCRIBED))."""
+    """RFC 3501 §6.3.9 (IMAP4rev1 clients; RFC 9051 replaces it with LIST (SUBSCRIBED)). With
+    "%", a subscribed name below the level matched shows its unsubscribed parent as \\Noselect."""
     if len(args) != 2:
         raise ValueError("LSUB takes a reference and a mailbox pattern")
-    match = pattern_matcher(session._mailbox_name(args[0]), session._mailbox_name(args[1]))
-    return b"".join(b'* LSUB () "/" %s\r\n' % session._encode_name(name)
-                    for name in sorted(await _subscribed(session)) if match(name))
+    pattern = _pattern(session, args[1])
+    if pattern is None:
+        return b""
+    match = pattern_matcher(session._mailbox_name(args[0]), pattern)
+    subscribed = await _subscribed(session)
+    found = {name: b"()" for name in subscribed if match(name)}
+    if "%" in pattern:
+        for name in subscribed:
+            levels = name.split(DELIMITER)
+            for depth in range(1, len(levels)):
+                parent = DELIMITER.join(levels[:depth])
+                if parent not in subscribed and match(parent) and not match(name):
+                    found[parent] = b"(\\Noselect)"
+    return b"".join(b'* LSUB %s "/" %s\r\n' % (found[name], session._encode_name(name)) for name in sorted(found))
+
+
+def _pattern(session: "Session", token: Token) -> str | None:
+    """A LIST pattern; None when it is ASCII but not modified UTF-7, so it can match no name
+    (RFC 3501 §6.3.8: LIST answers what exists; a pattern that matches nothing is no error)."""
+    if not session.rev2 and text(token).isascii():
+        try:
+            encode.utf7_decode(text(token))
+        except ValueError:
+            return None
+    return session._mailbox_name(token)
 
 
 def _check_status_items(items: list[str]) -> None:

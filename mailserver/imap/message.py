@@ -11,6 +11,7 @@ understood is shown as text/plain, and nesting deeper than MAX_DEPTH is left opa
 """
 from __future__ import annotations
 
+import base64
 import binascii
 import re
 from dataclasses import dataclass, field
@@ -193,8 +194,23 @@ def _decode_cte(body: bytes, cte: str) -> bytes:
         data = data[: len(data) - 1] if len(data) % 4 == 1 else data
         return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
     if cte == "quoted-printable":
-        return binascii.a2b_qp(body)
+        return _decode_qp(body)
     raise UnknownCTE(cte)
+
+
+def _decode_qp(body: bytes) -> bytes:
+    """Quoted-printable per RFC 2045 §6.7: white space at the end of a line is padding, dropped
+    (rule 3); "=" ending a line, white space after it or not, is a soft line break (rule 5);
+    other line ends are CRLF, the canonical form. A broken "=" escape stays as written."""
+    out = []
+    lines = body.split(b"\n")
+    for n, line in enumerate(lines):
+        line = line.rstrip(b" \t\r")
+        if line.endswith(b"="):
+            out.append(binascii.a2b_qp(line[:-1]))
+        else:
+            out.append(binascii.a2b_qp(line) + (b"\r\n" if n < len(lines) - 1 else b""))
+    return b"".join(out)
 
 
 def _decode_text(raw: bytes) -> str:
@@ -223,6 +239,18 @@ def _address_list(addresses: list[Address]) -> bytes:
 
 
 # ---------------------------------------------------------------- the message
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A single part, as a mail reader lists it."""
+
+    section: tuple[int, ...]
+    content_type: str  # lower case, "text/plain"
+    charset: str | None
+    filename: str | None  # RFC 2047 words decoded
+    disposition: str | None  # "inline", "attachment" or None
+    size: int  # octets as stored (before the transfer encoding is undone)
 
 
 class Message:
@@ -309,11 +337,80 @@ class Message:
             return cur.body
         return _decode_cte(cur.body, cur.cte)
 
+    def without_nul(self) -> bytes:
+        """The message as IMAP can send it in BODY[]: each part whose content holds NUL octets
+        (an APPEND of binary content, RFC 3516 §4.4) re-encoded in base64, as Dovecot stores
+        such an APPEND. BINARY[] gives the octets back; a NUL elsewhere (a header) stays, and a
+        FETCH of it is refused (encode.NulOctet)."""
+        if b"\0" not in self.raw:
+            return self.raw
+        leaves, stack = [], [self._root]
+        while stack:
+            p = stack.pop()
+            if p.children is not None:
+                stack += p.children
+            elif p.inner is not None:
+                stack.append(p.inner)
+            elif b"\0" in p.body and p.cte in _COMPOSITE_CTE and not p.header_fields.truncated:
+                leaves.append(p)
+        out, at = [], 0
+        for p in sorted(leaves, key=lambda p: p.start):
+            fields = b"".join(f.raw for f in p.fields if f.key != "content-transfer-encoding")
+            if fields and not fields.endswith(b"\n"):
+                fields += b"\r\n"
+            encoded = base64.encodebytes(p.body).replace(b"\n", b"\r\n")
+            out += [self.raw[at:p.start], fields, b"Content-Transfer-Encoding: base64\r\n\r\n", encoded]
+            at = p.end
+        return b"".join(out) + self.raw[at:]
+
+    def leaves(self) -> list[Leaf]:
+        """Every single (not composite) part, encapsulated messages' included, in order: what a
+        reader shows as the text and the attachments. `section` is what `binary` takes."""
+        out: list[Leaf] = []
+        stack = [((n,), p) for n, p in enumerate(_message_parts(self._root), 1)][::-1]
+        while stack:
+            section, part = stack.pop()
+            inner = _part_parts(part)
+            if inner:
+                stack.extend(((*section, n), p) for n, p in reversed(list(enumerate(inner, 1))))
+                continue
+            disposition = part.get("content-disposition") or ""
+            kind = _DISP.match(disposition)
+            name = next((v for n, v in _params(disposition) if n.lower() == "filename"), None) or part.param("name")
+            out.append(Leaf(section, f"{part.maintype}/{part.subtype}".lower(), part.param("charset"),
+                            _decode_words(name) if name else None,
+                            kind.group(1).lower() if kind else None, part.body_size))
+        return out
+
+    def text_of(self, leaf: Leaf) -> str:
+        """A text part's content, transfer encoding and charset undone."""
+        try:
+            data = self.binary(leaf.section)
+        except (UnknownCTE, binascii.Error):
+            data = self.section(leaf.section, None)
+        return _decode_charset(data, leaf.charset)
+
     def header_values(self, name: str) -> list[str]:
         """Every value of a top-level header field, RFC 2047 words decoded (SEARCH HEADER, FROM...)."""
         name = name.lower()
         return [_decode_words(_decode_text(f.value.encode("utf-8", "surrogateescape")))
                 for f in self._root.fields if f.key == name]
+
+    def addresses(self, name: str) -> list[str]:
+        """The addresses of a top-level header field as ENVELOPE reads them (SEARCH FROM, TO, CC,
+        BCC), each `Display Name <mailbox@host>`, the name's RFC 2047 words decoded; a group is
+        its name. What the raw text holds besides (comments, spacing, encoded words) is not."""
+        found = []
+        for f in self._root.fields:
+            if f.key != name.lower():
+                continue
+            for display, _adl, mailbox, host in parse_addresses(f.value):
+                if mailbox is None:
+                    continue  # the end of a group
+                address = mailbox if host is None else f"<{mailbox}@{host}>"
+                found.append(f"{_decode_words(_decode_text(display.encode('utf-8', 'surrogateescape')))} {address}"
+                             if display else address)
+        return found
 
     def header_text(self) -> str:
         """The whole top-level header, decoded, one field per line (SEARCH TEXT)."""
@@ -322,7 +419,9 @@ class Message:
             for f in self._root.fields)
 
     def body_text(self) -> str:
-        """The text/* parts, transfer encoding and charset undone, encapsulated messages included."""
+        """The text parts, transfer encoding and charset undone, encapsulated messages included:
+        text/*, and the message/* leaves that are text too (a DSN's message/delivery-status,
+        RFC 3464; an MDN's message/disposition-notification)."""
         out: list[str] = []
         stack = [self._root]
         while stack:
@@ -331,7 +430,7 @@ class Message:
                 stack[:0] = p.children
             elif p.inner is not None:
                 stack.insert(0, p.inner)
-            elif p.maintype.lower() == "text":
+            elif p.maintype.lower() in ("text", "message"):
                 try:
                     data = _decode_cte(p.body, p.cte)
                 except (UnknownCTE, binascii.Error):

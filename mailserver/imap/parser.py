@@ -29,7 +29,8 @@ _NAME = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\\]]+')
 # The literal announcement at the end of a line: literal8 "~", octet count, LITERAL+/-.
 _LITERAL = re.compile(rb"(~?)\{([0-9]{1,10})([+-]?)\}\Z")
 # An atom run. Besides ATOM-CHARs it takes "\" (flags), "*" and "%" (sequence sets, LIST
-# wildcards) and "]" (astrings); "[" opens a FETCH section, scanned by `_section_end`.
+# wildcards) and "]" (astrings); "[" opens a FETCH section, scanned by `_section_end`, or when
+# no section closes, is the ATOM-CHAR it is (`SELECT foo[bar`).
 _ATOM_RUN = re.compile(rb'[^\x00-\x20\x7f-\xff(){"\[]*')
 # A quoted string: quoted-specials only as \" and \\; 8-bit allowed (RFC 9051, RFC 6855).
 _QUOTED = re.compile(rb'"((?:[^\x00\r\n"\\]|\\["\\])*)"')
@@ -296,7 +297,10 @@ def _atom(line: bytes, pos: int) -> tuple[Atom, int]:
     while True:
         end = _ATOM_RUN.match(line, end).end()  # type: ignore[union-attr]  # matches ""
         if end < len(line) and line[end] == 0x5B:  # "["
-            end = _section_end(line, end)
+            try:
+                end = _section_end(line, end)
+            except _Syntax:
+                end += 1
         else:
             break
     if end == pos or line[end:end + 1] not in (b"", b" ", b")"):

@@ -30,7 +30,7 @@ _FLAG_KEYS = {
     "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
     "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False), "OLD": ("\\Recent", False),
 }
-_HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
+_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
 # NOT, OR and parentheses around one key. Parsing and matching recurse once per level, so a
 # client could reach Python's recursion limit (1,000) with `NOT NOT … ALL`; no client query
 # needs more than a handful, and the command parser caps parentheses at the same depth.
@@ -207,6 +207,19 @@ class Header(Key):
 
 
 @dataclass(frozen=True)
+class Address(Key):
+    """FROM, TO, CC, BCC: a substring of one of the field's addresses as ENVELOPE shows them."""
+
+    name: str
+    value: str
+    needs_message = True
+
+    def matches(self, ctx: _Context) -> bool:
+        needle = self.value.casefold()
+        return any(needle in a.casefold() for a in ctx.message.addresses(self.name))
+
+
+@dataclass(frozen=True)
 class Body(Key):
     """BODY (text parts) or TEXT (header and text parts)."""
 
@@ -337,8 +350,10 @@ def _key(r: _Reader, depth: int = 0) -> Key:
         return And((Flag("\\Recent", True), Flag("\\Seen", False)))
     if word in ("KEYWORD", "UNKEYWORD"):
         return Flag(r.atom("keyword"), word == "KEYWORD")
-    if word in _HEADER_KEYS:
-        return Header(word.lower(), r.string("search string"))
+    if word in _ADDRESS_KEYS:
+        return Address(word.lower(), r.string("search string"))
+    if word == "SUBJECT":
+        return Header("subject", r.string("search string"))
     if word == "HEADER":
         return Header(r.string("header field name").lower(), r.string("search string"))
     if word in ("BODY", "TEXT"):

@@ -1,9 +1,12 @@
 """The selected folder as one session knows it: message sequence numbers, flags, MODSEQs.
 
 Sequence numbers (RFC 3501 §2.3.1.2) are per session: they move only when this session is
-told of an expunge. The store is the truth; `sync` reads what changed since the highest
-MODSEQ this session has seen (new messages, other sessions' flag changes, expunges, all
-stamped by the one folder counter) and turns it into untagged responses. Expunges wait while
+told of an expunge. The store is the truth and its change log the only way the view moves on:
+`sync` reads what changed since the highest MODSEQ this session read from the log (new
+messages, flag changes, expunges, all stamped by the one folder counter) and turns into
+untagged responses whatever differs from what the session holds. The session's own writes
+update what it holds, never where it has read the log up to, so they are not told twice and
+cannot hide others' earlier changes. Expunges wait while
 a command that uses sequence numbers runs (RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE
 or SEARCH) and are told at the next point where they may be.
 """
@@ -11,9 +14,10 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from . import encode
-from .folders import SYSTEM_FLAGS, Folders, MessageMeta
+from .folders import SYSTEM_FLAGS, Folders, FolderState, MessageMeta
 from .names import Box
 from .seqset import compress
 
@@ -32,18 +36,27 @@ class Selected:
     meta: dict[int, MessageMeta] = field(default_factory=dict)
     recent: set[int] = field(default_factory=set)
     pending_vanished: set[int] = field(default_factory=set)
+    told_keywords: set[str] = field(default_factory=set)  # in the last FLAGS response
+    told_recent: int = 0  # in the last RECENT response
 
     @classmethod
     async def open(cls, folders: Folders, box: Box, folder: str, folder_id: int, *, readonly: bool) -> "Selected":
-        recent_from = None if readonly else await folders.claim_recent(folder_id)
+        """EXAMINE claims no \\Recent (RFC 3501 §6.3.2: no change to the mailbox) but shows
+        those no SELECT has claimed yet, as STATUS counts them."""
         state = await folders.state(folder_id)
         messages = await folders.messages(folder_id)
         selected = cls(box, folder, folder_id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq)
         selected.uids = [m.uid for m in messages]
         selected.meta = {m.uid: m for m in messages}
-        if recent_from is not None:
-            selected.recent = {m.uid for m in messages if m.uid >= recent_from}
+        selected.told_keywords = set(state.keywords) | selected.keywords()  # one arriving meanwhile too
+        if messages:
+            selected.recent = await selected._recent(folders, state, selected.uids)
         return selected
+
+    async def _recent(self, folders: Folders, state: FolderState, new: list[int]) -> set[int]:
+        """Which of `new` (UIDs seen for the first time, in order) are \\Recent in this session."""
+        first = state.first_recent_uid if self.readonly else await folders.claim_recent(self.folder_id, new[-1] + 1)
+        return {u for u in new if u >= first}
 
     @property
     def exists(self) -> int:
@@ -63,12 +76,33 @@ class Selected:
                 return seq
         return None
 
-    def keywords(self) -> list[str]:
-        """Flags in use in this folder beyond the system ones, for the FLAGS response."""
-        return sorted({f for m in self.meta.values() for f in m.flags if not f.startswith("\\")})
+    def keywords(self) -> set[str]:
+        """Flags in use in this folder beyond the system ones."""
+        return {f for m in self.meta.values() for f in m.flags if not f.startswith("\\")}
 
     def flags_response(self) -> bytes:
-        return b"* FLAGS " + encode.plist(f.encode() for f in (*SYSTEM_FLAGS.values(), *self.keywords())) + b"\r\n"
+        """FLAGS and PERMANENTFLAGS: the flags in use, and those the session may set (none when
+        read-only; any new keyword: \\*)."""
+        keywords = sorted(self.told_keywords)
+        flags = encode.plist(f.encode() for f in (*SYSTEM_FLAGS.values(), *keywords))
+        permanent = b"()" if self.readonly else \
+            encode.plist(f.encode() for f in (*SYSTEM_FLAGS.values(), *keywords, "\\*"))
+        return b"* FLAGS %s\r\n* OK [PERMANENTFLAGS %s] flags you can change permanently\r\n" % (flags, permanent)
+
+    def recent_response(self) -> bytes:
+        self.told_recent = len(self.recent)
+        return b"* %d RECENT\r\n" % self.told_recent
+
+    def tell_keywords(self, flags: Iterable[str]) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS again, to send before any FETCH that shows a keyword the
+        session has not been told of (RFC 3501 §7.2.6: FLAGS lists the flags in use; clients
+        such as imaptest check each flag they see against it), or when the folder's list of
+        keywords grew (one set on a message expunged before this session looked)."""
+        new = {f for f in flags if not f.startswith("\\")} - self.told_keywords
+        if not new:
+            return []
+        self.told_keywords |= new
+        return [self.flags_response()]
 
     def fetch_flags(self, uid: int, *, condstore: bool) -> bytes:
         """An untagged FETCH telling a flag change (with UID and MODSEQ, as RFC 7162 §3.2.4 asks)."""
@@ -79,19 +113,26 @@ class Selected:
         return b"* %d FETCH (%s)\r\n" % (self.seq_of(uid), items)
 
     def update(self, meta: MessageMeta) -> None:
-        """Our own STORE changed a message: remember it, so sync does not tell it again."""
+        """Our own STORE changed a message: remember its new state, so sync, finding the same
+        state in the change log, does not tell it again. `highestmodseq` stays where the log was
+        last read: our MODSEQ may be above others' changes not yet told (an expunge, a new
+        message), which the next sync must still read."""
         if meta.uid in self.meta:
             self.meta[meta.uid] = meta
-            self.highestmodseq = max(self.highestmodseq, meta.modseq)
 
-    async def sync(self, folders: Folders, *, expunges: bool, qresync: bool, condstore: bool) -> list[bytes]:
-        """Untagged responses for what changed since we last looked."""
+    async def sync(self, folders: Folders, *, expunges: bool, qresync: bool, condstore: bool,
+                   rev2: bool) -> list[bytes]:
+        """Untagged responses for what changed since we last looked: expunges (when they may
+        be told), then new keywords, flag changes, EXISTS and, before IMAP4rev2, RECENT when
+        the number of \\Recent messages changed (new ones claimed, or expunged ones gone, as
+        Dovecot tells it: a client keeps the last number it was told)."""
         out: list[bytes] = []
         changes = await folders.changes(self.folder_id, self.highestmodseq)
         gone = [uid for uid in changes.vanished if uid in self.meta]
         self.pending_vanished.update(gone)
         if expunges and self.pending_vanished:
             out += self.forget(sorted(self.pending_vanished), qresync=qresync)
+        fetches: list[bytes] = []
         added: list[int] = []
         for meta in changes.changed:
             if meta.uid in self.pending_vanished:
@@ -105,13 +146,15 @@ class Selected:
                 added.append(meta.uid)
             else:
                 self.meta[meta.uid] = meta
-                if old.flags != meta.flags:
-                    out.append(self.fetch_flags(meta.uid, condstore=condstore))
+                if old.flags != meta.flags or condstore and old.modseq != meta.modseq:
+                    fetches.append(self.fetch_flags(meta.uid, condstore=condstore))
+        out += self.tell_keywords([*changes.state.keywords, *(f for m in changes.changed for f in m.flags)])
+        out += fetches
         if added:
             out.append(b"* %d EXISTS\r\n" % self.exists)
-            if not self.readonly:
-                recent_from = await folders.claim_recent(self.folder_id)
-                self.recent.update(u for u in added if u >= recent_from)
+            self.recent |= await self._recent(folders, changes.state, added)
+        if not rev2 and len(self.recent) != self.told_recent:
+            out.append(self.recent_response())
         self.uidnext = max(self.uidnext, changes.state.uidnext)
         self.highestmodseq = max(self.highestmodseq, changes.state.highestmodseq)
         return out

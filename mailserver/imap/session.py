@@ -30,7 +30,7 @@ from directory.access import usable_mailboxes
 from mailserver import sasl
 from mailserver.logins import Login, LoginFailed, Logins
 from mailserver.mailstore import mailbox_channel
-from store.audit import AuditTrail
+from store.audit import ANONYMOUS, Actor, AuditTrail
 from store.events import OVERFLOW, RIGHTS, EventBus, Subscription
 from store.schema import mailbox_delegates
 
@@ -107,6 +107,8 @@ class ImapContext:
     hostname: str
     max_message_size: int
     max_connections_per_account: int = 20
+    login_deadline: float = 60  # seconds from connecting to a login ([limits] login_deadline)
+    max_refusals: int = 50  # NO and BAD one session may earn before it is closed ([limits] imap_refusals)
     open_sessions: Counter = field(default_factory=Counter)
     connections: set = field(default_factory=set)  # server.ImapConnection, for shutdown
     stopping: bool = False
@@ -151,6 +153,7 @@ class Session:
         self.enabled: set[str] = set()
         self._counted: str | None = None
         self._rights_read: tuple[int, int] | None = None  # ctx.rights_version when the namespace was read
+        self.refusals = 0  # tagged NO and BAD sent
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -223,7 +226,17 @@ class Session:
             await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
+    @property
+    def actor(self) -> Actor:
+        return self.login.principal.actor if self.login is not None else ANONYMOUS
+
+    async def reply(self, tag: str, status: str, message: str) -> None:
+        """A tagged reply decided by the connection (a literal refused, a command unparsable)."""
+        await self._tagged(tag, status, message)
+
     async def _tagged(self, tag: str, status: str, message: str, code: str = "") -> None:
+        if status != "OK":
+            self.refusals += 1
         code = f"[{code}] " if code else ""
         await self.conn.send(f"{tag} {status} {code}{message}\r\n".encode("utf-8", "replace"))
 
@@ -231,7 +244,7 @@ class Session:
         if self.selected is None:
             return
         out = await self.selected.sync(self.ctx.folders, expunges=expunges, qresync=self.qresync,
-                                       condstore=self.condstore)
+                                       condstore=self.condstore, rev2=self.rev2)
         if out:
             await self.conn.send(b"".join(out))
 
@@ -287,7 +300,11 @@ class Session:
             raise No("log in after STARTTLS: passwords never travel in clear", "PRIVACYREQUIRED")
         if len(args) != 2:
             raise Bad("LOGIN takes a user name and a password")
-        credentials = sasl.PasswordCredentials("LOGIN", None, text(args[0]), text(args[1]))
+        try:
+            credentials = sasl.PasswordCredentials("LOGIN", None, text(args[0]), text(args[1]))
+        except ValueError as exc:
+            await self.ctx.logins.malformed("LOGIN", str(exc), source=self.conn.source, protocol="imap")
+            raise Bad("LOGIN takes a user name and a password, in UTF-8") from None
         return await self._log_in(credentials)
 
     async def authenticate(self, tag: str, args: list, uid: bool) -> Ok | None:
@@ -307,6 +324,8 @@ class Session:
         except sasl.SaslError as exc:
             if exc.kind == "unknown-mechanism":
                 raise No("unknown mechanism", "CANNOT") from None
+            if exc.kind != "aborted":
+                await self.ctx.logins.malformed(mechanism, str(exc), source=self.conn.source, protocol="imap")
             raise Bad(f"authentication {'cancelled' if exc.kind == 'aborted' else 'exchange malformed'}") from None
         try:
             return await self._log_in(result)
@@ -408,15 +427,35 @@ class Session:
         for arg in args:
             name = text(arg).upper()
             if name in ENABLEABLE and name not in self.enabled:
-                self.enabled.add(name)
-                newly.append("IMAP4rev2" if name == "IMAP4REV2" else name)
-        if "QRESYNC" in self.enabled:
-            self.enabled.add("CONDSTORE")
-        await self.conn.send(("* ENABLED " + " ".join(newly)).rstrip().encode() + b"\r\n")
+                newly.append(name)
+        self.enabled.update(n for n in newly if n != "CONDSTORE")
+        await self.conn.send(("* ENABLED " + " ".join("IMAP4rev2" if n == "IMAP4REV2" else n for n in newly))
+                             .rstrip().encode() + b"\r\n")
+        if "CONDSTORE" in newly or "QRESYNC" in newly:
+            await self._condstore_on()
+
+    async def _condstore_on(self) -> None:
+        """RFC 7162 §3.1: CONDSTORE turned on while a folder is selected (by ENABLE, or by the
+        first command that uses it: FETCH MODSEQ or CHANGEDSINCE, STORE UNCHANGEDSINCE, SEARCH
+        MODSEQ) tells the HIGHESTMODSEQ the session's view is at, once."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            await self.conn.send(b"* OK [HIGHESTMODSEQ %d] CONDSTORE on\r\n" % self.selected.highestmodseq)
 
     def _mailbox_name(self, token: Token) -> str:
+        """A name as the client wrote it. Before IMAP4rev2, 8-bit octets are a syntax error (BAD),
+        while ASCII that is not modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP naming no
+        mailbox here (NO, as Dovecot answers)."""
         name = text(token)
-        name = name if self.rev2 else encode.utf7_decode(name)
+        if not self.rev2:
+            try:
+                name = encode.utf7_decode(name)
+            except ValueError:
+                if not name.isascii():
+                    raise Bad("8-bit mailbox names need ENABLE IMAP4rev2; else modified UTF-7") from None
+                raise No(f"{name[:60]!r} is not modified UTF-7: no mailbox has that name", "CANNOT") from None
         if len(name) > MAX_NAME or any(len(level) > MAX_NAME_LEVEL for level in name.split("/")):
             raise No(f"mailbox names are at most {MAX_NAME} characters, {MAX_NAME_LEVEL} between two /", "LIMIT")
         return name
@@ -462,13 +501,11 @@ class Session:
                                        readonly=readonly)
         out = [selected.flags_response(), b"* %d EXISTS\r\n" % selected.exists]
         if not self.rev2:
-            out.append(b"* %d RECENT\r\n" % len(selected.recent))
+            out.append(selected.recent_response())
             unseen = selected.first_unseen()
             if unseen:
                 out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % unseen)
-        permanent = b"()" if readonly else b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
-        out += [b"* OK [PERMANENTFLAGS %s] flags you can change permanently\r\n" % permanent,
-                b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % selected.uidvalidity,
+        out += [b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % selected.uidvalidity,
                 b"* OK [UIDNEXT %d] predicted next UID\r\n" % selected.uidnext,
                 b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % selected.highestmodseq]
         if "QRESYNC" in params:
@@ -590,9 +627,10 @@ class Session:
                 flags = _flags(extra.items)
             else:
                 when = encode.parse_date_time(text(extra))
-        if len(message.value) > self.ctx.max_message_size:
+        data = Message(message.value).without_nul()  # base64 grows it: the limit is on what is kept
+        if len(data) > self.ctx.max_message_size:
             raise No(f"message over the limit of {self.ctx.max_message_size} octets", "TOOBIG")
-        if not message.value:
+        if not data:
             raise No("an empty message is not a message", "CANNOT")
         try:
             resolved = await self._resolve(args[0], "i", "imap.append")
@@ -601,11 +639,11 @@ class Session:
             raise
         folder_id = await self._folder_id_or_trycreate(resolved)
         try:
-            uidvalidity, new_uid = await self.ctx.folders.append(folder_id, message.value, flags, when)
+            uidvalidity, new_uid = await self.ctx.folders.append(folder_id, data, flags, when)
         except OverQuota:
             raise No("the mailbox is full", "OVERQUOTA") from None
         await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
-                          size=len(message.value))
+                          size=len(data))
         return Ok(f"APPENDUID {uidvalidity} {new_uid}", "APPEND completed")
 
     async def _folder_id_or_trycreate(self, resolved: Resolved) -> int:
@@ -796,7 +834,7 @@ class Session:
         changed_since = modifiers.get("CHANGEDSINCE")
         condstore = self.condstore or changed_since is not None or any(i.name == "MODSEQ" for i in items)
         if condstore:
-            self.enabled.add("CONDSTORE")
+            await self._condstore_on()
         if "VANISHED" in modifiers:
             if not (uid and self.qresync and changed_since is not None):
                 raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")
@@ -830,6 +868,8 @@ class Session:
                                                     condstore=condstore, add_flags=u in seen_now))
                 except UnknownCTE:
                     raise No(f"message UID {u} has a transfer encoding we cannot decode", "UNKNOWN-CTE") from None
+                except encode.NulOctet:
+                    raise No(f"message UID {u} holds NUL octets there: only BINARY[] can send them") from None
             await self.conn.send(b"".join(out))
 
     async def _messages(self, folder_id: int, uids: list[int], header_only: bool) -> dict[int, bytes]:
@@ -891,14 +931,15 @@ class Session:
         uids = self._uids(text(args[0]), uid)
         unchanged_since = modifiers.get("UNCHANGEDSINCE")
         if unchanged_since is not None:
-            self.enabled.add("CONDSTORE")
+            await self._condstore_on()
         changed, failed = await self.ctx.folders.store_flags(
             selected.folder_id, uids, mode, flags,
             unchanged_since=int(unchanged_since) if unchanged_since is not None else None)
         for meta in changed:
             selected.update(meta)
         changed_uids = {m.uid for m in changed}
-        out = [selected.fetch_flags(u, condstore=self.condstore) for u in uids
+        out = selected.tell_keywords(f for m in changed for f in m.flags)
+        out += [selected.fetch_flags(u, condstore=self.condstore) for u in uids
                if u in selected.meta and u not in failed and (not silent or (unchanged_since and u in changed_uids))]
         if out:
             await self.conn.send(b"".join(out))
@@ -946,7 +987,7 @@ class Session:
         except BadCharset as exc:
             raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
         if query.uses_modseq:
-            self.enabled.add("CONDSTORE")
+            await self._condstore_on()
         largest_uid = selected.uids[-1] if selected.uids else 0
         found: list[tuple[int, int]] = []  # (seq, uid)
         for start in range(0, selected.exists, FETCH_BATCH):
@@ -961,10 +1002,15 @@ class Session:
                 if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
                     found.append((start + offset + 1, u))
         numbers = [u if uid else s for s, u in found]
-        modseq = max((selected.meta[u].modseq for _, u in found), default=0) if query.uses_modseq else 0
         returns = query.returns
         if returns is None and self.rev2:
             returns = ("ALL",)
+        # RFC 7162 §3.1.5: the highest MODSEQ of what is returned; MIN and MAX alone return
+        # one message each (found is in sequence order, so they are its ends)
+        told = found
+        if returns and set(returns) <= {"MIN", "MAX"}:
+            told = found[:1] * ("MIN" in returns) + found[-1:] * ("MAX" in returns)
+        modseq = max((selected.meta[u].modseq for _, u in told), default=0) if query.uses_modseq else 0
         if returns is None:
             line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
             if modseq:

@@ -8,6 +8,8 @@ const TYPING_EVERY_MS = 2000;   // the server accepts one typing notice per 2 s 
 const TYPING_SHOWN_MS = 4000;
 const RECONNECT_MAX_MS = 30000;
 const READ_EVERY_MS = 500;
+const TITLE = document.title;
+const RELATIVE_UNDER_MS = 60 * 60 * 1000;   // within the hour "il y a 5 minutes", then the time of day
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...children) => {
@@ -22,17 +24,24 @@ const el = (tag, attrs = {}, ...children) => {
 const timeFmt = new Intl.DateTimeFormat("fr-FR", { hour: "2-digit", minute: "2-digit" });
 const dateTimeFmt = new Intl.DateTimeFormat("fr-FR", { dateStyle: "short", timeStyle: "short" });
 const birthFmt = new Intl.DateTimeFormat("fr-FR", { dateStyle: "long", timeZone: "UTC" });
+const dayFmt = new Intl.DateTimeFormat("fr-FR", { weekday: "long", day: "numeric", month: "long" });
+const dayYearFmt = new Intl.DateTimeFormat("fr-FR", { weekday: "long", day: "numeric", month: "long", year: "numeric" });
+const shortDayFmt = new Intl.DateTimeFormat("fr-FR", { day: "numeric", month: "short" });
+const relativeFmt = new Intl.RelativeTimeFormat("fr", { numeric: "auto" });
 
 const state = {
   session: null,            // {access, refresh, expiresAt}
   me: null,                 // {id, name}
   ws: null, reconnectMs: 1000, refreshTimer: null,
-  circles: new Map(),       // id -> {summary, unread, head, lastSeq, firstSeq}
+  circles: new Map(),       // id -> {summary, unread, head, lastSeq, firstSeq, last, receipts, members}
+  muted: new Set(),         // circles whose messages raise no notification (this browser, localStorage)
   current: null,            // the circle shown
   denied: new Set(),        // circles the server refused to this person
-  outgoing: new Map(),      // client_id -> {circle, text}: posts not yet acknowledged
+  outgoing: new Map(),      // client_id -> {circle, text, reply_to}: posts not yet acknowledged
+  replyTo: null,            // the message the composer answers ({seq, author, text}), if any
   alerts: new Map(),        // id -> alert
   typingSentAt: 0, typingTimers: new Map(),
+  threadScroll: 0,          // where the thread was when the alerts covered it (0: at its latest message)
   nextId: 1, requests: new Map(),   // request id -> what it was for
 };
 
@@ -152,7 +161,9 @@ function receive(frame) {
     case "message": return message(frame);
     case "ack": return acknowledged(frame);
     case "history": return historyPage(frame, purpose);
+    case "search": return searchResults(frame, purpose);
     case "read": return readMarker(frame);
+    case "receipt": return receipt(frame);
     case "typing": return typing(frame);
     case "presence": return presence(frame.circle, frame.user, frame.state);
     case "alert": return alert(frame.alert);
@@ -166,11 +177,14 @@ function welcome(frame) {
   state.reconnectMs = 1000;
   setStatus(true);
   $("me").textContent = frame.user.name;
+  $("whoami").textContent = `Connecté(e) : ${frame.user.name}`;
   $("signout").hidden = false;
   $("alerts-toggle").hidden = false;
+  state.muted = new Set(JSON.parse(localStorage.getItem(mutedKey()) || "[]"));
   for (const summary of frame.circles) {
     const known = state.circles.get(summary.id);
-    state.circles.set(summary.id, { ...(known || {}), summary, unread: summary.unread });
+    state.circles.set(summary.id, { ...(known || {}), summary, unread: summary.unread,
+                                    last: summary.last_message || known?.last || null });
   }
   for (const id of [...state.circles.keys()]) {
     if (!frame.circles.some((c) => c.id === id)) state.circles.delete(id);
@@ -183,7 +197,8 @@ function welcome(frame) {
   }
   if (state.current !== null && (!resumed || !state.circles.has(state.current))) openCircle(state.current);
   if (resumed) for (const [clientId, post] of state.outgoing) {           // a retry stores nothing twice
-    request({ type: "post", circle: post.circle, client_id: clientId, text: post.text }, { circle: post.circle });
+    request({ type: "post", circle: post.circle, client_id: clientId, text: post.text,
+              ...(post.reply_to ? { reply_to: post.reply_to.seq } : {}) }, { circle: post.circle });
   }
 }
 
@@ -193,11 +208,13 @@ function subscribed(frame) {
   circle.unread = frame.unread;
   if (circle.lastSeq === undefined) circle.lastSeq = frame.head;
   circle.present = new Map(frame.present.map((p) => [p.user.id, p.state]));
+  circle.receipts = new Map(frame.receipts.map((r) => [r.user.id, r.seq]));
   state.circles.set(frame.circle, circle);
   state.denied.delete(frame.circle);
   renderCircles();
   if (frame.circle === state.current) {
     renderMembers();
+    renderReceipts();
     if (circle.firstSeq === undefined) request({ type: "history", circle: frame.circle }, { circle: frame.circle });
   }
 }
@@ -217,20 +234,49 @@ function message(frame) {
   circle.lastSeq = Math.max(circle.lastSeq || 0, frame.seq);
   if (isNew) circle.head = frame.seq;
   state.outgoing.delete(frame.client_id);
+  if (!circle.last || frame.seq >= circle.last.seq) {
+    circle.last = { seq: frame.seq, author: frame.author, text: frame.text.slice(0, 200), at: frame.at };
+  }
+  const shown = frame.circle === state.current && document.visibilityState === "visible";
+  if (isNew && frame.author.id !== state.me.id && !shown) {
+    circle.unread += 1;
+    if (document.visibilityState !== "visible") notifyMessage(frame, circle);
+  }
   if (frame.circle === state.current) {
     appendMessages([frame]);
     markRead(frame.circle);
     if ($("typing").textContent.startsWith(frame.author.name)) $("typing").textContent = "";
-  } else if (isNew && frame.author.id !== state.me.id) {
-    circle.unread += 1;
-    renderCircles();
   }
+  renderCircles();
 }
 
-function acknowledged(frame) {
+// A notification says who wrote in which circle, never what: it shows on lock screens and in
+// notification centres, where health data has no place.
+function notifyMessage(frame, circle) {
+  if (!("Notification" in window) || Notification.permission !== "granted" || state.muted.has(frame.circle)) return;
+  const shown = new Notification(`Nouveau message de ${frame.author.name}`, {
+    body: circle.summary ? `Cercle de soins de ${patientName(circle.summary.patient)}` : "Cercle de soins",
+    tag: `cercle-${frame.circle}`,
+  });
+  shown.onclick = () => { window.focus(); location.hash = `#/cercle/${frame.circle}`; shown.close(); };
+}
+
+function receipt(frame) {
+  const circle = state.circles.get(frame.circle);
+  if (!circle || !circle.receipts) return;
+  circle.receipts.set(frame.user.id, Math.max(circle.receipts.get(frame.user.id) || 0, frame.seq));
+  if (frame.circle === state.current) renderReceipts();
+}
+
+function acknowledged(frame) {     // the ack comes before the message itself: the pending item becomes the message
+  const sent = state.outgoing.get(frame.client_id);
   state.outgoing.delete(frame.client_id);
-  const pending = document.querySelector(`#messages li[data-client-id="${CSS.escape(frame.client_id)}"]`);
-  if (pending) { pending.classList.remove("pending"); pending.dataset.seq = frame.seq; }
+  const pending = document.querySelector(`#messages li.pending[data-client-id="${CSS.escape(frame.client_id)}"]`);
+  if (pending && sent) {
+    pending.replaceWith(messageItem({ seq: frame.seq, client_id: frame.client_id, text: sent.text, at: frame.at,
+                                      author: state.me, reply_to: sent.reply_to }));
+    renderReceipts();
+  }
 }
 
 function historyPage(frame, purpose) {
@@ -271,9 +317,18 @@ function alert(item) {
   state.alerts.set(item.id, item);
   renderAlerts();
   if (item.kind === "circle" && !item.acknowledged_at) refreshCircles();
+  if (item.kind === "circle" && item.data.circle === state.current && item.data.change !== "created") {
+    reloadMembers(state.current);   // someone joined or left the circle on screen
+  }
 }
 
 function error(frame, purpose) {
+  if (purpose?.clientId && frame.code !== "rate_limited" && frame.code !== "internal") {
+    const sent = state.outgoing.get(purpose.clientId);   // refused for good: back into the composer, not retried
+    state.outgoing.delete(purpose.clientId);
+    document.querySelector(`#messages li.pending[data-client-id="${CSS.escape(purpose.clientId)}"]`)?.remove();
+    if (sent && purpose.circle === state.current && !$("text").value) $("text").value = sent.text;
+  }
   if (frame.code === "forbidden" && purpose && purpose.circle !== undefined) {
     state.denied.add(purpose.circle);
     if (purpose.circle === state.current) {
@@ -281,8 +336,19 @@ function error(frame, purpose) {
     }
     return;
   }
-  notify(frame.message || frame.code);
+  notify(ERRORS[frame.code] || `Erreur du serveur (${frame.code}).`);
 }
+
+// The server's error codes (docs/instant-protocol.md) as a French-speaking user reads them.
+const ERRORS = {
+  rate_limited: "Trop d'envois rapprochés : patientez un instant.",
+  too_long: "Message trop long : 4 000 caractères au plus.",
+  no_such_message: "Le message cité n'existe pas dans ce cercle.",
+  bad_frame: "Message refusé : caractères non autorisés.",
+  not_subscribed: "Ce cercle n'est pas suivi sur cette connexion.",
+  too_many_subscriptions: "Trop de cercles suivis sur cette connexion.",
+  internal: "Incident du serveur : réessayez.",
+};
 
 // --- circles and the conversation -------------------------------------------------------------
 
@@ -303,31 +369,178 @@ function patientName(p) {
   return `${p.given_name.charAt(0)}${p.given_name.slice(1).toLowerCase()} ${p.family_name}`;
 }
 
+const activity = (circle) => circle.last?.at || circle.summary.created_at;
+
+// The most recently active circle first, each with its last message and unread count; the
+// page title counts the unread messages of the circles not muted.
 function renderCircles() {
   const list = $("circle-list");
-  list.replaceChildren();
-  for (const [id, circle] of state.circles) {
-    if (!circle.summary) continue;
+  const shown = [...state.circles].filter(([, c]) => c.summary).sort(([, a], [, b]) => activity(b).localeCompare(activity(a)));
+  list.replaceChildren(...shown.map(([id, circle]) => {
     const p = circle.summary.patient;
-    const link = el("a", { href: `#/cercle/${id}` },
-      el("span", {}, patientName(p), el("small", { text: `Né(e) le ${birthFmt.format(new Date(p.birth_date))}` })));
-    if (circle.unread > 0) link.append(el("span", { class: "badge", text: String(circle.unread),
-                                                     "aria-label": `${circle.unread} non lu(s)` }));
+    const muted = state.muted.has(id);
+    const preview = circle.last
+      ? `${circle.last.author.id === state.me?.id ? "Vous" : circle.last.author.name} : ${circle.last.text}`
+      : `Né(e) le ${birthFmt.format(new Date(p.birth_date))}`;
+    const head = el("span", { class: "circle-head" }, el("strong", { text: patientName(p) }));
+    if (circle.last) head.append(el("time", { datetime: circle.last.at, text: shortTime(circle.last.at) }));
+    const link = el("a", { href: `#/cercle/${id}` }, el("span", { class: "circle-text" }, head,
+      el("small", { class: "preview", text: preview })));
+    if (circle.unread > 0) {
+      link.append(el("span", { class: muted ? "badge muted" : "badge", text: String(circle.unread),
+                               title: `${circle.unread} non lu(s)${muted ? ", notifications coupées" : ""}` },
+                     el("span", { class: "visually-hidden", text: " non lu(s)" })));
+    }
     if (id === state.current) link.setAttribute("aria-current", "page");
-    list.append(el("li", { "data-circle": String(id) }, link));
-  }
+    return el("li", { "data-circle": String(id), class: muted ? "muted" : "" }, link);
+  }));
   $("no-circle").hidden = state.circles.size > 0;
+  const unread = [...state.circles].reduce((sum, [id, c]) => sum + (state.muted.has(id) ? 0 : c.unread || 0), 0);
+  document.title = unread ? `(${unread}) ${TITLE}` : TITLE;
+  $("notify-enable").hidden = !("Notification" in window) || Notification.permission !== "default";
+}
+
+// --- search in a circle's history (the search frame: newest first, a page at a time) -------------
+
+function toggleSearch(open = $("search-panel").hidden) {
+  $("search-panel").hidden = !open;
+  $("conversation").classList.toggle("searching", open);
+  $("search-toggle").setAttribute("aria-expanded", String(open));
+  $("search-toggle").textContent = open ? "Fermer la recherche" : "Rechercher";
+  if (open) $("search-q").focus();
+  else { $("search-results").replaceChildren(); $("search-status").textContent = ""; $("search-more").hidden = true; }
+}
+
+function runSearch(before) {
+  const q = $("search-q").value.trim();
+  if (q.length < 2 || state.current === null) return;
+  state.searching = { circle: state.current, q };
+  if (before === undefined) $("search-results").replaceChildren();
+  $("search-status").textContent = "Recherche…";
+  request({ type: "search", circle: state.current, q, ...(before ? { before } : {}) }, { circle: state.current, search: q });
+}
+
+function searchResults(frame, purpose) {
+  if (!purpose || frame.circle !== state.current || purpose.search !== state.searching?.q) return;
+  const list = $("search-results");
+  list.append(...frame.messages.map((m) => {
+    const item = messageItem(m);
+    item.querySelector(".reply")?.remove();
+    highlight(item.querySelector(".text"), purpose.search);
+    return item;
+  }));
+  const count = list.children.length;
+  $("search-status").textContent = count ? `${count}${frame.more ? " premiers" : ""} résultat${count > 1 ? "s" : ""}, du plus récent au plus ancien`
+    : "Aucun message ne contient ces mots.";
+  $("search-more").hidden = !frame.more;
+  state.searching.oldest = frame.messages.at(-1)?.seq;
+}
+
+function highlight(node, q) {       // the words found, marked, as text nodes: never parsed as HTML
+  const text = node.textContent;
+  const lower = text.toLowerCase(), needle = q.toLowerCase();
+  const parts = [];
+  let at = 0;
+  for (let i = lower.indexOf(needle); i !== -1; i = lower.indexOf(needle, i + needle.length)) {
+    parts.push(text.slice(at, i), el("mark", { text: text.slice(i, i + needle.length) }));
+    at = i + needle.length;
+  }
+  if (parts.length) node.replaceChildren(...parts, text.slice(at));
+}
+
+// --- notifications and mute ---------------------------------------------------------------------
+
+const mutedKey = () => `msante.muted.${state.me.id}`;
+
+function toggleMute() {
+  const id = state.current;
+  if (state.muted.has(id)) state.muted.delete(id); else state.muted.add(id);
+  localStorage.setItem(mutedKey(), JSON.stringify([...state.muted]));
+  renderMute();
+  renderCircles();
+}
+
+function renderMute() {
+  $("mute").textContent = state.muted.has(state.current) ? "Réactiver les notifications" : "Couper les notifications";
+}
+
+async function enableNotifications() {        // asked on a click: browsers refuse to ask otherwise
+  await Notification.requestPermission();
+  renderCircles();
+}
+
+// --- times ------------------------------------------------------------------------------------
+
+const startOfDay = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+
+function relativeTime(at) {
+  const elapsed = Date.now() - new Date(at).getTime();
+  if (elapsed < 60 * 1000) return "à l'instant";
+  if (elapsed < RELATIVE_UNDER_MS) return relativeFmt.format(-Math.floor(elapsed / 60000), "minute");
+  return timeFmt.format(new Date(at));
+}
+
+function shortTime(at) {     // the circle list: the time today, the day before
+  const date = new Date(at);
+  return startOfDay(date) === startOfDay(new Date()) ? relativeTime(at) : shortDayFmt.format(date);
+}
+
+function dayLabel(date) {
+  const days = Math.round((startOfDay(new Date()) - startOfDay(date)) / 86400000);
+  if (days === 0) return "Aujourd'hui";
+  if (days === 1) return "Hier";
+  const label = (date.getFullYear() === new Date().getFullYear() ? dayFmt : dayYearFmt).format(date);
+  return label.charAt(0).toUpperCase() + label.slice(1);
+}
+
+// A separator before the first message of each day, wherever messages were added.
+function placeDaySeparators() {
+  const list = $("messages");
+  list.querySelectorAll("li.day").forEach((li) => li.remove());
+  let previous = null;
+  for (const li of [...list.children]) {
+    const day = startOfDay(new Date(li.dataset.at));
+    if (day !== previous) li.before(el("li", { class: "day", text: dayLabel(new Date(li.dataset.at)) }));
+    previous = day;
+  }
+}
+
+function refreshTimes() {
+  document.querySelectorAll("#messages time[data-relative]").forEach((t) => { t.textContent = relativeTime(t.dateTime); });
+  renderCircles();
+  if (state.current !== null) placeDaySeparators();   // midnight passed: "Aujourd'hui" becomes "Hier"
+}
+
+// "Lu par N sur M" under each of my messages: the other members whose read marker is at or past it.
+function renderReceipts() {
+  const circle = state.circles.get(state.current);
+  if (!circle || !circle.members || !circle.receipts) return;
+  const others = circle.members.filter((m) => m.id !== state.me.id);
+  for (const li of document.querySelectorAll("#messages li.mine[data-seq]:not(.pending)")) {
+    const seq = Number(li.dataset.seq);
+    const readers = others.filter((m) => (circle.receipts.get(m.id) || 0) >= seq);
+    const label = `Lu par ${readers.length} sur ${others.length}`;
+    const current = li.querySelector(".receipt");
+    if (current && current.dataset.label === `${label}:${readers.map((m) => m.id)}`) continue;
+    const shown = readers.length
+      ? el("details", { class: "receipt" }, el("summary", { text: label }), el("span", { text: readers.map((m) => m.name).join(", ") }))
+      : el("p", { class: "receipt", text: label });
+    shown.dataset.label = `${label}:${readers.map((m) => m.id)}`;
+    if (current) current.replaceWith(shown); else li.append(shown);
+  }
 }
 
 async function openCircle(id) {
   state.current = id;
-  $("app").dataset.view = "conversation";
-  $("back").hidden = false;
+  setView("conversation");
   $("conversation").hidden = false;
   $("messages").replaceChildren();
   $("typing").textContent = "";
+  cancelReply();
+  toggleSearch(false);
   $("older").hidden = true;
   $("members").replaceChildren();
+  $("members-box").open = matchMedia("(min-width: 761px)").matches;   // a phone keeps the room for the thread
   const circle = state.circles.get(id);
   if (!circle) {   // not one of ours (an old link, a guess): the server decides, and says no
     $("patient-name").textContent = `Cercle ${id}`;
@@ -343,9 +556,14 @@ async function openCircle(id) {
   $("patient-meta").textContent = `Né(e) le ${birthFmt.format(new Date(p.birth_date))} · INS ${p.ins}`;
   renderCircles();
   renderMembers();
+  renderMute();
   if (circle.head !== undefined) request({ type: "history", circle: id }, { circle: id });
   const response = await fetch(`/api/circles/${id}`, { headers: { Authorization: `Bearer ${state.session.access}` } });
-  if (response.ok && state.current === id) { circle.members = (await response.json()).members; renderMembers(); }
+  if (response.ok && state.current === id) {
+    circle.members = (await response.json()).members;
+    renderMembers();
+    renderReceipts();
+  }
 }
 
 function showDenied(text) {
@@ -355,20 +573,78 @@ function showDenied(text) {
   $("thread").hidden = Boolean(text);
 }
 
+// The members, with presence; the coordinator may add (from the directory) and remove them.
 function renderMembers() {
   const circle = state.circles.get(state.current);
   if (!circle || !circle.members) return;
-  $("members").replaceChildren(...circle.members.map((m) => el("li", {
-    "data-member": m.id, "data-state": circle.present?.get(m.id) || "offline",
-    text: m.role === "coordinator" ? `${m.name} (coordination)` : m.name,
-  })));
+  const online = circle.members.filter((m) => circle.present?.get(m.id) === "online").length;
+  const coordinating = circle.summary?.coordinator === state.me.id;
+  $("members-summary").textContent = `${circle.members.length} membres · ${online} en ligne`;
+  $("member-add").hidden = !coordinating;
+  $("leave-box").hidden = coordinating;   // a circle keeps its coordinator
+  $("leave-confirm").hidden = true;
+  $("members").replaceChildren(...circle.members.map((m) => {
+    const item = el("li", { "data-member": m.id, "data-state": circle.present?.get(m.id) || "offline" },
+      m.role === "coordinator" ? `${m.name} (coordination)` : m.name);
+    if (coordinating && m.id !== state.me.id) {
+      const remove = el("button", { type: "button", class: "secondary small", text: "Retirer",
+                                    "aria-label": `Retirer ${m.name} du cercle` });
+      remove.addEventListener("click", () => changeMembers("DELETE", `/api/circles/${state.current}/members/${m.id}`));
+      item.append(" ", remove);
+    }
+    return item;
+  }));
+}
+
+async function changeMembers(method, path, body) {
+  const id = state.current;
+  const response = await api(path, { method, ...(body ? { body: JSON.stringify(body) } : {}) });
+  if (!response.ok) { notify("Modification des membres refusée."); return; }
+  await reloadMembers(id);
+}
+
+async function reloadMembers(id) {
+  const detail = await api(`/api/circles/${id}`);
+  if (detail.ok && state.current === id && state.circles.has(id)) {
+    state.circles.get(id).members = (await detail.json()).members;
+    renderMembers();
+    renderReceipts();
+  }
 }
 
 function messageItem(m) {
   const mine = m.author.id === state.me.id;
-  return el("li", { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-client-id": m.client_id },
-    el("div", { class: "who", text: `${mine ? "Vous" : m.author.name} · ${timeFmt.format(new Date(m.at))}` }),
-    el("div", { class: "text", text: m.text }));
+  const when = el("time", { datetime: m.at, title: dateTimeFmt.format(new Date(m.at)), "data-relative": "",
+                            text: relativeTime(m.at) });
+  const who = el("div", { class: "who" }, el("span", { text: `${mine ? "Vous" : m.author.name} · ` }, when));
+  if (m.seq) {
+    const reply = el("button", { type: "button", class: "reply", text: "Répondre",
+                                 "aria-label": `Répondre au message de ${mine ? "vous-même" : m.author.name}` });
+    reply.addEventListener("click", () => startReply(m));
+    who.append(reply);
+  }
+  const item = el("li", { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-client-id": m.client_id,
+                          "data-at": m.at }, who);
+  if (m.reply_to) {
+    item.append(el("blockquote", { class: "quote", "data-quotes": String(m.reply_to.seq) },
+      el("strong", { text: `${m.reply_to.author.id === state.me.id ? "Vous" : m.reply_to.author.name} : ` }),
+      m.reply_to.text));
+  }
+  item.append(el("div", { class: "text", text: m.text }));
+  return item;
+}
+
+function startReply(m) {
+  state.replyTo = { seq: m.seq, author: m.author, text: m.text.slice(0, 200) };
+  $("replying-to").textContent = `Réponse à ${m.author.id === state.me.id ? "vous-même" : m.author.name} :`;
+  $("replying-text").textContent = state.replyTo.text;
+  $("replying").hidden = false;
+  $("text").focus();
+}
+
+function cancelReply() {
+  state.replyTo = null;
+  $("replying").hidden = true;
 }
 
 function appendMessages(items) {
@@ -379,12 +655,16 @@ function appendMessages(items) {
     if (pending && m.author.id === state.me.id) pending.replaceWith(messageItem(m));
     else list.append(messageItem(m));
   }
+  placeDaySeparators();
+  renderReceipts();
   $("thread").scrollTop = $("thread").scrollHeight;
 }
 
 function prependMessages(items) {
   const list = $("messages");
   list.prepend(...items.filter((m) => !list.querySelector(`li[data-seq="${m.seq}"]`)).map(messageItem));
+  placeDaySeparators();
+  renderReceipts();
 }
 
 function markRead(id) {      // at most one read marker every READ_EVERY_MS: a busy circle stays under the rate limit
@@ -406,14 +686,18 @@ function post(event) {
   const id = state.current;
   if (!text || id === null || !state.circles.has(id)) return;
   const clientId = crypto.randomUUID();
-  state.outgoing.set(clientId, { circle: id, text });
+  const replyTo = state.replyTo;
+  state.outgoing.set(clientId, { circle: id, text, reply_to: replyTo });
   const pending = messageItem({ seq: "", client_id: clientId, text, at: new Date().toISOString(),
-                                author: state.me });
+                                author: state.me, reply_to: replyTo });
   pending.classList.add("pending");
   $("messages").append(pending);
+  placeDaySeparators();
   $("thread").scrollTop = $("thread").scrollHeight;
-  request({ type: "post", circle: id, client_id: clientId, text }, { circle: id });
+  request({ type: "post", circle: id, client_id: clientId, text, ...(replyTo ? { reply_to: replyTo.seq } : {}) },
+          { circle: id, clientId });
   $("text").value = "";
+  cancelReply();
 }
 
 function announceTyping() {
@@ -438,6 +722,14 @@ function renderAlerts() {
       el("strong", { text: a.title }),
       ...details.map((d) => el("p", { text: d })),
       el("p", { text: dateTimeFmt.format(new Date(a.created_at)) }));
+    if (a.kind === "mail") {
+      const open = el("button", { type: "button", class: "secondary small open-mail", text: "Ouvrir le message" });
+      open.addEventListener("click", () => {
+        if (!$("alerts").hidden && matchMedia("(max-width: 760px)").matches) toggleAlerts();   // a phone shows one panel
+        location.hash = `#/courriel/${encodeURIComponent(a.data.mailbox)}/${a.data.uid}`;
+      });
+      item.append(open, " ");
+    }
     if (a.acknowledged_at) {
       item.append(el("p", { text: `Acquittée par ${a.acknowledged_by.name} le ${dateTimeFmt.format(new Date(a.acknowledged_at))}` }));
     } else {
@@ -451,17 +743,33 @@ function renderAlerts() {
 
 function toggleAlerts() {
   const panel = $("alerts");
+  const thread = $("thread");
+  if (panel.hidden) state.threadScroll = thread.scrollTop;   // a phone hides the thread, which forgets it
   panel.hidden = !panel.hidden;
+  if (panel.hidden) thread.scrollTop = state.threadScroll;
   $("app").classList.toggle("with-alerts", !panel.hidden);
   $("alerts-toggle").setAttribute("aria-expanded", String(!panel.hidden));
+  setView(document.body.dataset.view);
+  (panel.hidden ? $("alerts-toggle") : $("alerts-close")).focus();
 }
 
 // --- page -------------------------------------------------------------------------------------
 
+// The view a phone shows (the list or a conversation; the alerts panel over either): the bar's
+// back arrow leads out of anything but the list, so every panel has a way back.
+function setView(view) {
+  document.body.dataset.view = view;
+  $("back").hidden = view === "list" && $("alerts").hidden;
+}
+
+function back() {
+  if (!$("alerts").hidden) toggleAlerts(); else location.hash = "";
+}
+
 function setStatus(online) {
   const status = $("status");
   status.dataset.state = online ? "online" : "offline";
-  status.textContent = online ? "En ligne" : "Hors ligne";
+  status.querySelector(".label").textContent = online ? "En ligne" : "Hors ligne";
 }
 
 function notify(text) {
@@ -480,23 +788,281 @@ function showSignIn(message) {
 
 function route() {
   const match = location.hash.match(/^#\/cercle\/(\d+)$/);
+  $("mail-clients").hidden = true;
+  $("new-circle").hidden = true;
+  $("mail-view").hidden = true;
+  const mail = location.hash.match(/^#\/courriel\/([^/]+)\/(\d+)$/);
+  if (mail) {
+    state.current = null;
+    $("conversation").hidden = true;
+    openMail(decodeURIComponent(mail[1]), Number(mail[2]));
+    renderCircles();
+    return;
+  }
   if (match) { openCircle(Number(match[1])); return; }
   state.current = null;
-  $("app").dataset.view = "list";
-  $("back").hidden = true;
   $("conversation").hidden = true;
+  if (location.hash === "#/logiciels") { openMailClients(); renderCircles(); return; }
+  if (location.hash === "#/nouveau-cercle") { openNewCircle(); renderCircles(); return; }
+  setView("list");
   renderCircles();
+}
+
+// --- a mail an alert announced: read only, text and attachments (never HTML), mailserver/webmail.py --
+
+const sizeFmt = (n) => (n < 1024 ? `${n} o` : n < 1048576 ? `${Math.round(n / 1024)} ko` : `${(n / 1048576).toFixed(1)} Mo`);
+
+async function openMail(address, uid) {
+  setView("mail");
+  const view = $("mail-view");
+  view.hidden = false;
+  const path = `/api/mailboxes/${encodeURIComponent(address)}/messages/${uid}`;
+  view.dataset.path = path;
+  for (const id of ["mail-headers", "mail-text", "mail-attachments"]) $(id).replaceChildren();
+  $("mail-subject").textContent = "Message";
+  $("mail-error").hidden = true;
+  const response = await api(path);
+  if (!response.ok) {
+    $("mail-error").textContent = response.status === 403 ? "Accès refusé : cette boîte ne vous est pas accessible."
+      : "Ce message n'est plus dans la boîte de réception.";
+    $("mail-error").hidden = false;
+    $("mail-seen").hidden = true;
+    return;
+  }
+  const mail = await response.json();
+  $("mail-subject").textContent = mail.subject || "(sans objet)";
+  const rows = [["De", mail.from], ["À", mail.to], ["Cc", mail.cc], ["Date", mail.date], ["Boîte", mail.address]];
+  $("mail-headers").replaceChildren(...rows.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  $("mail-text").textContent = mail.text ?? (mail.html_only
+    ? "Ce message n'a pas de version texte : ouvrez-le dans un logiciel de messagerie." : "(message sans texte)");
+  if (mail.truncated) $("mail-text").append(el("p", { text: "… (suite dans un logiciel de messagerie)" }));
+  showSeen(mail.seen);
+  $("mail-attachments-title").hidden = mail.attachments.length === 0;
+  $("mail-attachments").replaceChildren(...mail.attachments.map((a) => {
+    const name = a.filename || `partie-${a.part}`;
+    const download = el("button", { type: "button", class: "secondary small", text: `Télécharger ${name} (${sizeFmt(a.size)})` });
+    download.addEventListener("click", () => downloadPart(`${path}/parts/${a.part}`, name));
+    const item = el("li", { "data-part": a.part }, download);
+    if (a.documents) {
+      item.append(el("ul", { "aria-label": "Documents de l'archive XDM" },
+        ...a.documents.map((d) => el("li", { text: `${d.name} (${sizeFmt(d.size)})` }))));
+    }
+    return item;
+  }));
+}
+
+function showSeen(seen) {
+  $("mail-seen").hidden = seen;
+  $("mail-seen-state").hidden = !seen;
+}
+
+async function downloadPart(path, name) {     // the API wants the bearer token: fetched, then saved
+  const response = await api(path);
+  if (!response.ok) { notify("Téléchargement refusé."); return; }
+  const link = el("a", { href: URL.createObjectURL(await response.blob()), download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+async function markMailSeen() {
+  const response = await api(`${$("mail-view").dataset.path}/seen`, { method: "POST" });
+  if (response.ok) showSeen(true); else notify("Impossible de marquer ce message comme lu.");
+}
+
+// --- a new circle: the patient's INS identity, members found in the directory as one types ------
+
+const SEARCH_DELAY_MS = 300;          // one directory search per pause in typing, not per key
+const chosen = new Map();             // idnat -> name: the members to add
+
+function openNewCircle() {
+  setView("create");
+  $("new-circle").hidden = false;
+  $("new-circle-error").hidden = true;
+  $("nc-ins").focus();
+}
+
+const professionalName = (p) => [["DR", "DOCTEUR"].includes((p.practice_civility || "").toUpperCase()) ? "Dr" : "",
+  p.given_name.charAt(0) + p.given_name.slice(1).toLowerCase(), p.family_name.toUpperCase()].filter(Boolean).join(" ");
+
+// Professionals found in the directory as `input` is typed into, listed in `results`; `skip`
+// leaves out those already chosen, `pick` takes one.
+function directorySearch(input, results, skip, pick) {
+  let timer = null;
+  const search = async () => {
+    const text = input.value.trim();
+    if (text.length < 2) { results.replaceChildren(); return; }
+    const field = /^[0-9]+$/.test(text) ? "identifier" : "q";
+    const response = await api(`/api/directory/search?${new URLSearchParams({ [field]: text, kind: "professional", per_page: "8" })}`);
+    if (!response.ok || input.value.trim() !== text) return;
+    const { items } = await response.json();
+    results.replaceChildren(...items.filter((p) => p.idnat !== state.me.id && !skip(p.idnat)).map((p) => {
+      const button = el("button", { type: "button", "data-idnat": p.idnat }, el("strong", { text: professionalName(p) }),
+        ` · ${p.profession_label || ""}${p.rpps ? ` · RPPS ${p.rpps}` : ""}`);
+      button.addEventListener("click", () => {
+        input.value = "";
+        results.replaceChildren();
+        input.focus();
+        pick(p);
+      });
+      return el("li", {}, button);
+    }));
+  };
+  input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, SEARCH_DELAY_MS); });
+}
+
+function renderChosen() {
+  $("nc-members").replaceChildren(...[...chosen].map(([idnat, name]) => {
+    const remove = el("button", { type: "button", class: "secondary small", text: "Retirer", "aria-label": `Retirer ${name}` });
+    remove.addEventListener("click", () => { chosen.delete(idnat); renderChosen(); });
+    return el("li", { "data-idnat": idnat }, el("span", { text: name }), remove);
+  }));
+}
+
+const PATIENT_ERRORS = {
+  ins: "Matricule INS invalide : 15 caractères, clé de contrôle comprise.",
+  ins_oid: "Référentiel INS inconnu.",
+  family_name: "Nom : lettres, espaces, traits d'union et apostrophes seulement.",
+  given_name: "Prénom : lettres, espaces, traits d'union et apostrophes seulement.",
+  birth_date: "Date de naissance invalide (passée, après 1890).",
+};
+
+async function createCircle(event) {
+  event.preventDefault();
+  const form = $("new-circle-form");
+  const patient = Object.fromEntries(["ins", "ins_oid", "family_name", "given_name", "birth_date"]
+    .map((name) => [name, form.elements[name].value.trim()]));
+  const response = await api("/api/circles", { method: "POST", body: JSON.stringify({
+    patient, members: [...chosen.keys()].map((id) => ({ id })) }) });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const field = (body.message || "").split(":")[0];
+    $("new-circle-error").textContent = response.status === 409 ? "Un cercle de soins existe déjà pour ce patient."
+      : PATIENT_ERRORS[field] || "Création refusée : vérifiez les champs.";
+    $("new-circle-error").hidden = false;
+    return;
+  }
+  form.reset();
+  chosen.clear();
+  renderChosen();
+  await refreshCircles();
+  location.hash = `#/cercle/${body.id}`;
+}
+
+// --- "Connecter un logiciel de messagerie" ------------------------------------------------------
+// The servers come from the autoconfig document Thunderbird reads (web/autoconfig.py): one source.
+
+const api = (path, options = {}) => fetch(path, {
+  ...options, headers: { Authorization: `Bearer ${state.session.access}`, ...(options.body ? { "Content-Type": "application/json" } : {}) },
+});
+const boxPath = (address) => `/api/mailboxes/${encodeURIComponent(address)}/app-passwords`;
+
+async function openMailClients() {
+  setView("clients");
+  $("mail-clients").hidden = false;
+  $("password-error").hidden = true;
+  const response = await fetch("/.well-known/autoconfig/mail/config-v1.1.xml");
+  const xml = new DOMParser().parseFromString(await response.text(), "application/xml");
+  const uses = { imap: "Réception (IMAP)", smtp: "Envoi (SMTP)" };
+  const security = { SSL: "SSL/TLS", STARTTLS: "STARTTLS" };
+  $("server-rows").replaceChildren(...[...xml.querySelectorAll("incomingServer, outgoingServer")].map((s) => el("tr", {},
+    el("td", { text: uses[s.getAttribute("type")] }), el("td", { text: s.querySelector("hostname").textContent }),
+    el("td", { text: s.querySelector("port").textContent }),
+    el("td", { text: security[s.querySelector("socketType").textContent] || s.querySelector("socketType").textContent }))));
+  $("ca-box").hidden = !(await fetch("/mail/ca.crt", { method: "HEAD" })).ok;
+  const boxes = await api("/api/mailboxes");
+  if (!boxes.ok) return;
+  const { items } = await boxes.json();
+  $("example-box").textContent = items[0]?.address || "prenom.nom@…";
+  $("boxes").replaceChildren(...items.map((box) => el("div", { class: "box", "data-box": box.address },
+    el("h4", { text: `${box.address} (${box.role === "owner" ? "votre boîte" : "boîte déléguée"})` }),
+    el("ul", { class: "passwords" }), el("p", { class: "created", hidden: "" }))));
+  for (const box of items) { renderPasswords(box.address); }
+}
+
+async function renderPasswords(address) {
+  const panel = document.querySelector(`#boxes [data-box="${CSS.escape(address)}"]`);
+  const response = await api(boxPath(address));
+  if (!panel || !response.ok) return;
+  const { items } = await response.json();
+  const list = panel.querySelector("ul");
+  list.replaceChildren(...items.map((p) => {
+    const revoke = el("button", { type: "button", class: "secondary small", text: "Révoquer",
+                                  "aria-label": `Révoquer le mot de passe ${p.label}` });
+    revoke.addEventListener("click", async () => {
+      const done = await api(`${boxPath(address)}/${encodeURIComponent(p.label)}`, { method: "DELETE" });
+      if (!done.ok) showPasswordError(done);
+      renderPasswords(address);
+    });
+    const used = p.last_used_at ? `utilisé le ${dateTimeFmt.format(new Date(p.last_used_at))}` : "jamais utilisé";
+    return el("li", { "data-label": p.label }, el("span", {}, el("strong", { text: p.label }), ` · ${used}`), revoke);
+  }));
+  if (!items.length) list.append(el("li", { class: "empty", text: "Aucun mot de passe d'application." }));
+  if (!panel.querySelector("form")) panel.append(passwordForm(address));
+}
+
+function passwordForm(address) {
+  const id = `label-${address.replace(/[^a-z0-9]/gi, "-")}`;
+  const input = el("input", { id, name: "label", maxlength: "80", required: "", placeholder: "Thunderbird du cabinet" });
+  const form = el("form", {}, el("label", { for: id, text: "Appareil ou logiciel :" }), input,
+    el("button", { type: "submit", text: "Créer un mot de passe" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const response = await api(boxPath(address), { method: "POST", body: JSON.stringify({ label: input.value }) });
+    if (!response.ok) { showPasswordError(response); return; }
+    const created = await response.json();
+    $("password-error").hidden = true;
+    const shown = form.parentElement.querySelector(".created");
+    shown.replaceChildren(`Mot de passe pour « ${created.label} » : `, el("code", { text: created.password }),
+      el("br"), "Copiez-le maintenant dans le logiciel : il ne sera plus affiché.");
+    shown.hidden = false;
+    input.value = "";
+    renderPasswords(address);
+  });
+  return form;
+}
+
+async function showPasswordError(response) {
+  const reasons = { 400: "Refusé : ce nom est déjà pris ou trop long, ou cette boîte a déjà 20 mots de passe.",
+                    403: "Cette boîte ne vous est pas accessible.", 404: "Ce mot de passe n'existe plus." };
+  $("password-error").textContent = reasons[response.status] || `Refusé (${response.status}).`;
+  $("password-error").hidden = false;
 }
 
 async function start() {
   $("signin-button").addEventListener("click", () => signIn().catch(() => notify("Connexion impossible.")));
   $("signout").addEventListener("click", () => signOut("Vous êtes déconnecté(e)."));
   $("alerts-toggle").addEventListener("click", toggleAlerts);
-  $("back").addEventListener("click", () => { location.hash = ""; });
+  $("alerts-close").addEventListener("click", toggleAlerts);
+  $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
+  $("mute").addEventListener("click", toggleMute);
+  $("leave").addEventListener("click", () => { $("leave-confirm").hidden = false; $("leave-confirm").focus(); });
+  $("leave-confirm").addEventListener("click", async () => {
+    const id = state.current;
+    const response = await api(`/api/circles/${id}/members/${state.me.id}`, { method: "DELETE" });
+    if (!response.ok) { notify("Impossible de quitter ce cercle."); return; }
+    state.circles.delete(id);
+    location.hash = "";
+  });
+  $("search-toggle").addEventListener("click", () => toggleSearch());
+  $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
+  $("search-more").addEventListener("click", () => runSearch(state.searching?.oldest));
+  $("mail-seen").addEventListener("click", markMailSeen);
+  $("new-circle-form").addEventListener("submit", createCircle);
+  directorySearch($("nc-search"), $("nc-results"), (idnat) => chosen.has(idnat),
+                  (p) => { chosen.set(p.idnat, professionalName(p)); renderChosen(); });
+  directorySearch($("ma-search"), $("ma-results"),
+                  (idnat) => (state.circles.get(state.current)?.members || []).some((m) => m.id === idnat),
+                  (p) => changeMembers("POST", `/api/circles/${state.current}/members`, { id: p.idnat }));
+  $("notify-enable").addEventListener("click", enableNotifications);
+  setInterval(refreshTimes, 60 * 1000);
+  $("reply-cancel").addEventListener("click", () => { cancelReply(); $("text").focus(); });
   $("text").addEventListener("input", announceTyping);
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
+    if (e.key === "Escape" && state.replyTo) cancelReply();
   });
   $("older").addEventListener("click", () => {
     const circle = state.circles.get(state.current);
@@ -509,6 +1075,7 @@ async function start() {
     if (state.current !== null) markRead(state.current);
   });
   window.addEventListener("hashchange", route);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("alerts").hidden) toggleAlerts(); });
 
   const query = new URLSearchParams(location.search);
   try {

@@ -1,0 +1,182 @@
+"""Two `msante serve` nodes on one PostgreSQL database and one private Redis (tests/nodes.py):
+what happens on node A reaches the live sessions of node B, and a Redis outage loses nothing,
+sessions on B catching up from the store once it is back."""
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+import time
+import uuid
+from types import SimpleNamespace
+from unittest.mock import ANY
+
+import aioimaplib
+import pytest
+
+from tests.imap_client import GP, token
+from tests.test_api import request
+from tests.nodes import cluster_environment, start_node
+from tests.test_imap import deliver
+from tests.test_instant_ws import CIRCLE, NURSE, Client, post
+from tests.test_instant_ws import GP as GP_IDNAT
+from tests.operators import Operator, wait_for
+from tests.test_smtp import connect as smtp_connect
+from tests.test_smtp import login as smtp_login
+from tests.test_smtp import message, xoauth2
+
+pytestmark = pytest.mark.slow
+REMOTE = "karim.payet@autre-operateur.test"  # at the peer operator
+
+
+@pytest.fixture
+def nodes(tmp_path, postgresql_url, redis_server):
+    env = cluster_environment(tmp_path / "var", postgresql_url, redis_server.url)
+    a = start_node("a", env)
+    try:
+        b = start_node("b", env)
+    except BaseException:
+        a.stop()
+        raise
+    yield a, b
+    for node in (b, a):
+        node.stop()
+        assert node.process.returncode == 0, node.log.read_text(errors="replace")[-3000:]
+
+
+async def idle_on(node) -> aioimaplib.IMAP4_SSL:
+    _host, port = node.listeners["imaps"].rsplit(":", 1)
+    client = aioimaplib.IMAP4_SSL("localhost", int(port), ssl_context=node.client_tls(), timeout=15)
+    await client.wait_hello_from_server()
+    assert (await client.xoauth2(GP, token(node))).result == "OK"
+    assert (await client.select("INBOX")).result == "OK"
+    return client
+
+
+def exists(pushed) -> bool:  # noqa: ANN001 - what aioimaplib pushes
+    return any(b"EXISTS" in (p if isinstance(p, bytes) else p.encode()) for p in pushed)
+
+
+async def test_mail_submitted_on_a_wakes_idle_on_b(nodes):
+    a, b = nodes
+    client = await idle_on(b)
+    idle = await client.idle_start(timeout=30)
+    started = time.monotonic()
+    await asyncio.to_thread(deliver, a, [GP], "Résultats de biologie")
+    pushed = await client.wait_server_push(timeout=10)
+    assert exists(pushed), pushed
+    assert time.monotonic() - started < 5
+    client.idle_done()
+    await asyncio.wait_for(idle, 10)
+    await client.logout()
+
+
+async def test_circle_posts_on_a_reach_b_once_and_in_order(nodes):
+    a, b = nodes
+    poster = await Client.connect(a, GP_IDNAT)
+    follower = await Client.connect(b, NURSE)
+    try:
+        subscribed = await follower.request(type="subscribe", circle=CIRCLE)
+        assert subscribed["type"] == "subscribed", subscribed
+        seqs = [(await post(poster, f"message {n}"))["seq"] for n in range(20)]
+        assert await follower.messages(20) == seqs
+        await follower.nothing(1.0, type="message")  # once: not again through Redis or the relay
+    finally:
+        await poster.ws.close()
+        await follower.ws.close()
+
+
+async def test_redis_restarted_nothing_lost_sessions_catch_up(nodes, redis_server):
+    a, b = nodes
+    poster = await Client.connect(a, GP_IDNAT)
+    follower = await Client.connect(b, NURSE)
+    client = await idle_on(b)
+    try:
+        await follower.request(type="subscribe", circle=CIRCLE)
+        idle = await client.idle_start(timeout=60)
+        redis_server.kill()
+        during = [(await post(poster, f"pendant la panne {n}"))["seq"] for n in range(3)]
+        await asyncio.to_thread(deliver, a, [GP], "Pendant la panne " + uuid.uuid4().hex)
+        await follower.nothing(0.5, type="message")  # nothing crosses while Redis is down
+        assert await asyncio.to_thread(request, b, "GET", "/healthz") == (200, ANY, {"status": "ok", "redis": "unreachable"})
+        redis_server.start()
+        # B subscribes again, is told events were lost, and its sessions re-read the store.
+        assert await follower.messages(3, timeout=15) == during
+        assert exists(await client.wait_server_push(timeout=15))
+        client.idle_done()
+        await asyncio.wait_for(idle, 10)
+        after = (await post(poster, "après la panne"))["seq"]
+        assert await asyncio.to_thread(request, b, "GET", "/healthz") == (200, ANY, {"status": "ok", "redis": "ok"})
+        assert await follower.messages(1) == [after]
+    finally:
+        await poster.ws.close()
+        await follower.ws.close()
+        await client.logout()
+
+
+def test_login_failures_are_counted_across_nodes(nodes):
+    """An attacker alternating between the nodes is slowed as on one: after four failures (two
+    on each node, each of which alone would still answer at once) the fifth attempt waits."""
+    a, b = nodes
+
+    def attempt(node) -> float:  # noqa: ANN001
+        client = smtp_connect(node)
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.auth("XOAUTH2", xoauth2(GP, token(node, ttl=-300)))
+        assert refused.value.smtp_code == 535
+        client.close()
+        return time.monotonic() - started
+
+    waits = [attempt(node) for node in (a, b, a, b, b)]
+    # 0.5 s after the third failure, doubling: 1 s on node B, which had seen only two of the four
+    # (the free ones are timed in tests/test_login_throttle.py, away from this machine's load)
+    assert waits[3] >= 0.5 and waits[4] >= 1.0, waits
+
+
+def test_outbound_queue_sends_each_message_once_even_after_a_node_is_killed(tmp_path, postgresql_url, redis_server):
+    """Both nodes start the outbound queue; one runs it (store/lease.py). Mail submitted through
+    both nodes reaches the peer operator once; the node running the queue is SIGKILLed with
+    mail queued (the peer down), and the other node sends it, once."""
+    env = cluster_environment(tmp_path / "var", postgresql_url, redis_server.url)
+    peer = Operator(tmp_path, "peer", "autre-operateur.test", ca_from=SimpleNamespace(data_dir=tmp_path / "var"))
+    env.update(MSANTE_RELAY__ROUTES=json.dumps({"autre-operateur.test": f"127.0.0.1:{peer.ports['smtp']}"}),
+               MSANTE_RELAY__RETRY_BASE="1", MSANTE_RELAY__RETRY_MAX="2")
+    a = start_node("a", env)
+    nodes = [a]
+    try:
+        wait_for(lambda: "the outbound queue runs in this process" in a.log.read_text(), what="A runs the queue")
+        b = start_node("b", env)
+        nodes.append(b)
+        peer.set_routes({"msante.test": int(a.listeners["smtp"].rsplit(":", 1)[1])})
+
+        def send(node, subject: str) -> None:  # noqa: ANN001
+            client = smtp_login(node)
+            client.sendmail(GP, [REMOTE], message(GP, [REMOTE], subject))
+            client.quit()
+
+        def arrived(subject: str) -> int:
+            return sum(subject.encode() in m for m in peer.inbox(REMOTE))
+
+        peer.start()
+        both = [f"Par les deux noeuds {i}" for i in range(10)]
+        for i, subject in enumerate(both):  # each node wakes both queues (through Redis)
+            send((a, b)[i % 2], subject)
+        for subject in both:
+            wait_for(lambda s=subject: arrived(s), timeout=60, what=subject)
+        peer.stop()
+        after = [f"Apres la panne de A {i}" for i in range(3)]
+        for subject in after:
+            send(b, subject)
+        a.process.kill()  # the queue's node dies with mail queued
+        a.process.wait()
+        peer.start()
+        for subject in after:
+            wait_for(lambda s=subject: arrived(s), timeout=60, what=subject)
+        time.sleep(3)  # retries would have come by now (retry_max 2 s)
+        assert [arrived(s) for s in both + after] == [1] * len(both + after)
+        assert "the outbound queue runs in this process" in b.log.read_text()
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        peer.stop()
