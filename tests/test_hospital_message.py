@@ -1,13 +1,18 @@
 """HL7 v2 reading (hospital/message.py), MLLP framing (hospital/mllp.py) and ACKs (hospital/ack.py), without a network."""
 from __future__ import annotations
 
+import email
+import email.policy
+import io
+import zipfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import hl7
 import pytest
 
-from hospital import ack, mllp
-from hospital.message import Hl7Error, parse, read_header
+from hospital import ack, mllp, notice
+from hospital.message import Document, Hl7Error, parse, read_header
 
 SAMPLES = Path(__file__).resolve().parents[1] / "hospital" / "samples"
 
@@ -126,15 +131,6 @@ def test_mllp_frames_split_anywhere_and_bounded():
 
 
 def test_cda_document_notice_names_its_type_and_zips_it():
-    import email
-    import email.policy
-    import io
-    import zipfile
-    from datetime import datetime, timedelta, timezone
-
-    from hospital import notice
-    from hospital.message import Document
-
     cda = b'<?xml version="1.0"?><ClinicalDocument xmlns="urn:hl7-org:v3"/>'
     facts = notice.Notice(kind="DOC", patient={"ins": "248039741512358", "ins_oid": "1.2.250.1.213.1.4.11",
                                                "family_name": "TECHER", "given_name": "JOSETTE",
