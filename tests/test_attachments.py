@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import time
 import uuid
 
 import pytest
 from sqlalchemy import select
 
 from store.schema import attachment_contents, audit, circle_attachments
-from tests.test_api import token_for
+from tests.test_api import http_limits, raw_tls, token_for  # noqa: F401 - http_limits is a fixture
 from tests.test_instant_ws import CIRCLE, GP, NURSE, PHARMACIST, connect  # noqa: F401 - a fixture
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
@@ -146,3 +147,19 @@ async def test_a_message_carries_attachments_to_the_other_members(server, connec
     status, _, data = await asyncio.to_thread(
         fetch, server, "GET", f"/api/circles/{CIRCLE}/attachments/{attachment['id']}", NURSE)
     assert (status, data) == (200, PDF)
+
+
+@pytest.mark.parametrize("http_limits", [{"max_body_bytes": 1024, "request_timeout": 1.0}], indirect=True)
+def test_an_upload_has_time_in_proportion_to_its_limit(small_attachments, http_limits, server):
+    """4 KiB allowed where bodies get 1 KiB a second: the upload may take 4 s, so one sent
+    over 2 s is taken, where any other request would have had 1 s (408)."""
+    body = PDF + b"0" * (3000 - len(PDF))
+    sock = raw_tls(server)
+    sock.sendall((f"POST /api/circles/{CIRCLE}/attachments?name=lent.pdf HTTP/1.1\r\nHost: localhost\r\n"
+                  f"Authorization: Bearer {token_for(server, GP)}\r\nContent-Length: {len(body)}\r\n\r\n").encode())
+    for start in range(0, len(body), 750):  # four pieces, half a second apart
+        sock.sendall(body[start:start + 750])
+        time.sleep(0.5)
+    answer = sock.recv(65536)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]

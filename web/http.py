@@ -201,6 +201,10 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writ
             if body_limit is not None:
                 path = urlsplit(event.target.decode("latin-1")).path or "/"
                 own = body_limit(event.method.decode("ascii", "replace"), path)
+                if own is not None and own > max_body and deadline is not None:
+                    # an upload gets the same floor rate as any body (max_body_bytes per
+                    # request_timeout), not the same time: 10 MB at 50 KB/s is 200 s
+                    deadline += limits.request_timeout * (own / max_body - 1)
                 max_body = max_body if own is None else own
             declared = _header(event.headers, b"content-length")
             if declared and declared.isdigit() and int(declared) > max_body:
