@@ -283,7 +283,9 @@ class Connection:
             "type": "welcome", "user": self.me, "expires_at": int(expires),
             "circles": await instant.circles.list_for(principal, self._peer),
             "limits": {"max_text_chars": limits.max_text_chars, "max_frame_bytes": limits.max_frame_bytes,
-                       "frames_per_second": limits.frames_per_second, "history_page": limits.history_page}}))
+                       "frames_per_second": limits.frames_per_second, "history_page": limits.history_page,
+                       "max_attachment": instant.max_attachment,
+                       "max_attachments_per_message": limits.max_attachments_per_message}}))
         await self._resend_alerts()
 
     async def _subscribe(self, frame: frames.Subscribe) -> None:
@@ -338,7 +340,7 @@ class Connection:
         self._unacked.add(key)
         try:
             await self._instant.messages.post(self._principal, frame.circle, frame.client_id, frame.text,
-                                              self._peer, acknowledge, frame.reply_to)
+                                              self._peer, acknowledge, frame.reply_to, frame.attachments)
         finally:
             if not acked:  # refused before it was stored: nothing to wait for
                 self._unacked.discard(key)

@@ -32,6 +32,8 @@ from web.router import Router
 from .alerts import Alerts
 from .alertstore import AlertStore
 from .api import InstantApi
+from .attachments import Attachments
+from .attachmentstore import AttachmentStore
 from .circles import Circles
 from .connection import Connection
 from .frames import Close
@@ -61,6 +63,8 @@ class Instant:
         self.alerts = Alerts(engine, AlertStore(engine), services.audit, services.bus)
         self.circles = Circles(engine, self.store, self.alerts, services.audit, services.bus)
         self.messages = Messages(self.store, self.circles, services.audit, services.bus)
+        self.attachments = Attachments(AttachmentStore(engine), self.circles, services.audit)
+        self.max_attachment = services.settings.max_attachment
         self.hub = Hub(services.bus)
         self._mail_alerts = MailAlerts(engine, services.bus, self.alerts)
         self._background: asyncio.Task | None = None

@@ -203,7 +203,7 @@ def https_listener(services: Services) -> Listener:
         finally:
             m.inc("msante_http_requests_total", route=route, status=str(status))
 
-    return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle), services.server_tls(),
+    return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle, body_limit=router.body_limit), services.server_tls(),
                     admission=services.admission, refusal=HTTP_REFUSAL,
                     on_tls_failure=_tls_failure_audit(services, "https"))
 
