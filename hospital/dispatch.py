@@ -4,8 +4,8 @@
 the hospital named (ROL/PD1 RPPS → directory → the GP's nominative box, ours or another
 operator's; else an organisational box of a structure where the GP practises), writes the
 notification mail, and in the same transaction as that mail records the notice, raises a
-`patient` alert for the members of the patient's care circle (if one exists for that INS)
-and marks the event dispatched. A crash before that commit leaves the event pending and
+`patient` alert for the members of the patient's care circle (if one exists for that INS),
+puts the event in that circle's timeline (hospital/timeline.py) and marks the event dispatched. A crash before that commit leaves the event pending and
 nothing sent; after it, everything done: each event is notified exactly once, restarts
 included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté
 box"…): coordinators count them.
@@ -29,7 +29,7 @@ from store.events import EventBus
 from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 
-from . import notice
+from . import notice, timeline
 from .feed import CHANNEL
 from .message import parse
 
@@ -118,6 +118,7 @@ class Dispatcher:
             members = await _circle_members(conn, event.patient_ins)
         alert_rows = [_alert_row(event, patient, idnat) for idnat in members]
         actor = Actor(sender, "application")
+        items: list[dict] = []  # the event in its patient's circle(s), announced after the commit
 
         async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
             now = datetime.now(timezone.utc)
@@ -142,6 +143,8 @@ class Dispatcher:
                 raised = [{"id": inserted[row["audience"]], **row, "data": json.loads(row["data"]),
                            "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None}
                           for row in alert_rows if row["audience"] in inserted]
+            items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
+                                             sender=sender, occurred=_occurred(event, patient), now=now)
             if accepted is None:
                 await self._audit.record(actor, "hospital.not_notified", target=str(event.id), conn=conn,
                                          kind=event.kind, reason=reason)
@@ -172,6 +175,7 @@ class Dispatcher:
                 raised = holder["raised"]
         except _AlreadyDone:
             return
+        await timeline.announce(self._bus, items)
         for alert in raised:
             await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
 

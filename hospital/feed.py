@@ -30,7 +30,7 @@ from store.group_commit import GroupCommit
 from store.schema import hl7_messages, hospital_events
 
 from . import ack
-from .message import Header, HospitalMessage, Hl7Error, parse, read_header
+from .message import Document, Header, HospitalMessage, Hl7Error, parse, read_header
 
 CHANNEL = "hospital"  # "an event is pending": wakes the dispatcher
 PENDING = {"type": "pending"}
@@ -108,7 +108,8 @@ class Feed:
                                    "birth_date": p.birth_date, "local_id": p.local_id,
                                    "occurred": message.occurred_at.isoformat(),
                                    "gp": {"family_name": gp.family_name, "given_name": gp.given_name,
-                                          "source": gp.source, "problem": gp.problem} if gp else None},
+                                          "source": gp.source, "problem": gp.problem} if gp else None,
+                                   "document": _document(message.document)},
                                   ensure_ascii=False),
             "gp_rpps": gp.rpps if gp else "", "unit": message.unit[:200], "occurred_at": message.occurred_at,
             "status": "pending" if message.kind in NOTIFIED_KINDS else "recorded", "created_at": now})).scalar_one()
@@ -133,6 +134,14 @@ class Feed:
                                  where=f"{error.segment}-{error.field}" if error.segment else "",
                                  reason=error.text, size=len(data))
         return ack.build(header, error.code, _ack_id(), error=error, facility=self._facility)
+
+
+def _document(document: Document | None) -> dict | None:
+    """What the care circle's timeline shows of a document (its bytes stay in the message)."""
+    if document is None:
+        return None
+    return {"type_code": document.type_code, "type_label": document.type_label[:200],
+            "unique_id": document.unique_id[:200], "media_type": document.media_type, "size": len(document.data)}
 
 
 def _ack_id() -> str:

@@ -281,8 +281,14 @@ def error(code: str, message: str, request_id: str | None = None, **extra: Any) 
 
 
 def message(circle: int, seq: int, author: dict[str, str], client_id: str, text: str, at: str,
-            reply_to: dict[str, Any] | None, attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """`reply_to`: the quoted message ({seq, author, text: its start}), or None; `attachments`:
-    the documents it carries ({id, name, type, size}), fetched from /api/circles/{circle}/attachments/{id}."""
-    return {"type": "message", "circle": circle, "seq": seq, "author": author, "client_id": client_id,
-            "text": text, "at": at, "reply_to": reply_to, "attachments": attachments or []}
+            reply_to: dict[str, Any] | None, attachments: list[dict[str, Any]] | None = None, kind: str = "text",
+            event: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An item of a circle's timeline. `reply_to`: the quoted message ({seq, author, text: its
+    start}), or None; `attachments`: the documents it carries ({id, name, type, size}), fetched
+    from /api/circles/{circle}/attachments/{id}. `kind` "event": a hospital event, told in
+    `text`, described in `event`, its author the hospital (not a member)."""
+    frame = {"type": "message", "circle": circle, "seq": seq, "kind": kind, "author": author, "client_id": client_id,
+             "text": text, "at": at, "reply_to": reply_to, "attachments": attachments or []}
+    if event is not None:
+        frame["event"] = event
+    return frame

@@ -8,19 +8,24 @@ Two guarantees come from here:
   orders concurrent posts on PostgreSQL; SQLite has one writer).
 - Idempotency: a post whose (circle, author, client_id) exists meets the unique constraint;
   its transaction, seq included, is rolled back and the stored message is returned instead.
+- One timeline: a hospital event enters a circle as an item of kind `event` (`append_item`,
+  in the transaction of the job that raises it), with the next seq like a message, so
+  history, resume, search and read markers cover it unchanged. It has no professional for
+  author; its `data` names its source (the hospital) and describes the event.
 
 Transactions write first, then read: under SQLite's WAL, a transaction that reads and then
 writes fails outright if another writer committed in between.
 """
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timezone
 from types import SimpleNamespace
 from typing import Any, Protocol
 
 from sqlalchemy import and_, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.db import dialect_insert
 from store.schema import circle_attachments, circle_members, circle_messages, circles, professionals, read_markers
@@ -161,9 +166,10 @@ class SqlStore:
             read_markers.c.circle_id == circles.c.id, read_markers.c.idnat == idnat).scalar_subquery(), 0)
         unread = select(func.count()).select_from(circle_messages).where(
             circle_messages.c.circle_id == circles.c.id, circle_messages.c.seq > marker,
-            circle_messages.c.author != idnat).scalar_subquery()
+            _by_others(idnat)).scalar_subquery()
         query = (select(circles, circle_members.c.on_behalf_of, marker.label("read"), unread.label("unread"),
                         _LAST.c.text.label("last_text"), _LAST.c.created_at.label("last_at"),
+                        _LAST.c.data.label("last_data"),
                         *(_LAST_BY.c[name].label(f"last_{name}")
                           for name in ("idnat", "given_name", "family_name", "practice_civility")))
                  .join(circle_members, circle_members.c.circle_id == circles.c.id)
@@ -175,10 +181,9 @@ class SqlStore:
             return [{**_circle(r), "role": "coordinator" if r.coordinator == idnat else "member",
                      "on_behalf_of": r.on_behalf_of, "read": r.read, "unread": r.unread,
                      "last_message": None if r.last_text is None else {
-                         **_quote(r.last_seq, SimpleNamespace(idnat=r.last_idnat, given_name=r.last_given_name,
-                                                              family_name=r.last_family_name,
-                                                              practice_civility=r.last_practice_civility),
-                                  r.last_text),
+                         **_quote(r.last_seq, _author(r.last_idnat, SimpleNamespace(
+                             given_name=r.last_given_name, family_name=r.last_family_name,
+                             practice_civility=r.last_practice_civility), r.last_data), r.last_text),
                          "at": iso(r.last_at)}}
                     for r in await conn.execute(query)]
 
@@ -231,12 +236,12 @@ class SqlStore:
 
     async def quote(self, circle_id: int, seq: int) -> dict | None:
         """Message `seq` of the circle as a reply quotes it ({seq, author, text: its start}), or None."""
-        query = (select(circle_messages.c.seq, circle_messages.c.text, *_PERSON)
-                 .join(professionals, professionals.c.idnat == circle_messages.c.author)
+        query = (select(circle_messages.c.seq, circle_messages.c.text, circle_messages.c.data, *_PERSON)
+                 .outerjoin(professionals, professionals.c.idnat == circle_messages.c.author)
                  .where(circle_messages.c.circle_id == circle_id, circle_messages.c.seq == seq))
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return _quote(row.seq, row, row.text) if row else None
+        return _quote(row.seq, _author(row.idnat, row, row.data), row.text) if row else None
 
     async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
                      reply_to: dict | None = None, attachments: tuple[int, ...] = ()) -> tuple[dict, bool]:
@@ -247,12 +252,8 @@ class SqlStore:
         (AttachmentUnavailable otherwise, and nothing is stored)."""
         try:
             async with self._engine.begin() as conn:
-                seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
-                                          .values(last_seq=circles.c.last_seq + 1)
-                                          .returning(circles.c.last_seq))).scalar_one()
-                await conn.execute(insert(circle_messages), {
-                    "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
-                    "reply_to": reply_to["seq"] if reply_to else None, "created_at": now})
+                seq = await append_item(conn, circle_id, author=author, client_id=client_id, text=text, now=now,
+                                        reply_to=reply_to["seq"] if reply_to else None)
                 carried = await _claim(conn, circle_id, seq, author, attachments)
                 person = (await conn.execute(select(*_PERSON).where(professionals.c.idnat == author))).one()
         except IntegrityError:  # stored before (a retry), or just now by the same post racing this one
@@ -261,7 +262,7 @@ class SqlStore:
             if prior is None:
                 raise
             return prior, True
-        return {"circle": circle_id, "seq": seq, "author": {"id": author, "name": display_name(person)},
+        return {"circle": circle_id, "seq": seq, "kind": "text", "author": {"id": author, "name": display_name(person)},
                 "client_id": client_id, "text": text, "at": iso(now), "reply_to": reply_to,
                 "attachments": carried}, False
 
@@ -326,7 +327,7 @@ class SqlStore:
             read_markers.c.circle_id == circle_id, read_markers.c.idnat == idnat).scalar_subquery(), 0)
         unread = select(func.count()).select_from(circle_messages).where(
             circle_messages.c.circle_id == circle_id, circle_messages.c.seq > marker,
-            circle_messages.c.author != idnat).scalar_subquery()
+            _by_others(idnat)).scalar_subquery()
         query = select(marker, circles.c.last_seq, unread).where(circles.c.id == circle_id)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).one()
@@ -340,11 +341,13 @@ _LAST_BY = professionals.alias("last_by")
 
 
 def _messages():  # noqa: ANN202 - a Select
-    """Messages with their author, and the message each answers with its author (outer joins)."""
-    return (select(circle_messages, *_PERSON, _QUOTED.c.text.label("q_text"), _QUOTED_BY.c.idnat.label("q_idnat"),
+    """Messages with their author (none for an event), and the message each answers with its
+    author (outer joins)."""
+    return (select(circle_messages, *_PERSON, _QUOTED.c.text.label("q_text"), _QUOTED.c.data.label("q_data"),
+                   _QUOTED_BY.c.idnat.label("q_idnat"),
                    _QUOTED_BY.c.given_name.label("q_given_name"), _QUOTED_BY.c.family_name.label("q_family_name"),
                    _QUOTED_BY.c.practice_civility.label("q_practice_civility"))
-            .join(professionals, professionals.c.idnat == circle_messages.c.author)
+            .outerjoin(professionals, professionals.c.idnat == circle_messages.c.author)
             .outerjoin(_QUOTED, and_(_QUOTED.c.circle_id == circle_messages.c.circle_id,
                                      _QUOTED.c.seq == circle_messages.c.reply_to))
             .outerjoin(_QUOTED_BY, _QUOTED_BY.c.idnat == _QUOTED.c.author))
@@ -388,16 +391,48 @@ def attachment_view(row: Any) -> dict:
 
 def _message(row: Any) -> dict:
     quoted = None
-    if row.reply_to is not None and row.q_idnat is not None:
-        who = SimpleNamespace(idnat=row.q_idnat, given_name=row.q_given_name, family_name=row.q_family_name,
+    if row.reply_to is not None and row.q_text is not None:
+        who = SimpleNamespace(given_name=row.q_given_name, family_name=row.q_family_name,
                               practice_civility=row.q_practice_civility)
-        quoted = _quote(row.reply_to, who, row.q_text)
-    return {"circle": row.circle_id, "seq": row.seq, "author": {"id": row.author, "name": display_name(row)},
-            "client_id": row.client_id, "text": row.text, "at": iso(row.created_at), "reply_to": quoted}
+        quoted = _quote(row.reply_to, _author(row.q_idnat, who, row.q_data), row.q_text)
+    message = {"circle": row.circle_id, "seq": row.seq, "kind": row.kind,
+               "author": _author(row.author, row, row.data), "client_id": row.client_id, "text": row.text,
+               "at": iso(row.created_at), "reply_to": quoted}
+    if row.kind == "event":
+        message["event"] = json.loads(row.data)["event"]
+    return message
 
 
-def _quote(seq: int, author: Any, text: str) -> dict:
-    return {"seq": seq, "author": {"id": author.idnat, "name": display_name(author)}, "text": text[:QUOTE_CHARS]}
+def _author(idnat: str | None, person: Any, data: str | None) -> dict:
+    """{id, name}: the professional who wrote it, or the source an event item's data names."""
+    if idnat is None:
+        return json.loads(data)["author"] if data else {"id": "", "name": ""}
+    return {"id": idnat, "name": display_name(person)}
+
+
+def _quote(seq: int, author: dict, text: str) -> dict:
+    return {"seq": seq, "author": author, "text": text[:QUOTE_CHARS]}
+
+
+def _by_others(idnat: str):  # noqa: ANN202 - a clause
+    """Items that count as unread for `idnat`: others' messages, and every event."""
+    return func.coalesce(circle_messages.c.author, "") != idnat
+
+
+async def append_item(conn: AsyncConnection, circle_id: int, *, author: str | None, client_id: str, text: str,
+                      now: datetime, reply_to: int | None = None, kind: str = "text",
+                      data: dict | None = None) -> int:
+    """Store one timeline item in `conn`'s transaction with the circle's next seq; returns the
+    seq. The circle's row stays locked until that transaction ends, so seqs follow commits."""
+    seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
+                              .values(last_seq=circles.c.last_seq + 1)
+                              .returning(circles.c.last_seq))).scalar_one()
+    await conn.execute(insert(circle_messages), {
+        "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
+        "reply_to": reply_to, "kind": kind,
+        "data": json.dumps(data, ensure_ascii=False, sort_keys=True) if data is not None else None,
+        "created_at": now})
+    return seq
 
 
 def _circle(row: Any) -> dict:

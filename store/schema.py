@@ -313,10 +313,12 @@ circle_messages = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("circle_id", BigId, ForeignKey("circles.id"), nullable=False),
     Column("seq", BigInteger, nullable=False),  # 1, 2, 3… per circle, without holes
-    Column("author", String(24), ForeignKey("professionals.idnat"), nullable=False),
+    Column("author", String(24), ForeignKey("professionals.idnat")),  # NULL for an event: `data` names its source
     Column("client_id", String(64), nullable=False),  # the posting client's id: a retry stores nothing twice
     Column("text", Text, nullable=False),
     Column("reply_to", BigInteger),  # the seq of the message this one quotes, in the same circle
+    Column("kind", String(8), nullable=False, server_default="text"),  # text (a member's post), event (a hospital's)
+    Column("data", Text),  # JSON, for an event: {"author": {id, name}, "event": {id, kind, unit, occurred…}}
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("circle_id", "seq", name="uq_circle_messages_seq"),
     UniqueConstraint("circle_id", "author", "client_id", name="uq_circle_messages_client_id"),

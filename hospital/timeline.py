@@ -1,0 +1,59 @@
+"""A hospital event in the timeline of its patient's care circle(s).
+
+The dispatcher (hospital/dispatch.py) calls `record` in the transaction that marks the event
+dispatched: the item, with the circle's next seq, exists if and only if the event was
+dispatched, so a replay or a crash adds nothing twice and loses nothing. `announce` then tells
+the circle's live connections, as a post is announced; a lost announcement is caught up from
+the store like a message's.
+
+The item's text is a short French line for any client ("Passage aux urgences — CH Saint-Paul,
+06/12 14:32", in the hospital's own time); its `event` data lets a client show more: the event
+id and kind (ADM, URG, SOR, DOC), the unit, when, and for a document its type (LOINC code and
+label) and TXA-12 identifier. The document itself went to the GP by mail; the circle learns
+that it exists.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from instant import frames
+from instant.hub import circle_channel
+from instant.storage import append_item, iso
+from store.events import EventBus
+from store.schema import circles
+
+KIND = "event"
+
+
+async def record(conn: AsyncConnection, event, patient: dict, *, title: str, hospital: str,  # noqa: ANN001
+                 sender: str, occurred: datetime, now: datetime) -> list[dict]:
+    """Add the event to every circle of its INS; the items as frames show them."""
+    if not event.patient_ins:
+        return []
+    ids = (await conn.execute(select(circles.c.id).where(circles.c.patient_ins == event.patient_ins)
+                              .order_by(circles.c.id))).scalars().all()
+    document = patient.get("document")
+    what = title if document is None else f"{title} : {document['type_label'] or document['type_code']}"
+    text = f"{what} — {hospital}" + (f" ({event.unit})" if event.unit else "") + f", {occurred:%d/%m %H:%M}"
+    author = {"id": sender, "name": hospital}
+    details = {"id": event.id, "kind": event.kind, "unit": event.unit, "occurred": occurred.isoformat(),
+               "hospital": hospital, "document": document}
+    client_id = f"hospital-event:{event.id}"
+    items = []
+    for circle_id in ids:
+        seq = await append_item(conn, circle_id, author=None, client_id=client_id, text=text, now=now, kind=KIND,
+                                data={"author": author, "event": details})
+        items.append(frames.message(circle=circle_id, seq=seq, author=author, client_id=client_id, text=text,
+                                    at=iso(now), reply_to=None, kind=KIND, event=details))
+    return items
+
+
+async def announce(bus: EventBus, items: list[dict]) -> None:
+    """Each item to its circle's live connections, encoded once, as a post is announced."""
+    for item in items:
+        await bus.publish(circle_channel(item["circle"]), {
+            "type": "message", "circle": item["circle"], "seq": item["seq"], "author": item["author"]["id"],
+            "client_id": item["client_id"], "wire": frames.encode(item)})
