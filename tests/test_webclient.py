@@ -132,6 +132,52 @@ def test_two_professionals_talk_live(database_url, server, browser):
 
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_hospital_events_show_as_cards_in_the_timeline(database_url, server, browser):
+    """An ED visit and its report, sent by the demo hospital over MLLP inside mutual TLS, enter the
+    open circle live as event cards (an icon, a tint by kind, French labels; no bubble) on a
+    desktop and a phone; the phone's `patient` alert leads back to the circle."""
+    from tests.test_hospital_feed import hospital, msa, sample
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    desktop = signed_in(browser, server, GP, viewport={"width": 1280, "height": 800})
+    phone = signed_in(browser, server, URGENTIST, viewport={"width": 390, "height": 844}, is_mobile=True,
+                      has_touch=True)
+    for page in (desktop, phone):
+        page.click('#circle-list li[data-circle="1"] a')
+        page.wait_for_selector("#patient-name:has-text('Josette TECHER')")
+    desktop.fill("#text", "Mme Técher a des douleurs thoraciques depuis ce matin, je l'adresse aux urgences.")
+    desktop.press("#text", "Enter")
+    phone.wait_for_selector("#messages li:has-text('douleurs thoraciques')")
+    with hospital(server) as client:
+        for name in ("adt_a04_ed_visit.hl7", "mdm_t02_ed_report.hl7"):
+            assert msa(client.send(sample(name)))[1] == "AA"
+
+    for page, size in ((desktop, "1280x800"), (phone, "390x844")):
+        visit = page.wait_for_selector('#messages li.event[data-kind="URG"]')
+        text = visit.inner_text()
+        assert "Passage aux urgences" in text and "URGENCES ADULTES" in text and "06/12/2026 à 08:12" in text
+        assert "Événement hospitalier" in text and visit.query_selector("svg.event-icon")
+        report = page.wait_for_selector('#messages li.event[data-kind="DOC"]')
+        assert "Nouveau document" in report.inner_text() and "LOINC 15507-7" in report.inner_text()
+        card = page.eval_on_selector('#messages li.event[data-kind="URG"]',
+                                     "e => [e.classList.contains('mine'), getComputedStyle(e).alignSelf, "
+                                     "getComputedStyle(e).backgroundColor]")
+        assert card == [False, "stretch", "rgb(253, 236, 236)"]  # across the thread, tinted: not a bubble
+        assert_latest_in_sight(page, f"timeline {size}")
+        page.screenshot(path=ARTIFACTS / f"timeline-event-{size}.png")
+        assert_accessible(page, f"timeline {size}")
+
+    phone.click("#alerts-toggle")
+    alert = phone.wait_for_selector("#alert-list li:has-text('Passage aux urgences : TECHER Josette')")
+    phone.screenshot(path=ARTIFACTS / "timeline-alert-390x844.png")
+    alert.query_selector("button.open-circle").click()
+    phone.wait_for_selector('#messages li.event[data-kind="URG"]:visible')
+    assert phone.is_hidden("#alerts")
+    for page in (desktop, phone):
+        page.context.close()
+
+
 def png(width: int, height: int) -> bytes:
     """A real PNG (a blue square), so the thumbnail has something to draw."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -624,7 +624,60 @@ async function reloadMembers(id) {
   }
 }
 
+// A hospital event of the circle's patient: a card across the thread, not a bubble, with an icon
+// and a tint for its kind; the server's `text` says it all for clients that know no better.
+const EVENT_LABELS = { ADM: "Admission", URG: "Passage aux urgences", SOR: "Sortie d'hospitalisation",
+                       DOC: "Nouveau document" };
+const EVENT_ICONS = {   // 24x24 paths: a cross (admission), a siren (ED), a door (discharge), a page (document)
+  ADM: "M10 4h4v6h6v4h-6v6h-4v-6H4v-4h6z",
+  URG: "M6 18v-6a6 6 0 0 1 12 0v6h2v2H4v-2zm5-13V2h2v3zM3.5 7.9l1.4-1.4 2 2-1.4 1.4zm15.6-1.4 1.4 1.4-2 2-1.4-1.4z",
+  SOR: "M5 3h10v2H7v14h8v2H5zm11 4 5 5-5 5v-3.5h-6v-3h6z",
+  DOC: "M6 2h8l5 5v15H6zm7 1.5V8h4.5zM8 12v1.5h8V12zm0 3v1.5h8V15zm0 3v1.5h5V18z",
+};
+
+function eventIcon(kind) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", "event-icon");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", EVENT_ICONS[kind] || EVENT_ICONS.ADM);
+  svg.append(path);
+  return svg;
+}
+
+function hospitalTime(iso) {   // the hospital's own time, as its message gave it: "06/12/2026 à 08:12"
+  const found = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})/.exec(iso || "");
+  return found ? `${found[3]}/${found[2]}/${found[1]} à ${found[4]}:${found[5]}` : "";
+}
+
+function eventItem(m) {
+  const e = m.event;
+  const label = EVENT_LABELS[e.kind] || "Événement hospitalier";
+  const when = el("time", { datetime: m.at, title: dateTimeFmt.format(new Date(m.at)), "data-relative": "",
+                            text: relativeTime(m.at) });
+  const reply = el("button", { type: "button", class: "reply", text: "Répondre",
+                               "aria-label": `Répondre à l'événement ${label}` });
+  reply.addEventListener("click", () => startReply(m));
+  const body = el("div", { class: "event-body" },
+    el("div", { class: "who" }, el("span", { text: "Événement hospitalier · " }, when), reply),
+    el("strong", { class: "event-title", text: label }),
+    el("p", { text: [e.hospital, e.unit].filter(Boolean).join(" — ") }),
+    el("p", { class: "event-when", text: hospitalTime(e.occurred) }));
+  if (e.document) {
+    const d = e.document;
+    const kind = KINDS[d.media_type] || (d.media_type === "text/xml" ? "CDA" : "");
+    body.append(el("p", { class: "event-document" },
+      el("span", { class: "kind", text: kind || "DOC" }), " ",
+      `${d.type_label || "Document"} (LOINC ${d.type_code}) · ${Math.max(1, Math.round(d.size / 1024))} Ko · envoyé au médecin traitant`));
+  }
+  return el("li", { class: "event", "data-kind": e.kind, "data-seq": String(m.seq), "data-client-id": m.client_id,
+                    "data-at": m.at, "aria-label": `${label} : ${m.text}` }, eventIcon(e.kind), body);
+}
+
 function messageItem(m) {
+  if (m.kind === "event" && m.event) return eventItem(m);
   const mine = m.author.id === state.me.id;
   const when = el("time", { datetime: m.at, title: dateTimeFmt.format(new Date(m.at)), "data-relative": "",
                             text: relativeTime(m.at) });
@@ -814,6 +867,15 @@ function renderAlerts() {
       open.addEventListener("click", () => {
         if (!$("alerts").hidden && matchMedia("(max-width: 760px)").matches) toggleAlerts();   // a phone shows one panel
         location.hash = `#/courriel/${encodeURIComponent(a.data.mailbox)}/${a.data.uid}`;
+      });
+      item.append(open, " ");
+    }
+    const circle = a.kind === "patient" && [...state.circles.values()].find((c) => c.summary?.patient.ins === a.data.ins);
+    if (circle) {   // the event is in the circle's timeline
+      const open = el("button", { type: "button", class: "secondary small open-circle", text: "Voir dans le cercle" });
+      open.addEventListener("click", () => {
+        if (!$("alerts").hidden && matchMedia("(max-width: 760px)").matches) toggleAlerts();
+        location.hash = `#/cercle/${circle.summary.id}`;
       });
       item.append(open, " ");
     }
