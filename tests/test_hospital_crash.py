@@ -2,8 +2,8 @@
 sending ED visits without pause, SIGKILL at random moments (between ACKs, between an ACK and
 its dispatch, in the middle of a dispatch), several times over. After a last start that lets
 the dispatcher finish, every message that got AA must be stored once and notified exactly
-once (one notice, one mail in the GP's INBOX); a message sent without an answer may be
-stored or not, but never twice.
+once (one notice, one mail in the GP's INBOX, one item in the care circle's timeline, whose
+seqs keep no hole); a message sent without an answer may be stored or not, but never twice.
 """
 from __future__ import annotations
 
@@ -126,6 +126,12 @@ def test_sigkill_between_ack_and_dispatch_loses_and_duplicates_nothing(tmp_path)
             "SELECT count(*) FROM folder_messages fm JOIN folders f ON f.id = fm.folder_id "
             "JOIN mailboxes b ON b.id = f.mailbox_id WHERE b.address = 'jean.dupont@msante.test' "
             "AND f.name = 'INBOX'").fetchone()[0]
+        # the demo circle of the sample's patient: each event in its timeline once, seqs without a hole
+        in_timeline = conn.execute(
+            "SELECT count(*), count(DISTINCT client_id) FROM circle_messages WHERE kind = 'event'").fetchone()
+        seqs = [row[0] for row in conn.execute("SELECT seq FROM circle_messages WHERE circle_id = 1 ORDER BY seq")]
+    assert in_timeline == (len(per_event), len(per_event)), (in_timeline, len(per_event))
+    assert seqs == list(range(1, len(seqs) + 1))
     assert len(stored) == len(set(stored)), "a message stored twice"
     assert acked <= set(stored), f"ACKed but lost: {sorted(acked - set(stored))[:5]}"
     assert set(stored) <= acked | unanswered, "stored without having been sent"
@@ -134,4 +140,5 @@ def test_sigkill_between_ack_and_dispatch_loses_and_duplicates_nothing(tmp_path)
     assert inbox == len(stored), (inbox, len(stored))
     print(f"\nhospital crash test: {kills} SIGKILLs, {len(acked)} messages ACKed, "
           f"{len(set(stored) - acked)} stored without an ACK read, {pending_after_crashes} events still pending "
-          f"after the last kill (dispatched on restart), {inbox} mails in the GP's INBOX")
+          f"after the last kill (dispatched on restart), {inbox} mails in the GP's INBOX, "
+          f"{in_timeline[0]} items in the circle's timeline")

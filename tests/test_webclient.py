@@ -168,6 +168,12 @@ def test_hospital_events_show_as_cards_in_the_timeline(database_url, server, bro
         page.screenshot(path=ARTIFACTS / f"timeline-event-{size}.png")
         assert_accessible(page, f"timeline {size}")
 
+    desktop.click("#search-toggle")  # the events are in the circle's history: search finds them
+    desktop.fill("#search-q", "urgences")
+    desktop.press("#search-q", "Enter")
+    desktop.wait_for_selector('#search-results li.event[data-kind="URG"]')
+    assert "urgences" in desktop.eval_on_selector_all("#search-results mark", "ms => ms.map(m => m.textContent)")
+
     phone.click("#alerts-toggle")
     alert = phone.wait_for_selector("#alert-list li:has-text('Passage aux urgences : TECHER Josette')")
     phone.screenshot(path=ARTIFACTS / "timeline-alert-390x844.png")

@@ -437,7 +437,9 @@ function searchResults(frame, purpose) {
   list.append(...frame.messages.map((m) => {
     const item = messageItem(m);
     item.querySelector(".reply")?.remove();
-    highlight(item.querySelector(".text"), purpose.search);
+    for (const node of item.querySelectorAll(".text, .event-title, .event-body > p:not(.event-document)")) {
+      highlight(node, purpose.search);
+    }
     return item;
   }));
   const count = list.children.length;
