@@ -5,9 +5,9 @@ the hospital named (ROL/PD1 RPPS → directory → the GP's nominative box, ours
 operator's; else an organisational box of a structure where the GP practises), writes the
 notification mail, and in the same transaction as that mail records the notice, raises a
 `patient` alert for the members of the patient's care circle (if one exists for that INS),
-puts the event in that circle's timeline (hospital/timeline.py) and marks the event dispatched. A crash before that commit leaves the event pending and
-nothing sent; after it, everything done: each event is notified exactly once, restarts
-included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté
+puts the event in that circle's timeline (hospital/timeline.py) and marks the event
+dispatched. A crash before that commit leaves the event pending and nothing sent; after it,
+everything done: each event is notified exactly once, restarts included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté
 box"…): coordinators count them.
 """
 from __future__ import annotations
