@@ -33,6 +33,8 @@ from directory.mailbox_api import MailboxApi
 from hospital.dispatch import Dispatcher
 from hospital.feed import Feed
 from hospital.listener import connection_handler as hl7_handler
+from hospital.subscriptions import Subscriptions
+from hospital.subscriptions_api import SubscriptionsApi
 from instant.service import Instant
 from mailserver.imap.folders import Folders
 from mailserver.imap.server import connection_handler
@@ -171,6 +173,7 @@ def https_listener(services: Services) -> Listener:
     WebMail(services.engine, services.authenticator, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
             services.audit).register(router)
     DevSignIn(s, services.engine, services.audit).register(router)
+    SubscriptionsApi(Subscriptions(services.engine, services.audit), services.authenticator).register(router)
     services.instant = Instant(services)
     services.instant.register(router)
 
