@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 
 from config import Settings
 from directory.authn import Principal
+from hospital import indicators
 from hospital.subscriptions import Request, SubscriptionError, Subscriptions
-from store.audit import AuditTrail
+from store.audit import OPERATOR, AuditTrail
 
 from .commands import CommandError, _opened, _print_json, _professional
 
@@ -71,6 +72,37 @@ def _line(row: dict) -> str:
             f"{row['medium']:<5} from {row['valid_from']}{until}")
 
 
+async def indicators_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        start, end = indicators.period(args.since, args.until, datetime.now(timezone.utc).date())
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    structure = (args.structure or "").strip().upper()
+    async with _opened(settings) as engine:
+        items = await indicators.monthly(engine, start, end, structure)
+        await AuditTrail(engine).record(OPERATOR, "indicators.read", target=structure, source="cli",
+                                        start=start.date().isoformat(), end=end.date().isoformat(), rows=len(items))
+    if args.json:
+        _print_json(items)
+        return 0
+    kinds = sorted({kind for item in items for kind in item["events"]})
+    reasons = list(indicators.REASONS)
+    header = ["FINESS", "month", *kinds, "ED", "GP told", "share", *reasons, "median min"]
+    table = [header] + [[item["finess"], item["month"], *(str(item["events"].get(k, 0)) for k in kinds),
+                         str(item["ed_visits"]), str(item["ed_gp_notified"]),
+                         "-" if item["ed_gp_notified_share"] is None else f"{item['ed_gp_notified_share']:.0%}",
+                         *(str(item["ed_not_notified"][r]) for r in reasons),
+                         "-" if item["median_minutes_to_notice"] is None else f"{item['median_minutes_to_notice']:g}"]
+                        for item in items]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.rjust(width) if i > 1 else cell.ljust(width)
+                        for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
+    if not items:
+        print("no hospital events in this period")
+    return 0
+
+
 def register(sub, command) -> None:  # noqa: ANN001 - cli.py's subparsers and its `command` helper
     s = sub.add_parser("subscription", help="subscriptions to a patient's hospital events").add_subparsers(
         metavar="ACTION")
@@ -91,3 +123,10 @@ def register(sub, command) -> None:  # noqa: ANN001 - cli.py's subparsers and it
     c = command(s, "remove", subscription_remove_command, "remove one of a professional's subscriptions")
     c.add_argument("id", type=int)
     c.add_argument("--rpps", required=True)
+
+    c = command(sub, "indicators", indicators_command, "the hospital feed's figures per hospital and month: "
+                "events by kind, ED patients whose GP was told by MSSanté, why not, median minutes to notice")
+    c.add_argument("--from", dest="since", metavar="MONTH|DAY", help="YYYY-MM or YYYY-MM-DD (default: 11 months ago)")
+    c.add_argument("--to", dest="until", metavar="MONTH|DAY", help="included (default: this month)")
+    c.add_argument("--structure", metavar="FINESS", help="one hospital")
+    c.add_argument("--json", action="store_true")

@@ -1,5 +1,6 @@
-"""Subscriptions to a patient's hospital events, end to end: the HTTPS API and the CLI, who may
-subscribe, and an ED visit sent over MLLP+TLS reaching each live subscriber exactly once."""
+"""Subscriptions to a patient's hospital events and the coordinators' indicators, end to end:
+the HTTPS API and the CLI, who may subscribe or read, an ED visit sent over MLLP+TLS reaching
+each live subscriber exactly once, and figures counted from events sent over MLLP+TLS."""
 from __future__ import annotations
 
 import email
@@ -7,9 +8,10 @@ import email.policy
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import select, update
 
-from store.schema import alerts, audit, hospital_notices, hospital_subscriptions
+from store.schema import alerts, audit, hospital_notices, hospital_subscriptions, mailboxes
 from tests.test_api import request, token_for
 from tests.test_hospital_feed import hospital, msa, sample, wait_for
 from tests.test_imap import imaplib_client
@@ -123,3 +125,67 @@ def test_cli_add_list_remove(server, capsys):
     capsys.readouterr()
     assert server.cli("subscription", "list", "--rpps", "10002000023", "--json") == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def hl7_time(moment: datetime) -> str:
+    """A hospital's time stamp (La Réunion, +04:00), to the second."""
+    return (moment.astimezone(timezone(timedelta(hours=4)))).strftime("%Y%m%d%H%M%S+0400")
+
+
+def test_indicators_count_what_was_and_was_not_notified(server, capsys):
+    now = datetime.now(timezone.utc)
+    ed_at, admitted_at = now - timedelta(minutes=20), now - timedelta(minutes=40)
+    if f"{admitted_at:%Y-%m}" != f"{now:%Y-%m}":
+        pytest.skip("a month begins between the samples' times: the figures would split over two months")
+    month, old_at = f"{now:%Y-%m}", now - timedelta(days=75)
+
+    def ed(control_id: str, **replace: str) -> bytes:
+        return sample("adt_a04_ed_visit.hl7", control_id, **{"20261206081200+0400": hl7_time(ed_at), **replace})
+    no_gp = b"\n".join(line for line in ed("ED-NOGP").split(b"\n") if not line.startswith(b"ROL|"))
+    server.execute(update(mailboxes).where(mailboxes.c.address == "sophie.hoarau@msante.test")
+                   .values(retired_at=now))
+    messages = [
+        ed("ED-GP"),  # told: Dr Dupont's box
+        no_gp,
+        ed("ED-NOBOX", **{"10001045367^DUPONT^JEAN": "10002000023^HOARAU^SOPHIE"}),  # her box is retired
+        ed("ED-UNKNOWN", **{"10001045367^DUPONT^JEAN": "10000000991^INCONNU^X"}),
+        sample("adt_a01_admission.hl7", "ADM-1", **{"20261206085500+0400": hl7_time(admitted_at)}),
+        sample("adt_a03_discharge.hl7", "SOR-1", **{"20261208165500+0400": hl7_time(now)}),
+        ed("ED-OLD", **{hl7_time(ed_at): hl7_time(old_at)}),  # two or three months ago: a month of its own
+    ]
+    with hospital(server) as client:
+        for message in messages:
+            assert msa(client.send(message))[1] == "AA"
+    wait_for(server, select(hospital_notices.c.id).where(hospital_notices.c.role.in_(("gp", "gp_structure"))),
+             len(messages))
+
+    status, _, found = request(server, "GET", f"/api/indicators?from={month}&structure=970002002",
+                               token_for(server, COORDINATOR))
+    assert status == 200
+    assert found["items"] == [{
+        "finess": "970002002", "structure": "CENTRE HOSPITALIER SAINT-PAUL DEMO", "month": month,
+        "events": {"ADM": 1, "SOR": 1, "URG": 4}, "ed_visits": 4, "ed_gp_notified": 1, "ed_gp_notified_share": 0.25,
+        "ed_not_notified": {"no_gp": 1, "gp_without_box": 1, "unknown_rpps": 1, "delivery_failed": 0, "pending": 0},
+        "median_minutes_to_notice": 30}]  # admission 40 min and ED visit 20 min before their mails
+    status, _, year = request(server, "GET", "/api/indicators", token_for(server, COORDINATOR))
+    assert status == 200 and [(i["month"], i["ed_visits"]) for i in year["items"]] == [
+        (f"{old_at:%Y-%m}", 1), (month, 4)]
+    assert request(server, "GET", "/api/indicators?structure=970003000", token_for(server, COORDINATOR))[2][
+        "items"] == []
+    assert request(server, "GET", "/api/indicators?from=2026-13", token_for(server, COORDINATOR))[0] == 400
+    assert request(server, "GET", "/api/indicators?from=2020-01&to=2026-01", token_for(server, COORDINATOR))[0] == 400
+
+    # neither an administrator nor a coordinator: refused and audited; coordinating a circle is enough
+    assert request(server, "GET", "/api/indicators", token_for(server, PHARMACIST))[0] == 403
+    assert server.rows(select(audit.c.actor).where(audit.c.action == "indicators.read",
+                                                   audit.c.outcome == "denied")) == [{"actor": PHARMACIST}]
+    assert server.cli("circle", "create", "--ins", "190017512345655", "--family-name", "ROBERT", "--given-name",
+                      "LUC", "--birth-date", "1990-01-17", "--coordinator", "10002000049") == 0
+    assert request(server, "GET", "/api/indicators", token_for(server, PHARMACIST))[0] == 200
+
+    capsys.readouterr()
+    assert server.cli("indicators", "--from", month, "--structure", "970002002") == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["FINESS", "month", "ADM", "SOR", "URG", "ED", "GP", "told", "share", "no_gp",
+                              "gp_without_box", "unknown_rpps", "delivery_failed", "pending", "median", "min"]
+    assert row.split() == ["970002002", month, "1", "1", "4", "4", "1", "25%", "1", "1", "1", "0", "0", "30"]
