@@ -66,6 +66,8 @@ def test_create_list_replace_delete_and_who_may(server):
     with hospital(server) as client:
         assert msa(client.send(named))[1] == "AA"
     assert subscribe(server, PHARMACIST, kinds=["URG"], medium="alert")[0] == 201
+    paths = request(server, "GET", "/api/openapi.json")[2]["paths"]
+    assert {"/api/subscriptions", "/api/subscriptions/{id}", "/api/indicators"} <= set(paths)
 
 
 def test_ed_visit_reaches_each_live_subscriber_once(server):
