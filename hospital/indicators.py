@@ -39,7 +39,8 @@ class _Month:
     minutes: list[int] = field(default_factory=list)
 
     def as_dict(self, finess: str, month: str) -> dict:
-        return {"finess": finess, "structure": self.structure, "month": month, "events": dict(sorted(self.events.items())),
+        return {"finess": finess, "structure": self.structure, "month": month,
+                "events": dict(sorted(self.events.items())),
                 "ed_visits": self.ed_visits, "ed_gp_notified": self.ed_notified,
                 "ed_gp_notified_share": round(self.ed_notified / self.ed_visits, 4) if self.ed_visits else None,
                 "ed_not_notified": {reason: self.reasons[reason] for reason in REASONS},
@@ -98,7 +99,8 @@ async def monthly(engine: AsyncEngine, start: datetime, end: datetime, finess: s
     query = (select(hospital_events.c.kind, hospital_events.c.occurred_at, hospital_events.c.organisation_id,
                     organisations.c.finess, organisations.c.name, hospital_notices.c.status, hospital_notices.c.reason,
                     hospital_notices.c.created_at.label("notified_at"))
-             .select_from(hospital_events.outerjoin(organisations, organisations.c.id == hospital_events.c.organisation_id)
+             .select_from(hospital_events
+                          .outerjoin(organisations, organisations.c.id == hospital_events.c.organisation_id)
                           .outerjoin(hospital_notices, gp_notice))
              .where(hospital_events.c.occurred_at >= start, hospital_events.c.occurred_at < end))
     if finess:

@@ -34,16 +34,18 @@ class IndicatorsApi:
         principal = await require_bearer(request, self._auth)
         structure = (request.arg("structure") or "").strip().upper()
         if not await self._may_read(principal):
-            await self._audit.record(principal.actor, "indicators.read", target=structure, outcome="denied",
-                                     source=request.peer)
+            await self._audit.record(principal.actor, "indicators.read", target=structure[:FINESS_CHARS],
+                                     outcome="denied", source=request.peer)
             raise HttpError(403, "forbidden", "the indicators are for administrators and care-circle coordinators")
-        if structure and not (len(structure) == FINESS_CHARS and structure.isascii() and structure.isalnum()):
-            raise HttpError(400, "bad_structure", "structure is a FINESS number (9 characters)")
         try:
+            if structure and not (len(structure) == FINESS_CHARS and structure.isascii() and structure.isalnum()):
+                raise ValueError("structure is a FINESS number (9 characters)")
             start, end = indicators.period(request.arg("from") or None, request.arg("to") or None,
                                            datetime.now(timezone.utc).date())
         except ValueError as exc:
-            raise HttpError(400, "bad_period", str(exc)) from None
+            await self._audit.record(principal.actor, "indicators.read", target=structure[:FINESS_CHARS],
+                                     outcome="failed", source=request.peer, reason=str(exc))
+            raise HttpError(400, "bad_request", str(exc)) from None
         items = await indicators.monthly(self._engine, start, end, structure)
         await self._audit.record(principal.actor, "indicators.read", target=structure, source=request.peer,
                                  start=start.date().isoformat(), end=end.date().isoformat(), rows=len(items))

@@ -68,8 +68,13 @@ class Subscriptions:
 
     async def subscribe(self, principal: Principal, request: Request, *, source: str) -> tuple[dict, bool]:
         """The subscription (replacing the subscriber's earlier one for that patient) and whether it is new."""
-        request.check()
         actor = principal.actor
+        try:
+            request.check()
+        except SubscriptionError as exc:
+            await self._audit.record(actor, "subscription.create", target=request.patient[:INS_CHARS],
+                                     outcome="failed", source=source, reason=exc.code)
+            raise
         async with self._engine.connect() as conn:
             allowed = principal.kind == "person" and principal.id in await entitled(conn, request.patient)
             box = await grant_for(conn, principal, request.box) if allowed and request.box else None
@@ -137,8 +142,8 @@ async def entitled(conn: AsyncConnection, ins: str) -> set[str]:
     """National identifiers that may subscribe to this patient: circle members, and GPs named by a hospital."""
     members = select(circle_members.c.idnat).join(circles, circles.c.id == circle_members.c.circle_id).where(
         circles.c.patient_ins == ins)
-    named = select(professionals.c.idnat).join(hospital_events, hospital_events.c.gp_rpps == professionals.c.rpps).where(
-        hospital_events.c.patient_ins == ins)
+    named = select(professionals.c.idnat).join(
+        hospital_events, hospital_events.c.gp_rpps == professionals.c.rpps).where(hospital_events.c.patient_ins == ins)
     return {r[0] for r in await conn.execute(members.union(named))}
 
 
@@ -188,8 +193,8 @@ async def _mail_target(conn: AsyncConnection, audience: str) -> MailTarget:
             if box else MailTarget(audience, "", None, who)
     person = (await conn.execute(select(professionals.c.given_name, professionals.c.family_name,
                                         professionals.c.profession_code).where(professionals.c.idnat == who))).first()
-    name = " ".join(p for p in ("Dr" if person and person.profession_code == "10" else "",
-                                person.given_name.title() if person else "", person.family_name if person else who) if p)
+    name = who if person is None else " ".join(p for p in (
+        "Dr" if person.profession_code == "10" else "", person.given_name.title(), person.family_name) if p)
     box = await nominative_box(conn, who)
     return MailTarget(audience, box.address, box.id if box.local else None, name) if box \
         else MailTarget(audience, "", None, name)

@@ -51,6 +51,8 @@ def test_create_list_replace_delete_and_who_may(server):
     assert subscribe(server, GP, kinds=["XYZ"])[0] == 400
     assert subscribe(server, GP, medium="sms")[0] == 400
     assert subscribe(server, GP, valid_until="2001-01-01")[0] == 400
+    assert server.rows(select(audit.c.detail).where(audit.c.action == "subscription.create",
+                                                    audit.c.outcome == "failed"))  # a bad value is audited too
     status, _, _ = request(server, "POST", "/api/subscriptions", token_for(server, GP), body={"patient": "short"})
     assert status == 400
 
@@ -176,6 +178,8 @@ def test_indicators_count_what_was_and_was_not_notified(server, capsys):
         "items"] == []
     assert request(server, "GET", "/api/indicators?from=2026-13", token_for(server, COORDINATOR))[0] == 400
     assert request(server, "GET", "/api/indicators?from=2020-01&to=2026-01", token_for(server, COORDINATOR))[0] == 400
+    assert len(server.rows(select(audit.c.id).where(audit.c.action == "indicators.read",
+                                                    audit.c.outcome == "failed"))) == 2
 
     # neither an administrator nor a coordinator: refused and audited; coordinating a circle is enough
     assert request(server, "GET", "/api/indicators", token_for(server, PHARMACIST))[0] == 403
