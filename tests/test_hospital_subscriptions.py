@@ -75,7 +75,7 @@ def test_create_list_replace_delete_and_who_may(server):
 def test_ed_visit_reaches_each_live_subscriber_once(server):
     assert subscribe(server, NURSE, kinds=["URG"], medium="both")[0] == 201
     assert subscribe(server, URGENTIST, medium="none")[0] == 201  # opts out of the circle's alerts
-    assert subscribe(server, URGENTIST, box=ED_BOX, kinds=["URG"], medium="mail")[0] == 201
+    assert subscribe(server, URGENTIST, box=ED_BOX, kinds=["URG"], medium="both")[0] == 201
     assert subscribe(server, COORDINATOR, medium="mail")[0] == 201
     assert subscribe(server, GP, kinds=["URG"], medium="mail")[0] == 201  # the GP's own mail is not doubled
     assert subscribe(server, PHARMACIST, medium="mail")[0] == 403
@@ -88,13 +88,14 @@ def test_ed_visit_reaches_each_live_subscriber_once(server):
     rows = wait_for(server, select(hospital_notices.c.recipient, hospital_notices.c.role, hospital_notices.c.status))
     assert sorted((r["recipient"], r["role"], r["status"]) for r in rows) == [
         ("jean.dupont@msante.test", "gp", "delivered"),
+        (f"mailbox:{ED_BOX}", "subscriber", "alerted"),
         (f"person:{NURSE}", "subscriber", "alerted"),
         ("sophie.hoarau@msante.test", "subscriber", "delivered"),
         (ED_BOX, "subscriber", "delivered")]
     # alerts: the circle's by default, less the one who opted out and the GP who asked for mail only;
     # the expired subscription changes nothing (the coordinator keeps the default alert, gets no mail)
     raised = server.rows(select(alerts.c.audience).where(alerts.c.kind == "patient"))
-    assert sorted(r["audience"] for r in raised) == [f"person:{NURSE}", f"person:{COORDINATOR}"]
+    assert sorted(r["audience"] for r in raised) == [f"mailbox:{ED_BOX}", f"person:{NURSE}", f"person:{COORDINATOR}"]
 
     def inbox(address: str, idnat: str) -> list:
         imap = imaplib_client(server, address, idnat)
