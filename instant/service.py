@@ -27,6 +27,7 @@ from websockets.server import ServerProtocol
 from store.audit import AuditTrail
 from store.relay import StoreBus
 from web.http import HttpError, Request, Response, Upgrade
+from web.metrics import WEBSOCKET_ACCEPTED, WEBSOCKET_CLOSES, WEBSOCKET_CONNECTIONS
 from web.router import Router
 
 from .alerts import Alerts
@@ -66,13 +67,6 @@ class Instant:
         self._background: asyncio.Task | None = None
         self._connections: set[Connection] = set()
         self._stopping = False
-        services.metrics.gauge("msante_websocket_connections", "Open websocket connections (/ws)",
-                               self._connection_count)
-        services.metrics.counter("msante_websocket_closes_total", "Websocket closes by code and initiating side")
-        self._metrics = services.metrics
-
-    async def _connection_count(self) -> dict:
-        return {(): float(len(self._connections))}
 
     def register(self, router: Router) -> None:
         InstantApi(self).register(router)
@@ -118,14 +112,17 @@ class Instant:
             return
         connection = Connection(self, protocol, reader, writer, request.peer, self._closed)
         self._connections.add(connection)
+        WEBSOCKET_ACCEPTED.inc()
+        WEBSOCKET_CONNECTIONS.inc()
         try:
             await connection.run(_handshake_token(request))
         finally:
             self._connections.discard(connection)
+            WEBSOCKET_CONNECTIONS.dec()
 
 
     def _closed(self, code: int, by: str) -> None:
-        self._metrics.inc("msante_websocket_closes_total", code=str(code), by=by)
+        WEBSOCKET_CLOSES.labels(code=str(code), by=by).inc()
 
 
 def circle_admin(engine: AsyncEngine, audit: AuditTrail) -> Circles:
