@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.datastructures import Headers
+from websockets.frames import CloseCode
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 
 SUBPROTOCOL = "msante.v1"
 TOKEN_SUBPROTOCOL = "msante.bearer."
+# A client may close with any code from 1000 to 4999: only the ones RFC 6455 names and ours
+# become metric labels, so a client cannot create thousands of series.
+KNOWN_CLOSE_CODES = frozenset(int(code) for code in (*CloseCode, *Close))
 
 
 class Instant:
@@ -122,7 +126,7 @@ class Instant:
 
 
     def _closed(self, code: int, by: str) -> None:
-        WEBSOCKET_CLOSES.labels(code=str(code), by=by).inc()
+        WEBSOCKET_CLOSES.labels(code=str(code) if code in KNOWN_CLOSE_CODES else "other", by=by).inc()
 
 
 def circle_admin(engine: AsyncEngine, audit: AuditTrail) -> Circles:

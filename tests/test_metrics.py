@@ -46,6 +46,8 @@ async def websocket_session(server) -> None:  # noqa: ANN001
     await client.ws.send("{not json")
     assert (await client.expect(type="error"))["code"] == "bad_frame"
     await client.ws.close()
+    own_code = await Client.connect(server, GP_IDNAT)
+    await own_code.ws.close(code=4321)  # a code of the client's choosing: not a label of its own
 
 
 def test_counters_move_with_the_traffic(server):
@@ -95,11 +97,15 @@ def test_counters_move_with_the_traffic(server):
     for command in ("AUTHENTICATE", "SELECT", "UID FETCH", "NOOP", "LOGOUT"):
         assert delta("msante_imap_commands_total", command=command, status="OK") == 1, command
     assert delta("msante_imap_commands_total", command="unknown", status="BAD") == 1
-    assert delta("msante_websocket_accepted_total") == 1
-    for frame in ("auth", "subscribe", "malformed"):
+    assert delta("msante_websocket_accepted_total") == 2
+    assert delta("msante_websocket_frames_received_total", type="auth") == 2
+    for frame in ("subscribe", "malformed"):
         assert delta("msante_websocket_frames_received_total", type=frame) == 1, frame
-    assert delta("msante_websocket_frames_sent_total") >= 3  # welcome, subscribed, the error
+    assert delta("msante_websocket_frames_sent_total") >= 4  # 2 welcome, subscribed, the error
     assert delta("msante_websocket_closes_total", code="1000", by="client") == 1
+    assert delta("msante_websocket_closes_total", code="other", by="client") == 1
+    assert not [labels for name, labels in after if name == "msante_websocket_closes_total"
+                and ("code", "4321") in labels]
     assert delta("msante_deliveries_total", outcome="relayed") == 0
     assert scrape.value(after, "msante_queue_size") == 1
     assert scrape.value(after, "msante_queue_oldest_seconds") > 0
