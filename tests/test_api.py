@@ -65,7 +65,7 @@ def test_health_metrics_and_wellknown(server):
     status, _, spec = request(server, "GET", "/api/openapi.json")
     assert status == 200 and "/api/directory/search" in spec["paths"]
     status, headers, text = request(server, "GET", "/metrics")
-    assert status == 200 and headers["content-type"].startswith("text/plain; version=")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     after = scrape.samples(text)
     healthz = dict(route="/healthz", status="200")
     assert scrape.value(after, "msante_http_requests_total", **healthz) == \

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 from typing import Awaitable, Callable, Iterable
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, disable_created_metrics,
-                               generate_latest)
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import REGISTRY
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# What generate_latest writes. (The library's CONTENT_TYPE_LATEST names version 1.0.0 in 0.26, a
+# format for UTF-8 metric names that this text is not.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 disable_created_metrics()  # `_created` series double every counter and no alert reads them
 
 HTTP_REQUESTS = Counter("msante_http_requests", "HTTP requests by route pattern and status", ["route", "status"])
