@@ -25,7 +25,7 @@ import ssl
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
@@ -302,24 +302,20 @@ class MsanteSMTP(SMTP):
         return True
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        self._counted = "MAIL"
-        try:
-            await self._mail(arg)
-        finally:
-            self._counted = None
+        await self._counting("MAIL", self._mail, arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self._counted = "RCPT"
-        try:
-            await self._rcpt(arg)
-        finally:
-            self._counted = None
+        await self._counting("RCPT", self._rcpt, arg)
 
     @syntax("DATA")  # aiosmtpd's HELP lists the commands that carry it
     async def smtp_DATA(self, arg: str | None) -> None:
-        self._counted = "DATA"
+        await self._counting("DATA", super().smtp_DATA, arg)
+
+    async def _counting(self, command: str, run: Callable[[str | None], Awaitable[None]], arg: str | None) -> None:
+        """Runs MAIL, RCPT or DATA with its replies counted (`_count`)."""
+        self._counted = command
         try:
-            await super().smtp_DATA(arg)
+            await run(arg)
         finally:
             self._counted = None
 
