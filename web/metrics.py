@@ -12,6 +12,7 @@ address, a user name or a client-chosen string.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Awaitable, Callable, Iterable
 
@@ -77,14 +78,19 @@ class Exposition:
         families: list[Metric] = []
         for read in self._store_gauges:
             families += list(await read())
-        registry = CollectorRegistry(auto_describe=False)
-        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if multiproc_dir:  # counters of every worker, summed; process_* is per process, so left out
-            MultiProcessCollector(registry, path=multiproc_dir)
-        else:
-            registry.register(_Fixed(list(REGISTRY.collect())))
-        registry.register(_Fixed(families))
-        return generate_latest(registry)
+        # Off the loop: the process collector reads /proc, the multiprocess one every worker's file.
+        return await asyncio.to_thread(_text, families)
+
+
+def _text(store_gauges: list[Metric]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if multiproc_dir:  # counters of every worker, summed; process_* is per process, so left out
+        MultiProcessCollector(registry, path=multiproc_dir)
+    else:
+        registry.register(_Fixed(list(REGISTRY.collect())))
+    registry.register(_Fixed(store_gauges))
+    return generate_latest(registry)
 
 
 def process_exited() -> None:
