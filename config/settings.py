@@ -87,6 +87,7 @@ class Settings:
     limits: Limits = Limits()
     clients: MailClients = MailClients()
     hl7_max_frame: int = 20 * 1024 * 1024
+    max_attachment: int = 10 * 1024 * 1024
     bus_url: str = ""  # Redis, for events between processes and nodes; "": this process only
     workers: int = 1  # processes `msante serve` runs (msante/workers.py); 0: one per core
 
@@ -143,6 +144,12 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         # Largest MLLP frame (one HL7 message) a hospital may send: an MDM carries its document
         # in base64 (4/3 of the PDF), and the mail it becomes must stay under max_message_size.
         "max_frame": (int, 20 * 1024 * 1024),
+    },
+    "instant": {
+        # Largest document uploaded to a care circle (a scanned letter, a photo of a wound, a lab
+        # PDF are a few MB; Tchap caps files at 100 MB, WhatsApp documents at 2 GB). Each is held
+        # in memory while it arrives and is checked, so a bounded size keeps that cheap.
+        "max_attachment": (int, 10 * 1024 * 1024),
     },
     "tls": {
         "cert": (str, None),  # PEM server certificate (chain); default: <data_dir>/tls/server.crt
@@ -352,6 +359,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     if not 1024 <= v["hl7"]["max_frame"] <= max_size:
         raise ConfigError(f"{where('hl7.max_frame')} must be between 1024 and server.max_message_size "
                           f"(the notice it becomes is a mail), got {v['hl7']['max_frame']}")
+    if not 1024 <= v["instant"]["max_attachment"] <= 100 * 1024 * 1024:
+        raise ConfigError(f"{where('instant.max_attachment')} must be between 1024 and 104857600 bytes, "
+                          f"got {v['instant']['max_attachment']}")
     https = listen["https"] or "127.0.0.1:8443"
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
     clients = v["clients"]
@@ -377,7 +387,7 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
                     clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url,
-                    workers=v["server"]["workers"])
+                    workers=v["server"]["workers"], max_attachment=v["instant"]["max_attachment"])
 
 
 def _url_host(hostport: str) -> str:

@@ -6,10 +6,13 @@ audit every access. Messages, read markers and alerts travel on the websocket (`
     GET    /api/circles/{id}                   one circle with its members (members only)
     POST   /api/circles/{id}/members           add a member (coordinator only)
     DELETE /api/circles/{id}/members/{member}  remove a member (coordinator only), or leave (oneself)
+    POST   /api/circles/{id}/attachments?name=  upload a document (the body: its bytes; members only)
+    GET    /api/circles/{id}/attachments/{aid}  download it (members only; always as a file, never a page)
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from web.auth import require_bearer
 from web.http import HttpError, Request, Response, decimal
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 
 MAX_IDENTIFIER_CHARS = 24
 MAX_ADDRESS_CHARS = 320
+MAX_NAME_ARG_CHARS = 1024  # a file name as sent; filetypes.clean_name keeps at most 255 of it
 
 
 class InstantApi:
@@ -36,6 +40,8 @@ class InstantApi:
         router.add("GET", "/api/circles/{id}", self.detail)
         router.add("POST", "/api/circles/{id}/members", self.add_member)
         router.add("DELETE", "/api/circles/{id}/members/{member}", self.remove_member)
+        router.add("POST", "/api/circles/{id}/attachments", self.upload, max_body=self._instant.max_attachment)
+        router.add("GET", "/api/circles/{id}/attachments/{aid}", self.download)
 
     async def list(self, request: Request) -> Response:
         principal = await require_bearer(request, self._instant.authenticator)
@@ -72,6 +78,33 @@ class InstantApi:
         identifier = request.params["member"][:MAX_IDENTIFIER_CHARS]
         await _call(self._instant.circles.remove_member(principal, circle_id, identifier, request.peer))
         return Response(204)
+
+    async def upload(self, request: Request) -> Response:
+        """The body is the file's bytes; its type is read from them, whatever Content-Type says."""
+        principal = await require_bearer(request, self._instant.authenticator)
+        name = (request.arg("name") or "document")[:MAX_NAME_ARG_CHARS]
+        attachment = await _call(self._instant.attachments.upload(principal, _circle_id(request), name, request.body,
+                                                                   request.peer))
+        return Response.json(attachment, 201)
+
+    async def download(self, request: Request) -> Response:
+        """Always a download (Content-Disposition: attachment), with its sniffed type, no sniffing
+        by the browser and a policy that lets nothing in it run, should a browser render it."""
+        principal = await require_bearer(request, self._instant.authenticator)
+        attachment_id = decimal(request.params["aid"])
+        if attachment_id is None:
+            raise HttpError(404, "not_found", f"no resource at {request.path}")
+        described, data = await _call(self._instant.attachments.download(principal, _circle_id(request),
+                                                                         attachment_id, request.peer))
+        return Response(200, data, described["type"], {
+            "content-disposition": _disposition(described["name"]), "x-content-type-options": "nosniff",
+            "content-security-policy": "default-src 'none'; sandbox", "cross-origin-resource-policy": "same-origin"})
+
+
+def _disposition(name: str) -> str:
+    """RFC 6266 §4.3: an ASCII fallback name, and the real one in RFC 8187 encoding."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\%' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 async def _call(work: Any) -> Any:

@@ -83,6 +83,7 @@ class Post:
     text: str
     reply_to: int | None = None  # the seq of the message of the same circle this one answers
     id: str | None = None
+    attachments: tuple[int, ...] = ()  # ids of documents the poster uploaded to this circle, not yet posted
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,15 @@ def _post(f: _Fields, limits: Limits) -> Post:
     client_id = f.data.get("client_id")
     if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
         raise FrameError("bad_frame", "client_id must be 1 to 64 of A-Z a-z 0-9 . _ : - (a UUID will do)")
+    attachments = f.data.get("attachments", [])
+    if not isinstance(attachments, list) or len(attachments) > limits.max_attachments_per_message or not all(
+            isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= MAX_SEQ for a in attachments):
+        raise FrameError("bad_frame", f"attachments must be a list of at most {limits.max_attachments_per_message} "
+                                      f"attachment ids")
+    if len(set(attachments)) != len(attachments):
+        raise FrameError("bad_frame", "attachments names the same attachment twice")
     return Post(f.integer("circle", low=1), client_id, f.text("text", limits.max_text_chars),
-                f.integer("reply_to", required=False, low=1), f.id)
+                f.integer("reply_to", required=False, low=1), f.id, tuple(attachments))
 
 
 def _history(f: _Fields, limits: Limits) -> History:
@@ -273,7 +281,8 @@ def error(code: str, message: str, request_id: str | None = None, **extra: Any) 
 
 
 def message(circle: int, seq: int, author: dict[str, str], client_id: str, text: str, at: str,
-            reply_to: dict[str, Any] | None) -> dict[str, Any]:
-    """`reply_to`: the quoted message ({seq, author, text: its start}), or None."""
+            reply_to: dict[str, Any] | None, attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`reply_to`: the quoted message ({seq, author, text: its start}), or None; `attachments`:
+    the documents it carries ({id, name, type, size}), fetched from /api/circles/{circle}/attachments/{id}."""
     return {"type": "message", "circle": circle, "seq": seq, "author": author, "client_id": client_id,
-            "text": text, "at": at, "reply_to": reply_to}
+            "text": text, "at": at, "reply_to": reply_to, "attachments": attachments or []}

@@ -17,6 +17,8 @@ class Limits:
     max_frame_bytes: int = 64 * 1024
     # A chat message, not a letter: documents travel by secure mail. Slack caps at 4,000 too.
     max_text_chars: int = 4000
+    # Documents one message carries: a letter with its annexes; more is a folder, for secure mail.
+    max_attachments_per_message: int = 10
     # Token bucket over every client frame: a person types a few messages a minute; 10/s with a
     # burst of 30 lets a reconnecting client subscribe to many circles at once.
     frames_per_second: float = 10.0

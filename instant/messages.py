@@ -19,7 +19,7 @@ from . import frames
 from .circles import Circles
 from .errors import InstantError
 from .hub import circle_channel, person_channel
-from .storage import InstantStore
+from .storage import AttachmentUnavailable, InstantStore
 
 
 class Messages:
@@ -30,10 +30,12 @@ class Messages:
         self._bus = bus
 
     async def post(self, principal: Principal, circle_id: int, client_id: str, text: str, source: str,
-                   acknowledge: Callable[[dict, bool], None], reply_to: int | None = None) -> tuple[dict, bool]:
+                   acknowledge: Callable[[dict, bool], None], reply_to: int | None = None,
+                   attachments: tuple[int, ...] = ()) -> tuple[dict, bool]:
         """(the stored message, True when this client_id had been stored already); `acknowledge`
         is called with the same once it is stored, before anyone hears of it. `reply_to` must
-        name a message of the same circle (messages are never deleted: one seen stays)."""
+        name a message of the same circle (messages are never deleted: one seen stays);
+        `attachments`, documents the poster uploaded to this circle and has not posted yet."""
         await self._circles.require_member(principal, circle_id, "circle.post", source)
         quoted = None
         if reply_to is not None:
@@ -42,14 +44,21 @@ class Messages:
                 raise InstantError(f"care circle {circle_id} has no message {reply_to} to reply to",
                                    "no_such_message")
         async with self._circles.ordered(circle_id):
-            message, duplicate = await self._store.append(circle_id, principal.id, client_id, text, _now(), quoted)
+            try:
+                message, duplicate = await self._store.append(circle_id, principal.id, client_id, text, _now(),
+                                                              quoted, attachments)
+            except AttachmentUnavailable as exc:
+                await self._audit.record(principal.actor, "circle.post", target=str(circle_id), outcome="denied",
+                                         source=source, reason="attachment not available", attachments=attachments)
+                raise InstantError(str(exc), "no_such_attachment") from None
             acknowledge(message, duplicate)
             if not duplicate:
                 await self._bus.publish(circle_channel(circle_id), {
                     "type": "message", "circle": circle_id, "seq": message["seq"], "author": principal.id,
                     "client_id": client_id, "wire": frames.encode(frames.message(**message))})
         await self._audit.record(principal.actor, "circle.post", target=str(circle_id), source=source,
-                                 seq=message["seq"], client_id=client_id, duplicate=duplicate, reply_to=reply_to)
+                                 seq=message["seq"], client_id=client_id, duplicate=duplicate, reply_to=reply_to,
+                                 attachments=[a["id"] for a in message["attachments"]])
         return message, duplicate
 
     async def history(self, principal: Principal, circle_id: int, *, before: int | None, after: int | None,

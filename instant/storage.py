@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.db import dialect_insert
-from store.schema import circle_members, circle_messages, circles, professionals, read_markers
+from store.schema import circle_attachments, circle_members, circle_messages, circles, professionals, read_markers
 
 from .patient import Patient
 
@@ -33,6 +33,10 @@ QUOTE_CHARS = 200  # a reply shows the start of what it answers; the whole is in
 
 class CircleExists(Exception):
     """A circle already exists for this patient (one per INS)."""
+
+
+class AttachmentUnavailable(Exception):
+    """A post names an attachment that is not the poster's, not of this circle, or posted already."""
 
 
 class InstantStore(Protocol):
@@ -50,7 +54,7 @@ class InstantStore(Protocol):
     async def professional(self, identifier: str) -> dict | None: ...
     async def quote(self, circle_id: int, seq: int) -> dict | None: ...
     async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
-                     reply_to: dict | None = None) -> tuple[dict, bool]: ...
+                     reply_to: dict | None = None, attachments: tuple[int, ...] = ()) -> tuple[dict, bool]: ...
     async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
                        limit: int) -> tuple[list[dict], bool]: ...
     async def search(self, circle_id: int, text: str, *, before: int | None, limit: int) -> tuple[list[dict], bool]: ...
@@ -235,10 +239,12 @@ class SqlStore:
         return _quote(row.seq, row, row.text) if row else None
 
     async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
-                     reply_to: dict | None = None) -> tuple[dict, bool]:
-        """Store a message (answering `reply_to`, a quote); (message, True) when this client_id
-        was stored before. The insert is optimistic: a retry meets the unique constraint, and
-        the rollback gives its seq back."""
+                     reply_to: dict | None = None, attachments: tuple[int, ...] = ()) -> tuple[dict, bool]:
+        """Store a message (answering `reply_to`, a quote, carrying `attachments`); (message,
+        True) when this client_id was stored before. The insert is optimistic: a retry meets the
+        unique constraint, and the rollback gives its seq back. Attachments are claimed in the
+        same transaction, only the author's own uploads to this circle not posted yet
+        (AttachmentUnavailable otherwise, and nothing is stored)."""
         try:
             async with self._engine.begin() as conn:
                 seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
@@ -247,6 +253,7 @@ class SqlStore:
                 await conn.execute(insert(circle_messages), {
                     "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
                     "reply_to": reply_to["seq"] if reply_to else None, "created_at": now})
+                carried = await _claim(conn, circle_id, seq, author, attachments)
                 person = (await conn.execute(select(*_PERSON).where(professionals.c.idnat == author))).one()
         except IntegrityError:  # stored before (a retry), or just now by the same post racing this one
             async with self._engine.connect() as conn:
@@ -255,13 +262,14 @@ class SqlStore:
                 raise
             return prior, True
         return {"circle": circle_id, "seq": seq, "author": {"id": author, "name": display_name(person)},
-                "client_id": client_id, "text": text, "at": iso(now), "reply_to": reply_to}, False
+                "client_id": client_id, "text": text, "at": iso(now), "reply_to": reply_to,
+                "attachments": carried}, False
 
     async def _by_client_id(self, conn, circle_id: int, author: str, client_id: str) -> dict | None:  # noqa: ANN001
         row = (await conn.execute(_messages().where(
             circle_messages.c.circle_id == circle_id, circle_messages.c.author == author,
             circle_messages.c.client_id == client_id))).first()
-        return _message(row) if row else None
+        return (await _with_attachments(conn, circle_id, [_message(row)]))[0] if row else None
 
     async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
                        limit: int) -> tuple[list[dict], bool]:
@@ -276,8 +284,8 @@ class SqlStore:
             query = query.order_by(circle_messages.c.seq.desc())
         async with self._engine.connect() as conn:
             rows = [_message(r) for r in await conn.execute(query.limit(limit + 1))]
-        more = len(rows) > limit
-        rows = rows[:limit]
+            more = len(rows) > limit
+            rows = await _with_attachments(conn, circle_id, rows[:limit])
         return (rows if after is not None else rows[::-1]), more
 
     async def search(self, circle_id: int, text: str, *, before: int | None, limit: int) -> tuple[list[dict], bool]:
@@ -291,7 +299,7 @@ class SqlStore:
         async with self._engine.connect() as conn:
             newest = query.order_by(circle_messages.c.seq.desc()).limit(limit + 1)
             rows = [_message(r) for r in await conn.execute(newest)]
-        return rows[:limit], len(rows) > limit
+            return await _with_attachments(conn, circle_id, rows[:limit]), len(rows) > limit
 
     async def mark_read(self, circle_id: int, idnat: str, seq: int, now: datetime) -> tuple[int, int]:
         """Move the person's marker forward to `seq` (never back, never past the last message);
@@ -340,6 +348,42 @@ def _messages():  # noqa: ANN202 - a Select
             .outerjoin(_QUOTED, and_(_QUOTED.c.circle_id == circle_messages.c.circle_id,
                                      _QUOTED.c.seq == circle_messages.c.reply_to))
             .outerjoin(_QUOTED_BY, _QUOTED_BY.c.idnat == _QUOTED.c.author))
+
+
+async def _claim(conn, circle_id: int, seq: int, author: str, ids: tuple[int, ...]) -> list[dict]:  # noqa: ANN001
+    """Attach the uploads `ids` to message `seq`; their descriptions in id order."""
+    if not ids:
+        return []
+    claimed = await conn.execute(update(circle_attachments).where(
+        circle_attachments.c.id.in_(ids), circle_attachments.c.circle_id == circle_id,
+        circle_attachments.c.uploader == author, circle_attachments.c.seq.is_(None)).values(seq=seq))
+    if claimed.rowcount != len(ids):
+        raise AttachmentUnavailable(f"attachments must be your own uploads to care circle {circle_id}, "
+                                    f"not yet posted")
+    rows = await conn.execute(select(*_ATTACHMENT).where(circle_attachments.c.id.in_(ids))
+                              .order_by(circle_attachments.c.id))
+    return [attachment_view(r) for r in rows]
+
+
+async def _with_attachments(conn, circle_id: int, messages: list[dict]) -> list[dict]:  # noqa: ANN001
+    """The messages, each with the attachments it carries (one query for the page)."""
+    carried: dict[int, list[dict]] = {m["seq"]: [] for m in messages}
+    if carried:
+        rows = await conn.execute(select(circle_attachments.c.seq, *_ATTACHMENT).where(
+            circle_attachments.c.circle_id == circle_id, circle_attachments.c.seq.in_(list(carried)))
+            .order_by(circle_attachments.c.id))
+        for row in rows:
+            carried[row.seq].append(attachment_view(row))
+    return [{**m, "attachments": carried[m["seq"]]} for m in messages]
+
+
+_ATTACHMENT = (circle_attachments.c.id, circle_attachments.c.name, circle_attachments.c.content_type,
+               circle_attachments.c.size)
+
+
+def attachment_view(row: Any) -> dict:
+    """An attachment as frames show it (never its bytes)."""
+    return {"id": row.id, "name": row.name, "type": row.content_type, "size": row.size}
 
 
 def _message(row: Any) -> dict:

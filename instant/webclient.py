@@ -19,7 +19,9 @@ FILES = {
     "app.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+# blob: images: thumbnails of a circle's PNG and JPEG attachments, fetched with the bearer token
+# (an <img> cannot send it) and shown from the bytes the script holds.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 

@@ -31,7 +31,7 @@ from store.audit import Actor, AuditTrail
 from store.schema import mailboxes
 
 from .addresses import Address, parse_addresses
-from .headers import Header
+from .headers import Header, read as read_header
 from .imap.message import MAX_DEPTH, MAX_PARTS, Message
 from .mailstore import MailStore, Recipient
 from .smtp import MsanteEnvelope, SmtpLimits, peer_address
@@ -139,8 +139,9 @@ class _Receiver:
                    or await self.check_message(session, envelope, message.header))
         if refusal:
             return refusal
-        message_id = message.header.get("message-id") or ""
-        stored = self._received(session, server, envelope) + raw
+        added = self.completed(message.header)
+        message_id = message.header.get("message-id") or read_header(added).get("message-id") or ""
+        stored = self._received(session, server, envelope) + added + raw
         recipients = [Recipient(address, rcpt_dsn, mailbox_id) for address, rcpt_dsn, mailbox_id
                       in zip(envelope.rcpt_tos, envelope.rcpt_dsn, envelope.routes)]
         sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from
@@ -149,6 +150,10 @@ class _Receiver:
             audit_action=f"{self.audit_prefix}.accept", source=peer_address(session), mail_dsn=envelope.dsn,
             recipients=recipients)
         return f"250 2.0.0 Stored as {accepted.envelope_id}"
+
+    def completed(self, header: Header) -> bytes:
+        """Header fields this listener adds to a message that lacks them; none by default."""
+        return b""
 
     def _received(self, session: Any, server: Any, envelope: MsanteEnvelope) -> bytes:
         """RFC 5321 §4.4 trace header; `with` per RFC 3848 (S: TLS, A: authenticated)."""
@@ -192,6 +197,18 @@ class SubmissionHandler(_Receiver):
         envelope.mail_from = sender
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender OK"
+
+    def completed(self, header: Header) -> bytes:
+        """RFC 6409 §8.2-8.3: a submission server adds the Date: and Message-ID: a client left
+        out (RFC 5322 §3.6 requires the one, strongly advises the other; threading, IMAP
+        ENVELOPE and duplicate detection at the recipient's end rely on them). The relay
+        listener never does: another operator's mail is not ours to change."""
+        added = b""
+        if header.get("date") is None:
+            added += f"Date: {email.utils.format_datetime(datetime.now(timezone.utc))}\r\n".encode()
+        if header.get("message-id") is None:
+            added += f"Message-ID: <{secrets.token_hex(16)}@{self._hostname}>\r\n".encode()
+        return added
 
     async def remote_recipient(self, session: Any, recipient: str, domain: str) -> str | None:
         if await self._trust.contains(domain):

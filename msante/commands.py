@@ -213,6 +213,9 @@ def _banner(settings: Settings, listeners: list) -> None:  # noqa: ANN001
         f"  mail client (IMAPS {settings.listen['imaps'] or '-'}, submission {settings.listen['submission'] or '-'}): "
         f".venv/bin/msante mailbox app-password create {demo.MAILBOXES[0][0]}@{settings.domains[0]} "
         f"--rpps {demo.LOGIN_RPPS} --label laptop",
+        *([f"  hospital feed (hl7 {settings.listen['hl7']}): .venv/bin/msante hl7 send "
+           "hospital/samples/adt_a04_ed_visit.hl7  (an ED visit: the GP's mail, the circle's alert)"]
+          if settings.listen["hl7"] else []),
         "Stop with Ctrl-C.", ""]
     print("\n".join(lines), flush=True)
 

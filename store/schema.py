@@ -322,6 +322,29 @@ circle_messages = Table(
     UniqueConstraint("circle_id", "author", "client_id", name="uq_circle_messages_client_id"),
 )
 
+attachment_contents = Table(
+    "attachment_contents", metadata,  # a document's bytes, once however many circles hold it
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("sha256", String(64), nullable=False, unique=True),  # hex digest: the same bytes, the same row
+    Column("size", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+circle_attachments = Table(
+    "circle_attachments", metadata,  # a document uploaded to a circle: who, when, under what name
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("circle_id", BigId, ForeignKey("circles.id"), nullable=False, index=True),
+    Column("content_id", BigId, ForeignKey("attachment_contents.id"), nullable=False, index=True),
+    Column("name", String(255), nullable=False),  # the file name as shown, cleaned of paths and controls
+    Column("content_type", String(64), nullable=False),  # from the bytes (instant/filetypes.py), never the client
+    Column("size", BigInteger, nullable=False),
+    Column("uploader", String(24), ForeignKey("professionals.idnat"), nullable=False),
+    Column("seq", BigInteger),  # the message that carries it, once posted; NULL until then
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_circle_attachments_message", "circle_id", "seq"),
+)
+
 read_markers = Table(
     "read_markers", metadata,
     Column("circle_id", BigId, ForeignKey("circles.id"), primary_key=True),

@@ -87,3 +87,13 @@ def test_missing_file():
 def test_generated_file_in_data_dir_is_picked_up(tmp_path):
     (tmp_path / "msante.toml").write_text('[server]\ndomains = ["picked.test"]\n')
     assert config.load(data_dir=str(tmp_path), environ={}).domains == ("picked.test",)
+
+
+def test_hl7_frame_limit_is_bounded_by_the_mail_it_becomes(tmp_path):
+    def load(**environ: str) -> config.Settings:
+        return config.load(data_dir=str(tmp_path / "d"), environ=environ)
+    assert load().hl7_max_frame == 20 * 1024 * 1024
+    assert load(MSANTE_HL7__MAX_FRAME="1048576").hl7_max_frame == 1048576
+    with pytest.raises(config.ConfigError, match="hl7.max_frame must be between 1024 and server.max_message_size"):
+        load(MSANTE_HL7__MAX_FRAME=str(30 * 1024 * 1024))
+    assert load(MSANTE_LISTEN__HL7="").listen["hl7"] == ""

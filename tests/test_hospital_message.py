@@ -1,13 +1,18 @@
 """HL7 v2 reading (hospital/message.py), MLLP framing (hospital/mllp.py) and ACKs (hospital/ack.py), without a network."""
 from __future__ import annotations
 
+import email
+import email.policy
+import io
+import zipfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import hl7
 import pytest
 
-from hospital import ack, mllp
-from hospital.message import Hl7Error, parse, read_header
+from hospital import ack, mllp, notice
+from hospital.message import Document, Hl7Error, parse, read_header
 
 SAMPLES = Path(__file__).resolve().parents[1] / "hospital" / "samples"
 
@@ -123,3 +128,23 @@ def test_mllp_frames_split_anywhere_and_bounded():
         mllp.FrameReader().feed(b"MSH|no start byte")
     reader = mllp.FrameReader()
     assert reader.feed(b"\x0bMSH|half") == [] and reader.pending
+
+
+def test_cda_document_notice_names_its_type_and_zips_it():
+    cda = b'<?xml version="1.0"?><ClinicalDocument xmlns="urn:hl7-org:v3"/>'
+    facts = notice.Notice(kind="DOC", patient={"ins": "248039741512358", "ins_oid": "1.2.250.1.213.1.4.11",
+                                               "family_name": "TECHER", "given_name": "JOSETTE",
+                                               "birth_date": "1948-03-12"},
+                          occurred=datetime(2026, 12, 8, 17, 0, tzinfo=timezone(timedelta(hours=4))), unit="",
+                          hospital="CH DEMO", sender="dpi@msante.test", contact="urgences@msante.test",
+                          recipient="gp@msante.test", recipient_name="Dr Jean DUPONT", event_id=7,
+                          document=Document("11490-0", "Lettre de liaison de sortie", "1.2.3", "text/xml", cda))
+    mail = email.message_from_bytes(notice.build(facts, hostname="msante.test"), policy=email.policy.default)
+    assert mail["X-MSS-CODECDA"] == "11490-0" and mail["X-MSS-INS"] == "O"
+    assert mail["Subject"].startswith("XDM/1.0/DDM+11490-0 Document : TECHER Josette")
+    assert "08/12/2026 à 17:00" in mail.get_body(("plain",)).get_content()
+    parts = {part.get_filename(): part.get_payload(decode=True) for part in mail.iter_attachments()}
+    assert parts["DOC0001.XML"] == cda
+    archive = zipfile.ZipFile(io.BytesIO(parts["IHE_XDM.ZIP"]))
+    assert archive.read("IHE_XDM/SUBSET01/DOC0001.XML") == cda
+    assert b'mimeType="text/xml"' in archive.read("IHE_XDM/SUBSET01/METADATA.XML")

@@ -108,3 +108,14 @@ def test_server_frames():
     text = frames.encode(frames.message(1, 2, {"id": "8", "name": "Dr Ève"}, "c", "été", "2026-01-01T00:00:00+00:00",
                                          None))
     assert "été" in text and "Ève" in text  # UTF-8 as is: a third smaller than \\u escapes for French text
+
+
+def test_post_attachments_are_a_short_list_of_distinct_ids():
+    frame = parse({"type": "post", "circle": 1, "client_id": "c", "text": "t", "attachments": [3, 9]})
+    assert frame.attachments == (3, 9)
+    assert parse({"type": "post", "circle": 1, "client_id": "c", "text": "t"}).attachments == ()
+    too_many = list(range(1, DEFAULT.max_attachments_per_message + 2))
+    for bad in ("3", [0], [True], [1.5], [4, 4], too_many, {"id": 3}):
+        with pytest.raises(FrameError) as err:
+            parse({"type": "post", "circle": 1, "client_id": "c", "text": "t", "attachments": bad})
+        assert err.value.code == "bad_frame", bad

@@ -9,6 +9,7 @@ import ssl
 
 import pytest
 
+from tests import scrape
 from tests.conftest import free_port
 from tests.operators import Operator, wait_for
 
@@ -145,7 +146,6 @@ def test_relay_requires_a_client_certificate(operators):
 
 
 def test_queue_commands_and_metrics(operators):
-    import http.client
     import json
 
     a, b = operators
@@ -155,10 +155,9 @@ def test_queue_commands_and_metrics(operators):
         rows = wait_for(lambda: [r for r in json.loads(a.cli("queue", "list", "--json"))
                                  if r["recipient"] == REMOTE and r["attempts"] >= 1], what="a queued delivery")
         context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))
-        conn = http.client.HTTPSConnection("localhost", a.ports["https"], context=context, timeout=10)
-        conn.request("GET", "/metrics")
-        metrics = conn.getresponse().read().decode()
-        assert "msante_queue_size 1" in metrics and "msante_queue_oldest_seconds" in metrics
+        metrics = scrape.samples(scrape.scrape(a.ports["https"], context)[1])
+        assert scrape.value(metrics, "msante_queue_size") == 1
+        assert scrape.value(metrics, "msante_queue_oldest_seconds") > 0
         assert "is due now" in a.cli("queue", "retry", str(rows[0]["id"]))
         assert "returned to its sender" in a.cli("queue", "bounce", str(rows[0]["id"]))
         assert json.loads(a.cli("queue", "list", "--json")) == []
@@ -250,3 +249,28 @@ def test_relayed_report_from_a_peer_without_dsn(operators, tmp_path):
         assert recipients[0]["Action"] == "relayed" and "dr.house@chu-exemple.test" in recipients[0]["Final-Recipient"]
     finally:
         controller.stop()
+
+
+def test_submission_completes_the_header_and_the_relay_listener_does_not(operators):
+    """RFC 6409 §8: A's submission adds the Date: and Message-ID: its client left out, and the
+    relayed copy carries them; B's relay listener stores another operator's mail as sent."""
+    import smtplib
+
+    a, b = operators
+    bare = f"From: {GP}\r\nTo: {REMOTE}\r\nSubject: sans en-tetes\r\n\r\nBonjour.\r\n".encode()
+    with a.submission(GP, GP_RPPS) as client:
+        client.sendmail(GP, [REMOTE], bare)
+    relayed = wait_for(lambda: [m for m in b.inbox(REMOTE) if b"sans en-tetes" in m], what="A -> B")[0]
+    parsed = email.message_from_bytes(relayed, policy=email.policy.default)
+    assert len(parsed.get_all("Date")) == 1
+    assert parsed["Message-ID"].endswith("@msante.test>")
+
+    context = ssl.create_default_context(cafile=str(b.data_dir / "pki" / "ca.crt"))
+    context.load_cert_chain(a.data_dir / "tls" / "server.crt", a.data_dir / "tls" / "server.key")
+    direct = bare.replace(b"sans en-tetes", b"tel quel")
+    with smtplib.SMTP("127.0.0.1", b.ports["smtp"], local_hostname="msante.test", timeout=10) as client:
+        client.starttls(context=context)
+        client.ehlo("msante.test")
+        client.sendmail(GP, [REMOTE], direct)
+    (stored,) = [m for m in b.inbox(REMOTE) if b"tel quel" in m]
+    assert stored.endswith(direct) and b"\nDate:" not in stored and b"Message-ID" not in stored

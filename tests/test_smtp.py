@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from certs import pki
 from mailserver.smtp import SmtpLimits
 from certs.tokens import DevIssuer
-from store.schema import audit, bodies, deliveries, folder_messages, folders, mailboxes
+from store.schema import audit, bodies, deliveries, envelopes, folder_messages, folders, mailboxes
 
 GP = "jean.dupont@msante.test"  # Dr Jean Dupont, nominative box
 GP_IDNAT = "810001045367"
@@ -389,3 +389,37 @@ def test_command_line_length_and_command_count_limits(server):
     code, text = client.noop()
     assert code == 421 and text.startswith(b"4.7.0")
     client.close()
+
+
+def test_submission_adds_date_and_message_id_a_client_left_out(server):
+    """RFC 6409 §8: what IMAP shows carries a Date: and a Message-ID: of our host; a message
+    that had them keeps them unchanged, with no second one."""
+    from .test_imap import imaplib_client
+    from .imap_client import NURSE_IDNAT
+
+    bare = f"From: {GP}\r\nTo: {NURSE}\r\nSubject: Sans date\r\n\r\nBonjour.\r\n".encode()
+    complete = (f"From: {GP}\r\nTo: {NURSE}\r\nSubject: Avec date\r\nDate: Mon, 23 Nov 2026 10:00:00 +0100\r\n"
+                f"Message-ID: <compte-rendu-42@cabinet.test>\r\n\r\nBonjour.\r\n").encode()
+    client = login(server)
+    client.sendmail(GP, [NURSE], bare)
+    client.sendmail(GP, [NURSE], complete)
+    client.quit()
+    imap = imaplib_client(server, NURSE, NURSE_IDNAT)
+    imap.select("INBOX")
+    typ, data = imap.fetch("1:2", "(BODY.PEEK[HEADER])")
+    assert typ == "OK"
+    first, second = (email.message_from_bytes(item[1], policy=email.policy.default)
+                     for item in data if isinstance(item, tuple))
+    imap.logout()
+    assert first["Subject"] == "Sans date"
+    assert len(first.get_all("Date")) == 1 and len(first.get_all("Message-ID")) == 1
+    sent = email.utils.parsedate_to_datetime(first["Date"])
+    assert abs(time.time() - sent.timestamp()) < 120
+    local, _, host = first["Message-ID"].strip("<>").partition("@")
+    assert host == server.settings.hostname and len(local) >= 32
+    assert second.get_all("Date") == ["Mon, 23 Nov 2026 10:00:00 +0100"]
+    assert second.get_all("Message-ID") == ["<compte-rendu-42@cabinet.test>"]
+    assert inbox(server, NURSE)[1].endswith(complete)
+    # the envelope records the Message-ID the stored message carries (DSN reports cite it)
+    ids = [row["message_id"] for row in server.rows(select(envelopes.c.message_id).order_by(envelopes.c.id))]
+    assert ids[-2:] == [first["Message-ID"], "<compte-rendu-42@cabinet.test>"]

@@ -7,7 +7,9 @@ Screenshots are kept in test-artifacts/."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -108,6 +110,7 @@ def test_two_professionals_talk_live(database_url, server, browser):
     assert "Dr Claire LEROY" in answer.inner_text()
     assert "Vous : Bonjour, Mme Técher sort demain" in answer.query_selector("blockquote.quote").inner_text()
     assert urgentist.is_hidden("#replying")
+    attach_documents(urgentist, gp)
     gp.click("#alerts-toggle")  # the circle's creation, pending since init --demo
     alert = gp.wait_for_selector("#alert-list li:has-text('Nouveau cercle de soins : Josette TECHER')")
     alert.query_selector("button").click()
@@ -127,6 +130,48 @@ def test_two_professionals_talk_live(database_url, server, browser):
     for page in (gp, urgentist, outsider):
         page.context.close()
 
+
+
+def png(width: int, height: int) -> bytes:
+    """A real PNG (a blue square), so the thumbnail has something to draw."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + b"\x0b\x5c\x8e" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def attach_documents(phone, desktop) -> None:  # noqa: ANN001 - Playwright pages
+    """On the phone: a PDF and a photo attached from the composer, sent; on the desktop they arrive as
+    download links, the photo with its thumbnail; an HTML page named .pdf is refused in French."""
+    pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    phone.set_input_files("#attach-input", files=[
+        {"name": "Compte rendu.pdf", "mimeType": "application/pdf", "buffer": pdf},
+        {"name": "plaie.png", "mimeType": "image/png", "buffer": png(48, 48)}])
+    phone.wait_for_selector("#attached li:has-text('plaie.png')")
+    assert "Compte rendu.pdf" in phone.inner_text("#attached")
+    phone.set_input_files("#attach-input", files=[
+        {"name": "ordonnance.pdf", "mimeType": "application/pdf", "buffer": b"<html><script>1</script></html>"}])
+    phone.wait_for_selector("#notice:has-text('seuls les documents PDF, PNG ou JPEG')")
+    phone.fill("#text", "Compte rendu et photo de la plaie")
+    phone.screenshot(path=ARTIFACTS / "attach-composer-390x844.png")
+    phone.click("#composer button[type=submit]")
+    assert phone.is_hidden("#attached")
+    received = desktop.wait_for_selector("#messages li:has-text('Compte rendu et photo de la plaie')")
+    link = received.query_selector("a.attachment:has-text('Compte rendu.pdf')")
+    assert link is not None and link.get_attribute("download") == "Compte rendu.pdf"
+    desktop.wait_for_function("() => [...document.querySelectorAll('#messages .files img')]"
+                              ".some((img) => img.complete && img.naturalWidth === 48)")
+    with desktop.expect_download() as download:
+        link.click()
+    assert download.value.suggested_filename == "Compte rendu.pdf"
+    assert Path(download.value.path()).read_bytes() == pdf
+    phone.wait_for_selector("#messages li.mine:not(.pending) a.attachment:has-text('plaie.png')")
+    phone.wait_for_function("() => [...document.querySelectorAll('#messages .files img')]"
+                            ".some((img) => img.complete && img.naturalWidth === 48)")
+    layout(phone, "attachments 390x844")
+    assert_accessible(phone, "attachments 390x844")
+    phone.screenshot(path=ARTIFACTS / "attachments-390x844.png")
 
 
 def assert_accessible(page, where: str) -> None:  # noqa: ANN001

@@ -121,16 +121,20 @@ SECURITY_HEADERS = {
 }
 
 
+BodyLimit = Callable[[str, str], "int | None"]  # (method, path) -> a route's own body limit, or None
+
+
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler,
-                           limits: HttpLimits | None = None) -> None:
-    """Serve requests on one connection until the peer leaves, an error, or a timeout."""
+                           limits: HttpLimits | None = None, body_limit: BodyLimit | None = None) -> None:
+    """Serve requests on one connection until the peer leaves, an error, or a timeout.
+    `body_limit` lets a route (an upload) take more, or less, than `limits.max_body_bytes`."""
     limits = limits or DEFAULT  # read for each connection: tests replace it
     peername = writer.get_extra_info("peername")
     peer = peername[0] if isinstance(peername, tuple) else str(peername or "")
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     try:
         while True:
-            request = await _read_request(conn, reader, writer, peer, limits)
+            request = await _read_request(conn, reader, writer, peer, limits, body_limit)
             if request is None:
                 return
             try:
@@ -158,13 +162,13 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        peer: str, limits: HttpLimits) -> Request | None:
+                        peer: str, limits: HttpLimits, body_limit: BodyLimit | None) -> Request | None:
     """The next request, or None when the connection is to end. The wait for its first byte
     is bounded by idle_timeout, the whole request by request_timeout from that byte on."""
     head: h11.Request | None = None
     body = bytearray()
     deadline = time.monotonic() + limits.request_timeout if conn.trailing_data[0] else None
-    too_large = HttpError(413, "too_large", f"body over {limits.max_body_bytes} bytes")
+    max_body = limits.max_body_bytes
     while True:
         try:
             event = conn.next_event()
@@ -194,14 +198,22 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writ
                     431, "headers_too_large", f"request head over {limits.max_header_bytes} bytes")))
                 return None
             head = event
+            if body_limit is not None:
+                path = urlsplit(event.target.decode("latin-1")).path or "/"
+                own = body_limit(event.method.decode("ascii", "replace"), path)
+                if own is not None and own > max_body and deadline is not None:
+                    # an upload gets the same floor rate as any body (max_body_bytes per
+                    # request_timeout), not the same time: 10 MB at 50 KB/s is 200 s
+                    deadline += limits.request_timeout * (own / max_body - 1)
+                max_body = max_body if own is None else own
             declared = _header(event.headers, b"content-length")
-            if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-                await _send(conn, writer, _error(too_large))
+            if declared and declared.isdigit() and int(declared) > max_body:
+                await _send(conn, writer, _error(HttpError(413, "too_large", f"body over {max_body} bytes")))
                 return None
         elif isinstance(event, h11.Data):
             body += event.data
-            if len(body) > limits.max_body_bytes:
-                await _send(conn, writer, _error(too_large))
+            if len(body) > max_body:
+                await _send(conn, writer, _error(HttpError(413, "too_large", f"body over {max_body} bytes")))
                 return None
         elif isinstance(event, h11.EndOfMessage):
             assert head is not None

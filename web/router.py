@@ -1,4 +1,5 @@
-"""Routes `METHOD /path/{param}` to handlers; answers 404 and 405 (with Allow) itself."""
+"""Routes `METHOD /path/{param}` to handlers; answers 404 and 405 (with Allow) itself, and
+tells the HTTP layer how large a body a route takes before that body is read."""
 from __future__ import annotations
 
 import re
@@ -9,10 +10,20 @@ from .http import Handler, HttpError, Request, Response
 class Router:
     def __init__(self) -> None:
         self._routes: list[tuple[re.Pattern[str], str, str, Handler]] = []
+        self._body_limits: list[tuple[re.Pattern[str], str, int]] = []
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", re.escape(pattern).replace(r"\{", "{").replace(r"\}", "}"))
-        self._routes.append((re.compile(f"^{regex}$"), method.upper(), pattern, handler))
+    def add(self, method: str, pattern: str, handler: Handler, *, max_body: int | None = None) -> None:
+        """`max_body`: the largest body this route takes, when it is not the listener's default
+        (an upload); the HTTP layer answers 413 beyond it without reading on."""
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)",
+                                        re.escape(pattern).replace(r"\{", "{").replace(r"\}", "}")) + "$")
+        self._routes.append((regex, method.upper(), pattern, handler))
+        if max_body is not None:
+            self._body_limits.append((regex, method.upper(), max_body))
+
+    def body_limit(self, method: str, path: str) -> int | None:
+        """The route's own body limit, or None for the listener's default."""
+        return next((limit for regex, m, limit in self._body_limits if m == method and regex.match(path)), None)
 
     def route_of(self, request: Request) -> str:
         """The pattern that matches the request (a metrics label that cannot explode)."""

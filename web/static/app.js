@@ -39,6 +39,8 @@ const state = {
   denied: new Set(),        // circles the server refused to this person
   outgoing: new Map(),      // client_id -> {circle, text, reply_to}: posts not yet acknowledged
   replyTo: null,            // the message the composer answers ({seq, author, text}), if any
+  attached: [],             // documents uploaded for the next post ({circle, id, name, type, size})
+  maxAttachment: 10 * 1024 * 1024,   // bytes; the server's own figure comes in the welcome
   alerts: new Map(),        // id -> alert
   typingSentAt: 0, typingTimers: new Map(),
   threadScroll: 0,          // where the thread was when the alerts covered it (0: at its latest message)
@@ -174,6 +176,7 @@ function receive(frame) {
 function welcome(frame) {
   const resumed = state.me !== null;
   state.me = frame.user;
+  state.maxAttachment = frame.limits.max_attachment || state.maxAttachment;
   state.reconnectMs = 1000;
   setStatus(true);
   $("me").textContent = frame.user.name;
@@ -198,7 +201,9 @@ function welcome(frame) {
   if (state.current !== null && (!resumed || !state.circles.has(state.current))) openCircle(state.current);
   if (resumed) for (const [clientId, post] of state.outgoing) {           // a retry stores nothing twice
     request({ type: "post", circle: post.circle, client_id: clientId, text: post.text,
-              ...(post.reply_to ? { reply_to: post.reply_to.seq } : {}) }, { circle: post.circle });
+              ...(post.reply_to ? { reply_to: post.reply_to.seq } : {}),
+              ...(post.attachments.length ? { attachments: post.attachments.map((a) => a.id) } : {}) },
+            { circle: post.circle });
   }
 }
 
@@ -273,8 +278,9 @@ function acknowledged(frame) {     // the ack comes before the message itself: t
   state.outgoing.delete(frame.client_id);
   const pending = document.querySelector(`#messages li.pending[data-client-id="${CSS.escape(frame.client_id)}"]`);
   if (pending && sent) {
-    pending.replaceWith(messageItem({ seq: frame.seq, client_id: frame.client_id, text: sent.text, at: frame.at,
-                                      author: state.me, reply_to: sent.reply_to }));
+    pending.replaceWith(messageItem({ circle: frame.circle, seq: frame.seq, client_id: frame.client_id, text: sent.text,
+                                      at: frame.at, author: state.me, reply_to: sent.reply_to,
+                                      attachments: sent.attachments }));
     renderReceipts();
   }
 }
@@ -328,6 +334,10 @@ function error(frame, purpose) {
     state.outgoing.delete(purpose.clientId);
     document.querySelector(`#messages li.pending[data-client-id="${CSS.escape(purpose.clientId)}"]`)?.remove();
     if (sent && purpose.circle === state.current && !$("text").value) $("text").value = sent.text;
+    if (sent?.attachments.length && frame.code !== "no_such_attachment") {   // not posted: still the author's to send
+      state.attached.push(...sent.attachments.map((a) => ({ circle: sent.circle, ...a })));
+      renderAttached();
+    }
   }
   if (frame.code === "forbidden" && purpose && purpose.circle !== undefined) {
     state.denied.add(purpose.circle);
@@ -344,6 +354,7 @@ const ERRORS = {
   rate_limited: "Trop d'envois rapprochés : patientez un instant.",
   too_long: "Message trop long : 4 000 caractères au plus.",
   no_such_message: "Le message cité n'existe pas dans ce cercle.",
+  no_such_attachment: "Document joint introuvable ou déjà envoyé : joignez-le de nouveau.",
   bad_frame: "Message refusé : caractères non autorisés.",
   not_subscribed: "Ce cercle n'est pas suivi sur cette connexion.",
   too_many_subscriptions: "Trop de cercles suivis sur cette connexion.",
@@ -537,6 +548,7 @@ async function openCircle(id) {
   $("messages").replaceChildren();
   $("typing").textContent = "";
   cancelReply();
+  renderAttached();
   toggleSearch(false);
   $("older").hidden = true;
   $("members").replaceChildren();
@@ -631,7 +643,77 @@ function messageItem(m) {
       m.reply_to.text));
   }
   item.append(el("div", { class: "text", text: m.text }));
+  if (m.attachments?.length) item.append(attachmentList(m.circle ?? state.current, m.attachments));
   return item;
+}
+
+// --- attachments: uploaded first (HTTPS), then carried by a post -------------------------------
+
+const KINDS = { "application/pdf": "PDF", "image/png": "PNG", "image/jpeg": "JPEG" };
+
+async function attachmentBlob(circle, attachment) {   // fetched with the token: a link or an <img> could not send it
+  const response = await api(`/api/circles/${circle}/attachments/${attachment.id}`);
+  if (!response.ok) throw new Error(String(response.status));
+  return URL.createObjectURL(await response.blob());
+}
+
+function attachmentList(circle, attachments) {
+  const list = el("ul", { class: "files", "aria-label": "Documents joints" });
+  for (const a of attachments) {
+    const link = el("a", { href: `/api/circles/${circle}/attachments/${a.id}`, download: a.name,
+                           class: "attachment", "data-attachment": String(a.id),
+                           title: `Télécharger ${a.name}` },
+                    el("span", { class: "kind", text: KINDS[a.type] || "FICHIER" }), ` ${a.name} `,
+                    el("small", { text: `(${sizeFmt(a.size)})` }));
+    link.addEventListener("click", async (event) => {
+      event.preventDefault();
+      try {
+        const url = await attachmentBlob(circle, a);
+        const save = el("a", { href: url, download: a.name });
+        save.click();
+        setTimeout(() => URL.revokeObjectURL(url), 60 * 1000);
+      } catch { notify(`Téléchargement de « ${a.name} » impossible.`); }
+    });
+    const item = el("li", {}, link);
+    if (a.type.startsWith("image/")) {
+      const thumbnail = el("img", { alt: `Aperçu de ${a.name}`, loading: "lazy" });
+      attachmentBlob(circle, a).then((url) => { thumbnail.src = url; }, () => thumbnail.remove());
+      item.append(thumbnail);
+    }
+    list.append(item);
+  }
+  return list;
+}
+
+async function attachFiles(files) {
+  const id = state.current;
+  for (const file of files) {
+    if (file.size > state.maxAttachment) {
+      notify(`« ${file.name} » dépasse la taille maximale d'un document (${sizeFmt(state.maxAttachment)}).`);
+      continue;
+    }
+    const response = await fetch(`/api/circles/${id}/attachments?name=${encodeURIComponent(file.name)}`, {
+      method: "POST", body: file, headers: { Authorization: `Bearer ${state.session.access}` } });
+    if (response.status === 201) {
+      state.attached.push({ circle: id, ...(await response.json()) });
+    } else {
+      notify(response.status === 415 ? `« ${file.name} » refusé : seuls les documents PDF, PNG ou JPEG sont acceptés.`
+        : response.status === 413 ? `« ${file.name} » dépasse la taille maximale d'un document (${sizeFmt(state.maxAttachment)}).`
+          : `Envoi de « ${file.name} » impossible.`);
+    }
+  }
+  renderAttached();
+}
+
+function renderAttached() {
+  const pending = state.attached.filter((a) => a.circle === state.current);
+  $("attached").replaceChildren(...pending.map((a) => {
+    const remove = el("button", { type: "button", class: "secondary", text: "×", "aria-label": `Retirer ${a.name}` });
+    remove.addEventListener("click", () => { state.attached = state.attached.filter((x) => x !== a); renderAttached(); });
+    return el("li", { "data-attachment": String(a.id) }, el("span", { text: `${KINDS[a.type] || ""} ${a.name} (${sizeFmt(a.size)})` }), remove);
+  }));
+  $("attached").hidden = pending.length === 0;
+  $("text").required = pending.length === 0;   // a document alone may be sent
 }
 
 function startReply(m) {
@@ -682,21 +764,26 @@ function markRead(id) {      // at most one read marker every READ_EVERY_MS: a b
 
 function post(event) {
   event.preventDefault();
-  const text = $("text").value.trim();
   const id = state.current;
+  const attachments = state.attached.filter((a) => a.circle === id).map(({ id: aid, name, type, size }) =>
+    ({ id: aid, name, type, size }));
+  const text = $("text").value.trim() || attachments.map((a) => a.name).join(", ");
   if (!text || id === null || !state.circles.has(id)) return;
   const clientId = crypto.randomUUID();
   const replyTo = state.replyTo;
-  state.outgoing.set(clientId, { circle: id, text, reply_to: replyTo });
-  const pending = messageItem({ seq: "", client_id: clientId, text, at: new Date().toISOString(),
-                                author: state.me, reply_to: replyTo });
+  state.outgoing.set(clientId, { circle: id, text, reply_to: replyTo, attachments });
+  const pending = messageItem({ circle: id, seq: "", client_id: clientId, text, at: new Date().toISOString(),
+                                author: state.me, reply_to: replyTo, attachments });
   pending.classList.add("pending");
   $("messages").append(pending);
   placeDaySeparators();
   $("thread").scrollTop = $("thread").scrollHeight;
-  request({ type: "post", circle: id, client_id: clientId, text, ...(replyTo ? { reply_to: replyTo.seq } : {}) },
+  request({ type: "post", circle: id, client_id: clientId, text, ...(replyTo ? { reply_to: replyTo.seq } : {}),
+            ...(attachments.length ? { attachments: attachments.map((a) => a.id) } : {}) },
           { circle: id, clientId });
   $("text").value = "";
+  state.attached = state.attached.filter((a) => a.circle !== id);
+  renderAttached();
   cancelReply();
 }
 
@@ -1037,6 +1124,11 @@ async function start() {
   $("alerts-close").addEventListener("click", toggleAlerts);
   $("back").addEventListener("click", back);
   $("composer").addEventListener("submit", post);
+  $("attach-input").addEventListener("change", (event) => {
+    const files = [...event.target.files];
+    event.target.value = "";   // the same file may be chosen again
+    attachFiles(files).catch(() => notify("Envoi du document impossible."));
+  });
   $("mute").addEventListener("click", toggleMute);
   $("leave").addEventListener("click", () => { $("leave-confirm").hidden = false; $("leave-confirm").focus(); });
   $("leave-confirm").addEventListener("click", async () => {
