@@ -1,13 +1,13 @@
 """hospital_subscriptions: who else is told of a patient's hospital events, how, and until when
 
 Revision ID: 0011
-Revises: 0009 (0010, circle attachments, is on another branch: the lead renumbers on merge)
+Revises: 0010
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
