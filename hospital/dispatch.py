@@ -5,10 +5,11 @@ the hospital named (ROL/PD1 RPPS → directory → the GP's nominative box, ours
 operator's; else an organisational box of a structure where the GP practises), writes the
 notification mail, and in the same transaction as that mail records the notice, raises a
 `patient` alert for the members of the patient's care circle (if one exists for that INS),
+tells the patient's subscribers (hospital/subscriptions.py: mails, alerts, a notice each),
 puts the event in that circle's timeline (hospital/timeline.py) and marks the event
 dispatched. A crash before that commit leaves the event pending and nothing sent; after it,
-everything done: each event is notified exactly once, restarts included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté
-box"…): coordinators count them.
+everything done: each event is notified exactly once, restarts included. When nobody can be
+told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from store.events import EventBus
 from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 
-from . import notice, timeline
+from . import notice, subscriptions, timeline
 from .feed import CHANNEL
 from .message import parse
 
@@ -116,8 +117,21 @@ class Dispatcher:
             contact = contact or sender
             target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
             members = await _circle_members(conn, event.patient_ins)
-        alert_rows = [_alert_row(event, patient, idnat) for idnat in members]
+            plan = await subscriptions.plan(conn, event.patient_ins, event.kind, members, datetime.now(timezone.utc))
+        alert_rows = [_alert_row(event, patient, audience) for audience in plan.alerts]
         actor = Actor(sender, "application")
+        facts = notice.Notice(
+            kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=_occurred(event, patient),
+            unit=event.unit, hospital=hospital, sender=sender, contact=contact, recipient="", recipient_name="",
+            event_id=event.id)
+        # subscribers' mails (the GP's box once): written before the transaction, stored in it
+        extra = [m for m in plan.mails if not (target and m.address == target.address)]
+        messages = await self._messages(facts, [t for t in [target, *extra] if t and t.address], data)
+        gp_message = messages.pop(0) if target else b""
+        outgoing = [(m, messages.pop(0) if m.address else b"", Recipient(
+            m.address, NOTIFY_LOCAL if m.mailbox_id else NOTIFY_REMOTE, m.mailbox_id) if m.address else None)
+            for m in extra]
+        mail_events: list = []
         items: list[dict] = []  # the event in its patient's circle(s), announced after the commit
 
         async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
@@ -143,6 +157,9 @@ class Dispatcher:
                 raised = [{"id": inserted[row["audience"]], **row, "data": json.loads(row["data"]),
                            "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None}
                           for row in alert_rows if row["audience"] in inserted]
+            mail_events.extend(await subscriptions.deliver(
+                conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
+                actor=actor, audit=self._audit, now=now))
             items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
                                              sender=sender, occurred=_occurred(event, patient), now=now)
             if accepted is None:
@@ -154,30 +171,33 @@ class Dispatcher:
             if target is None:
                 raised = await self._mailstore.writes.run(lambda conn: finish(conn, None))
             else:
-                facts = notice.Notice(
-                    kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=_occurred(event, patient),
-                    unit=event.unit, hospital=hospital, sender=sender, contact=contact, recipient=target.address,
-                    recipient_name=target.name, event_id=event.id)
-                if event.kind == "DOC":  # the document (up to [hl7] max_frame) is decoded and zipped off the loop
-                    message = await asyncio.to_thread(
-                        lambda: notice.build(replace(facts, document=parse(data).document), hostname=self._hostname))
-                else:
-                    message = notice.build(facts, hostname=self._hostname)
                 holder: dict = {}
 
                 async def alongside(conn: AsyncConnection, accepted: Accepted) -> None:
                     holder["raised"] = await finish(conn, accepted)
                 await self._mailstore.accept(
-                    message=message, message_id="", sender=sender, actor=actor, audit=self._audit,
+                    message=gp_message, message_id="", sender=sender, actor=actor, audit=self._audit,
                     audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
                     recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
                                           target.mailbox_id)], alongside=alongside)
                 raised = holder["raised"]
         except _AlreadyDone:
             return
+        await self._mailstore.publish(mail_events)
         await timeline.announce(self._bus, items)
         for alert in raised:
             await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
+
+
+    async def _messages(self, facts: notice.Notice, recipients: list, data: bytes) -> list[bytes]:
+        """One mail per recipient (a Target or a subscriber's MailTarget: address, name)."""
+        def build() -> list[bytes]:
+            base = replace(facts, document=parse(data).document) if facts.kind == "DOC" else facts
+            return [notice.build(replace(base, recipient=r.address, recipient_name=r.name), hostname=self._hostname)
+                    for r in recipients]
+        if facts.kind == "DOC":  # the document (up to [hl7] max_frame) is decoded and zipped off the loop
+            return await asyncio.to_thread(build)
+        return build()
 
 
 class _AlreadyDone(Exception):
@@ -206,9 +226,7 @@ async def _target(conn: AsyncConnection, rpps: str, gp: dict | None) -> tuple[Ta
         return None, f"{UNKNOWN_GP} (RPPS {rpps})"
     name = " ".join(part for part in ("Dr" if person.profession_code == "10" else "", person.given_name.title(),
                                       person.family_name) if part)
-    box = (await conn.execute(select(mailboxes.c.id, mailboxes.c.address, mailboxes.c.local).where(and_(
-        mailboxes.c.owner_idnat == person.idnat, mailboxes.c.kind == "nominative",
-        mailboxes.c.retired_at.is_(None))).order_by(mailboxes.c.local.desc(), mailboxes.c.address).limit(1))).first()
+    box = await subscriptions.nominative_box(conn, person.idnat)
     if box is not None:
         return Target(box.address, box.id if box.local else None, name, "gp"), ""
     structure = (await conn.execute(
@@ -231,9 +249,9 @@ async def _circle_members(conn: AsyncConnection, ins: str) -> list[str]:
     return [r.idnat for r in rows]
 
 
-def _alert_row(event, patient: dict, idnat: str) -> dict:  # noqa: ANN001
+def _alert_row(event, patient: dict, audience: str) -> dict:  # noqa: ANN001
     who = f"{patient.get('family_name', '')} {patient.get('given_name', '').title()}".strip()
-    return {"audience": f"person:{idnat}", "kind": ALERT_KIND, "key": f"hospital-event:{event.id}",
+    return {"audience": audience, "kind": ALERT_KIND, "key": f"hospital-event:{event.id}",
             "title": f"{TITLES[event.kind]} : {who}" + (f" ({event.unit})" if event.unit else ""),
             "data": json.dumps({"event": event.id, "kind": event.kind, "ins": event.patient_ins,
                                 "occurred": patient.get("occurred", "")}, ensure_ascii=False, sort_keys=True)}

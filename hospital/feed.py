@@ -111,7 +111,9 @@ class Feed:
                                           "source": gp.source, "problem": gp.problem} if gp else None,
                                    "document": _document(message.document)},
                                   ensure_ascii=False),
-            "gp_rpps": gp.rpps if gp else "", "unit": message.unit[:200], "occurred_at": message.occurred_at,
+            "gp_rpps": gp.rpps if gp else "", "unit": message.unit[:200],
+            # in UTC: SQLite keeps a date-time's wall clock and drops its offset (+04:00 at La Réunion)
+            "occurred_at": message.occurred_at.astimezone(timezone.utc),
             "status": "pending" if message.kind in NOTIFIED_KINDS else "recorded", "created_at": now})).scalar_one()
         await self._audit.record(sender.actor, "hl7.accept", target=header.control_id, source=source, conn=conn,
                                  message_type=header.message_type, event=event_id, kind=message.kind,

@@ -35,6 +35,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from directory.authn import AuthError
+from web.metrics import WEBSOCKET_FRAMES_RECEIVED, WEBSOCKET_FRAMES_SENT
 
 from . import frames
 from .errors import Forbidden, InstantError
@@ -226,6 +227,7 @@ class Connection:
         try:
             frame = frames.parse(text, self._limits)
         except FrameError as exc:
+            WEBSOCKET_FRAMES_RECEIVED.labels(type="malformed").inc()
             close = self.session.malformed()
             error = frames.error(exc.code, exc.message, exc.request_id)
             if close:
@@ -233,6 +235,7 @@ class Connection:
             else:
                 self._send(error)
             return
+        WEBSOCKET_FRAMES_RECEIVED.labels(type=type(frame).__name__.lower()).inc()
         refusal = self.session.admit(frame, time.monotonic())
         if refusal is not None:
             extra = {"retry_after": round(refusal.retry_after, 2)} if refusal.retry_after else {}
@@ -453,6 +456,7 @@ class Connection:
     def _write_text(self, text: str) -> None:
         if self._protocol.state is State.OPEN:
             self._protocol.send_text(text.encode("utf-8"))
+            WEBSOCKET_FRAMES_SENT.inc()
             self._flush()
 
     async def _write_loop(self) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.datastructures import Headers
+from websockets.frames import CloseCode
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -27,6 +28,7 @@ from websockets.server import ServerProtocol
 from store.audit import AuditTrail
 from store.relay import StoreBus
 from web.http import HttpError, Request, Response, Upgrade
+from web.metrics import WEBSOCKET_ACCEPTED, WEBSOCKET_CLOSES, WEBSOCKET_CONNECTIONS
 from web.router import Router
 
 from .alerts import Alerts
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
 
 SUBPROTOCOL = "msante.v1"
 TOKEN_SUBPROTOCOL = "msante.bearer."
+# A client may close with any code from 1000 to 4999: only the ones RFC 6455 names and ours
+# become metric labels, so a client cannot create thousands of series.
+KNOWN_CLOSE_CODES = frozenset(int(code) for code in (*CloseCode, *Close))
 
 
 class Instant:
@@ -70,13 +75,6 @@ class Instant:
         self._background: asyncio.Task | None = None
         self._connections: set[Connection] = set()
         self._stopping = False
-        services.metrics.gauge("msante_websocket_connections", "Open websocket connections (/ws)",
-                               self._connection_count)
-        services.metrics.counter("msante_websocket_closes_total", "Websocket closes by code and initiating side")
-        self._metrics = services.metrics
-
-    async def _connection_count(self) -> dict:
-        return {(): float(len(self._connections))}
 
     def register(self, router: Router) -> None:
         InstantApi(self).register(router)
@@ -122,14 +120,17 @@ class Instant:
             return
         connection = Connection(self, protocol, reader, writer, request.peer, self._closed)
         self._connections.add(connection)
+        WEBSOCKET_ACCEPTED.inc()
+        WEBSOCKET_CONNECTIONS.inc()
         try:
             await connection.run(_handshake_token(request))
         finally:
             self._connections.discard(connection)
+            WEBSOCKET_CONNECTIONS.dec()
 
 
     def _closed(self, code: int, by: str) -> None:
-        self._metrics.inc("msante_websocket_closes_total", code=str(code), by=by)
+        WEBSOCKET_CLOSES.labels(code=str(code) if code in KNOWN_CLOSE_CODES else "other", by=by).inc()
 
 
 def circle_admin(engine: AsyncEngine, audit: AuditTrail) -> Circles:

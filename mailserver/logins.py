@@ -26,6 +26,7 @@ from directory.access import MailboxGrant, grant_for
 from directory.app_passwords import AppPasswords
 from directory.authn import Authenticator, AuthError, Principal
 from store.audit import ANONYMOUS, Actor, AuditTrail
+from web.metrics import LOGINS, mechanism_label
 
 from .sasl import BearerCredentials, Credentials, ExternalCredentials, PasswordCredentials
 
@@ -191,10 +192,24 @@ class Logins:
 
     async def login(self, credentials: Credentials, *, peer_certificate: bytes | None, source: str,
                     protocol: str) -> Login:
+        outcome = "failed"
+        try:
+            login = await self._login(credentials, peer_certificate, source, protocol)
+            outcome = "success"
+            return login
+        except LoginFailed as exc:
+            outcome = (exc.code if exc.code in ("throttled", "malformed")
+                       else "unavailable" if exc.temporary else "failed")
+            raise
+        finally:  # a client gone while waiting counts as failed: it did not get in
+            LOGINS.labels(protocol=protocol, mechanism=mechanism_label(credentials.mechanism), outcome=outcome).inc()
+
+    async def _login(self, credentials: Credentials, peer_certificate: bytes | None, source: str,
+                     protocol: str) -> Login:
         account = _account(credentials)
         if _CONTROL.search(account):  # no address has any; PostgreSQL refuses NUL in a query
-            await self.malformed(credentials.mechanism, "control characters in the user name", source=source,
-                                 protocol=protocol, user=account)
+            await self._audit_malformed(credentials.mechanism, "control characters in the user name",
+                                        source=source, protocol=protocol, user=account)
             raise LoginFailed("malformed", "the user name holds control characters")
         keys = _throttle_keys(credentials, source, account)
         wait = self.throttle.reserve(*keys)
@@ -236,7 +251,12 @@ class Logins:
 
     async def malformed(self, mechanism: str, reason: str, *, source: str, protocol: str, **detail: str) -> None:
         """A login attempt too malformed to check (not base64, not UTF-8, a broken SASL
-        exchange): refused by the protocol's error, audited here like any failed login."""
+        exchange): refused by the protocol's error, counted and audited here like any failed login."""
+        LOGINS.labels(protocol=protocol, mechanism=mechanism_label(mechanism), outcome="malformed").inc()
+        await self._audit_malformed(mechanism, reason, source=source, protocol=protocol, **detail)
+
+    async def _audit_malformed(self, mechanism: str, reason: str, *, source: str, protocol: str,
+                               **detail: str) -> None:
         await self._audit.record(ANONYMOUS, f"login.{protocol}", outcome="failed", source=source,
                                  mechanism=mechanism[:20], reason=reason, **detail)
 

@@ -76,7 +76,7 @@ class MailStore:
         recipients = list(recipients)
 
         async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int, dict]]]:
-            stored = await self._store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
+            stored = await self.store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
                                        audit=audit, audit_action=audit_action, source=source, mail_dsn=mail_dsn,
                                        recipients=recipients)
             if alongside is not None:
@@ -89,9 +89,11 @@ class MailStore:
     async def close(self) -> None:
         await self.writes.close()
 
-    async def _store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,
-                     audit: AuditTrail, audit_action: str, source: str, mail_dsn: dsn.MailDsn,
-                     recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int, dict]]]:
+    async def store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,
+                    audit: AuditTrail, audit_action: str, source: str, mail_dsn: dsn.MailDsn,
+                    recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int, dict]]]:
+        """`accept`'s work in the caller's transaction, for a job sending several messages at once
+        (hospital/subscriptions.py); the caller hands the events to `publish` after its commit."""
         now = datetime.now(timezone.utc)
         events: list[tuple[int, dict]] = []
         delivered, queued, failed = [], [], []

@@ -39,6 +39,7 @@ from store.audit import Actor, AuditTrail
 from store.db import utc
 from store.events import EventBus
 from store.schema import bodies, deliveries, envelopes
+from web.metrics import DELIVERIES
 
 from . import dsn
 from .mailstore import QUEUE_CHANNEL, MailStore, free_bodies
@@ -252,6 +253,7 @@ class OutboundQueue:
         now = datetime.now(timezone.utc)
         expires = message.received_at + self._lifetime
         reports: list[dsn.RecipientStatus] = []
+        outcomes: list[str] = []
         async with self._engine.begin() as conn:
             for rcpt in message.recipients:
                 answer = answers[rcpt.address]
@@ -259,16 +261,19 @@ class OutboundQueue:
                 values: dict[str, Any] = {"attempts": rcpt.attempts + 1, "last_error": "", "updated_at": now}
                 if answer.accepted:
                     values["status"] = "relayed"
+                    outcomes.append("relayed")
                     if "SUCCESS" in rcpt.notify and not dsn_remote:
                         reports.append(self._status(rcpt, "relayed", "2.0.0", None, now))
                 elif answer.permanent or now >= expires:
                     values.update(status="failed", last_error=answer.text)
+                    outcomes.append("failed")
                     status = _enhanced(answer) if answer.permanent else "4.4.7"
                     if "FAILURE" in rcpt.notify:
                         reports.append(self._status(rcpt, "failed", status, diagnostic, now))
                 else:
                     wait = min(self._retry_base * 2 ** rcpt.attempts, self._retry_max)
                     values.update(next_attempt_at=now + timedelta(seconds=wait), last_error=answer.text)
+                    outcomes.append("deferred")
                     if ("DELAY" in rcpt.notify and not rcpt.delay_reported
                             and now - message.received_at >= self._delay_warning):
                         values["delay_reported"] = True
@@ -284,6 +289,8 @@ class OutboundQueue:
                 events = await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
                                                   arrival=message.received_at, statuses=reports, original=body)
             await free_bodies(conn, [message.body_id])  # kept while a delivery or a folder needs it
+        for outcome in outcomes:  # once committed: a rolled-back attempt is made again
+            DELIVERIES.labels(outcome=outcome).inc()
         await self._store.publish(events)
 
     @staticmethod

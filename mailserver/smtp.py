@@ -25,12 +25,13 @@ import ssl
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
-from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException, syntax
 
 from directory.authn import audit_handshake_refusal
 from store.audit import ANONYMOUS, Actor, AuditTrail
+from web.metrics import SMTP_MESSAGES, SMTP_REFUSALS, SMTP_SESSIONS
 
 from . import dsn, sasl
 from .logins import LoginFailed, Logins
@@ -86,9 +87,9 @@ class MsanteSMTP(SMTP):
     line_length_limit = MAX_AUTH_LINE + 64
 
     def __init__(self, handler: Any, *, logins: Logins | None, audit: AuditTrail, limits: SmtpLimits, hostname: str,
-                 tls_context: ssl.SSLContext, implicit_tls: bool) -> None:
+                 tls_context: ssl.SSLContext, implicit_tls: bool, listener: str) -> None:
         """`logins` None: the relay listener, where the TLS certificate is the identity and
-        there is no AUTH."""
+        there is no AUTH. `listener` names the listener in the metrics."""
         with warnings.catch_warnings():
             # aiosmtpd warns about AUTH without STARTTLS; with implicit TLS the whole session is TLS.
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
@@ -109,12 +110,16 @@ class MsanteSMTP(SMTP):
         self._quiet = False  # inside EHLO/HELO: no enhanced codes on those replies
         self._refusals = 0  # 5xx replies sent in this session
         self._login_timer: asyncio.TimerHandle | None = None
+        self.listener = listener
+        self._counted: str | None = None  # MAIL, RCPT or DATA while one runs: its replies are counted
 
     # -- connection life ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None  # STARTTLS calls this again with the TLS transport
         super().connection_made(transport)
+        if first:
+            SMTP_SESSIONS.labels(listener=self.listener).inc()
         if first and self.logins is not None:
             self._login_timer = self.loop.call_later(self.limits.login_deadline, self._login_deadline_passed)
 
@@ -218,6 +223,8 @@ class MsanteSMTP(SMTP):
         if not self._quiet and code not in NO_ENHANCED and not ENHANCED.match(line) and code in DEFAULT_ENHANCED:
             line = code + line[3:4] + DEFAULT_ENHANCED[code] + b" " + line[4:]
         await super().push(line)
+        if self._counted is not None:
+            self._count(code, line)
         # A client that pipelined commands and reset the connection: the loss is learnt in a
         # callback, which must run before the next reply (asyncio logs every write after it).
         # Not after 220: STARTTLS's ClientHello read in the meantime would go to the cleartext
@@ -228,6 +235,16 @@ class MsanteSMTP(SMTP):
             self._refusals += 1
             if self._refusals >= self.limits.max_refusals:
                 self._goodbye("421 4.7.0 Too many refused commands, closing", "too many refusals")
+
+    def _count(self, code: bytes, line: bytes) -> None:
+        """A message stored (250 at the end of DATA) or a MAIL, RCPT or DATA refused, by the
+        enhanced status code of the reply: a bounded label that says why (RFC 3463)."""
+        if code == b"250" and self._counted == "DATA":
+            SMTP_MESSAGES.labels(listener=self.listener).inc()
+        elif code[:1] in (b"4", b"5"):
+            enhanced = ENHANCED.match(line)
+            reason = line[4:enhanced.end()] if enhanced else code
+            SMTP_REFUSALS.labels(listener=self.listener, command=self._counted, code=reason.decode()).inc()
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._quiet = True
@@ -285,6 +302,24 @@ class MsanteSMTP(SMTP):
         return True
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        await self._counting("MAIL", self._mail, arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await self._counting("RCPT", self._rcpt, arg)
+
+    @syntax("DATA")  # aiosmtpd's HELP lists the commands that carry it
+    async def smtp_DATA(self, arg: str | None) -> None:
+        await self._counting("DATA", super().smtp_DATA, arg)
+
+    async def _counting(self, command: str, run: Callable[[str | None], Awaitable[None]], arg: str | None) -> None:
+        """Runs MAIL, RCPT or DATA with its replies counted (`_count`)."""
+        self._counted = command
+        try:
+            await run(arg)
+        finally:
+            self._counted = None
+
+    async def _mail(self, arg: str | None) -> None:
         if await self._unusable_address(arg, "MAIL", "501 5.1.7 The sender address is not valid UTF-8 or holds "
                                                      "control characters"):
             return
@@ -298,7 +333,7 @@ class MsanteSMTP(SMTP):
         if self.envelope.mail_from is not None:
             self.envelope.dsn = mail_dsn
 
-    async def smtp_RCPT(self, arg: str | None) -> None:
+    async def _rcpt(self, arg: str | None) -> None:
         if await self._unusable_address(arg, "RCPT", "501 5.1.3 The recipient address is not valid UTF-8 or holds "
                                                      "control characters"):
             return

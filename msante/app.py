@@ -32,7 +32,10 @@ from directory.authn import Authenticator, audit_handshake_refusal
 from directory.mailbox_api import MailboxApi
 from hospital.dispatch import Dispatcher
 from hospital.feed import Feed
+from hospital.indicators_api import IndicatorsApi
 from hospital.listener import connection_handler as hl7_handler
+from hospital.subscriptions import Subscriptions
+from hospital.subscriptions_api import SubscriptionsApi
 from instant.service import Instant
 from mailserver.imap.folders import Folders
 from mailserver.imap.server import connection_handler
@@ -53,7 +56,7 @@ from store.redis_bus import RedisBus
 from store.relay import Relay
 from store.schema import deliveries, envelopes, mailboxes, professionals
 from web.http import Request, Response, serve_connection
-from web.metrics import Metrics
+from web.metrics import CONTENT_TYPE, HTTP_REQUESTS, Exposition, gauge, process_exited
 from web.oidc import DevSignIn
 from web.router import Router
 from web.autoconfig import Autoconfig
@@ -89,7 +92,7 @@ class Services:
     trust: TrustSpace
     revocations: Revocations
     admission: Admission
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Exposition = field(default_factory=Exposition)
     router: Router = field(default_factory=Router)
     instant: Instant | None = None  # care circles, /ws and the web client: built by https_listener
     imap: ImapContext | None = None  # built by imap_listeners
@@ -156,13 +159,7 @@ def _bundle(settings: Settings):  # noqa: ANN202 - Path | None
 def https_listener(services: Services) -> Listener:
     s = services.settings
     m = services.metrics
-    m.counter("msante_http_requests_total", "HTTP requests by route and status")
-    m.gauge("msante_directory_professionals", "Active professionals in the directory",
-            lambda: _count(services.engine, professionals))
-    m.gauge("msante_mailboxes", "Active mailboxes in the directory", lambda: _count(services.engine, mailboxes))
-    m.gauge("msante_queue_size", "Deliveries waiting in the outbound queue", lambda: _queue(services.engine, "size"))
-    m.gauge("msante_queue_oldest_seconds", "Age of the oldest queued delivery",
-            lambda: _queue(services.engine, "age"))
+    m.add(lambda: _store_gauges(services.engine))
     router = services.router
     WellKnown(s).register(router)
     Autoconfig(s).register(router)
@@ -171,6 +168,8 @@ def https_listener(services: Services) -> Listener:
     WebMail(services.engine, services.authenticator, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
             services.audit).register(router)
     DevSignIn(s, services.engine, services.audit).register(router)
+    SubscriptionsApi(Subscriptions(services.engine, services.audit), services.authenticator).register(router)
+    IndicatorsApi(services.engine, services.authenticator, services.audit).register(router)
     services.instant = Instant(services)
     services.instant.register(router)
 
@@ -185,7 +184,7 @@ def https_listener(services: Services) -> Listener:
         return Response.json({"status": "ok"})
 
     async def metrics(_request: Request) -> Response:
-        return Response.text(await m.render(), "text/plain; version=0.0.4; charset=utf-8")
+        return Response(200, await m.render(), CONTENT_TYPE)
 
     router.add("GET", "/healthz", healthz)
     router.add("GET", "/metrics", metrics)
@@ -201,7 +200,7 @@ def https_listener(services: Services) -> Listener:
             status = getattr(exc, "status", 500)
             raise
         finally:
-            m.inc("msante_http_requests_total", route=route, status=str(status))
+            HTTP_REQUESTS.labels(route=route, status=str(status)).inc()
 
     return Listener("https", s.listen["https"], lambda r, w: serve_connection(r, w, handle, body_limit=router.body_limit), services.server_tls(),
                     admission=services.admission, refusal=HTTP_REFUSAL,
@@ -227,9 +226,10 @@ def smtp_listeners(services: Services) -> list[Listener]:
         if not s.listen[name]:
             continue
 
-        def factory(handler=handler, logins=logins, context=context, implicit=implicit) -> MsanteSMTP:  # noqa: ANN001
+        def factory(handler=handler, logins=logins, context=context, implicit=implicit,  # noqa: ANN001
+                    name=name) -> MsanteSMTP:
             return MsanteSMTP(handler, logins=logins, audit=services.audit, limits=limits, hostname=s.hostname,
-                              tls_context=context, implicit_tls=implicit)
+                              tls_context=context, implicit_tls=implicit, listener=name)
         listeners.append(Listener(name, s.listen[name], ssl_context=context if implicit else None,
                                   protocol_factory=factory, admission=services.admission, refusal=SMTP_REFUSAL,
                                   on_tls_failure=_tls_failure_audit(services, name)))
@@ -278,22 +278,21 @@ def outbound_queue(services: Services) -> OutboundQueue:
                          retry_max=s.relay_retry_max, lifetime=s.relay_lifetime, delay_warning=s.relay_delay_warning)
 
 
-async def _count(engine: AsyncEngine, table) -> dict:  # noqa: ANN001
+async def _store_gauges(engine: AsyncEngine) -> list:
+    """The directory and the outbound queue as the store holds them, read at each scrape."""
     async with engine.connect() as conn:
-        n = (await conn.execute(select(func.count()).select_from(table).where(table.c.retired_at.is_(None)))).scalar()
-    return {(): float(n or 0)}
-
-
-async def _queue(engine: AsyncEngine, what: str) -> dict:
-    async with engine.connect() as conn:
+        people, boxes = [(await conn.execute(select(func.count()).select_from(table)
+                                             .where(table.c.retired_at.is_(None)))).scalar() or 0
+                         for table in (professionals, mailboxes)]
         size, oldest = (await conn.execute(
             select(func.count(), func.min(envelopes.c.received_at))
             .select_from(deliveries.join(envelopes, envelopes.c.id == deliveries.c.envelope_id))
             .where(deliveries.c.status == "queued"))).one()
-    if what == "size":
-        return {(): float(size)}
     age = (datetime.now(timezone.utc) - utc(oldest)).total_seconds() if oldest else 0.0
-    return {(): age}
+    return [gauge("msante_directory_professionals", "Active professionals in the directory", people),
+            gauge("msante_mailboxes", "Active mailboxes in the directory", boxes),
+            gauge("msante_queue_size", "Deliveries waiting in the outbound queue", size),
+            gauge("msante_queue_oldest_seconds", "Age of the oldest queued delivery", age)]
 
 
 def _check_descriptors(connections: int) -> None:
@@ -373,3 +372,4 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         for sig in signals:
             loop.remove_signal_handler(sig)
         await services.close()
+        process_exited()

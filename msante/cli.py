@@ -21,7 +21,7 @@ from directory.app_passwords import AppPasswordError
 from directory.mailboxes import KINDS, MailboxError
 from mailserver.trust import TrustListError
 
-from . import commands
+from . import commands, hospital_commands
 
 log = logging.getLogger("msante")
 
@@ -203,6 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--cert", type=Path, help="the hospital's applicative certificate (default: the demo hospital's)")
     c.add_argument("--key", type=Path, help="its private key")
     c.add_argument("--to", metavar="HOST:PORT", help="the listener (default: [listen] hl7)")
+
+    hospital_commands.register(sub, command)
 
     a = sub.add_parser("audit", help="the audit trail").add_subparsers(metavar="ACTION")
     c = command(a, "tail", commands.audit_tail_command, "show the latest audit rows")

@@ -416,3 +416,17 @@ hospital_notices = Table(
     Column("envelope_id", BigId, ForeignKey("envelopes.id")),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+hospital_subscriptions = Table(
+    "hospital_subscriptions", metadata,  # who else must know of a patient's events (hospital/subscriptions.py)
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("subscriber", String(330), nullable=False),  # "person:<idnat>" or "mailbox:<address>", as alerts' audience
+    Column("patient_ins", String(15), nullable=False, index=True),
+    Column("kinds", String(32), nullable=False),  # space-separated event kinds: ADM URG SOR DOC
+    Column("medium", String(8), nullable=False),  # mail, alert, both; none: a circle member's opt-out
+    Column("valid_from", DateTime(timezone=True), nullable=False),
+    Column("valid_until", DateTime(timezone=True)),  # None: until removed
+    Column("created_by", String(24), nullable=False),  # the entitled professional it stands on
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("subscriber", "patient_ins", name="uq_hospital_subscriptions_subscriber"),
+)

@@ -13,6 +13,7 @@ import pytest
 import web.http
 from certs.tokens import DevIssuer
 from msante import demo
+from tests import scrape
 
 GP = "8" + demo.LOGIN_RPPS  # Dr Jean Dupont
 URGENTIST = "810002000015"  # Dr Claire Leroy, delegate of the emergency department's box
@@ -52,6 +53,7 @@ def token_for(server, idnat: str, **kwargs) -> str:
 
 
 def test_health_metrics_and_wellknown(server):
+    before = scrape.of(server)
     status, headers, body = request(server, "GET", "/healthz")
     assert (status, body) == (200, {"status": "ok"})
     assert headers["strict-transport-security"].startswith("max-age=")
@@ -64,8 +66,11 @@ def test_health_metrics_and_wellknown(server):
     assert status == 200 and "/api/directory/search" in spec["paths"]
     status, headers, text = request(server, "GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    assert 'msante_http_requests_total{route="/healthz",status="200"} 1' in text
-    assert "msante_directory_professionals 5" in text
+    after = scrape.samples(text)
+    healthz = dict(route="/healthz", status="200")
+    assert scrape.value(after, "msante_http_requests_total", **healthz) == \
+        scrape.value(before, "msante_http_requests_total", **healthz) + 1
+    assert scrape.value(after, "msante_directory_professionals") == 5
 
 
 def test_directory_requires_a_valid_token(server):

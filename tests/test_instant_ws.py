@@ -19,6 +19,7 @@ from websockets.frames import Frame, Opcode
 
 import instant.limits
 from store.schema import audit, circle_messages
+from tests import scrape
 from tests.test_api import raw_tls, request, token_for
 from tests.test_instant_api import api
 
@@ -425,6 +426,7 @@ async def test_no_pong_closes_the_connection(limits, server, connect):
                                      "connections_per_person": 2, "max_text_chars": 100,
                                      "max_frame_bytes": 4096}], indirect=True)
 async def test_limits(limits, server, connect):
+    before = await asyncio.to_thread(scrape.of, server)
     gp = await connect(GP)  # the auth frame took one of the five tokens
     too_long = await gp.request(type="post", circle=CIRCLE, client_id="long", text="x" * 101)
     assert (too_long["code"], too_long["message"]) == ("too_long", "text is limited to 100 characters")
@@ -447,10 +449,13 @@ async def test_limits(limits, server, connect):
         await flood.ws.send("{not json")
     assert await flood.close_code() == 1008
     assert [f["code"] for f in flood.inbox if f["type"] == "error"] == ["bad_frame"] * 8
-    _, _, metrics = await asyncio.to_thread(request, server, "GET", "/metrics")
+    after = await asyncio.to_thread(scrape.of, server)
+
+    def moved(name: str, **labels: str) -> float:
+        return scrape.value(after, name, **labels) - scrape.value(before, name, **labels)
     for code in (4029, 1009, 1003, 1008):
-        assert f'msante_websocket_closes_total{{by="server",code="{code}"}} 1' in metrics
-    assert "msante_websocket_connections 2" in metrics  # gp and its second connection remain
+        assert moved("msante_websocket_closes_total", by="server", code=str(code)) == 1
+    assert moved("msante_websocket_connections") == 2  # gp and its second connection remain
 
 
 async def test_a_ping_flood_closes_1008_even_before_authentication(server, connect):

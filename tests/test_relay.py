@@ -9,6 +9,7 @@ import ssl
 
 import pytest
 
+from tests import scrape
 from tests.conftest import free_port
 from tests.operators import Operator, wait_for
 
@@ -145,7 +146,6 @@ def test_relay_requires_a_client_certificate(operators):
 
 
 def test_queue_commands_and_metrics(operators):
-    import http.client
     import json
 
     a, b = operators
@@ -155,10 +155,9 @@ def test_queue_commands_and_metrics(operators):
         rows = wait_for(lambda: [r for r in json.loads(a.cli("queue", "list", "--json"))
                                  if r["recipient"] == REMOTE and r["attempts"] >= 1], what="a queued delivery")
         context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))
-        conn = http.client.HTTPSConnection("localhost", a.ports["https"], context=context, timeout=10)
-        conn.request("GET", "/metrics")
-        metrics = conn.getresponse().read().decode()
-        assert "msante_queue_size 1" in metrics and "msante_queue_oldest_seconds" in metrics
+        metrics = scrape.samples(scrape.scrape(a.ports["https"], context)[1])
+        assert scrape.value(metrics, "msante_queue_size") == 1
+        assert scrape.value(metrics, "msante_queue_oldest_seconds") > 0
         assert "is due now" in a.cli("queue", "retry", str(rows[0]["id"]))
         assert "returned to its sender" in a.cli("queue", "bounce", str(rows[0]["id"]))
         assert json.loads(a.cli("queue", "list", "--json")) == []

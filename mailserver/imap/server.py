@@ -18,6 +18,7 @@ import ssl
 
 from directory.authn import audit_handshake_refusal
 from store.audit import ANONYMOUS
+from web.metrics import IMAP_SESSIONS
 
 from .parser import Bad, CommandParser, Fatal, LiteralPending
 from .session import LOGOUT, NOT_AUTHENTICATED, ImapContext, Session
@@ -124,6 +125,7 @@ class ImapConnection:
             self.reader.feed_eof()  # a TLS close waits for the peer; the pending read must end now
 
     async def run(self, *, starttls_offered: bool) -> None:
+        IMAP_SESSIONS.labels(listener="imap" if starttls_offered else "imaps").inc()
         session = self.session = Session(self.ctx, self, starttls_offered=starttls_offered)
         self.ctx.connections.add(self)
         await self.send(session.greeting())

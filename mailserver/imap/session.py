@@ -33,6 +33,7 @@ from mailserver.mailstore import mailbox_channel
 from store.audit import ANONYMOUS, Actor, AuditTrail
 from store.events import OVERFLOW, RIGHTS, EventBus, Subscription
 from store.schema import mailbox_delegates
+from web.metrics import IMAP_COMMANDS
 
 from . import encode, listing
 from .fetchitems import parse_fetch, render
@@ -154,6 +155,7 @@ class Session:
         self._counted: str | None = None
         self._rights_read: tuple[int, int] | None = None  # ctx.rights_version when the namespace was read
         self.refusals = 0  # tagged NO and BAD sent
+        self._command = "unknown"  # the command being answered, for the metrics: one we know, or "unknown"
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -205,6 +207,14 @@ class Session:
         if entry is None:
             await self._tagged(command.tag, "BAD", f"unknown command {name[:40]}")
             return
+        self._command = f"UID {name}" if uid else name
+        try:
+            await self._dispatch(command, name, args, uid, entry)
+        finally:
+            self._command = "unknown"
+
+    async def _dispatch(self, command: Command, name: str, args: Sequence, uid: bool, entry: tuple) -> None:
+        """A command we know, run in its state; `handle` has named it for the metrics."""
         states, method = entry
         if self.state not in states:
             await self._tagged(command.tag, "BAD", f"{name} is not allowed in the {self.state} state")
@@ -235,6 +245,7 @@ class Session:
         await self._tagged(tag, status, message)
 
     async def _tagged(self, tag: str, status: str, message: str, code: str = "") -> None:
+        IMAP_COMMANDS.labels(command=self._command, status=status).inc()
         if status != "OK":
             self.refusals += 1
         code = f"[{code}] " if code else ""

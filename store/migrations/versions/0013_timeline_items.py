@@ -1,7 +1,7 @@
 """circle_messages.kind, .data: a circle's timeline holds hospital events beside messages
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0011
 
 An event item takes the circle's next seq like a message, so history, resume and read
 markers cover it unchanged. It has no professional for author (`author` becomes nullable);
@@ -11,7 +11,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = '0013'
-down_revision = '0010'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
