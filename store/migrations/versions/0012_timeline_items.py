@@ -1,6 +1,6 @@
 """circle_messages.kind, .data: a circle's timeline holds hospital events beside messages
 
-Revision ID: 0013
+Revision ID: 0012
 Revises: 0011
 
 An event item takes the circle's next seq like a message, so history, resume and read
@@ -10,7 +10,7 @@ markers cover it unchanged. It has no professional for author (`author` becomes 
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0013'
+revision = '0012'
 down_revision = '0011'
 branch_labels = None
 depends_on = None
