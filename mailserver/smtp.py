@@ -35,6 +35,7 @@ from web.metrics import SMTP_MESSAGES, SMTP_REFUSALS, SMTP_SESSIONS
 
 from . import dsn, sasl
 from .logins import LoginFailed, Logins
+from .smtp_data import DataReader, Outcome
 
 log = logging.getLogger("msante.smtp")
 # aiosmtpd logs every command and reply at INFO ("mail.log"): seven lines per message, and
@@ -55,6 +56,7 @@ NO_ENHANCED = (b"220", b"334", b"354")  # greeting and intermediate replies (RFC
 MAIL_DSN_PARAMS = ("RET", "ENVID")
 RCPT_DSN_PARAMS = ("NOTIFY", "ORCPT")
 MAX_AUTH_LINE = sasl.MAX_RESPONSE * 4 // 3 + 8  # base64 of the largest SASL response, CRLF
+DATA_CHUNK = 256 * 1024  # the most one read of DATA takes from the session's buffer
 
 
 @dataclass(frozen=True)
@@ -347,6 +349,45 @@ class MsanteSMTP(SMTP):
         await super().smtp_RCPT(arg)
         if len(self.envelope.rcpt_tos) > before:
             self.envelope.rcpt_dsn.append(rcpt_dsn)
+
+    # -- DATA ----------------------------------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, its data read in chunks by `smtp_data.DataReader` instead of line
+        by line: same replies, same limits, same content (that module says which)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = DataReader(max_size=self.data_size_limit, max_line=self.line_length_limit)
+        try:
+            while True:
+                chunk = await self._reader.read(DATA_CHUNK)
+                if not chunk:  # the client closed its side: nothing is stored, the session ends
+                    raise ConnectionResetError("connection closed during DATA")
+                rest = data.feed(chunk)
+                if rest is not None:
+                    break
+        except asyncio.CancelledError:  # the connection was lost (aiosmtpd's eof_received)
+            self._writer.close()
+            raise
+        # What the client pipelined after the data goes back where the next command is read.
+        self._reader._buffer[:0] = rest  # noqa: SLF001
+        if data.outcome is not Outcome.OK:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)" if data.outcome is Outcome.TOO_LONG
+                            else "552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = data.content
+        status = await self._call_handler_hook("DATA")  # both our handlers have handle_DATA
+        self._set_post_data_state()
+        await self.push(status)
 
     # -- AUTH ----------------------------------------------------------------------------------------
 
