@@ -311,7 +311,7 @@ class MsanteSMTP(SMTP):
 
     @syntax("DATA")  # aiosmtpd's HELP lists the commands that carry it
     async def smtp_DATA(self, arg: str | None) -> None:
-        await self._counting("DATA", super().smtp_DATA, arg)
+        await self._counting("DATA", self._data, arg)
 
     async def _counting(self, command: str, run: Callable[[str | None], Awaitable[None]], arg: str | None) -> None:
         """Runs MAIL, RCPT or DATA with its replies counted (`_count`)."""
@@ -352,8 +352,7 @@ class MsanteSMTP(SMTP):
 
     # -- DATA ----------------------------------------------------------------------------------------
 
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
+    async def _data(self, arg: str | None) -> None:
         """aiosmtpd's DATA, its data read in chunks by `smtp_data.DataReader` instead of line
         by line: same replies, same limits, same content (that module says which)."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
