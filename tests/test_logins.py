@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import smtplib
 import threading
 import time
 
@@ -15,6 +16,7 @@ from sqlalchemy import func, select
 from mailserver.logins import Throttle, ThrottleBusy
 from store.schema import audit
 from tests.imap_client import GP, RawImap, xoauth2, token
+from tests.test_imap import app_password
 from tests.test_smtp import connect
 
 
@@ -67,7 +69,8 @@ async def test_parallel_failures_are_spaced_like_sequential_ones():
     checks = [t - started for t, outcome in log if outcome == "checked"]
     assert len(checks) == 8
     gaps = [b - a for a, b in zip(checks[3:], checks[4:])]  # after the 4 free ones: 1, 2, 4, 8 x 0.04 s
-    assert gaps == pytest.approx([0.045, 0.085, 0.165, 0.325], abs=0.02) and gaps >= [0.04, 0.08, 0.16, 0.32], gaps
+    steps = [0.04, 0.08, 0.16, 0.32]
+    assert all(step <= gap < step + 0.1 for gap, step in zip(gaps, steps)), gaps  # late only if the machine is busy
     assert checks[-1] < 0.64 * 19 / 16  # the real throttle: 8 checks in 19 s
 
 
@@ -85,13 +88,13 @@ async def test_sequential_failures_then_a_success():
     for _ in range(6):
         await attempt(throttle, ("k",), fail=True, log=log, check=0)
     gaps = [b[0] - a[0] for a, b in zip(log, log[1:])]
-    assert gaps == pytest.approx([0, 0, 0.02, 0.04, 0.08], abs=0.015) and gaps[2:] >= [0.02, 0.04, 0.08], gaps
+    assert all(step <= gap < step + 0.05 for gap, step in zip(gaps, [0, 0, 0.02, 0.04, 0.08])), gaps
     # correct logins on that key wait for the last failure's step, then free the next at once
     log.clear()
     ready = time.monotonic() + 0.16
     await asyncio.gather(*(attempt(throttle, ("k",), fail=False, log=log) for _ in range(2)))
     assert [outcome for _, outcome in log] == ["checked"] * 2
-    assert ready <= log[0][0] < ready + 0.02 and log[1][0] - log[0][0] < 0.015, log
+    assert ready <= log[0][0] < ready + 0.05 and log[1][0] - log[0][0] < 0.05, log
     throttle.forgive("k")
     assert await admitted(throttle, "k")
 
@@ -145,15 +148,54 @@ def password_checks(server) -> int:
 
 def test_parallel_wrong_passwords_get_no_more_checks(server):
     """20 parallel connections got 40 guesses in 19 s: the delay was read before any of their
-    failures was recorded. Now the fourth waits 0.5 s, the fifth 1.5 s, and so on."""
+    failures was recorded. Now 4 are checked at once, the fifth 1 s after they failed, then 2,
+    4, 8 s later (8 checks in 19 s); the 12 that would wait past 16 s are refused at once."""
     results: list = []
     threads = [threading.Thread(target=wrong_password, args=(server, results), daemon=True) for _ in range(20)]
     for thread in threads:
         thread.start()
     time.sleep(1.2)
     checked = password_checks(server)
-    assert 4 <= checked <= 5, checked
-    print(f"\n20 parallel wrong passwords: {checked} checked after 1.2 s")
+    refused = sum(isinstance(r, bytes) and b"[UNAVAILABLE]" in r for r in results)
+    assert 4 <= checked <= 5 and refused == 12, (checked, results)
+    print(f"\n20 parallel wrong passwords: {checked} checked after 1.2 s, {refused} refused unchecked")
+
+
+def correct_login(server, password: str, protocol: str, results: list) -> None:
+    started = time.monotonic()
+    try:
+        if protocol == "imap":
+            client = RawImap(server)
+            tag, lines = client.command(f"LOGIN {GP} {password}")
+            ok = lines[-1].startswith(f"{tag} OK".encode())
+            client.close()
+        else:
+            smtp = connect(server)
+            ok = smtp.login(GP, password)[0] == 235
+            smtp.close()
+    except (ConnectionError, OSError, smtplib.SMTPException) as exc:
+        ok = exc
+    results.append((ok, time.monotonic() - started))
+
+
+@pytest.mark.parametrize("protocol", ["imap", "smtp"])
+def test_parallel_correct_logins_from_one_address_all_succeed(server, capsys, protocol):
+    """imaptest's ten clients logging in again and again from 127.0.0.1 got 2,740 refusals, and
+    a hospital behind one NAT address would too: a success must never wait for failures to come."""
+    password = app_password(server, capsys)
+    results: list = []
+    threads = [threading.Thread(target=correct_login, args=(server, password, protocol, results), daemon=True)
+               for _ in range(30)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    elapsed = time.monotonic() - started
+    assert [ok for ok, _ in results] == [True] * 30, results
+    print(f"\n30 parallel {protocol} logins from one address: all in {elapsed:.2f} s, "
+          f"slowest {max(t for _, t in results):.2f} s")
+    assert elapsed < 10, elapsed  # the reservations made the 30th wait past 16 s (refused)
 
 
 def test_wrong_passwords_do_not_slow_the_owners_token_login(server):
