@@ -55,9 +55,9 @@ class Throttle:
 
     Per key (an address, an account), at most LIMIT attempts are checked at once while the key
     has no recent failure, one fewer for each (LIMIT checks before the first delay, however the
-    guesses arrive), and one at a time once it has FREE or more, each
-    starting no sooner than BASE_DELAY, doubling with each further failure up to MAX_DELAY,
-    after the last failure; failures are forgotten FORGET seconds after the last one. An attempt
+    guesses arrive), and one at a time once it has FREE or more, each starting no sooner than
+    BASE_DELAY, doubling with each further failure up to MAX_DELAY, after the last failure;
+    failures are forgotten FORGET seconds after the last one. An attempt
     that cannot start waits, woken as soon as an attempt on its keys ends: a success frees its
     place at once, so a burst of correct logins from one address (a hospital behind one NAT
     address, a mail client opening ten connections) only queues behind the checks in progress.
