@@ -3,8 +3,9 @@
 Tokens and certificates go through the directory's one authentication path; application
 passwords through `directory.app_passwords`. Then the mailbox named at login (XOAUTH2
 `user=`, OAUTHBEARER `a=`, PLAIN/LOGIN user name, EXTERNAL authzid), if any, must be one the
-caller may use. Failures are slowed down per client address and per account, each session
-waiting on its own, so an attacker on one address does not slow anyone else down (`Throttle`);
+caller may use. Password guesses are spaced per client address and per account, correct logins
+only queue behind the checks in progress, and an attacker on one address slows no one
+elsewhere (`Throttle`);
 with several nodes the failures are also counted in Redis, across all of them (`SharedFailures`).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from cryptography import x509
@@ -46,57 +47,93 @@ class Login:
     mailbox: MailboxGrant | None  # the box named at login, if one was
 
 
-class Throttle:
-    """Delay after repeated failures: 0 s for the first FREE, then doubling up to MAX_DELAY,
-    forgotten after FORGET seconds without failure. Bounded memory (oldest keys dropped).
+class ThrottleBusy(Exception):
+    """Too many attempts already wait on a key: refused unchecked ("try again in a moment")."""
 
-    Attempts still being checked count as failures to come: the delay is decided when an
-    attempt starts, and each attempt reserves its start time on every key it uses, so the
-    attempts on one key are spaced whether they come one after another or all at once (20
-    parallel connections got 40 guesses in 19 s when the delay was read before any failure
-    was recorded)."""
+
+class Throttle:
+    """Spaces password guesses without delaying anyone who knows theirs.
+
+    Per key (an address, an account), at most LIMIT attempts are checked at once while the key
+    has no recent failure, one fewer for each (LIMIT checks before the first delay, however the
+    guesses arrive), and one at a time once it has FREE or more, each starting no sooner than
+    BASE_DELAY, doubling with each further failure up to MAX_DELAY, after the last failure;
+    failures are forgotten FORGET seconds after the last one. An attempt
+    that cannot start waits, woken as soon as an attempt on its keys ends: a success frees its
+    place at once, so a burst of correct logins from one address (a hospital behind one NAT
+    address, a mail client opening ten connections) only queues behind the checks in progress.
+    Counting the attempts in flight is what spaces guesses sent in parallel like sequential
+    ones (20 parallel connections got 40 guesses in 19 s when the delay was read before any
+    failure was recorded; a reservation of a delay per attempt in flight then slowed correct
+    logins as if they were all going to fail). The queue is bounded: an attempt refused with
+    ThrottleBusy when MAX_WAITING already wait on one of its keys, or when, with the waiters
+    ahead of it all failing, it would wait more than MAX_DELAY. Bounded memory (the oldest idle
+    keys dropped)."""
 
     FREE = 3
+    LIMIT = 4
     BASE_DELAY = 0.5
     MAX_DELAY = 16.0
     FORGET = 900.0
+    MAX_WAITING = 100
     MAX_KEYS = 100_000
 
-    def __init__(self, clock=time.monotonic) -> None:  # noqa: ANN001
-        self._clock = clock
-        self._keys: OrderedDict[str, _Attempts] = OrderedDict()
+    def __init__(self) -> None:
+        self._keys: OrderedDict[str, _Key] = OrderedDict()
 
     @classmethod
-    def step(cls, count: int) -> float:
-        """The wait before an attempt that follows `count` failed (or unfinished) ones."""
-        return 0.0 if count < cls.FREE else min(cls.BASE_DELAY * 2 ** (count - cls.FREE), cls.MAX_DELAY)
+    def step(cls, failures: int) -> float:
+        """The wait after the last of `failures` recent failures before the next attempt."""
+        return 0.0 if failures < cls.FREE else min(cls.BASE_DELAY * 2 ** (failures - cls.FREE), cls.MAX_DELAY)
 
-    def reserve(self, *keys: str) -> float | None:
-        """Seconds this attempt waits before its check, counting on `keys` until `release`; or
-        None, counting nowhere, when it would wait more than MAX_DELAY: the caller refuses it
-        unchecked ("try later"), so a queue of parallel attempts never grows past MAX_DELAY."""
-        now = self._clock()
-        entries = [self._entry(key, now) for key in keys]
-        start = max([now] + [e.next_at for e in entries if e.failures + e.in_flight >= self.FREE])
-        if start - now > self.MAX_DELAY:
-            return None
+    async def admit(self, *keys: str) -> None:
+        """Wait until an attempt on `keys` may be checked, then count it in flight until
+        `release`. Raises ThrottleBusy, counting nowhere, when the queue is full. A caller
+        cancelled while waiting leaves the queue."""
+        entries = [self._entry(key) for key in keys]
+        ticket = _Ticket()
         for entry in entries:
-            entry.next_at = start + self.step(entry.failures + entry.in_flight + 1)
-            entry.in_flight += 1
-        return start - now
+            entry.queue.append(ticket)
+        try:
+            while True:
+                now = time.monotonic()
+                for entry in entries:
+                    entry.forget_old(now, self.FORGET)
+                    if self._predicted(entry, ticket, now) > self.MAX_DELAY or \
+                            entry.queue.index(ticket) >= self.MAX_WAITING:
+                        raise ThrottleBusy()
+                full = [e for e in entries if e.in_flight >= self._capacity(e.failures)]
+                if full:
+                    ticket.woken = asyncio.get_running_loop().create_future()
+                    await ticket.woken
+                    continue
+                start = max(e.last + self.step(e.failures) for e in entries)
+                if start > now:
+                    await asyncio.sleep(start - now)
+                    continue
+                for entry in entries:
+                    entry.in_flight += 1
+                return
+        finally:
+            for entry in entries:
+                entry.queue.remove(ticket)
 
     def release(self, *keys: str, failed: bool) -> None:
-        """The attempt is over: failed, or not (succeeded, or the client left before its check)."""
-        now = self._clock()
+        """The attempt is over: failed, or not (succeeded, or the client left during its check).
+        Wakes the attempts waiting on its keys."""
+        now = time.monotonic()
         for key in keys:
             entry = self._keys.get(key)
             if entry is None:  # dropped to bound memory
                 continue
             entry.in_flight = max(0, entry.in_flight - 1)
             if failed:
+                entry.forget_old(now, self.FORGET)
                 entry.failures += 1
                 entry.last = now
-                entry.next_at = max(entry.next_at, now + self.step(entry.failures))
+            for ticket in entry.queue:
+                if ticket.woken is not None and not ticket.woken.done():
+                    ticket.woken.set_result(None)
 
     def forgive(self, key: str) -> None:
         """A success on an account clears its failures (not an address's: many share one)."""
@@ -104,22 +141,46 @@ class Throttle:
         if entry is not None:
             entry.failures = 0
 
-    def _entry(self, key: str, now: float) -> "_Attempts":
-        entry = self._keys.pop(key, None) or _Attempts()
-        if entry.failures and not entry.in_flight and now - entry.last >= self.FORGET:
-            entry.failures = 0
+    def _capacity(self, failures: int) -> int:
+        """Attempts checked at once: LIMIT on a clean key, fewer for each failure, so however
+        the guesses arrive no more than LIMIT are checked before the first delay; then one."""
+        return max(self.LIMIT - failures, 1) if failures < self.FREE else 1
+
+    def _predicted(self, entry: "_Key", ticket: "_Ticket", now: float) -> float:
+        """How long `ticket` waits on `entry` if every attempt in flight or ahead of it fails;
+        0 on a key with fewer than FREE failures, where attempts are not expected to fail."""
+        if entry.failures < self.FREE:
+            return 0.0
+        ahead = entry.in_flight + entry.queue.index(ticket)
+        return max(0.0, entry.last + self.step(entry.failures) - now) + sum(
+            self.step(n) for n in range(entry.failures + 1, entry.failures + ahead + 1))
+
+    def _entry(self, key: str) -> "_Key":
+        entry = self._keys.pop(key, None) or _Key()
         self._keys[key] = entry  # most recently used last
         while len(self._keys) > self.MAX_KEYS:
+            oldest = next(iter(self._keys.values()))
+            if oldest.in_flight or oldest.queue:  # in use: kept (their number is bounded by connections)
+                break
             self._keys.popitem(last=False)
         return entry
 
 
-@dataclass
-class _Attempts:
+@dataclass(eq=False)  # each ticket is itself: found in queues by identity
+class _Ticket:
+    woken: asyncio.Future | None = None  # set when an attempt on one of its keys ends
+
+
+@dataclass(eq=False)
+class _Key:
     failures: int = 0
     last: float = 0.0  # time of the last failure
     in_flight: int = 0
-    next_at: float = 0.0  # earliest start of the next attempt
+    queue: list[_Ticket] = field(default_factory=list)  # attempts waiting, first come first
+
+    def forget_old(self, now: float, forget: float) -> None:
+        if self.failures and now - self.last >= forget:
+            self.failures = 0
 
 
 class SharedFailures:
@@ -212,16 +273,16 @@ class Logins:
                                         source=source, protocol=protocol, user=account)
             raise LoginFailed("malformed", "the user name holds control characters")
         keys = _throttle_keys(credentials, source, account)
-        wait = self.throttle.reserve(*keys)
-        if wait is None:
+        try:
+            await self.throttle.admit(*keys)
+        except ThrottleBusy:
             await self._audit.record(Actor(account[:320] or "-", "anonymous"), f"login.{protocol}", outcome="denied",
-                                     source=source, reason="too many attempts in flight or failed")
-            raise LoginFailed("throttled", "too many attempts, try again in a moment", temporary=True)
+                                     source=source, reason="too many attempts waiting after failures")
+            raise LoginFailed("throttled", "too many attempts, try again in a moment", temporary=True) from None
         failed = False
         try:
-            if self.shared is not None:
-                wait = max(wait, await self.shared.wait(*keys))
-            if wait:
+            wait = await self.shared.wait(*keys) if self.shared is not None else 0.0
+            if wait:  # other nodes' failures: waited holding its place in this node's Throttle
                 await asyncio.sleep(wait)
             principal = await self._authenticate(credentials, peer_certificate, source, protocol)
             requested = account if "@" in account else ""

@@ -3,67 +3,132 @@ ones; and wrong passwords never slow a token or certificate login. `Throttle` al
 clock of our own, then over real sockets against a running server."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import smtplib
 import threading
 import time
 
 import pytest
 from sqlalchemy import func, select
 
-from mailserver.logins import Throttle
+from mailserver.logins import Throttle, ThrottleBusy
 from store.schema import audit
 from tests.imap_client import GP, RawImap, xoauth2, token
+from tests.test_imap import app_password
 from tests.test_smtp import connect
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+class Fast(Throttle):
+    """The real throttle at 1/25 of its delays (the same ratios), so a test sees it in a second."""
+    BASE_DELAY = 0.02
+    MAX_DELAY = 0.64
 
 
-def test_parallel_attempts_are_spaced_like_sequential_ones():
-    clock = Clock()
-    throttle = Throttle(clock)
-    waits = [throttle.reserve("address:a", "account:x") for _ in range(8)]  # all at once, none finished
-    assert waits == [0, 0, 0, 0.5, 1.5, 3.5, 7.5, 15.5]
-    for _ in waits:
-        throttle.release("address:a", "account:x", failed=True)
-    assert throttle.reserve("address:a", "account:x") is None  # would wait 31.5 s: refused unchecked
-    for _ in waits:
-        throttle.release("address:a", "account:x", failed=True)
-    clock.now += 0.1
-    assert throttle.reserve("address:b", "account:x") is None  # the account's queue is full, from anywhere
-    assert throttle.reserve("address:c", "account:y") == 0  # another account, another address: untouched
-    clock.now += 31.5
-    assert throttle.reserve("address:b", "account:x") == pytest.approx(0.0)  # the queue has drained
+async def attempt(throttle: Throttle, keys: tuple[str, ...], *, fail: bool, log: list, check: float = 0.005) -> None:
+    """One login: admitted (or refused), checked for `check` s, released; `log` gets
+    (start, "checked") or (refusal time, "refused"), times from the first call."""
+    try:
+        await throttle.admit(*keys)
+    except ThrottleBusy:
+        log.append((time.monotonic(), "refused"))
+        return
+    log.append((time.monotonic(), "checked"))
+    try:
+        await asyncio.sleep(check)
+    finally:
+        throttle.release(*keys, failed=fail)
 
 
-def test_sequential_failures_wait_as_before():
-    clock = Clock()
-    throttle = Throttle(clock)
-    waits = []
+async def test_a_burst_of_correct_logins_is_not_delayed():
+    """A hospital behind one NAT address: 30 logins at once, LIMIT checked at a time, each
+    starting as soon as one ends (the reservations of the previous design made the fourth
+    wait 0.5 s, the fifth 1.5 s, ... and refused the rest)."""
+    throttle, log = Throttle(), []
+    started = time.monotonic()
+    await asyncio.gather(*(attempt(throttle, ("address:nat", f"account:{n}"), fail=False, log=log) for n in range(30)))
+    elapsed = time.monotonic() - started
+    assert [outcome for _, outcome in log] == ["checked"] * 30
+    assert elapsed < 30 / Throttle.LIMIT * 0.005 + 0.1, elapsed  # queued behind the checks, nothing more
+    assert sorted(t for t, _ in log)[Throttle.LIMIT] - started >= 0.005  # no more than LIMIT at once
+
+
+async def test_parallel_failures_are_spaced_like_sequential_ones():
+    """20 guesses at once: LIMIT checked at once, then one at a time, each waiting twice as long
+    as the previous; those that would wait past MAX_DELAY are refused unchecked at once."""
+    throttle, log = Fast(), []
+    started = time.monotonic()
+    keys = ("address:a", "account:x")
+    guesses = asyncio.gather(*(attempt(throttle, keys, fail=True, log=log) for _ in range(20)))
+    await asyncio.sleep(0.1)
+    assert [outcome for _, outcome in log].count("refused") == 12  # 4 + 4 will be checked, 12 refused at once
+    assert not await admitted(throttle, "address:b", "account:x")  # the account's queue is full, from anywhere
+    assert await admitted(throttle, "address:c", "account:y")  # another account, another address: untouched
+    await guesses
+    checks = [t - started for t, outcome in log if outcome == "checked"]
+    assert len(checks) == 8
+    gaps = [b - a for a, b in zip(checks[3:], checks[4:])]  # after the 4 free ones: 1, 2, 4, 8 x 0.04 s
+    steps = [0.04, 0.08, 0.16, 0.32]
+    assert all(step <= gap < step + 0.1 for gap, step in zip(gaps, steps)), gaps  # late only if the machine is busy
+    assert checks[-1] < 0.64 * 19 / 16  # the real throttle: 8 checks in 19 s
+
+
+async def admitted(throttle: Throttle, *keys: str) -> bool:
+    try:
+        await asyncio.wait_for(throttle.admit(*keys), 0.01)
+    except (ThrottleBusy, asyncio.TimeoutError):
+        return False
+    throttle.release(*keys, failed=False)
+    return True
+
+
+async def test_sequential_failures_then_a_success():
+    throttle, log = Fast(), []
     for _ in range(6):
-        wait = throttle.reserve("k")
-        waits.append(wait)
-        clock.now += wait + 0.01
-        throttle.release("k", failed=True)
-    assert waits == pytest.approx([0, 0, 0, 0.49, 0.99, 1.99], abs=0.011)
-    clock.now += Throttle.FORGET
-    assert throttle.reserve("k") == 0  # forgotten
+        await attempt(throttle, ("k",), fail=True, log=log, check=0)
+    gaps = [b[0] - a[0] for a, b in zip(log, log[1:])]
+    assert all(step <= gap < step + 0.05 for gap, step in zip(gaps, [0, 0, 0.02, 0.04, 0.08])), gaps
+    # correct logins on that key wait for the last failure's step, then free the next at once
+    log.clear()
+    ready = time.monotonic() + 0.16
+    await asyncio.gather(*(attempt(throttle, ("k",), fail=False, log=log) for _ in range(2)))
+    assert [outcome for _, outcome in log] == ["checked"] * 2
+    assert ready <= log[0][0] < ready + 0.05 and log[1][0] - log[0][0] < 0.05, log
+    throttle.forgive("k")
+    assert await admitted(throttle, "k")
 
 
-def test_a_client_that_leaves_is_no_longer_in_flight():
-    clock = Clock()
-    throttle = Throttle(clock)
-    for _ in range(10):
-        throttle.reserve("k")
-        throttle.release("k", failed=False)  # left before its check, or succeeded
-    clock.now += 1
-    assert throttle.reserve("k") == 0
+async def test_failures_are_forgotten():
+    class Forgetful(Fast):
+        FORGET = 0.1
+    throttle, log = Forgetful(), []
+    for _ in range(5):
+        await attempt(throttle, ("k",), fail=True, log=log, check=0)
+    await asyncio.sleep(0.1)
+    log.clear()
+    await asyncio.gather(*(attempt(throttle, ("k",), fail=False, log=log) for _ in range(4)))
+    assert log[-1][0] - log[0][0] < 0.005  # LIMIT at once again
+
+
+async def test_the_queue_is_bounded_and_a_client_that_leaves_frees_its_place():
+    class Short(Throttle):
+        MAX_WAITING = 3
+    throttle = Short()
+    for _ in range(Short.LIMIT):
+        await throttle.admit("k")  # in flight
+    waiting = [asyncio.create_task(throttle.admit("k")) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert not await admitted(throttle, "k")  # a fourth waiting: refused
+    waiting[0].cancel()  # that client left
+    await asyncio.sleep(0.01)
+    late = asyncio.create_task(throttle.admit("k"))
+    await asyncio.sleep(0.01)
+    assert not late.done()  # waiting, not refused
+    for _ in range(3):
+        throttle.release("k", failed=False)  # three successes: three waiters start at once
+    await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*waiting[1:], late), 0.01)
 
 
 def wrong_password(server, results: list, source: str = "127.0.0.1") -> None:
@@ -83,15 +148,54 @@ def password_checks(server) -> int:
 
 def test_parallel_wrong_passwords_get_no_more_checks(server):
     """20 parallel connections got 40 guesses in 19 s: the delay was read before any of their
-    failures was recorded. Now the fourth waits 0.5 s, the fifth 1.5 s, and so on."""
+    failures was recorded. Now 4 are checked at once, the fifth 1 s after they failed, then 2,
+    4, 8 s later (8 checks in 19 s); the 12 that would wait past 16 s are refused at once."""
     results: list = []
     threads = [threading.Thread(target=wrong_password, args=(server, results), daemon=True) for _ in range(20)]
     for thread in threads:
         thread.start()
     time.sleep(1.2)
     checked = password_checks(server)
-    assert 3 <= checked <= 5, checked
-    print(f"\n20 parallel wrong passwords: {checked} checked after 1.2 s")
+    refused = sum(isinstance(r, bytes) and b"[UNAVAILABLE]" in r for r in results)
+    assert 4 <= checked <= 5 and refused == 12, (checked, results)
+    print(f"\n20 parallel wrong passwords: {checked} checked after 1.2 s, {refused} refused unchecked")
+
+
+def correct_login(server, password: str, protocol: str, results: list) -> None:
+    started = time.monotonic()
+    try:
+        if protocol == "imap":
+            client = RawImap(server)
+            tag, lines = client.command(f"LOGIN {GP} {password}")
+            ok = lines[-1].startswith(f"{tag} OK".encode())
+            client.close()
+        else:
+            smtp = connect(server)
+            ok = smtp.login(GP, password)[0] == 235
+            smtp.close()
+    except (ConnectionError, OSError, smtplib.SMTPException) as exc:
+        ok = exc
+    results.append((ok, time.monotonic() - started))
+
+
+@pytest.mark.parametrize("protocol", ["imap", "smtp"])
+def test_parallel_correct_logins_from_one_address_all_succeed(server, capsys, protocol):
+    """imaptest's ten clients logging in again and again from 127.0.0.1 got 2,740 refusals, and
+    a hospital behind one NAT address would too: a success must never wait for failures to come."""
+    password = app_password(server, capsys)
+    results: list = []
+    threads = [threading.Thread(target=correct_login, args=(server, password, protocol, results), daemon=True)
+               for _ in range(30)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    elapsed = time.monotonic() - started
+    assert [ok for ok, _ in results] == [True] * 30, results
+    print(f"\n30 parallel {protocol} logins from one address: all in {elapsed:.2f} s, "
+          f"slowest {max(t for _, t in results):.2f} s")
+    assert elapsed < 10, elapsed  # the reservations made the 30th wait past 16 s (refused)
 
 
 def test_wrong_passwords_do_not_slow_the_owners_token_login(server):
