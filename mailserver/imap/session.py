@@ -110,6 +110,7 @@ class ImapContext:
     max_connections_per_account: int = 20
     login_deadline: float = 60  # seconds from connecting to a login ([limits] login_deadline)
     max_refusals: int = 50  # NO and BAD one session may earn before it is closed ([limits] imap_refusals)
+    idle_keepalive: float = 120  # seconds between `* OK Still here` during IDLE ([imap] idle_keepalive)
     open_sessions: Counter = field(default_factory=Counter)
     connections: set = field(default_factory=set)  # server.ImapConnection, for shutdown
     stopping: bool = False
@@ -666,7 +667,8 @@ class Session:
     async def idle(self, tag: str, args: list, uid: bool) -> None:
         """RFC 2177: push what changes in the selected folder the moment the store commits it
         (the mail store and other sessions announce it on the box's bus channel), and end the
-        session at once if the rights behind it are withdrawn."""
+        session at once if the rights behind it are withdrawn. A silent IDLE gets `* OK Still
+        here` every `idle_keepalive` seconds, so NAT on the way does not forget the flow."""
         channels = [RIGHTS]
         if self.selected is not None:
             channels.append(mailbox_channel(self.selected.box.grant.mailbox_id))
@@ -674,16 +676,20 @@ class Session:
         mine = self.login.principal.id
         await self.conn.send(b"+ idling\r\n")
         line_task = asyncio.ensure_future(self.conn.read_line(IDLE_TIMEOUT))
+        events = aiter(subscription)
+        event_task = asyncio.ensure_future(anext(events))
         try:
-            events = aiter(subscription)
             while True:
-                event_task = asyncio.ensure_future(anext(events))
-                done, _ = await asyncio.wait({line_task, event_task}, return_when=asyncio.FIRST_COMPLETED)
-                if event_task not in done:
-                    event_task.cancel()
+                # the pending read of the bus outlives a keepalive: cancelling it would end the generator
+                done, _ = await asyncio.wait({line_task, event_task}, timeout=self.ctx.idle_keepalive,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if line_task in done:
                     break
+                if not done:
+                    await self.conn.send(b"* OK Still here\r\n")
+                    continue
                 event = event_task.result()
+                event_task = asyncio.ensure_future(anext(events))
                 rights = event is not OVERFLOW and event["channel"] == RIGHTS
                 if (event is OVERFLOW or rights and event["idnat"] == mine) and not await self._rights_hold(heard=True):
                     raise _Handled
@@ -692,6 +698,7 @@ class Session:
             line = line_task.result()
         finally:
             line_task.cancel()
+            event_task.cancel()
             await subscription.close()
         if line is None:
             raise ConnectionError("IDLE timed out or the client left")
