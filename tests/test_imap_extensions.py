@@ -35,3 +35,58 @@ def test_idle_sends_keepalives_and_still_pushes_news(keepalive_1s, server):
     assert line.startswith(b"i OK"), line
     idler.close()
     writer.close()
+
+
+def fill(client: RawImap, box: str, flags: list[str]) -> None:
+    client.ok(f"CREATE {box}")
+    for n, flag in enumerate(flags, 1):
+        client.ok(f"APPEND {box} ({flag}) \x00", b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
+    client.ok(f"SELECT {box}")
+
+
+def test_searchres_saves_a_result_for_later_commands(server):
+    client = RawImap(server)
+    client.login_token(server)
+    assert b"SEARCHRES" in client.ok("CAPABILITY")[0]
+    fill(client, "sr", ["\\Seen", "", "\\Seen", "\\Seen"])
+    assert client.ok("SEARCH RETURN (SAVE) SEEN") == []  # SAVE alone: no ESEARCH (RFC 5182 §2.1)
+    assert untagged(client.ok("FETCH $ (UID)"), b"FETCH") == [b"* 1 FETCH (UID 1)\r\n", b"* 3 FETCH (UID 3)\r\n",
+                                                             b"* 4 FETCH (UID 4)\r\n"]
+    assert client.ok("SEARCH $ NOT 1") == [b"* SEARCH 3 4\r\n"]
+    client.ok("STORE $ +FLAGS.SILENT (\\Deleted)")
+    assert client.ok("SEARCH DELETED") == [b"* SEARCH 1 3 4\r\n"]
+    client.ok("STORE 1 -FLAGS.SILENT (\\Deleted)")
+    client.ok("EXPUNGE")  # 3 and 4 go: `$` keeps only what is left of it
+    assert client.ok("UID SEARCH $") == [b"* SEARCH 1\r\n"]
+    # with MIN or MAX alone, only those are saved (§2.4); the ESEARCH omits SAVE
+    client.ok("APPEND sr (\\Seen) \x00", b"Subject: m5\r\n\r\nbody 5\r\n")
+    client.ok("NOOP")
+    lines = client.ok("UID SEARCH RETURN (SAVE MAX) SEEN")
+    assert lines[-1].startswith(b"* ESEARCH (TAG ") and lines[-1].endswith(b" UID MAX 5\r\n"), lines
+    assert client.ok("UID SEARCH $") == [b"* SEARCH 5\r\n"]
+    tag, lines = client.command("FETCH $,1 FLAGS")  # `$` stands alone
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    tag, lines = client.command("SEARCH RETURN (SAVE) BOGUS")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    assert client.ok("SEARCH $") == [b"* SEARCH\r\n"]  # a failed SAVE empties it
+    client.ok("SEARCH RETURN (SAVE) ALL")
+    client.ok("SELECT sr")  # a new selection forgets it
+    assert client.ok("SEARCH $") == [b"* SEARCH\r\n"]
+    client.close()
+
+
+def test_within_finds_messages_by_age(server):
+    client = RawImap(server)
+    client.login_token(server)
+    assert b" WITHIN" in client.ok("CAPABILITY")[0]
+    client.ok("CREATE within")
+    client.ok('APPEND within "01-Jan-2020 10:00:00 +0000" \x00', b"Subject: old\r\n\r\nold\r\n")
+    client.ok("APPEND within \x00", b"Subject: new\r\n\r\nnew\r\n")
+    client.ok("SELECT within")
+    assert client.ok("SEARCH OLDER 3600") == [b"* SEARCH 1\r\n"]
+    assert client.ok("SEARCH YOUNGER 3600") == [b"* SEARCH 2\r\n"]
+    assert client.ok("UID SEARCH OR OLDER 4000000000 YOUNGER 60") == [b"* SEARCH 2\r\n"]
+    tag, lines = client.command("SEARCH OLDER 0")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.close()
+

@@ -61,7 +61,7 @@ BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENA
 AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
-    "BINARY", "CHILDREN", "STATUS=SIZE")
+    "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN")
 ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
@@ -154,6 +154,9 @@ class Session:
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
         self._counted: str | None = None
+        # RFC 5182: what the last SEARCH RETURN (SAVE) found, as UIDs (an expunged one simply
+        # no longer matches), for the mailbox selected then: a new SELECT forgets it
+        self._saved: tuple[Selected | None, frozenset[int]] = (None, frozenset())
         self._rights_read: tuple[int, int] | None = None  # ctx.rights_version when the namespace was read
         self.refusals = 0  # tagged NO and BAD sent
         self._command = "unknown"  # the command being answered, for the metrics: one we know, or "unknown"
@@ -828,6 +831,9 @@ class Session:
     def _uids(self, spec: str, uid: bool) -> list[int]:
         """A sequence set or UID set -> the UIDs it names, in order (RFC 3501 §6.4.8)."""
         selected = self.selected
+        if spec == "$":
+            saved = self._saved_uids()
+            return [u for u in selected.uids if u in saved]
         try:
             numbers = SequenceSet.parse(spec)
         except ValueError:
@@ -998,10 +1004,24 @@ class Session:
     async def move(self, tag: str, args: list, uid: bool) -> Ok | None:
         return await self.copy(tag, args, uid, move=True)
 
+    def _saved_uids(self) -> frozenset[int]:
+        holder, uids = self._saved
+        return uids if holder is self.selected else frozenset()
+
     async def search(self, tag: str, args: list, uid: bool) -> None:
+        try:
+            await self._search(args, uid, tag)
+        except (No, Bad, ValueError):
+            options = args[1].items if len(args) > 1 and isinstance(args[1], PList) else ()
+            words = [t.value.upper() for t in (*args[:1], *options) if isinstance(t, Atom)]
+            if words[:1] == ["RETURN"] and "SAVE" in words[1:]:
+                self._saved = (self.selected, frozenset())  # RFC 5182 §2.1: a failed SAVE empties `$`
+            raise
+
+    async def _search(self, args: list, uid: bool, tag: str) -> None:
         selected = self.selected
         try:
-            query = parse_search(args, utf8_default=self.rev2)
+            query = parse_search(args, utf8_default=self.rev2, saved=self._saved_uids())
         except BadCharset as exc:
             raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
         if query.uses_modseq:
@@ -1021,6 +1041,14 @@ class Session:
                     found.append((start + offset + 1, u))
         numbers = [u if uid else s for s, u in found]
         returns = query.returns
+        if returns and "SAVE" in returns:
+            returns = tuple(r for r in returns if r != "SAVE")
+            # RFC 5182 §2.4: with MIN and/or MAX alone, only those are saved
+            kept = found if not returns or set(returns) - {"MIN", "MAX"} else \
+                found[:1] * ("MIN" in returns) + found[-1:] * ("MAX" in returns)
+            self._saved = (selected, frozenset(u for _, u in kept))
+            if not returns:  # §2.1: SAVE alone answers with no ESEARCH
+                return
         if returns is None and self.rev2:
             returns = ("ALL",)
         # RFC 7162 §3.1.5: the highest MODSEQ of what is returned; MIN and MAX alone return
