@@ -2,6 +2,7 @@
 WITHIN, MULTIAPPEND. imaptest's groups for each run in test_imaptest.py."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -90,3 +91,26 @@ def test_within_finds_messages_by_age(server):
     assert lines[-1].startswith(f"{tag} BAD".encode()), lines
     client.close()
 
+
+def test_multiappend_stores_all_or_nothing(server):
+    client = RawImap(server)
+    client.login_token(server)
+    assert b" MULTIAPPEND" in client.ok("CAPABILITY")[0]
+    client.ok("CREATE multi")
+    tag, lines = client.command('APPEND multi (\\Seen) \x00 (\\Flagged) "02-Mar-2026 10:00:00 +0100" \x00 \x00',
+                                b"Subject: one\r\n\r\n1\r\n", b"Subject: two\r\n\r\n2\r\n", b"Subject: 3\r\n\r\n3\r\n")
+    assert re.match(rb"t\d+ OK \[APPENDUID \d+ 1:3\]", lines[-1]), lines
+    # the second message is refused (empty), so the first is not kept either
+    tag, lines = client.command("APPEND multi \x00 \x00", b"Subject: four\r\n\r\n4\r\n", b"")
+    assert lines[-1].startswith(f"{tag} NO".encode()), lines
+    tag, lines = client.command('APPEND multi \x00 "not a date" \x00', b"Subject: four\r\n\r\n4\r\n", b"x\r\n")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    tag, lines = client.command("APPEND multi \x00 (\\Seen)", b"Subject: four\r\n\r\n4\r\n")  # flags, no message
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.ok("SELECT multi")
+    fetched = untagged(client.ok("FETCH 1:* (UID FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])"), b"FETCH")
+    assert len(fetched) == 3, fetched
+    assert b"FLAGS (\\Seen \\Recent)" in fetched[0] and b"Subject: one" in fetched[0]
+    assert b"FLAGS (\\Flagged \\Recent)" in fetched[1] and b"\" 2-Mar-2026 09:00:00 +0000\"" in fetched[1]
+    assert b"Subject: 3" in fetched[2]
+    client.close()

@@ -61,7 +61,7 @@ BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENA
 AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
-    "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN")
+    "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND")
 ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
@@ -630,23 +630,35 @@ class Session:
         await self.conn.send(b'* NAMESPACE (("" "/")) NIL %s\r\n' % shared)
 
     async def append(self, tag: str, args: list, uid: bool) -> Ok | None:
+        """APPEND, and MULTIAPPEND (RFC 3502): several messages, each with its own optional flags
+        and date, stored all or none. Together they fit in one command, so in
+        `max_message_size` (plus slack) at most: the parser holds them all before this runs."""
         if len(args) < 2:
             raise Bad("APPEND takes a mailbox, optional flags and date, and the message")
-        message = args[-1]
-        if not isinstance(message, String) or not message.literal:
-            raise Bad("the message must be sent as a literal")
-        flags: set[str] = set()
-        when = datetime.now(timezone.utc)
-        for extra in args[1:-1]:
-            if isinstance(extra, PList):
-                flags = _flags(extra.items)
-            else:
-                when = encode.parse_date_time(text(extra))
-        data = Message(message.value).without_nul()  # base64 grows it: the limit is on what is kept
-        if len(data) > self.ctx.max_message_size:
-            raise No(f"message over the limit of {self.ctx.max_message_size} octets", "TOOBIG")
-        if not data:
-            raise No("an empty message is not a message", "CANNOT")
+        messages: list[tuple[bytes, set[str], datetime]] = []
+        extras: list[Token] = []
+        for arg in args[1:]:
+            if not (isinstance(arg, String) and arg.literal):
+                if len(extras) == 2:
+                    raise Bad("each message must be sent as a literal, after optional flags and date")
+                extras.append(arg)
+                continue
+            flags: set[str] = set()
+            when = datetime.now(timezone.utc)
+            for extra in extras:
+                if isinstance(extra, PList):
+                    flags = _flags(extra.items)
+                else:
+                    when = encode.parse_date_time(text(extra))
+            data = Message(arg.value).without_nul()  # base64 grows it: the limit is on what is kept
+            if len(data) > self.ctx.max_message_size:
+                raise No(f"message over the limit of {self.ctx.max_message_size} octets", "TOOBIG")
+            if not data:
+                raise No("an empty message is not a message", "CANNOT")
+            messages.append((data, flags, when))
+            extras = []
+        if extras or not messages:
+            raise Bad("each message must be sent as a literal, after optional flags and date")
         try:
             resolved = await self._resolve(args[0], "i", "imap.append")
         except No as exc:
@@ -654,12 +666,13 @@ class Session:
             raise
         folder_id = await self._folder_id_or_trycreate(resolved)
         try:
-            uidvalidity, new_uid = await self.ctx.folders.append(folder_id, data, flags, when)
+            uidvalidity, new_uids = await self.ctx.folders.append_all(folder_id, messages)
         except OverQuota:
             raise No("the mailbox is full", "OVERQUOTA") from None
-        await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
-                          size=len(data))
-        return Ok(f"APPENDUID {uidvalidity} {new_uid}", "APPEND completed")
+        for new_uid, (data, _, _) in zip(new_uids, messages):
+            await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
+                              size=len(data))
+        return Ok(f"APPENDUID {uidvalidity} {compress(new_uids)}", "APPEND completed")
 
     async def _folder_id_or_trycreate(self, resolved: Resolved) -> int:
         try:
