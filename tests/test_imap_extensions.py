@@ -114,3 +114,25 @@ def test_multiappend_stores_all_or_nothing(server):
     assert b"FLAGS (\\Flagged \\Recent)" in fetched[1] and b"\" 2-Mar-2026 09:00:00 +0000\"" in fetched[1]
     assert b"Subject: 3" in fetched[2]
     client.close()
+
+
+def test_sort_and_esort(server):
+    client = RawImap(server)
+    client.login_token(server)
+    caps = client.ok("CAPABILITY")[0]
+    assert b" SORT" in caps and b" ESORT" in caps
+    client.ok("CREATE sorted")
+    for subject, size in (("Re: beta", 40), ("alpha", 300), ("[list] Beta (fwd)", 1)):
+        client.ok("APPEND sorted (\\Seen) \x00", b"Subject: %s\r\n\r\n%s\r\n" % (subject.encode(), b"x" * size))
+    client.ok("SELECT sorted")
+    client.ok("STORE 1 -FLAGS (\\Seen)")
+    assert client.ok("SORT (SUBJECT) UTF-8 ALL") == [b"* SORT 2 1 3\r\n"]
+    assert client.ok("SORT (REVERSE SIZE) US-ASCII SEEN") == [b"* SORT 2 3\r\n"]
+    assert client.ok("UID SORT (SIZE) UTF-8 ALL") == [b"* SORT 3 1 2\r\n"]
+    lines = client.ok("UID SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL")
+    assert lines[-1].endswith(b" UID MIN 2 MAX 3 COUNT 3 ALL 2,1,3\r\n"), lines
+    tag, lines = client.command("SORT (SIZE) ISO-8859-1 ALL")
+    assert lines[-1].startswith(f"{tag} NO [BADCHARSET".encode()), lines
+    tag, lines = client.command("SORT (COLOUR) UTF-8 ALL")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.close()

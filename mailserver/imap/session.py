@@ -41,7 +41,9 @@ from .folders import SYSTEM_FLAGS, FolderExists, Folders, NoSuchFolder, OverQuot
 from .message import Message, UnknownCTE
 from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
 from .parser import LiteralPending
-from .search import BadCharset, MessageFacts, parse_search
+from .search import BadCharset, MessageFacts, SearchQuery, parse_search
+from .sort import SortFacts, needs_message, parse_sort
+from .sort import sort as sort_messages
 from .selected import Selected
 from .seqset import SequenceSet, compress
 from .syntax import Atom, Command, PList, String, Token, text
@@ -61,7 +63,8 @@ BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENA
 AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
-    "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND")
+    "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND",
+    "SORT", "ESORT")
 ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
@@ -237,7 +240,7 @@ class Session:
             await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
             return
         if self.state != LOGOUT:
-            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH"))
+            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
     @property
@@ -1031,16 +1034,11 @@ class Session:
                 self._saved = (self.selected, frozenset())  # RFC 5182 §2.1: a failed SAVE empties `$`
             raise
 
-    async def _search(self, args: list, uid: bool, tag: str) -> None:
+    async def _find(self, query: SearchQuery) -> list[tuple[int, int]]:
+        """(seq, uid) of the selected messages the query matches, in sequence order."""
         selected = self.selected
-        try:
-            query = parse_search(args, utf8_default=self.rev2, saved=self._saved_uids())
-        except BadCharset as exc:
-            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
-        if query.uses_modseq:
-            await self._condstore_on()
         largest_uid = selected.uids[-1] if selected.uids else 0
-        found: list[tuple[int, int]] = []  # (seq, uid)
+        found: list[tuple[int, int]] = []
         for start in range(0, selected.exists, FETCH_BATCH):
             batch = selected.uids[start:start + FETCH_BATCH]
             bodies = await self._messages(selected.folder_id, batch, not query.needs_body) \
@@ -1052,6 +1050,40 @@ class Session:
                                      lambda u=u: Message(bodies.get(u, b"")))
                 if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
                     found.append((start + offset + 1, u))
+        return found
+
+    async def sort(self, tag: str, args: list, uid: bool) -> None:
+        """SORT (RFC 5256), answered with ESEARCH when RETURN is given (ESORT, RFC 5267)."""
+        selected = self.selected
+        request = parse_sort(args)
+        try:
+            query = parse_search(request.search, utf8_default=self.rev2, saved=self._saved_uids())
+        except BadCharset as exc:
+            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        found = await self._find(query)
+        facts: list[SortFacts] = []
+        for start in range(0, len(found), FETCH_BATCH):
+            batch = found[start:start + FETCH_BATCH]
+            heads = await self._messages(selected.folder_id, [u for _, u in batch], True) \
+                if needs_message(request) else {}
+            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size,
+                                Message(heads[u]) if u in heads else None) for s, u in batch]
+        uid_of = dict(found)
+        numbers = [uid_of[f.seq] if uid else f.seq for f in sort_messages(request, facts)]
+        if request.returns is None:
+            await self.conn.send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        else:
+            await self.conn.send(_esearch(tag, uid, numbers, request.returns, 0, ordered=True))
+
+    async def _search(self, args: list, uid: bool, tag: str) -> None:
+        selected = self.selected
+        try:
+            query = parse_search(args, utf8_default=self.rev2, saved=self._saved_uids())
+        except BadCharset as exc:
+            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        if query.uses_modseq:
+            await self._condstore_on()
+        found = await self._find(query)
         numbers = [u if uid else s for s, u in found]
         returns = query.returns
         if returns and "SAVE" in returns:
@@ -1084,7 +1116,7 @@ class _Handled(Exception):
 
 
 STORE_ITEMS = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
-UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"}
+UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT"}
 _ANY = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
 _AUTH = (AUTHENTICATED, SELECTED)
 _SEL = (SELECTED,)
@@ -1105,6 +1137,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "CHECK": (_SEL, Session.check), "CLOSE": (_SEL, Session.close_cmd), "UNSELECT": (_SEL, Session.unselect),
     "EXPUNGE": (_SEL, Session.expunge), "FETCH": (_SEL, Session.fetch), "STORE": (_SEL, Session.store),
     "COPY": (_SEL, Session.copy), "MOVE": (_SEL, Session.move), "SEARCH": (_SEL, Session.search),
+    "SORT": (_SEL, Session.sort),
 }
 
 
@@ -1171,19 +1204,32 @@ def _select_params(tokens: Sequence[Token]) -> dict[str, PList | None]:
     return params
 
 
-def _esearch(tag: str, uid: bool, numbers: list[int], returns: Sequence[str], modseq: int) -> bytes:
-    """RFC 4731 ESEARCH response."""
+def _esearch(tag: str, uid: bool, numbers: list[int], returns: Sequence[str], modseq: int, *,
+             ordered: bool = False) -> bytes:
+    """RFC 4731 ESEARCH response; `ordered`: ESORT's (RFC 5267 §3.2), where MIN and MAX are
+    the first and last in sort order and ALL keeps that order."""
     parts = [b"* ESEARCH (TAG " + encode.quoted_or_literal(tag) + b")"]
     if uid:
         parts.append(b"UID")
     if "MIN" in returns and numbers:
-        parts.append(b"MIN %d" % min(numbers))
+        parts.append(b"MIN %d" % (numbers[0] if ordered else min(numbers)))
     if "MAX" in returns and numbers:
-        parts.append(b"MAX %d" % max(numbers))
+        parts.append(b"MAX %d" % (numbers[-1] if ordered else max(numbers)))
     if "COUNT" in returns:
         parts.append(b"COUNT %d" % len(numbers))
     if "ALL" in returns and numbers:
-        parts.append(b"ALL " + compress(numbers).encode())
+        parts.append(b"ALL " + (_in_order(numbers) if ordered else compress(numbers)).encode())
     if modseq:
         parts.append(b"MODSEQ %d" % modseq)
     return b" ".join(parts) + b"\r\n"
+
+
+def _in_order(numbers: list[int]) -> str:
+    """A sequence set that keeps the numbers' order: "3,1:2,5" (ESORT ALL)."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(f"{first}:{last}" if first != last else str(first) for first, last in runs)
