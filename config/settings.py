@@ -90,6 +90,7 @@ class Settings:
     max_attachment: int = 10 * 1024 * 1024
     bus_url: str = ""  # Redis, for events between processes and nodes; "": this process only
     workers: int = 1  # processes `msante serve` runs (msante/workers.py); 0: one per core
+    imap_idle_keepalive: int = 120  # [imap] idle_keepalive
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -176,6 +177,13 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "imaps": (int, None),  # ports as they reach them; default: the listener's own, 0 when it is off
         "submissions": (int, None),
         "submission": (int, None),
+    },
+    "imap": {
+        # Seconds between the untagged `* OK Still here` an IDLE session is sent: mobile
+        # carriers' NAT and firewalls drop a silent TCP flow after a few minutes (often 5),
+        # and the client then waits for news that can no longer reach it. Dovecot sends its
+        # keepalive every 2 minutes too (imap_idle_notify_interval).
+        "idle_keepalive": (int, 120),
     },
     "limits": {
         # Open connections on all listeners together: each holds a file descriptor and a few
@@ -362,6 +370,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     if not 1024 <= v["instant"]["max_attachment"] <= 100 * 1024 * 1024:
         raise ConfigError(f"{where('instant.max_attachment')} must be between 1024 and 104857600 bytes, "
                           f"got {v['instant']['max_attachment']}")
+    if not 1 <= v["imap"]["idle_keepalive"] <= 29 * 60:
+        raise ConfigError(f"{where('imap.idle_keepalive')} must be between 1 and 1740 seconds (under IDLE's "
+                          f"30 minutes), got {v['imap']['idle_keepalive']}")
     https = listen["https"] or "127.0.0.1:8443"
     public_url = v["server"]["public_url"] or f"https://{_url_host(https)}"
     clients = v["clients"]
@@ -387,7 +398,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
                     clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url,
-                    workers=v["server"]["workers"], max_attachment=v["instant"]["max_attachment"])
+                    workers=v["server"]["workers"], max_attachment=v["instant"]["max_attachment"],
+                    imap_idle_keepalive=v["imap"]["idle_keepalive"])
 
 
 def _url_host(hostport: str) -> str:

@@ -241,7 +241,8 @@ def imap_listeners(services: Services) -> list[Listener]:
     s = services.settings
     ctx = ImapContext(services.engine, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
                       services.logins, services.audit, services.bus, s.hostname, s.max_message_size,
-                      login_deadline=s.limits.login_deadline, max_refusals=s.limits.imap_refusals)
+                      login_deadline=s.limits.login_deadline, max_refusals=s.limits.imap_refusals,
+                      idle_keepalive=s.imap_idle_keepalive)
     services.imap = ctx
     listeners = []
     for name, implicit in (("imap", False), ("imaps", True)):

@@ -181,6 +181,22 @@ async def test_append_messages_bodies_recent(store):
         await store.append(999, b"z", set(), NOW)
 
 
+async def test_append_all_is_one_transaction(store):
+    """MULTIAPPEND: consecutive UIDs and one MODSEQ; over the quota together, none is kept."""
+    inbox = await folder_id(store, "INBOX")
+    state = await store.state(inbox)
+    uidvalidity, uids = await store.append_all(inbox, [(b"Subject: a\r\n\r\nx\r\n", {"\\Seen"}, NOW),
+                                                       (b"Subject: b\r\n\r\ny\r\n", {"$Work"}, NOW)])
+    assert (uidvalidity, uids) == (state.uidvalidity, [1, 2])
+    messages = await store.messages(inbox)
+    assert [(m.uid, m.flags) for m in messages] == [(1, {"\\Seen"}), (2, {"$Work"})]
+    assert messages[0].modseq == messages[1].modseq == state.highestmodseq + 1
+    with pytest.raises(OverQuota):
+        await store.append_all(inbox, [(b"m" * 4000, set(), NOW)] * 3)
+    assert [m.uid for m in await store.messages(inbox)] == [1, 2]
+    assert (await store.append(inbox, b"z", set(), NOW))[1] == 3  # the refused ones took no UID
+
+
 async def test_store_flags_modseq_and_unchangedsince(store):
     inbox = await folder_id(store, "INBOX")
     for _ in range(4):

@@ -188,11 +188,47 @@ def test_message_is_loaded_only_when_needed_and_once():
     assert facts.loads == 1  # DELETED is false: the body is not read
 
 
+def test_searchres_save_and_dollar():
+    """RFC 5182: RETURN (SAVE) is an option like the others; `$` is the saved UIDs, usable
+    anywhere a key is (an empty set matches nothing)."""
+    assert parse_search(toks("RETURN (SAVE) ALL"), utf8_default=False).returns == ("SAVE",)
+    assert parse_search(toks("RETURN (save MIN) ALL"), utf8_default=False).returns == ("SAVE", "MIN")
+    saved = frozenset({20, 30, 50})
+
+    def seqs(line: str, uids: frozenset[int]) -> list[int]:
+        query = parse_search(toks(line), utf8_default=False, saved=uids)
+        return [f.seq for f in MAILBOX if query.matches(f, largest_seq=5, largest_uid=50)]
+
+    assert seqs("$", saved) == [2, 3, 5]
+    assert seqs("SEEN $", saved) == [3]
+    assert seqs("OR $ 1", saved) == [1, 2, 3, 5]
+    assert seqs("NOT ($)", saved) == [1, 4]
+    assert seqs("$", frozenset()) == []
+
+
+def test_within_older_and_younger():
+    """RFC 5032: intervals in seconds before now, against INTERNALDATE (naive dates are UTC)."""
+    now = datetime.now(timezone.utc)
+    box = [Facts(1, 1, PLAIN, internaldate=now - timedelta(days=2)),
+           Facts(2, 2, PLAIN, internaldate=(now - timedelta(hours=2)).replace(tzinfo=None)),
+           Facts(3, 3, PLAIN, internaldate=now - timedelta(seconds=10))]
+
+    def seqs(line: str) -> list[int]:
+        query = parse_search(toks(line), utf8_default=False)
+        return [f.seq for f in box if query.matches(f, largest_seq=3, largest_uid=3)]
+
+    assert seqs("OLDER 86400") == [1]
+    assert seqs("YOUNGER 86400") == [2, 3]
+    assert seqs("YOUNGER 3600") == [3]
+    assert seqs("OLDER 3600 YOUNGER 86400") == [2]
+    assert seqs("NOT OLDER 60") == [3]
+
+
 @pytest.mark.parametrize("line", [
     "", "BOGUS", "FROM", "OR SEEN", "NOT", "LARGER x", "LARGER -1", "ON 31-Feb-2024", "ON 2024-02-01",
-    "SINCE 1-Foo-2024", "UID", "UID abc", "0", "1:0", "$", "KEYWORD (a)", "RETURN (SAVE) ALL",
+    "SINCE 1-Foo-2024", "UID", "UID abc", "0", "1:0", "$,1", "1,$", "KEYWORD (a)", "RETURN (SAVE ALL",
     "RETURN MIN ALL", "RETURN (MIN)", "CHARSET", "()", "\"string\"", "MODSEQ", "MODSEQ \"/flags/x\" bad 3",
-    "MODSEQ x", "HEADER Subject",
+    "MODSEQ x", "HEADER Subject", "OLDER", "OLDER 0", "YOUNGER -5", "YOUNGER 4294967296",
 ])
 def test_bad_syntax(line):
     with pytest.raises(ValueError):

@@ -407,23 +407,32 @@ class Folders:
 
     async def append(self, folder_id: int, data: bytes, flags: set[str], internaldate: datetime) -> tuple[int, int]:
         """APPEND (RFC 3501 §6.3.11): (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
-        async def work(conn: AsyncConnection) -> tuple[tuple[int, int], list[Event]]:
+        uidvalidity, uids = await self.append_all(folder_id, [(data, flags, internaldate)])
+        return uidvalidity, uids[0]
+
+    async def append_all(self, folder_id: int,
+                         messages: Sequence[tuple[bytes, set[str], datetime]]) -> tuple[int, list[int]]:
+        """MULTIAPPEND (RFC 3502): every message (data, flags, INTERNALDATE) in one transaction,
+        all or none, with consecutive UIDs; (UIDVALIDITY, their UIDs) for APPENDUID."""
+        async def work(conn: AsyncConnection) -> tuple[tuple[int, list[int]], list[Event]]:
             folder = (await conn.execute(
                 update(folders).where(folders.c.id == folder_id)
-                .values(uidnext=folders.c.uidnext + 1, highestmodseq=folders.c.highestmodseq + 1)
+                .values(uidnext=folders.c.uidnext + len(messages), highestmodseq=folders.c.highestmodseq + 1)
                 .returning(*_FOLDER))).first()
             if folder is None:
                 raise NoSuchFolder(folder_id)
-            await self._check_quota(conn, folder.mailbox_id, len(data))
-            await _keep_keywords(conn, folder, _normalise(flags))
+            await self._check_quota(conn, folder.mailbox_id, sum(len(data) for data, _, _ in messages))
+            await _keep_keywords(conn, folder, {f for _, flags, _ in messages for f in _normalise(flags)})
             now = datetime.now(timezone.utc)
-            body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
-                                          {"size": len(data), "data": data, "created_at": now})).scalar_one()
-            uid = folder.uidnext - 1
-            await conn.execute(insert(folder_messages), {
-                "folder_id": folder_id, "uid": uid, "body_id": body_id, "flags": _flags_text(_normalise(flags)),
-                "internaldate": internaldate.astimezone(timezone.utc), "modseq": folder.highestmodseq})
-            return (folder.uidvalidity, uid), [_changed(folder)]
+            first = folder.uidnext - len(messages)
+            for n, (data, flags, internaldate) in enumerate(messages):
+                body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
+                                              {"size": len(data), "data": data, "created_at": now})).scalar_one()
+                await conn.execute(insert(folder_messages), {
+                    "folder_id": folder_id, "uid": first + n, "body_id": body_id,
+                    "flags": _flags_text(_normalise(flags)),
+                    "internaldate": internaldate.astimezone(timezone.utc), "modseq": folder.highestmodseq})
+            return (folder.uidvalidity, [first + n for n in range(len(messages))]), [_changed(folder)]
         return await self._write(work)
 
     async def copy(self, src_folder: int, uids: Sequence[int], dst_folder: int) -> tuple[int, list[tuple[int, int]]]:

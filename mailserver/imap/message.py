@@ -15,7 +15,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 from functools import cached_property
@@ -437,6 +437,22 @@ class Message:
                     data = p.body
                 out.append(_decode_charset(data, p.param("charset")))
         return "\n".join(out)
+
+    def first_mailbox(self, name: str) -> str:
+        """SORT FROM/TO/CC (RFC 5256 §3): the mailbox (local part) of the field's first address
+        as ENVELOPE shows it (a group's name for a group), "" when there is none."""
+        value = self._root.get(name)
+        for _display, _adl, mailbox, _host in parse_addresses(value) if value else ():
+            return mailbox or ""
+        return ""
+
+    def sent_at(self) -> datetime | None:
+        """SORT DATE: the Date: header's instant, None when absent or unparsable."""
+        value = self._root.get("date")
+        try:
+            return parsedate_to_datetime(value) if value else None
+        except Exception:  # what sent_date does not match, SORT sorts by arrival
+            return None
 
     def sent_date(self) -> date | None:
         """The Date: header's date as written, in the sender's own time zone (SENTON & co)."""

@@ -1,5 +1,6 @@
 """SEARCH criteria: parse them (RFC 3501 §6.4.4, RFC 9051 §6.4.4, RFC 7162 §3.1.5 MODSEQ,
-RFC 4731 ESEARCH RETURN) and evaluate them against one message.
+RFC 4731 ESEARCH RETURN, RFC 5182 SEARCHRES's SAVE and `$`, RFC 5032 WITHIN's OLDER and YOUNGER)
+and evaluate them against one message.
 
 Matching rules, chosen where the RFCs leave room:
 - strings match as case-insensitive substrings (str.casefold) of decoded text: RFC 2047 words in
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Sequence
 
 from .message import Message
 from .syntax import Atom, PList, String, Token, text
 
 CHARSETS = ("US-ASCII", "UTF-8")
-RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")
+RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
@@ -35,6 +36,7 @@ _ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
 # client could reach Python's recursion limit (1,000) with `NOT NOT … ALL`; no client query
 # needs more than a handful, and the command parser caps parentheses at the same depth.
 MAX_NESTING = 64
+MAX_INTERVAL = 2**32 - 1  # RFC 5032 interval: an nz-number, 32 bits (136 years)
 _DATE_KEYS = {"BEFORE": "<", "ON": "=", "SINCE": ">=", "SENTBEFORE": "<", "SENTON": "=", "SENTSINCE": ">="}
 
 
@@ -245,6 +247,31 @@ class ModSeq(Key):
         return ctx.facts.modseq >= self.value
 
 
+@dataclass(frozen=True)
+class Saved(Key):
+    """RFC 5182 `$`: the UIDs the session's last SEARCH … RETURN (SAVE) found."""
+
+    uids: frozenset[int]
+
+    def matches(self, ctx: _Context) -> bool:
+        return ctx.facts.uid in self.uids
+
+
+@dataclass(frozen=True)
+class Age(Key):
+    """RFC 5032 WITHIN: OLDER (INTERNALDATE before `cutoff`) or YOUNGER (at or after it), the
+    cutoff being the interval's seconds before the command arrived."""
+
+    older: bool
+    cutoff: datetime
+
+    def matches(self, ctx: _Context) -> bool:
+        when = ctx.facts.internaldate
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return (when < self.cutoff) == self.older
+
+
 def _walk(key: Key) -> Iterator[Key]:
     yield key
     for child in key.children():
@@ -274,8 +301,9 @@ class SearchQuery:
 
 
 class _Reader:
-    def __init__(self, tokens: Sequence[Token]) -> None:
+    def __init__(self, tokens: Sequence[Token], saved: frozenset[int] = frozenset()) -> None:
         self.tokens, self.i = tuple(tokens), 0
+        self.saved = saved  # the UIDs `$` stands for
 
     def done(self) -> bool:
         return self.i >= len(self.tokens)
@@ -334,7 +362,7 @@ def _key(r: _Reader, depth: int = 0) -> Key:
         raise ValueError(f"search keys nested more than {MAX_NESTING} deep")
     token = r.next("search key")
     if isinstance(token, PList):
-        inner = _Reader(token.items)
+        inner = _Reader(token.items, r.saved)
         keys = [_key(inner, depth + 1)]
         while not inner.done():
             keys.append(_key(inner, depth + 1))
@@ -375,16 +403,23 @@ def _key(r: _Reader, depth: int = 0) -> Key:
             if r.atom("entry type").upper() not in ("PRIV", "SHARED", "ALL"):
                 raise ValueError("bad MODSEQ entry type")
         return ModSeq(r.number("mod-sequence"))
+    if word == "$":
+        return Saved(r.saved)
+    if word in ("OLDER", "YOUNGER"):
+        seconds = r.number("interval")
+        if not 1 <= seconds <= MAX_INTERVAL:
+            raise ValueError(f"bad interval {seconds}")
+        return Age(word == "OLDER", datetime.now(timezone.utc) - timedelta(seconds=seconds))
     if word[:1].isdigit() or word[:1] in "*$":
         return _sequence(token.value, uid=False)
     raise ValueError(f"unknown search key {token.value!r}")
 
 
-def parse_search(args: Sequence[Token], *, utf8_default: bool) -> SearchQuery:
+def parse_search(args: Sequence[Token], *, utf8_default: bool, saved: frozenset[int] = frozenset()) -> SearchQuery:
     """[RETURN (options)] [CHARSET name] key... (implicit AND). The default charset is UTF-8 once
     UTF8=ACCEPT is enabled or under IMAP4rev2, US-ASCII otherwise; either may be named, any other
-    raises BadCharset. Other syntax errors raise ValueError."""
-    r = _Reader(args)
+    raises BadCharset. Other syntax errors raise ValueError. `saved`: the UIDs `$` stands for."""
+    r = _Reader(args, saved)
     returns: tuple[str, ...] | None = None
     if r.peek_word() == "RETURN":
         r.next("RETURN")

@@ -2,7 +2,7 @@
 
 The same syntax names message sequence numbers and UIDs; "*" is the largest number in
 use in the folder (RFC 3501 §6.4.8, §9 seq-number), and a range's ends may come in
-either order. SEARCHRES's "$" (RFC 5182) is not supported.
+either order. SEARCHRES's "$" (RFC 5182) stands alone and the session resolves it.
 """
 from __future__ import annotations
 

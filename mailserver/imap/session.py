@@ -41,7 +41,9 @@ from .folders import SYSTEM_FLAGS, FolderExists, Folders, NoSuchFolder, OverQuot
 from .message import Message, UnknownCTE
 from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
 from .parser import LiteralPending
-from .search import BadCharset, MessageFacts, parse_search
+from .search import BadCharset, MessageFacts, SearchQuery, parse_search
+from .sort import SortFacts, needs_message, parse_sort
+from .sort import sort as sort_messages
 from .selected import Selected
 from .seqset import SequenceSet, compress
 from .syntax import Atom, Command, PList, String, Token, text
@@ -61,7 +63,8 @@ BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENA
 AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
-    "BINARY", "CHILDREN", "STATUS=SIZE")
+    "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND",
+    "SORT", "ESORT")
 ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
@@ -110,6 +113,7 @@ class ImapContext:
     max_connections_per_account: int = 20
     login_deadline: float = 60  # seconds from connecting to a login ([limits] login_deadline)
     max_refusals: int = 50  # NO and BAD one session may earn before it is closed ([limits] imap_refusals)
+    idle_keepalive: float = 120  # seconds between `* OK Still here` during IDLE ([imap] idle_keepalive)
     open_sessions: Counter = field(default_factory=Counter)
     connections: set = field(default_factory=set)  # server.ImapConnection, for shutdown
     stopping: bool = False
@@ -153,6 +157,9 @@ class Session:
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
         self._counted: str | None = None
+        # RFC 5182: what the last SEARCH RETURN (SAVE) found, as UIDs (an expunged one simply
+        # no longer matches), for the mailbox selected then: a new SELECT forgets it
+        self._saved: tuple[Selected | None, frozenset[int]] = (None, frozenset())
         self._rights_read: tuple[int, int] | None = None  # ctx.rights_version when the namespace was read
         self.refusals = 0  # tagged NO and BAD sent
         self._command = "unknown"  # the command being answered, for the metrics: one we know, or "unknown"
@@ -233,7 +240,7 @@ class Session:
             await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
             return
         if self.state != LOGOUT:
-            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH"))
+            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
     @property
@@ -626,23 +633,35 @@ class Session:
         await self.conn.send(b'* NAMESPACE (("" "/")) NIL %s\r\n' % shared)
 
     async def append(self, tag: str, args: list, uid: bool) -> Ok | None:
+        """APPEND, and MULTIAPPEND (RFC 3502): several messages, each with its own optional flags
+        and date, stored all or none. Together they fit in one command, so in
+        `max_message_size` (plus slack) at most: the parser holds them all before this runs."""
         if len(args) < 2:
             raise Bad("APPEND takes a mailbox, optional flags and date, and the message")
-        message = args[-1]
-        if not isinstance(message, String) or not message.literal:
-            raise Bad("the message must be sent as a literal")
-        flags: set[str] = set()
-        when = datetime.now(timezone.utc)
-        for extra in args[1:-1]:
-            if isinstance(extra, PList):
-                flags = _flags(extra.items)
-            else:
-                when = encode.parse_date_time(text(extra))
-        data = Message(message.value).without_nul()  # base64 grows it: the limit is on what is kept
-        if len(data) > self.ctx.max_message_size:
-            raise No(f"message over the limit of {self.ctx.max_message_size} octets", "TOOBIG")
-        if not data:
-            raise No("an empty message is not a message", "CANNOT")
+        messages: list[tuple[bytes, set[str], datetime]] = []
+        extras: list[Token] = []
+        for arg in args[1:]:
+            if not (isinstance(arg, String) and arg.literal):
+                if len(extras) == 2:
+                    raise Bad("each message must be sent as a literal, after optional flags and date")
+                extras.append(arg)
+                continue
+            flags: set[str] = set()
+            when = datetime.now(timezone.utc)
+            for extra in extras:
+                if isinstance(extra, PList):
+                    flags = _flags(extra.items)
+                else:
+                    when = encode.parse_date_time(text(extra))
+            data = Message(arg.value).without_nul()  # base64 grows it: the limit is on what is kept
+            if len(data) > self.ctx.max_message_size:
+                raise No(f"message over the limit of {self.ctx.max_message_size} octets", "TOOBIG")
+            if not data:
+                raise No("an empty message is not a message", "CANNOT")
+            messages.append((data, flags, when))
+            extras = []
+        if extras or not messages:
+            raise Bad("each message must be sent as a literal, after optional flags and date")
         try:
             resolved = await self._resolve(args[0], "i", "imap.append")
         except No as exc:
@@ -650,12 +669,13 @@ class Session:
             raise
         folder_id = await self._folder_id_or_trycreate(resolved)
         try:
-            uidvalidity, new_uid = await self.ctx.folders.append(folder_id, data, flags, when)
+            uidvalidity, new_uids = await self.ctx.folders.append_all(folder_id, messages)
         except OverQuota:
             raise No("the mailbox is full", "OVERQUOTA") from None
-        await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
-                          size=len(data))
-        return Ok(f"APPENDUID {uidvalidity} {new_uid}", "APPEND completed")
+        for new_uid, (data, _, _) in zip(new_uids, messages):
+            await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
+                              size=len(data))
+        return Ok(f"APPENDUID {uidvalidity} {compress(new_uids)}", "APPEND completed")
 
     async def _folder_id_or_trycreate(self, resolved: Resolved) -> int:
         try:
@@ -666,7 +686,8 @@ class Session:
     async def idle(self, tag: str, args: list, uid: bool) -> None:
         """RFC 2177: push what changes in the selected folder the moment the store commits it
         (the mail store and other sessions announce it on the box's bus channel), and end the
-        session at once if the rights behind it are withdrawn."""
+        session at once if the rights behind it are withdrawn. A silent IDLE gets `* OK Still
+        here` every `idle_keepalive` seconds, so NAT on the way does not forget the flow."""
         channels = [RIGHTS]
         if self.selected is not None:
             channels.append(mailbox_channel(self.selected.box.grant.mailbox_id))
@@ -674,16 +695,20 @@ class Session:
         mine = self.login.principal.id
         await self.conn.send(b"+ idling\r\n")
         line_task = asyncio.ensure_future(self.conn.read_line(IDLE_TIMEOUT))
+        events = aiter(subscription)
+        event_task = asyncio.ensure_future(anext(events))
         try:
-            events = aiter(subscription)
             while True:
-                event_task = asyncio.ensure_future(anext(events))
-                done, _ = await asyncio.wait({line_task, event_task}, return_when=asyncio.FIRST_COMPLETED)
-                if event_task not in done:
-                    event_task.cancel()
+                # the pending read of the bus outlives a keepalive: cancelling it would end the generator
+                done, _ = await asyncio.wait({line_task, event_task}, timeout=self.ctx.idle_keepalive,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if line_task in done:
                     break
+                if not done:
+                    await self.conn.send(b"* OK Still here\r\n")
+                    continue
                 event = event_task.result()
+                event_task = asyncio.ensure_future(anext(events))
                 rights = event is not OVERFLOW and event["channel"] == RIGHTS
                 if (event is OVERFLOW or rights and event["idnat"] == mine) and not await self._rights_hold(heard=True):
                     raise _Handled
@@ -692,6 +717,7 @@ class Session:
             line = line_task.result()
         finally:
             line_task.cancel()
+            event_task.cancel()
             await subscription.close()
         if line is None:
             raise ConnectionError("IDLE timed out or the client left")
@@ -821,6 +847,9 @@ class Session:
     def _uids(self, spec: str, uid: bool) -> list[int]:
         """A sequence set or UID set -> the UIDs it names, in order (RFC 3501 §6.4.8)."""
         selected = self.selected
+        if spec == "$":
+            saved = self._saved_uids()
+            return [u for u in selected.uids if u in saved]
         try:
             numbers = SequenceSet.parse(spec)
         except ValueError:
@@ -991,16 +1020,25 @@ class Session:
     async def move(self, tag: str, args: list, uid: bool) -> Ok | None:
         return await self.copy(tag, args, uid, move=True)
 
+    def _saved_uids(self) -> frozenset[int]:
+        holder, uids = self._saved
+        return uids if holder is self.selected else frozenset()
+
     async def search(self, tag: str, args: list, uid: bool) -> None:
-        selected = self.selected
         try:
-            query = parse_search(args, utf8_default=self.rev2)
-        except BadCharset as exc:
-            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
-        if query.uses_modseq:
-            await self._condstore_on()
+            await self._search(args, uid, tag)
+        except (No, Bad, ValueError):
+            options = args[1].items if len(args) > 1 and isinstance(args[1], PList) else ()
+            words = [t.value.upper() for t in (*args[:1], *options) if isinstance(t, Atom)]
+            if words[:1] == ["RETURN"] and "SAVE" in words[1:]:
+                self._saved = (self.selected, frozenset())  # RFC 5182 §2.1: a failed SAVE empties `$`
+            raise
+
+    async def _find(self, query: SearchQuery) -> list[tuple[int, int]]:
+        """(seq, uid) of the selected messages the query matches, in sequence order."""
+        selected = self.selected
         largest_uid = selected.uids[-1] if selected.uids else 0
-        found: list[tuple[int, int]] = []  # (seq, uid)
+        found: list[tuple[int, int]] = []
         for start in range(0, selected.exists, FETCH_BATCH):
             batch = selected.uids[start:start + FETCH_BATCH]
             bodies = await self._messages(selected.folder_id, batch, not query.needs_body) \
@@ -1012,8 +1050,50 @@ class Session:
                                      lambda u=u: Message(bodies.get(u, b"")))
                 if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
                     found.append((start + offset + 1, u))
+        return found
+
+    async def sort(self, tag: str, args: list, uid: bool) -> None:
+        """SORT (RFC 5256), answered with ESEARCH when RETURN is given (ESORT, RFC 5267)."""
+        selected = self.selected
+        request = parse_sort(args)
+        try:
+            query = parse_search(request.search, utf8_default=self.rev2, saved=self._saved_uids())
+        except BadCharset as exc:
+            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        found = await self._find(query)
+        facts: list[SortFacts] = []
+        for start in range(0, len(found), FETCH_BATCH):
+            batch = found[start:start + FETCH_BATCH]
+            heads = await self._messages(selected.folder_id, [u for _, u in batch], True) \
+                if needs_message(request) else {}
+            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size,
+                                Message(heads[u]) if u in heads else None) for s, u in batch]
+        uid_of = dict(found)
+        numbers = [uid_of[f.seq] if uid else f.seq for f in sort_messages(request, facts)]
+        if request.returns is None:
+            await self.conn.send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        else:
+            await self.conn.send(_esearch(tag, uid, numbers, request.returns, 0, ordered=True))
+
+    async def _search(self, args: list, uid: bool, tag: str) -> None:
+        selected = self.selected
+        try:
+            query = parse_search(args, utf8_default=self.rev2, saved=self._saved_uids())
+        except BadCharset as exc:
+            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        if query.uses_modseq:
+            await self._condstore_on()
+        found = await self._find(query)
         numbers = [u if uid else s for s, u in found]
         returns = query.returns
+        if returns and "SAVE" in returns:
+            returns = tuple(r for r in returns if r != "SAVE")
+            # RFC 5182 §2.4: with MIN and/or MAX alone, only those are saved
+            kept = found if not returns or set(returns) - {"MIN", "MAX"} else \
+                found[:1] * ("MIN" in returns) + found[-1:] * ("MAX" in returns)
+            self._saved = (selected, frozenset(u for _, u in kept))
+            if not returns:  # §2.1: SAVE alone answers with no ESEARCH
+                return
         if returns is None and self.rev2:
             returns = ("ALL",)
         # RFC 7162 §3.1.5: the highest MODSEQ of what is returned; MIN and MAX alone return
@@ -1036,7 +1116,7 @@ class _Handled(Exception):
 
 
 STORE_ITEMS = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
-UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"}
+UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT"}
 _ANY = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
 _AUTH = (AUTHENTICATED, SELECTED)
 _SEL = (SELECTED,)
@@ -1057,6 +1137,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "CHECK": (_SEL, Session.check), "CLOSE": (_SEL, Session.close_cmd), "UNSELECT": (_SEL, Session.unselect),
     "EXPUNGE": (_SEL, Session.expunge), "FETCH": (_SEL, Session.fetch), "STORE": (_SEL, Session.store),
     "COPY": (_SEL, Session.copy), "MOVE": (_SEL, Session.move), "SEARCH": (_SEL, Session.search),
+    "SORT": (_SEL, Session.sort),
 }
 
 
@@ -1123,19 +1204,32 @@ def _select_params(tokens: Sequence[Token]) -> dict[str, PList | None]:
     return params
 
 
-def _esearch(tag: str, uid: bool, numbers: list[int], returns: Sequence[str], modseq: int) -> bytes:
-    """RFC 4731 ESEARCH response."""
+def _esearch(tag: str, uid: bool, numbers: list[int], returns: Sequence[str], modseq: int, *,
+             ordered: bool = False) -> bytes:
+    """RFC 4731 ESEARCH response; `ordered`: ESORT's (RFC 5267 §3.2), where MIN and MAX are
+    the first and last in sort order and ALL keeps that order."""
     parts = [b"* ESEARCH (TAG " + encode.quoted_or_literal(tag) + b")"]
     if uid:
         parts.append(b"UID")
     if "MIN" in returns and numbers:
-        parts.append(b"MIN %d" % min(numbers))
+        parts.append(b"MIN %d" % (numbers[0] if ordered else min(numbers)))
     if "MAX" in returns and numbers:
-        parts.append(b"MAX %d" % max(numbers))
+        parts.append(b"MAX %d" % (numbers[-1] if ordered else max(numbers)))
     if "COUNT" in returns:
         parts.append(b"COUNT %d" % len(numbers))
     if "ALL" in returns and numbers:
-        parts.append(b"ALL " + compress(numbers).encode())
+        parts.append(b"ALL " + (_in_order(numbers) if ordered else compress(numbers)).encode())
     if modseq:
         parts.append(b"MODSEQ %d" % modseq)
     return b" ".join(parts) + b"\r\n"
+
+
+def _in_order(numbers: list[int]) -> str:
+    """A sequence set that keeps the numbers' order: "3,1:2,5" (ESORT ALL)."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(f"{first}:{last}" if first != last else str(first) for first, last in runs)

@@ -1,0 +1,138 @@
+"""IMAP extensions clients ask for (issue 12), over real sockets: IDLE keepalives, SEARCHRES,
+WITHIN, MULTIAPPEND. imaptest's groups for each run in test_imaptest.py."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from .imap_client import RawImap, untagged
+
+
+@pytest.fixture
+def keepalive_1s(monkeypatch) -> None:
+    """Requested before `server`: a keepalive every second instead of every two minutes."""
+    monkeypatch.setenv("MSANTE_IMAP__IDLE_KEEPALIVE", "1")
+
+
+def test_idle_sends_keepalives_and_still_pushes_news(keepalive_1s, server):
+    idler, writer = RawImap(server), RawImap(server)
+    for client in (idler, writer):
+        client.login_token(server)
+    idler.ok("SELECT INBOX")
+    idler.send(b"i IDLE\r\n")
+    assert idler.line().startswith(b"+ ")
+    started = time.monotonic()
+    assert idler.line() == b"* OK Still here\r\n"
+    assert idler.line() == b"* OK Still here\r\n"
+    assert 1.5 < time.monotonic() - started < 5
+    writer.ok("APPEND INBOX \x00", b"Subject: after the keepalives\r\n\r\nbody\r\n")
+    while b"EXISTS" not in (line := idler.line()):  # a keepalive may come first
+        assert line == b"* OK Still here\r\n", line
+    idler.send(b"DONE\r\n")
+    while not (line := idler.line()).startswith(b"i "):
+        assert line.startswith(b"* "), line
+    assert line.startswith(b"i OK"), line
+    idler.close()
+    writer.close()
+
+
+def fill(client: RawImap, box: str, flags: list[str]) -> None:
+    client.ok(f"CREATE {box}")
+    for n, flag in enumerate(flags, 1):
+        client.ok(f"APPEND {box} ({flag}) \x00", b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
+    client.ok(f"SELECT {box}")
+
+
+def test_searchres_saves_a_result_for_later_commands(server):
+    client = RawImap(server)
+    client.login_token(server)
+    assert b"SEARCHRES" in client.ok("CAPABILITY")[0]
+    fill(client, "sr", ["\\Seen", "", "\\Seen", "\\Seen"])
+    assert client.ok("SEARCH RETURN (SAVE) SEEN") == []  # SAVE alone: no ESEARCH (RFC 5182 §2.1)
+    assert untagged(client.ok("FETCH $ (UID)"), b"FETCH") == [b"* 1 FETCH (UID 1)\r\n", b"* 3 FETCH (UID 3)\r\n",
+                                                             b"* 4 FETCH (UID 4)\r\n"]
+    assert client.ok("SEARCH $ NOT 1") == [b"* SEARCH 3 4\r\n"]
+    client.ok("STORE $ +FLAGS.SILENT (\\Deleted)")
+    assert client.ok("SEARCH DELETED") == [b"* SEARCH 1 3 4\r\n"]
+    client.ok("STORE 1 -FLAGS.SILENT (\\Deleted)")
+    client.ok("EXPUNGE")  # 3 and 4 go: `$` keeps only what is left of it
+    assert client.ok("UID SEARCH $") == [b"* SEARCH 1\r\n"]
+    # with MIN or MAX alone, only those are saved (§2.4); the ESEARCH omits SAVE
+    client.ok("APPEND sr (\\Seen) \x00", b"Subject: m5\r\n\r\nbody 5\r\n")
+    client.ok("NOOP")
+    lines = client.ok("UID SEARCH RETURN (SAVE MAX) SEEN")
+    assert lines[-1].startswith(b"* ESEARCH (TAG ") and lines[-1].endswith(b" UID MAX 5\r\n"), lines
+    assert client.ok("UID SEARCH $") == [b"* SEARCH 5\r\n"]
+    tag, lines = client.command("FETCH $,1 FLAGS")  # `$` stands alone
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    tag, lines = client.command("SEARCH RETURN (SAVE) BOGUS")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    assert client.ok("SEARCH $") == [b"* SEARCH\r\n"]  # a failed SAVE empties it
+    client.ok("SEARCH RETURN (SAVE) ALL")
+    client.ok("SELECT sr")  # a new selection forgets it
+    assert client.ok("SEARCH $") == [b"* SEARCH\r\n"]
+    client.close()
+
+
+def test_within_finds_messages_by_age(server):
+    client = RawImap(server)
+    client.login_token(server)
+    assert b" WITHIN" in client.ok("CAPABILITY")[0]
+    client.ok("CREATE within")
+    client.ok('APPEND within "01-Jan-2020 10:00:00 +0000" \x00', b"Subject: old\r\n\r\nold\r\n")
+    client.ok("APPEND within \x00", b"Subject: new\r\n\r\nnew\r\n")
+    client.ok("SELECT within")
+    assert client.ok("SEARCH OLDER 3600") == [b"* SEARCH 1\r\n"]
+    assert client.ok("SEARCH YOUNGER 3600") == [b"* SEARCH 2\r\n"]
+    assert client.ok("UID SEARCH OR OLDER 4000000000 YOUNGER 60") == [b"* SEARCH 2\r\n"]
+    tag, lines = client.command("SEARCH OLDER 0")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.close()
+
+
+def test_multiappend_stores_all_or_nothing(server):
+    client = RawImap(server)
+    client.login_token(server)
+    assert b" MULTIAPPEND" in client.ok("CAPABILITY")[0]
+    client.ok("CREATE multi")
+    tag, lines = client.command('APPEND multi (\\Seen) \x00 (\\Flagged) "02-Mar-2026 10:00:00 +0100" \x00 \x00',
+                                b"Subject: one\r\n\r\n1\r\n", b"Subject: two\r\n\r\n2\r\n", b"Subject: 3\r\n\r\n3\r\n")
+    assert re.match(rb"t\d+ OK \[APPENDUID \d+ 1:3\]", lines[-1]), lines
+    # the second message is refused (empty), so the first is not kept either
+    tag, lines = client.command("APPEND multi \x00 \x00", b"Subject: four\r\n\r\n4\r\n", b"")
+    assert lines[-1].startswith(f"{tag} NO".encode()), lines
+    tag, lines = client.command('APPEND multi \x00 "not a date" \x00', b"Subject: four\r\n\r\n4\r\n", b"x\r\n")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    tag, lines = client.command("APPEND multi \x00 (\\Seen)", b"Subject: four\r\n\r\n4\r\n")  # flags, no message
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.ok("SELECT multi")
+    fetched = untagged(client.ok("FETCH 1:* (UID FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])"), b"FETCH")
+    assert len(fetched) == 3, fetched
+    assert b"FLAGS (\\Seen \\Recent)" in fetched[0] and b"Subject: one" in fetched[0]
+    assert b"FLAGS (\\Flagged \\Recent)" in fetched[1] and b"\" 2-Mar-2026 09:00:00 +0000\"" in fetched[1]
+    assert b"Subject: 3" in fetched[2]
+    client.close()
+
+
+def test_sort_and_esort(server):
+    client = RawImap(server)
+    client.login_token(server)
+    caps = client.ok("CAPABILITY")[0]
+    assert b" SORT" in caps and b" ESORT" in caps
+    client.ok("CREATE sorted")
+    for subject, size in (("Re: beta", 40), ("alpha", 300), ("[list] Beta (fwd)", 1)):
+        client.ok("APPEND sorted (\\Seen) \x00", b"Subject: %s\r\n\r\n%s\r\n" % (subject.encode(), b"x" * size))
+    client.ok("SELECT sorted")
+    client.ok("STORE 1 -FLAGS (\\Seen)")
+    assert client.ok("SORT (SUBJECT) UTF-8 ALL") == [b"* SORT 2 1 3\r\n"]
+    assert client.ok("SORT (REVERSE SIZE) US-ASCII SEEN") == [b"* SORT 2 3\r\n"]
+    assert client.ok("UID SORT (SIZE) UTF-8 ALL") == [b"* SORT 3 1 2\r\n"]
+    lines = client.ok("UID SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL")
+    assert lines[-1].endswith(b" UID MIN 2 MAX 3 COUNT 3 ALL 2,1,3\r\n"), lines
+    tag, lines = client.command("SORT (SIZE) ISO-8859-1 ALL")
+    assert lines[-1].startswith(f"{tag} NO [BADCHARSET".encode()), lines
+    tag, lines = client.command("SORT (COLOUR) UTF-8 ALL")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.close()
