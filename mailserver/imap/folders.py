@@ -23,7 +23,7 @@ from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
-from sqlalchemy import (and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select, true, union_all,
+from sqlalchemy import (LargeBinary, and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select, true, union_all,
                         update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -362,8 +362,8 @@ class Folders:
         """The raw messages of `uids` (absent ones left out), BATCH at a time; with `head`, only
         their first `head` octets (what ENVELOPE or a header SEARCH reads)."""
         found: dict[int, bytes] = {}
-        data = bodies.c.data if head is None else func.substr(bodies.c.data, 1, head).label("data")
         async with self._engine.connect() as conn:
+            data = bodies.c.data if head is None else _head(conn, head).label("data")
             for chunk in _chunks(sorted(set(uids))):
                 rows = await conn.execute(select(folder_messages.c.uid, data).select_from(_WITH_SIZE).where(
                     folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
@@ -514,6 +514,19 @@ class Folders:
         used, _count = await _usage(conn, mailbox_id)
         if used + adding > self._quota:
             raise OverQuota(f"{used + adding} bytes > {self._quota}")
+
+
+def _head(conn: AsyncConnection, most: int) -> Any:
+    """A body's first octets up to the blank line that ends its header (CRLF CRLF) if that is
+    within `most`, else its first `most`: ENVELOPE and header SEARCH then read a few hundred
+    octets per message, not all of a small one."""
+    first = func.substr(bodies.c.data, 1, most)
+    blank = literal(b"\r\n\r\n", LargeBinary)
+    if conn.dialect.name == "sqlite":
+        at = func.instr(first, blank)
+    else:  # PostgreSQL: position(bytea IN bytea)
+        at = func.position(blank.op("IN")(first))
+    return func.substr(bodies.c.data, 1, case((at > 0, at + 3), else_=most))
 
 
 def _flag_condition(term: tuple) -> Any:
