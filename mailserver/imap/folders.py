@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
-from sqlalchemy import (LargeBinary, and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select, true, union_all,
-                        update)
+from sqlalchemy import (LargeBinary, and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select,
+                        true, union_all, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 

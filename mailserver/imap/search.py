@@ -1,5 +1,6 @@
 """SEARCH criteria: parse them (RFC 3501 §6.4.4, RFC 9051 §6.4.4, RFC 7162 §3.1.5 MODSEQ,
-RFC 4731 ESEARCH RETURN) and evaluate them against one message.
+RFC 4731 ESEARCH RETURN) and evaluate them against one message; a query on flags alone is also
+handed to the store as a FlagTerm, answered by one SQL query instead of a test per message.
 
 Matching rules, chosen where the RFCs leave room:
 - strings match as case-insensitive substrings (str.casefold) of decoded text: RFC 2047 words in
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import date, datetime, timezone
+from functools import lru_cache
 from typing import Any, Callable, Iterator, Sequence
 
 from .message import Message
