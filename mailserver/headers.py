@@ -70,10 +70,12 @@ class Header:
     fields: tuple[Field, ...]
     size: int  # octets of the header section, the blank line included
     truncated: bool  # longer than MAX_HEADER_BYTES or more than MAX_FIELDS fields: the rest unread
+    first: dict[str, Field]  # the first field of each name: ENVELOPE asks for eleven of them
 
     def get(self, key: str) -> str | None:
         """The first field of that (lower-case) name: the one ENVELOPE shows."""
-        return next((f.value for f in self.fields if f.key == key), None)
+        found = self.first.get(key)
+        return None if found is None else found.value
 
     def all(self, key: str) -> list[Field]:
         return [f for f in self.fields if f.key == key]
@@ -101,4 +103,7 @@ def read(data: bytes, start: int = 0, end: int | None = None) -> Header:
         colon = data.find(b":", s, e if line_end < 0 else line_end)
         key = data[s:colon].strip().decode("ascii", "replace").lower() if colon >= 0 else ""
         fields.append(Field(data[s:e], colon - s if colon >= 0 else -1, key))
-    return Header(tuple(fields), stop - start, truncated)
+    first: dict[str, Field] = {}
+    for f in fields:
+        first.setdefault(f.key, f)
+    return Header(tuple(fields), stop - start, truncated, first)

@@ -224,6 +224,37 @@ def test_search_keys_charset_and_esearch(server):
     client.close()
 
 
+def test_search_on_flags_whole_words_any_case_as_the_session_was_told(server):
+    """Flag-only searches are answered by the store: a keyword matches as a whole word in any
+    case (not `$Importantish` for `$Important`, no LIKE wildcard in `a_b`), and while another
+    session's change has not been told, the answer is still the session's view."""
+    for subject in ("one", "two", "three"):
+        deliver(server, [NURSE], subject, "text\n")
+    client, other = RawImap(server), RawImap(server)
+    for c in (client, other):
+        c.login_token(server, NURSE, "810002000023")
+        c.ok("SELECT INBOX")
+    client.ok("STORE 1 FLAGS.SILENT (\\Seen $Importantish)")
+    client.ok("STORE 2 FLAGS.SILENT (\\Flagged $important)")
+    client.ok("STORE 3 FLAGS.SILENT (axb)")
+
+    def search(criteria: str) -> list[bytes]:
+        return [line for line in client.ok(criteria) if not line.startswith(b"* OK")]
+
+    assert search("SEARCH KEYWORD $Important") == [b"* SEARCH 2\r\n"]
+    assert search("SEARCH KEYWORD a_b") == [b"* SEARCH\r\n"]
+    assert search("SEARCH UNSEEN FLAGGED") == [b"* SEARCH 2\r\n"]
+    assert search("SEARCH OR SEEN NOT UNKEYWORD $IMPORTANT") == [b"* SEARCH 1 2\r\n"]
+    assert search("SEARCH UNKEYWORD $importantish UNSEEN") == [b"* SEARCH 2 3\r\n"]
+    assert search("UID SEARCH NOT ALL") == [b"* SEARCH\r\n"]
+    other.ok("STORE 3 +FLAGS.SILENT (\\Flagged)")
+    lines = search("SEARCH FLAGGED")
+    assert lines[0] == b"* SEARCH 2\r\n" and re.match(rb"\* 3 FETCH \(.*\\Flagged", lines[1]), lines
+    assert search("SEARCH FLAGGED") == [b"* SEARCH 2 3\r\n"]
+    client.close()
+    other.close()
+
+
 # -- changing mailboxes ------------------------------------------------------------------------
 
 

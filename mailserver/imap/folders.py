@@ -20,9 +20,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence, TypeVar
+from functools import lru_cache
+from typing import Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, null, select, union_all, update
+from sqlalchemy import (LargeBinary, and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select,
+                        true, union_all, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -62,8 +64,10 @@ class FolderInfo:
     special_use: str
 
 
-@dataclass(frozen=True)
-class MessageMeta:
+class MessageMeta(NamedTuple):
+    """One message's flags, MODSEQ, date and size: SELECT builds one per message of the folder,
+    so a tuple (a frozen dataclass costs several times more to build)."""
+
     uid: int
     flags: frozenset[str]
     modseq: int
@@ -95,7 +99,10 @@ class _Unchanged(Exception):
         self.result = result
 
 
+@lru_cache(maxsize=1024)
 def flag_set(text: str) -> frozenset[str]:
+    """Shared: a folder's messages carry a handful of distinct flag lists, so SELECT builds
+    each set once, and whatever walks the sets (keywords, SEARCH) meets few distinct ones."""
     return frozenset(text.split())
 
 
@@ -337,12 +344,26 @@ class Folders:
             rows = (await conn.execute(union_all(present, expunged).order_by("uid"))).all()
         return Changes(state, [_meta(r) for r in rows if not r.gone], [r.uid for r in rows if r.gone])
 
+    async def uids_with_flags(self, folder_id: int, term: tuple) -> tuple[list[int], int] | None:
+        """The UIDs, in order, whose stored flags satisfy `term` (search.FlagTerm), and the
+        folder's HIGHESTMODSEQ read after them: while it has not moved past what the caller
+        last read, the rows are those the caller's view holds (every write raises it before
+        its commit). None when a flag name is not ASCII: SQL's lower() would not fold it as
+        SEARCH's casefold does."""
+        condition = _flag_condition(term)
+        if condition is None:
+            return None
+        async with self._engine.connect() as conn:
+            uids = list((await conn.execute(select(folder_messages.c.uid).where(
+                folder_messages.c.folder_id == folder_id, condition).order_by(folder_messages.c.uid))).scalars())
+            return uids, (await _folder(conn, folder_id)).highestmodseq
+
     async def bodies(self, folder_id: int, uids: Sequence[int], *, head: int | None = None) -> dict[int, bytes]:
         """The raw messages of `uids` (absent ones left out), BATCH at a time; with `head`, only
         their first `head` octets (what ENVELOPE or a header SEARCH reads)."""
         found: dict[int, bytes] = {}
-        data = bodies.c.data if head is None else func.substr(bodies.c.data, 1, head).label("data")
         async with self._engine.connect() as conn:
+            data = bodies.c.data if head is None else _head(conn, head).label("data")
             for chunk in _chunks(sorted(set(uids))):
                 rows = await conn.execute(select(folder_messages.c.uid, data).select_from(_WITH_SIZE).where(
                     folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
@@ -502,6 +523,36 @@ class Folders:
         used, _count = await _usage(conn, mailbox_id)
         if used + adding > self._quota:
             raise OverQuota(f"{used + adding} bytes > {self._quota}")
+
+
+def _head(conn: AsyncConnection, most: int) -> Any:
+    """A body's first octets up to the blank line that ends its header (CRLF CRLF) if that is
+    within `most`, else its first `most`: ENVELOPE and header SEARCH then read a few hundred
+    octets per message, not all of a small one."""
+    first = func.substr(bodies.c.data, 1, most)
+    blank = literal(b"\r\n\r\n", LargeBinary)
+    if conn.dialect.name == "sqlite":
+        at = func.instr(first, blank)
+    else:  # PostgreSQL: position(bytea IN bytea)
+        at = func.position(blank.op("IN")(first))
+    return func.substr(bodies.c.data, 1, case((at > 0, at + 3), else_=most))
+
+
+def _flag_condition(term: tuple) -> Any:
+    """SQL for a search.FlagTerm: a flag is a whole word of the space-separated list."""
+    kind = term[0]
+    if kind == "all":
+        return true()
+    if kind == "flag":
+        if not term[1].isascii():
+            return None
+        words = func.lower(" " + folder_messages.c.flags + " ")
+        found = words.contains(f" {term[1].lower()} ", autoescape=True)
+        return found if term[2] else not_(found)
+    parts = [_flag_condition(t) for t in (term[1] if kind == "and" else term[1:])]
+    if any(p is None for p in parts):
+        return None
+    return and_(*parts) if kind == "and" else or_(*parts) if kind == "or" else not_(parts[0])
 
 
 # --- inside a transaction ----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """SEARCH criteria: parse them (RFC 3501 §6.4.4, RFC 9051 §6.4.4, RFC 7162 §3.1.5 MODSEQ,
 RFC 4731 ESEARCH RETURN, RFC 5182 SEARCHRES's SAVE and `$`, RFC 5032 WITHIN's OLDER and YOUNGER)
-and evaluate them against one message.
+and evaluate them against one message; a query on flags alone is also handed to the store as a
+FlagTerm, answered by one SQL query instead of a test per message.
 
 Matching rules, chosen where the RFCs leave room:
 - strings match as case-insensitive substrings (str.casefold) of decoded text: RFC 2047 words in
@@ -17,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Callable, Iterator, Sequence
 
 from .message import Message
@@ -61,12 +63,18 @@ class MessageFacts:
         return self.loader()
 
 
+@lru_cache(maxsize=1024)
+def _folded(flags: frozenset[str]) -> frozenset[str]:
+    """Flag sets are shared between messages (folders.flag_set): fold each distinct one once."""
+    return frozenset(f.casefold() for f in flags)
+
+
 class _Context:
     """One evaluation: the message is loaded at most once, and only if a key needs it."""
 
     def __init__(self, facts: MessageFacts, largest_seq: int, largest_uid: int) -> None:
         self.facts, self.largest_seq, self.largest_uid = facts, largest_seq, largest_uid
-        self.flags = {f.casefold() for f in facts.flags}
+        self.flags = _folded(facts.flags)
         self._message: Message | None = None
         self._body: str | None = None
 
@@ -298,6 +306,34 @@ class SearchQuery:
 
     def matches(self, facts: MessageFacts, *, largest_seq: int, largest_uid: int) -> bool:
         return self.key.matches(_Context(facts, largest_seq, largest_uid))
+
+    def on_flags(self) -> FlagTerm | None:
+        """The query as a condition on stored flags alone, for the store to answer (SQL), or
+        None when a key needs more: the message, its date, size or number, or \\Recent (the
+        session's own)."""
+        return _flag_term(self.key)
+
+
+# A condition on stored flags: ("all",), ("flag", name, present), ("and", terms), ("or", a, b),
+# ("not", term). Flag names compare case-insensitively.
+FlagTerm = tuple
+
+
+def _flag_term(key: Key) -> FlagTerm | None:
+    if isinstance(key, All):
+        return ("all",)
+    if isinstance(key, Flag):
+        return None if key.flag.casefold() == "\\recent" else ("flag", key.flag, key.present)
+    if isinstance(key, Not):
+        inner = _flag_term(key.key)
+        return None if inner is None else ("not", inner)
+    if isinstance(key, Or):
+        left, right = _flag_term(key.left), _flag_term(key.right)
+        return None if left is None or right is None else ("or", left, right)
+    if isinstance(key, And):
+        terms = [_flag_term(k) for k in key.keys]
+        return None if any(t is None for t in terms) else ("and", tuple(terms))
+    return None
 
 
 class _Reader:

@@ -78,7 +78,8 @@ class Selected:
 
     def keywords(self) -> set[str]:
         """Flags in use in this folder beyond the system ones."""
-        return {f for m in self.meta.values() for f in m.flags if not f.startswith("\\")}
+        distinct = {m.flags for m in self.meta.values()}  # few: flag_set shares them
+        return {f for flags in distinct for f in flags if not f.startswith("\\")}
 
     def flags_response(self) -> bytes:
         """FLAGS and PERMANENTFLAGS: the flags in use, and those the session may set (none when

@@ -41,7 +41,7 @@ from .folders import SYSTEM_FLAGS, FolderExists, Folders, NoSuchFolder, OverQuot
 from .message import Message, UnknownCTE
 from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
 from .parser import LiteralPending
-from .search import BadCharset, MessageFacts, SearchQuery, parse_search
+from .search import BadCharset, FlagTerm, MessageFacts, SearchQuery, parse_search
 from .sort import SortFacts, needs_message, parse_sort
 from .sort import sort as sort_messages
 from .selected import Selected
@@ -52,6 +52,7 @@ log = logging.getLogger("msante.imap")
 
 IDLE_TIMEOUT = 30 * 60.0  # RFC 3501 §5.4: at least 30 minutes
 FETCH_BATCH = 200
+RECENT = frozenset({"\\Recent"})  # added to a message's stored flags while this session holds it recent
 HEAD_BYTES = 8 * 1024  # read first when only headers are needed; longer headers are read whole  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
 # Mailbox names: every command that names a box holds and compares them, and every LIST sends
 # them all. 255 per level is a file name's limit (NAME_MAX), which maildir-based servers the
@@ -1038,19 +1039,9 @@ class Session:
         """(seq, uid) of the selected messages the query matches, in sequence order."""
         selected = self.selected
         largest_uid = selected.uids[-1] if selected.uids else 0
-        found: list[tuple[int, int]] = []
-        for start in range(0, selected.exists, FETCH_BATCH):
-            batch = selected.uids[start:start + FETCH_BATCH]
-            bodies = await self._messages(selected.folder_id, batch, not query.needs_body) \
-                if query.needs_message else {}
-            for offset, u in enumerate(batch):
-                meta = selected.meta[u]
-                flags = frozenset(selected.flags_of(u))
-                facts = MessageFacts(start + offset + 1, u, flags, meta.internaldate, meta.size, meta.modseq,
-                                     lambda u=u: Message(bodies.get(u, b"")))
-                if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
-                    found.append((start + offset + 1, u))
-        return found
+        term = query.on_flags()
+        found = await self._search_flags(selected, term) if term is not None else None
+        return found if found is not None else await self._search_messages(selected, query, largest_uid)
 
     async def sort(self, tag: str, args: list, uid: bool) -> None:
         """SORT (RFC 5256), answered with ESEARCH when RETURN is given (ESORT, RFC 5267)."""
@@ -1109,6 +1100,36 @@ class Session:
             await self.conn.send(line + b"\r\n")
             return
         await self.conn.send(_esearch(tag, uid, numbers, returns or ("ALL",), modseq))
+
+    async def _search_flags(self, selected: Selected, term: FlagTerm) -> list[tuple[int, int]] | None:
+        """(seq, uid) of the messages whose flags satisfy `term`, answered by the store (one
+        query, no Python per message), or None when the store's state may differ from what
+        this session was told: changes it has not read yet, expunges it has not told."""
+        if term == ("all",):
+            return list(enumerate(selected.uids, 1))
+        if selected.pending_vanished:
+            return None
+        got = await self.ctx.folders.uids_with_flags(selected.folder_id, term)
+        if got is None or got[1] != selected.highestmodseq:
+            return None
+        return [(seq, u) for u in got[0] if (seq := selected.seq_of(u)) is not None]
+
+    async def _search_messages(self, selected: Selected, query: SearchQuery, largest_uid: int) -> list[tuple[int, int]]:
+        """(seq, uid) of the messages matching `query`, each tested here, their header or body
+        read a batch at a time when a key needs them."""
+        found = []
+        for start in range(0, selected.exists, FETCH_BATCH):
+            batch = selected.uids[start:start + FETCH_BATCH]
+            bodies = await self._messages(selected.folder_id, batch, not query.needs_body) \
+                if query.needs_message else {}
+            for offset, u in enumerate(batch):
+                meta = selected.meta[u]
+                flags = meta.flags | RECENT if u in selected.recent else meta.flags
+                facts = MessageFacts(start + offset + 1, u, flags, meta.internaldate, meta.size, meta.modseq,
+                                     lambda u=u: Message(bodies.get(u, b"")))
+                if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
+                    found.append((start + offset + 1, u))
+        return found
 
 
 class _Handled(Exception):
