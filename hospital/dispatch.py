@@ -6,8 +6,8 @@ operator's; else an organisational box of a structure where the GP practises), w
 notification mail, and in the same transaction as that mail records the notice, raises a
 `patient` alert for the members of the patient's care circle (if one exists for that INS),
 tells the patient's subscribers (hospital/subscriptions.py: mails, alerts, a notice each),
-puts the event in that circle's timeline (hospital/timeline.py) and marks the event
-dispatched. A crash before that commit leaves the event pending and nothing sent; after it,
+puts the event in that circle's timeline (hospital/timeline.py), starts each notice's
+receipts (hospital/receipts.py) and marks the event dispatched. A crash before that commit leaves the event pending and nothing sent; after it,
 everything done: each event is notified exactly once, restarts included. When nobody can be
 told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
 """
@@ -30,7 +30,7 @@ from store.events import EventBus
 from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 
-from . import notice, subscriptions, timeline
+from . import notice, receipts, subscriptions, timeline
 from .feed import CHANNEL
 from .message import parse
 
@@ -160,6 +160,7 @@ class Dispatcher:
             mail_events.extend(await subscriptions.deliver(
                 conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
                 actor=actor, audit=self._audit, now=now))
+            await receipts.dispatched(conn, event.id, now)
             items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
                                              sender=sender, occurred=_occurred(event, patient), now=now)
             if accepted is None:
