@@ -7,9 +7,9 @@ notification mail, and in the same transaction as that mail records the notice, 
 `patient` alert for the members of the patient's care circle (if one exists for that INS),
 tells the patient's subscribers (hospital/subscriptions.py: mails, alerts, a notice each),
 puts the event in that circle's timeline (hospital/timeline.py), starts each notice's
-receipts (hospital/receipts.py) and marks the event dispatched. A crash before that commit leaves the event pending and nothing sent; after it,
-everything done: each event is notified exactly once, restarts included. When nobody can be
-told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
+receipts (hospital/receipts.py) and marks the event dispatched. A crash before that commit
+leaves the event pending and nothing sent; after it, everything done: each event is notified
+exactly once, restarts included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailserver import dsn
+from mailserver import dsn, headers
 from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
 from store.db import dialect_insert, utc
@@ -177,7 +177,8 @@ class Dispatcher:
                 async def alongside(conn: AsyncConnection, accepted: Accepted) -> None:
                     holder["raised"] = await finish(conn, accepted)
                 await self._mailstore.accept(
-                    message=gp_message, message_id="", sender=sender, actor=actor, audit=self._audit,
+                    message=gp_message, message_id=headers.read(gp_message).get("message-id") or "", sender=sender,
+                    actor=actor, audit=self._audit,
                     audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
                     recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
                                           target.mailbox_id)], alongside=alongside)

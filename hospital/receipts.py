@@ -2,21 +2,24 @@
 
 Every fact is written where it becomes known, by one small call from that place: the
 dispatcher's transaction (queued; delivered when the mail is committed to a local box or the
-alert raised; failed), IMAP STORE adding \\Seen to the notice mail in the recipient's box
-(read), a subscriber acknowledging the alert (read). The history is what coordinators and
+alert raised; failed), the relay's answer for another operator's box (sent, failed), a DSN or
+MDN delivered to the hospital's box (delivered, failed, read; matched by the notice's
+Message-ID and the recipient), IMAP STORE adding \\Seen to the notice mail in the recipient's
+box (read), a subscriber acknowledging the alert (read). The history is what coordinators and
 the care circle look at (`/api/notifications`, `msante notification list`); the notice's own
 `status` stays what dispatch decided, which the indicators count.
 """
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import and_, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mailserver.reports import Report
 from store.db import utc
-from store.schema import deliveries, hospital_events, hospital_notice_history, hospital_notices
+from store.schema import deliveries, envelopes, hospital_events, hospital_notice_history, hospital_notices
 
 STATUSES = ("queued", "sent", "delivered", "read", "failed")
 ALERT_KEY = "hospital-event:"  # an alert's key names its event (hospital/dispatch.py)
@@ -63,15 +66,44 @@ async def acknowledged(conn: AsyncConnection, alert_key: str, audience: str, now
     await _read(conn, [r.id for r in rows], now)
 
 
+async def relayed(conn: AsyncConnection, envelope_id: int, recipient: str, outcome: str, reason: str,
+                  now: datetime) -> None:
+    """The relay's answer for one recipient of a queued mail (mailserver/outbound.py): a notice
+    to another operator's box is sent (their server took it) or failed (refused, or expired)."""
+    rows = await conn.execute(select(hospital_notices.c.id).where(
+        hospital_notices.c.envelope_id == envelope_id, hospital_notices.c.recipient == recipient))
+    await _add(conn, [r.id for r in rows], outcome, reason, now)
+
+
+async def reported(conn: AsyncConnection, found: list[Report], boxes: Sequence[str], now: datetime) -> None:
+    """DSNs and MDNs (mailserver/reports.py) just delivered to these local boxes: each tells of
+    the notice that one of these boxes sent under that Message-ID to that recipient, if any. A
+    report naming a mail some other box sent changes nothing."""
+    senders = [b.lower() for b in boxes]
+    for report in found:
+        rows = await conn.execute(
+            select(hospital_notices.c.id).join(envelopes, envelopes.c.id == hospital_notices.c.envelope_id)
+            .where(envelopes.c.message_id == report.message_id, func.lower(envelopes.c.sender).in_(senders),
+                   func.lower(hospital_notices.c.recipient) == report.recipient))
+        ids = [r.id for r in rows]
+        if report.outcome == "read":
+            await _read(conn, ids, now)
+        else:
+            await _add(conn, ids, report.outcome, report.reason, now)
+
+
+async def _add(conn: AsyncConnection, notice_ids: list[int], status: str, reason: str, now: datetime) -> None:
+    if notice_ids:
+        await conn.execute(insert(hospital_notice_history),
+                           [{"notice_id": i, "status": status, "reason": reason, "at": now} for i in notice_ids])
+
+
 async def _read(conn: AsyncConnection, notice_ids: list[int], now: datetime) -> None:
     if not notice_ids:
         return
     already = {r.notice_id for r in await conn.execute(select(hospital_notice_history.c.notice_id).where(
         hospital_notice_history.c.notice_id.in_(notice_ids), hospital_notice_history.c.status == "read"))}
-    fresh = [i for i in notice_ids if i not in already]
-    if fresh:
-        await conn.execute(insert(hospital_notice_history),
-                           [{"notice_id": i, "status": "read", "reason": "", "at": now} for i in fresh])
+    await _add(conn, [i for i in notice_ids if i not in already], "read", "", now)
 
 
 async def history(conn: AsyncConnection, ins: str) -> list[dict]:

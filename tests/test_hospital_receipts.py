@@ -82,3 +82,31 @@ def test_who_may_read_the_history(server, capsys):
     assert server.cli("notification", "list", "--patient", INS) == 0
     out = capsys.readouterr().out
     assert "URG" in out and GP in out and "delivered" in out
+
+
+def test_a_read_receipt_mailed_to_the_hospital_box_is_read(server):
+    from tests.test_smtp import login
+
+    with hospital(server) as client:
+        assert msa(client.send(sample("adt_a04_ed_visit.hl7")))[1] == "AA"
+    wait_for(server, select(hospital_notice_history), 1)
+    imap = imaplib_client(server)
+    imap.select("INBOX")
+    _, data = imap.fetch(b"1", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")  # PEEK: stays unseen
+    imap.logout()
+    notice_id = data[0][1].decode().partition(":")[2].strip()
+    assert notice_id.startswith("<") and "hospital-event." in notice_id
+
+    def mdn(to: str) -> bytes:  # as the GP's mail client writes it (RFC 8098)
+        return (f"From: {GP}\r\nTo: {to}\r\nSubject: Lu : Passage aux urgences\r\nMIME-Version: 1.0\r\n"
+                f"Message-ID: <mdn.{to}@msante.test>\r\n"
+                'Content-Type: multipart/report; report-type=disposition-notification; boundary="b"\r\n\r\n'
+                "--b\r\nContent-Type: text/plain\r\n\r\nLu.\r\n--b\r\nContent-Type: message/disposition-notification"
+                f"\r\n\r\nReporting-UA: client\r\nFinal-Recipient: rfc822; {GP}\r\nOriginal-Message-ID: {notice_id}"
+                "\r\nDisposition: manual-action/MDN-sent-manually; displayed\r\n\r\n--b--\r\n").encode()
+    smtp = login(server)
+    smtp.sendmail(GP, ["sophie.hoarau@msante.test"], mdn("sophie.hoarau@msante.test"))  # not the box that sent it
+    assert receipts_of(history(server), GP) == ["queued", "delivered"]
+    smtp.sendmail(GP, ["dpi.ch-saint-paul@msante.test"], mdn("dpi.ch-saint-paul@msante.test"))
+    smtp.quit()
+    assert receipts_of(history(server), GP) == ["queued", "delivered", "read"]
