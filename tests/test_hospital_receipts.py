@@ -79,6 +79,8 @@ def test_who_may_read_the_history(server, capsys):
     assert request(server, "GET", f"/api/notifications?patient={INS}")[0] == 401
     assert receipts_of(history(server), GP) == ["queued", "delivered"]
 
+    assert "/api/notifications" in request(server, "GET", "/api/openapi.json")[2]["paths"]
+
     assert server.cli("notification", "list", "--patient", INS) == 0
     out = capsys.readouterr().out
     assert "URG" in out and GP in out and "delivered" in out
