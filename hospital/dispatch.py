@@ -253,7 +253,7 @@ async def _circle_members(conn: AsyncConnection, ins: str) -> list[str]:
 
 def _alert_row(event, patient: dict, audience: str) -> dict:  # noqa: ANN001
     who = f"{patient.get('family_name', '')} {patient.get('given_name', '').title()}".strip()
-    return {"audience": audience, "kind": ALERT_KIND, "key": f"hospital-event:{event.id}",
+    return {"audience": audience, "kind": ALERT_KIND, "key": f"{receipts.ALERT_KEY}{event.id}",
             "title": f"{TITLES[event.kind]} : {who}" + (f" ({event.unit})" if event.unit else ""),
             "data": json.dumps({"event": event.id, "kind": event.kind, "ins": event.patient_ins,
                                 "occurred": patient.get("occurred", "")}, ensure_ascii=False, sort_keys=True)}

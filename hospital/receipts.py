@@ -21,7 +21,6 @@ from mailserver.reports import Report
 from store.db import utc
 from store.schema import deliveries, envelopes, hospital_events, hospital_notice_history, hospital_notices
 
-STATUSES = ("queued", "sent", "delivered", "read", "failed")
 ALERT_KEY = "hospital-event:"  # an alert's key names its event (hospital/dispatch.py)
 MAX_EVENTS = 500  # events shown per patient, newest first
 
