@@ -6,10 +6,10 @@ operator's; else an organisational box of a structure where the GP practises), w
 notification mail, and in the same transaction as that mail records the notice, raises a
 `patient` alert for the members of the patient's care circle (if one exists for that INS),
 tells the patient's subscribers (hospital/subscriptions.py: mails, alerts, a notice each),
-puts the event in that circle's timeline (hospital/timeline.py) and marks the event
-dispatched. A crash before that commit leaves the event pending and nothing sent; after it,
-everything done: each event is notified exactly once, restarts included. When nobody can be
-told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
+puts the event in that circle's timeline (hospital/timeline.py), starts each notice's
+receipts (hospital/receipts.py) and marks the event dispatched. A crash before that commit
+leaves the event pending and nothing sent; after it, everything done: each event is notified
+exactly once, restarts included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailserver import dsn
+from mailserver import dsn, headers
 from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
 from store.db import dialect_insert, utc
@@ -30,7 +30,7 @@ from store.events import EventBus
 from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 
-from . import notice, subscriptions, timeline
+from . import notice, receipts, subscriptions, timeline
 from .feed import CHANNEL
 from .message import parse
 
@@ -160,6 +160,7 @@ class Dispatcher:
             mail_events.extend(await subscriptions.deliver(
                 conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
                 actor=actor, audit=self._audit, now=now))
+            await receipts.dispatched(conn, event.id, now)
             items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
                                              sender=sender, occurred=_occurred(event, patient), now=now)
             if accepted is None:
@@ -176,7 +177,8 @@ class Dispatcher:
                 async def alongside(conn: AsyncConnection, accepted: Accepted) -> None:
                     holder["raised"] = await finish(conn, accepted)
                 await self._mailstore.accept(
-                    message=gp_message, message_id="", sender=sender, actor=actor, audit=self._audit,
+                    message=gp_message, message_id=headers.read(gp_message).get("message-id") or "", sender=sender,
+                    actor=actor, audit=self._audit,
                     audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
                     recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
                                           target.mailbox_id)], alongside=alongside)
@@ -251,7 +253,7 @@ async def _circle_members(conn: AsyncConnection, ins: str) -> list[str]:
 
 def _alert_row(event, patient: dict, audience: str) -> dict:  # noqa: ANN001
     who = f"{patient.get('family_name', '')} {patient.get('given_name', '').title()}".strip()
-    return {"audience": audience, "kind": ALERT_KIND, "key": f"hospital-event:{event.id}",
+    return {"audience": audience, "kind": ALERT_KIND, "key": f"{receipts.ALERT_KEY}{event.id}",
             "title": f"{TITLES[event.kind]} : {who}" + (f" ({event.unit})" if event.unit else ""),
             "data": json.dumps({"event": event.id, "kind": event.kind, "ins": event.patient_ins,
                                 "occurred": patient.get("occurred", "")}, ensure_ascii=False, sort_keys=True)}

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from directory.access import grant_for
 from directory.authn import Principal
-from mailserver import dsn
+from mailserver import dsn, headers
 from mailserver.mailstore import QUEUED, MailStore, Recipient
 from store.audit import Actor, AuditTrail
 from store.db import committed, utc
@@ -230,8 +230,8 @@ async def deliver(conn: AsyncConnection, mailstore: MailStore, *, event_id: int,
             notices.append({"recipient": target.audience, "status": "not_notified", "reason": NO_BOX})
             continue
         accepted, stored = await mailstore.store(
-            conn, message=message, message_id="", sender=sender, actor=actor, audit=audit,
-            audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"), recipients=[recipient])
+            conn, message=message, message_id=headers.read(message).get("message-id") or "", sender=sender,
+            actor=actor, audit=audit, audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"), recipients=[recipient])
         events += stored + ([(0, QUEUED)] if accepted.queued else [])
         notices.append({"recipient": target.address, "envelope_id": accepted.envelope_id, "reason": "",
                         "status": "delivered" if accepted.delivered else "queued" if accepted.queued else "failed"})

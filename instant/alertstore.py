@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from hospital import receipts
 from store.db import committed, dialect_insert
 from store.schema import alerts, professionals
 
@@ -62,12 +63,17 @@ class AlertStore:
 
     async def acknowledge(self, alert_id: int, idnat: str, now: datetime) -> tuple[dict, bool]:
         """(the alert, True if this call acknowledged it; False if someone had already)."""
-        changed = await committed(self._engine, lambda conn: conn.execute(update(alerts).where(
-            alerts.c.id == alert_id, alerts.c.acknowledged_at.is_(None)).values(
-            acknowledged_by=idnat, acknowledged_at=now)))
+        async def work(conn: AsyncConnection) -> bool:
+            row = (await conn.execute(update(alerts).where(
+                alerts.c.id == alert_id, alerts.c.acknowledged_at.is_(None)).values(
+                acknowledged_by=idnat, acknowledged_at=now).returning(alerts.c.key, alerts.c.audience))).first()
+            if row is not None:  # a subscriber's alert for a hospital event: its notice is read
+                await receipts.acknowledged(conn, row.key, row.audience, now)
+            return row is not None
+        changed = await committed(self._engine, work)
         alert = await self.get(alert_id)
         assert alert is not None
-        return alert, changed.rowcount == 1
+        return alert, changed
 
 
 def _alerts():  # noqa: ANN202 - a Select

@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from hospital import receipts
 from store.audit import AuditTrail
 from store.db import dialect_insert
 from store.group_commit import GroupCommit
@@ -27,6 +28,7 @@ from store.events import EventBus
 from store.schema import bodies, deliveries, envelopes, folder_messages, folders, mailboxes
 
 from . import dsn
+from . import reports as incoming
 
 # RFC 6154 special-use folders every box gets (the IMAP layer shows them).
 DEFAULT_FOLDERS = (("INBOX", ""), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"),
@@ -127,6 +129,8 @@ class MailStore:
             delivered.append(rcpt.address)
             if "SUCCESS" in rcpt.dsn.notify:
                 reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
+        if delivered and incoming.looks_like_report(message):  # a receipt for a hospital notice?
+            await receipts.reported(conn, incoming.read(message), delivered, now)
         if reports:
             events += await self.report(conn, sender=sender, envid=mail_dsn.envid, ret=mail_dsn.ret,
                                         arrival=now, statuses=reports, original=message)

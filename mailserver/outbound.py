@@ -35,6 +35,7 @@ from certs.dn import Dn, dn_of
 from certs.pki import CertificateError
 from certs.revocation import Revocations
 from certs.tls import peer_certificate
+from hospital import receipts
 from store.audit import Actor, AuditTrail
 from store.db import utc
 from store.events import EventBus
@@ -280,6 +281,9 @@ class OutboundQueue:
                         reports.append(self._status(rcpt, "delayed", _enhanced(answer, "4.4.1"), diagnostic, now,
                                                     will_retry_until=expires))
                 await conn.execute(update(deliveries).where(deliveries.c.id == rcpt.delivery_id).values(**values))
+                if values.get("status"):  # a hospital notice's receipt, if this mail is one
+                    await receipts.relayed(conn, message.envelope_id, rcpt.address,
+                                           "sent" if answer.accepted else "failed", values["last_error"], now)
                 await self._audit.record(self._actor, "relay.send", target=rcpt.address, conn=conn,
                                          outcome="ok" if answer.accepted else "failed",
                                          envelope=message.envelope_id, answer=f"{answer.code} {answer.text}"[:300])
@@ -387,8 +391,8 @@ async def bounce(engine: AsyncEngine, store: MailStore, delivery_id: int, reason
     now = datetime.now(timezone.utc)
     async with engine.begin() as conn:
         row = (await conn.execute(
-            select(deliveries.c.recipient, deliveries.c.notify, deliveries.c.orcpt, envelopes.c.sender,
-                   envelopes.c.envid, envelopes.c.ret, envelopes.c.received_at, envelopes.c.body_id, bodies.c.data)
+            select(deliveries.c.envelope_id, deliveries.c.recipient, deliveries.c.notify, deliveries.c.orcpt,
+                   envelopes.c.sender, envelopes.c.envid, envelopes.c.ret, envelopes.c.received_at, envelopes.c.body_id, bodies.c.data)
             .join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
             .join(bodies, bodies.c.id == envelopes.c.body_id)
             .where(deliveries.c.id == delivery_id, deliveries.c.status == "queued"))).first()
@@ -396,6 +400,7 @@ async def bounce(engine: AsyncEngine, store: MailStore, delivery_id: int, reason
             return False
         await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
             status="failed", last_error=reason, updated_at=now))
+        await receipts.relayed(conn, row.envelope_id, row.recipient, "failed", reason, now)
         events = []
         if "FAILURE" in row.notify.split(","):
             status = dsn.RecipientStatus(final_recipient=row.recipient, action="failed", status="5.0.0",

@@ -33,6 +33,7 @@ from directory.mailbox_api import MailboxApi
 from hospital.dispatch import Dispatcher
 from hospital.feed import Feed
 from hospital.indicators_api import IndicatorsApi
+from hospital.notifications_api import NotificationsApi
 from hospital.listener import connection_handler as hl7_handler
 from hospital.subscriptions import Subscriptions
 from hospital.subscriptions_api import SubscriptionsApi
@@ -170,6 +171,7 @@ def https_listener(services: Services) -> Listener:
     DevSignIn(s, services.engine, services.audit).register(router)
     SubscriptionsApi(Subscriptions(services.engine, services.audit), services.authenticator).register(router)
     IndicatorsApi(services.engine, services.authenticator, services.audit).register(router)
+    NotificationsApi(services.engine, services.authenticator, services.audit).register(router)
     services.instant = Instant(services)
     services.instant.register(router)
 

@@ -1,5 +1,6 @@
-"""`msante subscription add|list|remove` and `msante indicators`: the hospital feed's
-subscriptions and coordinators' figures from the command line, over the same services as HTTPS.
+"""`msante subscription add|list|remove`, `msante notification list` and `msante indicators`: the
+hospital feed's subscriptions, receipts and coordinators' figures from the command line, over
+the same services as HTTPS.
 
 A subscription is made as a professional (`--rpps`), on the operator's authority: the same
 rule as over HTTPS decides (only someone in the patient's care may subscribe), and the same
@@ -10,11 +11,14 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timezone
 
+from sqlalchemy import select
+
 from config import Settings
 from directory.authn import Principal
-from hospital import indicators
+from hospital import indicators, receipts
 from hospital.subscriptions import Request, SubscriptionError, Subscriptions
 from store.audit import OPERATOR, AuditTrail
+from store.schema import hospital_events
 
 from .commands import CommandError, _opened, _print_json, _professional
 
@@ -103,6 +107,25 @@ async def indicators_command(settings: Settings, args: argparse.Namespace) -> in
     return 0
 
 
+async def notification_list_command(settings: Settings, args: argparse.Namespace) -> int:
+    ins = (args.patient or "").strip()
+    async with _opened(settings) as engine:
+        async with engine.connect() as conn:
+            if ins:
+                events = await receipts.history(conn, ins)
+            else:  # every patient's latest events
+                patients = [r.patient_ins for r in await conn.execute(
+                    select(hospital_events.c.patient_ins).distinct().where(hospital_events.c.patient_ins != "")
+                    .limit(receipts.MAX_EVENTS))]
+                events = [e for p in patients for e in await receipts.history(conn, p)]
+        await AuditTrail(engine).record(OPERATOR, "notifications.read", target=ins, source="cli", events=len(events))
+    if args.json:
+        _print_json(events)
+    else:
+        print(receipts.table(events) or "no notifications")
+    return 0
+
+
 def register(sub, command) -> None:  # noqa: ANN001 - cli.py's subparsers and its `command` helper
     s = sub.add_parser("subscription", help="subscriptions to a patient's hospital events").add_subparsers(
         metavar="ACTION")
@@ -119,6 +142,12 @@ def register(sub, command) -> None:  # noqa: ANN001 - cli.py's subparsers and it
     c.add_argument("--until", metavar="DATE", help="end of validity (default: until removed)")
     c = command(s, "list", subscription_list_command, "a professional's subscriptions")
     c.add_argument("--rpps", required=True)
+    c.add_argument("--json", action="store_true")
+    n = sub.add_parser("notification", help="hospital notifications and their receipts").add_subparsers(
+        metavar="ACTION")
+    c = command(n, "list", notification_list_command, "each event's notices and their receipts "
+                "(queued, sent, delivered, read, failed)")
+    c.add_argument("--patient", metavar="INS", help="one patient (default: every patient)")
     c.add_argument("--json", action="store_true")
     c = command(s, "remove", subscription_remove_command, "remove one of a professional's subscriptions")
     c.add_argument("id", type=int)

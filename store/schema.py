@@ -413,8 +413,17 @@ hospital_notices = Table(
     Column("role", String(16), nullable=False),  # gp, gp_structure
     Column("status", String(16), nullable=False),  # delivered, queued, failed, not_notified
     Column("reason", Text, nullable=False, default=""),  # why not notified (said to coordinators)
-    Column("envelope_id", BigId, ForeignKey("envelopes.id")),
+    Column("envelope_id", BigId, ForeignKey("envelopes.id"), index=True),  # receipts find their notice by it
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+hospital_notice_history = Table(
+    "hospital_notice_history", metadata,  # a notification's receipts, one row per fact (hospital/receipts.py)
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("notice_id", BigId, ForeignKey("hospital_notices.id"), nullable=False, index=True),
+    Column("status", String(16), nullable=False),  # queued, sent, delivered, read, failed
+    Column("reason", Text, nullable=False, default=""),  # why it failed
+    Column("at", DateTime(timezone=True), nullable=False),
 )
 
 hospital_subscriptions = Table(

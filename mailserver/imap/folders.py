@@ -28,6 +28,7 @@ from sqlalchemy import (LargeBinary, and_, bindparam, case, delete, func, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from hospital import receipts
 from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, free_bodies, mailbox_channel
 from store.db import committed, dialect_insert, utc
 from store.events import RIGHTS, EventBus, rights_event
@@ -423,6 +424,8 @@ class Folders:
             await conn.execute(update(folder_messages).where(folder_messages.c.id == bindparam("row_id")).values(
                 flags=bindparam("new_flags"), modseq=folder.highestmodseq), [
                 {"row_id": row_id, "new_flags": _flags_text(meta.flags)} for row_id, meta in changed])
+            if "\\Seen" in flags and mode != "-":  # a hospital notice read in its box is a receipt
+                await receipts.seen(conn, [row_id for row_id, _ in changed], datetime.now(timezone.utc))
             return ([meta for _, meta in changed], refused), [_changed(folder)]
         return await self._write(work)
 
