@@ -318,7 +318,7 @@ class Connection:
         await instant.audit.record(self._principal.actor, "circle.subscribe", target=str(circle),
                                    source=self._peer, after=frame.after, head=head)
         self._send(frames.reply(frame.id, {"type": "subscribed", "circle": circle, "head": head, "read": marker,
-                                           "unread": unread, "present": instant.hub.present(circle),
+                                           "unread": unread, "present": await instant.hub.present(circle),
                                            "receipts": await instant.store.receipts(circle)}))
         self._offer(CatchUp(circle))  # what lies between `after` and now, and anything the bus drops
 
