@@ -61,17 +61,33 @@ class Hub:
 
     # --- connections --------------------------------------------------------------------------
 
-    def admit(self, idnat: str, limit: int) -> bool:
-        """Count a person's connection in; False when they already hold `limit`."""
+    async def admit(self, idnat: str, limit: int) -> bool:
+        """Count a person's connection in; False when they already hold `limit` (over every
+        process with a RedisBus; this process's alone when Redis does not answer)."""
         if self._people[idnat] >= limit:
             return False
+        if self._shared is not None:
+            try:
+                async with self._writing:  # counted here before the heartbeat rewrites the count
+                    if not await self._shared.count({idnat: self._people[idnat] + 1}, limit):
+                        return False
+                    self._people[idnat] += 1
+                    return True
+            except (RedisError, OSError) as exc:
+                log.warning("connections not counted through Redis (%s): this process's only", exc)
         self._people[idnat] += 1
         return True
 
-    def leave(self, idnat: str) -> None:
+    async def leave(self, idnat: str) -> None:
         self._people[idnat] -= 1
         if self._people[idnat] <= 0:
             del self._people[idnat]
+        if self._shared is not None:
+            try:
+                async with self._writing:
+                    await self._shared.count({idnat: self._people.get(idnat, 0)})
+            except (RedisError, OSError) as exc:
+                log.warning("connections not counted through Redis (%s): the count expires", exc)
 
     # --- channels -----------------------------------------------------------------------------
 
@@ -193,7 +209,7 @@ class Hub:
                 "type": "presence", "circle": circle_id, "user": user, "state": state})
 
     async def _beat(self) -> None:
-        """Rewrite this process's entries (so they outlive the TTL, and return after Redis lost
+        """Rewrite this process's entries and connection counts (so they outlive the TTL, and return after Redis lost
         them) and sweep away those of processes that stopped rewriting theirs."""
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
@@ -202,6 +218,8 @@ class Hub:
                     entries = [(circle_id, self._names[idnat], _aggregate(states))
                                for circle_id, people in self._presence.items() for idnat, states in people.items()]
                     changes = await self._shared.write(entries) if entries else []
+                    if self._people:
+                        await self._shared.count(dict(self._people))
                 await self._announce(changes + await self._shared.sweep())
             except (RedisError, OSError) as exc:
                 log.warning("presence heartbeat failed (%s): retrying in %.0f s", exc, HEARTBEAT_SECONDS)

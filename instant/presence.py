@@ -14,9 +14,15 @@ aggregate over every process before and after it: only the change that turns a p
 online (the first connection anywhere) or offline (the last one) is announced, once, by the
 process that made it. Times are Redis's own clock, so nodes' clocks need not agree.
 
+A person's connections are counted the same way, so that `connections_per_person` bounds
+them over every node, not per node: each process writes how many it holds, with an expiry,
+rewritten by the same heartbeat; a new connection is admitted only if the sum over live
+processes stays within the limit.
+
 Keys, per circle: `msante:presence:<circle>:expiry` (sorted set of `<idnat>\\n<process>` by
 expiry, ms) and `msante:presence:<circle>:state` (hash of the same members to
-`<state>\\n<user JSON>`); `msante:presence:circles` lists the circles with entries.
+`<state>\\n<user JSON>`); `msante:presence:circles` lists the circles with entries; per person,
+`msante:connections:<idnat>:expiry` and `msante:connections:<idnat>` (process to count).
 """
 from __future__ import annotations
 
@@ -138,6 +144,41 @@ for _, entry in pairs(people) do table.insert(result, entry[1]); table.insert(re
 return result
 """
 
+# ARGV: process, ttl (ms), limit (0: none), then (idnat, count) per person: this process now
+# holds `count` of their connections. Returns 1, or 0 when a raised count would exceed the
+# limit over every process (nothing is written then).
+_COUNT = """
+local node, ttl, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 4, #ARGV, 2 do
+  local idnat, count = ARGV[i], tonumber(ARGV[i + 1])
+  local z, h = 'msante:connections:' .. idnat .. ':expiry', 'msante:connections:' .. idnat
+  for _, dead in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. now)) do
+    redis.call('ZREM', z, dead)
+    redis.call('HDEL', h, dead)
+  end
+  if limit > 0 then
+    local total = count
+    local counts = redis.call('HGETALL', h)
+    for j = 1, #counts, 2 do
+      if counts[j] ~= node then total = total + tonumber(counts[j + 1]) end
+    end
+    if total > limit and count > tonumber(redis.call('HGET', h, node) or '0') then return 0 end
+  end
+  if count > 0 then
+    redis.call('HSET', h, node, count)
+    redis.call('ZADD', z, now + ttl, node)
+    redis.call('PEXPIRE', z, ttl)
+    redis.call('PEXPIRE', h, ttl)
+  else
+    redis.call('HDEL', h, node)
+    redis.call('ZREM', z, node)
+  end
+end
+return 1
+"""
+
 Change = tuple[int, dict[str, str], str]  # circle, user, state to announce
 
 
@@ -150,6 +191,15 @@ class SharedPresence:
         self._set = redis.register_script(_SET)
         self._sweep = redis.register_script(_SWEEP)
         self._present = redis.register_script(_PRESENT)
+        self._count = redis.register_script(_COUNT)
+
+    async def count(self, counts: dict[str, int], limit: int = 0) -> bool:
+        """Record how many connections of each person this process holds; False (and nothing
+        recorded) when one more would take a person past `limit` over every process."""
+        args: list = [self._node, self._ttl_ms, limit]
+        for idnat, count in counts.items():
+            args += [idnat, count]
+        return await self._count(args=args) == 1
 
     async def write(self, entries: list[tuple[int, dict[str, str], str | None]]) -> list[Change]:
         """Record this process's state of each (circle, user) (None: it holds none of their

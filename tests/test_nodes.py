@@ -16,7 +16,7 @@ import pytest
 
 from instant.presence import HEARTBEAT_SECONDS, TTL_SECONDS
 from tests.imap_client import GP, token
-from tests.test_api import request
+from tests.test_api import request, token_for
 from tests.nodes import cluster_environment, start_node
 from tests.test_imap import deliver
 from tests.test_instant_ws import CIRCLE, NURSE, Client, post
@@ -145,6 +145,35 @@ async def test_presence_of_a_killed_nodes_connections_expires(tmp_path, postgres
             await watcher.ws.close()
     finally:
         a.stop()
+
+
+async def test_connections_per_person_are_counted_across_nodes(nodes):
+    """connections_per_person (8) bounds a person's connections over both nodes: four on each,
+    a ninth is refused on either (4029); one closed on B frees a place on A."""
+    a, b = nodes
+
+    async def attempt(node) -> Client | int:  # noqa: ANN001 - the client, or the close code
+        client = await Client.connect(node, auth=False)
+        reply = await client.request(type="auth", v=1, token=token_for(node, GP_IDNAT))
+        if reply["type"] == "welcome":
+            return client
+        assert reply["code"] == "too_many_connections", reply
+        return await client.close_code()
+
+    on_a = [await Client.connect(a, GP_IDNAT) for _ in range(4)]
+    on_b = [await Client.connect(b, GP_IDNAT) for _ in range(4)]
+    try:
+        assert [await attempt(node) for node in (a, b)] == [4029, 4029]
+        await on_b.pop().ws.close()
+        deadline = time.monotonic() + 5  # the close is counted once B has seen it
+        while isinstance(admitted := await attempt(a), int):
+            assert time.monotonic() < deadline, "a closed connection on B still counted"
+            await asyncio.sleep(0.1)
+        on_a.append(admitted)
+        assert await attempt(b) == 4029
+    finally:
+        for client in on_a + on_b:
+            await client.ws.close()
 
 
 async def test_redis_restarted_nothing_lost_sessions_catch_up(nodes, redis_server):
