@@ -66,7 +66,7 @@ class Hub:
         process with a RedisBus; this process's alone when Redis does not answer)."""
         if self._people[idnat] >= limit:
             return False
-        if self._shared is not None:
+        if self._redis():
             try:
                 async with self._writing:  # counted here before the heartbeat rewrites the count
                     if not await self._shared.count({idnat: self._people[idnat] + 1}, limit):
@@ -82,7 +82,7 @@ class Hub:
         self._people[idnat] -= 1
         if self._people[idnat] <= 0:
             del self._people[idnat]
-        if self._shared is not None:
+        if self._redis():
             try:
                 async with self._writing:
                     await self._shared.count({idnat: self._people.get(idnat, 0)})
@@ -160,7 +160,7 @@ class Hub:
 
     async def present(self, circle_id: int) -> list[dict[str, Any]]:
         """Who is online or away in the circle (over every process), as presence entries."""
-        if self._shared is not None:
+        if self._redis():
             try:
                 return await self._shared.present(circle_id)
             except (RedisError, OSError) as exc:
@@ -189,7 +189,7 @@ class Hub:
                 self._names.pop(idnat, None)
         if after == before:
             return
-        if self._shared is not None:
+        if self._redis():
             try:
                 async with self._writing:  # this process's state now: a later change may have come first
                     changes = await self._shared.write([(circle_id, user, self._local(circle_id, idnat))])
@@ -198,6 +198,11 @@ class Hub:
             except (RedisError, OSError) as exc:
                 log.warning("presence not shared through Redis (%s): announcing this process's", exc)
         await self._announce([(circle_id, user, after)])
+
+    def _redis(self) -> bool:
+        """Whether to share through Redis now: not while the bus has lost it (each call would
+        wait for a timeout, connections queueing behind it; this process's view serves)."""
+        return self._shared is not None and self._shared.reachable()
 
     def _local(self, circle_id: int, idnat: str) -> str | None:
         states = self._presence.get(circle_id, {}).get(idnat)
@@ -209,10 +214,13 @@ class Hub:
                 "type": "presence", "circle": circle_id, "user": user, "state": state})
 
     async def _beat(self) -> None:
-        """Rewrite this process's entries and connection counts (so they outlive the TTL, and return after Redis lost
-        them) and sweep away those of processes that stopped rewriting theirs."""
+        """Rewrite this process's entries and connection counts (so they outlive the TTL, and
+        return after Redis lost them) and sweep away those of processes that stopped rewriting
+        theirs. Skipped while the bus has no Redis subscription: Redis is not answering."""
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not self._redis():
+                continue
             try:
                 async with self._writing:
                     entries = [(circle_id, self._names[idnat], _aggregate(states))

@@ -27,6 +27,7 @@ expiry, ms) and `msante:presence:<circle>:state` (hash of the same members to
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -185,7 +186,9 @@ Change = tuple[int, dict[str, str], str]  # circle, user, state to announce
 class SharedPresence:
     """This process's presence entries in Redis (one per person and circle it holds)."""
 
-    def __init__(self, redis: aioredis.Redis, node: str, ttl: float = TTL_SECONDS) -> None:
+    def __init__(self, redis: aioredis.Redis, node: str, reachable: Callable[[], bool],
+                 ttl: float = TTL_SECONDS) -> None:
+        self.reachable = reachable  # whether Redis answers now (the bus's subscription holds)
         self._node = node
         self._ttl_ms = int(ttl * 1000)
         self._set = redis.register_script(_SET)

@@ -72,7 +72,9 @@ class Instant:
         self.messages = Messages(self.store, self.circles, services.audit, services.bus)
         self.attachments = Attachments(AttachmentStore(engine), self.circles, services.audit)
         self.max_attachment = services.settings.max_attachment
-        shared = SharedPresence(services.bus.redis, services.bus.node) if isinstance(services.bus, RedisBus) else None
+        shared = None
+        if isinstance(services.bus, RedisBus):
+            shared = SharedPresence(services.bus.redis, services.bus.node, services.bus.subscribed.is_set)
         self.hub = Hub(services.bus, shared)
         self._mail_alerts = MailAlerts(engine, services.bus, self.alerts)
         self._background: asyncio.Task | None = None
