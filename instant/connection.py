@@ -274,7 +274,7 @@ class Connection:
             return
         self._wake.set()  # a new expiry for the timer
         if not self.me:
-            if not instant.hub.admit(principal.id, self._limits.connections_per_person):
+            if not await instant.hub.admit(principal.id, self._limits.connections_per_person):
                 self.shut(Close.TOO_MANY_CONNECTIONS, "too many connections for this person",
                           frames.error("too_many_connections", "close another connection first", frame.id))
                 return
@@ -318,7 +318,7 @@ class Connection:
         await instant.audit.record(self._principal.actor, "circle.subscribe", target=str(circle),
                                    source=self._peer, after=frame.after, head=head)
         self._send(frames.reply(frame.id, {"type": "subscribed", "circle": circle, "head": head, "read": marker,
-                                           "unread": unread, "present": instant.hub.present(circle),
+                                           "unread": unread, "present": await instant.hub.present(circle),
                                            "receipts": await instant.store.receipts(circle)}))
         self._offer(CatchUp(circle))  # what lies between `after` and now, and anything the bus drops
 
@@ -545,7 +545,7 @@ class Connection:
             await self._instant.hub.unfollow(circle, self, self.me)
         if self.me:
             await self._instant.hub.detach(person_channel(self.me["id"]), self)
-            self._instant.hub.leave(self.me["id"])
+            await self._instant.hub.leave(self.me["id"])
 
 
 _HANDLERS = {frames.Auth: "_auth", frames.Subscribe: "_subscribe", frames.Unsubscribe: "_unsubscribe",

@@ -5,9 +5,12 @@ of listeners: a message to a circle of twenty is one bus event, fanned out here 
 connections following it. Delivery never blocks; each connection queues what it is given
 and decides itself when it has fallen too far behind.
 
-Presence is kept here too, ephemeral and per process: a person is online in a circle while
-one of their connections follows it in state "online", away while all of them are away.
-Changes are announced on the circle's channel.
+Presence is kept here too, ephemeral: a person is online in a circle while one of their
+connections follows it in state "online", away while all of them are away. Changes are
+announced on the circle's channel. With several processes (a RedisBus), each one's view of a
+person is written to Redis (instant/presence.py) and a change is announced only when it
+changes the person's presence over every process; if Redis does not answer, this process's
+own view is announced instead (a hint, corrected by the next change).
 
 Channels: `circle:<id>` (messages, typing, presence, removals of members) and
 `person:<idnat>` (alerts, read markers moved from another device). Rights changes (RIGHTS: a
@@ -23,7 +26,11 @@ import logging
 from collections import Counter
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
 from store.events import RIGHTS, EventBus, Subscription
+
+from .presence import HEARTBEAT_SECONDS, Change, SharedPresence
 
 log = logging.getLogger("msante.instant")
 
@@ -41,27 +48,46 @@ class Listener(Protocol):
 
 
 class Hub:
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, shared: SharedPresence | None = None) -> None:
         self._bus = bus
+        self._shared = shared
+        self._writing = asyncio.Lock()  # presence writes reach Redis in the order they were made
         self._listeners: dict[str, set[Listener]] = {}
         self._pumps: dict[str, tuple[Subscription, asyncio.Task]] = {}
         self._presence: dict[int, dict[str, dict[Listener, str]]] = {}  # circle -> idnat -> listener -> state
         self._names: dict[str, dict[str, str]] = {}  # idnat -> {id, name}, for presence frames
         self._people: Counter[str] = Counter()
+        self._heartbeat: asyncio.Task | None = None
 
     # --- connections --------------------------------------------------------------------------
 
-    def admit(self, idnat: str, limit: int) -> bool:
-        """Count a person's connection in; False when they already hold `limit`."""
+    async def admit(self, idnat: str, limit: int) -> bool:
+        """Count a person's connection in; False when they already hold `limit` (over every
+        process with a RedisBus; this process's alone when Redis does not answer)."""
         if self._people[idnat] >= limit:
             return False
+        if self._redis():
+            try:
+                async with self._writing:  # counted here before the heartbeat rewrites the count
+                    if not await self._shared.count({idnat: self._people[idnat] + 1}, limit):
+                        return False
+                    self._people[idnat] += 1
+                    return True
+            except (RedisError, OSError) as exc:
+                log.warning("connections not counted through Redis (%s): this process's only", exc)
         self._people[idnat] += 1
         return True
 
-    def leave(self, idnat: str) -> None:
+    async def leave(self, idnat: str) -> None:
         self._people[idnat] -= 1
         if self._people[idnat] <= 0:
             del self._people[idnat]
+        if self._redis():
+            try:
+                async with self._writing:
+                    await self._shared.count({idnat: self._people.get(idnat, 0)})
+            except (RedisError, OSError) as exc:
+                log.warning("connections not counted through Redis (%s): the count expires", exc)
 
     # --- channels -----------------------------------------------------------------------------
 
@@ -88,6 +114,8 @@ class Hub:
         """Hear rights changes (store.events.RIGHTS) from now on."""
         subscription = self._bus.subscribe(RIGHTS)
         self._pumps[RIGHTS] = (subscription, asyncio.create_task(self._pump_rights(subscription), name="hub rights"))
+        if self._shared is not None:
+            self._heartbeat = asyncio.create_task(self._beat(), name="hub presence heartbeat")
 
     async def _pump(self, channel: str, subscription: Subscription) -> None:
         async for event in subscription:
@@ -110,6 +138,10 @@ class Hub:
                 log.exception("delivering %s on %s failed", event.get("type"), channel)
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         for channel in list(self._pumps):
             subscription, task = self._pumps.pop(channel)
             await subscription.close()
@@ -126,8 +158,13 @@ class Hub:
         await self.detach(circle_channel(circle_id), listener)
         await self.set_presence(circle_id, listener, user, None)
 
-    def present(self, circle_id: int) -> list[dict[str, Any]]:
-        """Who is online or away in the circle, as presence entries."""
+    async def present(self, circle_id: int) -> list[dict[str, Any]]:
+        """Who is online or away in the circle (over every process), as presence entries."""
+        if self._redis():
+            try:
+                return await self._shared.present(circle_id)
+            except (RedisError, OSError) as exc:
+                log.warning("presence from Redis unavailable (%s): this process's only", exc)
         people = self._presence.get(circle_id, {})
         return [{"user": self._names[idnat], "state": _aggregate(states)} for idnat, states in sorted(people.items())]
 
@@ -150,9 +187,50 @@ class Hub:
                 del self._presence[circle_id]
             if not any(idnat in p for p in self._presence.values()):
                 self._names.pop(idnat, None)
-        if after != before:
+        if after == before:
+            return
+        if self._redis():
+            try:
+                async with self._writing:  # this process's state now: a later change may have come first
+                    changes = await self._shared.write([(circle_id, user, self._local(circle_id, idnat))])
+                await self._announce(changes)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("presence not shared through Redis (%s): announcing this process's", exc)
+        await self._announce([(circle_id, user, after)])
+
+    def _redis(self) -> bool:
+        """Whether to share through Redis now: not while the bus has lost it (each call would
+        wait for a timeout, connections queueing behind it; this process's view serves)."""
+        return self._shared is not None and self._shared.reachable()
+
+    def _local(self, circle_id: int, idnat: str) -> str | None:
+        states = self._presence.get(circle_id, {}).get(idnat)
+        return _aggregate(states) if states else None
+
+    async def _announce(self, changes: list[Change]) -> None:
+        for circle_id, user, state in changes:
             await self._bus.publish(circle_channel(circle_id), {
-                "type": "presence", "circle": circle_id, "user": user, "state": after})
+                "type": "presence", "circle": circle_id, "user": user, "state": state})
+
+    async def _beat(self) -> None:
+        """Rewrite this process's entries and connection counts (so they outlive the TTL, and
+        return after Redis lost them) and sweep away those of processes that stopped rewriting
+        theirs. Skipped while the bus has no Redis subscription: Redis is not answering."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not self._redis():
+                continue
+            try:
+                async with self._writing:
+                    entries = [(circle_id, self._names[idnat], _aggregate(states))
+                               for circle_id, people in self._presence.items() for idnat, states in people.items()]
+                    changes = await self._shared.write(entries) if entries else []
+                    if self._people:
+                        await self._shared.count(dict(self._people))
+                await self._announce(changes + await self._shared.sweep())
+            except (RedisError, OSError) as exc:
+                log.warning("presence heartbeat failed (%s): retrying in %.0f s", exc, HEARTBEAT_SECONDS)
 
 
 def _aggregate(states: dict[Any, str]) -> str:

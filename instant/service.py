@@ -26,6 +26,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from store.audit import AuditTrail
+from store.redis_bus import RedisBus
 from store.relay import StoreBus
 from web.http import HttpError, Request, Response, Upgrade
 from web.metrics import WEBSOCKET_ACCEPTED, WEBSOCKET_CLOSES, WEBSOCKET_CONNECTIONS
@@ -43,6 +44,7 @@ from .hub import Hub
 from . import limits as configured
 from .limits import Limits
 from .mailalerts import MailAlerts
+from .presence import SharedPresence
 from .messages import Messages
 from .storage import SqlStore
 from .webclient import WebClient
@@ -70,7 +72,10 @@ class Instant:
         self.messages = Messages(self.store, self.circles, services.audit, services.bus)
         self.attachments = Attachments(AttachmentStore(engine), self.circles, services.audit)
         self.max_attachment = services.settings.max_attachment
-        self.hub = Hub(services.bus)
+        shared = None
+        if isinstance(services.bus, RedisBus):
+            shared = SharedPresence(services.bus.redis, services.bus.node, services.bus.subscribed.is_set)
+        self.hub = Hub(services.bus, shared)
         self._mail_alerts = MailAlerts(engine, services.bus, self.alerts)
         self._background: asyncio.Task | None = None
         self._connections: set[Connection] = set()

@@ -14,8 +14,9 @@ from unittest.mock import ANY
 import aioimaplib
 import pytest
 
+from instant.presence import HEARTBEAT_SECONDS, TTL_SECONDS
 from tests.imap_client import GP, token
-from tests.test_api import request
+from tests.test_api import request, token_for
 from tests.nodes import cluster_environment, start_node
 from tests.test_imap import deliver
 from tests.test_instant_ws import CIRCLE, NURSE, Client, post
@@ -84,6 +85,95 @@ async def test_circle_posts_on_a_reach_b_once_and_in_order(nodes):
     finally:
         await poster.ws.close()
         await follower.ws.close()
+
+
+def about(idnat: str):  # noqa: ANN201 - a frame filter
+    return lambda frame: frame.get("user", {}).get("id") == idnat
+
+
+async def test_presence_of_a_person_connected_to_both_nodes_is_one(nodes):
+    """The GP connects on A then on B: a watcher on A hears them come online once, a watcher
+    arriving on B sees them once; the GP leaving A keeps them online, leaving B too: offline."""
+    a, b = nodes
+    watcher = await Client.connect(a, NURSE)
+    on_a = await Client.connect(a, GP_IDNAT)
+    on_b = await Client.connect(b, GP_IDNAT)
+    late = await Client.connect(b, NURSE)
+    try:
+        assert (await watcher.request(type="subscribe", circle=CIRCLE))["type"] == "subscribed"
+        await on_a.request(type="subscribe", circle=CIRCLE)
+        await watcher.expect(type="presence", state="online", where=about(GP_IDNAT))
+        await on_b.request(type="subscribe", circle=CIRCLE)
+        subscribed = await late.request(type="subscribe", circle=CIRCLE)
+        assert [p["state"] for p in subscribed["present"] if p["user"]["id"] == GP_IDNAT] == ["online"]
+        await watcher.nothing(1.0, type="presence", where=about(GP_IDNAT))  # online once, not per node
+        await on_a.ws.close()
+        await watcher.nothing(1.0, type="presence", where=about(GP_IDNAT))  # still online through B
+        await on_b.ws.close()
+        await watcher.expect(type="presence", state="offline", where=about(GP_IDNAT))
+        await late.expect(type="presence", state="offline", where=about(GP_IDNAT))
+        await watcher.nothing(1.0, type="presence", where=about(GP_IDNAT))  # offline once
+    finally:
+        for client in (watcher, on_a, on_b, late):
+            await client.ws.close()
+
+
+async def test_presence_of_a_killed_nodes_connections_expires(tmp_path, postgresql_url, redis_server):
+    """Node B is SIGKILLed with the GP connected to it: no one closes their connection, yet a
+    watcher on A hears them go offline within the TTL of B's presence entries."""
+    env = cluster_environment(tmp_path / "var", postgresql_url, redis_server.url)
+    a = start_node("a", env)
+    try:
+        b = start_node("b", env)
+        watcher = await Client.connect(a, NURSE)
+        on_b = await Client.connect(b, GP_IDNAT)
+        try:
+            await watcher.request(type="subscribe", circle=CIRCLE)
+            await on_b.request(type="subscribe", circle=CIRCLE)
+            await watcher.expect(type="presence", state="online", where=about(GP_IDNAT))
+            b.process.kill()
+            b.process.wait()
+            killed = time.monotonic()
+            await watcher.expect(TTL_SECONDS + HEARTBEAT_SECONDS + 5, type="presence", state="offline",
+                                 where=about(GP_IDNAT))
+            assert time.monotonic() - killed <= TTL_SECONDS + HEARTBEAT_SECONDS + 1
+            late = await Client.connect(a, NURSE)
+            subscribed = await late.request(type="subscribe", circle=CIRCLE)
+            await late.ws.close()
+            assert GP_IDNAT not in [p["user"]["id"] for p in subscribed["present"]]
+        finally:
+            await watcher.ws.close()
+    finally:
+        a.stop()
+
+
+async def test_connections_per_person_are_counted_across_nodes(nodes):
+    """connections_per_person (8) bounds a person's connections over both nodes: four on each,
+    a ninth is refused on either (4029); one closed on B frees a place on A."""
+    a, b = nodes
+
+    async def attempt(node) -> Client | int:  # noqa: ANN001 - the client, or the close code
+        client = await Client.connect(node, auth=False)
+        reply = await client.request(type="auth", v=1, token=token_for(node, GP_IDNAT))
+        if reply["type"] == "welcome":
+            return client
+        assert reply["code"] == "too_many_connections", reply
+        return await client.close_code()
+
+    on_a = [await Client.connect(a, GP_IDNAT) for _ in range(4)]
+    on_b = [await Client.connect(b, GP_IDNAT) for _ in range(4)]
+    try:
+        assert [await attempt(node) for node in (a, b)] == [4029, 4029]
+        await on_b.pop().ws.close()
+        deadline = time.monotonic() + 5  # the close is counted once B has seen it
+        while isinstance(admitted := await attempt(a), int):
+            assert time.monotonic() < deadline, "a closed connection on B still counted"
+            await asyncio.sleep(0.1)
+        on_a.append(admitted)
+        assert await attempt(b) == 4029
+    finally:
+        for client in on_a + on_b:
+            await client.ws.close()
 
 
 async def test_redis_restarted_nothing_lost_sessions_catch_up(nodes, redis_server):
