@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(BIN)/msante serve
 
 test: $(STAMP)
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python bench/directory.py

@@ -49,13 +49,20 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
     """A loopback port free now, below the kernel's ephemeral range: a port taken from that
     range (bind to 0) can be handed to an outgoing connection (a client, a database pool)
-    between this check and the server's bind."""
+    between this check and the server's bind. A port is handed out once per run: a server
+    started later in the run cannot be given one an earlier server has not bound yet."""
     low = _ephemeral_low()
     for _ in range(200):
         port = _PORTS.randrange(10000, low)
+        if port in _GIVEN:
+            continue
+        _GIVEN.add(port)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
