@@ -26,7 +26,7 @@ from mailserver import dsn, headers
 from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
 from store.db import dialect_insert, utc
-from store.events import EventBus
+from store.events import EventBus, run_job
 from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 
@@ -71,27 +71,9 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch what is pending, then sleep until the feed stores more, POLL_SECONDS, or stop."""
-        subscription = self._bus.subscribe(CHANNEL)
-        wake = asyncio.Event()
-
-        async def listen() -> None:
-            async for _event in subscription:
-                wake.set()
-        listener = asyncio.create_task(listen())
-        try:
-            while not stop.is_set():
-                wake.clear()
-                try:
-                    await self.run_once()
-                except Exception:  # the job must outlive a bad pass; the events stay pending
-                    log.exception("hospital dispatch failed; retrying in %.0f s", POLL_SECONDS)
-                waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
-                await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in waiters:
-                    waiter.cancel()
-        finally:
-            listener.cancel()
-            await subscription.close()
+        async def poll() -> float:
+            return self._poll
+        await run_job(self._bus, CHANNEL, stop, self.run_once, poll, "hospital dispatch")
 
     async def run_once(self) -> int:
         """Dispatch every pending event; returns how many."""

@@ -38,7 +38,7 @@ from certs.tls import peer_certificate
 from hospital import receipts
 from store.audit import Actor, AuditTrail
 from store.db import utc
-from store.events import EventBus
+from store.events import EventBus, run_job
 from store.schema import bodies, deliveries, envelopes
 from web.metrics import DELIVERIES
 
@@ -116,28 +116,7 @@ class OutboundQueue:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver what is due, then sleep until something is queued, a retry falls due, or stop."""
-        subscription = self._bus.subscribe(QUEUE_CHANNEL)
-        wake = asyncio.Event()
-
-        async def listen() -> None:
-            async for _event in subscription:
-                wake.set()
-        listener = asyncio.create_task(listen())
-        try:
-            while not stop.is_set():
-                wake.clear()
-                try:
-                    await self.run_once()
-                except Exception:  # the queue must outlive a bad pass; the rows stay queued
-                    log.exception("outbound queue pass failed; retrying shortly")
-                timeout = await self._seconds_to_next_due()
-                stoppers = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
-                await asyncio.wait(stoppers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                for task in stoppers:
-                    task.cancel()
-        finally:
-            listener.cancel()
-            await subscription.close()
+        await run_job(self._bus, QUEUE_CHANNEL, stop, self.run_once, self._seconds_to_next_due, "outbound queue")
 
     async def run_once(self) -> None:
         by_domain: dict[str, list[_Message]] = defaultdict(list)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 log = logging.getLogger("msante.events")
 
@@ -37,6 +37,35 @@ class Subscription(Protocol):
 class EventBus(Protocol):
     async def publish(self, channel: str, event: dict[str, Any]) -> None: ...
     def subscribe(self, *channels: str) -> Subscription: ...
+
+
+async def run_job(bus: EventBus, channel: str, stop: asyncio.Event, run_once: Callable[[], Awaitable[Any]],
+                  timeout: Callable[[], Awaitable[float | None]], what: str) -> None:
+    """A durable job's loop (the outbound queue, the hospital dispatch): a pass over what the
+    store says is due, then sleep until `channel` announces more, `timeout()` seconds pass (a
+    retry falls due, or an announcement lost between processes is caught by polling), or
+    `stop`. The rows are the job: a pass that fails leaves them for the next one."""
+    subscription = bus.subscribe(channel)
+    wake = asyncio.Event()
+
+    async def listen() -> None:
+        async for _event in subscription:
+            wake.set()
+    listener = asyncio.create_task(listen())
+    try:
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await run_once()
+            except Exception:
+                log.exception("%s: a pass failed; its rows stay for the next one", what)
+            waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
+            await asyncio.wait(waiters, timeout=await timeout(), return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+    finally:
+        listener.cancel()
+        await subscription.close()
 
 
 class LocalSubscription:
