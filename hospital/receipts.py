@@ -56,9 +56,10 @@ async def seen(conn: AsyncConnection, folder_message_ids: Iterable[int], now: da
     await _read(conn, [r.id for r in rows], now)
 
 
-async def acknowledged(conn: AsyncConnection, alert_key: str, audience: str, now: datetime) -> None:
-    """A subscriber acknowledged the alert raised for an event: that notice is read."""
-    if not alert_key.startswith(ALERT_KEY) or not alert_key[len(ALERT_KEY):].isdigit():
+async def acknowledged(conn: AsyncConnection, alert_key: str | None, audience: str, now: datetime) -> None:
+    """A subscriber acknowledged the alert raised for an event: that notice is read. Alerts of
+    other kinds (a circle's, some with no key) are no notice's."""
+    if not alert_key or not alert_key.startswith(ALERT_KEY) or not alert_key[len(ALERT_KEY):].isdigit():
         return
     rows = await conn.execute(select(hospital_notices.c.id).where(
         hospital_notices.c.event_id == int(alert_key[len(ALERT_KEY):]), hospital_notices.c.recipient == audience))

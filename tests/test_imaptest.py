@@ -14,7 +14,9 @@ from .conftest import SHARED
 from .imap_client import GP, RawImap
 from .test_imap import app_password
 
-pytestmark = pytest.mark.slow
+# On SQLite only: the PostgreSQL store is held to the same views by the rest of the IMAP tests,
+# and a run of imaptest costs minutes (make test must stay near 15 minutes).
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
 
 IMAPTEST = SHARED / "imaptest"
 # Groups run (not skipped for a capability msante lacks) when issue 12's Correctness list was
