@@ -1,5 +1,5 @@
 """IMAP extensions clients ask for (issue 12), over real sockets: IDLE keepalives, SEARCHRES,
-WITHIN, MULTIAPPEND. imaptest's groups for each run in test_imaptest.py."""
+WITHIN, MULTIAPPEND, SORT, THREAD. imaptest's groups for each run in test_imaptest.py."""
 from __future__ import annotations
 
 import re
@@ -134,5 +134,31 @@ def test_sort_and_esort(server):
     tag, lines = client.command("SORT (SIZE) ISO-8859-1 ALL")
     assert lines[-1].startswith(f"{tag} NO [BADCHARSET".encode()), lines
     tag, lines = client.command("SORT (COLOUR) UTF-8 ALL")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.close()
+
+
+def test_thread_references_and_orderedsubject(server):
+    client = RawImap(server)
+    client.login_token(server)
+    caps = client.ok("CAPABILITY")[0]
+    assert b" THREAD=REFERENCES" in caps and b" THREAD=ORDEREDSUBJECT" in caps
+    client.ok("CREATE threaded")
+    for header in ("Message-ID: <a@x>\r\nSubject: plan", "Message-ID: <b@x>\r\nIn-Reply-To: <a@x>\r\nSubject: Re: plan",
+                   "Message-ID: <c@x>\r\nSubject: other", "References: <a@x> <b@x>\r\nSubject: Re: plan",
+                   "Subject: Re: other"):
+        client.ok("APPEND threaded \x00", header.encode() + b"\r\n\r\nbody\r\n")
+    client.ok("SELECT threaded")
+    assert client.ok("THREAD REFERENCES UTF-8 ALL") == [b"* THREAD (1 2 4)(3 5)\r\n"]
+    assert client.ok("THREAD ORDEREDSUBJECT US-ASCII ALL") == [b"* THREAD (1 (2)(4))(3 5)\r\n"]
+    client.ok("STORE 2 +FLAGS (\\Deleted)")
+    client.ok("EXPUNGE")
+    # <b@x> is gone: 4 (now 3) still goes under <a@x> through its References; UIDs for UID THREAD
+    assert client.ok("UID THREAD REFERENCES UTF-8 ALL") == [b"* THREAD (1 4)(3 5)\r\n"]
+    assert client.ok("THREAD REFERENCES UTF-8 SUBJECT other") == [b"* THREAD (2 4)\r\n"]
+    assert client.ok("THREAD REFERENCES UTF-8 SUBJECT nothing") == [b"* THREAD\r\n"]
+    tag, lines = client.command("THREAD REFERENCES ISO-8859-1 ALL")
+    assert lines[-1].startswith(f"{tag} NO [BADCHARSET".encode()), lines
+    tag, lines = client.command("THREAD JWZ UTF-8 ALL")
     assert lines[-1].startswith(f"{tag} BAD".encode()), lines
     client.close()

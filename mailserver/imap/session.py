@@ -44,6 +44,10 @@ from .parser import LiteralPending
 from .search import BadCharset, FlagTerm, MessageFacts, SearchQuery, parse_search
 from .sort import SortFacts, needs_message, parse_sort
 from .sort import sort as sort_messages
+from .thread import ALGORITHMS as THREAD_ALGORITHMS
+from .thread import parse_thread
+from .thread import render as render_threads
+from .thread import thread as thread_messages
 from .selected import Selected
 from .seqset import SequenceSet, compress
 from .syntax import Atom, Command, PList, String, Token, text
@@ -65,7 +69,7 @@ AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
     "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND",
-    "SORT", "ESORT")
+    "SORT", "ESORT", *(f"THREAD={a}" for a in THREAD_ALGORITHMS))
 ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
@@ -241,7 +245,7 @@ class Session:
             await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
             return
         if self.state != LOGOUT:
-            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT"))
+            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
     @property
@@ -1045,20 +1049,10 @@ class Session:
 
     async def sort(self, tag: str, args: list, uid: bool) -> None:
         """SORT (RFC 5256), answered with ESEARCH when RETURN is given (ESORT, RFC 5267)."""
-        selected = self.selected
         request = parse_sort(args)
-        try:
-            query = parse_search(request.search, utf8_default=self.rev2, saved=self._saved_uids())
-        except BadCharset as exc:
-            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        query = self._search_keys(request.search)
         found = await self._find(query)
-        facts: list[SortFacts] = []
-        for start in range(0, len(found), FETCH_BATCH):
-            batch = found[start:start + FETCH_BATCH]
-            heads = await self._messages(selected.folder_id, [u for _, u in batch], True) \
-                if needs_message(request) else {}
-            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size,
-                                Message(heads[u]) if u in heads else None) for s, u in batch]
+        facts = await self._sort_facts(found, needs_message(request))
         uid_of = dict(found)
         numbers = [uid_of[f.seq] if uid else f.seq for f in sort_messages(request, facts)]
         if request.returns is None:
@@ -1066,12 +1060,36 @@ class Session:
         else:
             await self.conn.send(_esearch(tag, uid, numbers, request.returns, 0, ordered=True))
 
-    async def _search(self, args: list, uid: bool, tag: str) -> None:
-        selected = self.selected
+    def _search_keys(self, tokens: Sequence[Token]) -> SearchQuery:
+        """SEARCH's keys, or those after SORT's criteria or THREAD's algorithm (CHARSET first)."""
         try:
-            query = parse_search(args, utf8_default=self.rev2, saved=self._saved_uids())
+            return parse_search(tokens, utf8_default=self.rev2, saved=self._saved_uids())
         except BadCharset as exc:
             raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+
+    async def _sort_facts(self, found: list[tuple[int, int]], header: bool) -> list[SortFacts]:
+        """What SORT and THREAD read of the messages found ((seq, uid)): `header`, their header."""
+        selected = self.selected
+        facts: list[SortFacts] = []
+        for start in range(0, len(found), FETCH_BATCH):
+            batch = found[start:start + FETCH_BATCH]
+            heads = await self._messages(selected.folder_id, [u for _, u in batch], True) if header else {}
+            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size,
+                                Message(heads[u]) if u in heads else None) for s, u in batch]
+        return facts
+
+    async def thread(self, tag: str, args: list, uid: bool) -> None:
+        """THREAD (RFC 5256): REFERENCES or ORDEREDSUBJECT over the messages the keys find."""
+        request = parse_thread(args)
+        query = self._search_keys(request.search)
+        found = await self._find(query)
+        uid_of = dict(found)
+        threads = thread_messages(request.algorithm, await self._sort_facts(found, True))
+        await self.conn.send(render_threads(threads, lambda f: uid_of[f.seq] if uid else f.seq))
+
+    async def _search(self, args: list, uid: bool, tag: str) -> None:
+        selected = self.selected
+        query = self._search_keys(args)
         if query.uses_modseq:
             await self._condstore_on()
         found = await self._find(query)
@@ -1137,7 +1155,7 @@ class _Handled(Exception):
 
 
 STORE_ITEMS = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
-UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT"}
+UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"}
 _ANY = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
 _AUTH = (AUTHENTICATED, SELECTED)
 _SEL = (SELECTED,)
@@ -1158,7 +1176,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "CHECK": (_SEL, Session.check), "CLOSE": (_SEL, Session.close_cmd), "UNSELECT": (_SEL, Session.unselect),
     "EXPUNGE": (_SEL, Session.expunge), "FETCH": (_SEL, Session.fetch), "STORE": (_SEL, Session.store),
     "COPY": (_SEL, Session.copy), "MOVE": (_SEL, Session.move), "SEARCH": (_SEL, Session.search),
-    "SORT": (_SEL, Session.sort),
+    "SORT": (_SEL, Session.sort), "THREAD": (_SEL, Session.thread),
 }
 
 
