@@ -69,8 +69,8 @@ AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
     "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND",
-    "SORT", "ESORT", *(f"THREAD={a}" for a in THREAD_ALGORITHMS))
-ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
+    "SORT", "ESORT", *(f"THREAD={a}" for a in THREAD_ALGORITHMS), "UTF8=ACCEPT")
+ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2", "UTF8=ACCEPT")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
 
@@ -283,6 +283,11 @@ class Session:
     def rev2(self) -> bool:
         return "IMAP4REV2" in self.enabled
 
+    @property
+    def utf8(self) -> bool:
+        """UTF-8 mailbox names and strings both ways (RFC 6855 §3, included in IMAP4rev2)."""
+        return "IMAP4REV2" in self.enabled or "UTF8=ACCEPT" in self.enabled
+
     def _audit(self, action: str, target: str, outcome: str = "ok", **detail) -> Awaitable[None]:
         assert self.login is not None
         return self.ctx.audit.record(self.login.principal.actor, action, target=target, outcome=outcome,
@@ -468,23 +473,23 @@ class Session:
             await self.conn.send(b"* OK [HIGHESTMODSEQ %d] CONDSTORE on\r\n" % self.selected.highestmodseq)
 
     def _mailbox_name(self, token: Token) -> str:
-        """A name as the client wrote it. Before IMAP4rev2, 8-bit octets are a syntax error (BAD),
-        while ASCII that is not modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP naming no
-        mailbox here (NO, as Dovecot answers)."""
+        """A name as the client wrote it. Before IMAP4rev2 or UTF8=ACCEPT, 8-bit octets are a syntax
+        error (BAD), while ASCII that is not modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP
+        naming no mailbox here (NO, as Dovecot answers)."""
         name = text(token)
-        if not self.rev2:
+        if not self.utf8:
             try:
                 name = encode.utf7_decode(name)
             except ValueError:
                 if not name.isascii():
-                    raise Bad("8-bit mailbox names need ENABLE IMAP4rev2; else modified UTF-7") from None
+                    raise Bad("8-bit mailbox names need ENABLE UTF8=ACCEPT or IMAP4rev2; else modified UTF-7") from None
                 raise No(f"{name[:60]!r} is not modified UTF-7: no mailbox has that name", "CANNOT") from None
         if len(name) > MAX_NAME or any(len(level) > MAX_NAME_LEVEL for level in name.split("/")):
             raise No(f"mailbox names are at most {MAX_NAME} characters, {MAX_NAME_LEVEL} between two /", "LIMIT")
         return name
 
     def _encode_name(self, name: str) -> bytes:
-        return encode.mailbox_name(name, utf8=self.rev2)
+        return encode.mailbox_name(name, utf8=self.utf8)
 
     async def _resolve(self, token: Token, right: str, action: str) -> Resolved:
         """The box and folder a name means, if this person has `right` there; refusals of a
@@ -645,7 +650,7 @@ class Session:
             raise Bad("APPEND takes a mailbox, optional flags and date, and the message")
         messages: list[tuple[bytes, set[str], datetime]] = []
         extras: list[Token] = []
-        for arg in args[1:]:
+        for arg in _utf8_data(args[1:], "UTF8=ACCEPT" in self.enabled):
             if not (isinstance(arg, String) and arg.literal):
                 if len(extras) == 2:
                     raise Bad("each message must be sent as a literal, after optional flags and date")
@@ -1061,10 +1066,13 @@ class Session:
             await self.conn.send(_esearch(tag, uid, numbers, request.returns, 0, ordered=True))
 
     def _search_keys(self, tokens: Sequence[Token]) -> SearchQuery:
-        """SEARCH's keys, or those after SORT's criteria or THREAD's algorithm (CHARSET first)."""
+        """SEARCH's keys, or those after SORT's criteria or THREAD's algorithm (CHARSET first). A
+        charset but UTF-8's after ENABLE UTF8=ACCEPT contradicts it: BAD (RFC 6855 erratum 4029)."""
         try:
-            return parse_search(tokens, utf8_default=self.rev2, saved=self._saved_uids())
+            return parse_search(tokens, utf8_default=self.utf8, saved=self._saved_uids())
         except BadCharset as exc:
+            if "UTF8=ACCEPT" in self.enabled:
+                raise Bad(f"{exc}: after ENABLE UTF8=ACCEPT, strings are UTF-8") from None
             raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
 
     async def _sort_facts(self, found: list[tuple[int, int]], header: bool) -> list[SortFacts]:
@@ -1198,6 +1206,22 @@ def _flags(tokens: Sequence[Token]) -> set[str]:
             raise Bad(f"unknown system flag {flag[:30]}")
         flags.add(flag)
     return flags
+
+
+def _utf8_data(tokens: Sequence[Token], enabled: bool) -> list[Token]:
+    """APPEND's arguments after the mailbox, each `UTF8 (~{n}…)` (RFC 6855 §4: a message with
+    UTF-8 headers) taken as its literal; BAD before ENABLE UTF8=ACCEPT."""
+    out: list[Token] = []
+    for token in tokens:
+        if isinstance(token, PList) and out and isinstance(out[-1], Atom) and out[-1].value.upper() == "UTF8":
+            if not enabled:
+                raise Bad("APPEND UTF8 needs ENABLE UTF8=ACCEPT")
+            if len(token.items) != 1 or not (isinstance(token.items[0], String) and token.items[0].literal):
+                raise Bad("UTF8 takes one literal in parentheses")
+            out[-1] = token.items[0]
+        else:
+            out.append(token)
+    return out
 
 
 def _modifiers(tokens: Sequence[Token]) -> dict[str, str]:
