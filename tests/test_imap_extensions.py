@@ -142,13 +142,12 @@ def test_sort_and_esort(server):
 def test_thread_references_and_orderedsubject(server):
     client = RawImap(server)
     client.login_token(server)
-    caps = client.ok("CAPABILITY")[0]
-    assert b" THREAD=REFERENCES" in caps and b" THREAD=ORDEREDSUBJECT" in caps
+    assert b" THREAD=ORDEREDSUBJECT THREAD=REFERENCES " in client.ok("CAPABILITY")[0]
+    headers = ("Message-ID: <a@x>\r\nSubject: plan", "Message-ID: <b@x>\r\nIn-Reply-To: <a@x>\r\nSubject: Re: plan",
+               "Message-ID: <c@x>\r\nSubject: other", "References: <a@x> <b@x>\r\nSubject: Re: plan",
+               "Subject: Re: other")
     client.ok("CREATE threaded")
-    for header in ("Message-ID: <a@x>\r\nSubject: plan", "Message-ID: <b@x>\r\nIn-Reply-To: <a@x>\r\nSubject: Re: plan",
-                   "Message-ID: <c@x>\r\nSubject: other", "References: <a@x> <b@x>\r\nSubject: Re: plan",
-                   "Subject: Re: other"):
-        client.ok("APPEND threaded \x00", header.encode() + b"\r\n\r\nbody\r\n")
+    client.ok("APPEND threaded" + " \x00" * len(headers), *(h.encode() + b"\r\n\r\nbody\r\n" for h in headers))
     client.ok("SELECT threaded")
     assert client.ok("THREAD REFERENCES UTF-8 ALL") == [b"* THREAD (1 2 4)(3 5)\r\n"]
     assert client.ok("THREAD ORDEREDSUBJECT US-ASCII ALL") == [b"* THREAD (1 (2)(4))(3 5)\r\n"]
