@@ -44,6 +44,10 @@ from .parser import LiteralPending
 from .search import BadCharset, FlagTerm, MessageFacts, SearchQuery, parse_search
 from .sort import SortFacts, needs_message, parse_sort
 from .sort import sort as sort_messages
+from .thread import ALGORITHMS as THREAD_ALGORITHMS
+from .thread import parse_thread
+from .thread import render as render_threads
+from .thread import thread as thread_messages
 from .selected import Selected
 from .seqset import SequenceSet, compress
 from .syntax import Atom, Command, PList, String, Token, text
@@ -65,8 +69,8 @@ AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
     "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND",
-    "SORT", "ESORT")
-ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
+    "SORT", "ESORT", *(f"THREAD={a}" for a in THREAD_ALGORITHMS), "UTF8=ACCEPT")
+ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2", "UTF8=ACCEPT")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
 
@@ -241,7 +245,7 @@ class Session:
             await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
             return
         if self.state != LOGOUT:
-            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT"))
+            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
     @property
@@ -278,6 +282,11 @@ class Session:
     @property
     def rev2(self) -> bool:
         return "IMAP4REV2" in self.enabled
+
+    @property
+    def utf8(self) -> bool:
+        """UTF-8 mailbox names and strings both ways (RFC 6855 §3, included in IMAP4rev2)."""
+        return "IMAP4REV2" in self.enabled or "UTF8=ACCEPT" in self.enabled
 
     def _audit(self, action: str, target: str, outcome: str = "ok", **detail) -> Awaitable[None]:
         assert self.login is not None
@@ -464,23 +473,23 @@ class Session:
             await self.conn.send(b"* OK [HIGHESTMODSEQ %d] CONDSTORE on\r\n" % self.selected.highestmodseq)
 
     def _mailbox_name(self, token: Token) -> str:
-        """A name as the client wrote it. Before IMAP4rev2, 8-bit octets are a syntax error (BAD),
-        while ASCII that is not modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP naming no
-        mailbox here (NO, as Dovecot answers)."""
+        """A name as the client wrote it. Before IMAP4rev2 or UTF8=ACCEPT, 8-bit octets are a syntax
+        error (BAD), while ASCII that is not modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP
+        naming no mailbox here (NO, as Dovecot answers)."""
         name = text(token)
-        if not self.rev2:
+        if not self.utf8:
             try:
                 name = encode.utf7_decode(name)
             except ValueError:
                 if not name.isascii():
-                    raise Bad("8-bit mailbox names need ENABLE IMAP4rev2; else modified UTF-7") from None
+                    raise Bad("8-bit mailbox names need ENABLE UTF8=ACCEPT or IMAP4rev2; else modified UTF-7") from None
                 raise No(f"{name[:60]!r} is not modified UTF-7: no mailbox has that name", "CANNOT") from None
         if len(name) > MAX_NAME or any(len(level) > MAX_NAME_LEVEL for level in name.split("/")):
             raise No(f"mailbox names are at most {MAX_NAME} characters, {MAX_NAME_LEVEL} between two /", "LIMIT")
         return name
 
     def _encode_name(self, name: str) -> bytes:
-        return encode.mailbox_name(name, utf8=self.rev2)
+        return encode.mailbox_name(name, utf8=self.utf8)
 
     async def _resolve(self, token: Token, right: str, action: str) -> Resolved:
         """The box and folder a name means, if this person has `right` there; refusals of a
@@ -641,7 +650,7 @@ class Session:
             raise Bad("APPEND takes a mailbox, optional flags and date, and the message")
         messages: list[tuple[bytes, set[str], datetime]] = []
         extras: list[Token] = []
-        for arg in args[1:]:
+        for arg in _utf8_data(args[1:], "UTF8=ACCEPT" in self.enabled):
             if not (isinstance(arg, String) and arg.literal):
                 if len(extras) == 2:
                     raise Bad("each message must be sent as a literal, after optional flags and date")
@@ -1045,20 +1054,10 @@ class Session:
 
     async def sort(self, tag: str, args: list, uid: bool) -> None:
         """SORT (RFC 5256), answered with ESEARCH when RETURN is given (ESORT, RFC 5267)."""
-        selected = self.selected
         request = parse_sort(args)
-        try:
-            query = parse_search(request.search, utf8_default=self.rev2, saved=self._saved_uids())
-        except BadCharset as exc:
-            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        query = self._search_keys(request.search)
         found = await self._find(query)
-        facts: list[SortFacts] = []
-        for start in range(0, len(found), FETCH_BATCH):
-            batch = found[start:start + FETCH_BATCH]
-            heads = await self._messages(selected.folder_id, [u for _, u in batch], True) \
-                if needs_message(request) else {}
-            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size,
-                                Message(heads[u]) if u in heads else None) for s, u in batch]
+        facts = await self._sort_facts(found, needs_message(request))
         uid_of = dict(found)
         numbers = [uid_of[f.seq] if uid else f.seq for f in sort_messages(request, facts)]
         if request.returns is None:
@@ -1066,12 +1065,39 @@ class Session:
         else:
             await self.conn.send(_esearch(tag, uid, numbers, request.returns, 0, ordered=True))
 
+    def _search_keys(self, tokens: Sequence[Token]) -> SearchQuery:
+        """SEARCH's keys, or those after SORT's criteria or THREAD's algorithm (CHARSET first). A
+        charset but UTF-8's after ENABLE UTF8=ACCEPT contradicts it: BAD (RFC 6855 erratum 4029)."""
+        try:
+            return parse_search(tokens, utf8_default=self.utf8, saved=self._saved_uids())
+        except BadCharset as exc:
+            if "UTF8=ACCEPT" in self.enabled:
+                raise Bad(f"{exc}: after ENABLE UTF8=ACCEPT, strings are UTF-8") from None
+            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+
+    async def _sort_facts(self, found: list[tuple[int, int]], header: bool) -> list[SortFacts]:
+        """What SORT and THREAD read of the messages found ((seq, uid)): `header`, their header."""
+        selected = self.selected
+        facts: list[SortFacts] = []
+        for start in range(0, len(found), FETCH_BATCH):
+            batch = found[start:start + FETCH_BATCH]
+            heads = await self._messages(selected.folder_id, [u for _, u in batch], True) if header else {}
+            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size,
+                                Message(heads[u]) if u in heads else None) for s, u in batch]
+        return facts
+
+    async def thread(self, tag: str, args: list, uid: bool) -> None:
+        """THREAD (RFC 5256): REFERENCES or ORDEREDSUBJECT over the messages the keys find."""
+        request = parse_thread(args)
+        query = self._search_keys(request.search)
+        found = await self._find(query)
+        uid_of = dict(found)
+        threads = thread_messages(request.algorithm, await self._sort_facts(found, True))
+        await self.conn.send(render_threads(threads, lambda f: uid_of[f.seq] if uid else f.seq))
+
     async def _search(self, args: list, uid: bool, tag: str) -> None:
         selected = self.selected
-        try:
-            query = parse_search(args, utf8_default=self.rev2, saved=self._saved_uids())
-        except BadCharset as exc:
-            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        query = self._search_keys(args)
         if query.uses_modseq:
             await self._condstore_on()
         found = await self._find(query)
@@ -1137,7 +1163,7 @@ class _Handled(Exception):
 
 
 STORE_ITEMS = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
-UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT"}
+UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"}
 _ANY = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
 _AUTH = (AUTHENTICATED, SELECTED)
 _SEL = (SELECTED,)
@@ -1158,7 +1184,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "CHECK": (_SEL, Session.check), "CLOSE": (_SEL, Session.close_cmd), "UNSELECT": (_SEL, Session.unselect),
     "EXPUNGE": (_SEL, Session.expunge), "FETCH": (_SEL, Session.fetch), "STORE": (_SEL, Session.store),
     "COPY": (_SEL, Session.copy), "MOVE": (_SEL, Session.move), "SEARCH": (_SEL, Session.search),
-    "SORT": (_SEL, Session.sort),
+    "SORT": (_SEL, Session.sort), "THREAD": (_SEL, Session.thread),
 }
 
 
@@ -1180,6 +1206,22 @@ def _flags(tokens: Sequence[Token]) -> set[str]:
             raise Bad(f"unknown system flag {flag[:30]}")
         flags.add(flag)
     return flags
+
+
+def _utf8_data(tokens: Sequence[Token], enabled: bool) -> list[Token]:
+    """APPEND's arguments after the mailbox, each `UTF8 (~{n}…)` (RFC 6855 §4: a message with
+    UTF-8 headers) taken as its literal; BAD before ENABLE UTF8=ACCEPT."""
+    out: list[Token] = []
+    for token in tokens:
+        if isinstance(token, PList) and out and isinstance(out[-1], Atom) and out[-1].value.upper() == "UTF8":
+            if not enabled:
+                raise Bad("APPEND UTF8 needs ENABLE UTF8=ACCEPT")
+            if len(token.items) != 1 or not (isinstance(token.items[0], String) and token.items[0].literal):
+                raise Bad("UTF8 takes one literal in parentheses")
+            out[-1] = token.items[0]
+        else:
+            out.append(token)
+    return out
 
 
 def _modifiers(tokens: Sequence[Token]) -> dict[str, str]:
