@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
-from sqlalchemy import and_, delete, exists, insert, select, update
+from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
@@ -28,6 +28,7 @@ from store.events import EventBus
 from store.schema import bodies, deliveries, envelopes, folder_messages, folders, mailboxes
 
 from . import dsn
+from .bodies import delete_bodies, insert_body
 from . import reports as incoming
 
 # RFC 6154 special-use folders every box gets (the IMAP layer shows them).
@@ -100,7 +101,7 @@ class MailStore:
         events: list[tuple[int, dict]] = []
         delivered, queued, failed = [], [], []
         reports: list[dsn.RecipientStatus] = []
-        body_id = await _insert_body(conn, message, now)
+        body_id = await insert_body(conn, message, now)
         envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
             "body_id": body_id, "message_id": message_id[:998], "sender": sender, "actor": actor.id,
             "actor_kind": actor.kind, "source": source, "received_at": now, "ret": mail_dsn.ret or "",
@@ -157,7 +158,7 @@ class MailStore:
             reporting_mta=self._reporting_mta, original_envelope_id=envid, arrival_date=arrival,
             recipients=statuses, original_message=original, ret=ret,
             from_addr=f"mailer-daemon@{self._reporting_mta}", to_addr=sender, subject_hint=None)
-        body_id = await _insert_body(conn, report, now)
+        body_id = await insert_body(conn, report, now)
         local = (await conn.execute(select(mailboxes.c.id).where(and_(
             mailboxes.c.address == sender, mailboxes.c.local.is_(True))))).first()
         if local is not None:
@@ -176,11 +177,6 @@ class MailStore:
 def _status(rcpt: Recipient, action: str, status: str, diagnostic: str | None, now: datetime) -> dsn.RecipientStatus:
     return dsn.RecipientStatus(final_recipient=rcpt.address, action=action, status=status, diagnostic=diagnostic,
                                original_recipient=rcpt.dsn.orcpt, last_attempt=now)
-
-
-async def _insert_body(conn: AsyncConnection, message: bytes, now: datetime) -> int:
-    return (await conn.execute(insert(bodies).returning(bodies.c.id),
-                               {"size": len(message), "data": message, "created_at": now})).scalar_one()
 
 
 async def ensure_folders(conn: AsyncConnection, mailbox_id: int) -> None:
@@ -231,4 +227,4 @@ async def free_bodies(conn: AsyncConnection, body_ids: Sequence[int]) -> None:
             ~queued.exists()))).scalars())
         if unused:
             await conn.execute(update(envelopes).where(envelopes.c.body_id.in_(unused)).values(body_id=None))
-            await conn.execute(delete(bodies).where(bodies.c.id.in_(unused)))
+            await delete_bodies(conn, unused)

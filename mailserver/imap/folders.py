@@ -23,18 +23,20 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
-from sqlalchemy import (LargeBinary, and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select,
+from sqlalchemy import (and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select,
                         true, union_all, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
+from mailserver.bodies import facts, insert_body
 from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, free_bodies, mailbox_channel
 from store.db import committed, dialect_insert, utc
 from store.events import RIGHTS, EventBus, rights_event
 from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
                           mailbox_acl, mailboxes)
 
+from .message import Facts
 from .names import normalise
 
 T = TypeVar("T")
@@ -359,17 +361,20 @@ class Folders:
                 folder_messages.c.folder_id == folder_id, condition).order_by(folder_messages.c.uid))).scalars())
             return uids, (await _folder(conn, folder_id)).highestmodseq
 
-    async def bodies(self, folder_id: int, uids: Sequence[int], *, head: int | None = None) -> dict[int, bytes]:
-        """The raw messages of `uids` (absent ones left out), BATCH at a time; with `head`, only
-        their first `head` octets (what ENVELOPE or a header SEARCH reads)."""
+    async def bodies(self, folder_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+        """The raw messages of `uids` (absent ones left out), BATCH at a time."""
         found: dict[int, bytes] = {}
         async with self._engine.connect() as conn:
-            data = bodies.c.data if head is None else _head(conn, head).label("data")
             for chunk in _chunks(sorted(set(uids))):
-                rows = await conn.execute(select(folder_messages.c.uid, data).select_from(_WITH_SIZE).where(
+                rows = await conn.execute(select(folder_messages.c.uid, bodies.c.data).select_from(_WITH_SIZE).where(
                     folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
                 found.update((r.uid, bytes(r.data)) for r in rows)
         return found
+
+    async def facts(self, folder_id: int, uids: Sequence[int], columns: Sequence[str]) -> dict[int, Facts]:
+        """What was learnt of `uids` when they were stored (bodies.facts), only `columns` read."""
+        async with self._engine.connect() as conn:
+            return await facts(conn, folder_id, uids, columns)
 
     # --- writing a folder -------------------------------------------------------------------
 
@@ -450,8 +455,7 @@ class Folders:
             now = datetime.now(timezone.utc)
             first = folder.uidnext - len(messages)
             for n, (data, flags, internaldate) in enumerate(messages):
-                body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
-                                              {"size": len(data), "data": data, "created_at": now})).scalar_one()
+                body_id = await insert_body(conn, data, now)
                 await conn.execute(insert(folder_messages), {
                     "folder_id": folder_id, "uid": first + n, "body_id": body_id,
                     "flags": _flags_text(_normalise(flags)),
@@ -526,19 +530,6 @@ class Folders:
         used, _count = await _usage(conn, mailbox_id)
         if used + adding > self._quota:
             raise OverQuota(f"{used + adding} bytes > {self._quota}")
-
-
-def _head(conn: AsyncConnection, most: int) -> Any:
-    """A body's first octets up to the blank line that ends its header (CRLF CRLF) if that is
-    within `most`, else its first `most`: ENVELOPE and header SEARCH then read a few hundred
-    octets per message, not all of a small one."""
-    first = func.substr(bodies.c.data, 1, most)
-    blank = literal(b"\r\n\r\n", LargeBinary)
-    if conn.dialect.name == "sqlite":
-        at = func.instr(first, blank)
-    else:  # PostgreSQL: position(bytea IN bytea)
-        at = func.position(blank.op("IN")(first))
-    return func.substr(bodies.c.data, 1, case((at > 0, at + 3), else_=most))
 
 
 def _flag_condition(term: tuple) -> Any:

@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Sequence
 
-from .message import Message
+from .message import Known, Message, known_field
 from .syntax import Atom, PList, String, Token, text
 
 CHARSETS = ("US-ASCII", "UTF-8")
@@ -57,9 +57,9 @@ class MessageFacts:
     internaldate: datetime
     size: int
     modseq: int
-    loader: Callable[[], Message]
+    loader: Callable[[], Message | Known]
 
-    def message(self) -> Message:
+    def message(self) -> Message | Known:
         return self.loader()
 
 
@@ -75,11 +75,11 @@ class _Context:
     def __init__(self, facts: MessageFacts, largest_seq: int, largest_uid: int) -> None:
         self.facts, self.largest_seq, self.largest_uid = facts, largest_seq, largest_uid
         self.flags = _folded(facts.flags)
-        self._message: Message | None = None
+        self._message: Message | Known | None = None
         self._body: str | None = None
 
     @property
-    def message(self) -> Message:
+    def message(self) -> Message | Known:
         if self._message is None:
             self._message = self.facts.message()
         return self._message
@@ -302,6 +302,7 @@ class SearchQuery:
     key: Key
     needs_message: bool
     needs_body: bool
+    needs_header: bool  # a HEADER key on a field Facts do not keep (message.known_field)
     uses_modseq: bool  # a MODSEQ key: the response carries (MODSEQ n), RFC 7162 §3.1.5
 
     def matches(self, facts: MessageFacts, *, largest_seq: int, largest_uid: int) -> bool:
@@ -478,4 +479,5 @@ def parse_search(args: Sequence[Token], *, utf8_default: bool, saved: frozenset[
     nodes = list(_walk(key))
     return SearchQuery(returns, charset, key, needs_message=any(k.needs_message for k in nodes),
                        needs_body=any(k.needs_body for k in nodes),
+                       needs_header=any(isinstance(k, Header) and not known_field(k.name) for k in nodes),
                        uses_modseq=any(isinstance(k, ModSeq) for k in nodes))
