@@ -4,8 +4,8 @@ Every body row (SMTP accept, DSN reports, relay, hospital notices: mailstore; IM
 MULTIAPPEND: imap/folders) is inserted by `insert`, in the caller's transaction, with its
 message_facts row: ENVELOPE, BODY, BODYSTRUCTURE, the header, and the decoded header fields
 SEARCH and SORT read (imap/message.py computes them: parsing stays there). IMAP then answers
-those from `facts`, never reading the body again. Migration 0014 filled it for older bodies;
-a body without facts (written by hand, say) is parsed when read, so answers never differ.
+those from `facts`, never reading the body again, and SEARCH SUBJECT in SQL
+(`subject_contains`). Migration 0014 learnt the bodies stored before; every body has its facts.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.schema import bodies, folder_messages, message_facts
@@ -31,8 +31,10 @@ def facts_row(body_id: int, data: bytes) -> dict[str, Any]:
     fields = {"h": f.fields, "a": f.addresses, "m": f.first_mailboxes,
               "s": f.sent_at.isoformat() if f.sent_at is not None else None}
     # ASCII JSON: header text may hold lone surrogates (8-bit octets kept by surrogateescape)
+    subjects = f.fields.get("subject")
     return {"body_id": body_id, "envelope": f.envelope, "body": f.body, "bodystructure": f.bodystructure,
-            "header": f.header, "fields": json.dumps(fields, separators=(",", ":"))}
+            "header": f.header, "fields": json.dumps(fields, separators=(",", ":")),
+            "search_subject": "\n".join(v.casefold() for v in subjects) if subjects is not None else None}
 
 
 def _facts(row: Any, columns: Iterable[str]) -> Facts:
@@ -72,18 +74,18 @@ async def facts(conn: AsyncConnection, folder_id: int, uids: Sequence[int],
     for start in range(0, len(wanted), _BATCH):
         chunk = wanted[start:start + _BATCH]
         rows = await conn.execute(
-            select(folder_messages.c.uid, folder_messages.c.body_id, *cols)
-            .select_from(folder_messages.outerjoin(message_facts, message_facts.c.body_id == folder_messages.c.body_id))
+            select(folder_messages.c.uid, *cols)
+            .select_from(folder_messages.join(message_facts, message_facts.c.body_id == folder_messages.c.body_id))
             .where(folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
-        missing: dict[int, int] = {}
-        for row in rows:
-            if row[2] is None:  # no facts row: learn it now (not kept: reading never writes)
-                missing[row.body_id] = row.uid
-            else:
-                found[row.uid] = _facts(row[2:], columns)
-        if missing:
-            for body_id, data in await conn.execute(select(bodies.c.id, bodies.c.data).where(
-                    bodies.c.id.in_(list(missing)))):
-                row = facts_row(body_id, bytes(data))
-                found[missing[body_id]] = _facts([row[c] for c in columns], columns)
+        found.update((row[0], _facts(row[1:], columns)) for row in rows)
     return found
+
+
+def subject_contains(needle: str) -> Any:
+    """SQL on folder_messages: SEARCH SUBJECT `needle` (search.py: a substring of a decoded
+    Subject value, casefolded), or None when SQL cannot say it exactly (a line break in it)."""
+    needle = needle.casefold()
+    if "\n" in needle:
+        return None
+    return exists().where(message_facts.c.body_id == folder_messages.c.body_id,
+                          message_facts.c.search_subject.contains(needle, autoescape=True))

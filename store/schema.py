@@ -199,11 +199,13 @@ bodies = Table(
 message_facts = Table(
     "message_facts", metadata,  # what IMAP answers without the body, learnt when it is stored
     Column("body_id", BigId, ForeignKey("bodies.id"), primary_key=True),
+    # SEARCH SUBJECT in SQL: the decoded Subject values, casefolded, one a line; NULL without one
+    Column("search_subject", Text),
+    Column("fields", Text, nullable=False),  # JSON: decoded header values, addresses, sent date (mailserver/bodies.py)
     Column("envelope", LargeBinary, nullable=False),  # FETCH ENVELOPE, as sent
     Column("body", LargeBinary, nullable=False),  # FETCH BODY
     Column("bodystructure", LargeBinary, nullable=False),  # FETCH BODYSTRUCTURE
     Column("header", LargeBinary, nullable=False),  # the top-level header: BODY[HEADER…], other header SEARCH
-    Column("fields", Text, nullable=False),  # JSON: decoded header values, addresses, sent date (mailserver/bodies.py)
 )
 
 folders = Table(

@@ -30,8 +30,7 @@ RAW = (b"From: =?utf-8?q?Dr_Jean_Dupont?= <jean.dupont@msante.test>\r\n"
 def _facts(server) -> dict[int, tuple[dict, bytes]]:
     """message_facts rows by body id, with the body they were learnt from."""
     rows = server.rows(select(message_facts, bodies.c.data).join(bodies, bodies.c.id == message_facts.c.body_id))
-    return {r["body_id"]: ({k: r[k] for k in ("body_id", "envelope", "body", "bodystructure", "header", "fields")},
-                           bytes(r["data"])) for r in rows}
+    return {r["body_id"]: ({c.name: r[c.name] for c in message_facts.columns}, bytes(r["data"])) for r in rows}
 
 
 def test_facts_written_at_delivery_and_append_are_message_py_s(server):
@@ -52,6 +51,7 @@ def test_facts_written_at_delivery_and_append_are_message_py_s(server):
     assert delivered["a"]["from"] == ["Dr Jean Dupont <jean.dupont@msante.test>"]
     assert delivered["m"] == {"from": "jean.dupont", "to": "Infirmiers"}
     assert delivered["s"] == "2026-12-01T10:00:00+01:00"
+    assert next(row["search_subject"] for row, data in learnt.values() if b"facts-1" in data) == "résultats de biologie"
 
 
 def test_header_items_search_and_sort_never_read_the_body(server):

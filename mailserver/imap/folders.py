@@ -23,13 +23,13 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
-from sqlalchemy import (and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select,
-                        true, union_all, update)
+from sqlalchemy import (String, and_, bindparam, case, delete, func, insert, literal, not_, null, or_, select,
+                        true, type_coerce, union_all, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
-from mailserver.bodies import facts, insert_body
+from mailserver.bodies import facts, insert_body, subject_contains
 from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, free_bodies, mailbox_channel
 from store.db import committed, dialect_insert, utc
 from store.events import RIGHTS, EventBus, rights_event
@@ -126,6 +126,13 @@ def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
 
 def _meta(row: Any) -> MessageMeta:
     return MessageMeta(row.uid, flag_set(row.flags), row.modseq, utc(row.internaldate), row.size)
+
+
+def _instant(value: datetime | str) -> datetime:
+    """A DateTime column read as it is stored: SQLite's text parsed by datetime.fromisoformat (C;
+    SQLAlchemy's processor is a regular expression, a third of SELECT's time on 10,000
+    messages), PostgreSQL's datetime as it comes."""
+    return utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 def _state(row: Any) -> FolderState:
@@ -315,10 +322,11 @@ class Folders:
     async def messages(self, folder_id: int) -> list[MessageMeta]:
         """Every message, by UID: one query, which SELECT on a large folder depends on."""
         async with self._engine.connect() as conn:
-            rows = await conn.execute(select(*_META).select_from(_WITH_SIZE)
-                                      .where(folder_messages.c.folder_id == folder_id)
+            rows = await conn.execute(select(*_META[:3], type_coerce(folder_messages.c.internaldate, String), _META[4])
+                                      .select_from(_WITH_SIZE).where(folder_messages.c.folder_id == folder_id)
                                       .order_by(folder_messages.c.uid))
-            return [_meta(r) for r in rows]
+            return [MessageMeta(uid, flag_set(flags), modseq, _instant(when), size)
+                    for uid, flags, modseq, when, size in rows]
 
     async def meta(self, folder_id: int, uid: int) -> MessageMeta | None:
         """One message's flags and size, for a reader outside IMAP (mailserver/webmail.py)."""
@@ -352,7 +360,7 @@ class Folders:
         folder's HIGHESTMODSEQ read after them: while it has not moved past what the caller
         last read, the rows are those the caller's view holds (every write raises it before
         its commit). None when a flag name is not ASCII: SQL's lower() would not fold it as
-        SEARCH's casefold does."""
+        SEARCH's casefold does (nor a subject with a line break)."""
         condition = _flag_condition(term)
         if condition is None:
             return None
@@ -537,6 +545,8 @@ def _flag_condition(term: tuple) -> Any:
     kind = term[0]
     if kind == "all":
         return true()
+    if kind == "subject":
+        return subject_contains(term[1])
     if kind == "flag":
         if not term[1].isascii():
             return None

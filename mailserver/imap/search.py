@@ -1,7 +1,7 @@
 """SEARCH criteria: parse them (RFC 3501 §6.4.4, RFC 9051 §6.4.4, RFC 7162 §3.1.5 MODSEQ,
 RFC 4731 ESEARCH RETURN, RFC 5182 SEARCHRES's SAVE and `$`, RFC 5032 WITHIN's OLDER and YOUNGER)
-and evaluate them against one message; a query on flags alone is also handed to the store as a
-FlagTerm, answered by one SQL query instead of a test per message.
+and evaluate them against one message; a query on flags and SUBJECT alone is also handed to the
+store as a FlagTerm, answered by one SQL query instead of a test per message.
 
 Matching rules, chosen where the RFCs leave room:
 - strings match as case-insensitive substrings (str.casefold) of decoded text: RFC 2047 words in
@@ -309,20 +309,23 @@ class SearchQuery:
         return self.key.matches(_Context(facts, largest_seq, largest_uid))
 
     def on_flags(self) -> FlagTerm | None:
-        """The query as a condition on stored flags alone, for the store to answer (SQL), or
-        None when a key needs more: the message, its date, size or number, or \\Recent (the
-        session's own)."""
+        """The query as a condition on stored flags and subjects alone, for the store to answer
+        (SQL), or None when a key needs more: the message, its date, size or number, or
+        \\Recent (the session's own)."""
         return _flag_term(self.key)
 
 
-# A condition on stored flags: ("all",), ("flag", name, present), ("and", terms), ("or", a, b),
-# ("not", term). Flag names compare case-insensitively.
+# A condition on stored flags and on the Subject learnt at delivery: ("all",), ("flag", name,
+# present), ("subject", text) (SEARCH SUBJECT), ("and", terms), ("or", a, b), ("not", term).
+# Flag names compare case-insensitively.
 FlagTerm = tuple
 
 
 def _flag_term(key: Key) -> FlagTerm | None:
     if isinstance(key, All):
         return ("all",)
+    if isinstance(key, Header) and key.name == "subject":
+        return ("subject", key.value)
     if isinstance(key, Flag):
         return None if key.flag.casefold() == "\\recent" else ("flag", key.flag, key.present)
     if isinstance(key, Not):

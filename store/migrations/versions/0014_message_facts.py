@@ -3,8 +3,8 @@
 Revision ID: 0014
 Revises: 0013
 
-ENVELOPE, BODY, BODYSTRUCTURE, the top-level header and the decoded header fields SEARCH and
-SORT read (mailserver/bodies.py writes and reads them; mailserver/imap/message.py computes
+ENVELOPE, BODY, BODYSTRUCTURE, the top-level header, the decoded header fields SEARCH and SORT
+read, and the casefolded subject SEARCH SUBJECT matches in SQL (mailserver/bodies.py writes and reads them; mailserver/imap/message.py computes
 them). Existing bodies are learnt here, a batch at a time: memory stays bounded by the batch.
 """
 from alembic import op
@@ -23,19 +23,20 @@ BATCH = 200  # bodies read at once (10 KB to 20 MB each)
 def upgrade() -> None:
     op.create_table('message_facts',
     sa.Column('body_id', BigId, nullable=False),
+    sa.Column('search_subject', sa.Text(), nullable=True),
+    sa.Column('fields', sa.Text(), nullable=False),
     sa.Column('envelope', sa.LargeBinary(), nullable=False),
     sa.Column('body', sa.LargeBinary(), nullable=False),
     sa.Column('bodystructure', sa.LargeBinary(), nullable=False),
     sa.Column('header', sa.LargeBinary(), nullable=False),
-    sa.Column('fields', sa.Text(), nullable=False),
     sa.ForeignKeyConstraint(['body_id'], ['bodies.id'], name=op.f('fk_message_facts_body_id_bodies')),
     sa.PrimaryKeyConstraint('body_id', name=op.f('pk_message_facts'))
     )
     from mailserver.bodies import facts_row  # the one computation, as at delivery
 
     bind = op.get_bind()
-    facts = sa.table('message_facts', *(sa.column(c) for c in ('body_id', 'envelope', 'body', 'bodystructure',
-                                                                 'header', 'fields')))
+    facts = sa.table('message_facts', *(sa.column(c) for c in ('body_id', 'search_subject', 'fields', 'envelope',
+                                                                 'body', 'bodystructure', 'header')))
     last = 0
     while True:
         ids = [r[0] for r in bind.execute(sa.text('SELECT id FROM bodies WHERE id > :last ORDER BY id LIMIT :n'),
