@@ -115,7 +115,7 @@ class MailStore:
                 await conn.execute(insert(deliveries), {**row, "status": "queued", "next_attempt_at": now})
                 queued.append(rcpt.address)
                 continue
-            placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, now)
+            placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, len(message), now)
             if placed is None:  # the box was retired between RCPT and DATA
                 await conn.execute(insert(deliveries), {**row, "status": "failed",
                                                         "last_error": "550 5.1.1 mailbox no longer exists"})
@@ -162,7 +162,7 @@ class MailStore:
         local = (await conn.execute(select(mailboxes.c.id).where(and_(
             mailboxes.c.address == sender, mailboxes.c.local.is_(True))))).first()
         if local is not None:
-            placed = await _deliver(conn, local.id, "INBOX", body_id, now)
+            placed = await _deliver(conn, local.id, "INBOX", body_id, len(report), now)
             return [(local.id, placed[2])] if placed else []
         envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
             "body_id": body_id, "message_id": "", "sender": "", "actor": self._reporting_mta,
@@ -192,7 +192,7 @@ async def ensure_folders(conn: AsyncConnection, mailbox_id: int) -> None:
              "uidnext": 1, "highestmodseq": 1, "created_at": now} for name, use in missing])
 
 
-async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, body_id: int,
+async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, body_id: int, size: int,
                    now: datetime) -> tuple[int, int, dict] | None:
     active = (await conn.execute(select(mailboxes.c.address).where(and_(
         mailboxes.c.id == mailbox_id, mailboxes.c.retired_at.is_(None))))).first()
@@ -205,7 +205,7 @@ async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, bod
         .returning(folders.c.id, folders.c.uidnext, folders.c.highestmodseq))).one()
     uid = bumped.uidnext - 1
     folder_message_id = (await conn.execute(insert(folder_messages).returning(folder_messages.c.id), {
-        "folder_id": bumped.id, "uid": uid, "body_id": body_id, "flags": "", "internaldate": now,
+        "folder_id": bumped.id, "uid": uid, "body_id": body_id, "size": size, "flags": "", "internaldate": now,
         "modseq": bumped.highestmodseq})).scalar_one()
     event = {"type": "new_mail", "mailbox": active.address, "folder": folder_name, "uid": uid}
     return folder_message_id, uid, event

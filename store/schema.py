@@ -234,6 +234,9 @@ folder_messages = Table(
     Column("flags", Text, nullable=False, default=""),  # space-separated
     Column("internaldate", DateTime(timezone=True), nullable=False),
     Column("modseq", BigInteger, nullable=False),
+    # the body's octets (RFC822.SIZE, quota), here so that SELECT and APPEND's quota check read
+    # these narrow rows and not the bodies' (10 KB each)
+    Column("size", Integer, nullable=False, server_default="0"),
     UniqueConstraint("folder_id", "uid", name="uq_folder_messages_uid"),
 )
 Index("ix_folder_messages_modseq", folder_messages.c.folder_id, folder_messages.c.modseq)  # CONDSTORE changes

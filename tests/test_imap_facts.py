@@ -12,7 +12,7 @@ from sqlalchemy import insert, select, text, update
 from mailserver.bodies import facts_row
 from mailserver.imap.message import Message
 from store import db
-from store.schema import bodies, message_facts
+from store.schema import bodies, folder_messages, message_facts
 
 from .imap_client import GP, NURSE, RawImap, untagged
 from .test_imap import deliver, multipart
@@ -39,7 +39,15 @@ def test_facts_written_at_delivery_and_append_are_message_py_s(server):
     client.login_token(server)
     client.ok("APPEND INBOX \x00", multipart())
     client.close()
+    client = RawImap(server)
+    client.login_token(server)
+    client.ok("SELECT INBOX")
+    client.ok("COPY 1:* Drafts")
+    client.close()
     assert server.scalar(select(bodies.c.id).where(~bodies.c.id.in_(select(message_facts.c.body_id)))) is None
+    sizes = server.rows(select(folder_messages.c.size, bodies.c.size.label("body_size"))
+                        .join(bodies, bodies.c.id == folder_messages.c.body_id))
+    assert len(sizes) == 3 and all(r["size"] == r["body_size"] for r in sizes)  # delivery, APPEND, COPY
     learnt = _facts(server)
     assert len(learnt) == 2
     for body_id, (row, data) in learnt.items():

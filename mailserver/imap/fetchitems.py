@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 from . import encode
@@ -59,6 +60,7 @@ class FetchItem:
             return self.name.lower()
         return "header" if self.header_only else None
 
+    @lru_cache(maxsize=256)  # noqa: B019 - items are few and frozen: once per item, not per message
     def response_label(self) -> bytes:
         """The name the response carries: PEEK dropped, only the origin octet of a partial
         (RFC 3501 §7.4.2: BODY[section]<origin>)."""

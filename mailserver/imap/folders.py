@@ -146,8 +146,8 @@ def _changed(row: Any) -> Event:
 
 
 _META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modseq, folder_messages.c.internaldate,
-         bodies.c.size)
-_WITH_SIZE = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
+         folder_messages.c.size)
+_WITH_BODY = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
 _FOLDER = (folders.c.id, folders.c.mailbox_id, folders.c.name, folders.c.uidvalidity, folders.c.uidnext,
            folders.c.highestmodseq, folders.c.first_recent_uid, folders.c.keywords)
 
@@ -323,7 +323,7 @@ class Folders:
         """Every message, by UID: one query, which SELECT on a large folder depends on."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(select(*_META[:3], type_coerce(folder_messages.c.internaldate, String), _META[4])
-                                      .select_from(_WITH_SIZE).where(folder_messages.c.folder_id == folder_id)
+                                      .where(folder_messages.c.folder_id == folder_id)
                                       .order_by(folder_messages.c.uid))
             return [MessageMeta(uid, flag_set(flags), modseq, _instant(when), size)
                     for uid, flags, modseq, when, size in rows]
@@ -331,7 +331,7 @@ class Folders:
     async def meta(self, folder_id: int, uid: int) -> MessageMeta | None:
         """One message's flags and size, for a reader outside IMAP (mailserver/webmail.py)."""
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(*_META).select_from(_WITH_SIZE).where(
+            row = (await conn.execute(select(*_META).where(
                 folder_messages.c.folder_id == folder_id, folder_messages.c.uid == uid))).first()
         return _meta(row) if row else None
 
@@ -348,7 +348,7 @@ class Folders:
 
             def window(modseq: Any) -> Any:
                 return and_(modseq > since_modseq, modseq <= state.highestmodseq)
-            present = (select(*_META, literal(False).label("gone")).select_from(_WITH_SIZE)
+            present = (select(*_META, literal(False).label("gone"))
                        .where(fm.c.folder_id == folder_id, window(fm.c.modseq)))
             expunged = select(fv.c.uid, null(), fv.c.modseq, null(), null(), literal(True)).where(
                 fv.c.folder_id == folder_id, window(fv.c.modseq))
@@ -374,7 +374,7 @@ class Folders:
         found: dict[int, bytes] = {}
         async with self._engine.connect() as conn:
             for chunk in _chunks(sorted(set(uids))):
-                rows = await conn.execute(select(folder_messages.c.uid, bodies.c.data).select_from(_WITH_SIZE).where(
+                rows = await conn.execute(select(folder_messages.c.uid, bodies.c.data).select_from(_WITH_BODY).where(
                     folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
                 found.update((r.uid, bytes(r.data)) for r in rows)
         return found
@@ -416,7 +416,7 @@ class Folders:
             folder = (await _lock(conn, {folder_id: 1}))[folder_id]
             keep = set(wanted)
             rows = [r for r in await conn.execute(  # one range query, filtered here: no IN list of 10,000
-                select(folder_messages.c.id, *_META).select_from(_WITH_SIZE).where(
+                select(folder_messages.c.id, *_META).where(
                     folder_messages.c.folder_id == folder_id, folder_messages.c.uid >= wanted[0],
                     folder_messages.c.uid <= wanted[-1]).order_by(folder_messages.c.uid)) if r.uid in keep]
             changed: list[tuple[int, MessageMeta]] = []
@@ -465,7 +465,7 @@ class Folders:
             for n, (data, flags, internaldate) in enumerate(messages):
                 body_id = await insert_body(conn, data, now)
                 await conn.execute(insert(folder_messages), {
-                    "folder_id": folder_id, "uid": first + n, "body_id": body_id,
+                    "folder_id": folder_id, "uid": first + n, "body_id": body_id, "size": len(data),
                     "flags": _flags_text(_normalise(flags)),
                     "internaldate": internaldate.astimezone(timezone.utc), "modseq": folder.highestmodseq})
             return (folder.uidvalidity, [first + n for n in range(len(messages))]), [_changed(folder)]
@@ -485,7 +485,8 @@ class Folders:
             first = await _allocate_uids(conn, dst_folder, len(rows))
             await conn.execute(insert(folder_messages), [
                 {"folder_id": dst_folder, "uid": first + n, "body_id": r.body_id, "flags": r.flags,
-                 "internaldate": r.internaldate, "modseq": dst.highestmodseq} for n, r in enumerate(rows)])
+                 "internaldate": r.internaldate, "modseq": dst.highestmodseq, "size": r.size}
+                for n, r in enumerate(rows)])
             return (dst.uidvalidity, [(r.uid, first + n) for n, r in enumerate(rows)]), [_changed(dst)]
         return await self._write(work)
 
@@ -610,15 +611,15 @@ async def _rows(conn: AsyncConnection, folder_id: int, uids: Sequence[int]) -> l
     for chunk in _chunks(sorted(set(uids))):
         found += await conn.execute(
             select(folder_messages.c.id, folder_messages.c.uid, folder_messages.c.body_id, folder_messages.c.flags,
-                   folder_messages.c.internaldate, bodies.c.size).select_from(_WITH_SIZE)
+                   folder_messages.c.internaldate, folder_messages.c.size)
             .where(folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
     return sorted(found, key=lambda r: r.uid)
 
 
 async def _usage(conn: AsyncConnection, mailbox_id: int) -> tuple[int, int]:
     used, count = (await conn.execute(
-        select(func.coalesce(func.sum(bodies.c.size), 0), func.count())
-        .select_from(_WITH_SIZE.join(folders, folders.c.id == folder_messages.c.folder_id))
+        select(func.coalesce(func.sum(folder_messages.c.size), 0), func.count())
+        .select_from(folder_messages.join(folders, folders.c.id == folder_messages.c.folder_id))
         .where(folders.c.mailbox_id == mailbox_id))).one()
     return int(used), int(count)
 

@@ -19,7 +19,7 @@ from datetime import date, datetime
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 from functools import cached_property
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .. import headers
 from ..addresses import Address, parse_addresses
@@ -296,7 +296,8 @@ class Message:
     def facts(self) -> "Facts":
         """What IMAP answers without the message, computed once when it is stored."""
         names = {f.key for f in self._root.fields if known_field(f.key)}
-        return Facts(self.envelope(), self.bodystructure(extended=False), self.bodystructure(extended=True),
+        return Facts(_sendable(self.envelope), _sendable(lambda: self.bodystructure(extended=False)),
+                     _sendable(lambda: self.bodystructure(extended=True)),
                      self._root.header, {n: self.header_values(n) for n in sorted(names)},
                      {n: self.addresses(n) for n in ADDRESS_FIELDS if n in names},
                      {n: m for n in SORT_ADDRESS_FIELDS if (m := self.first_mailbox(n))}, self.sent_at())
@@ -485,13 +486,22 @@ class Message:
             return None
 
 
+def _sendable(render: Callable[[], bytes]) -> bytes:
+    """An item's bytes, or b"" when a NUL octet in a header makes it unsendable (Known
+    refuses it, as FETCH of the message itself does: encode.NulOctet)."""
+    try:
+        return render()
+    except encode.NulOctet:
+        return b""
+
+
 @dataclass(frozen=True)
 class Facts:
     """A message as FETCH ENVELOPE/BODY/BODYSTRUCTURE/BODY[HEADER…], SEARCH on its header and
     SORT see it, learnt once (Message.facts) and kept by the store. A store may leave out what a
     command does not read (None)."""
 
-    envelope: bytes | None
+    envelope: bytes | None  # ENVELOPE, BODY and BODYSTRUCTURE are b"" when a NUL octet forbids them
     body: bytes | None  # BODY: BODYSTRUCTURE without extension data
     bodystructure: bytes | None
     header: bytes | None  # the top-level header as stored, its blank line included
@@ -513,10 +523,10 @@ class Known:
         return Message(self.facts.header)
 
     def envelope(self) -> bytes:
-        return self.facts.envelope
+        return _sent(self.facts.envelope)
 
     def bodystructure(self, *, extended: bool) -> bytes:
-        return self.facts.bodystructure if extended else self.facts.body
+        return _sent(self.facts.bodystructure if extended else self.facts.body)
 
     def section(self, part: tuple[int, ...], text: str | None, fields: tuple[str, ...] = (),
                 not_: bool = False) -> bytes:
@@ -541,6 +551,12 @@ class Known:
 
     def sent_date(self) -> date | None:
         return self.facts.sent_at.date() if self.facts.sent_at is not None else None
+
+
+def _sent(item: bytes) -> bytes:
+    if not item:
+        raise encode.NulOctet()
+    return item
 
 
 def _decode_charset(data: bytes, charset: str | None) -> str:
