@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
-from sqlalchemy import and_, delete, exists, insert, select, update
+from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
@@ -28,6 +28,7 @@ from store.events import EventBus
 from store.schema import bodies, deliveries, envelopes, folder_messages, folders, mailboxes
 
 from . import dsn
+from .bodies import delete_bodies, insert_body
 from . import reports as incoming
 
 # RFC 6154 special-use folders every box gets (the IMAP layer shows them).
@@ -100,7 +101,7 @@ class MailStore:
         events: list[tuple[int, dict]] = []
         delivered, queued, failed = [], [], []
         reports: list[dsn.RecipientStatus] = []
-        body_id = await _insert_body(conn, message, now)
+        body_id = await insert_body(conn, message, now)
         envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
             "body_id": body_id, "message_id": message_id[:998], "sender": sender, "actor": actor.id,
             "actor_kind": actor.kind, "source": source, "received_at": now, "ret": mail_dsn.ret or "",
@@ -114,7 +115,7 @@ class MailStore:
                 await conn.execute(insert(deliveries), {**row, "status": "queued", "next_attempt_at": now})
                 queued.append(rcpt.address)
                 continue
-            placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, now)
+            placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, len(message), now)
             if placed is None:  # the box was retired between RCPT and DATA
                 await conn.execute(insert(deliveries), {**row, "status": "failed",
                                                         "last_error": "550 5.1.1 mailbox no longer exists"})
@@ -157,11 +158,11 @@ class MailStore:
             reporting_mta=self._reporting_mta, original_envelope_id=envid, arrival_date=arrival,
             recipients=statuses, original_message=original, ret=ret,
             from_addr=f"mailer-daemon@{self._reporting_mta}", to_addr=sender, subject_hint=None)
-        body_id = await _insert_body(conn, report, now)
+        body_id = await insert_body(conn, report, now)
         local = (await conn.execute(select(mailboxes.c.id).where(and_(
             mailboxes.c.address == sender, mailboxes.c.local.is_(True))))).first()
         if local is not None:
-            placed = await _deliver(conn, local.id, "INBOX", body_id, now)
+            placed = await _deliver(conn, local.id, "INBOX", body_id, len(report), now)
             return [(local.id, placed[2])] if placed else []
         envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
             "body_id": body_id, "message_id": "", "sender": "", "actor": self._reporting_mta,
@@ -178,11 +179,6 @@ def _status(rcpt: Recipient, action: str, status: str, diagnostic: str | None, n
                                original_recipient=rcpt.dsn.orcpt, last_attempt=now)
 
 
-async def _insert_body(conn: AsyncConnection, message: bytes, now: datetime) -> int:
-    return (await conn.execute(insert(bodies).returning(bodies.c.id),
-                               {"size": len(message), "data": message, "created_at": now})).scalar_one()
-
-
 async def ensure_folders(conn: AsyncConnection, mailbox_id: int) -> None:
     """Create the default folders of a box on first use (imported boxes number in the
     hundreds of thousands; most never receive mail here)."""
@@ -196,7 +192,7 @@ async def ensure_folders(conn: AsyncConnection, mailbox_id: int) -> None:
              "uidnext": 1, "highestmodseq": 1, "created_at": now} for name, use in missing])
 
 
-async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, body_id: int,
+async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, body_id: int, size: int,
                    now: datetime) -> tuple[int, int, dict] | None:
     active = (await conn.execute(select(mailboxes.c.address).where(and_(
         mailboxes.c.id == mailbox_id, mailboxes.c.retired_at.is_(None))))).first()
@@ -209,7 +205,7 @@ async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, bod
         .returning(folders.c.id, folders.c.uidnext, folders.c.highestmodseq))).one()
     uid = bumped.uidnext - 1
     folder_message_id = (await conn.execute(insert(folder_messages).returning(folder_messages.c.id), {
-        "folder_id": bumped.id, "uid": uid, "body_id": body_id, "flags": "", "internaldate": now,
+        "folder_id": bumped.id, "uid": uid, "body_id": body_id, "size": size, "flags": "", "internaldate": now,
         "modseq": bumped.highestmodseq})).scalar_one()
     event = {"type": "new_mail", "mailbox": active.address, "folder": folder_name, "uid": uid}
     return folder_message_id, uid, event
@@ -231,4 +227,4 @@ async def free_bodies(conn: AsyncConnection, body_ids: Sequence[int]) -> None:
             ~queued.exists()))).scalars())
         if unused:
             await conn.execute(update(envelopes).where(envelopes.c.body_id.in_(unused)).values(body_id=None))
-            await conn.execute(delete(bodies).where(bodies.c.id.in_(unused)))
+            await delete_bodies(conn, unused)

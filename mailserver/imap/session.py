@@ -38,7 +38,7 @@ from web.metrics import IMAP_COMMANDS
 from . import encode, listing
 from .fetchitems import parse_fetch, render
 from .folders import SYSTEM_FLAGS, FolderExists, Folders, NoSuchFolder, OverQuota
-from .message import Message, UnknownCTE
+from .message import Known, Message, UnknownCTE
 from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
 from .parser import LiteralPending
 from .search import BadCharset, FlagTerm, MessageFacts, SearchQuery, parse_search
@@ -55,9 +55,8 @@ from .syntax import Atom, Command, PList, String, Token, text
 log = logging.getLogger("msante.imap")
 
 IDLE_TIMEOUT = 30 * 60.0  # RFC 3501 §5.4: at least 30 minutes
-FETCH_BATCH = 200
+FETCH_BATCH = 200  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
 RECENT = frozenset({"\\Recent"})  # added to a message's stored flags while this session holds it recent
-HEAD_BYTES = 8 * 1024  # read first when only headers are needed; longer headers are read whole  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
 # Mailbox names: every command that names a box holds and compares them, and every LIST sends
 # them all. 255 per level is a file name's limit (NAME_MAX), which maildir-based servers the
 # boxes may migrate to inherit; 1,024 in all leaves room for the shared-box prefix.
@@ -897,10 +896,10 @@ class Session:
             uids = [u for u in uids if selected.meta[u].modseq > int(changed_since)]
         sets_seen = not selected.readonly and selected.box.may("s") and any(i.sets_seen for i in items)
         needs_message = any(i.name not in STORE_ITEMS for i in items)
-        header_only = all(i.header_only for i in items if i.name not in STORE_ITEMS)
+        known = {i.known_from for i in items if i.name not in STORE_ITEMS}
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start:start + FETCH_BATCH]
-            bodies = await self._messages(selected.folder_id, batch, header_only) if needs_message else {}
+            bodies = await self._messages(selected.folder_id, batch, known) if needs_message else {}
             seen_now: set[int] = set()
             if sets_seen:
                 unseen = [u for u in batch if "\\Seen" not in selected.meta[u].flags]
@@ -922,26 +921,20 @@ class Session:
                     raise No(f"message UID {u} holds NUL octets there: only BINARY[] can send them") from None
             await self.conn.send(b"".join(out))
 
-    async def _messages(self, folder_id: int, uids: list[int], header_only: bool) -> dict[int, bytes]:
-        """The messages, or when only their header matters, their first HEAD_BYTES (and the
-        whole of those whose header is longer)."""
-        if not header_only:
-            return await self.ctx.folders.bodies(folder_id, uids)
-        heads = await self.ctx.folders.bodies(folder_id, uids, head=HEAD_BYTES)
-        longer = [u for u, head in heads.items()
-                  if len(head) >= HEAD_BYTES and b"\r\n\r\n" not in head and b"\n\n" not in head]
-        if longer:
-            heads.update(await self.ctx.folders.bodies(folder_id, longer))
-        return heads
+    async def _messages(self, folder_id: int, uids: list[int], known: set[str | None]) -> dict[int, Message | Known]:
+        """The messages; answered from what the store learnt when they arrived (message.Facts,
+        its fields `known`) unless one is None: then read whole."""
+        if None in known:
+            return {u: Message(data) for u, data in (await self.ctx.folders.bodies(folder_id, uids)).items()}
+        return {u: Known(f) for u, f in (await self.ctx.folders.facts(folder_id, uids, sorted(known))).items()}
 
-    def _fetch_response(self, selected: Selected, uid_: int, items, body: bytes | None, *, uid: bool,
+    def _fetch_response(self, selected: Selected, uid_: int, items, message: Message | Known | None, *, uid: bool,
                         condstore: bool, add_flags: bool) -> bytes:
         meta = selected.meta[uid_]
         parts: list[bytes] = []
         names = {i.name for i in items}
         if uid or "UID" in names:
             parts.append(b"UID %d" % uid_)
-        message = Message(body) if body is not None else None
         for item in items:
             if item.name == "UID":
                 continue
@@ -1081,9 +1074,9 @@ class Session:
         facts: list[SortFacts] = []
         for start in range(0, len(found), FETCH_BATCH):
             batch = found[start:start + FETCH_BATCH]
-            heads = await self._messages(selected.folder_id, [u for _, u in batch], True) if header else {}
-            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size,
-                                Message(heads[u]) if u in heads else None) for s, u in batch]
+            heads = await self._messages(selected.folder_id, [u for _, u in batch], {"fields"}) if header else {}
+            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size, heads.get(u))
+                      for s, u in batch]
         return facts
 
     async def thread(self, tag: str, args: list, uid: bool) -> None:
@@ -1146,13 +1139,13 @@ class Session:
         found = []
         for start in range(0, selected.exists, FETCH_BATCH):
             batch = selected.uids[start:start + FETCH_BATCH]
-            bodies = await self._messages(selected.folder_id, batch, not query.needs_body) \
-                if query.needs_message else {}
+            known = {None} if query.needs_body else {"fields", "header"} if query.needs_header else {"fields"}
+            bodies = await self._messages(selected.folder_id, batch, known) if query.needs_message else {}
             for offset, u in enumerate(batch):
                 meta = selected.meta[u]
                 flags = meta.flags | RECENT if u in selected.recent else meta.flags
                 facts = MessageFacts(start + offset + 1, u, flags, meta.internaldate, meta.size, meta.modseq,
-                                     lambda u=u: Message(bodies.get(u, b"")))
+                                     lambda u=u: bodies.get(u) or Message(b""))
                 if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
                     found.append((start + offset + 1, u))
         return found

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
-from .message import Message
+from .message import Known, Message
 from .search import RETURN_OPTIONS
 from .syntax import Atom, PList, Token
 
@@ -99,7 +99,7 @@ class SortFacts:
     seq: int
     internaldate: datetime
     size: int
-    message: Message | None  # None when no criterion reads the header
+    message: Message | Known | None  # None when no criterion reads the header
 
 
 def needs_message(request: SortRequest) -> bool:
