@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mailserver import dsn, headers
 from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
-from store.db import dialect_insert, utc
+from store.db import utc
 from store.events import EventBus, run_job
-from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
+from store.schema import (activities, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 
 from . import notice, receipts, subscriptions, timeline
@@ -98,7 +98,7 @@ class Dispatcher:
             hospital, contact = await _hospital(conn, event.organisation_id)
             contact = contact or sender
             target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
-            members = await _circle_members(conn, event.patient_ins)
+            members = await members_of(conn, event.patient_ins)
             plan = await subscriptions.plan(conn, event.patient_ins, event.kind, members, datetime.now(timezone.utc))
         alert_rows = [_alert_row(event, patient, audience) for audience in plan.alerts]
         actor = Actor(sender, "application")
@@ -130,15 +130,7 @@ class Dispatcher:
                 "event_id": event.id, "recipient": target.address if target else "",
                 "role": target.role if target else "gp", "status": status, "reason": reason,
                 "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
-            raised = []
-            if alert_rows:  # one statement for the whole circle; a replayed event raises nothing new
-                statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
-                    index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id, alerts.c.audience)
-                inserted = {r.audience: r.id for r in await conn.execute(
-                    statement, [{**row, "created_at": now} for row in alert_rows])}
-                raised = [{"id": inserted[row["audience"]], **row, "data": json.loads(row["data"]),
-                           "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None}
-                          for row in alert_rows if row["audience"] in inserted]
+            raised = await timeline.raise_alerts(conn, alert_rows, now)  # a replayed event raises nothing new
             mail_events.extend(await subscriptions.deliver(
                 conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
                 actor=actor, audit=self._audit, now=now))
@@ -169,8 +161,7 @@ class Dispatcher:
             return
         await self._mailstore.publish(mail_events)
         await timeline.announce(self._bus, items)
-        for alert in raised:
-            await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
+        await timeline.publish_alerts(self._bus, raised)
 
 
     async def _messages(self, facts: notice.Notice, recipients: list, data: bytes) -> list[bytes]:
@@ -225,7 +216,7 @@ async def _target(conn: AsyncConnection, rpps: str, gp: dict | None) -> tuple[Ta
     return None, NO_BOX
 
 
-async def _circle_members(conn: AsyncConnection, ins: str) -> list[str]:
+async def members_of(conn: AsyncConnection, ins: str) -> list[str]:
     if not ins:
         return []
     rows = await conn.execute(select(circle_members.c.idnat).join(circles, circles.c.id == circle_members.c.circle_id)

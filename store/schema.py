@@ -399,11 +399,14 @@ hospital_events = Table(
     Column("gp_rpps", String(11), nullable=False, default=""),
     Column("unit", Text, nullable=False, default=""),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Column("status", String(16), nullable=False),  # pending, dispatched
+    Column("status", String(16), nullable=False),  # pending, dispatched, recorded, cancelled
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("dispatched_at", DateTime(timezone=True)),
+    Column("movement_id", String(64), nullable=False, server_default=""),  # ZBE-1: what a cancellation names
+    Column("cancelled_by", BigId),  # the A11/A13 (or ZBE-4 CANCEL) event that cancelled this one
 )
 Index("ix_hospital_events_status", hospital_events.c.status, hospital_events.c.id)
+Index("ix_hospital_events_movement", hospital_events.c.organisation_id, hospital_events.c.movement_id)
 
 hospital_notices = Table(
     "hospital_notices", metadata,  # who was told of an event, or why nobody was
@@ -439,3 +442,17 @@ hospital_subscriptions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("subscriber", "patient_ins", name="uq_hospital_subscriptions_subscriber"),
 )
+
+mail_documents = Table(
+    "mail_documents", metadata,  # delivered mail carrying an IHE_XDM.ZIP; `pending` rows are a job (hospital/incoming.py)
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("envelope_id", BigId, ForeignKey("envelopes.id"), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),  # pending, recorded, refused (unreadable: `reason` says why)
+    Column("reason", Text, nullable=False, default=""),
+    Column("patient_ins", String(15), nullable=False, default="", index=True),
+    Column("type_code", String(64), nullable=False, default=""),  # LOINC, from METADATA.XML
+    Column("data", Text),  # JSON: what METADATA.XML said (documents: type, author, dates, unique id)
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("done_at", DateTime(timezone=True)),
+)
+Index("ix_mail_documents_status", mail_documents.c.status, mail_documents.c.id)
