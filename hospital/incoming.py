@@ -36,7 +36,8 @@ from store.group_commit import GroupCommit
 from store.schema import bodies, circles, deliveries, envelopes, folder_messages, folders, mail_documents, mailboxes
 
 from . import subscriptions, timeline
-from .dispatch import ALERT_KIND, members_of
+from .dispatch import members_of
+from .timeline import ALERT_KIND
 from .xdm_reader import XdmDocument, XdmRefused, find_archive, read
 
 log = logging.getLogger("msante.hl7")

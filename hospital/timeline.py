@@ -29,6 +29,7 @@ from store.events import EventBus
 from store.schema import alerts, circles
 
 KIND = "event"
+ALERT_KIND = "patient"  # the alert a member gets for an event or document of their patient
 
 
 async def record(conn: AsyncConnection, event, patient: dict, *, title: str, hospital: str,  # noqa: ANN001

@@ -271,7 +271,7 @@ deliveries = Table(
     Column("recipient", String(320), nullable=False),
     Column("orcpt", Text, nullable=False, default=""),  # "type;address", decoded
     Column("notify", String(32), nullable=False, default=""),
-    Column("status", String(16), nullable=False),  # delivered, queued, failed, relayed
+    Column("status", String(16), nullable=False),  # delivered, queued, failed, relayed, withdrawn (hospital/cancels.py)
     Column("folder_message_id", BigId, ForeignKey("folder_messages.id")),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True)),
@@ -424,7 +424,7 @@ hospital_notice_history = Table(
     "hospital_notice_history", metadata,  # a notification's receipts, one row per fact (hospital/receipts.py)
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("notice_id", BigId, ForeignKey("hospital_notices.id"), nullable=False, index=True),
-    Column("status", String(16), nullable=False),  # queued, sent, delivered, read, failed
+    Column("status", String(16), nullable=False),  # queued, sent, delivered, read, failed, withdrawn
     Column("reason", Text, nullable=False, default=""),  # why it failed
     Column("at", DateTime(timezone=True), nullable=False),
 )

@@ -1,0 +1,120 @@
+"""Cancellations end to end, over real MLLP inside mutual TLS with the demo hospital's
+certificate: an admission told to the GP (IMAP) and the circle (websocket), then its ADT^A11:
+the event is cancelled, the GP gets "Annulation : …" answering the notice, the circle's item is
+marked cancelled and followed by a cancellation item, members get an alert. A notice still
+queued for another operator is withdrawn instead; a discharge cancelled by ZBE-4 CANCEL; a
+cancellation naming nothing is recorded and audited."""
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+
+import pytest
+from sqlalchemy import select, update
+
+from store.schema import audit, deliveries, hospital_events, hospital_notice_history, hospital_notices, mailboxes
+from tests.conftest import free_port
+from tests.test_hospital_feed import GP, hospital, msa, sample, wait_for
+from tests.test_imap import imaplib_client
+from tests.test_instant_ws import CIRCLE, NURSE, connect  # noqa: F401 - fixture
+
+ADMISSION = "adt_a01_admission.hl7"
+CANCEL = "adt_a11_cancel_admission.hl7"
+
+
+def send(server, *messages: bytes) -> None:
+    with hospital(server) as client:
+        assert [msa(client.send(m))[1] for m in messages] == ["AA"] * len(messages)
+
+
+def gp_inbox(server) -> list[email.message.EmailMessage]:
+    imap = imaplib_client(server)
+    imap.select("INBOX")
+    _, ids = imap.search(None, "ALL")
+    found = []
+    for n in ids[0].split():
+        _, data = imap.fetch(n, "(BODY.PEEK[])")
+        found.append(email.message_from_bytes(data[0][1], policy=email.policy.default))
+    imap.logout()
+    return found
+
+
+def events(server) -> list[dict]:
+    return server.rows(select(hospital_events).order_by(hospital_events.c.id))
+
+
+async def test_a11_cancels_an_admission_already_told(server, connect):
+    nurse = await connect(NURSE)
+    await nurse.request(type="subscribe", circle=CIRCLE)
+    await asyncio.to_thread(send, server, sample(ADMISSION))
+    item = await nurse.expect(type="message", circle=CIRCLE, timeout=10, where=lambda f: f["kind"] == "event")
+    await nurse.expect(type="alert", timeout=10, where=lambda f: f["alert"]["kind"] == "patient")
+
+    await asyncio.to_thread(send, server, sample(CANCEL))
+    cancel = await nurse.expect(type="message", circle=CIRCLE, timeout=10,
+                                where=lambda f: f["kind"] == "event" and f["event"]["kind"] == "ANN")
+    assert cancel["seq"] == item["seq"] + 1 and cancel["event"]["cancels"]["seq"] == item["seq"]
+    assert cancel["text"] == "Annulation : Admission : TECHER Josette (MEDECINE POLYVALENTE)"
+    alert = await nurse.expect(type="alert", timeout=10, where=lambda f: f["alert"]["title"].startswith("Annulation"))
+    assert alert["alert"]["kind"] == "patient"
+
+    admission, cancellation = await asyncio.to_thread(events, server)
+    assert (admission["status"], admission["cancelled_by"], admission["movement_id"]) == (
+        "cancelled", cancellation["id"], "MVT0002")
+    assert (cancellation["kind"], cancellation["status"]) == ("ANN", "dispatched")
+    notice, cancelled = await asyncio.to_thread(gp_inbox, server)
+    assert cancelled["Subject"] == f"Annulation : {notice['Subject']}"
+    assert cancelled["In-Reply-To"] == notice["Message-ID"] and cancelled["X-MSS-INS"] == "N"
+    assert "annule l'événement" in cancelled.get_body().get_content()
+    # the cancellation is a notice of its own, delivered, with receipts
+    rows = await asyncio.to_thread(server.rows, select(hospital_notices).where(
+        hospital_notices.c.event_id == cancellation["id"]))
+    assert [(r["recipient"], r["role"], r["status"]) for r in rows] == [(GP, "gp", "delivered")]
+    # history shows the admission cancelled
+    history = await nurse.request(type="history", circle=CIRCLE)
+    (stored,) = [m for m in history["messages"] if m["seq"] == item["seq"]]
+    assert stored["event"]["cancelled"]["by"] == cancellation["id"]
+
+    # a resend of the cancellation changes nothing
+    await asyncio.to_thread(send, server, sample(CANCEL))
+    await nurse.nothing(type="message", where=lambda f: f["kind"] == "event")
+    assert len(await asyncio.to_thread(gp_inbox, server)) == 2
+
+
+@pytest.fixture
+def unreachable_gp(monkeypatch):
+    """Mail for msante.test relayed to a loopback port nobody listens on: it stays queued."""
+    monkeypatch.setenv("MSANTE_RELAY__ROUTES", f'{{"msante.test": "127.0.0.1:{free_port()}"}}')
+
+
+def test_a_notice_still_queued_is_withdrawn(unreachable_gp, server):
+    server.execute(update(mailboxes).where(mailboxes.c.address == GP).values(local=False))  # another operator's
+    send(server, sample(ADMISSION))
+    (notice,) = wait_for(server, select(hospital_notices).where(hospital_notices.c.role == "gp"))
+    assert notice["status"] == "queued"
+    send(server, sample(CANCEL))
+    wait_for(server, select(hospital_events).where(hospital_events.c.status == "cancelled"))
+    wait_for(server, select(hospital_notice_history).where(hospital_notice_history.c.status == "withdrawn"))
+    (delivery,) = server.rows(select(deliveries).where(deliveries.c.envelope_id == notice["envelope_id"]))
+    assert delivery["status"] == "withdrawn"
+    assert not server.rows(select(deliveries).where(deliveries.c.status == "queued"))  # no cancellation to send
+    (row,) = server.rows(select(audit.c.detail).where(audit.c.action == "hospital.cancel"))
+    assert '"withdrawn": 1' in row["detail"] and '"told": 0' in row["detail"]
+
+
+def test_zbe_cancel_cancels_a_discharge_and_nothing_to_cancel_is_audited(server):
+    discharge = sample("adt_a03_discharge.hl7")
+    a13 = sample(CANCEL, "CHSP-A13-0006", **{"ADT^A11^ADT_A09": "ADT^A13^ADT_A01", "MVT0002": "MVT0005"})
+    send(server, discharge)
+    wait_for(server, select(hospital_events).where(hospital_events.c.status == "dispatched"))
+    send(server, a13, sample(CANCEL, "CHSP-A11-0099", MVT0002="MVT9999"))
+    wait_for(server, select(hospital_events).where(hospital_events.c.kind == "ANN",
+                                                   hospital_events.c.status == "dispatched"), 2)
+    rows = events(server)
+    assert [(r["kind"], r["status"], r["cancelled_by"]) for r in rows] == [
+        ("SOR", "cancelled", rows[1]["id"]), ("ANN", "dispatched", None), ("ANN", "dispatched", None)]
+    subjects = [m["Subject"] for m in gp_inbox(server)]
+    assert len(subjects) == 2 and subjects[1] == f"Annulation : {subjects[0]}"
+    outcomes = server.rows(select(audit.c.outcome).where(audit.c.action == "hospital.cancel").order_by(audit.c.id))
+    assert sorted(r["outcome"] for r in outcomes) == ["failed", "ok"]  # dispatched side by side
