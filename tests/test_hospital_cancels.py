@@ -15,9 +15,10 @@ from sqlalchemy import select, update
 
 from store.schema import audit, deliveries, hospital_events, hospital_notice_history, hospital_notices, mailboxes
 from tests.conftest import free_port
+from tests.test_api import request, token_for
 from tests.test_hospital_feed import GP, hospital, msa, sample, wait_for
 from tests.test_imap import imaplib_client
-from tests.test_instant_ws import CIRCLE, NURSE, connect  # noqa: F401 - fixture
+from tests.test_instant_ws import CIRCLE, COORDINATOR, NURSE, connect  # noqa: F401 - fixture
 
 ADMISSION = "adt_a01_admission.hl7"
 CANCEL = "adt_a11_cancel_admission.hl7"
@@ -118,3 +119,16 @@ def test_zbe_cancel_cancels_a_discharge_and_nothing_to_cancel_is_audited(server)
     assert len(subjects) == 2 and subjects[1] == f"Annulation : {subjects[0]}"
     outcomes = server.rows(select(audit.c.outcome).where(audit.c.action == "hospital.cancel").order_by(audit.c.id))
     assert sorted(r["outcome"] for r in outcomes) == ["failed", "ok"]  # dispatched side by side
+
+
+def test_a_cancelled_ed_visit_is_no_ed_visit_in_the_indicators(server):
+    send(server, sample("adt_a04_ed_visit.hl7"))
+    wait_for(server, select(hospital_notices).where(hospital_notices.c.role == "gp"))
+    send(server, sample(CANCEL, MVT0002="MVT0001"))
+    wait_for(server, select(hospital_events).where(hospital_events.c.status == "cancelled"))
+    status, _, found = request(server, "GET", "/api/indicators?from=2026-12&to=2026-12&structure=970002002",
+                               token_for(server, COORDINATOR))
+    assert status == 200
+    (month,) = found["items"]
+    assert month["events"] == {"ANN": 1, "URG": 1}  # received, both
+    assert (month["ed_visits"], month["ed_gp_notified"], month["median_minutes_to_notice"]) == (0, 0, None)
