@@ -383,7 +383,8 @@ hl7_messages = Table(
     Column("ack", Text, nullable=False),  # the ACK as sent, byte for byte on a resend
     Column("size", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),  # the message: a document event builds its mail from it
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("purged_at", DateTime(timezone=True)),  # `data` cut to its MSH segment ([hl7] raw_retention_days)
     UniqueConstraint("sender", "control_id", name="uq_hl7_messages_control_id"),
 )
 

@@ -1,5 +1,6 @@
 """mail_documents (IHE_XDM.ZIP in delivered mail: the job telling the patient's circle);
-hospital_events.movement_id and .cancelled_by (ADT^A11/A13 and ZBE-4 CANCEL)
+hospital_events.movement_id and .cancelled_by (ADT^A11/A13 and ZBE-4 CANCEL);
+hl7_messages.purged_at (raw messages kept [hl7] raw_retention_days)
 
 Revision ID: 0015
 Revises: 0013
@@ -41,9 +42,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('movement_id', sa.String(length=64), server_default='', nullable=False))
         batch_op.add_column(sa.Column('cancelled_by', BigId, nullable=True))
         batch_op.create_index('ix_hospital_events_movement', ['organisation_id', 'movement_id'], unique=False)
+    with op.batch_alter_table('hl7_messages', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('purged_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index(batch_op.f('ix_hl7_messages_received_at'), ['received_at'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('hl7_messages', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_hl7_messages_received_at'))
+        batch_op.drop_column('purged_at')
     with op.batch_alter_table('hospital_events', schema=None) as batch_op:
         batch_op.drop_index('ix_hospital_events_movement')
         batch_op.drop_column('cancelled_by')
