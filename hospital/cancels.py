@@ -26,8 +26,6 @@ from datetime import datetime
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from instant import frames
-from instant.storage import append_item, iso
 from mailserver import dsn, headers
 from mailserver.mailstore import QUEUED, MailStore, Recipient, free_bodies
 from store.audit import Actor, AuditTrail
@@ -187,9 +185,6 @@ async def _timeline(conn: AsyncConnection, target, event, title: str, hospital: 
             data=json.dumps(data, ensure_ascii=False, sort_keys=True)))
         details = {"id": event.id, "kind": KIND, "cancels": {"id": target.id, "kind": target.kind, "seq": row.seq},
                    "unit": target.unit, "occurred": now.isoformat(), "hospital": hospital.name, "document": None}
-        cancel_id = f"{ALERT_KEY}{target.id}"
-        seq = await append_item(conn, row.circle_id, author=None, client_id=cancel_id, text=title, now=now,
-                                kind=timeline.KIND, data={"author": author, "event": details})
-        items.append(frames.message(circle=row.circle_id, seq=seq, author=author, client_id=cancel_id, text=title,
-                                    at=iso(now), reply_to=None, kind=timeline.KIND, event=details))
+        items += await timeline.add_items(conn, [row.circle_id], author=author, client_id=f"{ALERT_KEY}{target.id}",
+                                          text=title, details=details, now=now)
     return items

@@ -45,13 +45,20 @@ async def record(conn: AsyncConnection, event, patient: dict, *, title: str, hos
     author = {"id": sender, "name": hospital}
     details = {"id": event.id, "kind": event.kind, "unit": event.unit, "occurred": occurred.isoformat(),
                "hospital": hospital, "document": document}
-    client_id = f"hospital-event:{event.id}"
+    return await add_items(conn, ids, author=author, client_id=f"hospital-event:{event.id}", text=text,
+                           details=details, now=now)
+
+
+async def add_items(conn: AsyncConnection, circle_ids: list[int], *, author: dict, client_id: str, text: str,
+                    details: dict, now: datetime, kind: str = KIND) -> list[dict]:
+    """One item (no professional for author: `author` names the source) in each circle, with its
+    next seq, in the caller's transaction; the items as frames show them, for `announce`."""
     items = []
-    for circle_id in ids:
-        seq = await append_item(conn, circle_id, author=None, client_id=client_id, text=text, now=now, kind=KIND,
+    for circle_id in circle_ids:
+        seq = await append_item(conn, circle_id, author=None, client_id=client_id, text=text, now=now, kind=kind,
                                 data={"author": author, "event": details})
         items.append(frames.message(circle=circle_id, seq=seq, author=author, client_id=client_id, text=text,
-                                    at=iso(now), reply_to=None, kind=KIND, event=details))
+                                    at=iso(now), reply_to=None, kind=kind, event=details))
     return items
 
 

@@ -7,8 +7,6 @@ cancellation naming nothing is recorded and audited."""
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 
 import pytest
 from sqlalchemy import select, update
@@ -16,8 +14,7 @@ from sqlalchemy import select, update
 from store.schema import audit, deliveries, hospital_events, hospital_notice_history, hospital_notices, mailboxes
 from tests.conftest import free_port
 from tests.test_api import request, token_for
-from tests.test_hospital_feed import GP, hospital, msa, sample, wait_for
-from tests.test_imap import imaplib_client
+from tests.test_hospital_feed import GP, hospital, inbox_messages, msa, sample, wait_for
 from tests.test_instant_ws import CIRCLE, COORDINATOR, NURSE, connect  # noqa: F401 - fixture
 
 ADMISSION = "adt_a01_admission.hl7"
@@ -27,18 +24,6 @@ CANCEL = "adt_a11_cancel_admission.hl7"
 def send(server, *messages: bytes) -> None:
     with hospital(server) as client:
         assert [msa(client.send(m))[1] for m in messages] == ["AA"] * len(messages)
-
-
-def gp_inbox(server) -> list[email.message.EmailMessage]:
-    imap = imaplib_client(server)
-    imap.select("INBOX")
-    _, ids = imap.search(None, "ALL")
-    found = []
-    for n in ids[0].split():
-        _, data = imap.fetch(n, "(BODY.PEEK[])")
-        found.append(email.message_from_bytes(data[0][1], policy=email.policy.default))
-    imap.logout()
-    return found
 
 
 def events(server) -> list[dict]:
@@ -64,7 +49,7 @@ async def test_a11_cancels_an_admission_already_told(server, connect):
     assert (admission["status"], admission["cancelled_by"], admission["movement_id"]) == (
         "cancelled", cancellation["id"], "MVT0002")
     assert (cancellation["kind"], cancellation["status"]) == ("ANN", "dispatched")
-    notice, cancelled = await asyncio.to_thread(gp_inbox, server)
+    notice, cancelled = await asyncio.to_thread(inbox_messages, server)
     assert cancelled["Subject"] == f"Annulation : {notice['Subject']}"
     assert cancelled["In-Reply-To"] == notice["Message-ID"] and cancelled["X-MSS-INS"] == "N"
     assert "annule l'événement" in cancelled.get_body().get_content()
@@ -80,7 +65,7 @@ async def test_a11_cancels_an_admission_already_told(server, connect):
     # a resend of the cancellation changes nothing
     await asyncio.to_thread(send, server, sample(CANCEL))
     await nurse.nothing(type="message", where=lambda f: f["kind"] == "event")
-    assert len(await asyncio.to_thread(gp_inbox, server)) == 2
+    assert len(await asyncio.to_thread(inbox_messages, server)) == 2
 
 
 @pytest.fixture
@@ -115,7 +100,7 @@ def test_zbe_cancel_cancels_a_discharge_and_nothing_to_cancel_is_audited(server)
     rows = events(server)
     assert [(r["kind"], r["status"], r["cancelled_by"]) for r in rows] == [
         ("SOR", "cancelled", rows[1]["id"]), ("ANN", "dispatched", None), ("ANN", "dispatched", None)]
-    subjects = [m["Subject"] for m in gp_inbox(server)]
+    subjects = [m["Subject"] for m in inbox_messages(server)]
     assert len(subjects) == 2 and subjects[1] == f"Annulation : {subjects[0]}"
     outcomes = server.rows(select(audit.c.outcome).where(audit.c.action == "hospital.cancel").order_by(audit.c.id))
     assert sorted(r["outcome"] for r in outcomes) == ["failed", "ok"]  # dispatched side by side
