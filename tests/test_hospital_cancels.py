@@ -117,3 +117,42 @@ def test_a_cancelled_ed_visit_is_no_ed_visit_in_the_indicators(server):
     (month,) = found["items"]
     assert month["events"] == {"ANN": 1, "URG": 1}  # received, both
     assert (month["ed_visits"], month["ed_gp_notified"], month["median_minutes_to_notice"]) == (0, 0, None)
+
+
+async def test_a_cancellation_before_dispatch_tells_nobody(database_url):
+    """The feed stored an admission and its A11 before the dispatcher ran (a busy moment, a
+    restart): the admission is withdrawn, never told, whichever the dispatcher meets first."""
+    from hospital.dispatch import Dispatcher
+    from hospital.feed import Feed, Sender
+    from mailserver.mailstore import MailStore
+    from store import db
+    from store.audit import AuditTrail
+    from store.events import LocalBus
+    from store.schema import alerts, circle_messages
+
+    engine = db.create_engine(database_url)
+    await db.upgrade(engine)
+    bus, audit_trail = LocalBus(), AuditTrail(engine)
+    store = MailStore(engine, bus, reporting_mta="msante.test")
+    feed = Feed(engine, audit_trail, bus, store.writes, facility="msante.test")
+    hospital_box = Sender("dpi.ch-saint-paul@msante.test", "970002002", "970002002")
+    try:
+        for message in (sample(ADMISSION), sample(CANCEL)):
+            assert msa(await feed.receive(message.replace(b"\n", b"\r"), hospital_box, source="test"))[1] == "AA"
+        async with engine.connect() as conn:
+            admission, cancellation = (await conn.execute(select(hospital_events).order_by(hospital_events.c.id))).all()
+        dispatcher = Dispatcher(engine, store, audit_trail, bus, domains=("msante.test",))
+        await dispatcher.dispatch(cancellation)  # the cancellation first
+        await dispatcher.dispatch(admission)  # then the admission, as a pass that read it before would
+        assert await dispatcher.run_once() == 0
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(hospital_events.c.status, hospital_events.c.cancelled_by)
+                                       .order_by(hospital_events.c.id))).all()
+            assert [tuple(r) for r in rows] == [("cancelled", cancellation.id), ("dispatched", None)]
+            for table in (hospital_notices, alerts, circle_messages):
+                assert (await conn.execute(select(table))).all() == []
+            (detail,) = (await conn.execute(select(audit.c.detail).where(audit.c.action == "hospital.cancel"))).scalars()
+            assert '"before": "dispatch"' in detail
+    finally:
+        await store.close()
+        await engine.dispose()
