@@ -69,8 +69,11 @@ class XdmDocument:
 
 
 def find_archive(message: bytes) -> bytes | None:
-    """The first IHE_XDM.ZIP attached to a mail, decoded; None when there is none."""
+    """The first IHE_XDM.ZIP attached to a mail, decoded; None when there is none. A delivery or
+    read report (multipart/report) returning a mail that carried one is no document of its own."""
     parsed = BytesParser(policy=email.policy.default).parsebytes(message)
+    if parsed.get_content_type() == "multipart/report":
+        return None
     for part in parsed.walk():
         if part.is_multipart():
             continue

@@ -63,6 +63,18 @@ def test_reads_what_msante_writes():
     assert find_archive(mail(NURSE_BOX, archive())) == archive()
 
 
+def test_a_report_returning_a_document_mail_is_no_document():
+    original = mail(NURSE_BOX, archive())
+    report = EmailMessage()
+    report["From"], report["To"], report["Subject"] = "mailer-daemon@msante.test", GP, "Delivery report"
+    report.set_content("delivered")
+    report.add_attachment(email.message_from_bytes(original, policy=email.policy.SMTP))
+    report.replace_header("Content-Type", 'multipart/report; report-type=delivery-status; boundary="'
+                          f'{report.get_boundary()}"')
+    raw = report.as_bytes(policy=email.policy.SMTP)
+    assert b"IHE_XDM" in raw and find_archive(raw) is None
+
+
 def test_a_patient_id_that_is_not_an_ins_is_kept_but_not_as_ins():
     (document,) = read(archive(ins="248039741512300"))  # bad key
     assert document.ins == "" and document.patient_id.startswith("248039741512300^^^&")
