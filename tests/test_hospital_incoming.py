@@ -21,7 +21,7 @@ from hospital import xdm
 from hospital.message import Document
 from hospital.xdm_reader import MAX_ENTRIES, XdmRefused, find_archive, read
 from store.schema import audit, circle_messages, mail_documents
-from tests.test_hospital_feed import wait_for
+from tests.test_hospital_feed import inbox_messages, wait_for
 from tests.test_hospital_subscriptions import INS
 from tests.test_instant_ws import CIRCLE, NURSE, PHARMACIST, connect  # noqa: F401 - fixture
 from tests.test_smtp import GP, inbox, login
@@ -121,6 +121,8 @@ async def test_a_document_by_mail_reaches_the_circle(server, connect):
     assert event["mail"]["boxes"] == [{"mailbox": NURSE_BOX, "folder": "INBOX", "uid": 1}]
     assert event["mail"]["message_id"] == email.message_from_bytes(sent)["Message-ID"]
     assert [d["type_code"] for d in event["documents"]] == ["11490-0"] and event["documents"][0]["ins"] == INS
+    (linked,) = await asyncio.to_thread(inbox_messages, server, NURSE_BOX, NURSE)  # the link leads to the mail
+    assert linked["Message-ID"] == event["mail"]["message_id"]
     alert = await nurse.expect(type="alert", timeout=10, where=lambda f: f["alert"]["kind"] == "patient")
     assert alert["alert"]["title"].startswith("Nouveau document reçu : TECHER Josette")
     await outsider.nothing(type="alert", where=lambda f: f["alert"]["kind"] == "patient")
