@@ -23,7 +23,9 @@ from hospital.xdm_reader import MAX_ENTRIES, XdmRefused, find_archive, read
 from store.schema import audit, circle_messages, mail_documents
 from tests.test_hospital_feed import inbox_messages, wait_for
 from tests.test_hospital_subscriptions import INS
+from tests.operators import wait_for as relay_wait
 from tests.test_instant_ws import CIRCLE, NURSE, PHARMACIST, connect  # noqa: F401 - fixture
+from tests.test_relay import GP_RPPS, REMOTE, operators  # noqa: F401 - fixture
 from tests.test_smtp import GP, inbox, login
 
 INS_OID = "1.2.250.1.213.1.4.11"
@@ -158,3 +160,20 @@ async def test_a_hostile_archive_is_delivered_but_not_recorded(server, connect, 
     refused = await asyncio.to_thread(server.rows, select(audit).where(audit.c.action == "document.refused"))
     assert len(refused) == 3
     assert sum("document not recorded" in r.getMessage() for r in caplog.records) == 3
+
+
+@pytest.mark.slow
+def test_a_document_relayed_from_another_operator_reaches_its_circle(operators):
+    """Over the relay (mutual TLS between two operators' processes): B's circle of that INS learns of it."""
+    a, b = operators
+    with a.submission(GP, GP_RPPS) as smtp:
+        smtp.sendmail(GP, [REMOTE], mail(REMOTE, archive(), subject="XDM/1.0/DDM+11490-0 relayed"))
+    rows = wait_for_rows(lambda: b.query("SELECT status, patient_ins, type_code FROM mail_documents"))
+    assert rows == [("recorded", INS, "11490-0")]
+    (data,) = b.query("SELECT data FROM circle_messages WHERE kind = 'document'")[0]
+    assert f'"mailbox": "{REMOTE}"' in data and '"folder": "INBOX"' in data
+    assert b.query("SELECT count(*) FROM alerts WHERE kind = 'patient'")[0][0] >= 1
+
+
+def wait_for_rows(query):  # noqa: ANN001, ANN201
+    return relay_wait(lambda: [r for r in query() if r[0] != "pending"], what="the document recorded")
