@@ -25,12 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mailserver import dsn, headers
 from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
-from store.db import dialect_insert, utc
 from store.events import EventBus, run_job
-from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
+from store.schema import (activities, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 
-from . import notice, receipts, subscriptions, timeline
+from . import cancels, notice, receipts, subscriptions, timeline
+from .notice import NOTIFY_LOCAL, NOTIFY_REMOTE, TITLES, occurred_of
+from .timeline import ALERT_KIND
 from .feed import CHANNEL
 from .message import parse
 
@@ -41,14 +42,6 @@ POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs a
 NO_GP = "no GP given"
 NO_BOX = "GP has no MSSanté box"
 UNKNOWN_GP = "GP unknown to the directory"
-# Another operator's box: a DSN tells the hospital's box when the mail is delivered or fails. Ours:
-# the transaction that stores the mail in the GP's INBOX is the delivery, recorded on the notice
-# as it commits, so no report is written to the hospital's box (it doubled the work per event).
-NOTIFY_REMOTE = dsn.RcptDsn(notify=frozenset({"SUCCESS", "FAILURE"}))
-NOTIFY_LOCAL = dsn.RcptDsn(notify=frozenset({"NEVER"}))
-ALERT_KIND = "patient"
-TITLES = {"ADM": "Admission", "URG": "Passage aux urgences", "SOR": "Sortie d'hospitalisation",
-          "DOC": "Nouveau document"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +82,9 @@ class Dispatcher:
                 return done
 
     async def dispatch(self, event) -> None:  # noqa: ANN001 - a hospital_events row
+        if event.kind == cancels.KIND:
+            await self._cancel(event)
+            return
         patient = json.loads(event.patient)
         async with self._engine.connect() as conn:
             # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
@@ -98,12 +94,12 @@ class Dispatcher:
             hospital, contact = await _hospital(conn, event.organisation_id)
             contact = contact or sender
             target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
-            members = await _circle_members(conn, event.patient_ins)
+            members = await members_of(conn, event.patient_ins)
             plan = await subscriptions.plan(conn, event.patient_ins, event.kind, members, datetime.now(timezone.utc))
         alert_rows = [_alert_row(event, patient, audience) for audience in plan.alerts]
         actor = Actor(sender, "application")
         facts = notice.Notice(
-            kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=_occurred(event, patient),
+            kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=occurred_of(event, patient),
             unit=event.unit, hospital=hospital, sender=sender, contact=contact, recipient="", recipient_name="",
             event_id=event.id)
         # subscribers' mails (the GP's box once): written before the transaction, stored in it
@@ -130,21 +126,13 @@ class Dispatcher:
                 "event_id": event.id, "recipient": target.address if target else "",
                 "role": target.role if target else "gp", "status": status, "reason": reason,
                 "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
-            raised = []
-            if alert_rows:  # one statement for the whole circle; a replayed event raises nothing new
-                statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
-                    index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id, alerts.c.audience)
-                inserted = {r.audience: r.id for r in await conn.execute(
-                    statement, [{**row, "created_at": now} for row in alert_rows])}
-                raised = [{"id": inserted[row["audience"]], **row, "data": json.loads(row["data"]),
-                           "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None}
-                          for row in alert_rows if row["audience"] in inserted]
+            raised = await timeline.raise_alerts(conn, alert_rows, now)  # a replayed event raises nothing new
             mail_events.extend(await subscriptions.deliver(
                 conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
                 actor=actor, audit=self._audit, now=now))
             await receipts.dispatched(conn, event.id, now)
             items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
-                                             sender=sender, occurred=_occurred(event, patient), now=now)
+                                             sender=sender, occurred=occurred_of(event, patient), now=now)
             if accepted is None:
                 await self._audit.record(actor, "hospital.not_notified", target=str(event.id), conn=conn,
                                          kind=event.kind, reason=reason)
@@ -169,9 +157,21 @@ class Dispatcher:
             return
         await self._mailstore.publish(mail_events)
         await timeline.announce(self._bus, items)
-        for alert in raised:
-            await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
+        await timeline.publish_alerts(self._bus, raised)
 
+
+    async def _cancel(self, event) -> None:  # noqa: ANN001 - a hospital_events row
+        async with self._engine.connect() as conn:
+            sender = (await conn.execute(select(hl7_messages.c.sender).where(
+                hl7_messages.c.id == event.message_id))).scalar_one()
+            name, contact = await _hospital(conn, event.organisation_id)
+        hospital = cancels.Hospital(sender, name, contact or sender, self._hostname)
+        told = await self._mailstore.writes.run(lambda conn: cancels.cancel(
+            conn, self._mailstore, self._audit, event, hospital, datetime.now(timezone.utc)))
+        if told is not None:
+            await self._mailstore.publish(told.mail_events)
+            await timeline.announce(self._bus, told.items)
+            await timeline.publish_alerts(self._bus, told.alerts)
 
     async def _messages(self, facts: notice.Notice, recipients: list, data: bytes) -> list[bytes]:
         """One mail per recipient (a Target or a subscriber's MailTarget: address, name)."""
@@ -225,7 +225,7 @@ async def _target(conn: AsyncConnection, rpps: str, gp: dict | None) -> tuple[Ta
     return None, NO_BOX
 
 
-async def _circle_members(conn: AsyncConnection, ins: str) -> list[str]:
+async def members_of(conn: AsyncConnection, ins: str) -> list[str]:
     if not ins:
         return []
     rows = await conn.execute(select(circle_members.c.idnat).join(circles, circles.c.id == circle_members.c.circle_id)
@@ -239,10 +239,3 @@ def _alert_row(event, patient: dict, audience: str) -> dict:  # noqa: ANN001
             "title": f"{TITLES[event.kind]} : {who}" + (f" ({event.unit})" if event.unit else ""),
             "data": json.dumps({"event": event.id, "kind": event.kind, "ins": event.patient_ins,
                                 "occurred": patient.get("occurred", "")}, ensure_ascii=False, sort_keys=True)}
-
-
-def _occurred(event, patient: dict) -> datetime:  # noqa: ANN001
-    try:
-        return datetime.fromisoformat(patient["occurred"])
-    except (KeyError, ValueError):
-        return utc(event.occurred_at)

@@ -34,7 +34,8 @@ from .message import Document, Header, HospitalMessage, Hl7Error, parse, read_he
 
 CHANNEL = "hospital"  # "an event is pending": wakes the dispatcher
 PENDING = {"type": "pending"}
-NOTIFIED_KINDS = ("ADM", "URG", "SOR", "DOC")  # updates and cancellations are kept, not announced
+NOTIFIED_KINDS = ("ADM", "URG", "SOR", "DOC")  # what subscribers choose from; updates are kept, not announced
+DISPATCHED_KINDS = (*NOTIFIED_KINDS, "ANN")  # a cancellation tells those told of what it cancels
 IN_THREAD = 256 * 1024  # bytes beyond which a message is parsed in a thread (base64 documents)
 FACILITY_MISMATCH = 204  # table 0357 "unknown key identifier": the facility is not the sender's
 
@@ -87,7 +88,7 @@ class Feed:
             await self._audit.record(sender.actor, "hl7.resend", target=header.control_id, source=source,
                                      message_type=header.message_type)
             return stored
-        if message.kind in NOTIFIED_KINDS:
+        if message.kind in DISPATCHED_KINDS:
             await self._bus.publish(CHANNEL, PENDING)
         return answer
 
@@ -114,7 +115,8 @@ class Feed:
             "gp_rpps": gp.rpps if gp else "", "unit": message.unit[:200],
             # in UTC: SQLite keeps a date-time's wall clock and drops its offset (+04:00 at La Réunion)
             "occurred_at": message.occurred_at.astimezone(timezone.utc),
-            "status": "pending" if message.kind in NOTIFIED_KINDS else "recorded", "created_at": now})).scalar_one()
+            "status": "pending" if message.kind in DISPATCHED_KINDS else "recorded", "created_at": now,
+            "movement_id": message.movement_id[:64]})).scalar_one()
         await self._audit.record(sender.actor, "hl7.accept", target=header.control_id, source=source, conn=conn,
                                  message_type=header.message_type, event=event_id, kind=message.kind,
                                  size=len(data))

@@ -6,7 +6,9 @@ never stored: the rows are the truth, and a figure recomputed tomorrow says the 
 is the calendar month of the event's own time (the admission, the discharge), in UTC. An ED
 visit counts as notified when its mail was delivered to a box of ours or queued for another
 operator's; the time to notice runs from the event's time to that mail, over notified
-admissions and ED visits. Rows are read one range at a time (at most MAX_MONTHS), streamed.
+admissions and ED visits. An event the hospital cancelled (hospital/cancels.py) stays counted as
+received, but is no ED visit and times nothing: it did not happen. Rows are read one range at a
+time (at most MAX_MONTHS), streamed.
 """
 from __future__ import annotations
 
@@ -96,7 +98,8 @@ async def monthly(engine: AsyncEngine, start: datetime, end: datetime, finess: s
     """One row per hospital and month with events whose time is in [start, end)."""
     gp_notice = and_(hospital_notices.c.event_id == hospital_events.c.id,
                      hospital_notices.c.role.in_(("gp", "gp_structure")))
-    query = (select(hospital_events.c.kind, hospital_events.c.occurred_at, hospital_events.c.organisation_id,
+    query = (select(hospital_events.c.kind, hospital_events.c.status.label("event_status"),
+                    hospital_events.c.occurred_at, hospital_events.c.organisation_id,
                     organisations.c.finess, organisations.c.name, hospital_notices.c.status, hospital_notices.c.reason,
                     hospital_notices.c.created_at.label("notified_at"))
              .select_from(hospital_events
@@ -113,6 +116,8 @@ async def monthly(engine: AsyncEngine, start: datetime, end: datetime, finess: s
             month = months[key]
             month.structure = row.name or row.organisation_id
             month.events[row.kind] += 1
+            if row.event_status == "cancelled":
+                continue
             notified = row.status in NOTIFIED
             if row.kind == "URG":
                 month.ed_visits += 1

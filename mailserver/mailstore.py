@@ -9,6 +9,12 @@ woken by one always finds the rows.
 UIDs (RFC 3501 §2.3.1.1) come from the folder's `uidnext`, bumped in the same UPDATE that
 returns it, so concurrent deliveries to one folder never share a UID, and MODSEQ (RFC 7162)
 from the folder's `highestmodseq` the same way.
+
+What else must happen when mail reaches a box belongs to other packages (a document for a
+patient's care circle: hospital/incoming.py); they register a `DeliveryHook`, which the
+composition root (msante/app.py) does, so this module knows nothing of them. A hook runs in the
+delivering transaction and must only record work for later (a job row): it is on the path of
+every `250`, and whatever it raises fails the delivery.
 """
 from __future__ import annotations
 
@@ -44,6 +50,22 @@ class Recipient:
 
 
 @dataclass(frozen=True)
+class Delivered:
+    """What a delivery hook is told: a message just stored in local boxes (not yet committed)."""
+
+    envelope_id: int
+    message: bytes
+    sender: str
+    source: str  # smtp, submission, hl7 (a hospital notice)…
+    mailbox_ids: tuple[int, ...]
+    at: datetime
+
+
+# In the delivering transaction; returns the bus channels to wake once it commits.
+DeliveryHook = Callable[[AsyncConnection, Delivered], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
 class Accepted:
     envelope_id: int
     delivered: tuple[str, ...]
@@ -68,6 +90,7 @@ class MailStore:
         # The writer the hospital feed shares (hospital/feed.py): with SQLite's one write lock,
         # writes taken in turn by one task beat writers fighting over it with busy-wait backoff.
         self.writes = GroupCommit(engine)
+        self.delivery_hooks: list[DeliveryHook] = []
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
                      audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient],
@@ -78,7 +101,7 @@ class MailStore:
         there, so a crash leaves both done or neither (hospital/dispatch.py)."""
         recipients = list(recipients)
 
-        async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int, dict]]]:
+        async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int | str, dict]]]:
             stored = await self.store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
                                        audit=audit, audit_action=audit_action, source=source, mail_dsn=mail_dsn,
                                        recipients=recipients)
@@ -94,12 +117,13 @@ class MailStore:
 
     async def store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,
                     audit: AuditTrail, audit_action: str, source: str, mail_dsn: dsn.MailDsn,
-                    recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int, dict]]]:
+                    recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int | str, dict]]]:
         """`accept`'s work in the caller's transaction, for a job sending several messages at once
         (hospital/subscriptions.py); the caller hands the events to `publish` after its commit."""
         now = datetime.now(timezone.utc)
-        events: list[tuple[int, dict]] = []
+        events: list[tuple[int | str, dict]] = []
         delivered, queued, failed = [], [], []
+        delivered_to: list[int] = []
         reports: list[dsn.RecipientStatus] = []
         body_id = await insert_body(conn, message, now)
         envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
@@ -128,10 +152,15 @@ class MailStore:
             await conn.execute(insert(deliveries), {**row, "status": "delivered",
                                                     "folder_message_id": folder_message_id})
             delivered.append(rcpt.address)
+            delivered_to.append(rcpt.mailbox_id)
             if "SUCCESS" in rcpt.dsn.notify:
                 reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
         if delivered and incoming.looks_like_report(message):  # a receipt for a hospital notice?
             await receipts.reported(conn, incoming.read(message), delivered, now)
+        if delivered_to:
+            facts = Delivered(envelope_id, message, sender, source, tuple(delivered_to), now)
+            for hook in self.delivery_hooks:
+                events += [(channel, {"type": "delivered"}) for channel in await hook(conn, facts)]
         if reports:
             events += await self.report(conn, sender=sender, envid=mail_dsn.envid, ret=mail_dsn.ret,
                                         arrival=now, statuses=reports, original=message)
@@ -140,10 +169,12 @@ class MailStore:
                            failed=failed, size=len(message))
         return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed)), events
 
-    async def publish(self, events: list[tuple[int, dict]]) -> None:
-        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue)."""
-        for mailbox_id, event in events:
-            await self._bus.publish(mailbox_channel(mailbox_id) if mailbox_id else QUEUE_CHANNEL, event)
+    async def publish(self, events: list[tuple[int | str, dict]]) -> None:
+        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue;
+        a name: that channel, for a delivery hook's job)."""
+        for target, event in events:
+            channel = target if isinstance(target, str) else mailbox_channel(target) if target else QUEUE_CHANNEL
+            await self._bus.publish(channel, event)
 
     async def report(self, conn: AsyncConnection, *, sender: str, envid: str | None, ret: str | None,
                      arrival: datetime, statuses: list[dsn.RecipientStatus],

@@ -30,6 +30,7 @@ from config import ConfigError, Settings
 from directory.api import DirectoryApi
 from directory.authn import Authenticator, audit_handshake_refusal
 from directory.mailbox_api import MailboxApi
+from hospital import incoming, retention
 from hospital.dispatch import Dispatcher
 from hospital.feed import Feed
 from hospital.indicators_api import IndicatorsApi
@@ -125,6 +126,7 @@ class Services:
             shared = SharedFailures(bus.redis)
         logins = Logins(engine, authenticator, passwords, audit, shared=shared)
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
+        mailstore.delivery_hooks.append(incoming.watch)  # an IHE_XDM.ZIP in any box: its patient's circle learns of it
         admission = Admission(settings.limits.connections, settings.limits.connections_per_address)
         return cls(settings, engine, audit, authenticator, passwords, logins, bus, local_bus, mailstore,
                    TrustSpace(engine, settings.domains), revocations, admission)
@@ -342,6 +344,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             dispatcher = Dispatcher(services.engine, services.mailstore, services.audit, services.bus,
                                     domains=settings.domains)
             dispatch = asyncio.create_task(dispatcher.run(queue_stop), name="hospital-dispatch")
+        purging = asyncio.create_task(retention.run(services.engine, services.audit, settings.hl7_raw_retention_days,
+                                                    queue_stop), name="hl7-retention")
+        documents = asyncio.create_task(incoming.IncomingDocuments(
+            services.engine, services.mailstore.writes, services.audit, services.bus).run(queue_stop),
+            name="incoming-documents")
         if services.instant:
             await services.instant.start()
         if services.imap:
@@ -367,6 +374,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
         if dispatch is not None:
             await asyncio.wait_for(dispatch, SHUTDOWN_DEADLINE)
+        await asyncio.wait_for(documents, SHUTDOWN_DEADLINE)
+        await asyncio.wait_for(purging, SHUTDOWN_DEADLINE)
         await crl_refresh
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,6 +1,6 @@
-"""`msante subscription add|list|remove`, `msante notification list` and `msante indicators`: the
-hospital feed's subscriptions, receipts and coordinators' figures from the command line, over
-the same services as HTTPS.
+"""`msante subscription add|list|remove`, `msante notification list` and `msante indicators` and
+`msante hl7 purge`: the hospital feed's subscriptions, receipts, coordinators' figures and raw
+message retention from the command line, over the same services as HTTPS and `serve`.
 
 A subscription is made as a professional (`--rpps`), on the operator's authority: the same
 rule as over HTTPS decides (only someone in the patient's care may subscribe), and the same
@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from config import Settings
 from directory.authn import Principal
-from hospital import indicators, receipts
+from hospital import indicators, receipts, retention
 from hospital.subscriptions import Request, SubscriptionError, Subscriptions
 from store.audit import OPERATOR, AuditTrail
 from store.schema import hospital_events
@@ -123,6 +123,16 @@ async def notification_list_command(settings: Settings, args: argparse.Namespace
         _print_json(events)
     else:
         print(receipts.table(events) or "no notifications")
+    return 0
+
+
+async def hl7_purge_command(settings: Settings, args: argparse.Namespace) -> int:
+    days = settings.hl7_raw_retention_days if args.days is None else args.days
+    if days <= 0:
+        raise CommandError("raw messages are kept forever ([hl7] raw_retention_days = 0): give --days N")
+    async with _opened(settings) as engine:
+        purged = await retention.purge(engine, AuditTrail(engine), days, actor=OPERATOR)
+    print(f"{purged} raw messages older than {days} days cut to their MSH segment")
     return 0
 
 

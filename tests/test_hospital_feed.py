@@ -22,6 +22,7 @@ from certs import pki
 from hospital.client import Hl7Client, client_context
 from hospital.mllp import frame as mllp_frame
 from store.schema import alerts, audit, hl7_messages, hospital_events, hospital_notices, mailboxes
+from tests.imap_client import GP_IDNAT
 from tests.test_imap import imaplib_client
 
 SAMPLES = Path(__file__).resolve().parents[1] / "hospital" / "samples"
@@ -47,6 +48,19 @@ def sample(name: str, control_id: str | None = None, **replace: str) -> bytes:
 
 def msa(ack: bytes) -> list[str]:
     return next(seg for seg in ack.decode().split("\r") if seg.startswith("MSA|")).split("|")
+
+
+def inbox_messages(server, address: str = GP, idnat: str = GP_IDNAT) -> list[email.message.EmailMessage]:
+    """A box's INBOX over IMAP, each message parsed, without setting \\Seen."""
+    imap = imaplib_client(server, address, idnat)
+    imap.select("INBOX")
+    _, ids = imap.search(None, "ALL")
+    found = []
+    for number in ids[0].split():
+        _, data = imap.fetch(number, "(BODY.PEEK[])")
+        found.append(email.message_from_bytes(data[0][1], policy=email.policy.default))
+    imap.logout()
+    return found
 
 
 def wait_for(server, query, count: int = 1, timeout: float = 15) -> list[dict]:

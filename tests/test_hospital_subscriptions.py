@@ -3,8 +3,6 @@ the HTTPS API and the CLI, who may subscribe or read, an ED visit sent over MLLP
 each live subscriber exactly once, and figures counted from events sent over MLLP+TLS."""
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -13,8 +11,7 @@ from sqlalchemy import select, update
 
 from store.schema import alerts, audit, hospital_notices, hospital_subscriptions, mailboxes
 from tests.test_api import request, token_for
-from tests.test_hospital_feed import hospital, msa, sample, wait_for
-from tests.test_imap import imaplib_client
+from tests.test_hospital_feed import hospital, inbox_messages, msa, sample, wait_for
 
 INS = "248039741512358"  # the demo circle's patient (Josette Techer)
 GP = "810001045367"  # Dr Jean Dupont, member, the GP the samples name
@@ -98,15 +95,7 @@ def test_ed_visit_reaches_each_live_subscriber_once(server):
     assert sorted(r["audience"] for r in raised) == [f"mailbox:{ED_BOX}", f"person:{NURSE}", f"person:{COORDINATOR}"]
 
     def inbox(address: str, idnat: str) -> list:
-        imap = imaplib_client(server, address, idnat)
-        imap.select("INBOX")
-        _, ids = imap.search(None, "ALL")
-        found = []
-        for number in ids[0].split():
-            _, data = imap.fetch(number, "(RFC822)")
-            found.append(email.message_from_bytes(data[0][1], policy=email.policy.default))
-        imap.logout()
-        return found
+        return inbox_messages(server, address, idnat)
     (mail,) = inbox("sophie.hoarau@msante.test", NURSE)
     assert mail["Subject"].startswith("Passage aux urgences : TECHER Josette") and "Sophie HOARAU" in mail["To"]
     assert "Bonjour Sophie HOARAU" in mail.get_content()
