@@ -3,7 +3,7 @@ hospital_events.movement_id and .cancelled_by (ADT^A11/A13 and ZBE-4 CANCEL);
 hl7_messages.purged_at (raw messages kept [hl7] raw_retention_days)
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 
 A mail carrying an IHE_XDM.ZIP gets a `pending` row in the transaction that delivers it
 (hospital/incoming.py reads it later, off the delivery path). A cancellation finds the event it
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 BigId = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 
 revision = '0015'
-down_revision = '0013'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
