@@ -240,6 +240,8 @@ folder_messages = Table(
     UniqueConstraint("folder_id", "uid", name="uq_folder_messages_uid"),
 )
 Index("ix_folder_messages_modseq", folder_messages.c.folder_id, folder_messages.c.modseq)  # CONDSTORE changes
+# APPEND's quota check sums a box's sizes from this index alone, never visiting the rows
+Index("ix_folder_messages_size", folder_messages.c.folder_id, folder_messages.c.size)
 
 folder_vanished = Table(
     "folder_vanished", metadata,  # expunged UIDs, for QRESYNC's VANISHED (RFC 7162 §3.2.5)
