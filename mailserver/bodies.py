@@ -77,7 +77,7 @@ async def facts(conn: AsyncConnection, folder_id: int, uids: Sequence[int],
             select(folder_messages.c.uid, *cols)
             .select_from(folder_messages.join(message_facts, message_facts.c.body_id == folder_messages.c.body_id))
             .where(folder_messages.c.folder_id == folder_id, folder_messages.c.uid.in_(chunk)))
-        found.update((row[0], _facts(row[1:], columns)) for row in rows)
+        found.update((row[0], _facts(row[1:], columns)) for row in rows.all())
     return found
 
 

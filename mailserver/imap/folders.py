@@ -132,7 +132,9 @@ def _instant(value: datetime | str) -> datetime:
     """A DateTime column read as it is stored: SQLite's text parsed by datetime.fromisoformat (C;
     SQLAlchemy's processor is a regular expression, a third of SELECT's time on 10,000
     messages), PostgreSQL's datetime as it comes."""
-    return utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+    if isinstance(value, str):
+        return datetime.fromisoformat(value if "+" in value else value + "+00:00")  # stored in UTC
+    return utc(value)
 
 
 def _state(row: Any) -> FolderState:
@@ -326,7 +328,7 @@ class Folders:
                                       .where(folder_messages.c.folder_id == folder_id)
                                       .order_by(folder_messages.c.uid))
             return [MessageMeta(uid, flag_set(flags), modseq, _instant(when), size)
-                    for uid, flags, modseq, when, size in rows]
+                    for uid, flags, modseq, when, size in rows.all()]  # all(): one fetch, not one a row
 
     async def meta(self, folder_id: int, uid: int) -> MessageMeta | None:
         """One message's flags and size, for a reader outside IMAP (mailserver/webmail.py)."""
