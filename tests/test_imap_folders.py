@@ -387,6 +387,7 @@ async def test_large_folder_reads_in_few_queries(store, engine):
     statements = []
     event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     assert len(await store.messages(inbox)) == 10_000 and len(statements) == 1
+    assert "bodies" not in statements[0]  # sizes are the folder rows': SELECT reads no 10 KB body row
     statements.clear()
     assert len((await store.changes(inbox, 9_000)).changed) == 1_000 and len(statements) == 2
     statements.clear()
