@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Callable, Iterator
 
 from .. import headers
@@ -185,6 +185,24 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> Itera
         yield part_start, end
 
 
+@lru_cache(maxsize=256)
+def _wanted(fields: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(f.lower() for f in fields)  # a FETCH asks the same fields of every message
+
+
+def _header_section(msg: _Part, text: str | None, fields: tuple[str, ...], not_: bool) -> bytes:
+    """HEADER and HEADER.FIELDS[.NOT] of an entity; anything else is the empty string."""
+    if text == "HEADER":
+        return msg.header
+    if text == "HEADER.FIELDS":
+        wanted = _wanted(fields)
+        lines = b"".join(f.raw for f in msg.fields if (f.key in wanted) != not_)
+        if lines and not lines.endswith(b"\n"):
+            lines += b"\r\n"
+        return lines + b"\r\n"  # the blank line that ends a header is part of it
+    return b""
+
+
 def _message_parts(msg: _Part) -> list[_Part]:
     """A message's numbered parts (RFC 3501 §6.4.5): a non-multipart message has only part 1, itself."""
     return msg.children if msg.children is not None else [msg]
@@ -334,17 +352,9 @@ class Message:
             msg = cur.inner
             if msg is None:
                 return b""
-        if text == "HEADER":
-            return msg.header
         if text == "TEXT":
             return msg.body
-        if text == "HEADER.FIELDS":
-            wanted = {f.lower() for f in fields}
-            lines = b"".join(f.raw for f in msg.fields if (f.key in wanted) != not_)
-            if lines and not lines.endswith(b"\n"):
-                lines += b"\r\n"
-            return lines + b"\r\n"  # the blank line that ends a header is part of it
-        return b""
+        return _header_section(msg, text, fields, not_)
 
     def binary(self, part: tuple[int, ...]) -> bytes:
         """BINARY[part] (RFC 3516): the part's content with its transfer encoding undone. BINARY[]
@@ -522,6 +532,10 @@ class Known:
     def _head(self) -> Message:
         return Message(self.facts.header)
 
+    @cached_property
+    def _header(self) -> _Part:
+        return _entity(self.facts.header, 0, len(self.facts.header))  # its fields only: no MIME to parse
+
     def envelope(self) -> bytes:
         return _sent(self.facts.envelope)
 
@@ -532,7 +546,7 @@ class Known:
                 not_: bool = False) -> bytes:
         """The top-level header sections only (FetchItem.header_only)."""
         assert not part and (text or "").startswith("HEADER"), "a Known message has no body"
-        return self._head.section(part, text, fields, not_)
+        return _header_section(self._header, text, fields, not_)
 
     def header_values(self, name: str) -> list[str]:
         name = name.lower()
