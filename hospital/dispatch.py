@@ -27,6 +27,7 @@ from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
 from store.db import dialect_insert, utc
 from store.events import EventBus, run_job
+from web.metrics import HOSPITAL_NOTIFICATIONS
 from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 
@@ -46,6 +47,8 @@ UNKNOWN_GP = "GP unknown to the directory"
 # as it commits, so no report is written to the hospital's box (it doubled the work per event).
 NOTIFY_REMOTE = dsn.RcptDsn(notify=frozenset({"SUCCESS", "FAILURE"}))
 NOTIFY_LOCAL = dsn.RcptDsn(notify=frozenset({"NEVER"}))
+NOTIFIED = ("delivered", "queued")  # the GP's notice statuses that count as told (hospital/indicators.py)
+REASONS = ("no_gp", "gp_without_box", "unknown_rpps", "delivery_failed", "pending")
 ALERT_KIND = "patient"
 TITLES = {"ADM": "Admission", "URG": "Passage aux urgences", "SOR": "Sortie d'hospitalisation",
           "DOC": "Nouveau document"}
@@ -115,6 +118,7 @@ class Dispatcher:
             for m in extra]
         mail_events: list = []
         items: list[dict] = []  # the event in its patient's circle(s), announced after the commit
+        told: list[str] = []  # the GP's notice: status and reason, counted after the commit
 
         async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
             now = datetime.now(timezone.utc)
@@ -130,6 +134,7 @@ class Dispatcher:
                 "event_id": event.id, "recipient": target.address if target else "",
                 "role": target.role if target else "gp", "status": status, "reason": reason,
                 "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
+            told[:] = [status, reason]
             raised = []
             if alert_rows:  # one statement for the whole circle; a replayed event raises nothing new
                 statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
@@ -167,6 +172,10 @@ class Dispatcher:
                 raised = holder["raised"]
         except _AlreadyDone:
             return
+        status, why = told
+        notified = status in NOTIFIED
+        HOSPITAL_NOTIFICATIONS.labels(outcome="notified" if notified else "not_notified",
+                                      reason="" if notified else reason_key(status, why)).inc()
         await self._mailstore.publish(mail_events)
         await timeline.announce(self._bus, items)
         for alert in raised:
@@ -246,3 +255,16 @@ def _occurred(event, patient: dict) -> datetime:  # noqa: ANN001
         return datetime.fromisoformat(patient["occurred"])
     except (KeyError, ValueError):
         return utc(event.occurred_at)
+
+
+def reason_key(status: str | None, reason: str) -> str:
+    """Why a GP was not told, as coordinators count it (the indicators, /metrics)."""
+    if status is None:
+        return "pending"
+    if status == "failed":
+        return "delivery_failed"
+    if reason == NO_GP:
+        return "no_gp"
+    if reason == NO_BOX:
+        return "gp_without_box"
+    return "unknown_rpps"  # not in the directory (UNKNOWN_GP), or an RPPS whose check digit is wrong

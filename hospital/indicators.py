@@ -21,11 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from store.db import utc
 from store.schema import hospital_events, hospital_notices, organisations
 
-from .dispatch import NO_BOX, NO_GP
+from .dispatch import NOTIFIED, REASONS, reason_key
 
 MAX_MONTHS = 36  # a range to compare three years; a wider one is refused, not slowly computed
-NOTIFIED = ("delivered", "queued")
-REASONS = ("no_gp", "gp_without_box", "unknown_rpps", "delivery_failed", "pending")
 TIMED_KINDS = ("ADM", "URG")  # admissions: the field's "time from admission to notification"
 
 
@@ -77,19 +75,6 @@ def _next_month(first: date) -> date:
 def _months_before(first: date, count: int) -> date:
     index = first.year * 12 + first.month - 1 - count
     return date(index // 12, index % 12 + 1, 1)
-
-
-def reason_key(status: str | None, reason: str) -> str:
-    """Why an ED patient's GP was not told, as coordinators count it."""
-    if status is None:
-        return "pending"
-    if status == "failed":
-        return "delivery_failed"
-    if reason == NO_GP:
-        return "no_gp"
-    if reason == NO_BOX:
-        return "gp_without_box"
-    return "unknown_rpps"  # not in the directory (dispatch.UNKNOWN_GP), or an RPPS whose check digit is wrong
 
 
 async def monthly(engine: AsyncEngine, start: datetime, end: datetime, finess: str = "") -> list[dict]:
