@@ -119,6 +119,7 @@ class Dispatcher:
         mail_events: list = []
         items: list[dict] = []  # the event in its patient's circle(s), announced after the commit
         told: list[str] = []  # the GP's notice: status and reason, counted after the commit
+        receipted: list = []  # the circles' `notice` events (hospital/receipts.py), after the commit
 
         async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
             now = datetime.now(timezone.utc)
@@ -147,7 +148,7 @@ class Dispatcher:
             mail_events.extend(await subscriptions.deliver(
                 conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
                 actor=actor, audit=self._audit, now=now))
-            await receipts.dispatched(conn, event.id, now)
+            receipted[:] = await receipts.dispatched(conn, event.id, now)
             items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
                                              sender=sender, occurred=_occurred(event, patient), now=now)
             if accepted is None:
@@ -178,6 +179,7 @@ class Dispatcher:
                                       reason="" if notified else reason_key(status, why)).inc()
         await self._mailstore.publish(mail_events)
         await timeline.announce(self._bus, items)
+        await receipts.announce(self._bus, receipted)
         for alert in raised:
             await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
 

@@ -55,6 +55,12 @@ QUEUE_CHANNEL = "queue"  # "something was queued for relay": wakes the outbound 
 QUEUED = {"type": "queued"}
 
 
+def channel_of(key: int | str) -> str:
+    """Where an event of a write goes: a box's channel (by its id), the outbound queue's (0), or
+    the channel named (a care circle's: hospital/receipts.py)."""
+    return key if isinstance(key, str) else mailbox_channel(key) if key else QUEUE_CHANNEL
+
+
 def mailbox_channel(mailbox_id: int) -> str:
     return f"mailbox:{mailbox_id}"
 
@@ -77,7 +83,7 @@ class MailStore:
         there, so a crash leaves both done or neither (hospital/dispatch.py)."""
         recipients = list(recipients)
 
-        async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int, dict]]]:
+        async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int | str, dict]]]:
             stored = await self.store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
                                        audit=audit, audit_action=audit_action, source=source, mail_dsn=mail_dsn,
                                        recipients=recipients)
@@ -93,11 +99,11 @@ class MailStore:
 
     async def store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,
                     audit: AuditTrail, audit_action: str, source: str, mail_dsn: dsn.MailDsn,
-                    recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int, dict]]]:
+                    recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int | str, dict]]]:
         """`accept`'s work in the caller's transaction, for a job sending several messages at once
         (hospital/subscriptions.py); the caller hands the events to `publish` after its commit."""
         now = datetime.now(timezone.utc)
-        events: list[tuple[int, dict]] = []
+        events: list[tuple[int | str, dict]] = []
         delivered, queued, failed = [], [], []
         reports: list[dsn.RecipientStatus] = []
         body_id = await _insert_body(conn, message, now)
@@ -130,7 +136,7 @@ class MailStore:
             if "SUCCESS" in rcpt.dsn.notify:
                 reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
         if delivered and incoming.looks_like_report(message):  # a receipt for a hospital notice?
-            await receipts.reported(conn, incoming.read(message), delivered, now)
+            events += await receipts.reported(conn, incoming.read(message), delivered, now)
         if reports:
             events += await self.report(conn, sender=sender, envid=mail_dsn.envid, ret=mail_dsn.ret,
                                         arrival=now, statuses=reports, original=message)
@@ -139,14 +145,15 @@ class MailStore:
                            failed=failed, size=len(message))
         return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed)), events
 
-    async def publish(self, events: list[tuple[int, dict]]) -> None:
-        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue)."""
-        for mailbox_id, event in events:
-            await self._bus.publish(mailbox_channel(mailbox_id) if mailbox_id else QUEUE_CHANNEL, event)
+    async def publish(self, events: list[tuple[int | str, dict]]) -> None:
+        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue) or
+        these channels."""
+        for key, event in events:
+            await self._bus.publish(channel_of(key), event)
 
     async def report(self, conn: AsyncConnection, *, sender: str, envid: str | None, ret: str | None,
                      arrival: datetime, statuses: list[dsn.RecipientStatus],
-                     original: bytes) -> list[tuple[int, dict]]:
+                     original: bytes) -> list[tuple[int | str, dict]]:
         """A delivery-status report to `sender`, inside the caller's transaction: into the
         sender's INBOX when the box is ours, else queued for relay with the null sender. Never
         for a message that had the null sender itself (RFC 3461 §6.2: no reports on reports)."""
