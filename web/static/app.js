@@ -740,7 +740,7 @@ function renderNotices() {
     const [ticks, words] = NOTICE_SHOWN[shown.state];
     const who = gp?.role === "gp_structure" ? "Structure du médecin traitant" : "Médecin traitant";
     const why = gp && shown.state === "none" ? NOT_NOTIFIED.find(([start]) => gp.reason.startsWith(start)) : null;
-    const parts = [`${who} : ${words}${shown.at ? ` ${timeFmt.format(new Date(shown.at))}` : ""}${why ? ` (${why[1]})` : ""}`];
+    const parts = [`${who} : ${words}${shown.at ? ` à ${timeFmt.format(new Date(shown.at))}` : ""}${why ? ` (${why[1]})` : ""}`];
     const others = event.notices.filter((n) => n !== gp && n.status !== "not_notified");
     if (others.length) {
       const read = others.filter((n) => noticeState(n).state === "read").length;

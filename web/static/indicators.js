@@ -46,8 +46,10 @@ async function loadIndicators() {
   }
   const { from, to, items } = await response.json();
   const months = monthsBetween(from, to);
+  form.elements.from.value ||= months[0];   // the period the server chose, shown where it can be changed
+  form.elements.to.value ||= months.at(-1);
   $("indicators-status").textContent = items.length
-    ? `${monthFmt.format(new Date(`${months[0]}-01`))} à ${monthFmt.format(new Date(`${months.at(-1)}-01`))}`
+    ? `De ${monthFmt.format(new Date(`${months[0]}-01`))} à ${monthFmt.format(new Date(`${months.at(-1)}-01`))}`
     : "Aucun événement hospitalier reçu sur cette période.";
   const hospitals = new Map();
   for (const item of items) {
@@ -129,7 +131,7 @@ function barChart(id, title, parts, rows) {
     chart.append(svg("text", { x: x + 5, y: y + CHART.bar - 3, class: "chart-value" }, row.text));
   });
   const legend = el("ul", { id: `${id}-legend`, class: "legend", "aria-label": "Légende" },
-    ...(parts.length > 1 ? parts : []).map(([, name, colour]) => {
+    ...parts.map(([, name, colour]) => {
       const swatch = svg("svg", { viewBox: "0 0 10 10", class: "swatch", "aria-hidden": "true" });
       swatch.append(svg("rect", { width: 10, height: 10, fill: colour }));
       return el("li", {}, swatch, name);
