@@ -6,8 +6,12 @@ read. Then the indicators page (the coordinator's, not the GP's) draws the month
 Screenshots go to the test's tmp dir; axe-core finds nothing serious in any view."""
 from __future__ import annotations
 
-import pytest
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+from sqlalchemy import select
+
+from store.schema import audit
 from tests.test_hospital_feed import hospital, msa, sample
 from tests.test_webclient import GP, assert_accessible, browser, layout, signed_in  # noqa: F401 - a fixture
 
@@ -25,6 +29,10 @@ def test_timeline_ticks_and_the_indicators_page(database_url, server, browser, t
     for page in pages.values():
         page.click('#circle-list li[data-circle="1"] a')
         page.wait_for_selector("#patient-name:has-text('Josette TECHER')")
+    page.wait_for_timeout(500)  # what the page would ask for a circle without hospital events: nothing
+    with ThreadPoolExecutor(1) as thread:  # the store from another thread: Playwright holds this one's loop
+        asked = thread.submit(server.rows, select(audit.c.id).where(audit.c.action == "notifications.read"))
+        assert asked.result() == []
     # the unit in ZBE-7 tells the two cards apart; the second visit names no GP (no ROL segment)
     told = sample("adt_a04_ed_visit.hl7", "UI-GP", **{"URGENCES ADULTES": "BOX-GP"})
     not_told = b"\n".join(line for line in sample("adt_a04_ed_visit.hl7", "UI-NOGP", **{
@@ -75,7 +83,8 @@ def test_timeline_ticks_and_the_indicators_page(database_url, server, browser, t
         page.screenshot(path=tmp_path / f"indicators-{size}.png")
         page.eval_on_selector('figure[data-chart="receipts"]', "f => f.scrollIntoView()")
         page.screenshot(path=tmp_path / f"indicators-receipts-{size}.png")
-        widest = page.eval_on_selector_all("#indicators svg.chart", "cs => Math.max(...cs.map(c => c.getBoundingClientRect().right))")
+        widest = page.eval_on_selector_all("#indicators svg.chart",
+                                           "cs => Math.max(...cs.map(c => c.getBoundingClientRect().right))")
         assert widest <= SIZES[size]["viewport"]["width"]  # the charts fit the screen, no sideways scrolling
     print(f"screenshots in {tmp_path}")
     for page in [*pages.values(), gp]:

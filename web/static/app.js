@@ -191,8 +191,9 @@ function welcome(frame) {
     state.circles.set(summary.id, { ...(known || {}), summary, unread: summary.unread,
                                     last: summary.last_message || known?.last || null });
   }
-  for (const id of [...state.circles.keys()]) {
+  for (const [id, circle] of [...state.circles]) {
     if (!frame.circles.some((c) => c.id === id)) state.circles.delete(id);
+    forgetNotices(circle);   // receipts may have changed while no `notice` frame could come
   }
   renderCircles();
   for (const [id, circle] of state.circles) {
@@ -251,7 +252,6 @@ function message(frame) {
   }
   if (frame.circle === state.current) {
     appendMessages([frame]);
-    if (frame.kind === "event") refreshNotices(frame.circle);
     markRead(frame.circle);
     if ($("typing").textContent.startsWith(frame.author.name)) $("typing").textContent = "";
   }
@@ -413,7 +413,8 @@ function renderCircles() {
   document.title = unread ? `(${unread}) ${TITLE}` : TITLE;
   $("notify-enable").hidden = !("Notification" in window) || Notification.permission !== "default";
   // the indicators are for administrators and coordinators, as /api/indicators decides
-  $("indicators-link").hidden = !(state.admin || [...state.circles.values()].some((c) => c.summary?.coordinator === state.me?.id));
+  const coordinating = [...state.circles.values()].some((c) => c.summary?.coordinator === state.me?.id);
+  $("indicators-link").hidden = !(state.admin || coordinating);
 }
 
 // --- search in a circle's history (the search frame: newest first, a page at a time) -------------
@@ -577,7 +578,6 @@ async function openCircle(id) {
   renderMembers();
   renderMute();
   if (circle.head !== undefined) request({ type: "history", circle: id }, { circle: id });
-  refreshNotices(id);
   const response = await fetch(`/api/circles/${id}`, { headers: { Authorization: `Bearer ${state.session.access}` } });
   if (response.ok && state.current === id) {
     circle.members = (await response.json()).members;
@@ -687,7 +687,8 @@ function eventItem(m) {
 }
 
 // --- who was told of a hospital event: ticks on its card, from /api/notifications (the notices and
-// their receipts), read again when a `notice` frame says one changed ------------------------------
+// their receipts), asked for when a card appears whose event it has not said, and again when a
+// `notice` frame says one changed; a circle without hospital events never asks -------------------
 
 const NOTICE_DELAY_MS = 250;   // the receipts of one event come together: one request for them
 const NOTICE_STEPS = { queued: 1, sent: 2, delivered: 3, read: 4 };
@@ -702,7 +703,12 @@ const NOT_NOTIFIED = [["no GP given", "aucun médecin traitant indiqué"],
 function noticeChanged(frame) {
   const circle = state.circles.get(frame.circle);
   if (!circle) return;
-  if (frame.circle === state.current) refreshNotices(frame.circle); else circle.notices = null;   // read when opened
+  if (frame.circle === state.current) refreshNotices(frame.circle); else forgetNotices(circle);   // asked when shown
+}
+
+function forgetNotices(circle) {
+  circle.notices = null;
+  circle.asked = null;   // the events asked about: a card of one of them asks no more
 }
 
 function refreshNotices(id) {
@@ -713,6 +719,7 @@ function refreshNotices(id) {
     const response = await api(`/api/notifications?patient=${encodeURIComponent(circle.summary.patient.ins)}`);
     if (!response.ok) return;
     circle.notices = new Map((await response.json()).events.map((e) => [String(e.event), e]));
+    circle.asked = new Set([...(circle.asked || []), ...circle.notices.keys()]);   // one not listed (past 500) stays asked
     if (state.current === id) renderNotices();
   }, NOTICE_DELAY_MS);
 }
@@ -730,8 +737,15 @@ function noticeState(n) {   // the furthest receipt; a failure unless delivered 
 
 function renderNotices() {
   const circle = state.circles.get(state.current);
-  if (!circle?.notices) return;
-  for (const li of document.querySelectorAll("#messages li.event[data-event]")) {
+  if (!circle) return;
+  const cards = [...document.querySelectorAll("#messages li.event[data-event]")];
+  const unknown = cards.map((li) => li.dataset.event).filter((e) => !circle.notices?.has(e) && !circle.asked?.has(e));
+  if (unknown.length) {
+    circle.asked = new Set([...(circle.asked || []), ...unknown]);
+    refreshNotices(state.current);
+  }
+  if (!circle.notices) return;
+  for (const li of cards) {
     const event = circle.notices.get(li.dataset.event);
     const line = li.querySelector(".event-receipts");
     if (!event || !line) continue;

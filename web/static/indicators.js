@@ -88,7 +88,8 @@ function hospitalSection(finess, hospital, months) {
                          text: String(Object.values(r.item?.events || {}).reduce((a, b) => a + b, 0)) }))),
     barChart(`${id}-ed`, "Passages aux urgences : médecin traitant prévenu par MSSanté", ED_PARTS,
       rows.map((r) => ({ label: label(r.month),
-                         values: ED_PARTS.map(([key]) => (key === "notified" ? r.item?.ed_gp_notified : r.item?.ed_not_notified[key]) || 0),
+                         values: ED_PARTS.map(([key]) => (key === "notified" ? r.item?.ed_gp_notified
+                                                                            : r.item?.ed_not_notified[key]) || 0),
                          text: r.item?.ed_visits ? `${percent(r.item.ed_gp_notified_share)} prév.` : "—" }))),
     barChart(`${id}-receipts`, "Messages au médecin traitant : remis et lus", RECEIPT_PARTS,
       rows.map((r) => ({ label: label(r.month),
@@ -117,7 +118,8 @@ function barChart(id, title, parts, rows) {
                              "aria-labelledby": `${id}-title`, "aria-describedby": `${id}-legend` });
   rows.forEach((row, i) => {
     const y = i * CHART.row + 4;
-    chart.append(svg("text", { x: CHART.label - 6, y: y + CHART.bar - 3, "text-anchor": "end", class: "chart-label" }, row.label));
+    chart.append(svg("text", { x: CHART.label - 6, y: y + CHART.bar - 3, "text-anchor": "end", class: "chart-label" },
+                     row.label));
     let x = CHART.label;
     row.values.forEach((value, p) => {
       if (!value) return;
