@@ -81,8 +81,9 @@ def test_timeline_ticks_and_the_indicators_page(database_url, server, browser, t
         layout(page, f"indicators {size}")
         assert_accessible(page, f"indicators {size}")
         page.screenshot(path=tmp_path / f"indicators-{size}.png")
-        page.eval_on_selector('figure[data-chart="receipts"]', "f => f.scrollIntoView()")
-        page.screenshot(path=tmp_path / f"indicators-receipts-{size}.png")
+        for chart in ("ed", "receipts"):
+            page.eval_on_selector(f'figure[data-chart="{chart}"]', "f => f.scrollIntoView()")
+            page.screenshot(path=tmp_path / f"indicators-{chart}-{size}.png")
         widest = page.eval_on_selector_all("#indicators svg.chart",
                                            "cs => Math.max(...cs.map(c => c.getBoundingClientRect().right))")
         assert widest <= SIZES[size]["viewport"]["width"]  # the charts fit the screen, no sideways scrolling
