@@ -27,9 +27,9 @@ from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
 from store.db import dialect_insert, utc
 from store.events import EventBus, run_job
-from web.metrics import HOSPITAL_NOTIFICATIONS
 from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
+from web.metrics import HOSPITAL_NOTIFICATIONS
 
 from . import notice, receipts, subscriptions, timeline
 from .feed import CHANNEL
@@ -119,7 +119,6 @@ class Dispatcher:
         mail_events: list = []
         items: list[dict] = []  # the event in its patient's circle(s), announced after the commit
         told: list[str] = []  # the GP's notice: status and reason, counted after the commit
-        receipted: list = []  # the circles' `notice` events (hospital/receipts.py), after the commit
 
         async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
             now = datetime.now(timezone.utc)
@@ -148,7 +147,7 @@ class Dispatcher:
             mail_events.extend(await subscriptions.deliver(
                 conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
                 actor=actor, audit=self._audit, now=now))
-            receipted[:] = await receipts.dispatched(conn, event.id, now)
+            await receipts.dispatched(conn, event.id, now)
             items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
                                              sender=sender, occurred=_occurred(event, patient), now=now)
             if accepted is None:
@@ -179,7 +178,7 @@ class Dispatcher:
                                       reason="" if notified else reason_key(status, why)).inc()
         await self._mailstore.publish(mail_events)
         await timeline.announce(self._bus, items)
-        await receipts.announce(self._bus, receipted)
+        await receipts.announce(self._bus, [receipts.notice(i["circle"], event.id, "dispatched") for i in items])
         for alert in raised:
             await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
 

@@ -7,7 +7,8 @@ is the calendar month of the event's own time (the admission, the discharge), in
 visit counts as notified when its mail was delivered to a box of ours or queued for another
 operator's; the time to notice runs from the event's time to that mail, over notified
 admissions and ED visits. Delivered and read rates are over the GP's notices of every kind that
-were sent (not those nobody could be told), from their receipts (hospital/receipts.py). Rows are read one range at a time (at most MAX_MONTHS), streamed.
+were sent (not those nobody could be told), from their receipts (hospital/receipts.py). Rows
+are read one range at a time (at most MAX_MONTHS), streamed.
 """
 from __future__ import annotations
 

@@ -36,9 +36,10 @@ MAX_EVENTS = 500  # events shown per patient, newest first
 Announcement = tuple[str, dict]  # (a circle's channel, the `notice` event), published after the commit
 
 
-async def dispatched(conn: AsyncConnection, event_id: int, now: datetime) -> list[Announcement]:
+async def dispatched(conn: AsyncConnection, event_id: int, now: datetime) -> None:
     """The event's notices just written: each is queued, and delivered or failed at once when
-    dispatch already knows (a local box, an alert)."""
+    dispatch already knows (a local box, an alert). Dispatch knows the event's circles (the
+    timeline items it wrote): it tells them, with `notice`, without reading them again here."""
     rows = (await conn.execute(select(hospital_notices.c.id, hospital_notices.c.status, hospital_notices.c.reason)
                                .where(hospital_notices.c.event_id == event_id,
                                       hospital_notices.c.status != "not_notified"))).all()
@@ -51,7 +52,6 @@ async def dispatched(conn: AsyncConnection, event_id: int, now: datetime) -> lis
             facts.append({"notice_id": row.id, "status": "failed", "reason": row.reason, "at": now})
     if facts:
         await conn.execute(insert(hospital_notice_history), facts)
-    return await _announcements(conn, [r.id for r in rows], "dispatched")
 
 
 async def seen(conn: AsyncConnection, folder_message_ids: Iterable[int], now: datetime) -> list[Announcement]:
@@ -108,6 +108,11 @@ async def reported(conn: AsyncConnection, found: list[Report], boxes: Sequence[s
     return told
 
 
+def notice(circle_id: int, event_id: int, status: str) -> Announcement:
+    """The `notice` event telling a circle that an event's notices have a new receipt."""
+    return circle_channel(circle_id), {"type": "notice", "circle": circle_id, "event": event_id, "status": status}
+
+
 async def announce(bus: EventBus, announcements: list[Announcement]) -> None:
     """After the commit: each circle hears of its events' new receipts."""
     for channel, event in announcements:
@@ -140,8 +145,7 @@ async def _announcements(conn: AsyncConnection, notice_ids: list[int], status: s
         .select_from(hospital_notices.join(hospital_events, hospital_events.c.id == hospital_notices.c.event_id)
                      .join(circles, circles.c.patient_ins == hospital_events.c.patient_ins))
         .where(hospital_notices.c.id.in_(notice_ids), hospital_events.c.patient_ins != ""))
-    return [(circle_channel(r.circle), {"type": "notice", "circle": r.circle, "event": r.event, "status": status})
-            for r in rows]
+    return [notice(r.circle, r.event, status) for r in rows]
 
 
 async def history(conn: AsyncConnection, ins: str) -> list[dict]:
