@@ -28,6 +28,7 @@ from store.audit import Actor, AuditTrail
 from store.events import EventBus, run_job
 from store.schema import (activities, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
+from web.metrics import HOSPITAL_NOTIFICATIONS
 
 from . import cancels, notice, receipts, subscriptions, timeline
 from .notice import NOTIFY_LOCAL, NOTIFY_REMOTE, TITLES, occurred_of
@@ -42,6 +43,8 @@ POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs a
 NO_GP = "no GP given"
 NO_BOX = "GP has no MSSanté box"
 UNKNOWN_GP = "GP unknown to the directory"
+NOTIFIED = ("delivered", "queued")  # the GP's notice statuses that count as told (hospital/indicators.py)
+REASONS = ("no_gp", "gp_without_box", "unknown_rpps", "delivery_failed", "pending")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class Dispatcher:
             for m in extra]
         mail_events: list = []
         items: list[dict] = []  # the event in its patient's circle(s), announced after the commit
+        told: list[str] = []  # the GP's notice: status and reason, counted after the commit
 
         async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
             now = datetime.now(timezone.utc)
@@ -126,6 +130,7 @@ class Dispatcher:
                 "event_id": event.id, "recipient": target.address if target else "",
                 "role": target.role if target else "gp", "status": status, "reason": reason,
                 "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
+            told[:] = [status, reason]
             raised = await timeline.raise_alerts(conn, alert_rows, now)  # a replayed event raises nothing new
             mail_events.extend(await subscriptions.deliver(
                 conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
@@ -155,8 +160,13 @@ class Dispatcher:
                 raised = holder["raised"]
         except _AlreadyDone:
             return
+        status, why = told
+        notified = status in NOTIFIED
+        HOSPITAL_NOTIFICATIONS.labels(outcome="notified" if notified else "not_notified",
+                                      reason="" if notified else reason_key(status, why)).inc()
         await self._mailstore.publish(mail_events)
         await timeline.announce(self._bus, items)
+        await receipts.announce(self._bus, [receipts.notice(i["circle"], event.id, "dispatched") for i in items])
         await timeline.publish_alerts(self._bus, raised)
 
 
@@ -239,3 +249,16 @@ def _alert_row(event, patient: dict, audience: str) -> dict:  # noqa: ANN001
             "title": f"{TITLES[event.kind]} : {who}" + (f" ({event.unit})" if event.unit else ""),
             "data": json.dumps({"event": event.id, "kind": event.kind, "ins": event.patient_ins,
                                 "occurred": patient.get("occurred", "")}, ensure_ascii=False, sort_keys=True)}
+
+
+def reason_key(status: str | None, reason: str) -> str:
+    """Why a GP was not told, as coordinators count it (the indicators, /metrics)."""
+    if status is None:
+        return "pending"
+    if status == "failed":
+        return "delivery_failed"
+    if reason == NO_GP:
+        return "no_gp"
+    if reason == NO_BOX:
+        return "gp_without_box"
+    return "unknown_rpps"  # not in the directory (UNKNOWN_GP), or an RPPS whose check digit is wrong

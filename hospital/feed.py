@@ -28,6 +28,7 @@ from store.audit import Actor, AuditTrail
 from store.events import EventBus
 from store.group_commit import GroupCommit
 from store.schema import hl7_messages, hospital_events
+from web.metrics import HL7_EVENTS, HL7_REFUSALS
 
 from . import ack
 from .message import Document, Header, HospitalMessage, Hl7Error, parse, read_header
@@ -88,6 +89,7 @@ class Feed:
             await self._audit.record(sender.actor, "hl7.resend", target=header.control_id, source=source,
                                      message_type=header.message_type)
             return stored
+        HL7_EVENTS.labels(kind=message.kind, structure=sender.finess).inc()
         if message.kind in DISPATCHED_KINDS:
             await self._bus.publish(CHANNEL, PENDING)
         return answer
@@ -132,6 +134,7 @@ class Feed:
 
     async def _refuse(self, error: Hl7Error, sender: Sender, source: str, data: bytes) -> bytes:
         header: Header | None = error.header
+        HL7_REFUSALS.labels(code=error.code).inc()
         await self._audit.record(sender.actor, "hl7.refuse", target=header.control_id if header else "",
                                  outcome="denied" if error.code == "AR" else "failed", source=source,
                                  code=error.code, condition=error.condition,

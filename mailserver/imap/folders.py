@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
 from mailserver.bodies import facts, insert_body, subject_contains
-from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, free_bodies, mailbox_channel
+from mailserver.mailstore import DEFAULT_FOLDERS, channel_of, ensure_folders, free_bodies
 from store.db import committed, dialect_insert, utc
 from store.events import RIGHTS, EventBus, rights_event
 from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
@@ -45,7 +45,7 @@ INBOX = "INBOX"
 # RFC 3501 §2.3.2, by their lower-case spelling; in the order a FLAGS response lists them.
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
 _DEFAULT_USE = dict(DEFAULT_FOLDERS)
-Event = tuple[int, dict[str, Any]]  # (mailbox id, event)
+Event = tuple[int | str, dict[str, Any]]  # (mailbox id, or a channel: mailstore.channel_of; event)
 
 
 class FolderExists(Exception):
@@ -164,8 +164,8 @@ class Folders:
             result, events = await committed(self._engine, work)
         except _Unchanged as unchanged:
             return unchanged.result
-        for mailbox_id, event in events:
-            await self._bus.publish(mailbox_channel(mailbox_id), event)
+        for key, event in events:
+            await self._bus.publish(channel_of(key), event)
         return result
 
     # --- folders ----------------------------------------------------------------------------
@@ -437,9 +437,10 @@ class Folders:
             await conn.execute(update(folder_messages).where(folder_messages.c.id == bindparam("row_id")).values(
                 flags=bindparam("new_flags"), modseq=folder.highestmodseq), [
                 {"row_id": row_id, "new_flags": _flags_text(meta.flags)} for row_id, meta in changed])
-            if "\\Seen" in flags and mode != "-":  # a hospital notice read in its box is a receipt
-                await receipts.seen(conn, [row_id for row_id, _ in changed], datetime.now(timezone.utc))
-            return ([meta for _, meta in changed], refused), [_changed(folder)]
+            told = []  # a hospital notice read in its box is a receipt, which its patient's circles hear of
+            if "\\Seen" in flags and mode != "-":
+                told = await receipts.seen(conn, [row_id for row_id, _ in changed], datetime.now(timezone.utc))
+            return ([meta for _, meta in changed], refused), [_changed(folder), *told]
         return await self._write(work)
 
     async def append(self, folder_id: int, data: bytes, flags: set[str], internaldate: datetime) -> tuple[int, int]:
