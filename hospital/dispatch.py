@@ -18,6 +18,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Awaitable, Callable, TypeVar
 
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -35,6 +36,7 @@ from .feed import CHANNEL
 from .message import parse
 
 log = logging.getLogger("msante.hl7")
+T = TypeVar("T")
 BATCH = 100  # pending events read at a time
 CONCURRENT = 8  # events dispatched at once, their mails in one group commit; more would hold up the feed's ACKs
 POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs at most this
@@ -80,26 +82,34 @@ class Dispatcher:
         done = 0
         while True:
             async with self._engine.connect() as conn:
-                rows = (await conn.execute(select(hospital_events).where(hospital_events.c.status == "pending")
-                                           .order_by(hospital_events.c.id).limit(BATCH))).all()
+                rows = (await conn.execute(
+                    select(hospital_events, hl7_messages.c.sender)
+                    .join(hl7_messages, hl7_messages.c.id == hospital_events.c.message_id)
+                    .where(hospital_events.c.status == "pending").order_by(hospital_events.c.id).limit(BATCH))).all()
+            found: dict = {}  # the pass's directory answers, shared by its chunks
             for start in range(0, len(rows), CONCURRENT):  # their mails share group commits
-                await asyncio.gather(*(self.dispatch(row) for row in rows[start:start + CONCURRENT]))
+                async with self._engine.connect() as conn:
+                    lookups = _Lookups(conn, found)
+                    await asyncio.gather(*(self.dispatch(row, lookups) for row in rows[start:start + CONCURRENT]))
             done += len(rows)
             if len(rows) < BATCH:
                 return done
 
-    async def dispatch(self, event) -> None:  # noqa: ANN001 - a hospital_events row
+    async def dispatch(self, event, lookups: "_Lookups") -> None:  # noqa: ANN001 - hospital_events + sender
         patient = json.loads(event.patient)
-        async with self._engine.connect() as conn:
-            # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
-            columns = [hl7_messages.c.sender, *([hl7_messages.c.data] if event.kind == "DOC" else [])]
-            found = (await conn.execute(select(*columns).where(hl7_messages.c.id == event.message_id))).one()
-            sender, data = found.sender, getattr(found, "data", b"")
-            hospital, contact = await _hospital(conn, event.organisation_id)
-            contact = contact or sender
-            target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
-            members = await _circle_members(conn, event.patient_ins)
-            plan = await subscriptions.plan(conn, event.patient_ins, event.kind, members, datetime.now(timezone.utc))
+        sender = event.sender
+        # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
+        data = await lookups.read(None, lambda conn: _message_data(conn, event.message_id)) \
+            if event.kind == "DOC" else b""
+        hospital, contact = await lookups.read(("hospital", event.organisation_id),
+                                               lambda conn: _hospital(conn, event.organisation_id))
+        contact = contact or sender
+        target, reason = await lookups.read(("gp", event.gp_rpps, json.dumps(patient.get("gp"), sort_keys=True)),
+                                            lambda conn: _target(conn, event.gp_rpps, patient.get("gp")))
+        members = await lookups.read(("circle", event.patient_ins),
+                                     lambda conn: _circle_members(conn, event.patient_ins))
+        plan = await lookups.read(("plan", event.patient_ins, event.kind), lambda conn: subscriptions.plan(
+            conn, event.patient_ins, event.kind, members, datetime.now(timezone.utc)))
         alert_rows = [_alert_row(event, patient, audience) for audience in plan.alerts]
         actor = Actor(sender, "application")
         facts = notice.Notice(
@@ -152,7 +162,7 @@ class Dispatcher:
 
         try:
             if target is None:
-                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None))
+                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None), background=True)
             else:
                 holder: dict = {}
 
@@ -163,7 +173,7 @@ class Dispatcher:
                     actor=actor, audit=self._audit,
                     audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
                     recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
-                                          target.mailbox_id)], alongside=alongside)
+                                          target.mailbox_id)], alongside=alongside, background=True)
                 raised = holder["raised"]
         except _AlreadyDone:
             return
@@ -184,8 +194,33 @@ class Dispatcher:
         return build()
 
 
+class _Lookups:
+    """The directory reads of one pass, each made once: the events of a pass mostly share their
+    hospital, and often their GP or patient (a stay's admission, report and discharge). Read
+    right before the events' own transactions, as each event's were before; the dispatches of a
+    chunk share one connection, in turn."""
+
+    def __init__(self, conn: AsyncConnection, found: dict) -> None:
+        self._conn = conn
+        self._found = found
+        self._turn = asyncio.Lock()
+
+    async def read(self, key: tuple | None, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`query`'s answer, asked once per pass for a `key` (None: not kept)."""
+        async with self._turn:
+            if key is None:
+                return await query(self._conn)
+            if key not in self._found:
+                self._found[key] = await query(self._conn)
+            return self._found[key]
+
+
 class _AlreadyDone(Exception):
     """Another dispatcher marked the event first: this transaction rolls back, mail included."""
+
+
+async def _message_data(conn: AsyncConnection, message_id: int) -> bytes:
+    return (await conn.execute(select(hl7_messages.c.data).where(hl7_messages.c.id == message_id))).scalar_one()
 
 
 async def _hospital(conn: AsyncConnection, organisation_id: str) -> tuple[str, str]:
