@@ -272,7 +272,8 @@ def _chunks(rows: list) -> list[list]:
     before it (perhaps the event it cancels) is done."""
     chunks: list[list] = []
     for row in rows:
-        if row.kind == cancels.KIND or not chunks or len(chunks[-1]) >= CONCURRENT or chunks[-1][0].kind == cancels.KIND:
+        alone = row.kind == cancels.KIND or (chunks and chunks[-1][0].kind == cancels.KIND)
+        if alone or not chunks or len(chunks[-1]) >= CONCURRENT:
             chunks.append([row])
         else:
             chunks[-1].append(row)

@@ -11,7 +11,8 @@ import asyncio
 import pytest
 from sqlalchemy import select, update
 
-from store.schema import audit, deliveries, hl7_messages, hospital_events, hospital_notice_history, hospital_notices, mailboxes
+from store.schema import (audit, deliveries, hl7_messages, hospital_events, hospital_notice_history, hospital_notices,
+                          mailboxes)
 from tests.conftest import free_port
 from tests.test_api import request, token_for
 from tests.test_hospital_feed import GP, hospital, inbox_messages, msa, sample, wait_for
