@@ -30,7 +30,7 @@ log = logging.getLogger("msante.store")
 T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[Any]]
 MAX_BATCH = 64  # writes per transaction: bounds the latency one batch adds to its first write
-WRITER_LOCK = 0x6D73_0002  # the advisory lock of the writers of every process (store/lease.py has job 1)
+WRITER_LOCK = 0x6D73_0002  # the advisory lock of the writers of every process
 
 
 class GroupCommit:

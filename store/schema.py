@@ -278,6 +278,8 @@ deliveries = Table(
     Column("last_error", Text, nullable=False, default=""),
     Column("delay_reported", Boolean, nullable=False, default=False),  # DSN NOTIFY=DELAY sent once
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("leased_by", String(64)),  # the process delivering it now (store/lease.py)
+    Column("lease_until", DateTime(timezone=True)),  # then any node may take it over
 )
 Index("ix_deliveries_queue", deliveries.c.status, deliveries.c.next_attempt_at)
 
@@ -402,6 +404,8 @@ hospital_events = Table(
     Column("status", String(16), nullable=False),  # pending, dispatched
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("dispatched_at", DateTime(timezone=True)),
+    Column("leased_by", String(64)),  # the process dispatching it now (store/lease.py)
+    Column("lease_until", DateTime(timezone=True)),  # then any node may take it over
 )
 Index("ix_hospital_events_status", hospital_events.c.status, hospital_events.c.id)
 
