@@ -16,9 +16,9 @@ was asked for (RFC 3461 §5.2.2).
 Every node runs the queue: a pass claims a batch of due deliveries with a lease (store/lease.py),
 renewed while it sends, and each outcome commits clearing it; a dead node's deliveries are taken
 over when their lease ends. Mail to another operator is therefore at-least-once, as SMTP is:
-a node killed after the remote's `250` to DATA and before the commit of `relayed` (a few
-milliseconds: one UPDATE, nothing else runs in between) leaves the delivery queued, and the node
-that takes it over sends it again. Nothing else is sent twice: a message is sent only while its
+a node killed after the remote's `250` to DATA and before the commit of `relayed` (milliseconds:
+the transaction of that message's rows, audit and receipts, before anything else is sent) leaves
+the delivery queued, and the node that takes it over after its lease sends it again. Nothing else is sent twice: a message is sent only while its
 lease surely runs (`Lease.holds`), and an outcome is written only on rows still leased here.
 
 The SMTP client is the standard library's, run in a worker thread per destination: it is
