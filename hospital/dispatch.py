@@ -80,7 +80,7 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch what is pending, then sleep until the feed stores more, POLL_SECONDS, another
         node's lease on a pending event ends (it may be dead), or stop."""
-        await self._lease.recover()
+        await self._lease.recover(hospital_events.c.status == "pending")
         async def poll() -> float:
             soonest = await self._lease.next_claimable(hospital_events.c.status == "pending")
             if soonest is None:

@@ -126,7 +126,7 @@ class OutboundQueue:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver what is due, then sleep until something is queued, a retry falls due, or stop."""
-        await self._lease.recover()
+        await self._lease.recover(deliveries.c.status == "queued")
         await run_job(self._bus, QUEUE_CHANNEL, stop, self.run_once, self._seconds_to_next_due, "outbound queue")
 
     async def run_once(self) -> None:

@@ -32,7 +32,7 @@ import socket
 from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator
 
-from sqlalchemy import ColumnElement, DateTime, Table, case, literal, or_, select, update
+from sqlalchemy import ColumnElement, DateTime, Table, and_, case, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.db import utc
@@ -78,18 +78,21 @@ class Lease:
         self.seconds = seconds
         self.holder = holder or holder_name()
         self._until = datetime.min.replace(tzinfo=timezone.utc)  # when the leases this process holds end
+        self._held: set[int] = set()  # rows claimed since the last release: renewed and released by id
 
-    async def recover(self) -> None:
+    async def recover(self, pending: ColumnElement[bool]) -> None:
         """At start: give back at once the rows of processes known to be gone rather than wait
         for their leases to end. On SQLite (one process) that is every other holder; on
-        PostgreSQL, the processes of this host that have ended (a node restarted after a crash)."""
+        PostgreSQL, the processes of this host that have ended (a node restarted after a crash).
+        `pending`: the job's rows that may be leased (an index finds them)."""
         t = self.table
         sqlite = self._engine.dialect.name == "sqlite"
         async with self._engine.begin() as conn:
-            holders = (await conn.execute(select(t.c.leased_by).where(t.c.leased_by.is_not(None)).distinct())).scalars()
+            holders = (await conn.execute(select(t.c.leased_by).where(pending, t.c.leased_by.is_not(None))
+                                          .distinct())).scalars()
             gone = [h for h in holders if h != self.holder and (sqlite or _ended(h))]
             if gone:
-                await conn.execute(update(t).where(t.c.leased_by.in_(gone)).values(**self.cleared()))
+                await conn.execute(update(t).where(pending, t.c.leased_by.in_(gone)).values(**self.cleared()))
                 log.info("%s: leases of ended processes given back: %s", t.name, ", ".join(gone))
 
     async def claim(self, due: ColumnElement[bool], order_by: list, limit: int) -> list[int]:
@@ -104,6 +107,7 @@ class Lease:
                                       .values(leased_by=self.holder, lease_until=until).returning(t.c.id))).scalars().all()
         if ids:
             self._until = until
+            self._held.update(ids)
         return sorted(ids)
 
     def holds(self) -> bool:
@@ -121,17 +125,23 @@ class Lease:
         """The values an outcome's UPDATE sets besides its own: the row is leased no more."""
         return {"leased_by": None, "lease_until": None}
 
+    def _mine_held(self) -> ColumnElement[bool]:  # by id: the table's other rows are never read
+        return and_(self.table.c.id.in_(sorted(self._held)), self.mine())
+
     async def renew(self) -> None:
         now = datetime.now(timezone.utc)
         until = now + timedelta(seconds=self.seconds)
-        async with self._engine.begin() as conn:
-            await conn.execute(update(self.table).where(self.mine()).values(lease_until=until))
+        if self._held:
+            async with self._engine.begin() as conn:
+                await conn.execute(update(self.table).where(self._mine_held()).values(lease_until=until))
         self._until = until
 
     async def release(self) -> None:
         """Give back what this process claimed and did not finish (a pass that failed or stopped)."""
-        async with self._engine.begin() as conn:
-            await conn.execute(update(self.table).where(self.mine()).values(**self.cleared()))
+        if self._held:
+            async with self._engine.begin() as conn:
+                await conn.execute(update(self.table).where(self._mine_held()).values(**self.cleared()))
+            self._held.clear()
 
     @contextlib.asynccontextmanager
     async def working(self) -> AsyncIterator[None]:

@@ -112,12 +112,12 @@ async def test_at_start_the_leases_of_ended_processes_are_given_back(postgresql_
             for row_id, holder in holders.items():
                 await conn.execute(update(jobs).where(jobs.c.id == row_id).values(
                     leased_by=holder, lease_until=datetime.now(timezone.utc) + timedelta(minutes=5)))
-        await lease.recover()
+        await lease.recover(QUEUED)
         assert await lease.claim(QUEUED, [jobs.c.id], 100) == [1, 4, 5, 6]
 
 
 async def test_on_sqlite_every_other_holders_leases_are_given_back_at_start(tmp_path):
     async with processes(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}", 3, 30) as (_, (killed, restarted)):
         assert await killed.claim(QUEUED, [jobs.c.id], 2) == [1, 2]
-        await restarted.recover()
+        await restarted.recover(QUEUED)
         assert await restarted.claim(QUEUED, [jobs.c.id], 100) == [1, 2, 3]
