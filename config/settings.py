@@ -367,7 +367,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
         if relay[key] < 1:
             raise ConfigError(f"{where('relay.' + key)} must be a positive number of seconds")
     if not 1 <= v["server"]["job_lease"] <= 3600:
-        raise ConfigError(f"{where('server.job_lease')} must be between 1 and 3600 seconds, got {v['server']['job_lease']}")
+        raise ConfigError(f"{where('server.job_lease')} must be between 1 and 3600 seconds, "
+                          f"got {v['server']['job_lease']}")
     for key, value in v["limits"].items():
         if value < 1:
             raise ConfigError(f"{where('limits.' + key)} must be at least 1, got {value}")

@@ -9,12 +9,12 @@ tells the patient's subscribers (hospital/subscriptions.py: mails, alerts, a not
 puts the event in that circle's timeline (hospital/timeline.py), starts each notice's
 receipts (hospital/receipts.py) and marks the event dispatched. A crash before that commit
 leaves the event pending and nothing sent; after it, everything done: each event is notified
-exactly once, restarts included.
+exactly once, restarts included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
 
 Every node runs the dispatch: a pass leases a batch of pending events (store/lease.py) so that
 two nodes do not build the same mails; the transaction's `pending` check keeps an event whose
-lease ran out (a stalled node) from being notified twice, and a dead node's events are
-taken over when their lease ends. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
+lease ran out (a stalled node) from being notified twice, and a dead node's events are taken
+over when their lease ends.
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ renewed while it sends, and each outcome commits clearing it; a dead node's deli
 over when their lease ends. Mail to another operator is therefore at-least-once, as SMTP is:
 a node killed after the remote's `250` to DATA and before the commit of `relayed` (milliseconds:
 the transaction of that message's rows, audit and receipts, before anything else is sent) leaves
-the delivery queued, and the node that takes it over after its lease sends it again. Nothing else is sent twice: a message is sent only while its
-lease surely runs (`Lease.holds`), and an outcome is written only on rows still leased here.
+the delivery queued, and the node that takes it over after its lease sends it again. Nothing
+else is sent twice: a message is sent only while its lease surely runs (`Lease.holds`), and an
+outcome is written only on rows still leased here.
 
 The SMTP client is the standard library's, run in a worker thread per destination: it is
 blocking, but it is the most exercised client there is, and a thread per destination is few.
@@ -407,8 +408,8 @@ async def bounce(engine: AsyncEngine, store: MailStore, delivery_id: int, reason
             .where(deliveries.c.id == delivery_id, deliveries.c.status == "queued"))).first()
         if row is None:
             return False
-        await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(  # a sender's outcome is lost
-            status="failed", last_error=reason, updated_at=now, **Lease.cleared()))
+        await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+            status="failed", last_error=reason, updated_at=now, **Lease.cleared()))  # a sender's outcome is refused
         await receipts.relayed(conn, row.envelope_id, row.recipient, "failed", reason, now)
         events = []
         if "FAILURE" in row.notify.split(","):

@@ -103,8 +103,9 @@ class Lease:
         pick = (select(t.c.id).where(due, or_(t.c.lease_until.is_(None), t.c.lease_until < now))
                 .order_by(*order_by).limit(limit).with_for_update(skip_locked=True))
         async with self._engine.begin() as conn:
-            ids = (await conn.execute(update(t).where(t.c.id.in_(pick.scalar_subquery()))
-                                      .values(leased_by=self.holder, lease_until=until).returning(t.c.id))).scalars().all()
+            claimed = await conn.execute(update(t).where(t.c.id.in_(pick.scalar_subquery()))
+                                         .values(leased_by=self.holder, lease_until=until).returning(t.c.id))
+            ids = claimed.scalars().all()
         if ids:
             self._until = until
             self._held.update(ids)

@@ -152,8 +152,9 @@ def test_hospital_dispatch_of_a_killed_node_is_taken_over_once(tmp_path, postgre
             async with lock.transaction():  # A's dispatch will wait on its INSERT of the notice
                 await lock.execute("LOCK TABLE hospital_notices IN SHARE MODE")
                 await asyncio.to_thread(send, a, "HELD")
-                await asyncio.to_thread(wait_for, lambda: holder_pid(events().get("HELD", (0, None))[1]) == a.process.pid,
-                                        timeout=30, what="A leases the event")
+                await asyncio.to_thread(
+                    wait_for, lambda: holder_pid(events().get("HELD", (0, None))[1]) == a.process.pid,
+                    timeout=30, what="A leases the event")
                 nodes.append(await asyncio.to_thread(start_node, "b", env))
                 await asyncio.sleep(LEASE * 1.5)
                 status, leased_by, notices = (await asyncio.to_thread(events))["HELD"]
