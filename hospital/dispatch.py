@@ -10,6 +10,11 @@ puts the event in that circle's timeline (hospital/timeline.py), starts each not
 receipts (hospital/receipts.py) and marks the event dispatched. A crash before that commit
 leaves the event pending and nothing sent; after it, everything done: each event is notified
 exactly once, restarts included. When nobody can be told, the reason is kept ("no GP given", "GP has no MSSanté box"…): coordinators count them.
+
+Every node runs the dispatch: a pass leases a batch of pending events (store/lease.py) so that
+two nodes do not build the same mails; the transaction's `pending` check keeps an event whose
+lease ran out (a stalled node) from being notified twice, and a dead node's events are taken
+over when their lease ends.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from mailserver import dsn, headers
 from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
 from store.events import EventBus, run_job
+from store.lease import LEASE_SECONDS, Lease
 from store.schema import (activities, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 from web.metrics import HOSPITAL_NOTIFICATIONS
@@ -59,8 +65,10 @@ class Target:
 
 class Dispatcher:
     def __init__(self, engine: AsyncEngine, mailstore: MailStore, audit: AuditTrail, bus: EventBus, *,
-                 domains: tuple[str, ...], poll_seconds: float = POLL_SECONDS) -> None:
+                 domains: tuple[str, ...], poll_seconds: float = POLL_SECONDS,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
         self._engine = engine
+        self._lease = Lease(engine, hospital_events, seconds=lease_seconds)
         self._poll = poll_seconds
         self._mailstore = mailstore
         self._audit = audit
@@ -68,28 +76,40 @@ class Dispatcher:
         self._hostname = domains[0]
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch what is pending, then sleep until the feed stores more, POLL_SECONDS, or stop."""
+        """Dispatch what is pending, then sleep until the feed stores more, POLL_SECONDS, another
+        node's lease on a pending event ends (it may be dead), or stop."""
+        await self._lease.recover(hospital_events.c.status == "pending")
         async def poll() -> float:
-            return self._poll
+            soonest = await self._lease.next_claimable(hospital_events.c.status == "pending")
+            if soonest is None:
+                return self._poll
+            return max(0.05, min(self._poll, (soonest - datetime.now(timezone.utc)).total_seconds()))
         await run_job(self._bus, CHANNEL, stop, self.run_once, poll, "hospital dispatch")
 
     async def run_once(self) -> int:
-        """Dispatch every pending event; returns how many."""
+        """Dispatch every pending event no other process holds; returns how many."""
         done = 0
-        while True:
+        async with self._lease.working():
+            while True:
+                ids = await self._lease.claim(hospital_events.c.status == "pending", [hospital_events.c.id], BATCH)
+                if ids:
+                    done += await self._dispatch_all(ids)
+                if len(ids) < BATCH:
+                    return done
+
+    async def _dispatch_all(self, ids: list[int]) -> int:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(hospital_events, hl7_messages.c.sender)
+                .join(hl7_messages, hl7_messages.c.id == hospital_events.c.message_id)
+                .where(hospital_events.c.id.in_(ids), hospital_events.c.status == "pending")
+                .order_by(hospital_events.c.id))).all()
+        found: dict = {}  # the pass's directory answers, shared by its chunks
+        for chunk in _chunks(rows):  # their mails share group commits
             async with self._engine.connect() as conn:
-                rows = (await conn.execute(
-                    select(hospital_events, hl7_messages.c.sender)
-                    .join(hl7_messages, hl7_messages.c.id == hospital_events.c.message_id)
-                    .where(hospital_events.c.status == "pending").order_by(hospital_events.c.id).limit(BATCH))).all()
-            found: dict = {}  # the pass's directory answers, shared by its chunks
-            for chunk in _chunks(rows):  # their mails share group commits
-                async with self._engine.connect() as conn:
-                    lookups = _Lookups(conn, found)
-                    await asyncio.gather(*(self.dispatch(row, lookups) for row in chunk))
-            done += len(rows)
-            if len(rows) < BATCH:
-                return done
+                lookups = _Lookups(conn, found)
+                await asyncio.gather(*(self.dispatch(row, lookups) for row in chunk))
+        return len(rows)
 
     async def dispatch(self, event, lookups: "_Lookups") -> None:  # noqa: ANN001 - hospital_events + sender
         if event.kind == cancels.KIND:
@@ -130,7 +150,7 @@ class Dispatcher:
             now = datetime.now(timezone.utc)
             marked = await conn.execute(update(hospital_events).where(and_(
                 hospital_events.c.id == event.id, hospital_events.c.status == "pending")).values(
-                status="dispatched", dispatched_at=now))
+                status="dispatched", dispatched_at=now, **Lease.cleared()))
             if marked.rowcount != 1:
                 raise _AlreadyDone()
             status = "not_notified"

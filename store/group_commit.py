@@ -39,7 +39,7 @@ T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[Any]]
 MAX_BATCH = 64  # writes per transaction: bounds the latency one batch adds to its first write
 BACKGROUND_SHARE = 2  # background writes per batch while foreground ones wait
-WRITER_LOCK = 0x6D73_0002  # the advisory lock of the writers of every process (store/lease.py has job 1)
+WRITER_LOCK = 0x6D73_0002  # the advisory lock of the writers of every process
 
 
 class GroupCommit:
