@@ -365,6 +365,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         await stop.wait()
         log.info("shutting down: no new connections, %.0f s for in-flight work", SHUTDOWN_DEADLINE)
         queue_stop.set()
+        services.logins.throttle.close()  # logins waiting out a delay end now, refused "try again"
         if services.instant:  # websockets never end by themselves: close them before the listeners wait
             await services.instant.stop(SHUTDOWN_DEADLINE)
         if services.imap:  # IMAP clients idle for hours: BYE them rather than wait

@@ -196,6 +196,18 @@ bodies = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+message_facts = Table(
+    "message_facts", metadata,  # what IMAP answers without the body, learnt when it is stored
+    Column("body_id", BigId, ForeignKey("bodies.id"), primary_key=True),
+    # SEARCH SUBJECT in SQL: the decoded Subject values, casefolded, one a line; NULL without one
+    Column("search_subject", Text),
+    Column("fields", Text, nullable=False),  # JSON: decoded header values, addresses, sent date (mailserver/bodies.py)
+    Column("envelope", LargeBinary, nullable=False),  # FETCH ENVELOPE, as sent
+    Column("body", LargeBinary, nullable=False),  # FETCH BODY
+    Column("bodystructure", LargeBinary, nullable=False),  # FETCH BODYSTRUCTURE
+    Column("header", LargeBinary, nullable=False),  # the top-level header: BODY[HEADER…], other header SEARCH
+)
+
 folders = Table(
     "folders", metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
@@ -222,6 +234,9 @@ folder_messages = Table(
     Column("flags", Text, nullable=False, default=""),  # space-separated
     Column("internaldate", DateTime(timezone=True), nullable=False),
     Column("modseq", BigInteger, nullable=False),
+    # the body's octets (RFC822.SIZE, quota), here so that SELECT and APPEND's quota check read
+    # these narrow rows and not the bodies' (10 KB each)
+    Column("size", Integer, nullable=False, server_default="0"),
     UniqueConstraint("folder_id", "uid", name="uq_folder_messages_uid"),
 )
 Index("ix_folder_messages_modseq", folder_messages.c.folder_id, folder_messages.c.modseq)  # CONDSTORE changes
