@@ -246,6 +246,15 @@ def test_notify_one_connection_watches_inbox_and_shared_boxes(server):
     assert watcher.line() == b'* LIST (\\Subscribed) "/" sooner\r\n'
     other.ok("DELETE sooner")
     assert watcher.line() == b'* LIST (\\NonExistent) "/" sooner\r\n'
+    # during IDLE too: the selected mailbox told by IDLE, the others by NOTIFY
+    watcher.send(b"i1 IDLE\r\n")
+    assert watcher.line().startswith(b"+ ")
+    other.ok("APPEND INBOX \x00", b"Subject: first\r\n\r\nbody\r\n")
+    assert watcher.line().startswith(b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 ")
+    other.ok("APPEND watched \x00", b"Subject: second note\r\n\r\nbody\r\n")
+    assert [watcher.line(), watcher.line()] == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
+    watcher.send(b"DONE\r\n")
+    assert watcher.line().startswith(b"i1 OK")
     # the delegation revoked, the shared box is heard of no more (its news would come first)
     assert server.cli("mailbox", "grant", URGENCES, "--rpps", NURSE_IDNAT[1:]) == 0
     assert server.cli("mailbox", "revoke", URGENCES, "--rpps", URGENTIST_IDNAT[1:]) == 0
@@ -253,7 +262,7 @@ def test_notify_one_connection_watches_inbox_and_shared_boxes(server):
     nurse.login_token(server, NURSE, NURSE_IDNAT)
     nurse.ok(f'APPEND "{shared_inbox}" \x00', b"Subject: private\r\n\r\nbody\r\n")
     other.ok("APPEND INBOX \x00", b"Subject: mine\r\n\r\nbody\r\n")
-    assert watcher.line().startswith(b"* STATUS INBOX (MESSAGES 1 ")
+    assert watcher.line().startswith(b"* STATUS INBOX (MESSAGES 2 ")
     watcher.ok("NOTIFY NONE")
     other.ok("APPEND INBOX \x00", b"Subject: quiet\r\n\r\nbody\r\n")
     assert untagged(watcher.ok("NOOP"), b"STATUS") == []

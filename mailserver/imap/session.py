@@ -204,7 +204,7 @@ class Session:
 
     async def close(self) -> None:
         if self.watcher is not None:
-            self.watcher.stop()
+            await self.watcher.stop()
         if self._counted:
             self.ctx.open_sessions[self._counted] -= 1
             if self.ctx.open_sessions[self._counted] <= 0:
@@ -757,7 +757,7 @@ class Session:
         except BadEvent as exc:
             raise No(str(exc), f"BADEVENT ({' '.join(NOTIFY_EVENTS)})") from None
         if self.watcher is not None:
-            self.watcher.stop()
+            await self.watcher.stop()
         self.watcher = Watcher(self, spec) if spec is not None else None
         if self.watcher is not None:
             if spec.status:

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mailserver.mailstore import mailbox_channel
-from store.events import OVERFLOW
+from store.events import OVERFLOW, Subscription
 
 from . import listing
 from .folders import NoSuchFolder
@@ -30,13 +30,19 @@ class Watcher:
         self.session = session
         self.spec = spec
         self._task: asyncio.Task | None = None
+        self._subscription: Subscription | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="imap notify")
+        """Hear the boxes from now on: subscribed before NOTIFY's OK, so no news after it is missed."""
+        channels = (mailbox_channel(b.grant.mailbox_id) for b in self.session.namespace.boxes)
+        self._subscription = self.session.ctx.bus.subscribe(*channels)
+        self._task = asyncio.create_task(self._run(self._subscription), name="imap notify")
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._subscription is not None:
+            await self._subscription.close()
 
     def _items(self) -> list[str]:
         """Dovecot's choice: the counts a client shows, HIGHESTMODSEQ when flags are watched."""
@@ -69,10 +75,9 @@ class Watcher:
                                                          self._items()))
         return b"".join(out)
 
-    async def _run(self) -> None:
+    async def _run(self, subscription: Subscription) -> None:
         from .session import LOGOUT  # session.py imports this module
         session = self.session
-        subscription = session.ctx.bus.subscribe(*(mailbox_channel(b.grant.mailbox_id) for b in session.namespace.boxes))
         try:
             async for event in subscription:
                 if event is OVERFLOW or "folder" not in event:
