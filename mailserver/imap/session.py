@@ -229,7 +229,9 @@ class Session:
             return
         self._command = f"UID {name}" if uid else name
         try:
-            async with self.turn:  # the NOTIFY watcher (watch.py) waits; it may speak during IDLE
+            # the NOTIFY watcher (watch.py) waits for a command's end, but speaks during IDLE
+            # once it has finished what it was saying
+            async with self.turn:
                 if name != "IDLE":
                     await self._dispatch(command, name, args, uid, entry)
             if name == "IDLE":
@@ -758,11 +760,13 @@ class Session:
             raise No(str(exc), f"BADEVENT ({' '.join(NOTIFY_EVENTS)})") from None
         if self.watcher is not None:
             await self.watcher.stop()
-        self.watcher = Watcher(self, spec) if spec is not None else None
-        if self.watcher is not None:
-            if spec.status:
-                await self.conn.send(await self.watcher.status_now())
-            self.watcher.start()
+            self.watcher = None
+        if spec is None:  # NOTIFY NONE
+            return
+        self.watcher = Watcher(self, spec)
+        if spec.status:
+            await self.conn.send(await self.watcher.status_now())
+        self.watcher.start()
 
     async def getquotaroot(self, tag: str, args: list, uid: bool) -> None:
         if len(args) != 1:
