@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
 from mailserver.bodies import facts, insert_body, subject_contains
-from mailserver.mailstore import DEFAULT_FOLDERS, channel_of, ensure_folders, free_bodies
+from mailserver.mailstore import DEFAULT_FOLDERS, channel_of, ensure_folders, free_bodies, mailbox_channel
 from store.db import committed, dialect_insert, utc
 from store.events import RIGHTS, EventBus, rights_event
 from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
