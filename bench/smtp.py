@@ -54,8 +54,11 @@ MSANTE_RCPTS = "sophie.hoarau@msante.test,marie.grondin@msante.test,claire.leroy
 PEER_USER = "user9@bench.local"
 PEER_PASSWORD = "benchpass"
 PEER_RCPTS = "user1@bench.local,user2@bench.local,user3@bench.local"  # as many boxes as on the msante side
-PEER_SUBMIT_PORT = 2587
-PEER_PORTS = (2525, 2587, 2465, 1143, 1993)
+# The peers' ports, from the variables peers/start.sh reads (with MAILBENCH_RUN, another pair
+# of peers than the one another benchmark on this machine may be running)
+PEER_PORTS = tuple(int(os.environ.get(name, default)) for name, default in (
+    ("SMTP_PORT", 2525), ("SUBMIT_PORT", 2587), ("SUBMITS_PORT", 2465), ("IMAP_PORT", 1143), ("IMAPS_PORT", 1993)))
+PEER_SUBMIT_PORT = PEER_PORTS[1]
 # msante's SMTP sessions take at most 200 MAIL commands (aiosmtpd's per-verb call limit).
 MSANTE_MAX_MAIL_PER_SESSION = 200
 SIZES = {"10k": "10 KB", "1m": "1 MB"}

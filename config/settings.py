@@ -91,6 +91,7 @@ class Settings:
     max_attachment: int = 10 * 1024 * 1024
     bus_url: str = ""  # Redis, for events between processes and nodes; "": this process only
     workers: int = 1  # processes `msante serve` runs (msante/workers.py); 0: one per core
+    job_lease: int = 60  # [server] job_lease
     imap_idle_keepalive: int = 120  # [imap] idle_keepalive
 
     def path(self, *parts: str) -> Path:
@@ -124,6 +125,10 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         # Processes serving the same listeners (SO_REUSEPORT), to use every core; 0: one per core.
         # More than one needs PostgreSQL and [bus] url (docs/deployment.md).
         "workers": (int, 1),
+        # Seconds a process holds the queued deliveries and hospital events it works (renewed
+        # every third of it while it does): a node that dies leaves them this long at most
+        # before another takes them over (store/lease.py). Longer than a clock skew between nodes.
+        "job_lease": (int, 60),
     },
     "database": {
         "url": (str, None),  # default: SQLite file in data_dir
@@ -365,6 +370,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     for key in ("retry_base", "retry_max", "lifetime", "delay_warning"):
         if relay[key] < 1:
             raise ConfigError(f"{where('relay.' + key)} must be a positive number of seconds")
+    if not 1 <= v["server"]["job_lease"] <= 3600:
+        raise ConfigError(f"{where('server.job_lease')} must be between 1 and 3600 seconds, "
+                          f"got {v['server']['job_lease']}")
     for key, value in v["limits"].items():
         if value < 1:
             raise ConfigError(f"{where('limits.' + key)} must be at least 1, got {value}")
@@ -406,7 +414,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
                     clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url,
                     hl7_raw_retention_days=v["hl7"]["raw_retention_days"],
-                    workers=v["server"]["workers"], max_attachment=v["instant"]["max_attachment"],
+                    workers=v["server"]["workers"], job_lease=v["server"]["job_lease"],
+                    max_attachment=v["instant"]["max_attachment"],
                     imap_idle_keepalive=v["imap"]["idle_keepalive"])
 
 

@@ -78,6 +78,12 @@ QUEUE_CHANNEL = "queue"  # "something was queued for relay": wakes the outbound 
 QUEUED = {"type": "queued"}
 
 
+def channel_of(key: int | str) -> str:
+    """Where an event of a write goes: a box's channel (by its id), the outbound queue's (0), or
+    the channel named (a care circle's: hospital/receipts.py)."""
+    return key if isinstance(key, str) else mailbox_channel(key) if key else QUEUE_CHANNEL
+
+
 def mailbox_channel(mailbox_id: int) -> str:
     return f"mailbox:{mailbox_id}"
 
@@ -94,11 +100,13 @@ class MailStore:
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
                      audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient],
-                     alongside: Callable[[AsyncConnection, Accepted], Awaitable[Any]] | None = None) -> Accepted:
+                     alongside: Callable[[AsyncConnection, Accepted], Awaitable[Any]] | None = None,
+                     background: bool = False) -> Accepted:
         """Store one accepted message; returns once it is committed (with other sessions' messages:
         see store/group_commit.py), then wakes whoever watches the boxes. `alongside` runs in the
         same transaction, after the message is stored: a job that sends mail marks itself done
-        there, so a crash leaves both done or neither (hospital/dispatch.py)."""
+        there, so a crash leaves both done or neither (hospital/dispatch.py). `background`: a job's
+        mail, which yields to the writes someone waits on (store/group_commit.py)."""
         recipients = list(recipients)
 
         async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int | str, dict]]]:
@@ -108,7 +116,7 @@ class MailStore:
             if alongside is not None:
                 await alongside(conn, stored[0])
             return stored
-        accepted, events = await self.writes.run(write)
+        accepted, events = await self.writes.run(write, background=background)
         await self.publish(events + ([(0, QUEUED)] if accepted.queued else []))
         return accepted
 
@@ -156,7 +164,7 @@ class MailStore:
             if "SUCCESS" in rcpt.dsn.notify:
                 reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
         if delivered and incoming.looks_like_report(message):  # a receipt for a hospital notice?
-            await receipts.reported(conn, incoming.read(message), delivered, now)
+            events += await receipts.reported(conn, incoming.read(message), delivered, now)
         if delivered_to:
             facts = Delivered(envelope_id, message, sender, source, tuple(delivered_to), now)
             for hook in self.delivery_hooks:
@@ -170,15 +178,14 @@ class MailStore:
         return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed)), events
 
     async def publish(self, events: list[tuple[int | str, dict]]) -> None:
-        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue;
-        a name: that channel, for a delivery hook's job)."""
-        for target, event in events:
-            channel = target if isinstance(target, str) else mailbox_channel(target) if target else QUEUE_CHANNEL
-            await self._bus.publish(channel, event)
+        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue) or
+        these channels (a care circle's; a delivery hook's job)."""
+        for key, event in events:
+            await self._bus.publish(channel_of(key), event)
 
     async def report(self, conn: AsyncConnection, *, sender: str, envid: str | None, ret: str | None,
                      arrival: datetime, statuses: list[dsn.RecipientStatus],
-                     original: bytes) -> list[tuple[int, dict]]:
+                     original: bytes) -> list[tuple[int | str, dict]]:
         """A delivery-status report to `sender`, inside the caller's transaction: into the
         sender's INBOX when the box is ours, else queued for relay with the null sender. Never
         for a message that had the null sender itself (RFC 3461 §6.2: no reports on reports)."""

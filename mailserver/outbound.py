@@ -13,6 +13,15 @@ meanwhile). Permanent ones (5xx) and expiry produce a failure report (RFC 3464),
 `NOTIFY=DELAY` a delay report once, and a remote without DSN a `relayed` report when success
 was asked for (RFC 3461 §5.2.2).
 
+Every node runs the queue: a pass claims a batch of due deliveries with a lease (store/lease.py),
+renewed while it sends, and each outcome commits clearing it; a dead node's deliveries are taken
+over when their lease ends. Mail to another operator is therefore at-least-once, as SMTP is:
+a node killed after the remote's `250` to DATA and before the commit of `relayed` (milliseconds:
+the transaction of that message's rows, audit and receipts, before anything else is sent) leaves
+the delivery queued, and the node that takes it over after its lease sends it again. Nothing
+else is sent twice: a message is sent only while its lease surely runs (`Lease.holds`), and an
+outcome is written only on rows still leased here.
+
 The SMTP client is the standard library's, run in a worker thread per destination: it is
 blocking, but it is the most exercised client there is, and a thread per destination is few.
 """
@@ -39,6 +48,7 @@ from hospital import receipts
 from store.audit import Actor, AuditTrail
 from store.db import utc
 from store.events import EventBus, run_job
+from store.lease import LEASE_SECONDS, Lease
 from store.schema import bodies, deliveries, envelopes
 from web.metrics import DELIVERIES
 
@@ -98,8 +108,9 @@ class PeerRefused(Exception):
 class OutboundQueue:
     def __init__(self, engine: AsyncEngine, store: MailStore, bus: EventBus, audit: AuditTrail, trust: TrustSpace,
                  revocations: Revocations, *, hostname: str, routes: dict[str, str], client_tls: ssl.SSLContext, retry_base: int,
-                 retry_max: int, lifetime: int, delay_warning: int) -> None:
+                 retry_max: int, lifetime: int, delay_warning: int, lease_seconds: float = LEASE_SECONDS) -> None:
         self._engine = engine
+        self._lease = Lease(engine, deliveries, seconds=lease_seconds)
         self._store = store
         self._bus = bus
         self._audit = audit
@@ -116,11 +127,17 @@ class OutboundQueue:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver what is due, then sleep until something is queued, a retry falls due, or stop."""
+        await self._lease.recover(deliveries.c.status == "queued")
         await run_job(self._bus, QUEUE_CHANNEL, stop, self.run_once, self._seconds_to_next_due, "outbound queue")
 
     async def run_once(self) -> None:
+        """Claim a batch of due deliveries, send them, and give back what was not decided."""
+        async with self._lease.working():
+            await self._deliver(await self._due())
+
+    async def _deliver(self, due: list[_Message]) -> None:
         by_domain: dict[str, list[_Message]] = defaultdict(list)
-        for message in await self._due():
+        for message in due:
             domains = {r.address.rpartition("@")[2] for r in message.recipients}
             for domain in domains:
                 part = [r for r in message.recipients if r.address.rpartition("@")[2] == domain]
@@ -134,13 +151,17 @@ class OutboundQueue:
 
     async def _due(self) -> list[_Message]:
         now = datetime.now(timezone.utc)
+        ids = await self._lease.claim(and_(deliveries.c.status == "queued", deliveries.c.next_attempt_at <= now),
+                                      [deliveries.c.next_attempt_at, deliveries.c.id], BATCH)
+        if not ids:
+            return []
         query = (select(deliveries.c.id, deliveries.c.recipient, deliveries.c.notify, deliveries.c.orcpt,
                         deliveries.c.attempts, deliveries.c.delay_reported, envelopes.c.id.label("envelope_id"),
                         envelopes.c.body_id, envelopes.c.sender, envelopes.c.envid, envelopes.c.ret,
                         envelopes.c.received_at)
                  .join(envelopes, envelopes.c.id == deliveries.c.envelope_id)
-                 .where(deliveries.c.status == "queued", deliveries.c.next_attempt_at <= now)
-                 .order_by(deliveries.c.next_attempt_at, deliveries.c.id).limit(BATCH))
+                 .where(deliveries.c.id.in_(ids), deliveries.c.status == "queued")
+                 .order_by(deliveries.c.next_attempt_at, deliveries.c.id))
         messages: dict[int, _Message] = {}
         async with self._engine.connect() as conn:
             for row in await conn.execute(query):
@@ -155,12 +176,11 @@ class OutboundQueue:
         return list(messages.values())
 
     async def _seconds_to_next_due(self) -> float:
-        async with self._engine.connect() as conn:
-            soonest = (await conn.execute(select(deliveries.c.next_attempt_at).where(
-                deliveries.c.status == "queued").order_by(deliveries.c.next_attempt_at).limit(1))).scalar()
+        """Until a retry falls due, or another node's lease on a delivery ends (it may be dead)."""
+        soonest = await self._lease.next_claimable(deliveries.c.status == "queued", deliveries.c.next_attempt_at)
         if soonest is None:
             return IDLE_POLL
-        return max(0.05, min(IDLE_POLL, (utc(soonest) - datetime.now(timezone.utc)).total_seconds()))
+        return max(0.05, min(IDLE_POLL, (soonest - datetime.now(timezone.utc)).total_seconds()))
 
     def _route(self, domain: str) -> tuple[str, int]:
         """The configured route, else the domain itself on port 25 (RFC 5321 §5.1 implicit MX)."""
@@ -188,6 +208,10 @@ class OutboundQueue:
                 dsn_remote = client.has_extn("dsn")
                 sent = 0
                 while pending and sent < PER_CONNECTION:
+                    if not self._lease.holds():  # another node may take these over: leave them to it
+                        log.warning("relay to %s: leases not renewed in time; %d messages left for another pass",
+                                    domain, len(pending))
+                        return
                     message = pending.pop(0)
                     sent += 1
                     async with self._engine.connect() as conn:
@@ -234,42 +258,50 @@ class OutboundQueue:
         expires = message.received_at + self._lifetime
         reports: list[dsn.RecipientStatus] = []
         outcomes: list[str] = []
+        events: list = []  # published once committed: reports to boxes, receipts to care circles
         async with self._engine.begin() as conn:
             for rcpt in message.recipients:
                 answer = answers[rcpt.address]
                 diagnostic = f"{answer.code} {answer.text}"  # the reply; dsn.py writes the "smtp;" type
                 values: dict[str, Any] = {"attempts": rcpt.attempts + 1, "last_error": "", "updated_at": now}
+                report = None
                 if answer.accepted:
-                    values["status"] = "relayed"
-                    outcomes.append("relayed")
+                    values["status"] = outcome = "relayed"
                     if "SUCCESS" in rcpt.notify and not dsn_remote:
-                        reports.append(self._status(rcpt, "relayed", "2.0.0", None, now))
+                        report = self._status(rcpt, "relayed", "2.0.0", None, now)
                 elif answer.permanent or now >= expires:
                     values.update(status="failed", last_error=answer.text)
-                    outcomes.append("failed")
+                    outcome = "failed"
                     status = _enhanced(answer) if answer.permanent else "4.4.7"
                     if "FAILURE" in rcpt.notify:
-                        reports.append(self._status(rcpt, "failed", status, diagnostic, now))
+                        report = self._status(rcpt, "failed", status, diagnostic, now)
                 else:
                     wait = min(self._retry_base * 2 ** rcpt.attempts, self._retry_max)
                     values.update(next_attempt_at=now + timedelta(seconds=wait), last_error=answer.text)
-                    outcomes.append("deferred")
+                    outcome = "deferred"
                     if ("DELAY" in rcpt.notify and not rcpt.delay_reported
                             and now - message.received_at >= self._delay_warning):
                         values["delay_reported"] = True
-                        reports.append(self._status(rcpt, "delayed", _enhanced(answer, "4.4.1"), diagnostic, now,
-                                                    will_retry_until=expires))
-                await conn.execute(update(deliveries).where(deliveries.c.id == rcpt.delivery_id).values(**values))
+                        report = self._status(rcpt, "delayed", _enhanced(answer, "4.4.1"), diagnostic, now,
+                                              will_retry_until=expires)
+                written = await conn.execute(update(deliveries).where(
+                    deliveries.c.id == rcpt.delivery_id, self._lease.mine()).values(**values, **self._lease.cleared()))
+                if written.rowcount != 1:  # taken over by another node, which decides it (and may send it again)
+                    log.warning("delivery %d to %s: lease lost before its outcome (%d) was recorded",
+                                rcpt.delivery_id, rcpt.address, answer.code)
+                    continue
+                outcomes.append(outcome)
+                reports += [report] if report else []
                 if values.get("status"):  # a hospital notice's receipt, if this mail is one
-                    await receipts.relayed(conn, message.envelope_id, rcpt.address,
-                                           "sent" if answer.accepted else "failed", values["last_error"], now)
+                    events += await receipts.relayed(conn, message.envelope_id, rcpt.address,
+                                                     "sent" if answer.accepted else "failed", values["last_error"],
+                                                     now)
                 await self._audit.record(self._actor, "relay.send", target=rcpt.address, conn=conn,
                                          outcome="ok" if answer.accepted else "failed",
                                          envelope=message.envelope_id, answer=f"{answer.code} {answer.text}"[:300])
-            events = []
             if reports:
                 body = (await conn.execute(select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
-                events = await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
+                events += await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
                                                   arrival=message.received_at, statuses=reports, original=body)
             await free_bodies(conn, [message.body_id])  # kept while a delivery or a folder needs it
         for outcome in outcomes:  # once committed: a rolled-back attempt is made again
@@ -378,14 +410,13 @@ async def bounce(engine: AsyncEngine, store: MailStore, delivery_id: int, reason
         if row is None:
             return False
         await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
-            status="failed", last_error=reason, updated_at=now))
-        await receipts.relayed(conn, row.envelope_id, row.recipient, "failed", reason, now)
-        events = []
+            status="failed", last_error=reason, updated_at=now, **Lease.cleared()))  # a sender's outcome is refused
+        events = await receipts.relayed(conn, row.envelope_id, row.recipient, "failed", reason, now)
         if "FAILURE" in row.notify.split(","):
             status = dsn.RecipientStatus(final_recipient=row.recipient, action="failed", status="5.0.0",
                                          diagnostic=None, last_attempt=now,
                                          original_recipient=tuple(row.orcpt.split(";", 1)) if row.orcpt else None)
-            events = await store.report(conn, sender=row.sender, envid=row.envid or None, ret=row.ret or None,
+            events += await store.report(conn, sender=row.sender, envid=row.envid or None, ret=row.ret or None,
                                         arrival=utc(row.received_at), statuses=[status], original=row.data)
         await free_bodies(conn, [row.body_id])
     await store.publish(events)

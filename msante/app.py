@@ -53,7 +53,6 @@ from store import db
 from store.db import utc
 from store.audit import SERVER, AuditTrail
 from store.events import EventBus, LocalBus
-from store.lease import OUTBOUND_QUEUE, run_exclusively
 from store.redis_bus import RedisBus
 from store.relay import Relay
 from store.schema import deliveries, envelopes, mailboxes, professionals
@@ -280,7 +279,8 @@ def outbound_queue(services: Services) -> OutboundQueue:
     return OutboundQueue(services.engine, services.mailstore, services.bus, services.audit, services.trust,
                          services.revocations, hostname=s.hostname,
                          routes=dict(s.relay_routes), client_tls=client_tls, retry_base=s.relay_retry_base,
-                         retry_max=s.relay_retry_max, lifetime=s.relay_lifetime, delay_warning=s.relay_delay_warning)
+                         retry_max=s.relay_retry_max, lifetime=s.relay_lifetime, delay_warning=s.relay_delay_warning,
+                         lease_seconds=s.job_lease)
 
 
 async def _store_gauges(engine: AsyncEngine) -> list:
@@ -335,14 +335,13 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             listener.reuse_port = reuse_port
             await listener.start()
             log.info("%s listening on %s", listener.name, listener.address)
-        queue = asyncio.create_task(run_exclusively(  # one sender among the nodes and workers
-            services.engine, OUTBOUND_QUEUE, "the outbound queue", outbound_queue(services).run, queue_stop),
-            name="outbound-queue")
+        # every node and worker runs both jobs, each row leased to one of them (store/lease.py)
+        queue = asyncio.create_task(outbound_queue(services).run(queue_stop), name="outbound-queue")
         crl_refresh = asyncio.create_task(services.revocations.run(queue_stop), name="crl-refresh")
         dispatch = None
         if feed is not None:
             dispatcher = Dispatcher(services.engine, services.mailstore, services.audit, services.bus,
-                                    domains=settings.domains)
+                                    domains=settings.domains, lease_seconds=settings.job_lease)
             dispatch = asyncio.create_task(dispatcher.run(queue_stop), name="hospital-dispatch")
         purging = asyncio.create_task(retention.run(services.engine, services.audit, settings.hl7_raw_retention_days,
                                                     queue_stop), name="hl7-retention")

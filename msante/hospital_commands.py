@@ -91,12 +91,13 @@ async def indicators_command(settings: Settings, args: argparse.Namespace) -> in
         return 0
     kinds = sorted({kind for item in items for kind in item["events"]})
     reasons = list(indicators.REASONS)
-    header = ["FINESS", "month", *kinds, "ED", "GP told", "share", *reasons, "median min"]
+    header = ["FINESS", "month", *kinds, "ED", "GP told", "share", *reasons, "median min", "delivered", "read"]
     table = [header] + [[item["finess"], item["month"], *(str(item["events"].get(k, 0)) for k in kinds),
                          str(item["ed_visits"]), str(item["ed_gp_notified"]),
                          "-" if item["ed_gp_notified_share"] is None else f"{item['ed_gp_notified_share']:.0%}",
                          *(str(item["ed_not_notified"][r]) for r in reasons),
-                         "-" if item["median_minutes_to_notice"] is None else f"{item['median_minutes_to_notice']:g}"]
+                         "-" if item["median_minutes_to_notice"] is None else f"{item['median_minutes_to_notice']:g}",
+                         *("-" if item[k] is None else f"{item[k]:.0%}" for k in ("gp_delivered_share", "gp_read_share"))]
                         for item in items]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from config import Settings

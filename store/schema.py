@@ -295,6 +295,8 @@ deliveries = Table(
     Column("last_error", Text, nullable=False, default=""),
     Column("delay_reported", Boolean, nullable=False, default=False),  # DSN NOTIFY=DELAY sent once
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("leased_by", String(64)),  # the process delivering it now (store/lease.py)
+    Column("lease_until", DateTime(timezone=True)),  # then any node may take it over
 )
 Index("ix_deliveries_queue", deliveries.c.status, deliveries.c.next_attempt_at)
 
@@ -422,6 +424,8 @@ hospital_events = Table(
     Column("dispatched_at", DateTime(timezone=True)),
     Column("movement_id", String(64), nullable=False, server_default=""),  # ZBE-1: what a cancellation names
     Column("cancelled_by", BigId),  # the A11/A13 (or ZBE-4 CANCEL) event that cancelled this one
+    Column("leased_by", String(64)),  # the process dispatching it now (store/lease.py)
+    Column("lease_until", DateTime(timezone=True)),  # then any node may take it over
 )
 Index("ix_hospital_events_status", hospital_events.c.status, hospital_events.c.id)
 Index("ix_hospital_events_movement", hospital_events.c.organisation_id, hospital_events.c.movement_id)

@@ -11,7 +11,8 @@ import asyncio
 import pytest
 from sqlalchemy import select, update
 
-from store.schema import audit, deliveries, hospital_events, hospital_notice_history, hospital_notices, mailboxes
+from store.schema import (audit, deliveries, hl7_messages, hospital_events, hospital_notice_history, hospital_notices,
+                          mailboxes)
 from tests.conftest import free_port
 from tests.test_api import request, token_for
 from tests.test_hospital_feed import GP, hospital, inbox_messages, msa, sample, wait_for
@@ -122,7 +123,7 @@ def test_a_cancelled_ed_visit_is_no_ed_visit_in_the_indicators(server):
 async def test_a_cancellation_before_dispatch_tells_nobody(database_url):
     """The feed stored an admission and its A11 before the dispatcher ran (a busy moment, a
     restart): the admission is withdrawn, never told, whichever the dispatcher meets first."""
-    from hospital.dispatch import Dispatcher
+    from hospital.dispatch import Dispatcher, _Lookups
     from hospital.feed import Feed, Sender
     from mailserver.mailstore import MailStore
     from store import db
@@ -139,11 +140,14 @@ async def test_a_cancellation_before_dispatch_tells_nobody(database_url):
     try:
         for message in (sample(ADMISSION), sample(CANCEL)):
             assert msa(await feed.receive(message.replace(b"\n", b"\r"), hospital_box, source="test"))[1] == "AA"
-        async with engine.connect() as conn:
-            admission, cancellation = (await conn.execute(select(hospital_events).order_by(hospital_events.c.id))).all()
         dispatcher = Dispatcher(engine, store, audit_trail, bus, domains=("msante.test",))
-        await dispatcher.dispatch(cancellation)  # the cancellation first
-        await dispatcher.dispatch(admission)  # then the admission, as a pass that read it before would
+        async with engine.connect() as conn:  # the rows as a pass reads them
+            admission, cancellation = (await conn.execute(
+                select(hospital_events, hl7_messages.c.sender).join(hl7_messages)
+                .order_by(hospital_events.c.id))).all()
+            lookups = _Lookups(conn, {})
+            await dispatcher.dispatch(cancellation, lookups)  # the cancellation first
+            await dispatcher.dispatch(admission, lookups)  # then the admission, as a pass that read it before would
         assert await dispatcher.run_once() == 0
         async with engine.connect() as conn:
             rows = (await conn.execute(select(hospital_events.c.status, hospital_events.c.cancelled_by)

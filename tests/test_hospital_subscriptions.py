@@ -160,7 +160,9 @@ def test_indicators_count_what_was_and_was_not_notified(server, capsys):
         "finess": "970002002", "structure": "CENTRE HOSPITALIER SAINT-PAUL DEMO", "month": month,
         "events": {"ADM": 1, "SOR": 1, "URG": 4}, "ed_visits": 4, "ed_gp_notified": 1, "ed_gp_notified_share": 0.25,
         "ed_not_notified": {"no_gp": 1, "gp_without_box": 1, "unknown_rpps": 1, "delivery_failed": 0, "pending": 0},
-        "median_minutes_to_notice": 30}]  # admission 40 min and ED visit 20 min before their mails
+        "median_minutes_to_notice": 30,  # admission 40 min and ED visit 20 min before their mails
+        # the GP's three mails (ED-GP, ADM-1, SOR-1) in Dr Dupont's box, none opened yet
+        "gp_notices": 3, "gp_delivered": 3, "gp_read": 0, "gp_delivered_share": 1.0, "gp_read_share": 0.0}]
     status, _, year = request(server, "GET", "/api/indicators", token_for(server, COORDINATOR))
     assert status == 200 and [(i["month"], i["ed_visits"]) for i in year["items"]] == [
         (f"{old_at:%Y-%m}", 1), (month, 4)]
@@ -183,5 +185,7 @@ def test_indicators_count_what_was_and_was_not_notified(server, capsys):
     assert server.cli("indicators", "--from", month, "--structure", "970002002") == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["FINESS", "month", "ADM", "SOR", "URG", "ED", "GP", "told", "share", "no_gp",
-                              "gp_without_box", "unknown_rpps", "delivery_failed", "pending", "median", "min"]
-    assert row.split() == ["970002002", month, "1", "1", "4", "4", "1", "25%", "1", "1", "1", "0", "0", "30"]
+                              "gp_without_box", "unknown_rpps", "delivery_failed", "pending", "median", "min",
+                              "delivered", "read"]
+    assert row.split() == ["970002002", month, "1", "1", "4", "4", "1", "25%", "1", "1", "1", "0", "0", "30",
+                           "100%", "0%"]

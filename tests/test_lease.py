@@ -1,83 +1,123 @@
-"""One process runs the outbound queue at a time (store/lease.py): two engines on one
-PostgreSQL database stand for two nodes."""
+"""Rows leased to one process at a time (store/lease.py): engines on one PostgreSQL database
+stand for processes on several nodes; SQLite runs the same statements, one process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+from datetime import datetime, timedelta, timezone
 
-import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, insert, select, update
 
-from store import db, lease
+from store import db
+from store.lease import Lease, holder_name
 
-
-@pytest.fixture
-def quick(monkeypatch):
-    monkeypatch.setattr(lease, "RETRY_SECONDS", 0.05)
-    monkeypatch.setattr(lease, "CHECK_SECONDS", 0.05)
-
-
-class Job:
-    """Records whether it runs, and how often it was started."""
-
-    def __init__(self) -> None:
-        self.running = False
-        self.starts = 0
-
-    async def __call__(self, until: asyncio.Event) -> None:
-        self.running = True
-        self.starts += 1
-        try:
-            await until.wait()
-        finally:
-            self.running = False
+ROWS = 120
+metadata = MetaData()
+jobs = Table("lease_test_jobs", metadata, Column("id", Integer, primary_key=True),
+             Column("status", String(16), nullable=False), Column("leased_by", String(64)),
+             Column("lease_until", DateTime(timezone=True)))
+QUEUED = jobs.c.status == "queued"
 
 
-async def wait_for(condition, seconds: float = 10.0) -> None:  # noqa: ANN001
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
+async def jobs_in(url: str, count: int = ROWS):  # noqa: ANN201
+    engine = db.create_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+        await conn.execute(insert(jobs), [{"id": i, "status": "queued"} for i in range(1, count + 1)])
+    return engine
 
 
-async def test_one_node_runs_the_job_the_other_takes_over(postgresql_url, quick):
-    engines = [db.create_engine(postgresql_url) for _ in range(3)]
-    jobs, stops = [Job(), Job()], [asyncio.Event(), asyncio.Event()]
-    tasks = [asyncio.create_task(lease.run_exclusively(engines[i], lease.OUTBOUND_QUEUE, f"job {i}", jobs[i], stops[i]))
-             for i in range(2)]
+@contextlib.asynccontextmanager
+async def processes(url: str, rows: int, seconds: float, count: int = 2):  # noqa: ANN201
+    """`count` processes' engines on one database holding `rows` jobs, and their leases."""
+    engines = [await jobs_in(url, rows)] + [db.create_engine(url) for _ in range(count - 1)]
     try:
-        await wait_for(lambda: jobs[0].running or jobs[1].running)
-        await asyncio.sleep(0.3)  # several retries of the other
-        holder = 0 if jobs[0].running else 1
-        other = 1 - holder
-        assert not jobs[other].running and jobs[other].starts == 0
-        # The holder's node dies: PostgreSQL ends its connection, and so its lock.
-        async with engines[2].connect() as conn:
-            ended = (await conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :key"),
-                {"key": lease.OUTBOUND_QUEUE})).scalars().all()
-        assert ended == [True]
-        await wait_for(lambda: jobs[other].running)
-        await wait_for(lambda: not jobs[holder].running)  # the holder noticed and stopped
-        await asyncio.sleep(0.3)
-        assert jobs[other].running and not jobs[holder].running  # and does not take it back
-        stops[other].set()
-        await tasks[other]
-        await wait_for(lambda: jobs[holder].running)  # a clean stop hands it over too
+        yield engines, [Lease(engine, jobs, seconds=seconds) for engine in engines]
     finally:
-        for stop in stops:
-            stop.set()
-        await asyncio.gather(*tasks)
         for engine in engines:
             await engine.dispose()
 
 
-async def test_on_sqlite_the_job_just_runs(tmp_path):
-    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
-    job, stop = Job(), asyncio.Event()
-    task = asyncio.create_task(lease.run_exclusively(engine, lease.OUTBOUND_QUEUE, "job", job, stop))
-    await wait_for(lambda: job.running)
-    stop.set()
-    await task
-    assert not job.running
-    await engine.dispose()
+async def finish(engine, lease: Lease, ids: list[int]) -> int:  # noqa: ANN001
+    """Commit the outcome of `ids` as a job does: only on rows still leased by `lease`."""
+    async with engine.begin() as conn:
+        result = await conn.execute(update(jobs).where(jobs.c.id.in_(ids), lease.mine())
+                                    .values(status="done", **Lease.cleared()))
+    return result.rowcount
+
+
+async def test_concurrent_claims_on_postgresql_never_share_a_row(postgresql_url):
+    async with processes(postgresql_url, ROWS, 30, count=3) as (engines, leases):
+        claimed: list[list[int]] = [[] for _ in leases]
+
+        async def worker(i: int) -> None:
+            while ids := await leases[i].claim(QUEUED, [jobs.c.id], 7):
+                claimed[i] += ids
+                assert await finish(engines[i], leases[i], ids) == len(ids)
+        await asyncio.gather(*(worker(i) for i in range(len(leases)) for _ in range(4)))
+        everything = sorted(sum(claimed, []))
+        assert everything == list(range(1, ROWS + 1))  # each row once, none left
+        assert all(claimed), [len(c) for c in claimed]  # every process took its share
+
+
+async def test_a_dead_holders_rows_are_taken_over_when_its_lease_ends(postgresql_url):
+    async with processes(postgresql_url, 10, 2) as (engines, (dead, alive)):
+        assert await dead.claim(QUEUED, [jobs.c.id], 100) == list(range(1, 11))
+        assert dead.holds()
+        assert await alive.claim(QUEUED, [jobs.c.id], 100) == []
+        soonest = await alive.next_claimable(QUEUED)
+        assert 1.0 < (soonest - datetime.now(timezone.utc)).total_seconds() <= 2.0
+        await asyncio.sleep(2.1)  # the holder renews nothing: it is dead
+        assert not dead.holds()
+        assert await alive.claim(QUEUED, [jobs.c.id], 100) == list(range(1, 11))
+        # the old holder, had it only stalled, may not write an outcome over the new one's lease
+        assert await finish(engines[0], dead, list(range(1, 11))) == 0
+        assert await finish(engines[1], alive, list(range(1, 11))) == 10
+
+
+async def test_leases_are_renewed_while_working_and_released_after(postgresql_url):
+    async with processes(postgresql_url, 10, 2) as (engines, (worker, other)):
+        async with worker.working():
+            assert len(await worker.claim(QUEUED, [jobs.c.id], 4)) == 4
+            await asyncio.sleep(4.5)  # a long SMTP delivery: the lease is renewed meanwhile
+            assert worker.holds()
+            assert await other.claim(QUEUED, [jobs.c.id], 100) == list(range(5, 11))
+            assert await finish(engines[1], other, list(range(5, 11))) == 6
+            assert await finish(engines[0], worker, [1, 2]) == 2
+        # what the pass did not finish is given back at once
+        assert await other.claim(QUEUED, [jobs.c.id], 100) == [3, 4]
+
+
+async def test_on_sqlite_the_same_statements_work(tmp_path):
+    async with processes(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}", 10, 30, count=1) as ((engine,), (lease,)):
+        async with lease.working():
+            assert await lease.claim(QUEUED, [jobs.c.id], 4) == [1, 2, 3, 4]
+            assert await lease.claim(QUEUED, [jobs.c.id], 100) == list(range(5, 11))
+            assert await finish(engine, lease, [1, 2, 3, 4]) == 4
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).where(jobs.c.leased_by.is_not(None)))).scalar() == 0
+        assert await lease.claim(QUEUED, [jobs.c.id], 100) == list(range(5, 11))
+
+
+async def test_at_start_the_leases_of_ended_processes_are_given_back(postgresql_url):
+    """A node restarted after a crash does not wait for its former self's leases to end; those
+    of a living process, or of another host, it leaves alone."""
+    ended = await asyncio.create_subprocess_exec("true")
+    await ended.wait()
+    host = holder_name().split(":")[0]
+    holders = {1: f"{host}:{ended.pid}:dead", 2: f"{host}:{os.getpid()}:alive", 3: f"elsewhere:{ended.pid}:x"}
+    async with processes(postgresql_url, 6, 30) as (engines, (_, lease)):
+        async with engines[0].begin() as conn:
+            for row_id, holder in holders.items():
+                await conn.execute(update(jobs).where(jobs.c.id == row_id).values(
+                    leased_by=holder, lease_until=datetime.now(timezone.utc) + timedelta(minutes=5)))
+        await lease.recover(QUEUED)
+        assert await lease.claim(QUEUED, [jobs.c.id], 100) == [1, 4, 5, 6]
+
+
+async def test_on_sqlite_every_other_holders_leases_are_given_back_at_start(tmp_path):
+    async with processes(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}", 3, 30) as (_, (killed, restarted)):
+        assert await killed.claim(QUEUED, [jobs.c.id], 2) == [1, 2]
+        await restarted.recover(QUEUED)
+        assert await restarted.claim(QUEUED, [jobs.c.id], 100) == [1, 2, 3]

@@ -4,11 +4,9 @@ sessions on B catching up from the store once it is back."""
 from __future__ import annotations
 
 import asyncio
-import json
 import smtplib
 import time
 import uuid
-from types import SimpleNamespace
 from unittest.mock import ANY
 
 import aioimaplib
@@ -21,13 +19,11 @@ from tests.nodes import cluster_environment, start_node
 from tests.test_imap import deliver
 from tests.test_instant_ws import CIRCLE, NURSE, Client, post
 from tests.test_instant_ws import GP as GP_IDNAT
-from tests.operators import Operator, wait_for
+from tests.operators import wait_for
 from tests.test_smtp import connect as smtp_connect
-from tests.test_smtp import login as smtp_login
-from tests.test_smtp import message, xoauth2
+from tests.test_smtp import xoauth2
 
 pytestmark = pytest.mark.slow
-REMOTE = "karim.payet@autre-operateur.test"  # at the peer operator
 
 
 @pytest.fixture
@@ -222,51 +218,3 @@ def test_login_failures_are_counted_across_nodes(nodes):
     # 0.5 s after the third failure, doubling: 1 s on node B, which had seen only two of the four
     # (the free ones are timed in tests/test_login_throttle.py, away from this machine's load)
     assert waits[3] >= 0.5 and waits[4] >= 1.0, waits
-
-
-def test_outbound_queue_sends_each_message_once_even_after_a_node_is_killed(tmp_path, postgresql_url, redis_server):
-    """Both nodes start the outbound queue; one runs it (store/lease.py). Mail submitted through
-    both nodes reaches the peer operator once; the node running the queue is SIGKILLed with
-    mail queued (the peer down), and the other node sends it, once."""
-    env = cluster_environment(tmp_path / "var", postgresql_url, redis_server.url)
-    peer = Operator(tmp_path, "peer", "autre-operateur.test", ca_from=SimpleNamespace(data_dir=tmp_path / "var"))
-    env.update(MSANTE_RELAY__ROUTES=json.dumps({"autre-operateur.test": f"127.0.0.1:{peer.ports['smtp']}"}),
-               MSANTE_RELAY__RETRY_BASE="1", MSANTE_RELAY__RETRY_MAX="2")
-    a = start_node("a", env)
-    nodes = [a]
-    try:
-        wait_for(lambda: "the outbound queue runs in this process" in a.log.read_text(), what="A runs the queue")
-        b = start_node("b", env)
-        nodes.append(b)
-        peer.set_routes({"msante.test": int(a.listeners["smtp"].rsplit(":", 1)[1])})
-
-        def send(node, subject: str) -> None:  # noqa: ANN001
-            client = smtp_login(node)
-            client.sendmail(GP, [REMOTE], message(GP, [REMOTE], subject))
-            client.quit()
-
-        def arrived(subject: str) -> int:
-            return sum(subject.encode() in m for m in peer.inbox(REMOTE))
-
-        peer.start()
-        both = [f"Par les deux noeuds {i}" for i in range(10)]
-        for i, subject in enumerate(both):  # each node wakes both queues (through Redis)
-            send((a, b)[i % 2], subject)
-        for subject in both:
-            wait_for(lambda s=subject: arrived(s), timeout=60, what=subject)
-        peer.stop()
-        after = [f"Apres la panne de A {i}" for i in range(3)]
-        for subject in after:
-            send(b, subject)
-        a.process.kill()  # the queue's node dies with mail queued
-        a.process.wait()
-        peer.start()
-        for subject in after:
-            wait_for(lambda s=subject: arrived(s), timeout=60, what=subject)
-        time.sleep(3)  # retries would have come by now (retry_max 2 s)
-        assert [arrived(s) for s in both + after] == [1] * len(both + after)
-        assert "the outbound queue runs in this process" in b.log.read_text()
-    finally:
-        for node in reversed(nodes):
-            node.stop()
-        peer.stop()

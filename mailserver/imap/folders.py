@@ -9,8 +9,9 @@ after the other. The same UPDATE claims the MODSEQ (RFC 7162 §3.1.1) that every
 transaction changes is stamped with; UIDs (RFC 3501 §2.3.1.1) come from `uidnext` by UPDATE ...
 RETURNING, as in mailserver/mailstore.py, so two appends never share one. A write that turns out
 to change nothing rolls back, giving its MODSEQ back. After the commit, sessions watching the box
-(IDLE) hear a `folder_changed` event and re-read the store; an ACL change goes on the RIGHTS
-channel, for the sessions of the person whose rights changed.
+(IDLE) hear a `folder_changed` event and re-read the store, and sessions under NOTIFY hear
+`folder_named` (CREATE, DELETE, RENAME) and `subscription` events too; an ACL change goes on the
+RIGHTS channel, for the sessions of the person whose rights changed.
 
 A body (one per message, however many folders hold it) is freed when the last folder row goes
 and no queued delivery still has to relay it; the envelope stays, with no body.
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
 from mailserver.bodies import facts, insert_body, subject_contains
-from mailserver.mailstore import DEFAULT_FOLDERS, ensure_folders, free_bodies, mailbox_channel
+from mailserver.mailstore import DEFAULT_FOLDERS, channel_of, ensure_folders, free_bodies, mailbox_channel
 from store.db import committed, dialect_insert, utc
 from store.events import RIGHTS, EventBus, rights_event
 from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
@@ -45,7 +46,7 @@ INBOX = "INBOX"
 # RFC 3501 §2.3.2, by their lower-case spelling; in the order a FLAGS response lists them.
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
 _DEFAULT_USE = dict(DEFAULT_FOLDERS)
-Event = tuple[int, dict[str, Any]]  # (mailbox id, event)
+Event = tuple[int | str, dict[str, Any]]  # (mailbox id, or a channel: mailstore.channel_of; event)
 
 
 class FolderExists(Exception):
@@ -147,6 +148,11 @@ def _changed(row: Any) -> Event:
                             "highestmodseq": row.highestmodseq}
 
 
+def _named(mailbox_id: int, name: str, old: str | None = None) -> Event:
+    """A folder name came (CREATE), went (DELETE) or replaced `old` (RENAME): NOTIFY MailboxName."""
+    return mailbox_id, {"type": "folder_named", "folder": name, "old": old}
+
+
 _META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modseq, folder_messages.c.internaldate,
          folder_messages.c.size)
 _WITH_BODY = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
@@ -166,8 +172,8 @@ class Folders:
             result, events = await committed(self._engine, work)
         except _Unchanged as unchanged:
             return unchanged.result
-        for mailbox_id, event in events:
-            await self._bus.publish(mailbox_channel(mailbox_id), event)
+        for key, event in events:
+            await self._bus.publish(channel_of(key), event)
         return result
 
     # --- folders ----------------------------------------------------------------------------
@@ -204,7 +210,7 @@ class Folders:
             await ensure_folders(conn, mailbox_id)  # "Sent" made by hand would lose its \Sent
             folder_id = await _insert_folder(conn, mailbox_id, name, special_use,
                                              await _uidvalidity(conn, mailbox_id))
-            return FolderInfo(folder_id, name, special_use), []
+            return FolderInfo(folder_id, name, special_use), [_named(mailbox_id, name)]
         try:
             return await self._write(work)
         except IntegrityError:
@@ -229,7 +235,7 @@ class Folders:
             await conn.execute(delete(folders).where(folders.c.id == folder.id))
             if name in _DEFAULT_USE:
                 await _insert_folder(conn, mailbox_id, name, _DEFAULT_USE[name], uidvalidity)
-            return None, [_changed(folder)]
+            return None, [_changed(folder), _named(mailbox_id, name)]
         await self._write(work)
 
     async def rename(self, mailbox_id: int, old: str, new: str, delimiter: str = "/") -> None:
@@ -244,7 +250,7 @@ class Folders:
         async def work(conn: AsyncConnection) -> tuple[None, list[Event]]:
             folder = await _lock_name(conn, mailbox_id, old)
             if old == INBOX:
-                return None, await _rename_inbox(conn, folder, new)
+                return None, [*await _rename_inbox(conn, folder, new), _named(mailbox_id, new)]
             prefix = old + delimiter
             moved = [(r.id, new + r.name[len(old):], r.uidvalidity) for r in await conn.execute(
                 select(folders.c.id, folders.c.name, folders.c.uidvalidity).where(folders.c.mailbox_id == mailbox_id))
@@ -257,7 +263,7 @@ class Folders:
             if old in _DEFAULT_USE:
                 await _insert_folder(conn, mailbox_id, old, _DEFAULT_USE[old],
                                      await _uidvalidity(conn, mailbox_id))
-            return None, [_changed(folder)]
+            return None, [_changed(folder), _named(mailbox_id, new, old)]
         try:
             await self._write(work)
         except IntegrityError:
@@ -275,11 +281,18 @@ class Folders:
         row = {"mailbox_id": mailbox_id, "who": who, "name": normalise(name)}
         await committed(self._engine, lambda conn: conn.execute(
             dialect_insert(conn, folder_subscriptions).on_conflict_do_nothing(), row))
+        await self._subscription_changed(mailbox_id, who, name)
 
     async def unsubscribe(self, mailbox_id: int, who: str, name: str) -> None:
         await committed(self._engine, lambda conn: conn.execute(delete(folder_subscriptions).where(
             folder_subscriptions.c.mailbox_id == mailbox_id, folder_subscriptions.c.who == who,
             folder_subscriptions.c.name == normalise(name))))
+        await self._subscription_changed(mailbox_id, who, name)
+
+    async def _subscription_changed(self, mailbox_id: int, who: str, name: str) -> None:
+        """NOTIFY SubscriptionChange: `who`'s other sessions hear it."""
+        await self._bus.publish(mailbox_channel(mailbox_id), {"type": "subscription", "folder": normalise(name),
+                                                              "who": who})
 
     async def acl(self, mailbox_id: int) -> dict[str, str]:
         async with self._engine.connect() as conn:
@@ -439,9 +452,10 @@ class Folders:
             await conn.execute(update(folder_messages).where(folder_messages.c.id == bindparam("row_id")).values(
                 flags=bindparam("new_flags"), modseq=folder.highestmodseq), [
                 {"row_id": row_id, "new_flags": _flags_text(meta.flags)} for row_id, meta in changed])
-            if "\\Seen" in flags and mode != "-":  # a hospital notice read in its box is a receipt
-                await receipts.seen(conn, [row_id for row_id, _ in changed], datetime.now(timezone.utc))
-            return ([meta for _, meta in changed], refused), [_changed(folder)]
+            told = []  # a hospital notice read in its box is a receipt, which its patient's circles hear of
+            if "\\Seen" in flags and mode != "-":
+                told = await receipts.seen(conn, [row_id for row_id, _ in changed], datetime.now(timezone.utc))
+            return ([meta for _, meta in changed], refused), [_changed(folder), *told]
         return await self._write(work)
 
     async def append(self, folder_id: int, data: bytes, flags: set[str], internaldate: datetime) -> tuple[int, int]:
