@@ -175,7 +175,7 @@ class Dispatcher:
 
         try:
             if target is None:
-                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None), background=True)
+                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None))
             else:
                 holder: dict = {}
 
@@ -186,7 +186,7 @@ class Dispatcher:
                     actor=actor, audit=self._audit,
                     audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
                     recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
-                                          target.mailbox_id)], alongside=alongside, background=True)
+                                          target.mailbox_id)], alongside=alongside)
                 raised = holder["raised"]
         except _AlreadyDone:
             return

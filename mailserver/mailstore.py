@@ -100,13 +100,11 @@ class MailStore:
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
                      audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient],
-                     alongside: Callable[[AsyncConnection, Accepted], Awaitable[Any]] | None = None,
-                     background: bool = False) -> Accepted:
+                     alongside: Callable[[AsyncConnection, Accepted], Awaitable[Any]] | None = None) -> Accepted:
         """Store one accepted message; returns once it is committed (with other sessions' messages:
         see store/group_commit.py), then wakes whoever watches the boxes. `alongside` runs in the
         same transaction, after the message is stored: a job that sends mail marks itself done
-        there, so a crash leaves both done or neither (hospital/dispatch.py). `background`: a job's
-        mail, which yields to the writes someone waits on (store/group_commit.py)."""
+        there, so a crash leaves both done or neither (hospital/dispatch.py)."""
         recipients = list(recipients)
 
         async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int | str, dict]]]:
@@ -116,7 +114,7 @@ class MailStore:
             if alongside is not None:
                 await alongside(conn, stored[0])
             return stored
-        accepted, events = await self.writes.run(write, background=background)
+        accepted, events = await self.writes.run(write)
         await self.publish(events + ([(0, QUEUED)] if accepted.queued else []))
         return accepted
 
