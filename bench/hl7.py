@@ -10,13 +10,18 @@ sample, each with its own MSH-10) one at a time, each waiting for its ACK, as in
 engines do. Latency is from the frame's first byte sent to the ACK's last byte read, one
 clock (this process). Every message names the demo GP, whose patient has a care circle: each
 event becomes one mail in the GP's INBOX and four circle alerts. The dispatch delay is read
-from the store afterwards (dispatched_at − created_at, both stamped by the server). Prints
-figures, asserts nothing; client and server share the machine.
+from the store afterwards (dispatched_at − created_at, both stamped by the server). A member of
+that circle (the demo GP) keeps a websocket open throughout: the delay from each ACK read to
+that event's `patient` alert arriving on it is measured on this process's clock, the event
+matched to its MSH-10 through the store afterwards (`alert_watcher`, `alert_delays`). Prints
+figures, asserts nothing; client and server share the machine (and the senders and the
+websocket share this process's event loop, which can only lengthen the alert delay).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import signal
@@ -30,18 +35,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)
 
+import websockets  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 import config  # noqa: E402
+from certs.tokens import DevIssuer  # noqa: E402
 from hospital import mllp  # noqa: E402
 from hospital.client import client_context, to_segments  # noqa: E402
 from store import db  # noqa: E402
 from store.db import utc  # noqa: E402
-from store.schema import hospital_events  # noqa: E402
+from store.schema import hl7_messages, hospital_events  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 SAMPLE = (REPO / "hospital" / "samples" / "adt_a01_admission.hl7").read_bytes()
 ORIGINAL_ID = b"|CHSP-A01-0002|"
+WATCHER = "810001045367"  # Dr Dupont, the demo GP, a member of the demo patient's circle
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -49,7 +57,8 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def connection(n: int, count: int, port: int, context: ssl.SSLContext, latencies: list[float]) -> int:
+async def connection(n: int, count: int, port: int, context: ssl.SSLContext, latencies: list[float],
+                     acked: dict[str, float]) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
     frames = mllp.FrameReader()
     errors = 0
@@ -64,6 +73,7 @@ async def connection(n: int, count: int, port: int, context: ssl.SSLContext, lat
                 raise ConnectionError("server closed the connection")
             acks = frames.feed(data)
         latencies.append(time.perf_counter() - started)
+        acked[f"BENCH-{n}-{i}"] = time.perf_counter()
         errors += b"MSA|AA|" not in acks[0]
     writer.close()
     return errors
@@ -93,6 +103,36 @@ async def dispatch_delays(url: str, timeout: float) -> tuple[list[float], int]:
         return [(utc(done) - utc(created)).total_seconds() for created, done in rows], pending
     finally:
         await engine.dispose()
+
+
+async def alert_watcher(url: str, tls: ssl.SSLContext, token: str, arrivals: dict[int, float],
+                        ready: asyncio.Event) -> None:
+    """A circle member's websocket: when each `patient` alert arrives, by event id (cancelled
+    when the run is over)."""
+    async with websockets.connect(url, ssl=tls, subprotocols=["msante.v1"], ping_interval=None,
+                                  compression=None, max_queue=None) as ws:
+        await ws.send(json.dumps({"type": "auth", "v": 1, "token": token}))
+        assert json.loads(await ws.recv())["type"] == "welcome"
+        ready.set()
+        async for raw in ws:
+            now = time.perf_counter()
+            if '"patient"' in raw:  # only alerts of hospital events are parsed
+                frame = json.loads(raw)
+                if frame.get("type") == "alert" and frame["alert"]["kind"] == "patient":
+                    arrivals.setdefault(frame["alert"]["data"]["event"], now)
+
+
+async def alert_delays(url: str, acked: dict[str, float], arrivals: dict[int, float]) -> tuple[list[float], int]:
+    """From each ACK read to its event's alert on the websocket; how many events had none."""
+    engine = db.create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(hospital_events.c.id, hl7_messages.c.control_id).join(
+                hl7_messages, hl7_messages.c.id == hospital_events.c.message_id))).all()
+    finally:
+        await engine.dispose()
+    delays = [arrivals[event] - acked[control] for event, control in rows if event in arrivals and control in acked]
+    return delays, len(rows) - len(delays)
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -126,8 +166,16 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         context = client_context(settings.ca_dir / "ca.crt", cert, cert.with_suffix(".key"))
         per = args.messages // args.connections
         latencies: list[float] = []
+        acked: dict[str, float] = {}
+        arrivals: dict[int, float] = {}
+        ready = asyncio.Event()
+        token = DevIssuer.load(data_dir, settings.public_url).issue_access_token(
+            idnat=WATCHER, given_name="JEAN", family_name="DUPONT", ttl=3600)
+        tls = ssl.create_default_context(cafile=str(settings.ca_dir / "ca.crt"))
+        watcher = asyncio.create_task(alert_watcher(f"wss://localhost:{https}/ws", tls, token, arrivals, ready))
+        await asyncio.wait_for(ready.wait(), 30)
         server_cpu, client_cpu, wall = cpu_seconds(server.pid), cpu_seconds(), time.perf_counter()
-        errors = sum(await asyncio.gather(*(connection(n, per, port, context, latencies)
+        errors = sum(await asyncio.gather(*(connection(n, per, port, context, latencies, acked)
                                             for n in range(args.connections))))
         elapsed = time.perf_counter() - wall
         server_share = (cpu_seconds(server.pid) - server_cpu) / elapsed
@@ -144,6 +192,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
               f"{quantile(delays, 0.5) * 1000:.0f} ms, p99 {quantile(delays, 0.99) * 1000:.0f} ms, max "
               f"{max(delays, default=0) * 1000:.0f} ms over {len(delays):,} events; still pending after {args.drain:.0f} s: "
               f"{pending}")
+        await asyncio.sleep(1)  # the last alerts on their way
+        watcher.cancel()
+        alerts, missing = await alert_delays(settings.database_url, acked, arrivals)
+        print(f"  ACK to the `patient` alert on a circle member's websocket: p50 {quantile(alerts, 0.5) * 1000:.0f} ms, "
+              f"p99 {quantile(alerts, 0.99) * 1000:.0f} ms, max {max(alerts, default=0) * 1000:.0f} ms over "
+              f"{len(alerts):,} events; without an alert: {missing}")
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -15,7 +15,9 @@ shared load harness (../shared/bench/mailbench.py), on each server:
 2. imap: `mailbench imap` on that mailbox, --runs times per server, alternating msante, Dovecot,
    msante, ...: one fresh connection per run, login, then ms per command: SELECT, FETCH 1:* (FLAGS UID
    RFC822.SIZE ENVELOPE), FETCH 1:* BODY.PEEK[] (all bodies), SEARCH SUBJECT "needle" (header),
-   SEARCH BODY "needle" (body), SEARCH UNSEEN FLAGGED, UID SEARCH ALL;
+   SEARCH BODY "needle" (body), SEARCH UNSEEN FLAGGED, UID SEARCH ALL, then Thunderbird's first sync
+   (UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Subject Date ...)]),
+   bench/mailbench_sync.py);
 3. idle: `mailbench idle`, alternating likewise: one IDLE connection on the recipient's INBOX, then
    --idle-count messages sent one at a time by SMTP submission (STARTTLS); latency = the submission's
    250 after DATA -> the `* n EXISTS` push (p50/p99 per run). Dovecot's side goes through Postfix
@@ -62,7 +64,8 @@ IMAP_FIGURES = [("exists", "messages"), ("login_ms", "login ms"), ("select_ms", 
                 ("fetch_bodies_ms", "FETCH 1:* BODY.PEEK[] ms"), ("fetch_bodies_MB_per_s", "  bodies MB/s"),
                 ("search_subject_ms", "SEARCH SUBJECT ms"), ("search_subject_hits", "  hits"),
                 ("search_body_ms", "SEARCH BODY ms"), ("search_body_hits", "  hits"),
-                ("search_flags_ms", "SEARCH UNSEEN FLAGGED ms"), ("uid_search_all_ms", "UID SEARCH ALL ms")]
+                ("search_flags_ms", "SEARCH UNSEEN FLAGGED ms"), ("uid_search_all_ms", "UID SEARCH ALL ms"),
+                ("fetch_tb_sync_ms", "UID FETCH 1:* Thunderbird first sync ms")]
 IDLE_FIGURES = [("p50_ms", "IDLE push p50 ms (from SMTP 250)"), ("p99_ms", "IDLE push p99 ms"),
                 ("max_ms", "IDLE push max ms"), ("pushes", "pushes"), ("missed", "missed"),
                 ("from_mailfrom_p50_ms", "IDLE push p50 ms (from MAIL FROM)")]
@@ -106,7 +109,8 @@ def fill(args: argparse.Namespace, name: str, target: dict) -> dict:
 
 
 def imap_run(args: argparse.Namespace, target: dict, json_out: Path) -> dict:
-    cmd = [sys.executable, str(args.mailbench), "imap", *imap_options(target, args.tls), "--mailbox", MAILBOX,
+    cmd = [sys.executable, str(REPO / "bench" / "mailbench_sync.py"), str(args.mailbench), "imap",
+           *imap_options(target, args.tls), "--mailbox", MAILBOX,
            "--ops", args.ops, "--runs", "1", "--pause", "0", "--timeout", "600", "--json-out", str(json_out)]
     mailbench(cmd, target["env"])
     return last_record(json_out)
@@ -228,7 +232,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
                 print(f"  run {i} {name:<8}{describe(r, IMAP_FIGURES)}", flush=True)
 
         print(f"\n== idle: {args.idle_count} messages per run, 1 watcher, {', '.join(servers)} alternating")
-        for i in range(1, args.runs + 1):
+        for i in range(1, args.runs + 1 if args.idle_count else 1):
             for name in servers:
                 target = targets[name]
                 if name == "msante" and time.monotonic() - target["token_issued"] > 1800:
@@ -264,9 +268,11 @@ def main() -> int:
     parser.add_argument("--size", default="10k", help="size of each message (mailbench syntax, default 10k)")
     parser.add_argument("--fill-concurrency", type=int, default=4, help="APPEND connections for the fill (4)")
     parser.add_argument("--runs", type=int, default=3, help="imap and idle runs per server (default 3)")
-    parser.add_argument("--idle-count", type=int, default=100, help="messages per IDLE run (default 100)")
+    parser.add_argument("--idle-count", type=int, default=100, 
+                        help="messages per IDLE run (default 100; 0: no IDLE runs)")
     parser.add_argument("--ops", default="select,fetch_meta,fetch_bodies,search_subject,search_body,search_flags,"
-                                         "uid_search_all", help="mailbench imap --ops")
+                                         "uid_search_all,fetch_tb_sync",
+                        help="mailbench imap --ops (fetch_tb_sync: bench/mailbench_sync.py's Thunderbird first sync)")
     parser.add_argument("--only", choices=["msante", "dovecot"], help="one server only (no comparison)")
     parser.add_argument("--starttls", dest="tls", action="store_const", const="starttls", default="tls",
                         help="IMAP over STARTTLS (msante `imap`, Dovecot 1143) instead of implicit TLS")

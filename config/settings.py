@@ -87,6 +87,7 @@ class Settings:
     limits: Limits = Limits()
     clients: MailClients = MailClients()
     hl7_max_frame: int = 20 * 1024 * 1024
+    hl7_raw_retention_days: int = 90  # [hl7] raw_retention_days; 0 keeps raw messages forever
     max_attachment: int = 10 * 1024 * 1024
     bus_url: str = ""  # Redis, for events between processes and nodes; "": this process only
     workers: int = 1  # processes `msante serve` runs (msante/workers.py); 0: one per core
@@ -150,6 +151,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         # Largest MLLP frame (one HL7 message) a hospital may send: an MDM carries its document
         # in base64 (4/3 of the PDF), and the mail it becomes must stay under max_message_size.
         "max_frame": (int, 20 * 1024 * 1024),
+        # Days a hospital's raw message (patient identity, document) is kept once dispatched; then
+        # only its MSH segment stays, enough to answer a late resend with the same ACK. 0: forever.
+        "raw_retention_days": (int, 90),
     },
     "instant": {
         # Largest document uploaded to a care circle (a scanned letter, a photo of a wound, a lab
@@ -375,6 +379,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     if not 1024 <= v["hl7"]["max_frame"] <= max_size:
         raise ConfigError(f"{where('hl7.max_frame')} must be between 1024 and server.max_message_size "
                           f"(the notice it becomes is a mail), got {v['hl7']['max_frame']}")
+    if v["hl7"]["raw_retention_days"] < 0:
+        raise ConfigError(f"{where('hl7.raw_retention_days')} must be 0 (keep) or a number of days, "
+                          f"got {v['hl7']['raw_retention_days']}")
     if not 1024 <= v["instant"]["max_attachment"] <= 100 * 1024 * 1024:
         raise ConfigError(f"{where('instant.max_attachment')} must be between 1024 and 104857600 bytes, "
                           f"got {v['instant']['max_attachment']}")
@@ -406,6 +413,7 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     crl_refresh=tls["crl_refresh"], admins=tuple(admins),
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
                     clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url,
+                    hl7_raw_retention_days=v["hl7"]["raw_retention_days"],
                     workers=v["server"]["workers"], job_lease=v["server"]["job_lease"], max_attachment=v["instant"]["max_attachment"],
                     imap_idle_keepalive=v["imap"]["idle_keepalive"])
 

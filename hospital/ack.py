@@ -46,3 +46,10 @@ def _condition(code: int) -> str:
             202: "Unsupported processing id", 203: "Unsupported version id", 204: "Unknown key identifier",
             205: "Duplicate key identifier", 206: "Application record locked",
             207: "Application internal error"}.get(code, "Error")
+
+
+def code(answer: bytes) -> str:
+    """MSA-1 of an ACK `build` wrote (its field separator is always |), as a metric's label."""
+    start = answer.find(b"\rMSA|")
+    found = answer[start + 5:start + 7].decode("ascii", "replace") if start >= 0 else ""
+    return found if found in ("AA", "AE", "AR") else "other"

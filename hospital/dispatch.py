@@ -23,6 +23,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Awaitable, Callable, TypeVar
 
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -30,31 +31,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mailserver import dsn, headers
 from mailserver.mailstore import Accepted, MailStore, Recipient
 from store.audit import Actor, AuditTrail
-from store.db import dialect_insert, utc
 from store.events import EventBus, run_job
 from store.lease import LEASE_SECONDS, Lease
-from store.schema import (activities, alerts, circle_members, circles, hl7_messages, hospital_events,
+from store.schema import (activities, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
+from web.metrics import HOSPITAL_NOTIFICATIONS
 
-from . import notice, receipts, subscriptions, timeline
+from . import cancels, notice, receipts, subscriptions, timeline
+from .notice import NOTIFY_LOCAL, NOTIFY_REMOTE, TITLES, occurred_of
+from .timeline import ALERT_KIND
 from .feed import CHANNEL
 from .message import parse
 
 log = logging.getLogger("msante.hl7")
+T = TypeVar("T")
 BATCH = 100  # pending events read at a time
 CONCURRENT = 8  # events dispatched at once, their mails in one group commit; more would hold up the feed's ACKs
 POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs at most this
 NO_GP = "no GP given"
 NO_BOX = "GP has no MSSanté box"
 UNKNOWN_GP = "GP unknown to the directory"
-# Another operator's box: a DSN tells the hospital's box when the mail is delivered or fails. Ours:
-# the transaction that stores the mail in the GP's INBOX is the delivery, recorded on the notice
-# as it commits, so no report is written to the hospital's box (it doubled the work per event).
-NOTIFY_REMOTE = dsn.RcptDsn(notify=frozenset({"SUCCESS", "FAILURE"}))
-NOTIFY_LOCAL = dsn.RcptDsn(notify=frozenset({"NEVER"}))
-ALERT_KIND = "patient"
-TITLES = {"ADM": "Admission", "URG": "Passage aux urgences", "SOR": "Sortie d'hospitalisation",
-          "DOC": "Nouveau document"}
+NOTIFIED = ("delivered", "queued")  # the GP's notice statuses that count as told (hospital/indicators.py)
+REASONS = ("no_gp", "gp_without_box", "unknown_rpps", "delivery_failed", "pending")
 
 
 @dataclass(frozen=True)
@@ -92,38 +90,49 @@ class Dispatcher:
         """Dispatch every pending event no other process holds; returns how many."""
         done = 0
         async with self._lease.working():
+            found: dict = {}  # the pass's directory answers, shared by its chunks
             while True:
                 ids = await self._lease.claim(hospital_events.c.status == "pending", [hospital_events.c.id], BATCH)
                 if ids:
-                    done += await self._dispatch_all(ids)
+                    done += await self._dispatch_all(ids, found)
                 if len(ids) < BATCH:
                     return done
 
-    async def _dispatch_all(self, ids: list[int]) -> int:
+    async def _dispatch_all(self, ids: list[int], found: dict) -> int:
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(hospital_events).where(
-                hospital_events.c.id.in_(ids), hospital_events.c.status == "pending")
+            rows = (await conn.execute(
+                select(hospital_events, hl7_messages.c.sender)
+                .join(hl7_messages, hl7_messages.c.id == hospital_events.c.message_id)
+                .where(hospital_events.c.id.in_(ids), hospital_events.c.status == "pending")
                 .order_by(hospital_events.c.id))).all()
-        for start in range(0, len(rows), CONCURRENT):  # their mails share group commits
-            await asyncio.gather(*(self.dispatch(row) for row in rows[start:start + CONCURRENT]))
+        for chunk in _chunks(rows):  # their mails share group commits
+            async with self._engine.connect() as conn:
+                lookups = _Lookups(conn, found)
+                await asyncio.gather(*(self.dispatch(row, lookups) for row in chunk))
         return len(rows)
 
-    async def dispatch(self, event) -> None:  # noqa: ANN001 - a hospital_events row
+    async def dispatch(self, event, lookups: "_Lookups") -> None:  # noqa: ANN001 - hospital_events + sender
+        if event.kind == cancels.KIND:
+            await self._cancel(event)
+            return
         patient = json.loads(event.patient)
-        async with self._engine.connect() as conn:
-            # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
-            columns = [hl7_messages.c.sender, *([hl7_messages.c.data] if event.kind == "DOC" else [])]
-            found = (await conn.execute(select(*columns).where(hl7_messages.c.id == event.message_id))).one()
-            sender, data = found.sender, getattr(found, "data", b"")
-            hospital, contact = await _hospital(conn, event.organisation_id)
-            contact = contact or sender
-            target, reason = await _target(conn, event.gp_rpps, patient.get("gp"))
-            members = await _circle_members(conn, event.patient_ins)
-            plan = await subscriptions.plan(conn, event.patient_ins, event.kind, members, datetime.now(timezone.utc))
+        sender = event.sender
+        # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
+        data = await lookups.read(None, lambda conn: _message_data(conn, event.message_id)) \
+            if event.kind == "DOC" else b""
+        hospital, contact = await lookups.read(("hospital", event.organisation_id),
+                                               lambda conn: _hospital(conn, event.organisation_id))
+        contact = contact or sender
+        target, reason = await lookups.read(("gp", event.gp_rpps, json.dumps(patient.get("gp"), sort_keys=True)),
+                                            lambda conn: _target(conn, event.gp_rpps, patient.get("gp")))
+        members = await lookups.read(("circle", event.patient_ins),
+                                     lambda conn: members_of(conn, event.patient_ins))
+        plan = await lookups.read(("plan", event.patient_ins, event.kind), lambda conn: subscriptions.plan(
+            conn, event.patient_ins, event.kind, members, datetime.now(timezone.utc)))
         alert_rows = [_alert_row(event, patient, audience) for audience in plan.alerts]
         actor = Actor(sender, "application")
         facts = notice.Notice(
-            kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=_occurred(event, patient),
+            kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=occurred_of(event, patient),
             unit=event.unit, hospital=hospital, sender=sender, contact=contact, recipient="", recipient_name="",
             event_id=event.id)
         # subscribers' mails (the GP's box once): written before the transaction, stored in it
@@ -135,6 +144,7 @@ class Dispatcher:
             for m in extra]
         mail_events: list = []
         items: list[dict] = []  # the event in its patient's circle(s), announced after the commit
+        told: list[str] = []  # the GP's notice: status and reason, counted after the commit
 
         async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
             now = datetime.now(timezone.utc)
@@ -150,21 +160,14 @@ class Dispatcher:
                 "event_id": event.id, "recipient": target.address if target else "",
                 "role": target.role if target else "gp", "status": status, "reason": reason,
                 "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
-            raised = []
-            if alert_rows:  # one statement for the whole circle; a replayed event raises nothing new
-                statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
-                    index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id, alerts.c.audience)
-                inserted = {r.audience: r.id for r in await conn.execute(
-                    statement, [{**row, "created_at": now} for row in alert_rows])}
-                raised = [{"id": inserted[row["audience"]], **row, "data": json.loads(row["data"]),
-                           "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None}
-                          for row in alert_rows if row["audience"] in inserted]
+            told[:] = [status, reason]
+            raised = await timeline.raise_alerts(conn, alert_rows, now)  # a replayed event raises nothing new
             mail_events.extend(await subscriptions.deliver(
                 conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
                 actor=actor, audit=self._audit, now=now))
             await receipts.dispatched(conn, event.id, now)
             items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
-                                             sender=sender, occurred=_occurred(event, patient), now=now)
+                                             sender=sender, occurred=occurred_of(event, patient), now=now)
             if accepted is None:
                 await self._audit.record(actor, "hospital.not_notified", target=str(event.id), conn=conn,
                                          kind=event.kind, reason=reason)
@@ -172,7 +175,7 @@ class Dispatcher:
 
         try:
             if target is None:
-                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None))
+                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None), background=True)
             else:
                 holder: dict = {}
 
@@ -183,15 +186,29 @@ class Dispatcher:
                     actor=actor, audit=self._audit,
                     audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
                     recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
-                                          target.mailbox_id)], alongside=alongside)
+                                          target.mailbox_id)], alongside=alongside, background=True)
                 raised = holder["raised"]
         except _AlreadyDone:
             return
+        status, why = told
+        notified = status in NOTIFIED
+        HOSPITAL_NOTIFICATIONS.labels(outcome="notified" if notified else "not_notified",
+                                      reason="" if notified else reason_key(status, why)).inc()
         await self._mailstore.publish(mail_events)
         await timeline.announce(self._bus, items)
-        for alert in raised:
-            await self._bus.publish(alert["audience"], {"type": "alert", "alert": alert})
+        await receipts.announce(self._bus, [receipts.notice(i["circle"], event.id, "dispatched") for i in items])
+        await timeline.publish_alerts(self._bus, raised)
 
+    async def _cancel(self, event) -> None:  # noqa: ANN001 - hospital_events + sender
+        async with self._engine.connect() as conn:
+            name, contact = await _hospital(conn, event.organisation_id)
+        hospital = cancels.Hospital(event.sender, name, contact or event.sender, self._hostname)
+        told = await self._mailstore.writes.run(lambda conn: cancels.cancel(
+            conn, self._mailstore, self._audit, event, hospital, datetime.now(timezone.utc)))
+        if told is not None:
+            await self._mailstore.publish(told.mail_events)
+            await timeline.announce(self._bus, told.items)
+            await timeline.publish_alerts(self._bus, told.alerts)
 
     async def _messages(self, facts: notice.Notice, recipients: list, data: bytes) -> list[bytes]:
         """One mail per recipient (a Target or a subscriber's MailTarget: address, name)."""
@@ -204,8 +221,33 @@ class Dispatcher:
         return build()
 
 
+class _Lookups:
+    """The directory reads of one pass, each made once: the events of a pass mostly share their
+    hospital, and often their GP or patient (a stay's admission, report and discharge). Read
+    right before the events' own transactions, as each event's were before; the dispatches of a
+    chunk share one connection, in turn."""
+
+    def __init__(self, conn: AsyncConnection, found: dict) -> None:
+        self._conn = conn
+        self._found = found
+        self._turn = asyncio.Lock()
+
+    async def read(self, key: tuple | None, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`query`'s answer, asked once per pass for a `key` (None: not kept)."""
+        async with self._turn:
+            if key is None:
+                return await query(self._conn)
+            if key not in self._found:
+                self._found[key] = await query(self._conn)
+            return self._found[key]
+
+
 class _AlreadyDone(Exception):
     """Another dispatcher marked the event first: this transaction rolls back, mail included."""
+
+
+async def _message_data(conn: AsyncConnection, message_id: int) -> bytes:
+    return (await conn.execute(select(hl7_messages.c.data).where(hl7_messages.c.id == message_id))).scalar_one()
 
 
 async def _hospital(conn: AsyncConnection, organisation_id: str) -> tuple[str, str]:
@@ -245,7 +287,20 @@ async def _target(conn: AsyncConnection, rpps: str, gp: dict | None) -> tuple[Ta
     return None, NO_BOX
 
 
-async def _circle_members(conn: AsyncConnection, ins: str) -> list[str]:
+def _chunks(rows: list) -> list[list]:
+    """Pending events in order, CONCURRENT at a time; a cancellation alone, once what came
+    before it (perhaps the event it cancels) is done."""
+    chunks: list[list] = []
+    for row in rows:
+        alone = row.kind == cancels.KIND or (chunks and chunks[-1][0].kind == cancels.KIND)
+        if alone or not chunks or len(chunks[-1]) >= CONCURRENT:
+            chunks.append([row])
+        else:
+            chunks[-1].append(row)
+    return chunks
+
+
+async def members_of(conn: AsyncConnection, ins: str) -> list[str]:
     if not ins:
         return []
     rows = await conn.execute(select(circle_members.c.idnat).join(circles, circles.c.id == circle_members.c.circle_id)
@@ -261,8 +316,14 @@ def _alert_row(event, patient: dict, audience: str) -> dict:  # noqa: ANN001
                                 "occurred": patient.get("occurred", "")}, ensure_ascii=False, sort_keys=True)}
 
 
-def _occurred(event, patient: dict) -> datetime:  # noqa: ANN001
-    try:
-        return datetime.fromisoformat(patient["occurred"])
-    except (KeyError, ValueError):
-        return utc(event.occurred_at)
+def reason_key(status: str | None, reason: str) -> str:
+    """Why a GP was not told, as coordinators count it (the indicators, /metrics)."""
+    if status is None:
+        return "pending"
+    if status == "failed":
+        return "delivery_failed"
+    if reason == NO_GP:
+        return "no_gp"
+    if reason == NO_BOX:
+        return "gp_without_box"
+    return "unknown_rpps"  # not in the directory (UNKNOWN_GP), or an RPPS whose check digit is wrong

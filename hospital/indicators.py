@@ -6,7 +6,10 @@ never stored: the rows are the truth, and a figure recomputed tomorrow says the 
 is the calendar month of the event's own time (the admission, the discharge), in UTC. An ED
 visit counts as notified when its mail was delivered to a box of ours or queued for another
 operator's; the time to notice runs from the event's time to that mail, over notified
-admissions and ED visits. Rows are read one range at a time (at most MAX_MONTHS), streamed.
+admissions and ED visits. Delivered and read rates are over the GP's notices of every kind that
+were sent (not those nobody could be told), from their receipts (hospital/receipts.py). An event
+the hospital cancelled (hospital/cancels.py) stays counted as received, but is no ED visit and
+times nothing: it did not happen. Rows are read one range at a time (at most MAX_MONTHS), streamed.
 """
 from __future__ import annotations
 
@@ -19,13 +22,11 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.db import utc
-from store.schema import hospital_events, hospital_notices, organisations
+from store.schema import hospital_events, hospital_notice_history, hospital_notices, organisations
 
-from .dispatch import NO_BOX, NO_GP
+from .dispatch import NOTIFIED, REASONS, reason_key
 
 MAX_MONTHS = 36  # a range to compare three years; a wider one is refused, not slowly computed
-NOTIFIED = ("delivered", "queued")
-REASONS = ("no_gp", "gp_without_box", "unknown_rpps", "delivery_failed", "pending")
 TIMED_KINDS = ("ADM", "URG")  # admissions: the field's "time from admission to notification"
 
 
@@ -37,14 +38,20 @@ class _Month:
     ed_notified: int = 0
     reasons: Counter = field(default_factory=Counter)
     minutes: list[int] = field(default_factory=list)
+    notices: int = 0
+    delivered: int = 0
+    read: int = 0
 
     def as_dict(self, finess: str, month: str) -> dict:
         return {"finess": finess, "structure": self.structure, "month": month,
                 "events": dict(sorted(self.events.items())),
                 "ed_visits": self.ed_visits, "ed_gp_notified": self.ed_notified,
-                "ed_gp_notified_share": round(self.ed_notified / self.ed_visits, 4) if self.ed_visits else None,
+                "ed_gp_notified_share": _share(self.ed_notified, self.ed_visits),
                 "ed_not_notified": {reason: self.reasons[reason] for reason in REASONS},
-                "median_minutes_to_notice": statistics.median(self.minutes) if self.minutes else None}
+                "median_minutes_to_notice": statistics.median(self.minutes) if self.minutes else None,
+                "gp_notices": self.notices, "gp_delivered": self.delivered, "gp_read": self.read,
+                "gp_delivered_share": _share(self.delivered, self.notices),
+                "gp_read_share": _share(self.read, self.notices)}
 
 
 def period(since: str | None, until: str | None, today: date) -> tuple[datetime, datetime]:
@@ -70,6 +77,10 @@ def period(since: str | None, until: str | None, today: date) -> tuple[datetime,
             datetime.combine(end + timedelta(days=1), time(), timezone.utc))
 
 
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
 def _next_month(first: date) -> date:
     return date(first.year + first.month // 12, first.month % 12 + 1, 1)
 
@@ -79,26 +90,15 @@ def _months_before(first: date, count: int) -> date:
     return date(index // 12, index % 12 + 1, 1)
 
 
-def reason_key(status: str | None, reason: str) -> str:
-    """Why an ED patient's GP was not told, as coordinators count it."""
-    if status is None:
-        return "pending"
-    if status == "failed":
-        return "delivery_failed"
-    if reason == NO_GP:
-        return "no_gp"
-    if reason == NO_BOX:
-        return "gp_without_box"
-    return "unknown_rpps"  # not in the directory (dispatch.UNKNOWN_GP), or an RPPS whose check digit is wrong
-
-
 async def monthly(engine: AsyncEngine, start: datetime, end: datetime, finess: str = "") -> list[dict]:
     """One row per hospital and month with events whose time is in [start, end)."""
     gp_notice = and_(hospital_notices.c.event_id == hospital_events.c.id,
                      hospital_notices.c.role.in_(("gp", "gp_structure")))
-    query = (select(hospital_events.c.kind, hospital_events.c.occurred_at, hospital_events.c.organisation_id,
+    query = (select(hospital_events.c.kind, hospital_events.c.status.label("event_status"),
+                    hospital_events.c.occurred_at, hospital_events.c.organisation_id,
                     organisations.c.finess, organisations.c.name, hospital_notices.c.status, hospital_notices.c.reason,
-                    hospital_notices.c.created_at.label("notified_at"))
+                    hospital_notices.c.created_at.label("notified_at"),
+                    _receipt("delivered").label("delivered"), _receipt("read").label("read"))
              .select_from(hospital_events
                           .outerjoin(organisations, organisations.c.id == hospital_events.c.organisation_id)
                           .outerjoin(hospital_notices, gp_notice))
@@ -113,6 +113,8 @@ async def monthly(engine: AsyncEngine, start: datetime, end: datetime, finess: s
             month = months[key]
             month.structure = row.name or row.organisation_id
             month.events[row.kind] += 1
+            if row.event_status == "cancelled":
+                continue
             notified = row.status in NOTIFIED
             if row.kind == "URG":
                 month.ed_visits += 1
@@ -120,7 +122,16 @@ async def monthly(engine: AsyncEngine, start: datetime, end: datetime, finess: s
                     month.ed_notified += 1
                 else:
                     month.reasons[reason_key(row.status, row.reason or "")] += 1
+            if row.status is not None and row.status != "not_notified":
+                month.notices += 1
+                month.delivered += bool(row.delivered)
+                month.read += bool(row.read)
             if notified and row.kind in TIMED_KINDS:
                 month.minutes.append(int((utc(row.notified_at) - occurred).total_seconds() // 60))
     return [months[key].as_dict(*key) for key in sorted(months)]
 
+
+def _receipt(status: str):  # noqa: ANN202 - a column: has the GP's notice this receipt?
+    return select(hospital_notice_history.c.id).where(
+        hospital_notice_history.c.notice_id == hospital_notices.c.id,
+        hospital_notice_history.c.status == status).exists()

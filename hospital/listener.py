@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,8 +25,9 @@ from certs.tls import peer_certificate
 from directory.authn import Authenticator, AuthError
 from store.audit import AuditTrail
 from store.schema import mailboxes, organisations
+from web.metrics import HL7_ACK_SECONDS
 
-from . import mllp
+from . import ack, mllp
 from .feed import Feed, Sender
 
 log = logging.getLogger("msante.hl7")
@@ -58,8 +60,11 @@ def connection_handler(engine: AsyncEngine, authenticator: Authenticator, audit:
                 await audit.record(sender.actor, "hl7.framing", outcome="denied", source=source, reason=str(exc))
                 return
             for message in messages:
-                writer.write(mllp.frame(await feed.receive(message, sender, source=source)))
+                started = time.perf_counter()
+                answer = await feed.receive(message, sender, source=source)
+                writer.write(mllp.frame(answer))
                 await writer.drain()
+                HL7_ACK_SECONDS.labels(code=ack.code(answer)).observe(time.perf_counter() - started)
     return handle
 
 

@@ -22,7 +22,9 @@ Sources (IHE France, "PAM National Extension" 2.11, and its published example me
   uses it); an ADELI-only GP is not looked up. PD1-4 (primary care provider, XCN) is read
   when no ROL names one;
 - the movement: ZBE-1 movement id, ZBE-2 its date, ZBE-4 INSERT/UPDATE/CANCEL, ZBE-7 the
-  medical unit; PV1-2 the patient class (E: emergency), PV1-3 the location;
+  medical unit; a cancellation (A11 cancels an admission, A13 a discharge, or any message whose
+  ZBE-4 is CANCEL) names in ZBE-1 the movement it cancels (the published A11 example repeats
+  the A01's ZBE-1, with ZBE-4 CANCEL); PV1-2 the patient class (E: emergency), PV1-3 the location;
 - documents (MDM^T02, CI-SIS "transmission de documents" profile): TXA-2 the LOINC type code,
   TXA-12 the document's unique id, OBX-5 (type ED) the document in base64.
 
@@ -248,6 +250,8 @@ class _Reader:
         kind = KINDS[(structure, trigger)]
         if kind == "ADM" and patient_class == "E":
             kind = "URG"
+        if self.value(zbe, 4).upper() == "CANCEL":  # PAM-FR: ZBE-1 then names the movement cancelled
+            kind = "ANN"
         recorded = self.timestamp(self.value(evn, 2, required=True), "EVN", 2)
         if self.value(zbe, 2):
             occurred = self.timestamp(self.value(zbe, 2), "ZBE", 2)

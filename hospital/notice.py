@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 
+from mailserver import dsn
+from store.db import utc
+
 from . import xdm
 from .message import Document
 
@@ -28,6 +31,13 @@ EVENT_LABELS = {"ADM": "Admission d'un patient dans un établissement de santé"
 WHAT = {"ADM": "a été admis(e) à", "URG": "s'est présenté(e) aux urgences de", "SOR": "est sorti(e) de",
         "DOC": "a un nouveau document de"}
 SUBJECT = {"ADM": "Admission", "URG": "Passage aux urgences", "SOR": "Sortie", "DOC": "Document"}
+TITLES = {"ADM": "Admission", "URG": "Passage aux urgences", "SOR": "Sortie d'hospitalisation",
+          "DOC": "Nouveau document"}
+# Another operator's box: a DSN tells the hospital's box when the mail is delivered or fails. Ours:
+# the transaction that stores the mail in the GP's INBOX is the delivery, recorded on the notice
+# as it commits, so no report is written to the hospital's box (it doubled the work per event).
+NOTIFY_REMOTE = dsn.RcptDsn(notify=frozenset({"SUCCESS", "FAILURE"}))
+NOTIFY_LOCAL = dsn.RcptDsn(notify=frozenset({"NEVER"}))
 
 
 @dataclass(frozen=True)
@@ -47,20 +57,9 @@ class Notice:
 
 def build(notice: Notice, *, hostname: str) -> bytes:
     p = notice.patient
-    who = f"{p['family_name']} {p['given_name'].title()}".strip()
-    born = _date(p.get("birth_date", ""))
+    who, born = patient_name(p), _date(p.get("birth_date", ""))
     code = EVENT_CODES[notice.kind]
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = email.utils.formataddr((notice.hospital, notice.sender))
-    msg["To"] = email.utils.formataddr((notice.recipient_name, notice.recipient))
-    subject = f"{SUBJECT[notice.kind]} : {who}" + (f" (né(e) le {born})" if born else "") + f" - {notice.hospital}"
-    if notice.document is not None:
-        subject = f"XDM/1.0/DDM+{notice.document.type_code} {subject}"
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(localtime=False)
-    msg["Message-ID"] = email.utils.make_msgid(f"hospital-event.{notice.event_id}", domain=hostname)
-    msg["Disposition-Notification-To"] = notice.sender
-    msg["X-MSS-INS"] = "O" if notice.document is not None and p.get("ins") else "N"
+    msg = _headers(notice, _subject(notice), hostname)
     if notice.document is not None and notice.document.media_type == "text/xml":
         msg["X-MSS-CODECDA"] = notice.document.type_code
     lines = [f"Bonjour {notice.recipient_name},", "",
@@ -86,6 +85,57 @@ def build(notice: Notice, *, hostname: str) -> bytes:
                             set_id=f"2.25.{uuid.uuid4().int}")  # a UUID as an OID (ITU-T X.667)
         msg.add_attachment(archive, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
     return msg.as_bytes()
+
+
+def cancellation(notice: Notice, *, original_id: str, hostname: str) -> bytes:
+    """The short mail telling a recipient of `notice` that the hospital cancelled its event
+    (ADT^A11, A13, ZBE-4 CANCEL): same recipient, subject "Annulation : <the notice's>", an
+    answer to the notice (In-Reply-To), the same MSSanté headers."""
+    msg = _headers(notice, f"Annulation : {_subject(notice)}", hostname, cancelled=True)
+    if original_id:
+        msg["In-Reply-To"] = msg["References"] = original_id
+    p = notice.patient
+    lines = [f"Bonjour {notice.recipient_name}," if notice.recipient_name else "Bonjour,", "",
+             f"{notice.hospital} annule l'événement qui vous a été signalé : {TITLES[notice.kind].lower()} de "
+             f"{patient_name(p)}" + (f" (INS {p['ins']})" if p.get("ins") else "")
+             + f" le {notice.occurred:%d/%m/%Y à %H:%M}" + (f" (unité : {notice.unit})" if notice.unit else "") + ".",
+             "Merci de ne pas en tenir compte.", "", f"Pour joindre le service : {notice.contact}", "",
+             "Message automatique envoyé par la messagerie sécurisée de santé de l'établissement.", ""]
+    msg.set_content("\n".join(lines), charset="utf-8", cte="quoted-printable")
+    return msg.as_bytes()
+
+
+def occurred_of(event, patient: dict) -> datetime:  # noqa: ANN001 - a hospital_events row
+    """When the event happened, in the hospital's own time when its message gave it."""
+    try:
+        return datetime.fromisoformat(patient["occurred"])
+    except (KeyError, ValueError):
+        return utc(event.occurred_at)
+
+
+def patient_name(patient: dict) -> str:
+    """"TECHER Josette", as notices and alerts name the patient."""
+    return f"{patient['family_name']} {patient['given_name'].title()}".strip()
+
+
+def _subject(notice: Notice) -> str:
+    born = _date(notice.patient.get("birth_date", ""))
+    subject = (f"{SUBJECT[notice.kind]} : {patient_name(notice.patient)}" + (f" (né(e) le {born})" if born else "")
+               + f" - {notice.hospital}")
+    return f"XDM/1.0/DDM+{notice.document.type_code} {subject}" if notice.document is not None else subject
+
+
+def _headers(notice: Notice, subject: str, hostname: str, *, cancelled: bool = False) -> EmailMessage:
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = email.utils.formataddr((notice.hospital, notice.sender))
+    msg["To"] = email.utils.formataddr((notice.recipient_name, notice.recipient))
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(f"hospital-{'cancel' if cancelled else 'event'}.{notice.event_id}",
+                                               domain=hostname)
+    msg["Disposition-Notification-To"] = notice.sender
+    msg["X-MSS-INS"] = "O" if notice.document is not None and notice.patient.get("ins") else "N"
+    return msg
 
 
 def _date(iso_date: str) -> str:

@@ -220,10 +220,10 @@ NO_BOX = "subscriber has no MSSanté box"
 
 async def deliver(conn: AsyncConnection, mailstore: MailStore, *, event_id: int, mails: list[tuple[MailTarget, bytes,
                   Recipient | None]], alerts: tuple[str, ...], sender: str, actor: Actor, audit: AuditTrail,
-                  now: datetime) -> list[tuple[int, dict]]:
+                  now: datetime) -> list[tuple[int | str, dict]]:
     """Store the subscribers' mails and record a notice for each mail and subscribed alert, in
     the dispatcher's transaction; returns the events to publish once it commits."""
-    events: list[tuple[int, dict]] = []
+    events: list[tuple[int | str, dict]] = []
     notices = []
     for target, message, recipient in mails:
         if recipient is None:

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import json
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from instant import frames
 from instant.hub import circle_channel
 from instant.storage import append_item, iso
+from store.db import dialect_insert
 from store.events import EventBus
-from store.schema import circles
+from store.schema import alerts, circles
 
 KIND = "event"
+ALERT_KIND = "patient"  # the alert a member gets for an event or document of their patient
 
 
 async def record(conn: AsyncConnection, event, patient: dict, *, title: str, hospital: str,  # noqa: ANN001
@@ -41,13 +45,20 @@ async def record(conn: AsyncConnection, event, patient: dict, *, title: str, hos
     author = {"id": sender, "name": hospital}
     details = {"id": event.id, "kind": event.kind, "unit": event.unit, "occurred": occurred.isoformat(),
                "hospital": hospital, "document": document}
-    client_id = f"hospital-event:{event.id}"
+    return await add_items(conn, ids, author=author, client_id=f"hospital-event:{event.id}", text=text,
+                           details=details, now=now)
+
+
+async def add_items(conn: AsyncConnection, circle_ids: list[int], *, author: dict, client_id: str, text: str,
+                    details: dict, now: datetime, kind: str = KIND) -> list[dict]:
+    """One item (no professional for author: `author` names the source) in each circle, with its
+    next seq, in the caller's transaction; the items as frames show them, for `announce`."""
     items = []
-    for circle_id in ids:
-        seq = await append_item(conn, circle_id, author=None, client_id=client_id, text=text, now=now, kind=KIND,
+    for circle_id in circle_ids:
+        seq = await append_item(conn, circle_id, author=None, client_id=client_id, text=text, now=now, kind=kind,
                                 data={"author": author, "event": details})
         items.append(frames.message(circle=circle_id, seq=seq, author=author, client_id=client_id, text=text,
-                                    at=iso(now), reply_to=None, kind=KIND, event=details))
+                                    at=iso(now), reply_to=None, kind=kind, event=details))
     return items
 
 
@@ -57,3 +68,21 @@ async def announce(bus: EventBus, items: list[dict]) -> None:
         await bus.publish(circle_channel(item["circle"]), {
             "type": "message", "circle": item["circle"], "seq": item["seq"], "author": item["author"]["id"],
             "client_id": item["client_id"], "wire": frames.encode(item)})
+
+
+async def raise_alerts(conn: AsyncConnection, rows: list[dict], now: datetime) -> list[dict]:
+    """`patient` alerts (audience, kind, key, title, data as JSON) in one statement, in the
+    caller's transaction; an (audience, key) raised before raises nothing new. Returns the new
+    ones as the websocket shows them, for `publish_alerts` once committed."""
+    if not rows:
+        return []
+    statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
+        index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id, alerts.c.audience)
+    inserted = {r.audience: r.id for r in await conn.execute(statement, [{**row, "created_at": now} for row in rows])}
+    return [{"id": inserted[row["audience"]], **row, "data": json.loads(row["data"]), "created_at": now.isoformat(),
+             "acknowledged_by": None, "acknowledged_at": None} for row in rows if row["audience"] in inserted]
+
+
+async def publish_alerts(bus: EventBus, raised: list[dict]) -> None:
+    for alert in raised:
+        await bus.publish(alert["audience"], {"type": "alert", "alert": alert})

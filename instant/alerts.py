@@ -19,6 +19,8 @@ from store.audit import AuditTrail
 from store.events import EventBus
 from store.schema import mailbox_delegates, mailboxes
 
+from hospital import receipts
+
 from . import alertstore
 from .alertstore import AlertStore
 from .errors import Forbidden
@@ -59,7 +61,8 @@ class Alerts:
             await self._audit.record(principal.actor, "alert.ack", target=str(alert_id), outcome="denied",
                                      source=source, reason="unknown alert" if alert is None else "not concerned")
             raise Forbidden(f"alert {alert_id} is not yours to acknowledge")
-        alert, now_acknowledged = await self._store.acknowledge(alert_id, principal.id, _now())
+        alert, now_acknowledged, told = await self._store.acknowledge(alert_id, principal.id, _now())
+        await receipts.announce(self._bus, told)
         await self._audit.record(principal.actor, "alert.ack", target=str(alert_id), source=source,
                                  kind=alert["kind"], already=not now_acknowledged)
         if now_acknowledged:

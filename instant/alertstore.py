@@ -61,19 +61,22 @@ class AlertStore:
             row = (await conn.execute(_alerts().where(alerts.c.id == alert_id))).first()
         return _alert(row) if row else None
 
-    async def acknowledge(self, alert_id: int, idnat: str, now: datetime) -> tuple[dict, bool]:
-        """(the alert, True if this call acknowledged it; False if someone had already)."""
-        async def work(conn: AsyncConnection) -> bool:
+    async def acknowledge(self, alert_id: int, idnat: str,
+                          now: datetime) -> tuple[dict, bool, list[receipts.Announcement]]:
+        """(the alert, True if this call acknowledged it (False if someone had already), what the
+        care circles must hear once committed: receipts.announce)."""
+        async def work(conn: AsyncConnection) -> tuple[bool, list[receipts.Announcement]]:
             row = (await conn.execute(update(alerts).where(
                 alerts.c.id == alert_id, alerts.c.acknowledged_at.is_(None)).values(
                 acknowledged_by=idnat, acknowledged_at=now).returning(alerts.c.key, alerts.c.audience))).first()
-            if row is not None:  # a subscriber's alert for a hospital event: its notice is read
-                await receipts.acknowledged(conn, row.key, row.audience, now)
-            return row is not None
-        changed = await committed(self._engine, work)
+            if row is None:
+                return False, []
+            # a subscriber's alert for a hospital event: its notice is read
+            return True, await receipts.acknowledged(conn, row.key, row.audience, now)
+        changed, told = await committed(self._engine, work)
         alert = await self.get(alert_id)
         assert alert is not None
-        return alert, changed
+        return alert, changed, told
 
 
 def _alerts():  # noqa: ANN202 - a Select

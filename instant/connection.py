@@ -283,7 +283,7 @@ class Connection:
             instant.hub.attach(person_channel(principal.id), self)
         limits = self._limits
         self._send(frames.reply(frame.id, {
-            "type": "welcome", "user": self.me, "expires_at": int(expires),
+            "type": "welcome", "user": self.me, "admin": principal.admin, "expires_at": int(expires),
             "circles": await instant.circles.list_for(principal, self._peer),
             "limits": {"max_text_chars": limits.max_text_chars, "max_frame_bytes": limits.max_frame_bytes,
                        "frames_per_second": limits.frames_per_second, "history_page": limits.history_page,
@@ -404,7 +404,7 @@ class Connection:
             self._offer(Live(circle, event["seq"], event["author"], event["client_id"], event["wire"]))
         elif kind in ("typing", "presence") and event["user"]["id"] != self.me.get("id"):
             self._offer(frames.encode({k: v for k, v in event.items() if k != "channel"}))
-        elif kind == "receipt":  # the reader's own connections included: one place shows every reader
+        elif kind in ("receipt", "notice"):  # read markers (the reader's own connections too), hospital receipts
             self._offer(frames.encode({k: v for k, v in event.items() if k != "channel"}))
         elif kind == "overflow":  # the bus lost events of this circle: the store has them
             self._offer(CatchUp(circle))

@@ -286,7 +286,8 @@ def message(circle: int, seq: int, author: dict[str, str], client_id: str, text:
     """An item of a circle's timeline. `reply_to`: the quoted message ({seq, author, text: its
     start}), or None; `attachments`: the documents it carries ({id, name, type, size}), fetched
     from /api/circles/{circle}/attachments/{id}. `kind` "event": a hospital event, told in
-    `text`, described in `event`, its author the hospital (not a member)."""
+    `text`, described in `event`, its author the hospital (not a member); "document": an
+    IHE_XDM document that came by mail (hospital/incoming.py), `event` naming it and the mail."""
     frame = {"type": "message", "circle": circle, "seq": seq, "kind": kind, "author": author, "client_id": client_id,
              "text": text, "at": at, "reply_to": reply_to, "attachments": attachments or []}
     if event is not None:

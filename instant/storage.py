@@ -398,7 +398,7 @@ def _message(row: Any) -> dict:
     message = {"circle": row.circle_id, "seq": row.seq, "kind": row.kind,
                "author": _author(row.author, row, row.data), "client_id": row.client_id, "text": row.text,
                "at": iso(row.created_at), "reply_to": quoted}
-    if row.kind == "event":
+    if row.kind != "text" and row.data:  # event (a hospital's), document (an XDM that came by mail)
         message["event"] = json.loads(row.data)["event"]
     return message
 

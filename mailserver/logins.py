@@ -80,6 +80,7 @@ class Throttle:
 
     def __init__(self) -> None:
         self._keys: OrderedDict[str, _Key] = OrderedDict()
+        self.closed = False
 
     @classmethod
     def step(cls, failures: int) -> float:
@@ -96,6 +97,8 @@ class Throttle:
             entry.queue.append(ticket)
         try:
             while True:
+                if self.closed:
+                    raise ThrottleBusy()
                 now = time.monotonic()
                 for entry in entries:
                     entry.forget_old(now, self.FORGET)
@@ -108,8 +111,13 @@ class Throttle:
                     await ticket.woken
                     continue
                 start = max(e.last + self.step(e.failures) for e in entries)
-                if start > now:
-                    await asyncio.sleep(start - now)
+                if start > now:  # woken early by `close`, or by an attempt ending: looks again
+                    ticket.woken = asyncio.get_running_loop().create_future()
+                    timer = asyncio.get_running_loop().call_later(start - now, _wake, ticket)
+                    try:
+                        await ticket.woken
+                    finally:
+                        timer.cancel()
                     continue
                 for entry in entries:
                     entry.in_flight += 1
@@ -132,8 +140,16 @@ class Throttle:
                 entry.failures += 1
                 entry.last = now
             for ticket in entry.queue:
-                if ticket.woken is not None and not ticket.woken.done():
-                    ticket.woken.set_result(None)
+                _wake(ticket)
+
+    def close(self) -> None:
+        """Server shutdown: every attempt waiting (for a place or out its delay, up to MAX_DELAY)
+        is refused now, as ThrottleBusy, so the session can answer and end rather than hold the
+        shutdown; attempts already being checked finish."""
+        self.closed = True
+        for entry in self._keys.values():
+            for ticket in entry.queue:
+                _wake(ticket)
 
     def forgive(self, key: str) -> None:
         """A success on an account clears its failures (not an address's: many share one)."""
@@ -169,6 +185,11 @@ class Throttle:
 @dataclass(eq=False)  # each ticket is itself: found in queues by identity
 class _Ticket:
     woken: asyncio.Future | None = None  # set when an attempt on one of its keys ends
+
+
+def _wake(ticket: _Ticket) -> None:
+    if ticket.woken is not None and not ticket.woken.done():
+        ticket.woken.set_result(None)
 
 
 @dataclass(eq=False)

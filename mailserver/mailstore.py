@@ -9,6 +9,12 @@ woken by one always finds the rows.
 UIDs (RFC 3501 §2.3.1.1) come from the folder's `uidnext`, bumped in the same UPDATE that
 returns it, so concurrent deliveries to one folder never share a UID, and MODSEQ (RFC 7162)
 from the folder's `highestmodseq` the same way.
+
+What else must happen when mail reaches a box belongs to other packages (a document for a
+patient's care circle: hospital/incoming.py); they register a `DeliveryHook`, which the
+composition root (msante/app.py) does, so this module knows nothing of them. A hook runs in the
+delivering transaction and must only record work for later (a job row): it is on the path of
+every `250`, and whatever it raises fails the delivery.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
-from sqlalchemy import and_, delete, exists, insert, select, update
+from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
@@ -28,6 +34,7 @@ from store.events import EventBus
 from store.schema import bodies, deliveries, envelopes, folder_messages, folders, mailboxes
 
 from . import dsn
+from .bodies import delete_bodies, insert_body
 from . import reports as incoming
 
 # RFC 6154 special-use folders every box gets (the IMAP layer shows them).
@@ -43,6 +50,22 @@ class Recipient:
 
 
 @dataclass(frozen=True)
+class Delivered:
+    """What a delivery hook is told: a message just stored in local boxes (not yet committed)."""
+
+    envelope_id: int
+    message: bytes
+    sender: str
+    source: str  # smtp, submission, hl7 (a hospital notice)…
+    mailbox_ids: tuple[int, ...]
+    at: datetime
+
+
+# In the delivering transaction; returns the bus channels to wake once it commits.
+DeliveryHook = Callable[[AsyncConnection, Delivered], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
 class Accepted:
     envelope_id: int
     delivered: tuple[str, ...]
@@ -53,6 +76,12 @@ class Accepted:
 FREE_BATCH = 500  # body ids per IN (...) list: far below SQLite's and asyncpg's bound-parameter limits
 QUEUE_CHANNEL = "queue"  # "something was queued for relay": wakes the outbound queue
 QUEUED = {"type": "queued"}
+
+
+def channel_of(key: int | str) -> str:
+    """Where an event of a write goes: a box's channel (by its id), the outbound queue's (0), or
+    the channel named (a care circle's: hospital/receipts.py)."""
+    return key if isinstance(key, str) else mailbox_channel(key) if key else QUEUE_CHANNEL
 
 
 def mailbox_channel(mailbox_id: int) -> str:
@@ -67,24 +96,27 @@ class MailStore:
         # The writer the hospital feed shares (hospital/feed.py): with SQLite's one write lock,
         # writes taken in turn by one task beat writers fighting over it with busy-wait backoff.
         self.writes = GroupCommit(engine)
+        self.delivery_hooks: list[DeliveryHook] = []
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
                      audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient],
-                     alongside: Callable[[AsyncConnection, Accepted], Awaitable[Any]] | None = None) -> Accepted:
+                     alongside: Callable[[AsyncConnection, Accepted], Awaitable[Any]] | None = None,
+                     background: bool = False) -> Accepted:
         """Store one accepted message; returns once it is committed (with other sessions' messages:
         see store/group_commit.py), then wakes whoever watches the boxes. `alongside` runs in the
         same transaction, after the message is stored: a job that sends mail marks itself done
-        there, so a crash leaves both done or neither (hospital/dispatch.py)."""
+        there, so a crash leaves both done or neither (hospital/dispatch.py). `background`: a job's
+        mail, which yields to the writes someone waits on (store/group_commit.py)."""
         recipients = list(recipients)
 
-        async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int, dict]]]:
+        async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int | str, dict]]]:
             stored = await self.store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
                                        audit=audit, audit_action=audit_action, source=source, mail_dsn=mail_dsn,
                                        recipients=recipients)
             if alongside is not None:
                 await alongside(conn, stored[0])
             return stored
-        accepted, events = await self.writes.run(write)
+        accepted, events = await self.writes.run(write, background=background)
         await self.publish(events + ([(0, QUEUED)] if accepted.queued else []))
         return accepted
 
@@ -93,14 +125,15 @@ class MailStore:
 
     async def store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,
                     audit: AuditTrail, audit_action: str, source: str, mail_dsn: dsn.MailDsn,
-                    recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int, dict]]]:
+                    recipients: list[Recipient]) -> tuple[Accepted, list[tuple[int | str, dict]]]:
         """`accept`'s work in the caller's transaction, for a job sending several messages at once
         (hospital/subscriptions.py); the caller hands the events to `publish` after its commit."""
         now = datetime.now(timezone.utc)
-        events: list[tuple[int, dict]] = []
+        events: list[tuple[int | str, dict]] = []
         delivered, queued, failed = [], [], []
+        delivered_to: list[int] = []
         reports: list[dsn.RecipientStatus] = []
-        body_id = await _insert_body(conn, message, now)
+        body_id = await insert_body(conn, message, now)
         envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
             "body_id": body_id, "message_id": message_id[:998], "sender": sender, "actor": actor.id,
             "actor_kind": actor.kind, "source": source, "received_at": now, "ret": mail_dsn.ret or "",
@@ -114,7 +147,7 @@ class MailStore:
                 await conn.execute(insert(deliveries), {**row, "status": "queued", "next_attempt_at": now})
                 queued.append(rcpt.address)
                 continue
-            placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, now)
+            placed = await _deliver(conn, rcpt.mailbox_id, "INBOX", body_id, len(message), now)
             if placed is None:  # the box was retired between RCPT and DATA
                 await conn.execute(insert(deliveries), {**row, "status": "failed",
                                                         "last_error": "550 5.1.1 mailbox no longer exists"})
@@ -127,10 +160,15 @@ class MailStore:
             await conn.execute(insert(deliveries), {**row, "status": "delivered",
                                                     "folder_message_id": folder_message_id})
             delivered.append(rcpt.address)
+            delivered_to.append(rcpt.mailbox_id)
             if "SUCCESS" in rcpt.dsn.notify:
                 reports.append(_status(rcpt, "delivered", "2.0.0", None, now))
         if delivered and incoming.looks_like_report(message):  # a receipt for a hospital notice?
-            await receipts.reported(conn, incoming.read(message), delivered, now)
+            events += await receipts.reported(conn, incoming.read(message), delivered, now)
+        if delivered_to:
+            facts = Delivered(envelope_id, message, sender, source, tuple(delivered_to), now)
+            for hook in self.delivery_hooks:
+                events += [(channel, {"type": "delivered"}) for channel in await hook(conn, facts)]
         if reports:
             events += await self.report(conn, sender=sender, envid=mail_dsn.envid, ret=mail_dsn.ret,
                                         arrival=now, statuses=reports, original=message)
@@ -139,14 +177,15 @@ class MailStore:
                            failed=failed, size=len(message))
         return Accepted(envelope_id, tuple(delivered), tuple(queued), tuple(failed)), events
 
-    async def publish(self, events: list[tuple[int, dict]]) -> None:
-        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue)."""
-        for mailbox_id, event in events:
-            await self._bus.publish(mailbox_channel(mailbox_id) if mailbox_id else QUEUE_CHANNEL, event)
+    async def publish(self, events: list[tuple[int | str, dict]]) -> None:
+        """After the commit: wake whoever watches these boxes (mailbox 0: the outbound queue) or
+        these channels (a care circle's; a delivery hook's job)."""
+        for key, event in events:
+            await self._bus.publish(channel_of(key), event)
 
     async def report(self, conn: AsyncConnection, *, sender: str, envid: str | None, ret: str | None,
                      arrival: datetime, statuses: list[dsn.RecipientStatus],
-                     original: bytes) -> list[tuple[int, dict]]:
+                     original: bytes) -> list[tuple[int | str, dict]]:
         """A delivery-status report to `sender`, inside the caller's transaction: into the
         sender's INBOX when the box is ours, else queued for relay with the null sender. Never
         for a message that had the null sender itself (RFC 3461 §6.2: no reports on reports)."""
@@ -157,11 +196,11 @@ class MailStore:
             reporting_mta=self._reporting_mta, original_envelope_id=envid, arrival_date=arrival,
             recipients=statuses, original_message=original, ret=ret,
             from_addr=f"mailer-daemon@{self._reporting_mta}", to_addr=sender, subject_hint=None)
-        body_id = await _insert_body(conn, report, now)
+        body_id = await insert_body(conn, report, now)
         local = (await conn.execute(select(mailboxes.c.id).where(and_(
             mailboxes.c.address == sender, mailboxes.c.local.is_(True))))).first()
         if local is not None:
-            placed = await _deliver(conn, local.id, "INBOX", body_id, now)
+            placed = await _deliver(conn, local.id, "INBOX", body_id, len(report), now)
             return [(local.id, placed[2])] if placed else []
         envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
             "body_id": body_id, "message_id": "", "sender": "", "actor": self._reporting_mta,
@@ -178,11 +217,6 @@ def _status(rcpt: Recipient, action: str, status: str, diagnostic: str | None, n
                                original_recipient=rcpt.dsn.orcpt, last_attempt=now)
 
 
-async def _insert_body(conn: AsyncConnection, message: bytes, now: datetime) -> int:
-    return (await conn.execute(insert(bodies).returning(bodies.c.id),
-                               {"size": len(message), "data": message, "created_at": now})).scalar_one()
-
-
 async def ensure_folders(conn: AsyncConnection, mailbox_id: int) -> None:
     """Create the default folders of a box on first use (imported boxes number in the
     hundreds of thousands; most never receive mail here)."""
@@ -196,7 +230,7 @@ async def ensure_folders(conn: AsyncConnection, mailbox_id: int) -> None:
              "uidnext": 1, "highestmodseq": 1, "created_at": now} for name, use in missing])
 
 
-async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, body_id: int,
+async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, body_id: int, size: int,
                    now: datetime) -> tuple[int, int, dict] | None:
     active = (await conn.execute(select(mailboxes.c.address).where(and_(
         mailboxes.c.id == mailbox_id, mailboxes.c.retired_at.is_(None))))).first()
@@ -209,7 +243,7 @@ async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, bod
         .returning(folders.c.id, folders.c.uidnext, folders.c.highestmodseq))).one()
     uid = bumped.uidnext - 1
     folder_message_id = (await conn.execute(insert(folder_messages).returning(folder_messages.c.id), {
-        "folder_id": bumped.id, "uid": uid, "body_id": body_id, "flags": "", "internaldate": now,
+        "folder_id": bumped.id, "uid": uid, "body_id": body_id, "size": size, "flags": "", "internaldate": now,
         "modseq": bumped.highestmodseq})).scalar_one()
     event = {"type": "new_mail", "mailbox": active.address, "folder": folder_name, "uid": uid}
     return folder_message_id, uid, event
@@ -231,4 +265,4 @@ async def free_bodies(conn: AsyncConnection, body_ids: Sequence[int]) -> None:
             ~queued.exists()))).scalars())
         if unused:
             await conn.execute(update(envelopes).where(envelopes.c.body_id.in_(unused)).values(body_id=None))
-            await conn.execute(delete(bodies).where(bodies.c.id.in_(unused)))
+            await delete_bodies(conn, unused)

@@ -258,6 +258,7 @@ class OutboundQueue:
         expires = message.received_at + self._lifetime
         reports: list[dsn.RecipientStatus] = []
         outcomes: list[str] = []
+        events: list = []  # published once committed: reports to boxes, receipts to care circles
         async with self._engine.begin() as conn:
             for rcpt in message.recipients:
                 answer = answers[rcpt.address]
@@ -292,15 +293,15 @@ class OutboundQueue:
                 outcomes.append(outcome)
                 reports += [report] if report else []
                 if values.get("status"):  # a hospital notice's receipt, if this mail is one
-                    await receipts.relayed(conn, message.envelope_id, rcpt.address,
-                                           "sent" if answer.accepted else "failed", values["last_error"], now)
+                    events += await receipts.relayed(conn, message.envelope_id, rcpt.address,
+                                                     "sent" if answer.accepted else "failed", values["last_error"],
+                                                     now)
                 await self._audit.record(self._actor, "relay.send", target=rcpt.address, conn=conn,
                                          outcome="ok" if answer.accepted else "failed",
                                          envelope=message.envelope_id, answer=f"{answer.code} {answer.text}"[:300])
-            events = []
             if reports:
                 body = (await conn.execute(select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
-                events = await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
+                events += await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
                                                   arrival=message.received_at, statuses=reports, original=body)
             await free_bodies(conn, [message.body_id])  # kept while a delivery or a folder needs it
         for outcome in outcomes:  # once committed: a rolled-back attempt is made again
@@ -410,13 +411,12 @@ async def bounce(engine: AsyncEngine, store: MailStore, delivery_id: int, reason
             return False
         await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
             status="failed", last_error=reason, updated_at=now, **Lease.cleared()))  # a sender's outcome is refused
-        await receipts.relayed(conn, row.envelope_id, row.recipient, "failed", reason, now)
-        events = []
+        events = await receipts.relayed(conn, row.envelope_id, row.recipient, "failed", reason, now)
         if "FAILURE" in row.notify.split(","):
             status = dsn.RecipientStatus(final_recipient=row.recipient, action="failed", status="5.0.0",
                                          diagnostic=None, last_attempt=now,
                                          original_recipient=tuple(row.orcpt.split(";", 1)) if row.orcpt else None)
-            events = await store.report(conn, sender=row.sender, envid=row.envid or None, ret=row.ret or None,
+            events += await store.report(conn, sender=row.sender, envid=row.envid or None, ret=row.ret or None,
                                         arrival=utc(row.received_at), statuses=[status], original=row.data)
         await free_bodies(conn, [row.body_id])
     await store.publish(events)

@@ -30,6 +30,7 @@ from config import ConfigError, Settings
 from directory.api import DirectoryApi
 from directory.authn import Authenticator, audit_handshake_refusal
 from directory.mailbox_api import MailboxApi
+from hospital import incoming, retention
 from hospital.dispatch import Dispatcher
 from hospital.feed import Feed
 from hospital.indicators_api import IndicatorsApi
@@ -124,6 +125,7 @@ class Services:
             shared = SharedFailures(bus.redis)
         logins = Logins(engine, authenticator, passwords, audit, shared=shared)
         mailstore = MailStore(engine, bus, reporting_mta=settings.hostname)
+        mailstore.delivery_hooks.append(incoming.watch)  # an IHE_XDM.ZIP in any box: its patient's circle learns of it
         admission = Admission(settings.limits.connections, settings.limits.connections_per_address)
         return cls(settings, engine, audit, authenticator, passwords, logins, bus, local_bus, mailstore,
                    TrustSpace(engine, settings.domains), revocations, admission)
@@ -341,6 +343,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
             dispatcher = Dispatcher(services.engine, services.mailstore, services.audit, services.bus,
                                     domains=settings.domains, lease_seconds=settings.job_lease)
             dispatch = asyncio.create_task(dispatcher.run(queue_stop), name="hospital-dispatch")
+        purging = asyncio.create_task(retention.run(services.engine, services.audit, settings.hl7_raw_retention_days,
+                                                    queue_stop), name="hl7-retention")
+        documents = asyncio.create_task(incoming.IncomingDocuments(
+            services.engine, services.mailstore.writes, services.audit, services.bus).run(queue_stop),
+            name="incoming-documents")
         if services.instant:
             await services.instant.start()
         if services.imap:
@@ -357,6 +364,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         await stop.wait()
         log.info("shutting down: no new connections, %.0f s for in-flight work", SHUTDOWN_DEADLINE)
         queue_stop.set()
+        services.logins.throttle.close()  # logins waiting out a delay end now, refused "try again"
         if services.instant:  # websockets never end by themselves: close them before the listeners wait
             await services.instant.stop(SHUTDOWN_DEADLINE)
         if services.imap:  # IMAP clients idle for hours: BYE them rather than wait
@@ -365,6 +373,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[list[Listener]], None
         await asyncio.wait_for(queue, SHUTDOWN_DEADLINE)
         if dispatch is not None:
             await asyncio.wait_for(dispatch, SHUTDOWN_DEADLINE)
+        await asyncio.wait_for(documents, SHUTDOWN_DEADLINE)
+        await asyncio.wait_for(purging, SHUTDOWN_DEADLINE)
         await crl_refresh
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -203,6 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--cert", type=Path, help="the hospital's applicative certificate (default: the demo hospital's)")
     c.add_argument("--key", type=Path, help="its private key")
     c.add_argument("--to", metavar="HOST:PORT", help="the listener (default: [listen] hl7)")
+    c = command(h, "purge", hospital_commands.hl7_purge_command,
+                "cut raw HL7 messages older than [hl7] raw_retention_days to their MSH segment now")
+    c.add_argument("--days", type=int, help="this retention instead of [hl7] raw_retention_days")
 
     hospital_commands.register(sub, command)
 

@@ -1,6 +1,6 @@
-"""`msante subscription add|list|remove`, `msante notification list` and `msante indicators`: the
-hospital feed's subscriptions, receipts and coordinators' figures from the command line, over
-the same services as HTTPS.
+"""`msante subscription add|list|remove`, `msante notification list` and `msante indicators` and
+`msante hl7 purge`: the hospital feed's subscriptions, receipts, coordinators' figures and raw
+message retention from the command line, over the same services as HTTPS and `serve`.
 
 A subscription is made as a professional (`--rpps`), on the operator's authority: the same
 rule as over HTTPS decides (only someone in the patient's care may subscribe), and the same
@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from config import Settings
 from directory.authn import Principal
-from hospital import indicators, receipts
+from hospital import indicators, receipts, retention
 from hospital.subscriptions import Request, SubscriptionError, Subscriptions
 from store.audit import OPERATOR, AuditTrail
 from store.schema import hospital_events
@@ -91,12 +91,13 @@ async def indicators_command(settings: Settings, args: argparse.Namespace) -> in
         return 0
     kinds = sorted({kind for item in items for kind in item["events"]})
     reasons = list(indicators.REASONS)
-    header = ["FINESS", "month", *kinds, "ED", "GP told", "share", *reasons, "median min"]
+    header = ["FINESS", "month", *kinds, "ED", "GP told", "share", *reasons, "median min", "delivered", "read"]
     table = [header] + [[item["finess"], item["month"], *(str(item["events"].get(k, 0)) for k in kinds),
                          str(item["ed_visits"]), str(item["ed_gp_notified"]),
                          "-" if item["ed_gp_notified_share"] is None else f"{item['ed_gp_notified_share']:.0%}",
                          *(str(item["ed_not_notified"][r]) for r in reasons),
-                         "-" if item["median_minutes_to_notice"] is None else f"{item['median_minutes_to_notice']:g}"]
+                         "-" if item["median_minutes_to_notice"] is None else f"{item['median_minutes_to_notice']:g}",
+                         *("-" if item[k] is None else f"{item[k]:.0%}" for k in ("gp_delivered_share", "gp_read_share"))]
                         for item in items]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
@@ -123,6 +124,16 @@ async def notification_list_command(settings: Settings, args: argparse.Namespace
         _print_json(events)
     else:
         print(receipts.table(events) or "no notifications")
+    return 0
+
+
+async def hl7_purge_command(settings: Settings, args: argparse.Namespace) -> int:
+    days = settings.hl7_raw_retention_days if args.days is None else args.days
+    if days <= 0:
+        raise CommandError("raw messages are kept forever ([hl7] raw_retention_days = 0): give --days N")
+    async with _opened(settings) as engine:
+        purged = await retention.purge(engine, AuditTrail(engine), days, actor=OPERATOR)
+    print(f"{purged} raw messages older than {days} days cut to their MSH segment")
     return 0
 
 

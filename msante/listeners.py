@@ -43,6 +43,16 @@ class _TLSProtocol(sslproto.SSLProtocol):
 
     max_size = 32 * 1024
 
+    def _do_shutdown(self) -> None:
+        """Our close_notify, then the connection closes, without waiting for the client's (RFC
+        8446 §6.1 does not ask the closer to wait). asyncio waits up to 30 s for it, and clients
+        that themselves wait for the server to close after LOGOUT or QUIT (imaptest, Dovecot's
+        own TLS layer) then waited the 30 s: one connection held that long per LOGOUT, 90 s of
+        each imaptest run. Still waiting for the peer means the shutdown timer still runs."""
+        super()._do_shutdown()
+        if self._state is sslproto.SSLProtocolState.SHUTDOWN and self._shutdown_timeout_handle is not None:
+            self._on_shutdown_complete(None)
+
 
 class Listener:
     """Either a stream handler (our own protocols) or an asyncio protocol factory (aiosmtpd)."""

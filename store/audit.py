@@ -73,6 +73,17 @@ def _escape_all(value: Any) -> Any:
     return escape(str(value))
 
 
+def entry(actor: Actor, action: str, *, target: str = "", outcome: str = "ok", source: str = "",
+          **detail: Any) -> dict[str, Any]:
+    """One audit row, for a writer that inserts many in one statement (hospital/feed.py)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    return {"at": datetime.now(timezone.utc), "actor": escape(actor.id)[:320], "actor_kind": actor.kind,
+            "source": escape(source)[:64], "action": escape(action)[:64], "target": escape(target)[:320],
+            "outcome": outcome,
+            "detail": json.dumps(_escape_all(detail), ensure_ascii=False, sort_keys=True) if detail else ""}
+
+
 class AuditTrail:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -82,12 +93,7 @@ class AuditTrail:
         """Append one row in its own transaction, so it is kept even if the caller's work fails;
         or, with `conn`, inside the caller's transaction, so the row exists exactly when the work
         it describes was committed (an accepted message)."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome {outcome!r}")
-        row = {"at": datetime.now(timezone.utc), "actor": escape(actor.id)[:320], "actor_kind": actor.kind,
-               "source": escape(source)[:64], "action": escape(action)[:64], "target": escape(target)[:320],
-               "outcome": outcome,
-               "detail": json.dumps(_escape_all(detail), ensure_ascii=False, sort_keys=True) if detail else ""}
+        row = entry(actor, action, target=target, outcome=outcome, source=source, **detail)
         if conn is not None:
             await conn.execute(insert(audit), row)
             return

@@ -196,6 +196,18 @@ bodies = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+message_facts = Table(
+    "message_facts", metadata,  # what IMAP answers without the body, learnt when it is stored
+    Column("body_id", BigId, ForeignKey("bodies.id"), primary_key=True),
+    # SEARCH SUBJECT in SQL: the decoded Subject values, casefolded, one a line; NULL without one
+    Column("search_subject", Text),
+    Column("fields", Text, nullable=False),  # JSON: decoded header values, addresses, sent date (mailserver/bodies.py)
+    Column("envelope", LargeBinary, nullable=False),  # FETCH ENVELOPE, as sent
+    Column("body", LargeBinary, nullable=False),  # FETCH BODY
+    Column("bodystructure", LargeBinary, nullable=False),  # FETCH BODYSTRUCTURE
+    Column("header", LargeBinary, nullable=False),  # the top-level header: BODY[HEADER…], other header SEARCH
+)
+
 folders = Table(
     "folders", metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
@@ -222,6 +234,9 @@ folder_messages = Table(
     Column("flags", Text, nullable=False, default=""),  # space-separated
     Column("internaldate", DateTime(timezone=True), nullable=False),
     Column("modseq", BigInteger, nullable=False),
+    # the body's octets (RFC822.SIZE, quota), here so that SELECT and APPEND's quota check read
+    # these narrow rows and not the bodies' (10 KB each)
+    Column("size", Integer, nullable=False, server_default="0"),
     UniqueConstraint("folder_id", "uid", name="uq_folder_messages_uid"),
 )
 Index("ix_folder_messages_modseq", folder_messages.c.folder_id, folder_messages.c.modseq)  # CONDSTORE changes
@@ -271,7 +286,7 @@ deliveries = Table(
     Column("recipient", String(320), nullable=False),
     Column("orcpt", Text, nullable=False, default=""),  # "type;address", decoded
     Column("notify", String(32), nullable=False, default=""),
-    Column("status", String(16), nullable=False),  # delivered, queued, failed, relayed
+    Column("status", String(16), nullable=False),  # delivered, queued, failed, relayed, withdrawn (hospital/cancels.py)
     Column("folder_message_id", BigId, ForeignKey("folder_messages.id")),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True)),
@@ -385,7 +400,8 @@ hl7_messages = Table(
     Column("ack", Text, nullable=False),  # the ACK as sent, byte for byte on a resend
     Column("size", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),  # the message: a document event builds its mail from it
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("purged_at", DateTime(timezone=True)),  # `data` cut to its MSH segment ([hl7] raw_retention_days)
     UniqueConstraint("sender", "control_id", name="uq_hl7_messages_control_id"),
 )
 
@@ -401,13 +417,16 @@ hospital_events = Table(
     Column("gp_rpps", String(11), nullable=False, default=""),
     Column("unit", Text, nullable=False, default=""),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Column("status", String(16), nullable=False),  # pending, dispatched
+    Column("status", String(16), nullable=False),  # pending, dispatched, recorded, cancelled
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("dispatched_at", DateTime(timezone=True)),
+    Column("movement_id", String(64), nullable=False, server_default=""),  # ZBE-1: what a cancellation names
+    Column("cancelled_by", BigId),  # the A11/A13 (or ZBE-4 CANCEL) event that cancelled this one
     Column("leased_by", String(64)),  # the process dispatching it now (store/lease.py)
     Column("lease_until", DateTime(timezone=True)),  # then any node may take it over
 )
 Index("ix_hospital_events_status", hospital_events.c.status, hospital_events.c.id)
+Index("ix_hospital_events_movement", hospital_events.c.organisation_id, hospital_events.c.movement_id)
 
 hospital_notices = Table(
     "hospital_notices", metadata,  # who was told of an event, or why nobody was
@@ -425,7 +444,7 @@ hospital_notice_history = Table(
     "hospital_notice_history", metadata,  # a notification's receipts, one row per fact (hospital/receipts.py)
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("notice_id", BigId, ForeignKey("hospital_notices.id"), nullable=False, index=True),
-    Column("status", String(16), nullable=False),  # queued, sent, delivered, read, failed
+    Column("status", String(16), nullable=False),  # queued, sent, delivered, read, failed, withdrawn
     Column("reason", Text, nullable=False, default=""),  # why it failed
     Column("at", DateTime(timezone=True), nullable=False),
 )
@@ -443,3 +462,17 @@ hospital_subscriptions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("subscriber", "patient_ins", name="uq_hospital_subscriptions_subscriber"),
 )
+
+mail_documents = Table(
+    "mail_documents", metadata,  # delivered mail carrying an IHE_XDM.ZIP; `pending` rows are a job (hospital/incoming.py)
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("envelope_id", BigId, ForeignKey("envelopes.id"), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),  # pending, recorded, refused (unreadable: `reason` says why)
+    Column("reason", Text, nullable=False, default=""),
+    Column("patient_ins", String(15), nullable=False, default="", index=True),
+    Column("type_code", String(64), nullable=False, default=""),  # LOINC, from METADATA.XML
+    Column("data", Text),  # JSON: what METADATA.XML said (documents: type, author, dates, unique id)
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("done_at", DateTime(timezone=True)),
+)
+Index("ix_mail_documents_status", mail_documents.c.status, mail_documents.c.id)

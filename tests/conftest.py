@@ -9,6 +9,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -148,9 +149,10 @@ class RunningServer:
 
 
 def init_data_dir(data_dir: Path, monkeypatch, *, database_url: str | None = None) -> None:
-    """`msante init --demo` into data_dir, with every listener on a free loopback port."""
-    from msante import cli
-
+    """`msante init --demo` into data_dir, with every listener on a free loopback port. The first
+    call of a run per kind of store really runs it; later ones copy that result (files, SQLite
+    file, or PostgreSQL database as a template), which is what init would have written but for
+    the paths and the address: ~2 s of key generation, migrations and imports per server saved."""
     port = free_port()
     monkeypatch.setenv("MSANTE_SERVER__DATA_DIR", str(data_dir))
     monkeypatch.setenv("MSANTE_LISTEN__HTTPS", f"127.0.0.1:{port}")
@@ -159,7 +161,80 @@ def init_data_dir(data_dir: Path, monkeypatch, *, database_url: str | None = Non
         monkeypatch.setenv(f"MSANTE_LISTEN__{name.upper()}", f"127.0.0.1:{free_port()}")
     if database_url:
         monkeypatch.setenv("MSANTE_DATABASE__URL", database_url)
-    assert cli.main(["init", "--demo"]) == 0
+    _Template.get(database_url).copy_to(data_dir, f"https://localhost:{port}", database_url)
+
+
+@dataclass
+class _Template:
+    """A data directory (and store) `msante init --demo` wrote once, with the settings of the
+    environment it was written in: tests that change what init writes get their own."""
+
+    data_dir: Path
+    public_url: str
+    database_url: str | None
+
+    @classmethod
+    def get(cls, database_url: str | None) -> "_Template":
+        kind = "postgresql" if database_url and database_url.startswith("postgresql") else \
+            "sqlite-url" if database_url else "sqlite"
+        own = ("LISTEN__", "SERVER__DATA_DIR", "SERVER__PUBLIC_URL", "DATABASE__URL")
+        key = (kind, *sorted((k, v) for k, v in os.environ.items()
+                             if k.startswith("MSANTE_") and not k[len("MSANTE_"):].startswith(own)))
+        if key not in _TEMPLATES:
+            _TEMPLATES[key] = cls._make(kind)
+        return _TEMPLATES[key]
+
+    @classmethod
+    def _make(cls, kind: str) -> "_Template":
+        from msante import cli
+
+        root = Path(_TEMPLATE_ROOT.name) / uuid.uuid4().hex[:8]
+        data_dir, public_url = root / "var", os.environ["MSANTE_SERVER__PUBLIC_URL"]
+        database_url = None
+        if kind == "sqlite-url":
+            database_url = f"sqlite+aiosqlite:///{root / 'test.db'}"
+        elif kind == "postgresql":
+            database_url = PG_URL.rsplit("/", 1)[0] + "/" + asyncio.run(_postgresql("CREATE DATABASE {}"))
+        saved = {k: os.environ.get(k) for k in ("MSANTE_SERVER__DATA_DIR", "MSANTE_DATABASE__URL")}
+        os.environ["MSANTE_SERVER__DATA_DIR"] = str(data_dir)
+        if database_url:
+            os.environ["MSANTE_DATABASE__URL"] = database_url
+        try:
+            assert cli.main(["init", "--demo"]) == 0
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return cls(data_dir, public_url, database_url)
+
+    def copy_to(self, data_dir: Path, public_url: str, database_url: str | None) -> None:
+        shutil.copytree(self.data_dir, data_dir)
+        settings = data_dir / "msante.toml"
+        settings.write_text(settings.read_text().replace(str(self.data_dir), str(data_dir))
+                            .replace(self.public_url, public_url))
+        if database_url is None:
+            return
+        if database_url.startswith("sqlite"):
+            shutil.copyfile(self.database_url.split(":///", 1)[1], database_url.split(":///", 1)[1])
+            return
+        name, template = database_url.rsplit("/", 1)[1], self.database_url.rsplit("/", 1)[1]
+        asyncio.run(_postgresql("DROP DATABASE {} WITH (FORCE)", name))
+        asyncio.run(_postgresql(f'CREATE DATABASE {{}} TEMPLATE "{template}"', name))
+
+
+_TEMPLATES: dict[tuple, _Template] = {}
+_TEMPLATE_ROOT = tempfile.TemporaryDirectory(prefix="msante-templates-")  # removed when the run ends
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_templates():
+    """The PostgreSQL template databases go with the run."""
+    yield
+    for template in _TEMPLATES.values():
+        if template.database_url and template.database_url.startswith("postgresql"):
+            asyncio.run(_postgresql("DROP DATABASE IF EXISTS {} WITH (FORCE)", template.database_url.rsplit("/", 1)[1]))
 
 
 @pytest.fixture

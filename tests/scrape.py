@@ -35,6 +35,8 @@ def names(text: str) -> set[str]:
         found |= {family.name, *(sample.name for sample in family.samples)}
         if family.type == "counter":
             found.add(family.name + "_total")
+        elif family.type == "histogram":
+            found |= {family.name + suffix for suffix in ("_bucket", "_count", "_sum")}
     return found
 
 

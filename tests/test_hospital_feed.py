@@ -11,6 +11,7 @@ import socket
 import ssl
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from xml.etree import ElementTree
@@ -22,6 +23,7 @@ from certs import pki
 from hospital.client import Hl7Client, client_context
 from hospital.mllp import frame as mllp_frame
 from store.schema import alerts, audit, hl7_messages, hospital_events, hospital_notices, mailboxes
+from tests.imap_client import GP_IDNAT
 from tests.test_imap import imaplib_client
 
 SAMPLES = Path(__file__).resolve().parents[1] / "hospital" / "samples"
@@ -47,6 +49,19 @@ def sample(name: str, control_id: str | None = None, **replace: str) -> bytes:
 
 def msa(ack: bytes) -> list[str]:
     return next(seg for seg in ack.decode().split("\r") if seg.startswith("MSA|")).split("|")
+
+
+def inbox_messages(server, address: str = GP, idnat: str = GP_IDNAT) -> list[email.message.EmailMessage]:
+    """A box's INBOX over IMAP, each message parsed, without setting \\Seen."""
+    imap = imaplib_client(server, address, idnat)
+    imap.select("INBOX")
+    _, ids = imap.search(None, "ALL")
+    found = []
+    for number in ids[0].split():
+        _, data = imap.fetch(number, "(BODY.PEEK[])")
+        found.append(email.message_from_bytes(data[0][1], policy=email.policy.default))
+    imap.logout()
+    return found
 
 
 def wait_for(server, query, count: int = 1, timeout: float = 15) -> list[dict]:
@@ -92,6 +107,30 @@ def test_ed_visit_is_acked_after_storing_and_the_gp_reads_the_mail(server):
     assert sorted(r["audience"] for r in raised) == ["person:810001045367", "person:810002000015",
                                                      "person:810002000023", "person:810002000031"]
     assert server.rows(select(audit.c.id).where(audit.c.action == "hl7.resend"))
+
+
+def test_messages_racing_on_several_connections_are_each_stored_once(server):
+    """Messages arriving together share one write (hospital/feed.py): each is stored once, and
+    the same MSH-10 sent at once on two connections is stored once, both reading one ACK."""
+    control_ids = ["RACE-1", "RACE-2", "RACE-3", "RACE-1", "RACE-4", "RACE-2"]
+    clients = [hospital(server) for _ in control_ids]
+    try:
+        with ThreadPoolExecutor(len(clients)) as pool:
+            acks = list(pool.map(lambda c, i: c.send(sample("adt_a01_admission.hl7", i)), clients, control_ids))
+    finally:
+        for client in clients:
+            client.close()
+    assert [msa(a)[1:3] for a in acks] == [["AA", i] for i in control_ids]
+    assert acks[0] == acks[3] and acks[1] == acks[5]
+    stored = server.rows(select(hl7_messages.c.control_id, hl7_messages.c.ack))
+    assert sorted(r["control_id"] for r in stored) == ["RACE-1", "RACE-2", "RACE-3", "RACE-4"]
+    assert {r["control_id"]: r["ack"].encode() for r in stored}["RACE-1"] == acks[0]
+    assert len(server.rows(select(hospital_events.c.id))) == 4
+    assert len(server.rows(select(audit.c.id).where(audit.c.action == "hl7.accept"))) == 4
+    assert len(server.rows(select(audit.c.id).where(audit.c.action == "hl7.resend"))) == 2
+    wait_for(server, select(hospital_notices), 4)
+    time.sleep(0.5)  # a second dispatch would have happened by now
+    assert len(server.rows(select(hospital_notices))) == 4
 
 
 def test_document_mail_carries_the_pdf_and_an_xdm_archive(server):

@@ -3,8 +3,6 @@ the HTTPS API and the CLI, who may subscribe or read, an ED visit sent over MLLP
 each live subscriber exactly once, and figures counted from events sent over MLLP+TLS."""
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -13,8 +11,7 @@ from sqlalchemy import select, update
 
 from store.schema import alerts, audit, hospital_notices, hospital_subscriptions, mailboxes
 from tests.test_api import request, token_for
-from tests.test_hospital_feed import hospital, msa, sample, wait_for
-from tests.test_imap import imaplib_client
+from tests.test_hospital_feed import hospital, inbox_messages, msa, sample, wait_for
 
 INS = "248039741512358"  # the demo circle's patient (Josette Techer)
 GP = "810001045367"  # Dr Jean Dupont, member, the GP the samples name
@@ -98,15 +95,7 @@ def test_ed_visit_reaches_each_live_subscriber_once(server):
     assert sorted(r["audience"] for r in raised) == [f"mailbox:{ED_BOX}", f"person:{NURSE}", f"person:{COORDINATOR}"]
 
     def inbox(address: str, idnat: str) -> list:
-        imap = imaplib_client(server, address, idnat)
-        imap.select("INBOX")
-        _, ids = imap.search(None, "ALL")
-        found = []
-        for number in ids[0].split():
-            _, data = imap.fetch(number, "(RFC822)")
-            found.append(email.message_from_bytes(data[0][1], policy=email.policy.default))
-        imap.logout()
-        return found
+        return inbox_messages(server, address, idnat)
     (mail,) = inbox("sophie.hoarau@msante.test", NURSE)
     assert mail["Subject"].startswith("Passage aux urgences : TECHER Josette") and "Sophie HOARAU" in mail["To"]
     assert "Bonjour Sophie HOARAU" in mail.get_content()
@@ -171,7 +160,9 @@ def test_indicators_count_what_was_and_was_not_notified(server, capsys):
         "finess": "970002002", "structure": "CENTRE HOSPITALIER SAINT-PAUL DEMO", "month": month,
         "events": {"ADM": 1, "SOR": 1, "URG": 4}, "ed_visits": 4, "ed_gp_notified": 1, "ed_gp_notified_share": 0.25,
         "ed_not_notified": {"no_gp": 1, "gp_without_box": 1, "unknown_rpps": 1, "delivery_failed": 0, "pending": 0},
-        "median_minutes_to_notice": 30}]  # admission 40 min and ED visit 20 min before their mails
+        "median_minutes_to_notice": 30,  # admission 40 min and ED visit 20 min before their mails
+        # the GP's three mails (ED-GP, ADM-1, SOR-1) in Dr Dupont's box, none opened yet
+        "gp_notices": 3, "gp_delivered": 3, "gp_read": 0, "gp_delivered_share": 1.0, "gp_read_share": 0.0}]
     status, _, year = request(server, "GET", "/api/indicators", token_for(server, COORDINATOR))
     assert status == 200 and [(i["month"], i["ed_visits"]) for i in year["items"]] == [
         (f"{old_at:%Y-%m}", 1), (month, 4)]
@@ -194,5 +185,7 @@ def test_indicators_count_what_was_and_was_not_notified(server, capsys):
     assert server.cli("indicators", "--from", month, "--structure", "970002002") == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["FINESS", "month", "ADM", "SOR", "URG", "ED", "GP", "told", "share", "no_gp",
-                              "gp_without_box", "unknown_rpps", "delivery_failed", "pending", "median", "min"]
-    assert row.split() == ["970002002", month, "1", "1", "4", "4", "1", "25%", "1", "1", "1", "0", "0", "30"]
+                              "gp_without_box", "unknown_rpps", "delivery_failed", "pending", "median", "min",
+                              "delivered", "read"]
+    assert row.split() == ["970002002", month, "1", "1", "4", "4", "1", "25%", "1", "1", "1", "0", "0", "30",
+                           "100%", "0%"]

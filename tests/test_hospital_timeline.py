@@ -80,3 +80,26 @@ async def test_a_document_item_names_the_document(server, connect):
     assert item["event"]["kind"] == "DOC" and document["type_code"] == "15507-7"
     assert document["media_type"] == "application/pdf" and document["size"] > 0
     assert item["text"].startswith(f"Nouveau document : {document['type_label'] or '15507-7'} — {HOSPITAL}")
+
+
+async def test_the_circle_hears_each_receipt_of_its_events(server, connect):
+    """A `notice` frame names the event whose notices changed: once dispatched, then when the GP
+    reads the mail over IMAP (FETCH BODY[] sets \\Seen); an outsider hears none."""
+    from tests.test_imap import imaplib_client
+
+    nurse, outsider = await connect(NURSE), await connect(PHARMACIST)
+    await nurse.request(type="subscribe", circle=CIRCLE)
+    await deliver(server, sample("adt_a04_ed_visit.hl7"))
+    item = await nurse.expect(type="message", circle=CIRCLE, timeout=10, where=lambda f: f["kind"] == "event")
+    dispatched = await nurse.expect(type="notice", circle=CIRCLE, timeout=10)
+    assert (dispatched["event"], dispatched["status"]) == (item["event"]["id"], "dispatched")
+
+    def gp_reads() -> None:
+        imap = imaplib_client(server)
+        imap.select("INBOX")
+        imap.fetch(b"1", "(BODY[])")
+        imap.logout()
+    await asyncio.to_thread(gp_reads)
+    read = await nurse.expect(type="notice", circle=CIRCLE, timeout=10)
+    assert (read["event"], read["status"]) == (item["event"]["id"], "read")
+    await outsider.nothing(type="notice")

@@ -1,5 +1,5 @@
 """IMAP extensions clients ask for (issue 12), over real sockets: IDLE keepalives, SEARCHRES,
-WITHIN, MULTIAPPEND. imaptest's groups for each run in test_imaptest.py."""
+WITHIN, MULTIAPPEND, SORT, THREAD, UTF8=ACCEPT. imaptest's groups for each run in test_imaptest.py."""
 from __future__ import annotations
 
 import re
@@ -8,6 +8,7 @@ import time
 import pytest
 
 from .imap_client import RawImap, untagged
+from .test_imap import imaplib_client
 
 
 @pytest.fixture
@@ -136,3 +137,71 @@ def test_sort_and_esort(server):
     tag, lines = client.command("SORT (COLOUR) UTF-8 ALL")
     assert lines[-1].startswith(f"{tag} BAD".encode()), lines
     client.close()
+
+
+def test_thread_references_and_orderedsubject(server):
+    client = RawImap(server)
+    client.login_token(server)
+    assert b" THREAD=ORDEREDSUBJECT THREAD=REFERENCES " in client.ok("CAPABILITY")[0]
+    headers = ("Message-ID: <a@x>\r\nSubject: plan", "Message-ID: <b@x>\r\nIn-Reply-To: <a@x>\r\nSubject: Re: plan",
+               "Message-ID: <c@x>\r\nSubject: other", "References: <a@x> <b@x>\r\nSubject: Re: plan",
+               "Subject: Re: other")
+    client.ok("CREATE threaded")
+    client.ok("APPEND threaded" + " \x00" * len(headers), *(h.encode() + b"\r\n\r\nbody\r\n" for h in headers))
+    client.ok("SELECT threaded")
+    assert client.ok("THREAD REFERENCES UTF-8 ALL") == [b"* THREAD (1 2 4)(3 5)\r\n"]
+    assert client.ok("THREAD ORDEREDSUBJECT US-ASCII ALL") == [b"* THREAD (1 (2)(4))(3 5)\r\n"]
+    client.ok("STORE 2 +FLAGS (\\Deleted)")
+    client.ok("EXPUNGE")
+    # <b@x> is gone: 4 (now 3) still goes under <a@x> through its References; UIDs for UID THREAD
+    assert client.ok("UID THREAD REFERENCES UTF-8 ALL") == [b"* THREAD (1 4)(3 5)\r\n"]
+    assert client.ok("THREAD REFERENCES UTF-8 SUBJECT other") == [b"* THREAD (2 4)\r\n"]
+    assert client.ok("THREAD REFERENCES UTF-8 SUBJECT nothing") == [b"* THREAD\r\n"]
+    tag, lines = client.command("THREAD REFERENCES ISO-8859-1 ALL")
+    assert lines[-1].startswith(f"{tag} NO [BADCHARSET".encode()), lines
+    tag, lines = client.command("THREAD JWZ UTF-8 ALL")
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    client.close()
+
+
+def test_utf8_accept_names_and_strings(server):
+    """RFC 6855: after ENABLE UTF8=ACCEPT, names go both ways as UTF-8 (no modified UTF-7, so
+    "&AMk-" is just a name) and quoted strings may hold UTF-8; before it, modified UTF-7."""
+    client = imaplib_client(server)
+    assert b" UTF8=ACCEPT" in client.capability()[1][0]
+    assert client.create("&AMk-tudes")[0] == "OK"  # "Études" in modified UTF-7
+    assert b'"/" &AMk-tudes' in b" ".join(client.list()[1])
+    assert client.enable("UTF8=ACCEPT")[0] == "OK"
+    assert client.untagged_responses.pop("ENABLED") == [b"UTF8=ACCEPT"]
+    assert b'"/" "\xc3\x89tudes"' in b" ".join(client.list()[1])
+    assert client.create('"Patients/Élise"')[0] == "OK"
+    assert client.create("&AMk-")[0] == "OK"  # no longer modified UTF-7: a name of its own
+    names = b" ".join(client.list()[1])
+    assert b'"Patients/\xc3\x89lise"' in names and b'"/" &AMk-' in names
+    assert client.status('"Patients/Élise"', "(MESSAGES)")[0] == "OK"
+    message = "Subject: Kaliémie\r\nFrom: Zoé <zoe@msante.test>\r\n\r\nà contrôler\r\n".encode()
+    raw = RawImap(server)
+    raw.login_token(server)
+    raw.ok("ENABLE UTF8=ACCEPT")
+    raw.send(b"a1 APPEND \"Patients/\xc3\x89lise\" UTF8 (~{%d}\r\n" % len(message))
+    assert raw.line().startswith(b"+")
+    raw.send(message + b")\r\n")
+    assert re.match(rb"a1 OK \[APPENDUID \d+ 1\]", raw.line())
+    raw.ok('SELECT "Patients/Élise"')
+    assert untagged(raw.ok('SEARCH SUBJECT "kaliémie"'), b"SEARCH") == [b"* SEARCH 1\r\n"]
+    assert raw.ok('UID SORT (SUBJECT) UTF-8 FROM "Zoé"') == [b"* SORT 1\r\n"]
+    tag, lines = raw.command('SEARCH CHARSET ISO-8859-1 SUBJECT "x"')  # conflicts with UTF8=ACCEPT
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    raw.close()
+    other = RawImap(server)  # before ENABLE: no 8-bit names, no UTF8 APPEND data
+    other.login_token(server)
+    tag, lines = other.command('CREATE "Été"')
+    assert lines[-1].startswith(f"{tag} BAD".encode()), lines
+    other.send(b"a1 APPEND INBOX UTF8 (~{%d}\r\n" % len(message))
+    reply = other.line()
+    if reply.startswith(b"+"):
+        other.send(message + b")\r\n")
+        reply = other.line()
+    assert reply.startswith(b"a1 BAD"), reply
+    other.close()
+    client.logout()

@@ -271,7 +271,7 @@ async def test_expunge_keeps_a_body_a_queued_delivery_needs(store, engine):
             envelope_id = (await conn.execute(insert(envelopes).returning(envelopes.c.id), {
                 "body_id": body_id, "sender": "s@test.mssante.fr", "actor": "-", "actor_kind": "anonymous",
                 "source": "", "received_at": NOW, "size": 5})).scalar_one()
-            fm_id, _uid, _event = await _deliver(conn, 1, "INBOX", body_id, NOW)
+            fm_id, _uid, _event = await _deliver(conn, 1, "INBOX", body_id, 5, NOW)
             await conn.execute(insert(deliveries), [
                 {"envelope_id": envelope_id, "recipient": "box1@test.mssante.fr", "status": "delivered",
                  "folder_message_id": fm_id, "updated_at": NOW},
@@ -379,7 +379,8 @@ async def test_large_folder_reads_in_few_queries(store, engine):
         body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
                                       {"size": 3, "data": b"abc", "created_at": NOW})).scalar_one()
         await conn.execute(insert(folder_messages), [
-            {"folder_id": inbox, "uid": uid, "body_id": body_id, "flags": "", "internaldate": NOW, "modseq": uid}
+            {"folder_id": inbox, "uid": uid, "body_id": body_id, "flags": "", "internaldate": NOW, "modseq": uid,
+             "size": 3}
             for uid in range(1, 10_001)])
         await conn.execute(text("UPDATE folders SET uidnext = 10001, highestmodseq = 10000 WHERE id = :id"),
                            {"id": inbox})

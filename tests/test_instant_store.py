@@ -99,8 +99,8 @@ async def test_alerts_are_raised_once_and_acknowledged_once(engine):
     assert other is not None and await alerts.add(f"person:{A}", "circle", "Ajouté", {}, NOW) is not None  # no key
     assert [a["id"] for a in await alerts.pending(["mailbox:urgences@msante.test", f"person:{B}"])] == [first["id"]]
 
-    acknowledged, changed = await alerts.acknowledge(first["id"], B, NOW)
+    acknowledged, changed, _ = await alerts.acknowledge(first["id"], B, NOW)
     assert changed and acknowledged["acknowledged_by"] == {"id": B, "name": "Dr Claire LEROY"}
-    again, changed = await alerts.acknowledge(first["id"], A, NOW)
+    again, changed, _ = await alerts.acknowledge(first["id"], A, NOW)
     assert not changed and again["acknowledged_by"]["id"] == B  # who acknowledged first is kept
     assert await alerts.pending(["mailbox:urgences@msante.test"]) == []

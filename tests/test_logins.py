@@ -99,6 +99,24 @@ async def test_sequential_failures_then_a_success():
     assert await admitted(throttle, "k")
 
 
+async def test_close_refuses_the_attempts_waiting_at_once():
+    """Shutdown: attempts waiting out a delay or for a place are refused now (they held the
+    shutdown up to MAX_DELAY each, 50 s of the test suite's teardowns), those in check finish."""
+    throttle, log = Throttle(), []  # the real delays: the waits would last seconds
+    keys = ("address:a", "account:x")
+    for _ in range(Throttle.FREE):
+        await attempt(throttle, keys, fail=True, log=log, check=0)
+    log.clear()
+    guesses = asyncio.gather(*(attempt(throttle, keys, fail=True, log=log) for _ in range(3)))
+    await asyncio.sleep(0.05)
+    assert log == []  # the first waits out BASE_DELAY, the others for it
+    started = time.monotonic()
+    throttle.close()
+    await guesses
+    assert [outcome for _, outcome in log] == ["refused"] * 3 and time.monotonic() - started < 0.05
+    assert not await admitted(throttle, "address:b", "account:y")  # and nothing new starts
+
+
 async def test_failures_are_forgotten():
     class Forgetful(Fast):
         FORGET = 0.1

@@ -155,3 +155,31 @@ def test_workers_share_one_exposition(tmp_path):
     assert scrape.value(rendered, "msante_smtp_sessions_total", listener="submission") == 5
     assert scrape.value(rendered, "msante_websocket_connections") == 1  # the exited worker's is gone
     assert not [name for name, _ in rendered if name.startswith("process_")]  # per process: not summed
+
+
+def test_the_hospital_feed_is_counted(server):
+    """Events by kind and structure, GPs told or not and why, refusals by ACK code, and the ACK
+    latency histogram, after an ED visit, an admission without a GP and a foreign MSH-4 over MLLP."""
+    from tests.test_hospital_feed import hospital, msa, sample
+
+    finess = "970002002"  # the demo hospital's
+    no_gp = b"\n".join(line for line in sample("adt_a01_admission.hl7", "METRICS-NOGP").split(b"\n")
+                       if not line.startswith(b"ROL|"))
+    foreign = sample("adt_a04_ed_visit.hl7", "METRICS-FOREIGN", **{"CHSP^970002002^FINESS": "CHU^750712184^FINESS"})
+    before = scrape.of(server)
+    with hospital(server) as client:
+        assert [msa(client.send(m))[1] for m in (sample("adt_a04_ed_visit.hl7"), no_gp, foreign)] == ["AA", "AA", "AR"]
+    deadline = time.monotonic() + 15
+    while True:  # the dispatcher tells (or not) after the ACK
+        after = scrape.of(server)
+        if moved(before, after, "msante_hospital_notifications_total", outcome="not_notified", reason="no_gp") >= 1 \
+                and moved(before, after, "msante_hospital_notifications_total", outcome="notified", reason="") >= 1:
+            break
+        assert time.monotonic() < deadline, "the dispatch was not counted"
+        time.sleep(0.2)
+    assert moved(before, after, "msante_hl7_events_total", kind="URG", structure=finess) == 1
+    assert moved(before, after, "msante_hl7_events_total", kind="ADM", structure=finess) == 1
+    assert moved(before, after, "msante_hl7_refusals_total", code="AR") == 1
+    assert moved(before, after, "msante_hl7_ack_seconds_count", code="AA") == 2
+    assert moved(before, after, "msante_hl7_ack_seconds_count", code="AR") == 1
+    assert moved(before, after, "msante_hl7_ack_seconds_bucket", code="AA", le="+Inf") == 2

@@ -1,15 +1,18 @@
 """Real handshakes on loopback: the national suites pass, everything else is refused by the server."""
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
 
 from certs.pki import CertIdentity, create_ca, issue_cps, issue_server
 from certs.tls import TLS12_CIPHERS, client_context, peer_identity, server_context
+from tests.imap_client import RawImap
 
 IDNAT = "810001045367"
 NATIONAL_SUITES = TLS12_CIPHERS.split(":")
@@ -166,3 +169,21 @@ def test_requiring_client_certificates_needs_a_ca(pki):
 def test_client_refuses_a_server_from_another_ca(pki):
     served, got = handshake(server_context(*pki["foreign_server"]), client_context(pki["ca"]))
     assert got.error is not None and "CERTIFICATE_VERIFY_FAILED" in str(got.error)
+
+
+def test_the_server_closes_after_logout_without_waiting_for_the_clients_close_notify(server):
+    """A client that waits for the server to close after LOGOUT (imaptest, Dovecot's TLS layer)
+    sees the close at once: the server no longer waits up to 30 s for the client's close_notify."""
+    client = RawImap(server)
+    client.login_token(server)
+    client.ok("LOGOUT")
+    started = time.monotonic()
+    assert client.sock.recv(100) == b""  # the server's close_notify: it always came at once
+    tcp = socket.socket(fileno=os.dup(client.sock.fileno()))  # under TLS: the connection itself
+    tcp.settimeout(5)
+    try:
+        assert tcp.recv(100) == b""  # the server closed it (it waited 30 s for our close_notify)
+    finally:
+        tcp.close()
+        client.close()
+    assert time.monotonic() - started < 2

@@ -16,7 +16,7 @@ import asyncio
 import os
 from typing import Awaitable, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import REGISTRY
@@ -51,6 +51,18 @@ WEBSOCKET_CLOSES = Counter("msante_websocket_closes", "Websocket closes by code 
 
 DELIVERIES = Counter("msante_deliveries", "Outbound delivery attempts per recipient by outcome "
                      "(relayed, deferred, failed)", ["outcome"])
+
+# The hospital feed (hospital/): structures are FINESS numbers of the directory's hospitals, each
+# behind an applicative certificate the operator issued, so a bounded set; reasons are
+# hospital/indicators.REASONS, the coordinators' own words.
+HL7_EVENTS = Counter("msante_hl7_events", "Hospital events stored (ACK AA), by kind (ADM, URG, SOR, DOC, UPD, "
+                     "CAN...) and structure (FINESS)", ["kind", "structure"])
+HL7_REFUSALS = Counter("msante_hl7_refusals", "HL7 messages refused, by ACK code (AE, AR)", ["code"])
+HL7_ACK_SECONDS = Histogram("msante_hl7_ack_seconds", "From a whole MLLP frame read to its ACK written, by ACK code",
+                            ["code"], buckets=(.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
+HOSPITAL_NOTIFICATIONS = Counter("msante_hospital_notifications",
+                                 "Events dispatched, by whether the GP was told (notified, not_notified) and why "
+                                 "not (hospital/indicators.py's reasons; '' when notified)", ["outcome", "reason"])
 
 LOGIN_MECHANISMS = frozenset({"PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER", "EXTERNAL"})  # mailserver/sasl.py
 

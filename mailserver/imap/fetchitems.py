@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 from . import encode
-from .message import Message
+from .message import Known, Message
 from .syntax import Atom, PList, Token
 
 SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
@@ -52,6 +53,14 @@ class FetchItem:
         return self.name in ("ENVELOPE", "RFC822.HEADER") or (
             self.name == "BODY[]" and not self.part and (self.text or "").startswith("HEADER"))
 
+    @property
+    def known_from(self) -> str | None:
+        """The message.Facts field this item is rendered from, None when it needs the message."""
+        if self.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
+            return self.name.lower()
+        return "header" if self.header_only else None
+
+    @lru_cache(maxsize=256)  # noqa: B019 - items are few and frozen: once per item, not per message
     def response_label(self) -> bytes:
         """The name the response carries: PEEK dropped, only the origin octet of a partial
         (RFC 3501 §7.4.2: BODY[section]<origin>)."""
@@ -135,7 +144,7 @@ def _literal(data: bytes, *, binary: bool = False) -> bytes:
     return encode.literal(data, binary=binary) if data else b'""'
 
 
-def render(item: FetchItem, message: Message) -> bytes:
+def render(item: FetchItem, message: Message | Known) -> bytes:
     """The value of an item computed from the message (ENVELOPE, BODY, BODYSTRUCTURE, BODY[...],
     BINARY[...], BINARY.SIZE[...], RFC822, RFC822.HEADER, RFC822.TEXT). message.UnknownCTE
     propagates for BINARY (the session answers NO [UNKNOWN-CTE]); store items raise ValueError."""

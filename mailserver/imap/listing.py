@@ -164,7 +164,7 @@ async def lsub_response(session: "Session", args: list[Token]) -> bytes:
 def _pattern(session: "Session", token: Token) -> str | None:
     """A LIST pattern; None when it is ASCII but not modified UTF-7, so it can match no name
     (RFC 3501 §6.3.8: LIST answers what exists; a pattern that matches nothing is no error)."""
-    if not session.rev2 and text(token).isascii():
+    if not session.utf8 and text(token).isascii():
         try:
             encode.utf7_decode(text(token))
         except ValueError:

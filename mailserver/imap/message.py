@@ -19,7 +19,7 @@ from datetime import date, datetime
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 from functools import cached_property
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .. import headers
 from ..addresses import Address, parse_addresses
@@ -33,6 +33,18 @@ MAX_DEPTH = 20
 # with many attachments has tens; parts past this one are left out of BODYSTRUCTURE.
 MAX_PARTS = 1000
 _COMPOSITE_CTE = {"", "7bit", "8bit", "binary"}
+
+
+# Top-level header fields learnt when a message is stored (Facts), with every X-MSS-* field:
+# what SEARCH FROM/TO/CC/BCC/SUBJECT/SENT*, SORT and THREAD read.
+FACT_FIELDS = ("from", "to", "cc", "bcc", "subject", "date", "message-id", "in-reply-to", "references")
+ADDRESS_FIELDS = ("from", "to", "cc", "bcc")
+SORT_ADDRESS_FIELDS = ("from", "to", "cc")
+
+
+def known_field(name: str) -> bool:
+    """Whether Facts keep this (lower-case) header field's values."""
+    return name in FACT_FIELDS or name.startswith("x-mss-")
 
 
 class UnknownCTE(Exception):
@@ -281,6 +293,15 @@ class Message:
     def envelope(self) -> bytes:
         return _envelope(self._root)
 
+    def facts(self) -> "Facts":
+        """What IMAP answers without the message, computed once when it is stored."""
+        names = {f.key for f in self._root.fields if known_field(f.key)}
+        return Facts(_sendable(self.envelope), _sendable(lambda: self.bodystructure(extended=False)),
+                     _sendable(lambda: self.bodystructure(extended=True)),
+                     self._root.header, {n: self.header_values(n) for n in sorted(names)},
+                     {n: self.addresses(n) for n in ADDRESS_FIELDS if n in names},
+                     {n: m for n in SORT_ADDRESS_FIELDS if (m := self.first_mailbox(n))}, self.sent_at())
+
     def bodystructure(self, *, extended: bool) -> bytes:
         return _structure(self._root, extended)
 
@@ -463,6 +484,79 @@ class Message:
             return parsedate_to_datetime(value).date()
         except Exception:  # unparsable dates never match
             return None
+
+
+def _sendable(render: Callable[[], bytes]) -> bytes:
+    """An item's bytes, or b"" when a NUL octet in a header makes it unsendable (Known
+    refuses it, as FETCH of the message itself does: encode.NulOctet)."""
+    try:
+        return render()
+    except encode.NulOctet:
+        return b""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """A message as FETCH ENVELOPE/BODY/BODYSTRUCTURE/BODY[HEADER…], SEARCH on its header and
+    SORT see it, learnt once (Message.facts) and kept by the store. A store may leave out what a
+    command does not read (None)."""
+
+    envelope: bytes | None  # ENVELOPE, BODY and BODYSTRUCTURE are b"" when a NUL octet forbids them
+    body: bytes | None  # BODY: BODYSTRUCTURE without extension data
+    bodystructure: bytes | None
+    header: bytes | None  # the top-level header as stored, its blank line included
+    fields: dict[str, list[str]] | None  # header_values() of the FACT_FIELDS and X-MSS-* it has
+    addresses: dict[str, list[str]] | None  # addresses() of the ADDRESS_FIELDS it has
+    first_mailboxes: dict[str, str] | None  # first_mailbox() of the SORT_ADDRESS_FIELDS, when not ""
+    sent_at: datetime | None
+
+
+class Known:
+    """A stored message answered from its Facts: the part of Message's interface that FETCH of
+    header items, header SEARCH keys and SORT use, without the message's body."""
+
+    def __init__(self, facts: Facts) -> None:
+        self.facts = facts
+
+    @cached_property
+    def _head(self) -> Message:
+        return Message(self.facts.header)
+
+    def envelope(self) -> bytes:
+        return _sent(self.facts.envelope)
+
+    def bodystructure(self, *, extended: bool) -> bytes:
+        return _sent(self.facts.bodystructure if extended else self.facts.body)
+
+    def section(self, part: tuple[int, ...], text: str | None, fields: tuple[str, ...] = (),
+                not_: bool = False) -> bytes:
+        """The top-level header sections only (FetchItem.header_only)."""
+        assert not part and (text or "").startswith("HEADER"), "a Known message has no body"
+        return self._head.section(part, text, fields, not_)
+
+    def header_values(self, name: str) -> list[str]:
+        name = name.lower()
+        if known_field(name):
+            return self.facts.fields.get(name, [])
+        return self._head.header_values(name)
+
+    def addresses(self, name: str) -> list[str]:
+        return self.facts.addresses.get(name.lower(), [])
+
+    def first_mailbox(self, name: str) -> str:
+        return self.facts.first_mailboxes.get(name.lower(), "")
+
+    def sent_at(self) -> datetime | None:
+        return self.facts.sent_at
+
+    def sent_date(self) -> date | None:
+        return self.facts.sent_at.date() if self.facts.sent_at is not None else None
+
+
+def _sent(item: bytes) -> bytes:
+    if not item:
+        raise encode.NulOctet()
+    return item
 
 
 def _decode_charset(data: bytes, charset: str | None) -> str:

@@ -1,7 +1,7 @@
 """SEARCH criteria: parse them (RFC 3501 §6.4.4, RFC 9051 §6.4.4, RFC 7162 §3.1.5 MODSEQ,
 RFC 4731 ESEARCH RETURN, RFC 5182 SEARCHRES's SAVE and `$`, RFC 5032 WITHIN's OLDER and YOUNGER)
-and evaluate them against one message; a query on flags alone is also handed to the store as a
-FlagTerm, answered by one SQL query instead of a test per message.
+and evaluate them against one message; a query on flags and SUBJECT alone is also handed to the
+store as a FlagTerm, answered by one SQL query instead of a test per message.
 
 Matching rules, chosen where the RFCs leave room:
 - strings match as case-insensitive substrings (str.casefold) of decoded text: RFC 2047 words in
@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Sequence
 
-from .message import Message
+from .message import Known, Message, known_field
 from .syntax import Atom, PList, String, Token, text
 
 CHARSETS = ("US-ASCII", "UTF-8")
@@ -57,9 +57,9 @@ class MessageFacts:
     internaldate: datetime
     size: int
     modseq: int
-    loader: Callable[[], Message]
+    loader: Callable[[], Message | Known]
 
-    def message(self) -> Message:
+    def message(self) -> Message | Known:
         return self.loader()
 
 
@@ -75,11 +75,11 @@ class _Context:
     def __init__(self, facts: MessageFacts, largest_seq: int, largest_uid: int) -> None:
         self.facts, self.largest_seq, self.largest_uid = facts, largest_seq, largest_uid
         self.flags = _folded(facts.flags)
-        self._message: Message | None = None
+        self._message: Message | Known | None = None
         self._body: str | None = None
 
     @property
-    def message(self) -> Message:
+    def message(self) -> Message | Known:
         if self._message is None:
             self._message = self.facts.message()
         return self._message
@@ -302,26 +302,30 @@ class SearchQuery:
     key: Key
     needs_message: bool
     needs_body: bool
+    needs_header: bool  # a HEADER key on a field Facts do not keep (message.known_field)
     uses_modseq: bool  # a MODSEQ key: the response carries (MODSEQ n), RFC 7162 §3.1.5
 
     def matches(self, facts: MessageFacts, *, largest_seq: int, largest_uid: int) -> bool:
         return self.key.matches(_Context(facts, largest_seq, largest_uid))
 
     def on_flags(self) -> FlagTerm | None:
-        """The query as a condition on stored flags alone, for the store to answer (SQL), or
-        None when a key needs more: the message, its date, size or number, or \\Recent (the
-        session's own)."""
+        """The query as a condition on stored flags and subjects alone, for the store to answer
+        (SQL), or None when a key needs more: the message, its date, size or number, or
+        \\Recent (the session's own)."""
         return _flag_term(self.key)
 
 
-# A condition on stored flags: ("all",), ("flag", name, present), ("and", terms), ("or", a, b),
-# ("not", term). Flag names compare case-insensitively.
+# A condition on stored flags and on the Subject learnt at delivery: ("all",), ("flag", name,
+# present), ("subject", text) (SEARCH SUBJECT), ("and", terms), ("or", a, b), ("not", term).
+# Flag names compare case-insensitively.
 FlagTerm = tuple
 
 
 def _flag_term(key: Key) -> FlagTerm | None:
     if isinstance(key, All):
         return ("all",)
+    if isinstance(key, Header) and key.name == "subject":
+        return ("subject", key.value)
     if isinstance(key, Flag):
         return None if key.flag.casefold() == "\\recent" else ("flag", key.flag, key.present)
     if isinstance(key, Not):
@@ -478,4 +482,5 @@ def parse_search(args: Sequence[Token], *, utf8_default: bool, saved: frozenset[
     nodes = list(_walk(key))
     return SearchQuery(returns, charset, key, needs_message=any(k.needs_message for k in nodes),
                        needs_body=any(k.needs_body for k in nodes),
+                       needs_header=any(isinstance(k, Header) and not known_field(k.name) for k in nodes),
                        uses_modseq=any(isinstance(k, ModSeq) for k in nodes))

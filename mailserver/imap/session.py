@@ -38,12 +38,16 @@ from web.metrics import IMAP_COMMANDS
 from . import encode, listing
 from .fetchitems import parse_fetch, render
 from .folders import SYSTEM_FLAGS, FolderExists, Folders, NoSuchFolder, OverQuota
-from .message import Message, UnknownCTE
+from .message import Known, Message, UnknownCTE
 from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
 from .parser import LiteralPending
 from .search import BadCharset, FlagTerm, MessageFacts, SearchQuery, parse_search
 from .sort import SortFacts, needs_message, parse_sort
 from .sort import sort as sort_messages
+from .thread import ALGORITHMS as THREAD_ALGORITHMS
+from .thread import parse_thread
+from .thread import render as render_threads
+from .thread import thread as thread_messages
 from .selected import Selected
 from .seqset import SequenceSet, compress
 from .syntax import Atom, Command, PList, String, Token, text
@@ -51,9 +55,8 @@ from .syntax import Atom, Command, PList, String, Token, text
 log = logging.getLogger("msante.imap")
 
 IDLE_TIMEOUT = 30 * 60.0  # RFC 3501 §5.4: at least 30 minutes
-FETCH_BATCH = 200
+FETCH_BATCH = 200  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
 RECENT = frozenset({"\\Recent"})  # added to a message's stored flags while this session holds it recent
-HEAD_BYTES = 8 * 1024  # read first when only headers are needed; longer headers are read whole  # messages whose bodies are read at once: bounds memory on FETCH 1:* BODY[]
 # Mailbox names: every command that names a box holds and compares them, and every LIST sends
 # them all. 255 per level is a file name's limit (NAME_MAX), which maildir-based servers the
 # boxes may migrate to inherit; 1,024 in all leaves room for the shared-box prefix.
@@ -65,8 +68,8 @@ AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
     "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND",
-    "SORT", "ESORT")
-ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2")
+    "SORT", "ESORT", *(f"THREAD={a}" for a in THREAD_ALGORITHMS), "UTF8=ACCEPT")
+ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2", "UTF8=ACCEPT")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
 
@@ -241,7 +244,7 @@ class Session:
             await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
             return
         if self.state != LOGOUT:
-            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT"))
+            await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
     @property
@@ -278,6 +281,11 @@ class Session:
     @property
     def rev2(self) -> bool:
         return "IMAP4REV2" in self.enabled
+
+    @property
+    def utf8(self) -> bool:
+        """UTF-8 mailbox names and strings both ways (RFC 6855 §3, included in IMAP4rev2)."""
+        return "IMAP4REV2" in self.enabled or "UTF8=ACCEPT" in self.enabled
 
     def _audit(self, action: str, target: str, outcome: str = "ok", **detail) -> Awaitable[None]:
         assert self.login is not None
@@ -464,23 +472,23 @@ class Session:
             await self.conn.send(b"* OK [HIGHESTMODSEQ %d] CONDSTORE on\r\n" % self.selected.highestmodseq)
 
     def _mailbox_name(self, token: Token) -> str:
-        """A name as the client wrote it. Before IMAP4rev2, 8-bit octets are a syntax error (BAD),
-        while ASCII that is not modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP naming no
-        mailbox here (NO, as Dovecot answers)."""
+        """A name as the client wrote it. Before IMAP4rev2 or UTF8=ACCEPT, 8-bit octets are a syntax
+        error (BAD), while ASCII that is not modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP
+        naming no mailbox here (NO, as Dovecot answers)."""
         name = text(token)
-        if not self.rev2:
+        if not self.utf8:
             try:
                 name = encode.utf7_decode(name)
             except ValueError:
                 if not name.isascii():
-                    raise Bad("8-bit mailbox names need ENABLE IMAP4rev2; else modified UTF-7") from None
+                    raise Bad("8-bit mailbox names need ENABLE UTF8=ACCEPT or IMAP4rev2; else modified UTF-7") from None
                 raise No(f"{name[:60]!r} is not modified UTF-7: no mailbox has that name", "CANNOT") from None
         if len(name) > MAX_NAME or any(len(level) > MAX_NAME_LEVEL for level in name.split("/")):
             raise No(f"mailbox names are at most {MAX_NAME} characters, {MAX_NAME_LEVEL} between two /", "LIMIT")
         return name
 
     def _encode_name(self, name: str) -> bytes:
-        return encode.mailbox_name(name, utf8=self.rev2)
+        return encode.mailbox_name(name, utf8=self.utf8)
 
     async def _resolve(self, token: Token, right: str, action: str) -> Resolved:
         """The box and folder a name means, if this person has `right` there; refusals of a
@@ -641,7 +649,7 @@ class Session:
             raise Bad("APPEND takes a mailbox, optional flags and date, and the message")
         messages: list[tuple[bytes, set[str], datetime]] = []
         extras: list[Token] = []
-        for arg in args[1:]:
+        for arg in _utf8_data(args[1:], "UTF8=ACCEPT" in self.enabled):
             if not (isinstance(arg, String) and arg.literal):
                 if len(extras) == 2:
                     raise Bad("each message must be sent as a literal, after optional flags and date")
@@ -888,10 +896,10 @@ class Session:
             uids = [u for u in uids if selected.meta[u].modseq > int(changed_since)]
         sets_seen = not selected.readonly and selected.box.may("s") and any(i.sets_seen for i in items)
         needs_message = any(i.name not in STORE_ITEMS for i in items)
-        header_only = all(i.header_only for i in items if i.name not in STORE_ITEMS)
+        known = {i.known_from for i in items if i.name not in STORE_ITEMS}
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start:start + FETCH_BATCH]
-            bodies = await self._messages(selected.folder_id, batch, header_only) if needs_message else {}
+            bodies = await self._messages(selected.folder_id, batch, known) if needs_message else {}
             seen_now: set[int] = set()
             if sets_seen:
                 unseen = [u for u in batch if "\\Seen" not in selected.meta[u].flags]
@@ -913,26 +921,20 @@ class Session:
                     raise No(f"message UID {u} holds NUL octets there: only BINARY[] can send them") from None
             await self.conn.send(b"".join(out))
 
-    async def _messages(self, folder_id: int, uids: list[int], header_only: bool) -> dict[int, bytes]:
-        """The messages, or when only their header matters, their first HEAD_BYTES (and the
-        whole of those whose header is longer)."""
-        if not header_only:
-            return await self.ctx.folders.bodies(folder_id, uids)
-        heads = await self.ctx.folders.bodies(folder_id, uids, head=HEAD_BYTES)
-        longer = [u for u, head in heads.items()
-                  if len(head) >= HEAD_BYTES and b"\r\n\r\n" not in head and b"\n\n" not in head]
-        if longer:
-            heads.update(await self.ctx.folders.bodies(folder_id, longer))
-        return heads
+    async def _messages(self, folder_id: int, uids: list[int], known: set[str | None]) -> dict[int, Message | Known]:
+        """The messages; answered from what the store learnt when they arrived (message.Facts,
+        its fields `known`) unless one is None: then read whole."""
+        if None in known:
+            return {u: Message(data) for u, data in (await self.ctx.folders.bodies(folder_id, uids)).items()}
+        return {u: Known(f) for u, f in (await self.ctx.folders.facts(folder_id, uids, sorted(known))).items()}
 
-    def _fetch_response(self, selected: Selected, uid_: int, items, body: bytes | None, *, uid: bool,
+    def _fetch_response(self, selected: Selected, uid_: int, items, message: Message | Known | None, *, uid: bool,
                         condstore: bool, add_flags: bool) -> bytes:
         meta = selected.meta[uid_]
         parts: list[bytes] = []
         names = {i.name for i in items}
         if uid or "UID" in names:
             parts.append(b"UID %d" % uid_)
-        message = Message(body) if body is not None else None
         for item in items:
             if item.name == "UID":
                 continue
@@ -1045,20 +1047,10 @@ class Session:
 
     async def sort(self, tag: str, args: list, uid: bool) -> None:
         """SORT (RFC 5256), answered with ESEARCH when RETURN is given (ESORT, RFC 5267)."""
-        selected = self.selected
         request = parse_sort(args)
-        try:
-            query = parse_search(request.search, utf8_default=self.rev2, saved=self._saved_uids())
-        except BadCharset as exc:
-            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        query = self._search_keys(request.search)
         found = await self._find(query)
-        facts: list[SortFacts] = []
-        for start in range(0, len(found), FETCH_BATCH):
-            batch = found[start:start + FETCH_BATCH]
-            heads = await self._messages(selected.folder_id, [u for _, u in batch], True) \
-                if needs_message(request) else {}
-            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size,
-                                Message(heads[u]) if u in heads else None) for s, u in batch]
+        facts = await self._sort_facts(found, needs_message(request))
         uid_of = dict(found)
         numbers = [uid_of[f.seq] if uid else f.seq for f in sort_messages(request, facts)]
         if request.returns is None:
@@ -1066,12 +1058,39 @@ class Session:
         else:
             await self.conn.send(_esearch(tag, uid, numbers, request.returns, 0, ordered=True))
 
+    def _search_keys(self, tokens: Sequence[Token]) -> SearchQuery:
+        """SEARCH's keys, or those after SORT's criteria or THREAD's algorithm (CHARSET first). A
+        charset but UTF-8's after ENABLE UTF8=ACCEPT contradicts it: BAD (RFC 6855 erratum 4029)."""
+        try:
+            return parse_search(tokens, utf8_default=self.utf8, saved=self._saved_uids())
+        except BadCharset as exc:
+            if "UTF8=ACCEPT" in self.enabled:
+                raise Bad(f"{exc}: after ENABLE UTF8=ACCEPT, strings are UTF-8") from None
+            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+
+    async def _sort_facts(self, found: list[tuple[int, int]], header: bool) -> list[SortFacts]:
+        """What SORT and THREAD read of the messages found ((seq, uid)): `header`, their header."""
+        selected = self.selected
+        facts: list[SortFacts] = []
+        for start in range(0, len(found), FETCH_BATCH):
+            batch = found[start:start + FETCH_BATCH]
+            heads = await self._messages(selected.folder_id, [u for _, u in batch], {"fields"}) if header else {}
+            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size, heads.get(u))
+                      for s, u in batch]
+        return facts
+
+    async def thread(self, tag: str, args: list, uid: bool) -> None:
+        """THREAD (RFC 5256): REFERENCES or ORDEREDSUBJECT over the messages the keys find."""
+        request = parse_thread(args)
+        query = self._search_keys(request.search)
+        found = await self._find(query)
+        uid_of = dict(found)
+        threads = thread_messages(request.algorithm, await self._sort_facts(found, True))
+        await self.conn.send(render_threads(threads, lambda f: uid_of[f.seq] if uid else f.seq))
+
     async def _search(self, args: list, uid: bool, tag: str) -> None:
         selected = self.selected
-        try:
-            query = parse_search(args, utf8_default=self.rev2, saved=self._saved_uids())
-        except BadCharset as exc:
-            raise No(str(exc), "BADCHARSET (UTF-8 US-ASCII)") from None
+        query = self._search_keys(args)
         if query.uses_modseq:
             await self._condstore_on()
         found = await self._find(query)
@@ -1120,13 +1139,13 @@ class Session:
         found = []
         for start in range(0, selected.exists, FETCH_BATCH):
             batch = selected.uids[start:start + FETCH_BATCH]
-            bodies = await self._messages(selected.folder_id, batch, not query.needs_body) \
-                if query.needs_message else {}
+            known = {None} if query.needs_body else {"fields", "header"} if query.needs_header else {"fields"}
+            bodies = await self._messages(selected.folder_id, batch, known) if query.needs_message else {}
             for offset, u in enumerate(batch):
                 meta = selected.meta[u]
                 flags = meta.flags | RECENT if u in selected.recent else meta.flags
                 facts = MessageFacts(start + offset + 1, u, flags, meta.internaldate, meta.size, meta.modseq,
-                                     lambda u=u: Message(bodies.get(u, b"")))
+                                     lambda u=u: bodies.get(u) or Message(b""))
                 if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
                     found.append((start + offset + 1, u))
         return found
@@ -1137,7 +1156,7 @@ class _Handled(Exception):
 
 
 STORE_ITEMS = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
-UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT"}
+UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"}
 _ANY = (NOT_AUTHENTICATED, AUTHENTICATED, SELECTED)
 _AUTH = (AUTHENTICATED, SELECTED)
 _SEL = (SELECTED,)
@@ -1158,7 +1177,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "CHECK": (_SEL, Session.check), "CLOSE": (_SEL, Session.close_cmd), "UNSELECT": (_SEL, Session.unselect),
     "EXPUNGE": (_SEL, Session.expunge), "FETCH": (_SEL, Session.fetch), "STORE": (_SEL, Session.store),
     "COPY": (_SEL, Session.copy), "MOVE": (_SEL, Session.move), "SEARCH": (_SEL, Session.search),
-    "SORT": (_SEL, Session.sort),
+    "SORT": (_SEL, Session.sort), "THREAD": (_SEL, Session.thread),
 }
 
 
@@ -1180,6 +1199,22 @@ def _flags(tokens: Sequence[Token]) -> set[str]:
             raise Bad(f"unknown system flag {flag[:30]}")
         flags.add(flag)
     return flags
+
+
+def _utf8_data(tokens: Sequence[Token], enabled: bool) -> list[Token]:
+    """APPEND's arguments after the mailbox, each `UTF8 (~{n}…)` (RFC 6855 §4: a message with
+    UTF-8 headers) taken as its literal; BAD before ENABLE UTF8=ACCEPT."""
+    out: list[Token] = []
+    for token in tokens:
+        if isinstance(token, PList) and out and isinstance(out[-1], Atom) and out[-1].value.upper() == "UTF8":
+            if not enabled:
+                raise Bad("APPEND UTF8 needs ENABLE UTF8=ACCEPT")
+            if len(token.items) != 1 or not (isinstance(token.items[0], String) and token.items[0].literal):
+                raise Bad("UTF8 takes one literal in parentheses")
+            out[-1] = token.items[0]
+        else:
+            out.append(token)
+    return out
 
 
 def _modifiers(tokens: Sequence[Token]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
-from .message import Message
+from .message import Known, Message
 from .search import RETURN_OPTIONS
 from .syntax import Atom, PList, Token
 
@@ -65,13 +65,22 @@ def parse_sort(args: Sequence[Token]) -> SortRequest:
 def base_subject(subject: str) -> str:
     """RFC 5256 §2.1, from a subject whose encoded words are already decoded: no "Re:",
     "Fwd:", "[list]" leaders, "(fwd)" trailers or "[fwd: …]" wrapping; case kept."""
+    return reduce_subject(subject)[0]
+
+
+def reduce_subject(subject: str) -> tuple[str, bool]:
+    """The base subject, and whether the subject was a reply or forward (THREAD §3: a
+    subj-refwd, a "(fwd)" trailer or a "[fwd: …]" wrapping was taken away)."""
     subject = re.sub(r"[ \t\r\n]+", " ", subject)
+    refwd = False
     while True:
-        while (trimmed := _TRAILER.sub("", subject)) != subject:  # step 2
-            subject = trimmed
+        while (m := _TRAILER.search(subject)) is not None:  # step 2
+            refwd |= len(m.group()) > 1  # "(fwd)", not a space
+            subject = subject[:m.start()]
         while True:  # steps 3 to 5
             before = subject
             while (m := _LEADER.match(subject)) and m.end():
+                refwd |= m.group().endswith(":")
                 subject = subject[m.end():]
             m = _LEADING_BLOB.match(subject)
             if m and subject[m.end():]:
@@ -80,8 +89,9 @@ def base_subject(subject: str) -> str:
                 break
         if subject[:5].lower() == "[fwd:" and subject.endswith("]"):  # step 6
             subject = subject[5:-1]
+            refwd = True
             continue
-        return subject
+        return subject, refwd
 
 
 @dataclass
@@ -89,14 +99,16 @@ class SortFacts:
     seq: int
     internaldate: datetime
     size: int
-    message: Message | None  # None when no criterion reads the header
+    message: Message | Known | None  # None when no criterion reads the header
 
 
 def needs_message(request: SortRequest) -> bool:
     return any(c not in ("ARRIVAL", "SIZE") for c, _ in request.criteria)
 
 
-def _key(criterion: str, facts: SortFacts):  # noqa: ANN202 - a datetime, an int or a str
+def sort_key(criterion: str, facts: SortFacts):  # noqa: ANN202 - a datetime, an int or a str
+    """What a criterion compares, read from the facts: the one place SORT and THREAD read
+    header values (THREAD's subjects and sent dates are SUBJECT's and DATE's keys)."""
     if criterion == "ARRIVAL":
         return _utc(facts.internaldate)
     if criterion == "SIZE":
@@ -117,6 +129,6 @@ def sort(request: SortRequest, found: Sequence[SortFacts]) -> list[SortFacts]:
     """Ordered by the criteria, the most significant last applied (sorts are stable)."""
     ordered = sorted(found, key=lambda f: f.seq)
     for criterion, reverse in reversed(request.criteria):
-        keys = {f.seq: _key(criterion, f) for f in ordered}
+        keys = {f.seq: sort_key(criterion, f) for f in ordered}
         ordered.sort(key=lambda f: keys[f.seq], reverse=reverse)
     return ordered

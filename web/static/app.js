@@ -166,6 +166,7 @@ function receive(frame) {
     case "search": return searchResults(frame, purpose);
     case "read": return readMarker(frame);
     case "receipt": return receipt(frame);
+    case "notice": return noticeChanged(frame);
     case "typing": return typing(frame);
     case "presence": return presence(frame.circle, frame.user, frame.state);
     case "alert": return alert(frame.alert);
@@ -176,6 +177,7 @@ function receive(frame) {
 function welcome(frame) {
   const resumed = state.me !== null;
   state.me = frame.user;
+  state.admin = frame.admin === true;
   state.maxAttachment = frame.limits.max_attachment || state.maxAttachment;
   state.reconnectMs = 1000;
   setStatus(true);
@@ -189,8 +191,9 @@ function welcome(frame) {
     state.circles.set(summary.id, { ...(known || {}), summary, unread: summary.unread,
                                     last: summary.last_message || known?.last || null });
   }
-  for (const id of [...state.circles.keys()]) {
+  for (const [id, circle] of [...state.circles]) {
     if (!frame.circles.some((c) => c.id === id)) state.circles.delete(id);
+    forgetNotices(circle);   // receipts may have changed while no `notice` frame could come
   }
   renderCircles();
   for (const [id, circle] of state.circles) {
@@ -409,6 +412,9 @@ function renderCircles() {
   const unread = [...state.circles].reduce((sum, [id, c]) => sum + (state.muted.has(id) ? 0 : c.unread || 0), 0);
   document.title = unread ? `(${unread}) ${TITLE}` : TITLE;
   $("notify-enable").hidden = !("Notification" in window) || Notification.permission !== "default";
+  // the indicators are for administrators and coordinators, as /api/indicators decides
+  const coordinating = [...state.circles.values()].some((c) => c.summary?.coordinator === state.me?.id);
+  $("indicators-link").hidden = !(state.admin || coordinating);
 }
 
 // --- search in a circle's history (the search frame: newest first, a page at a time) -------------
@@ -674,8 +680,92 @@ function eventItem(m) {
       el("span", { class: "kind", text: kind || "DOC" }), " ",
       `${d.type_label || "Document"} (LOINC ${d.type_code}) · ${Math.max(1, Math.round(d.size / 1024))} Ko · envoyé au médecin traitant`));
   }
-  return el("li", { class: "event", "data-kind": e.kind, "data-seq": String(m.seq), "data-client-id": m.client_id,
-                    "data-at": m.at, "aria-label": `${label} : ${m.text}` }, eventIcon(e.kind), body);
+  body.append(el("p", { class: "event-receipts", "data-state": "unknown" }));
+  return el("li", { class: "event", "data-kind": e.kind, "data-event": String(e.id), "data-seq": String(m.seq),
+                    "data-client-id": m.client_id, "data-at": m.at, "aria-label": `${label} : ${m.text}` },
+            eventIcon(e.kind), body);
+}
+
+// --- who was told of a hospital event: ticks on its card, from /api/notifications (the notices and
+// their receipts), asked for when a card appears whose event it has not said, and again when a
+// `notice` frame says one changed; a circle without hospital events never asks -------------------
+
+const NOTICE_DELAY_MS = 250;   // the receipts of one event come together: one request for them
+const NOTICE_STEPS = { queued: 1, sent: 2, delivered: 3, read: 4 };
+const NOTICE_SHOWN = {   // state -> [ticks, words]
+  queued: ["…", "en attente d'envoi"], sent: ["✓", "envoyé"], delivered: ["✓✓", "remis"], read: ["✓✓", "lu"],
+  failed: ["✗", "échec de l'envoi"], none: ["—", "non prévenu"],
+};
+const NOT_NOTIFIED = [["no GP given", "aucun médecin traitant indiqué"],
+  ["GP has no MSSanté box", "pas de boîte MSSanté"], ["GP unknown to the directory", "RPPS inconnu de l'annuaire"],
+  ["GP identifier unusable", "RPPS invalide"]];
+
+function noticeChanged(frame) {
+  const circle = state.circles.get(frame.circle);
+  if (!circle) return;
+  if (frame.circle === state.current) refreshNotices(frame.circle); else forgetNotices(circle);   // asked when shown
+}
+
+function forgetNotices(circle) {
+  circle.notices = null;
+  circle.asked = null;   // the events asked about: a card of one of them asks no more
+}
+
+function refreshNotices(id) {
+  const circle = state.circles.get(id);
+  if (!circle?.summary) return;
+  clearTimeout(circle.noticeTimer);
+  circle.noticeTimer = setTimeout(async () => {
+    const response = await api(`/api/notifications?patient=${encodeURIComponent(circle.summary.patient.ins)}`);
+    if (!response.ok) return;
+    circle.notices = new Map((await response.json()).events.map((e) => [String(e.event), e]));
+    circle.asked = new Set([...(circle.asked || []), ...circle.notices.keys()]);   // one not listed (past 500) stays asked
+    if (state.current === id) renderNotices();
+  }, NOTICE_DELAY_MS);
+}
+
+function noticeState(n) {   // the furthest receipt; a failure unless delivered anyway
+  if (n.status === "not_notified") return { state: "none" };
+  let best = null, failed = null;
+  for (const h of n.history) {
+    if (h.status === "failed") failed = h;
+    else if (NOTICE_STEPS[h.status] && (!best || NOTICE_STEPS[h.status] >= NOTICE_STEPS[best.status])) best = h;
+  }
+  if (failed && (!best || NOTICE_STEPS[best.status] < NOTICE_STEPS.delivered)) return { state: "failed", at: failed.at };
+  return best ? { state: best.status, at: best.at } : { state: "queued" };
+}
+
+function renderNotices() {
+  const circle = state.circles.get(state.current);
+  if (!circle) return;
+  const cards = [...document.querySelectorAll("#messages li.event[data-event]")];
+  const unknown = cards.map((li) => li.dataset.event).filter((e) => !circle.notices?.has(e) && !circle.asked?.has(e));
+  if (unknown.length) {
+    circle.asked = new Set([...(circle.asked || []), ...unknown]);
+    refreshNotices(state.current);
+  }
+  if (!circle.notices) return;
+  for (const li of cards) {
+    const event = circle.notices.get(li.dataset.event);
+    const line = li.querySelector(".event-receipts");
+    if (!event || !line) continue;
+    const gp = event.notices.find((n) => n.role === "gp" || n.role === "gp_structure");
+    const shown = gp ? noticeState(gp) : { state: "none" };
+    const [ticks, words] = NOTICE_SHOWN[shown.state];
+    const who = gp?.role === "gp_structure" ? "Structure du médecin traitant" : "Médecin traitant";
+    const why = gp && shown.state === "none" ? NOT_NOTIFIED.find(([start]) => gp.reason.startsWith(start)) : null;
+    const parts = [`${who} : ${words}${shown.at ? ` à ${timeFmt.format(new Date(shown.at))}` : ""}${why ? ` (${why[1]})` : ""}`];
+    const others = event.notices.filter((n) => n !== gp && n.status !== "not_notified");
+    if (others.length) {
+      const read = others.filter((n) => noticeState(n).state === "read").length;
+      parts.push(`abonnés : ${others.length} prévenu${others.length > 1 ? "s" : ""}, ${read} lu${read > 1 ? "s" : ""}`);
+    }
+    const text = parts.join(" · ");
+    if (line.dataset.state === shown.state && line.textContent.endsWith(text)) continue;
+    line.dataset.state = shown.state;
+    line.title = gp?.recipient || "";
+    line.replaceChildren(el("span", { class: "ticks", "aria-hidden": "true", text: ticks }), ` ${text}`);
+  }
 }
 
 function messageItem(m) {
@@ -794,6 +884,7 @@ function appendMessages(items) {
   }
   placeDaySeparators();
   renderReceipts();
+  renderNotices();
   $("thread").scrollTop = $("thread").scrollHeight;
 }
 
@@ -802,6 +893,7 @@ function prependMessages(items) {
   list.prepend(...items.filter((m) => !list.querySelector(`li[data-seq="${m.seq}"]`)).map(messageItem));
   placeDaySeparators();
   renderReceipts();
+  renderNotices();
 }
 
 function markRead(id) {      // at most one read marker every READ_EVERY_MS: a busy circle stays under the rate limit
@@ -942,6 +1034,7 @@ function route() {
   $("mail-clients").hidden = true;
   $("new-circle").hidden = true;
   $("mail-view").hidden = true;
+  $("indicators").hidden = true;
   const mail = location.hash.match(/^#\/courriel\/([^/]+)\/(\d+)$/);
   if (mail) {
     state.current = null;
@@ -955,6 +1048,7 @@ function route() {
   $("conversation").hidden = true;
   if (location.hash === "#/logiciels") { openMailClients(); renderCircles(); return; }
   if (location.hash === "#/nouveau-cercle") { openNewCircle(); renderCircles(); return; }
+  if (location.hash === "#/indicateurs") { openIndicators(); renderCircles(); return; }
   setView("list");
   renderCircles();
 }
@@ -1207,6 +1301,7 @@ async function start() {
   $("search-more").addEventListener("click", () => runSearch(state.searching?.oldest));
   $("mail-seen").addEventListener("click", markMailSeen);
   $("new-circle-form").addEventListener("submit", createCircle);
+  $("indicators-form").addEventListener("submit", (e) => { e.preventDefault(); loadIndicators(); });
   directorySearch($("nc-search"), $("nc-results"), (idnat) => chosen.has(idnat),
                   (p) => { chosen.set(p.idnat, professionalName(p)); renderChosen(); });
   directorySearch($("ma-search"), $("ma-results"),
