@@ -414,7 +414,8 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     dev_sign_in=v["auth"]["dev_sign_in"], limits=Limits(**v["limits"]),
                     clients=MailClients(client_host, **ports), hl7_max_frame=v["hl7"]["max_frame"], bus_url=bus_url,
                     hl7_raw_retention_days=v["hl7"]["raw_retention_days"],
-                    workers=v["server"]["workers"], job_lease=v["server"]["job_lease"], max_attachment=v["instant"]["max_attachment"],
+                    workers=v["server"]["workers"], job_lease=v["server"]["job_lease"],
+                    max_attachment=v["instant"]["max_attachment"],
                     imap_idle_keepalive=v["imap"]["idle_keepalive"])
 
 

@@ -90,21 +90,21 @@ class Dispatcher:
         """Dispatch every pending event no other process holds; returns how many."""
         done = 0
         async with self._lease.working():
-            found: dict = {}  # the pass's directory answers, shared by its chunks
             while True:
                 ids = await self._lease.claim(hospital_events.c.status == "pending", [hospital_events.c.id], BATCH)
                 if ids:
-                    done += await self._dispatch_all(ids, found)
+                    done += await self._dispatch_all(ids)
                 if len(ids) < BATCH:
                     return done
 
-    async def _dispatch_all(self, ids: list[int], found: dict) -> int:
+    async def _dispatch_all(self, ids: list[int]) -> int:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(
                 select(hospital_events, hl7_messages.c.sender)
                 .join(hl7_messages, hl7_messages.c.id == hospital_events.c.message_id)
                 .where(hospital_events.c.id.in_(ids), hospital_events.c.status == "pending")
                 .order_by(hospital_events.c.id))).all()
+        found: dict = {}  # the pass's directory answers, shared by its chunks
         for chunk in _chunks(rows):  # their mails share group commits
             async with self._engine.connect() as conn:
                 lookups = _Lookups(conn, found)

@@ -1,5 +1,5 @@
 """IMAP extensions clients ask for (issue 12), over real sockets: IDLE keepalives, SEARCHRES,
-WITHIN, MULTIAPPEND, SORT, THREAD, UTF8=ACCEPT. imaptest's groups for each run in test_imaptest.py."""
+WITHIN, MULTIAPPEND, SORT, THREAD, UTF8=ACCEPT, NOTIFY. imaptest's groups for each run in test_imaptest.py."""
 from __future__ import annotations
 
 import re
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .imap_client import RawImap, untagged
+from .imap_client import NURSE, NURSE_IDNAT, URGENCES, URGENTIST, URGENTIST_IDNAT, RawImap, untagged
 from .test_imap import imaplib_client
 
 
@@ -205,3 +205,66 @@ def test_utf8_accept_names_and_strings(server):
     assert reply.startswith(b"a1 BAD"), reply
     other.close()
     client.logout()
+
+
+def test_notify_one_connection_watches_inbox_and_shared_boxes(server):
+    """RFC 5465: after NOTIFY, news comes between commands, unasked: the selected mailbox's
+    EXISTS and FETCH, STATUS of the INBOXes (the person's and the shared box's), LIST for names
+    and subscriptions. Here the emergency department's delegate watches both boxes at once."""
+    shared_inbox = f"Shared/{URGENCES}/INBOX"
+    watcher, other = RawImap(server), RawImap(server)
+    for client in (watcher, other):
+        client.login_token(server, URGENTIST, URGENTIST_IDNAT)
+    assert b" NOTIFY" in watcher.ok("CAPABILITY")[0]
+    watcher.ok("CREATE watched")
+    watcher.ok("SELECT watched")
+    for bad in ("NOTIFY", "NOTIFY SET", "NOTIFY SET (selected (MessageNew))", "NOTIFY SET (bogus (MessageNew))",
+                "NOTIFY SET (selected (FlagChange))", "NOTIFY SET (inboxes (MessageNew (UID)))"):
+        tag, lines = watcher.command(bad)
+        assert lines[-1].startswith(f"{tag} BAD".encode()), (bad, lines)
+    tag, lines = watcher.command("NOTIFY SET (personal (AnnotationChange))")
+    assert lines[-1].startswith(f"{tag} NO [BADEVENT (MessageNew MessageExpunge FlagChange".encode()), lines
+    lines = watcher.ok("NOTIFY SET STATUS (selected (MessageNew MessageExpunge FlagChange)) "
+                       "(inboxes (MessageNew MessageExpunge)) (personal (MailboxName SubscriptionChange))")
+    statuses = untagged(lines, b"STATUS")
+    assert [s.split(b" (")[0] for s in statuses] == [b"* STATUS INBOX", b"* STATUS " + shared_inbox.encode()]
+    assert b"MESSAGES 0 " in statuses[1]
+
+    other.ok(f'APPEND "{shared_inbox}" \x00', b"Subject: patient\r\n\r\nbody\r\n")
+    assert watcher.line().startswith(b"* STATUS %s (MESSAGES 1 UIDNEXT 2 " % shared_inbox.encode())
+    other.ok("APPEND watched \x00", b"Subject: note\r\n\r\nbody\r\n")
+    assert watcher.line() == b"* 1 EXISTS\r\n"
+    assert watcher.line() == b"* 1 RECENT\r\n"
+    other.ok("SELECT watched")
+    other.ok("STORE 1 +FLAGS (\\Flagged)")
+    assert watcher.line() == b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))\r\n"
+    other.ok("CREATE later")
+    assert watcher.line() == b'* LIST () "/" later\r\n'
+    other.ok("RENAME later sooner")
+    assert watcher.line() == b'* LIST () "/" sooner ("OLDNAME" (later))\r\n'
+    other.ok("SUBSCRIBE sooner")
+    assert watcher.line() == b'* LIST (\\Subscribed) "/" sooner\r\n'
+    other.ok("DELETE sooner")
+    assert watcher.line() == b'* LIST (\\NonExistent) "/" sooner\r\n'
+    # during IDLE too: the selected mailbox told by IDLE, the others by NOTIFY
+    watcher.send(b"i1 IDLE\r\n")
+    assert watcher.line().startswith(b"+ ")
+    other.ok("APPEND INBOX \x00", b"Subject: first\r\n\r\nbody\r\n")
+    assert watcher.line().startswith(b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 ")
+    other.ok("APPEND watched \x00", b"Subject: second note\r\n\r\nbody\r\n")
+    assert [watcher.line(), watcher.line()] == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
+    watcher.send(b"DONE\r\n")
+    assert watcher.line().startswith(b"i1 OK")
+    # the delegation revoked, the shared box is heard of no more (its news would come first)
+    assert server.cli("mailbox", "grant", URGENCES, "--rpps", NURSE_IDNAT[1:]) == 0
+    assert server.cli("mailbox", "revoke", URGENCES, "--rpps", URGENTIST_IDNAT[1:]) == 0
+    nurse = RawImap(server)
+    nurse.login_token(server, NURSE, NURSE_IDNAT)
+    nurse.ok(f'APPEND "{shared_inbox}" \x00', b"Subject: private\r\n\r\nbody\r\n")
+    other.ok("APPEND INBOX \x00", b"Subject: mine\r\n\r\nbody\r\n")
+    assert watcher.line().startswith(b"* STATUS INBOX (MESSAGES 2 ")
+    watcher.ok("NOTIFY NONE")
+    other.ok("APPEND INBOX \x00", b"Subject: quiet\r\n\r\nbody\r\n")
+    assert untagged(watcher.ok("NOOP"), b"STATUS") == []
+    for client in (watcher, other, nurse):
+        client.close()

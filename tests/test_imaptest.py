@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.parametrize("database_url", ["sqlite
 IMAPTEST = SHARED / "imaptest"
 # Groups run (not skipped for a capability msante lacks) when issue 12's Correctness list was
 # done: fewer means a capability went missing or a group stopped running.
-GROUPS_RUN = 58  # 41, then MULTIAPPEND, SORT (sort-addresses, -arrival, -date, -size, -subject), ESORT
-# and THREAD (thread, thread2 to thread8, thread-orderedsubject, -orderedsubject2)
+GROUPS_RUN = 59  # 41, then MULTIAPPEND, SORT (sort-addresses, -arrival, -date, -size, -subject), ESORT,
+# THREAD (thread, thread2 to thread8, thread-orderedsubject, -orderedsubject2) and NOTIFY (notify)
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,13 @@ def test_timeline_ticks_and_the_indicators_page(database_url, server, browser, t
         widest = page.eval_on_selector_all("#indicators svg.chart",
                                            "cs => Math.max(...cs.map(c => c.getBoundingClientRect().right))")
         assert widest <= SIZES[size]["viewport"]["width"]  # the charts fit the screen, no sideways scrolling
+    desktop = pages["desktop"]  # one hospital, chosen by FINESS; a wrong one said in French
+    desktop.fill("#ind-structure", "97000")
+    desktop.click("#indicators-form button[type=submit]")
+    desktop.wait_for_selector("#indicators-status:has-text('FINESS invalide')")
+    desktop.fill("#ind-structure", "970002002")
+    desktop.click("#indicators-form button[type=submit]")
+    desktop.wait_for_selector('#indicators-results figure[data-chart="ed"] svg rect')
     print(f"screenshots in {tmp_path}")
     for page in [*pages.values(), gp]:
         page.context.close()

@@ -9,8 +9,9 @@ after the other. The same UPDATE claims the MODSEQ (RFC 7162 §3.1.1) that every
 transaction changes is stamped with; UIDs (RFC 3501 §2.3.1.1) come from `uidnext` by UPDATE ...
 RETURNING, as in mailserver/mailstore.py, so two appends never share one. A write that turns out
 to change nothing rolls back, giving its MODSEQ back. After the commit, sessions watching the box
-(IDLE) hear a `folder_changed` event and re-read the store; an ACL change goes on the RIGHTS
-channel, for the sessions of the person whose rights changed.
+(IDLE) hear a `folder_changed` event and re-read the store, and sessions under NOTIFY hear
+`folder_named` (CREATE, DELETE, RENAME) and `subscription` events too; an ACL change goes on the
+RIGHTS channel, for the sessions of the person whose rights changed.
 
 A body (one per message, however many folders hold it) is freed when the last folder row goes
 and no queued delivery still has to relay it; the envelope stays, with no body.
@@ -145,6 +146,11 @@ def _changed(row: Any) -> Event:
                             "highestmodseq": row.highestmodseq}
 
 
+def _named(mailbox_id: int, name: str, old: str | None = None) -> Event:
+    """A folder name came (CREATE), went (DELETE) or replaced `old` (RENAME): NOTIFY MailboxName."""
+    return mailbox_id, {"type": "folder_named", "folder": name, "old": old}
+
+
 _META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modseq, folder_messages.c.internaldate,
          folder_messages.c.size)
 _WITH_BODY = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
@@ -202,7 +208,7 @@ class Folders:
             await ensure_folders(conn, mailbox_id)  # "Sent" made by hand would lose its \Sent
             folder_id = await _insert_folder(conn, mailbox_id, name, special_use,
                                              await _uidvalidity(conn, mailbox_id))
-            return FolderInfo(folder_id, name, special_use), []
+            return FolderInfo(folder_id, name, special_use), [_named(mailbox_id, name)]
         try:
             return await self._write(work)
         except IntegrityError:
@@ -227,7 +233,7 @@ class Folders:
             await conn.execute(delete(folders).where(folders.c.id == folder.id))
             if name in _DEFAULT_USE:
                 await _insert_folder(conn, mailbox_id, name, _DEFAULT_USE[name], uidvalidity)
-            return None, [_changed(folder)]
+            return None, [_changed(folder), _named(mailbox_id, name)]
         await self._write(work)
 
     async def rename(self, mailbox_id: int, old: str, new: str, delimiter: str = "/") -> None:
@@ -242,7 +248,7 @@ class Folders:
         async def work(conn: AsyncConnection) -> tuple[None, list[Event]]:
             folder = await _lock_name(conn, mailbox_id, old)
             if old == INBOX:
-                return None, await _rename_inbox(conn, folder, new)
+                return None, [*await _rename_inbox(conn, folder, new), _named(mailbox_id, new)]
             prefix = old + delimiter
             moved = [(r.id, new + r.name[len(old):], r.uidvalidity) for r in await conn.execute(
                 select(folders.c.id, folders.c.name, folders.c.uidvalidity).where(folders.c.mailbox_id == mailbox_id))
@@ -255,7 +261,7 @@ class Folders:
             if old in _DEFAULT_USE:
                 await _insert_folder(conn, mailbox_id, old, _DEFAULT_USE[old],
                                      await _uidvalidity(conn, mailbox_id))
-            return None, [_changed(folder)]
+            return None, [_changed(folder), _named(mailbox_id, new, old)]
         try:
             await self._write(work)
         except IntegrityError:
@@ -273,11 +279,18 @@ class Folders:
         row = {"mailbox_id": mailbox_id, "who": who, "name": normalise(name)}
         await committed(self._engine, lambda conn: conn.execute(
             dialect_insert(conn, folder_subscriptions).on_conflict_do_nothing(), row))
+        await self._subscription_changed(mailbox_id, who, name)
 
     async def unsubscribe(self, mailbox_id: int, who: str, name: str) -> None:
         await committed(self._engine, lambda conn: conn.execute(delete(folder_subscriptions).where(
             folder_subscriptions.c.mailbox_id == mailbox_id, folder_subscriptions.c.who == who,
             folder_subscriptions.c.name == normalise(name))))
+        await self._subscription_changed(mailbox_id, who, name)
+
+    async def _subscription_changed(self, mailbox_id: int, who: str, name: str) -> None:
+        """NOTIFY SubscriptionChange: `who`'s other sessions hear it."""
+        await self._bus.publish(mailbox_channel(mailbox_id), {"type": "subscription", "folder": normalise(name),
+                                                              "who": who})
 
     async def acl(self, mailbox_id: int) -> dict[str, str]:
         async with self._engine.connect() as conn:

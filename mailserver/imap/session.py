@@ -40,6 +40,8 @@ from .fetchitems import parse_fetch, render
 from .folders import SYSTEM_FLAGS, FolderExists, Folders, NoSuchFolder, OverQuota
 from .message import Known, Message, UnknownCTE
 from .names import ALL_RIGHTS, DELEGATE_RIGHTS, Box, expand_rights, Namespace, Resolved, shared_prefix
+from .notify import EVENTS as NOTIFY_EVENTS
+from .notify import BadEvent, parse_notify
 from .parser import LiteralPending
 from .search import BadCharset, FlagTerm, MessageFacts, SearchQuery, parse_search
 from .sort import SortFacts, needs_message, parse_sort
@@ -51,6 +53,7 @@ from .thread import thread as thread_messages
 from .selected import Selected
 from .seqset import SequenceSet, compress
 from .syntax import Atom, Command, PList, String, Token, text
+from .watch import Watcher
 
 log = logging.getLogger("msante.imap")
 
@@ -68,7 +71,8 @@ AUTHENTICATED_CAPABILITIES = (
     "UIDPLUS", "MOVE", "UNSELECT", "NAMESPACE", "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
     "LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE", "ACL", "RIGHTS=texk",
     "BINARY", "CHILDREN", "STATUS=SIZE", "SEARCHRES", "WITHIN", "MULTIAPPEND",
-    "SORT", "ESORT", *(f"THREAD={a}" for a in THREAD_ALGORITHMS), "UTF8=ACCEPT")
+    "SORT", "ESORT", *(f"THREAD={a}" for a in THREAD_ALGORITHMS), "UTF8=ACCEPT",
+    "NOTIFY")
 ENABLEABLE = ("CONDSTORE", "QRESYNC", "IMAP4REV2", "UTF8=ACCEPT")
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
 
@@ -167,6 +171,8 @@ class Session:
         self._rights_read: tuple[int, int] | None = None  # ctx.rights_version when the namespace was read
         self.refusals = 0  # tagged NO and BAD sent
         self._command = "unknown"  # the command being answered, for the metrics: one we know, or "unknown"
+        self.turn = asyncio.Lock()  # held by a command (but IDLE) or by the NOTIFY watcher while it speaks
+        self.watcher: Watcher | None = None
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -196,6 +202,8 @@ class Session:
         return 60.0 if self.state == NOT_AUTHENTICATED else IDLE_TIMEOUT
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self._counted:
             self.ctx.open_sessions[self._counted] -= 1
             if self.ctx.open_sessions[self._counted] <= 0:
@@ -220,7 +228,13 @@ class Session:
             return
         self._command = f"UID {name}" if uid else name
         try:
-            await self._dispatch(command, name, args, uid, entry)
+            # the NOTIFY watcher (watch.py) waits for a command's end, but speaks during IDLE
+            # once it has finished what it was saying
+            async with self.turn:
+                if name != "IDLE":
+                    await self._dispatch(command, name, args, uid, entry)
+            if name == "IDLE":
+                await self._dispatch(command, name, args, uid, entry)
         finally:
             self._command = "unknown"
 
@@ -733,6 +747,26 @@ class Session:
         if line.strip().upper() != b"DONE":
             raise Bad("IDLE ends with DONE")
 
+    async def notify(self, tag: str, args: list, uid: bool) -> None:
+        """NOTIFY (RFC 5465): from now on, watch.py hears the boxes and tells what changes."""
+        def visible(token: Token) -> str:
+            name = self._mailbox_name(token)
+            resolved = self.namespace.resolve(name)
+            return resolved.box.visible_name(resolved.folder) if resolved is not None else name
+        try:
+            spec = parse_notify(args, visible)
+        except BadEvent as exc:
+            raise No(str(exc), f"BADEVENT ({' '.join(NOTIFY_EVENTS)})") from None
+        if self.watcher is not None:
+            await self.watcher.stop()
+            self.watcher = None
+        if spec is None:  # NOTIFY NONE
+            return
+        self.watcher = Watcher(self, spec)
+        if spec.status:
+            await self.conn.send(await self.watcher.status_now())
+        self.watcher.start()
+
     async def getquotaroot(self, tag: str, args: list, uid: bool) -> None:
         if len(args) != 1:
             raise Bad("GETQUOTAROOT needs a mailbox name")
@@ -1177,7 +1211,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "CHECK": (_SEL, Session.check), "CLOSE": (_SEL, Session.close_cmd), "UNSELECT": (_SEL, Session.unselect),
     "EXPUNGE": (_SEL, Session.expunge), "FETCH": (_SEL, Session.fetch), "STORE": (_SEL, Session.store),
     "COPY": (_SEL, Session.copy), "MOVE": (_SEL, Session.move), "SEARCH": (_SEL, Session.search),
-    "SORT": (_SEL, Session.sort), "THREAD": (_SEL, Session.thread),
+    "SORT": (_SEL, Session.sort), "THREAD": (_SEL, Session.thread), "NOTIFY": (_AUTH, Session.notify),
 }
 
 

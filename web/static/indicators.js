@@ -41,7 +41,8 @@ async function loadIndicators() {
     const body = await response.json().catch(() => ({}));
     $("indicators-status").textContent = response.status === 403
       ? "Accès refusé : les indicateurs sont réservés aux administrateurs et aux coordinateurs d'un cercle de soins."
-      : `Période ou établissement invalide${body.message ? ` (${body.message})` : ""}.`;
+      : (body.message || "").startsWith("structure") ? "FINESS invalide : 9 chiffres ou lettres."
+        : "Période invalide : le premier mois doit précéder le dernier, 36 mois au plus.";
     return;
   }
   const { from, to, items } = await response.json();
