@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from mailserver import dsn, headers
 from mailserver.mailstore import QUEUED, MailStore, Recipient, free_bodies
 from store.audit import Actor, AuditTrail
+from store.lease import Lease
 from store.schema import (alerts, circle_messages, deliveries, envelopes, hospital_events,
                           hospital_notice_history, hospital_notices, mailboxes)
 
@@ -66,7 +67,7 @@ async def cancel(conn: AsyncConnection, mailstore: MailStore, audit: AuditTrail,
     dispatcher took it first (nothing was written)."""
     claimed = await conn.execute(update(hospital_events).where(and_(
         hospital_events.c.id == event.id, hospital_events.c.status == "pending")).values(
-        status="dispatched", dispatched_at=now))
+        status="dispatched", dispatched_at=now, **Lease.cleared()))
     if claimed.rowcount != 1:
         return None
     actor = Actor(hospital.sender, "application")
@@ -157,7 +158,8 @@ async def _withdraw(conn: AsyncConnection, row, now: datetime) -> bool:  # noqa:
         return False
     taken = await conn.execute(update(deliveries).where(and_(
         deliveries.c.envelope_id == row.envelope_id, deliveries.c.recipient == row.recipient,
-        deliveries.c.status == "queued")).values(status="withdrawn", last_error="event cancelled", updated_at=now))
+        deliveries.c.status == "queued")).values(status="withdrawn", last_error="event cancelled", updated_at=now,
+                                                 **Lease.cleared()))  # a node sending it: its outcome is refused
     if not taken.rowcount:
         return False
     await conn.execute(insert(hospital_notice_history), {"notice_id": row.id, "status": "withdrawn",

@@ -1,11 +1,10 @@
 """job leases: deliveries and hospital_events are worked by every node (store/lease.py)
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0015
 
 A process claims due rows by writing its name and a lease end on them; the single-runner
-advisory lock is gone. (0014 and 0015 are other branches' numbers: this one follows whichever
-is the head when they are merged.)
+advisory lock is gone.
 """
 from alembic import op
 import sqlalchemy as sa
