@@ -418,8 +418,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
     parser.add_argument("--rates", type=lambda text: [float(r) for r in text.split(",")],
                         default=[100, 200, 400, 600, 800, 1000], help="posts per second, comma-separated, increasing")
-    parser.add_argument("--open-concurrency", type=int, default=100,
-                        help="connections being opened at once, over all clients (default 100)")
+    parser.add_argument("--open-concurrency", type=int, default=32,
+                        help="connections being opened at once, over all clients (default 32: more, on a loaded machine, outlast the 10 s a connection has to authenticate)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL URL whose user may create the benchmark's database")

@@ -528,10 +528,11 @@ class Connection:
                 return
             elif isinstance(action, Recheck):
                 await self._recheck()
-            else:
+            else:  # asyncio.timeout, not wait_for: that wraps the wait in a task of its own on 3.11
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.session.next_wakeup(now, wall))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.session.next_wakeup(now, wall)):
+                        await self._wake.wait()
 
     async def _leave(self) -> None:
         self._closing = True
