@@ -60,6 +60,7 @@ from instant.storage import SqlStore  # noqa: E402
 from store import db  # noqa: E402
 from store.schema import professionals  # noqa: E402
 from tests.conftest import RedisServer, free_port  # noqa: E402
+from tests.test_workers import workers_of  # noqa: E402
 
 TARGET_P99 = 0.100  # s: the rate "held" is the highest whose p99 delivery latency stays under this
 DRAIN_SECONDS = 5.0  # after each step, how long stragglers may still arrive
@@ -118,16 +119,7 @@ def start_server(data_dir: Path, env: dict[str, str], workers: int, log: Path) -
 
 def server_pids(root: int, workers: int) -> list[int]:
     """The processes that serve: the workers under the supervisor, or `root` itself."""
-    if workers == 1:
-        return [root]
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == root:
-                pids.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return pids
+    return [root] if workers == 1 else sorted(workers_of(root))
 
 
 def rss_kib(pid: int) -> int:

@@ -16,7 +16,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-WAIT = 0.05  # s an early event waits for those before it (a Redis hop takes ~1 ms)
+# s an early event waits for those before it. A Redis hop takes ~1 ms, but the other worker
+# announces only once its commit has returned to it: on a loaded machine (bench/instant.py,
+# load average 15 on 2 cores) 50 ms still let most gaps through to the store, where each
+# connection's catch-up costs four round trips (pool ping, BEGIN, SELECT, ROLLBACK).
+WAIT = 0.2
 
 Deliver = Callable[[dict[str, Any]], None]
 
