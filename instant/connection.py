@@ -488,15 +488,18 @@ class Connection:
                     cursor.advance(item.seq)
                     self._write_text(item.wire)
                 elif verdict is Verdict.GAP:  # an event went missing: the store has the message
-                    await self._catch_up(item.circle)
+                    await self._catch_up(item.circle, item.seq)
             else:
                 await self._catch_up(item.circle)
             await self._writer.drain()
 
-    async def _catch_up(self, circle: int) -> None:
+    async def _catch_up(self, circle: int, reaching: int | None = None) -> None:
+        """Write what the store holds after the cursor; `reaching`: the live message that showed
+        a gap (the first page is then shared with the process's other connections)."""
         page_size = self._limits.max_history_page
         while (cursor := self.session.cursors.get(circle)) is not None:
-            page = await self._instant.messages.catch_up(circle, cursor.delivered, page_size)
+            page = await self._instant.messages.catch_up(circle, cursor.delivered, page_size, reaching=reaching)
+            reaching = None
             for message in page:
                 if self.session.cursors.get(circle) is not cursor:  # unfollowed meanwhile
                     return
@@ -528,10 +531,11 @@ class Connection:
                 return
             elif isinstance(action, Recheck):
                 await self._recheck()
-            else:
+            else:  # asyncio.timeout, not wait_for: that wraps the wait in a task of its own on 3.11
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.session.next_wakeup(now, wall))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.session.next_wakeup(now, wall)):
+                        await self._wake.wait()
 
     async def _leave(self) -> None:
         self._closing = True

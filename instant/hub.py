@@ -28,8 +28,10 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from store.events import RIGHTS, EventBus, Subscription
+from store.events import RIGHTS, LocalBus, LocalTap, Subscription
+from store.redis_bus import RedisBus
 
+from .ordering import InOrder
 from .presence import HEARTBEAT_SECONDS, Change, SharedPresence
 
 log = logging.getLogger("msante.instant")
@@ -48,12 +50,14 @@ class Listener(Protocol):
 
 
 class Hub:
-    def __init__(self, bus: EventBus, shared: SharedPresence | None = None) -> None:
+    def __init__(self, bus: LocalBus | RedisBus, shared: SharedPresence | None = None) -> None:
         self._bus = bus
         self._shared = shared
         self._writing = asyncio.Lock()  # presence writes reach Redis in the order they were made
         self._listeners: dict[str, set[Listener]] = {}
-        self._pumps: dict[str, tuple[Subscription, asyncio.Task]] = {}
+        self._pumps: dict[str, tuple[Subscription, asyncio.Task]] = {}  # RIGHTS
+        self._taps: dict[str, LocalTap] = {}  # every other channel with a listener here
+        self._order: dict[str, InOrder] = {}  # circle channel -> its messages in seq order
         self._presence: dict[int, dict[str, dict[Listener, str]]] = {}  # circle -> idnat -> listener -> state
         self._names: dict[str, dict[str, str]] = {}  # idnat -> {id, name}, for presence frames
         self._people: Counter[str] = Counter()
@@ -94,10 +98,10 @@ class Hub:
     def attach(self, channel: str, listener: Listener) -> None:
         listeners = self._listeners.setdefault(channel, set())
         listeners.add(listener)
-        if channel not in self._pumps:
-            subscription = self._bus.subscribe(channel)
-            task = asyncio.create_task(self._pump(channel, subscription), name=f"hub {channel}")
-            self._pumps[channel] = (subscription, task)
+        if channel not in self._taps:  # heard at once, inside publish: no queue or task per channel
+            self._taps[channel] = self._bus.tap(channel, self._heard)
+            if channel.startswith("circle:"):
+                self._order[channel] = InOrder(lambda event: self._deliver(channel, event))
 
     async def detach(self, channel: str, listener: Listener) -> None:
         listeners = self._listeners.get(channel)
@@ -106,9 +110,21 @@ class Hub:
         listeners.discard(listener)
         if not listeners:
             del self._listeners[channel]
-            subscription, task = self._pumps.pop(channel)
-            await subscription.close()
-            task.cancel()
+            self._taps.pop(channel).close()
+            order = self._order.pop(channel, None)
+            if order is not None:
+                order.flush()
+
+    def _heard(self, channel: str, event: dict[str, Any]) -> None:
+        order = self._order.get(channel)
+        if order is None:
+            self._deliver(channel, event)
+        elif event.get("type") == "message":
+            order.message(event)
+        else:
+            if event.get("type") == "overflow":  # what waits goes first, then the resync
+                order.flush()
+            self._deliver(channel, event)
 
     def start(self) -> None:
         """Hear rights changes (store.events.RIGHTS) from now on."""
@@ -116,10 +132,6 @@ class Hub:
         self._pumps[RIGHTS] = (subscription, asyncio.create_task(self._pump_rights(subscription), name="hub rights"))
         if self._shared is not None:
             self._heartbeat = asyncio.create_task(self._beat(), name="hub presence heartbeat")
-
-    async def _pump(self, channel: str, subscription: Subscription) -> None:
-        async for event in subscription:
-            self._deliver(channel, event)
 
     async def _pump_rights(self, subscription: Subscription) -> None:
         """A person's rights changed: their connections re-read their memberships. After an
@@ -142,6 +154,12 @@ class Hub:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
+        for tap in self._taps.values():
+            tap.close()
+        self._taps.clear()
+        for order in self._order.values():
+            order.flush()
+        self._order.clear()
         for channel in list(self._pumps):
             subscription, task = self._pumps.pop(channel)
             await subscription.close()

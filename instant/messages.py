@@ -8,6 +8,7 @@ connections costs no store read and one JSON encoding, whatever the number of me
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -28,6 +29,7 @@ class Messages:
         self._circles = circles
         self._audit = audit
         self._bus = bus
+        self._gaps: dict[tuple[int, int, int], tuple[int, asyncio.Future]] = {}  # catch-ups shared (catch_up)
 
     async def post(self, principal: Principal, circle_id: int, client_id: str, text: str, source: str,
                    acknowledge: Callable[[dict, bool], None], reply_to: int | None = None,
@@ -79,11 +81,31 @@ class Messages:
                                  via="search", chars=len(text), before=before, results=len(found))
         return found, more
 
-    async def catch_up(self, circle_id: int, after: int, limit: int) -> list[dict]:
+    async def catch_up(self, circle_id: int, after: int, limit: int, *, reaching: int | None = None) -> list[dict]:
         """Messages after `after` for a connection that follows the circle (membership was
-        checked when it subscribed, and is withdrawn from it as soon as it changes)."""
-        page, _more = await self._store.messages(circle_id, after=after, limit=limit)
+        checked when it subscribed, and is withdrawn from it as soon as it changes).
+
+        `reaching`: the seq of the live message that showed a gap. Every connection of this
+        process in the circle sees the same gap at once; they share one query, started for a
+        seq at least as high as theirs, so it cannot miss their message (committed before it
+        was announced). The page is shared: callers must not change it."""
+        if reaching is None:
+            page, _more = await self._store.messages(circle_id, after=after, limit=limit)
+            return page
+        key = (circle_id, after, limit)
+        shared = self._gaps.get(key)
+        if shared is None or shared[0] < reaching:
+            query = asyncio.ensure_future(self._store.messages(circle_id, after=after, limit=limit))
+            shared = self._gaps[key] = (reaching, query)
+            query.add_done_callback(lambda done: self._forget(key, done))
+        page, _more = await asyncio.shield(shared[1])
         return page
+
+    def _forget(self, key: tuple[int, int, int], query: asyncio.Future) -> None:
+        if self._gaps.get(key, (0, None))[1] is query:
+            del self._gaps[key]
+        if not query.cancelled():
+            query.exception()  # retrieved, even when every caller was cancelled meanwhile
 
     async def mark_read(self, principal: Principal, circle_id: int, seq: int, source: str,
                         user: dict[str, str]) -> tuple[int, int]:

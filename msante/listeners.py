@@ -36,12 +36,20 @@ REFUSALS_IN_TLS = 64  # refused connections handshaking at once to be told why; 
 
 
 class _TLSProtocol(sslproto.SSLProtocol):
-    """asyncio's TLS layer with a 32 KiB read buffer instead of 256 KiB. The buffer is allocated
-    (and, once the allocator has raised its mmap threshold, touched) per connection: at 256 KiB an
-    idle TLS connection held ~290 KiB of RSS (bench/imap_prelogin.py). 32 KiB is two full TLS
-    records, enough that a bulk transfer costs no more reads than the records it carries."""
+    """asyncio's TLS layer reading into one 32 KiB buffer per process instead of 256 KiB per
+    connection. asyncio allocates (and, once the allocator has raised its mmap threshold, touches)
+    the buffer for each connection: at 256 KiB an idle TLS connection held ~290 KiB of RSS
+    (bench/imap_prelogin.py), at 32 KiB still 32 of the ~87 KiB an idle websocket cost
+    (bench/instant.py). Sharing it is safe: the transport reads into it and calls buffer_updated
+    at once, which copies the bytes into the connection's own TLS input (a MemoryBIO) before
+    anything else runs on the loop. 32 KiB is two full TLS records, enough that a bulk transfer
+    costs no more reads than the records it carries."""
 
     max_size = 32 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ssl_buffer, self._ssl_buffer_view = _SHARED_READ_BUFFER  # the one above is garbage now
 
     def _do_shutdown(self) -> None:
         """Our close_notify, then the connection closes, without waiting for the client's (RFC
@@ -52,6 +60,9 @@ class _TLSProtocol(sslproto.SSLProtocol):
         super()._do_shutdown()
         if self._state is sslproto.SSLProtocolState.SHUTDOWN and self._shutdown_timeout_handle is not None:
             self._on_shutdown_complete(None)
+
+
+_SHARED_READ_BUFFER = (buffer := bytearray(_TLSProtocol.max_size), memoryview(buffer))
 
 
 class Listener:

@@ -108,11 +108,32 @@ class LocalSubscription:
         self._bus._remove(self)
 
 
+class LocalTap:
+    """A listener called at once, inside publish, with (channel, event): no queue and no task.
+    For the websocket hub, whose delivery only queues on each connection and never waits: a
+    subscription (a queue of QUEUE_DEPTH and a task to empty it) for each person and circle with
+    a live connection cost every idle websocket a few KiB (bench/instant.py)."""
+
+    def __init__(self, bus: "LocalBus", channel: str, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        self._bus = bus
+        self.channels = (channel,)
+        self._listener = listener
+
+    def offer(self, event: dict[str, Any]) -> None:
+        self._listener(self.channels[0], event)
+
+    def resync(self) -> None:
+        self._listener(self.channels[0], OVERFLOW)
+
+    def close(self) -> None:
+        self._bus._remove(self)
+
+
 class LocalBus:
     """In-process fan-out: publish never blocks; a slow subscriber loses events, then gets OVERFLOW."""
 
     def __init__(self) -> None:
-        self._subscribers: dict[str, set[LocalSubscription]] = defaultdict(set)
+        self._subscribers: dict[str, set[LocalSubscription | LocalTap]] = defaultdict(set)
 
     async def publish(self, channel: str, event: dict[str, Any]) -> None:
         for subscriber in list(self._subscribers.get(channel, ())):
@@ -129,7 +150,12 @@ class LocalBus:
             self._subscribers[channel].add(subscription)
         return subscription
 
-    def _remove(self, subscription: LocalSubscription) -> None:
+    def tap(self, channel: str, listener: Callable[[str, dict[str, Any]], None]) -> LocalTap:
+        tap = LocalTap(self, channel, listener)
+        self._subscribers[channel].add(tap)
+        return tap
+
+    def _remove(self, subscription: LocalSubscription | LocalTap) -> None:
         for channel in subscription.channels:
             subscribers = self._subscribers.get(channel)
             if subscribers is not None:

@@ -25,14 +25,14 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .events import LocalBus, LocalSubscription
+from .events import LocalBus, LocalSubscription, LocalTap
 
 log = logging.getLogger("msante.events")
 
@@ -94,6 +94,9 @@ class RedisBus:
 
     def subscribe(self, *channels: str) -> LocalSubscription:
         return self.local.subscribe(*channels)
+
+    def tap(self, channel: str, listener: Callable[[str, dict[str, Any]], None]) -> LocalTap:
+        return self.local.tap(channel, listener)
 
     # --- sending -------------------------------------------------------------------------------
 
