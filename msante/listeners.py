@@ -50,16 +50,21 @@ class _TLSProtocol(sslproto.SSLProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ssl_buffer, self._ssl_buffer_view = _SHARED_READ_BUFFER  # the one above is garbage now
+        self._fin_sent = False
 
     def _do_shutdown(self) -> None:
-        """Our close_notify, then the connection closes, without waiting for the client's (RFC
-        8446 §6.1 does not ask the closer to wait). asyncio waits up to 30 s for it, and clients
-        that themselves wait for the server to close after LOGOUT or QUIT (imaptest, Dovecot's
-        own TLS layer) then waited the 30 s: one connection held that long per LOGOUT, 90 s of
-        each imaptest run. Still waiting for the peer means the shutdown timer still runs."""
+        """Our close_notify, then our end of the connection closed too (a TCP FIN), without
+        waiting for the client's close_notify first. asyncio waits up to 30 s for it with the
+        connection open, and clients that themselves wait for the server to close after LOGOUT
+        or QUIT (imaptest, Dovecot's own TLS layer) then waited the 30 s: a connection held that
+        long per LOGOUT, 90 s of each imaptest run. The read side stays open until the client
+        closes (or the 30 s), so what it still sends is read and dropped rather than answered
+        with a reset that could destroy our last reply before the client reads it."""
         super()._do_shutdown()
-        if self._state is sslproto.SSLProtocolState.SHUTDOWN and self._shutdown_timeout_handle is not None:
-            self._on_shutdown_complete(None)
+        waiting = self._state is sslproto.SSLProtocolState.SHUTDOWN and self._shutdown_timeout_handle is not None
+        if waiting and not self._fin_sent and self._transport.can_write_eof():
+            self._fin_sent = True
+            self._transport.write_eof()
 
 
 _SHARED_READ_BUFFER = (buffer := bytearray(_TLSProtocol.max_size), memoryview(buffer))
