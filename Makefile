@@ -28,7 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/directory.py
-	$(BIN)/python bench/instant.py
+	$(BIN)/python bench/instant.py --sqlite --workers 1 --clients 1 --connections 2000  # the embedded default; issue 13: no options
 	$(BIN)/python bench/imap.py
 
 # The lock: uv's resolver writing pip's requirements format (hashes, markers for every platform),
