@@ -34,7 +34,15 @@ def facts_row(body_id: int, data: bytes) -> dict[str, Any]:
     subjects = f.fields.get("subject")
     return {"body_id": body_id, "envelope": f.envelope, "body": f.body, "bodystructure": f.bodystructure,
             "header": f.header, "fields": json.dumps(fields, separators=(",", ":")),
-            "search_subject": "\n".join(v.casefold() for v in subjects) if subjects is not None else None}
+            "search_subject": _storable("\n".join(v.casefold() for v in subjects)) if subjects is not None else None}
+
+
+def _storable(text: str) -> str:
+    """Text both stores take: a NUL (PostgreSQL refuses it in text, and so refused the whole
+    delivery) and lone surrogates (8-bit octets, which neither store encodes) become U+FFFD. A
+    SEARCH string holds neither, so no match is lost; one holding U+FFFD may find these."""
+    text = text.replace("\x00", "\ufffd")
+    return text if text.isascii() else "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def _facts(row: Any, columns: Iterable[str]) -> Facts:

@@ -109,3 +109,18 @@ async def test_migration_learns_existing_bodies(database_url):
             assert (await conn.execute(text("SELECT count(*) FROM message_facts"))).scalar() == 1
     finally:
         await engine.dispose()
+
+
+def test_subjects_with_nul_or_8_bit_octets_are_delivered_and_searchable(server):
+    """A Subject with a NUL or raw 8-bit octets (no encoded word) was refused by PostgreSQL (NUL
+    in text) or by both stores (lone surrogates in the casefolded subject): the delivery failed."""
+    deliver(server, [GP], raw=b"From: jean.dupont@msante.test\r\nTo: jean.dupont@msante.test\r\n"
+                              b"Subject: bilan a\x00b\r\n\r\nbody\r\n")
+    deliver(server, [GP], raw=b"From: jean.dupont@msante.test\r\nTo: jean.dupont@msante.test\r\n"
+                              b"Subject: R\xe9sultats bilan\r\n\r\nbody\r\n")
+    client = RawImap(server)
+    client.login_token(server)
+    client.ok("SELECT INBOX")
+    assert client.ok('SEARCH SUBJECT "bilan"')[0].rstrip() == b"* SEARCH 1 2"
+    assert client.ok('SEARCH SUBJECT "sultats"')[0].rstrip() == b"* SEARCH 2"
+    client.close()
