@@ -39,8 +39,8 @@ def facts_row(body_id: int, data: bytes) -> dict[str, Any]:
 
 def _storable(text: str) -> str:
     """Text both stores take: a NUL (PostgreSQL refuses it in text, and so refused the whole
-    delivery) and lone surrogates (8-bit octets, which neither store encodes) become U+FFFD. A
-    SEARCH string holds neither, so no match is lost; one holding U+FFFD may find these."""
+    delivery) and any lone surrogate (an 8-bit octet kept by surrogateescape, which no store
+    encodes) become U+FFFD. A SEARCH string holds neither, so no match is lost."""
     text = text.replace("\x00", "\ufffd")
     return text if text.isascii() else "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
