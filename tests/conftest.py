@@ -194,7 +194,7 @@ class _Template:
         if kind == "sqlite-url":
             database_url = f"sqlite+aiosqlite:///{root / 'test.db'}"
         elif kind == "postgresql":
-            database_url = PG_URL.rsplit("/", 1)[0] + "/" + asyncio.run(_postgresql("CREATE DATABASE {}"))
+            database_url = PG_URL.rsplit("/", 1)[0] + "/" + _apart(_postgresql("CREATE DATABASE {}"))
         saved = {k: os.environ.get(k) for k in ("MSANTE_SERVER__DATA_DIR", "MSANTE_DATABASE__URL")}
         os.environ["MSANTE_SERVER__DATA_DIR"] = str(data_dir)
         if database_url:
@@ -220,8 +220,27 @@ class _Template:
             shutil.copyfile(self.database_url.split(":///", 1)[1], database_url.split(":///", 1)[1])
             return
         name, template = database_url.rsplit("/", 1)[1], self.database_url.rsplit("/", 1)[1]
-        asyncio.run(_postgresql("DROP DATABASE {} WITH (FORCE)", name))
-        asyncio.run(_postgresql(f'CREATE DATABASE {{}} TEMPLATE "{template}"', name))
+        _apart(_postgresql("DROP DATABASE {} WITH (FORCE)", name))
+        _apart(_postgresql(f'CREATE DATABASE {{}} TEMPLATE "{template}"', name))
+
+
+def _apart(coroutine):  # noqa: ANN001, ANN202
+    """Run `coroutine` to its end on a loop of its own in another thread. asyncio.run here, in
+    an async test's setup, left the main thread without an event loop, which pytest-asyncio
+    0.24 (the oldest allowed) then asked for: 34 tests failed with it."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = asyncio.run(coroutine)
+        except BaseException as exc:  # raised again in the caller's thread
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 _TEMPLATES: dict[tuple, _Template] = {}
@@ -234,7 +253,7 @@ def _drop_templates():
     yield
     for template in _TEMPLATES.values():
         if template.database_url and template.database_url.startswith("postgresql"):
-            asyncio.run(_postgresql("DROP DATABASE IF EXISTS {} WITH (FORCE)", template.database_url.rsplit("/", 1)[1]))
+            _apart(_postgresql("DROP DATABASE IF EXISTS {} WITH (FORCE)", template.database_url.rsplit("/", 1)[1]))
 
 
 @pytest.fixture
