@@ -373,7 +373,8 @@ async def test_events_after_commit(store, bus):
 
 
 async def test_large_folder_reads_in_few_queries(store, engine):
-    """SELECT, FETCH CHANGEDSINCE and bodies on 10,000 messages: statements do not grow with it."""
+    """SELECT, STATUS, FETCH CHANGEDSINCE and bodies on 10,000 messages: statements do not grow
+    with it, and SELECT gets a row per flag list, not per message."""
     inbox = await folder_id(store, "INBOX")
     async with engine.begin() as conn:
         body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
@@ -386,8 +387,17 @@ async def test_large_folder_reads_in_few_queries(store, engine):
                            {"id": inbox})
     statements = []
     event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    assert len(await store.messages(inbox)) == 10_000 and len(statements) == 1
-    assert "bodies" not in statements[0]  # sizes are the folder rows': SELECT reads no 10 KB body row
+    state, groups = await store.view(inbox)  # SELECT: the state, then one row per flag list
+    assert len(statements) == 2 and "bodies" not in statements[1]
+    assert [(g.flags, g.uids, g.modseqs) for g in groups] == [(frozenset(), list(range(1, 10_001)),
+                                                               list(range(1, 10_001)))]
+    statements.clear()
+    state, counts = await store.summary(inbox)  # STATUS: counted by the database
+    assert counts == {"MESSAGES": 10_000, "RECENT": 10_000, "UNSEEN": 10_000, "DELETED": 0, "SIZE": 30_000}
+    assert len(statements) == 2
+    statements.clear()
+    dates = await store.dates(inbox, [1, 5_000, 10_000])  # INTERNALDATE and size, when a command needs them
+    assert dates == {uid: (NOW, 3) for uid in (1, 5_000, 10_000)} and len(statements) == 1
     statements.clear()
     assert len((await store.changes(inbox, 9_000)).changed) == 1_000 and len(statements) == 2
     statements.clear()
