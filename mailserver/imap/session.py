@@ -173,6 +173,7 @@ class Session:
         self._command = "unknown"  # the command being answered, for the metrics: one we know, or "unknown"
         self.turn = asyncio.Lock()  # held by a command (but IDLE) or by the NOTIFY watcher while it speaks
         self.watcher: Watcher | None = None
+        self._recording: asyncio.Future | None = None  # SELECT's audit record, awaited by the next command
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -202,6 +203,7 @@ class Session:
         return 60.0 if self.state == NOT_AUTHENTICATED else IDLE_TIMEOUT
 
     async def close(self) -> None:
+        await self._recorded()
         if self.watcher is not None:
             await self.watcher.stop()
         if self._counted:
@@ -212,7 +214,14 @@ class Session:
 
     # -- dispatch ------------------------------------------------------------------------------
 
+    async def _recorded(self) -> None:
+        """Wait for SELECT's audit record to be committed (store/db.committed: shielded)."""
+        recording, self._recording = self._recording, None
+        if recording is not None:
+            await recording
+
     async def handle(self, command: Command) -> None:
+        await self._recorded()
         name, args, uid = command.name, command.args, False
         if name == "UID":
             if not args or not isinstance(args[0], Atom):
@@ -552,8 +561,13 @@ class Session:
             out += await self._qresync(selected, params["QRESYNC"])
         await self.conn.send(b"".join(out))
         self.selected, self.state = selected, SELECTED
-        await self._audit("imap.examine" if readonly else "imap.select", resolved.box.grant.address,
-                          folder=resolved.folder, role=resolved.box.grant.role)
+        # Recorded before this session's next command runs (the FETCH that reads the messages),
+        # not before the OK: the commit's fsync (1-8 ms here) overlaps the client's round trip
+        # instead of adding to SELECT's time. What the OK follows (counts, flags) went out before
+        # the record was committed already.
+        self._recording = asyncio.ensure_future(self._audit(
+            "imap.examine" if readonly else "imap.select", resolved.box.grant.address,
+            folder=resolved.folder, role=resolved.box.grant.role))
         return Ok("READ-ONLY" if readonly else "READ-WRITE", ("EXAMINE" if readonly else "SELECT") + " completed")
 
     async def examine(self, tag: str, args: list, uid: bool) -> Ok | None:
