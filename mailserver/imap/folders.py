@@ -383,20 +383,22 @@ class Folders:
                 fm.c.folder_id == folder_id, fm.c.uid >= uids[0], fm.c.uid <= uids[-1]))).all()
         return {uid: (_instant(when), size) for uid, when, size in rows if uid in keep}
 
-    async def summary(self, folder_id: int) -> tuple[FolderState, dict[str, int]]:
-        """STATUS's figures, counted by the database: MESSAGES, RECENT (not yet claimed by a
-        SELECT), UNSEEN, DELETED, SIZE."""
+    async def summary(self, folder_id: int, *, size: bool) -> tuple[FolderState, dict[str, int]]:
+        """STATUS's figures: MESSAGES, RECENT (not yet claimed by a SELECT), UNSEEN, DELETED, and
+        SIZE if `size`; counted by the database per flag list (the index SELECT reads), then
+        summed here over those few rows."""
         fm = folder_messages
-
-        def count(condition: Any) -> Any:
-            return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
         async with self._engine.connect() as conn:
             state = _state(await _folder(conn, folder_id))
-            row = (await conn.execute(select(
-                func.count(), count(fm.c.uid >= state.first_recent_uid),
-                count(_flag_condition(("flag", "\\Seen", False))), count(_flag_condition(("flag", "\\Deleted", True))),
-                func.coalesce(func.sum(fm.c.size), 0)).where(fm.c.folder_id == folder_id))).one()
-        return state, dict(zip(("MESSAGES", "RECENT", "UNSEEN", "DELETED", "SIZE"), (int(v) for v in row)))
+            rows = (await conn.execute(
+                select(fm.c.flags, func.count(), func.sum(case((fm.c.uid >= state.first_recent_uid, 1), else_=0)))
+                .where(fm.c.folder_id == folder_id).group_by(fm.c.flags))).all()
+            octets = (await conn.execute(select(func.coalesce(func.sum(fm.c.size), 0))
+                                         .where(fm.c.folder_id == folder_id))).scalar_one() if size else 0
+        groups = [(flag_set(flags), count, int(recent)) for flags, count, recent in rows]
+        return state, {"MESSAGES": sum(n for _, n, _ in groups), "RECENT": sum(r for _, _, r in groups),
+                       "UNSEEN": sum(n for flags, n, _ in groups if "\\Seen" not in flags),
+                       "DELETED": sum(n for flags, n, _ in groups if "\\Deleted" in flags), "SIZE": int(octets)}
 
     async def meta(self, folder_id: int, uid: int) -> MessageMeta | None:
         """One message's flags and size, for a reader outside IMAP (mailserver/webmail.py)."""

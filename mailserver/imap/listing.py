@@ -184,7 +184,7 @@ async def status_line(session: "Session", name: str, folder_id: int, items: list
     _check_status_items(items)
     folders = session.ctx.folders
     if {"MESSAGES", "UNSEEN", "SIZE", "DELETED", "RECENT"} & set(items):
-        state, counts = await folders.summary(folder_id)
+        state, counts = await folders.summary(folder_id, size="SIZE" in items)
     else:
         state, counts = await folders.state(folder_id), {}
     values = {
