@@ -387,10 +387,12 @@ async def test_large_folder_reads_in_few_queries(store, engine):
                            {"id": inbox})
     statements = []
     event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    state, groups = await store.view(inbox)  # SELECT: the state, then one row per flag list
-    assert len(statements) == 2 and "bodies" not in statements[1]
-    assert [(g.flags, g.uids, g.modseqs) for g in groups] == [(frozenset(), list(range(1, 10_001)),
-                                                               list(range(1, 10_001)))]
+    view = await store.view(inbox)  # SELECT: the state, then one row per flag list
+    assert len(statements) == 2 and "bodies" not in statements[1] and "GROUP BY" in statements[1]
+    assert view.uids == list(range(1, 10_001)) and set(view.flags.values()) == {frozenset()}
+    assert view.modseqs == {uid: uid for uid in range(1, 10_001)} and view.first_unseen == 1
+    statements.clear()
+    assert await store.view(inbox) is view and len(statements) == 1  # the next SELECT: the folder's row
     statements.clear()
     state, counts = await store.summary(inbox, size=True)  # STATUS: counted by the database
     assert counts == {"MESSAGES": 10_000, "RECENT": 10_000, "UNSEEN": 10_000, "DELETED": 0, "SIZE": 30_000}
@@ -405,3 +407,10 @@ async def test_large_folder_reads_in_few_queries(store, engine):
     statements.clear()
     changed, _ = await store.store_flags(inbox, range(1, 10_001), "+", {"\\Seen"})
     assert len(changed) == 10_000 and len(statements) <= 4
+    await store.store_flags(inbox, [2], "+", {"$Label1"})
+    await store.expunge(inbox, [])  # nothing to expunge
+    statements.clear()
+    view = await store.view(inbox)  # the next SELECT reads what the change log has since
+    assert len(statements) == 2 and "GROUP BY" not in statements[1]
+    assert view.flags[1] == {"\\Seen"} and view.flags[2] == {"\\Seen", "$Label1"} and view.first_unseen is None
+    assert view.keywords == {"$Label1"} and view.modseqs[2] == view.state.highestmodseq

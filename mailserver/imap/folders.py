@@ -18,11 +18,13 @@ and no queued delivery still has to relay it; the envelope stays, with no body.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
+from itertools import chain
 from typing import Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
 from sqlalchemy import (String, and_, bindparam, case, cast, delete, func, insert, literal, not_, null, or_, select,
@@ -42,6 +44,7 @@ from .message import Facts
 from .names import normalise
 
 T = TypeVar("T")
+VIEWS = 32  # folder views kept for the next SELECT: ~2.5 MB each at 10,000 messages
 BATCH = 500  # ids per IN (...) list: far below SQLite's and asyncpg's limits on bound parameters
 INBOX = "INBOX"
 # RFC 3501 §2.3.2, by their lower-case spelling; in the order a FLAGS response lists them.
@@ -103,6 +106,47 @@ class Changes:
     state: FolderState
     changed: list[MessageMeta]  # modseq > since, by uid (new messages included)
     vanished: list[int]  # expunged with modseq > since, sorted
+
+
+@dataclass
+class FolderView:
+    """A folder's messages as of `state.highestmodseq`: UIDs in order, flags and MODSEQ by UID.
+    Built once from the rows, then moved on only by the change log (`Folders.view`), as each
+    session's own view is; shared, so a session copies what it will change."""
+
+    state: FolderState
+    uids: list[int]
+    flags: dict[int, frozenset[str]]
+    modseqs: dict[int, int]
+    keywords: frozenset[str] = frozenset()  # in use on some message
+    first_unseen: int | None = None  # UID
+
+    def settle(self) -> None:
+        """Keywords in use and the first unseen message, after the flags changed."""
+        distinct = set(self.flags.values())  # few: flag_set shares them
+        self.keywords = frozenset(f for flags in distinct for f in flags if not f.startswith("\\"))
+        if all("\\Seen" in flags for flags in distinct):
+            self.first_unseen = None
+        else:
+            flags = self.flags
+            self.first_unseen = next(u for u in self.uids if "\\Seen" not in flags[u])
+
+    def apply(self, changes: Changes) -> None:
+        """Move on to `changes.state`: Selected.sync's work, without telling anyone."""
+        new, old = changes.state, self.state
+        if (new.highestmodseq, new.first_recent_uid) < (old.highestmodseq, old.first_recent_uid):
+            return  # a state read before this view moved on
+        self.state = new  # its \Recent mark moves without a MODSEQ
+        if not changes.changed and not changes.vanished:
+            return
+        for uid in changes.vanished:
+            if self.flags.pop(uid, None) is not None:
+                del self.uids[bisect.bisect_left(self.uids, uid)], self.modseqs[uid]
+        for meta in changes.changed:
+            if meta.uid not in self.flags:
+                bisect.insort(self.uids, meta.uid)  # at the end: UIDs only grow
+            self.flags[meta.uid], self.modseqs[meta.uid] = meta.flags, meta.modseq
+        self.settle()
 
 
 class _Unchanged(Exception):
@@ -179,6 +223,7 @@ class Folders:
         self._engine = engine
         self._bus = bus
         self._quota = quota_bytes
+        self._views: dict[int, FolderView] = {}  # by folder id, least recently used first
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[tuple[T, list[Event]]]]) -> T:
         """Commit `work`, then announce what it changed."""
@@ -203,9 +248,17 @@ class Folders:
         return await self._write(work)
 
     async def get(self, mailbox_id: int, name: str) -> FolderInfo:
+        row = await self._named(mailbox_id, name)
+        return FolderInfo(row.id, row.name, row.special_use)
+
+    async def state_of(self, mailbox_id: int, name: str) -> FolderState:
+        """The folder of that name and its state, in one statement: SELECT's first read."""
+        return _state(await self._named(mailbox_id, name))
+
+    async def _named(self, mailbox_id: int, name: str) -> Any:
         """A default folder is created on first use, as `list` would (a client may SELECT
         Drafts before it ever LISTs)."""
-        query = select(folders.c.id, folders.c.name, folders.c.special_use).where(
+        query = select(*_FOLDER, folders.c.special_use).where(
             folders.c.mailbox_id == mailbox_id, folders.c.name == normalise(name))
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
@@ -215,7 +268,7 @@ class Folders:
                 row = (await conn.execute(query)).first()
         if row is None:
             raise NoSuchFolder(name)
-        return FolderInfo(row.id, row.name, row.special_use)
+        return row
 
     async def create(self, mailbox_id: int, name: str, special_use: str = "") -> FolderInfo:
         name = normalise(name)
@@ -355,13 +408,39 @@ class Folders:
                                       .order_by(folder_messages.c.uid))
             return [_meta(r) for r in rows.all()]
 
-    async def view(self, folder_id: int) -> tuple[FolderState, list[FlagGroup]]:
-        """What SELECT holds of a folder: its state, then its messages' UIDs and MODSEQs grouped
-        by flag list, each group's numbers as one string built by the database. A folder has a
-        handful of distinct flag lists, so 10,000 messages come as a few rows, and Python splits
-        strings instead of building a row object per message (issue 12: a row per message was
-        most of SELECT's time). The state is read first: a change committed between the two
-        reads has a MODSEQ above the state's, so the session's next sync reads it again."""
+    async def view(self, folder_id: int, state: FolderState | None = None) -> FolderView:
+        """The folder's messages as of its HIGHESTMODSEQ now (SELECT's starting point). Kept
+        for the next SELECT of the folder (VIEWS at most, the least recently used dropped),
+        which reads only what the change log has after it: on a folder nobody changed, the
+        folder's row and nothing else, or not even that if the caller just read it (`state`)."""
+        view = self._views.get(folder_id)
+        if view is not None:
+            since = view.state.highestmodseq
+            changes = await self.changes(folder_id, since, state)
+            if changes.state.uidvalidity != view.state.uidvalidity:  # renamed, or deleted and its id reused
+                view = None
+            elif view.state.highestmodseq == since:  # unless another SELECT moved it on meanwhile
+                view.apply(changes)
+        if view is None:
+            state, groups = await self._groups(folder_id)
+            view = FolderView(state, sorted(chain.from_iterable(g.uids for g in groups)), {}, {})
+            for group in groups:
+                view.flags.update(dict.fromkeys(group.uids, group.flags))
+                view.modseqs.update(zip(group.uids, group.modseqs))
+            view.settle()
+        self._views.pop(folder_id, None)
+        self._views[folder_id] = view
+        while len(self._views) > VIEWS:
+            del self._views[next(iter(self._views))]
+        return view
+
+    async def _groups(self, folder_id: int) -> tuple[FolderState, list[FlagGroup]]:
+        """The folder's state, then its messages' UIDs and MODSEQs grouped by flag list, each
+        group's numbers as one string built by the database. A folder has a handful of
+        distinct flag lists, so 10,000 messages come as a few rows, and Python splits strings
+        instead of building a row object per message (issue 12: a row per message was most of
+        SELECT's time). The state is read first: a change committed between the two reads has a
+        MODSEQ above the state's, so the change log gives it again."""
         fm = folder_messages
         async with self._engine.connect() as conn:
             state = _state(await _folder(conn, folder_id))
@@ -407,14 +486,17 @@ class Folders:
                 folder_messages.c.folder_id == folder_id, folder_messages.c.uid == uid))).first()
         return _meta(row) if row else None
 
-    async def changes(self, folder_id: int, since_modseq: int) -> Changes:
+    async def changes(self, folder_id: int, since_modseq: int, state: FolderState | None = None) -> Changes:
         """What changed after `since_modseq` (CONDSTORE FETCH CHANGEDSINCE, QRESYNC). The state
-        is read first and the rows are bounded by its HIGHESTMODSEQ: writes to a folder commit in
-        MODSEQ order, so everything up to it is visible, and what comes later is left for the
-        next call (whose `since` is this HIGHESTMODSEQ) instead of being half-reported now."""
+        is read first (or given, just read) and the rows are bounded by its HIGHESTMODSEQ: writes
+        to a folder commit in MODSEQ order, so everything up to it is visible, and what comes
+        later is left for the next call (whose `since` is this HIGHESTMODSEQ) instead of being
+        half-reported now."""
         fm, fv = folder_messages, folder_vanished
+        if state is not None and state.highestmodseq <= since_modseq:
+            return Changes(state, [], [])
         async with self._engine.connect() as conn:
-            state = _state(await _folder(conn, folder_id))
+            state = state or _state(await _folder(conn, folder_id))
             if state.highestmodseq <= since_modseq:  # what a session asks after almost every command
                 return Changes(state, [], [])
 

@@ -50,20 +50,17 @@ class Selected:
     first_unseen: int | None = None  # sequence number, as SELECT found it (its UNSEEN)
 
     @classmethod
-    async def open(cls, folders: Folders, box: Box, folder: str, folder_id: int, *, readonly: bool) -> "Selected":
-        """EXAMINE claims no \\Recent (RFC 3501 §6.3.2: no change to the mailbox) but shows
-        those no SELECT has claimed yet, as STATUS counts them."""
-        state, groups = await folders.view(folder_id)
-        selected = cls(box, folder, folder_id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq)
-        for group in groups:
-            selected.uids += group.uids
-            selected.flags.update(dict.fromkeys(group.uids, group.flags))
-            selected.modseqs.update(zip(group.uids, group.modseqs))
-        selected.uids.sort()
-        in_use = {f for g in groups for f in g.flags if not f.startswith("\\")}
-        selected.told_keywords = set(state.keywords) | in_use  # one arriving meanwhile too
-        unseen = min((min(g.uids) for g in groups if "\\Seen" not in g.flags), default=None)
-        selected.first_unseen = None if unseen is None else selected.seq_of(unseen)
+    async def open(cls, folders: Folders, box: Box, folder: str, state: FolderState, *,
+                   readonly: bool) -> "Selected":
+        """From the folder's `state`, just read. EXAMINE claims no \\Recent (RFC 3501 §6.3.2: no
+        change to the mailbox) but shows those no SELECT has claimed yet, as STATUS counts them."""
+        view = await folders.view(state.id, state)  # shared: copied before anything changes it
+        state = view.state
+        selected = cls(box, folder, state.id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq,
+                       view.uids.copy(), view.flags.copy(), view.modseqs.copy())
+        selected.told_keywords = set(state.keywords) | view.keywords  # one arriving meanwhile too
+        if view.first_unseen is not None:
+            selected.first_unseen = selected.seq_of(view.first_unseen)
         if selected.uids:
             selected.recent = await selected._recent(folders, state, selected.uids)
         return selected

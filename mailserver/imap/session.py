@@ -266,7 +266,7 @@ class Session:
         except (Bad, ValueError) as exc:
             await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
             return
-        if self.state != LOGOUT:
+        if self.state != LOGOUT and name not in ("SELECT", "EXAMINE"):  # a view read just now
             await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
@@ -546,9 +546,11 @@ class Session:
             self.state = AUTHENTICATED
             await self.conn.send(b"* OK [CLOSED] previous mailbox closed\r\n")
         resolved = await self._resolve(args[0], "r", "imap.examine" if readonly else "imap.select")
-        folder_id = await self._folder_id(resolved)
-        selected = await Selected.open(self.ctx.folders, resolved.box, resolved.folder, folder_id,
-                                       readonly=readonly)
+        try:
+            state = await self.ctx.folders.state_of(resolved.box.grant.mailbox_id, resolved.folder)
+        except NoSuchFolder:
+            raise No(f"no folder {resolved.folder!r}", "NONEXISTENT") from None
+        selected = await Selected.open(self.ctx.folders, resolved.box, resolved.folder, state, readonly=readonly)
         out = [selected.flags_response(), b"* %d EXISTS\r\n" % selected.exists]
         if not self.rev2:
             out.append(selected.recent_response())
