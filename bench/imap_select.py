@@ -175,7 +175,7 @@ def main() -> int:
     print(f"  rows fetched (all()):   {show([s[2] for s in samples], 1, '%d')}")
     print("  last run's statements:\n    " + "\n    ".join(counter.seen))
     if profiler:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
+        pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(args.profile)
     return 0
 
 
