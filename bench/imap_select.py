@@ -73,7 +73,8 @@ def main() -> int:
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--mailbox", default="bench10k")
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--command", default="SELECT", choices=["SELECT", "EXAMINE", "STATUS"])
+    parser.add_argument("--command", default="SELECT", choices=["SELECT", "EXAMINE", "STATUS", "FETCH"],
+                        help="FETCH: 1:* (FLAGS UID RFC822.SIZE ENVELOPE), each after a SELECT (not measured)")
     parser.add_argument("--public-url", help="the URL `msante init` gave the data directory (its dev issuer), "
                                              "if not the https listener's")
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions")
@@ -149,15 +150,19 @@ def main() -> int:
     until(b"a")
     walls = []
     command = {"SELECT": f'SELECT "{args.mailbox}"', "EXAMINE": f'EXAMINE "{args.mailbox}"',
-               "STATUS": f'STATUS "{args.mailbox}" (MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ RECENT)'}
+               "STATUS": f'STATUS "{args.mailbox}" (MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ RECENT)',
+               "FETCH": "FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE)"}
     for n in range(args.runs):
+        if args.command == "FETCH":
+            sock.sendall(b'f%d SELECT "%s"\r\n' % (n, args.mailbox.encode()))
+            until(b"f%d" % n)
         tag = b"s%d" % n
         started = time.perf_counter()
         sock.sendall(tag + b" " + command[args.command].encode() + b"\r\n")
         lines = until(tag)
         walls.append(time.perf_counter() - started)
         if n == 0:
-            print("\n".join(line.decode(errors="replace")[:100] for line in lines))
+            print("\n".join(line.decode(errors="replace")[:100] for line in lines[:12]))
         if args.command != "STATUS":
             sock.sendall(b"u%d UNSELECT\r\n" % n)
             until(b"u%d" % n)

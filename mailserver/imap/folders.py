@@ -451,7 +451,7 @@ class Folders:
         return state, [FlagGroup(flag_set(flags), _numbers(uids), _numbers(modseqs)) for flags, uids, modseqs in rows]
 
     async def dates(self, folder_id: int, uids: Sequence[int]) -> dict[int, tuple[datetime, int]]:
-        """INTERNALDATE and size of `uids` (sorted), those still present: they never change, so
+        """INTERNALDATE and size of `uids`, those still present: they never change, so
         SELECT leaves them for the FETCH, SEARCH or SORT that needs them. One range query,
         filtered here (no IN list)."""
         if not uids:
@@ -459,7 +459,7 @@ class Folders:
         fm, keep = folder_messages, set(uids)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(fm.c.uid, type_coerce(fm.c.internaldate, String), fm.c.size).where(
-                fm.c.folder_id == folder_id, fm.c.uid >= uids[0], fm.c.uid <= uids[-1]))).all()
+                fm.c.folder_id == folder_id, fm.c.uid >= min(uids), fm.c.uid <= max(uids)))).all()
         return {uid: (_instant(when), size) for uid, when, size in rows if uid in keep}
 
     async def summary(self, folder_id: int, *, size: bool) -> tuple[FolderState, dict[str, int]]:

@@ -947,11 +947,11 @@ class Session:
         needs_message = any(i.name not in STORE_ITEMS for i in items)
         needs_dates = any(i.name in ("INTERNALDATE", "RFC822.SIZE") for i in items)
         known = {i.known_from for i in items if i.name not in STORE_ITEMS}
+        if needs_dates:  # all at once: one range query, not one a batch
+            await selected.load_dates(self.ctx.folders, uids)
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start:start + FETCH_BATCH]
             bodies = await self._messages(selected.folder_id, batch, known) if needs_message else {}
-            if needs_dates:
-                await selected.load_dates(self.ctx.folders, batch)
             seen_now: set[int] = set()
             if sets_seen:
                 unseen = [u for u in batch if "\\Seen" not in selected.flags[u]]
@@ -1123,10 +1123,10 @@ class Session:
         """What SORT and THREAD read of the messages found ((seq, uid)): `header`, their header."""
         selected = self.selected
         facts: list[SortFacts] = []
+        await selected.load_dates(self.ctx.folders, [u for _, u in found])
         for start in range(0, len(found), FETCH_BATCH):
             batch = found[start:start + FETCH_BATCH]
             heads = await self._messages(selected.folder_id, [u for _, u in batch], {"fields"}) if header else {}
-            await selected.load_dates(self.ctx.folders, [u for _, u in batch])
             facts += [SortFacts(s, *selected.dates.get(u, EPOCH), heads.get(u)) for s, u in batch]
         return facts
 
@@ -1188,12 +1188,12 @@ class Session:
         """(seq, uid) of the messages matching `query`, each tested here, their header or body
         read a batch at a time when a key needs them."""
         found = []
+        if query.needs_dates:
+            await selected.load_dates(self.ctx.folders, selected.uids)
         for start in range(0, selected.exists, FETCH_BATCH):
             batch = selected.uids[start:start + FETCH_BATCH]
             known = {None} if query.needs_body else {"fields", "header"} if query.needs_header else {"fields"}
             bodies = await self._messages(selected.folder_id, batch, known) if query.needs_message else {}
-            if query.needs_dates:
-                await selected.load_dates(self.ctx.folders, batch)
             for offset, u in enumerate(batch):
                 flags = selected.flags[u] | RECENT if u in selected.recent else selected.flags[u]
                 facts = MessageFacts(start + offset + 1, u, flags, *selected.dates.get(u, EPOCH), selected.modseqs[u],
