@@ -42,6 +42,7 @@ const state = {
   attached: [],             // documents uploaded for the next post ({circle, id, name, type, size})
   maxAttachment: 10 * 1024 * 1024,   // bytes; the server's own figure comes in the welcome
   alerts: new Map(),        // id -> alert
+  boxes: null,              // a promise of the addresses whose INBOX this person may read (/api/mailboxes)
   typingSentAt: 0, typingTimers: new Map(),
   threadScroll: 0,          // where the thread was when the alerts covered it (0: at its latest message)
   nextId: 1, requests: new Map(),   // request id -> what it was for
@@ -117,6 +118,7 @@ async function refreshToken() {
 function signOut(message) {
   sessionStorage.removeItem("session");
   state.session = null;
+  state.boxes = null;
   if (state.ws) state.ws.close(1000);
   showSignIn(message);
 }
@@ -440,7 +442,7 @@ function runSearch(before) {
 function searchResults(frame, purpose) {
   if (!purpose || frame.circle !== state.current || purpose.search !== state.searching?.q) return;
   const list = $("search-results");
-  list.append(...frame.messages.map((m) => {
+  list.append(...frame.messages.filter((m) => !isCancellation(m)).map((m) => {
     const item = messageItem(m);
     item.querySelector(".reply")?.remove();
     for (const node of item.querySelectorAll(".text, .event-title, .event-body > p:not(.event-document)")) {
@@ -681,9 +683,71 @@ function eventItem(m) {
       `${d.type_label || "Document"} (LOINC ${d.type_code}) · ${Math.max(1, Math.round(d.size / 1024))} Ko · envoyé au médecin traitant`));
   }
   body.append(el("p", { class: "event-receipts", "data-state": "unknown" }));
-  return el("li", { class: "event", "data-kind": e.kind, "data-event": String(e.id), "data-seq": String(m.seq),
+  const item = el("li", { class: "event", "data-kind": e.kind, "data-event": String(e.id), "data-seq": String(m.seq),
+                          "data-client-id": m.client_id, "data-at": m.at, "aria-label": `${label} : ${m.text}` },
+                  eventIcon(e.kind), body);
+  if (e.cancelled) markCancelled(item, e.cancelled);
+  return item;
+}
+
+// A cancellation (ADT^A11, A13, ZBE-4 CANCEL) is an item of its own (`event.kind` ANN) naming the
+// seq of the cancelled event's item: no card, the card it names is struck through and says when.
+// History already holds the cancelled item marked (`event.cancelled`), so an older page needs none.
+const isCancellation = (m) => m.kind === "event" && m.event?.kind === "ANN";
+
+function applyCancellations(items) {
+  for (const m of items.filter(isCancellation)) {
+    const card = $("messages").querySelector(`li.event[data-seq="${m.event.cancels.seq}"]`);
+    if (card) markCancelled(card, { at: m.at, by: m.event.id });
+  }
+}
+
+function markCancelled(card, cancelled) {
+  if (card.classList.contains("cancelled")) return;
+  card.classList.add("cancelled");
+  card.dataset.cancelledBy = String(cancelled.by);
+  card.querySelector(".event-title").after(el("p", { class: "event-cancelled" },
+    el("strong", { text: "Annulé" }), ` par l'établissement le ${dateTimeFmt.format(new Date(cancelled.at))}`));
+  card.setAttribute("aria-label", `Annulé : ${card.getAttribute("aria-label")}`);
+}
+
+// A document that came by mail in an IHE_XDM.ZIP (hospital/incoming.py): its type by its LOINC
+// label, who wrote it and when, and the way to the mail: a link when it reached a box this person
+// reads, else the box it is in (the mail itself, and the document, stay in that box).
+function documentItem(m) {
+  const e = m.event;
+  const label = "Document reçu par messagerie";
+  const when = el("time", { datetime: m.at, title: dateTimeFmt.format(new Date(m.at)), "data-relative": "",
+                            text: relativeTime(m.at) });
+  const reply = el("button", { type: "button", class: "reply", text: "Répondre",
+                               "aria-label": `Répondre au document reçu de ${e.hospital}` });
+  reply.addEventListener("click", () => startReply(m));
+  const created = e.documents[0]?.created;
+  const body = el("div", { class: "event-body" },
+    el("div", { class: "who" }, el("span", { text: "Messagerie sécurisée · " }, when), reply),
+    el("strong", { class: "event-title", text: label }),
+    ...e.documents.map((d) => el("p", { class: "event-document" }, el("span", { class: "kind", text: "DOC" }), " ",
+      d.type_label || "Document", d.type_code ? ` (LOINC ${d.type_code})` : "")),
+    el("p", { text: `${e.hospital}${e.mail.from && e.mail.from !== e.hospital ? ` · ${e.mail.from}` : ""}` }),
+    el("p", { class: "event-when", text: created ? `Créé le ${dateTimeFmt.format(new Date(created))}` : "" }));
+  const where = el("p", { class: "event-mail" });
+  body.append(where);
+  linkToMail(where, e.mail.boxes.filter((b) => b.folder === "INBOX"));
+  return el("li", { class: "event", "data-kind": "DOC", "data-source": "mail", "data-seq": String(m.seq),
                     "data-client-id": m.client_id, "data-at": m.at, "aria-label": `${label} : ${m.text}` },
-            eventIcon(e.kind), body);
+            eventIcon("DOC"), body);
+}
+
+async function linkToMail(where, boxes) {
+  where.textContent = boxes.length ? `Message dans la boîte ${boxes.map((b) => b.mailbox).join(", ")}` : "";
+  state.boxes ??= api("/api/mailboxes").then((r) => (r.ok ? r.json() : { items: [] }))
+    .then(({ items }) => new Set(items.map((b) => b.address)), () => { state.boxes = null; return new Set(); });
+  const mine = await state.boxes;
+  const box = boxes.find((b) => mine.has(b.mailbox));
+  if (box) {
+    where.replaceChildren(el("a", { class: "open-mail", href: `#/courriel/${encodeURIComponent(box.mailbox)}/${box.uid}`,
+                                    text: "Ouvrir le message" }), ` (boîte ${box.mailbox})`);
+  }
 }
 
 // --- who was told of a hospital event: ticks on its card, from /api/notifications (the notices and
@@ -770,6 +834,7 @@ function renderNotices() {
 
 function messageItem(m) {
   if (m.kind === "event" && m.event) return eventItem(m);
+  if (m.kind === "document" && m.event?.mail) return documentItem(m);
   const mine = m.author.id === state.me.id;
   const when = el("time", { datetime: m.at, title: dateTimeFmt.format(new Date(m.at)), "data-relative": "",
                             text: relativeTime(m.at) });
@@ -877,11 +942,12 @@ function cancelReply() {
 function appendMessages(items) {
   const list = $("messages");
   for (const m of items) {
-    if (list.querySelector(`li[data-seq="${m.seq}"]`)) continue;
+    if (isCancellation(m) || list.querySelector(`li[data-seq="${m.seq}"]`)) continue;
     const pending = list.querySelector(`li.pending[data-client-id="${CSS.escape(m.client_id)}"]`);
     if (pending && m.author.id === state.me.id) pending.replaceWith(messageItem(m));
     else list.append(messageItem(m));
   }
+  applyCancellations(items);
   placeDaySeparators();
   renderReceipts();
   renderNotices();
@@ -890,7 +956,9 @@ function appendMessages(items) {
 
 function prependMessages(items) {
   const list = $("messages");
-  list.prepend(...items.filter((m) => !list.querySelector(`li[data-seq="${m.seq}"]`)).map(messageItem));
+  list.prepend(...items.filter((m) => !isCancellation(m) && !list.querySelector(`li[data-seq="${m.seq}"]`))
+    .map(messageItem));
+  applyCancellations(items);
   placeDaySeparators();
   renderReceipts();
   renderNotices();
