@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -137,6 +136,8 @@ def test_every_hospital_item_kind_in_the_timeline(database_url, server, browser,
             cancelled = page.wait_for_selector('#messages li.event.cancelled[data-kind="ADM"]')
             assert "Annulé par l'établissement le " in cancelled.inner_text(), where
             assert "MEDECINE POLYVALENTE" in cancelled.inner_text()
+            told = page.wait_for_selector('li.cancelled .cancel-receipts[data-state="delivered"]')  # the GP heard of both
+            assert told.inner_text().startswith("✓✓ Annulation : Médecin traitant : remis"), where
             struck = page.eval_on_selector('#messages li.event.cancelled .event-title',
                                            "t => getComputedStyle(t).textDecorationLine")
             assert struck == "line-through", where

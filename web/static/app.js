@@ -709,6 +709,7 @@ function markCancelled(card, cancelled) {
   card.querySelector(".event-title").after(el("p", { class: "event-cancelled" },
     el("strong", { text: "Annulé" }), ` par l'établissement le ${dateTimeFmt.format(new Date(cancelled.at))}`));
   card.setAttribute("aria-label", `Annulé : ${card.getAttribute("aria-label")}`);
+  card.querySelector(".event-receipts").after(el("p", { class: "event-receipts cancel-receipts", "data-state": "unknown" }));
 }
 
 // A document that came by mail in an IHE_XDM.ZIP (hospital/incoming.py): its type by its LOINC
@@ -728,7 +729,7 @@ function documentItem(m) {
     el("strong", { class: "event-title", text: label }),
     ...e.documents.map((d) => el("p", { class: "event-document" }, el("span", { class: "kind", text: "DOC" }), " ",
       d.type_label || "Document", d.type_code ? ` (LOINC ${d.type_code})` : "")),
-    el("p", { text: `${e.hospital}${e.mail.from && e.mail.from !== e.hospital ? ` · ${e.mail.from}` : ""}` }),
+    el("p", { text: `${e.hospital}${e.mail.from && e.mail.from !== e.hospital ? ` · envoyé par ${e.mail.from}` : ""}` }),
     el("p", { class: "event-when", text: created ? `Créé le ${dateTimeFmt.format(new Date(created))}` : "" }));
   const where = el("p", { class: "event-mail" });
   body.append(where);
@@ -803,33 +804,38 @@ function renderNotices() {
   const circle = state.circles.get(state.current);
   if (!circle) return;
   const cards = [...document.querySelectorAll("#messages li.event[data-event]")];
-  const unknown = cards.map((li) => li.dataset.event).filter((e) => !circle.notices?.has(e) && !circle.asked?.has(e));
+  const unknown = cards.flatMap((li) => (li.dataset.cancelledBy ? [li.dataset.event, li.dataset.cancelledBy] : [li.dataset.event]))
+    .filter((e) => !circle.notices?.has(e) && !circle.asked?.has(e));
   if (unknown.length) {
     circle.asked = new Set([...(circle.asked || []), ...unknown]);
     refreshNotices(state.current);
   }
   if (!circle.notices) return;
   for (const li of cards) {
-    const event = circle.notices.get(li.dataset.event);
-    const line = li.querySelector(".event-receipts");
-    if (!event || !line) continue;
-    const gp = event.notices.find((n) => n.role === "gp" || n.role === "gp_structure");
-    const shown = gp ? noticeState(gp) : { state: "none" };
-    const [ticks, words] = NOTICE_SHOWN[shown.state];
-    const who = gp?.role === "gp_structure" ? "Structure du médecin traitant" : "Médecin traitant";
-    const why = gp && shown.state === "none" ? NOT_NOTIFIED.find(([start]) => gp.reason.startsWith(start)) : null;
-    const parts = [`${who} : ${words}${shown.at ? ` à ${timeFmt.format(new Date(shown.at))}` : ""}${why ? ` (${why[1]})` : ""}`];
-    const others = event.notices.filter((n) => n !== gp && n.status !== "not_notified");
-    if (others.length) {
-      const read = others.filter((n) => noticeState(n).state === "read").length;
-      parts.push(`abonnés : ${others.length} prévenu${others.length > 1 ? "s" : ""}, ${read} lu${read > 1 ? "s" : ""}`);
-    }
-    const text = parts.join(" · ");
-    if (line.dataset.state === shown.state && line.textContent.endsWith(text)) continue;
-    line.dataset.state = shown.state;
-    line.title = gp?.recipient || "";
-    line.replaceChildren(el("span", { class: "ticks", "aria-hidden": "true", text: ticks }), ` ${text}`);
+    showTold(li.querySelector(".event-receipts"), circle.notices.get(li.dataset.event), "");
+    if (li.dataset.cancelledBy) showTold(li.querySelector(".cancel-receipts"), circle.notices.get(li.dataset.cancelledBy),
+                                         "Annulation : ");
   }
+}
+
+function showTold(line, event, prefix) {
+  if (!event || !line) return;
+  const gp = event.notices.find((n) => n.role === "gp" || n.role === "gp_structure");
+  const shown = gp ? noticeState(gp) : { state: "none" };
+  const [ticks, words] = NOTICE_SHOWN[shown.state];
+  const who = gp?.role === "gp_structure" ? "Structure du médecin traitant" : "Médecin traitant";
+  const why = gp && shown.state === "none" ? NOT_NOTIFIED.find(([start]) => gp.reason.startsWith(start)) : null;
+  const parts = [`${prefix}${who} : ${words}${shown.at ? ` à ${timeFmt.format(new Date(shown.at))}` : ""}${why ? ` (${why[1]})` : ""}`];
+  const others = event.notices.filter((n) => n !== gp && n.status !== "not_notified");
+  if (others.length) {
+    const read = others.filter((n) => noticeState(n).state === "read").length;
+    parts.push(`abonnés : ${others.length} prévenu${others.length > 1 ? "s" : ""}, ${read} lu${read > 1 ? "s" : ""}`);
+  }
+  const text = parts.join(" · ");
+  if (line.dataset.state === shown.state && line.textContent.endsWith(text)) return;
+  line.dataset.state = shown.state;
+  line.title = gp?.recipient || "";
+  line.replaceChildren(el("span", { class: "ticks", "aria-hidden": "true", text: ticks }), ` ${text}`);
 }
 
 function messageItem(m) {
