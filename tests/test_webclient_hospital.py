@@ -170,6 +170,10 @@ def test_every_hospital_item_kind_in_the_timeline(database_url, server, browser,
     phone.click('#messages li.event[data-source="mail"] a.open-mail')
     phone.wait_for_selector("#mail-subject:has-text('Lettre de liaison')")
     assert "IHE_XDM.ZIP" in phone.inner_text("#mail-attachments")
+    layout(phone, "mail from the timeline")
+    phone.screenshot(path=tmp_path / "timeline-mail-phone.png")
+    phone.click("#back")  # back to the timeline it was opened from, not the list
+    phone.wait_for_selector('#messages li.event[data-source="mail"]:visible')
     print(f"screenshots in {tmp_path} and {SHOTS}")
     for page in [*pages.values(), gp]:
         page.context.close()

@@ -43,6 +43,7 @@ const state = {
   maxAttachment: 10 * 1024 * 1024,   // bytes; the server's own figure comes in the welcome
   alerts: new Map(),        // id -> alert
   boxes: null,              // a promise of the addresses whose INBOX this person may read (/api/mailboxes)
+  routed: "", mailFrom: "", // the hash shown before this one; the circle a mail was opened from
   typingSentAt: 0, typingTimers: new Map(),
   threadScroll: 0,          // where the thread was when the alerts covered it (0: at its latest message)
   nextId: 1, requests: new Map(),   // request id -> what it was for
@@ -1080,7 +1081,7 @@ function setView(view) {
 }
 
 function back() {
-  if (!$("alerts").hidden) toggleAlerts(); else location.hash = "";
+  if (!$("alerts").hidden) toggleAlerts(); else location.hash = document.body.dataset.view === "mail" ? state.mailFrom : "";
 }
 
 function setStatus(online) {
@@ -1104,6 +1105,8 @@ function showSignIn(message) {
 }
 
 function route() {
+  const from = state.routed;
+  state.routed = location.hash;
   const match = location.hash.match(/^#\/cercle\/(\d+)$/);
   $("mail-clients").hidden = true;
   $("new-circle").hidden = true;
@@ -1111,6 +1114,7 @@ function route() {
   $("indicators").hidden = true;
   const mail = location.hash.match(/^#\/courriel\/([^/]+)\/(\d+)$/);
   if (mail) {
+    state.mailFrom = /^#\/cercle\//.test(from) ? from : "";   // a mail opened from a timeline goes back to it
     state.current = null;
     $("conversation").hidden = true;
     openMail(decodeURIComponent(mail[1]), Number(mail[2]));
