@@ -172,6 +172,7 @@ def test_every_hospital_item_kind_in_the_timeline(database_url, server, browser,
     assert "IHE_XDM.ZIP" in phone.inner_text("#mail-attachments")
     layout(phone, "mail from the timeline")
     phone.screenshot(path=tmp_path / "timeline-mail-phone.png")
+    shutil.copy(tmp_path / "timeline-mail-phone.png", SHOTS)
     phone.click("#back")  # back to the timeline it was opened from, not the list
     phone.wait_for_selector('#messages li.event[data-source="mail"]:visible')
     print(f"screenshots in {tmp_path} and {SHOTS}")
