@@ -5,30 +5,31 @@ commit. This task listens to the channels of every local personal and shared box
 that list every RESUBSCRIBE_SECONDS to pick up boxes created since. Events are hints: when the
 bus reports an overflow, or the subscription is renewed, deliveries since the last event are
 re-read from the store. Each alert is keyed by the delivered message, so hearing of one
-delivery twice raises one alert.
+delivery twice raises one alert. The sender and subject come from the message's stored facts
+(message_facts, mailserver/bodies.py: decoded when the body was stored), never from its bytes:
+an alert reads a few hundred octets of JSON, where parsing the first 16 KB of the body missed
+the Subject of a message whose header was longer than that.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.policy
+import json
 import logging
 from datetime import datetime, timedelta, timezone
-from email.parser import BytesHeaderParser
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailserver.mailstore import mailbox_channel
 from store.events import EventBus, Subscription
-from store.schema import bodies, folder_messages, folders, mailboxes
+from store.schema import folder_messages, folders, mailboxes, message_facts
 
 from .alerts import Alerts
 
 log = logging.getLogger("msante.instant")
 
 RESUBSCRIBE_SECONDS = 30.0  # how long a newly created box waits before its mail raises alerts
-HEAD_BYTES = 16 * 1024  # enough for the header of any sane message; the body is never read
 LOOKBACK = timedelta(seconds=10)  # re-read margin before the last event heard, for deliveries in flight
 MAX_FIELD_CHARS = 200
 
@@ -93,17 +94,17 @@ class MailAlerts:
             await self._alert(address, uid)
 
     async def _alert(self, address: str, uid: int) -> None:
-        query = (select(folder_messages.c.id, func.substr(bodies.c.data, 1, HEAD_BYTES).label("head"))
+        query = (select(folder_messages.c.id, message_facts.c.fields)
                  .select_from(folder_messages.join(folders).join(mailboxes)
-                              .join(bodies, bodies.c.id == folder_messages.c.body_id))
+                              .join(message_facts, message_facts.c.body_id == folder_messages.c.body_id))
                  .where(mailboxes.c.address == address, folders.c.name == "INBOX", folder_messages.c.uid == uid))
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:  # expunged already
             return
-        header = BytesHeaderParser(policy=email.policy.default).parsebytes(bytes(row.head))
-        sender = str(header.get("from", ""))[:MAX_FIELD_CHARS]
-        subject = str(header.get("subject", ""))[:MAX_FIELD_CHARS]
+        fields = json.loads(row.fields)["h"]  # decoded values, by lower-case field name
+        sender = (fields.get("from") or [""])[0][:MAX_FIELD_CHARS]
+        subject = (fields.get("subject") or [""])[0][:MAX_FIELD_CHARS]
         await self._alerts.raise_for_mailbox(
             address, "mail", f"Nouveau message dans {address}",
             {"mailbox": address, "uid": uid, "from": sender, "subject": subject}, key=f"mail:{row.id}")
