@@ -68,7 +68,7 @@ class Dispatcher:
                  domains: tuple[str, ...], poll_seconds: float = POLL_SECONDS,
                  lease_seconds: float = LEASE_SECONDS) -> None:
         self._engine = engine
-        self._lease = Lease(engine, hospital_events, seconds=lease_seconds)
+        self._lease = Lease(engine, hospital_events, seconds=lease_seconds, writes=mailstore.writes)
         self._poll = poll_seconds
         self._mailstore = mailstore
         self._audit = audit
