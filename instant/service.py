@@ -67,7 +67,7 @@ class Instant:
         self.audit = services.audit
         self.bus = services.bus
         self.store = SqlStore(engine)
-        self.alerts = Alerts(engine, AlertStore(engine), services.audit, services.bus)
+        self.alerts = Alerts(engine, AlertStore(engine, services.mailstore.writes), services.audit, services.bus)
         self.circles = Circles(engine, self.store, self.alerts, services.audit, services.bus)
         self.messages = Messages(self.store, self.circles, services.audit, services.bus)
         self.attachments = Attachments(AttachmentStore(engine), self.circles, services.audit)

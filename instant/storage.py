@@ -19,6 +19,7 @@ writes fails outright if another writer committed in between.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import date, datetime, timezone
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -424,15 +425,34 @@ async def append_item(conn: AsyncConnection, circle_id: int, *, author: str | No
                       data: dict | None = None) -> int:
     """Store one timeline item in `conn`'s transaction with the circle's next seq; returns the
     seq. The circle's row stays locked until that transaction ends, so seqs follow commits."""
-    seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
-                              .values(last_seq=circles.c.last_seq + 1)
-                              .returning(circles.c.last_seq))).scalar_one()
-    await conn.execute(insert(circle_messages), {
-        "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
-        "reply_to": reply_to, "kind": kind,
-        "data": json.dumps(data, ensure_ascii=False, sort_keys=True) if data is not None else None,
-        "created_at": now})
+    (seq,) = await append_items(conn, [{"circle_id": circle_id, "author": author, "client_id": client_id,
+                                        "text": text, "reply_to": reply_to, "kind": kind, "data": data}], now)
     return seq
+
+
+async def append_items(conn: AsyncConnection, items: list[dict], now: datetime) -> list[int]:
+    """`append_item` for several items ({circle_id, author, client_id, text, reply_to, kind,
+    data}), in the order given; their seqs. Each circle's seqs come from one UPDATE (circles
+    locked in id order), the items from one INSERT: the hospital dispatch adds a chunk of events
+    to a patient's circle at once."""
+    counts = Counter(item["circle_id"] for item in items)
+    next_seq: dict[int, int] = {}
+    for circle_id, count in sorted(counts.items()):
+        last = (await conn.execute(update(circles).where(circles.c.id == circle_id)
+                                   .values(last_seq=circles.c.last_seq + count)
+                                   .returning(circles.c.last_seq))).scalar_one()
+        next_seq[circle_id] = last - count + 1
+    seqs, rows = [], []
+    for item in items:
+        seq = next_seq[item["circle_id"]]
+        next_seq[item["circle_id"]] = seq + 1
+        seqs.append(seq)
+        data = item["data"]
+        rows.append({**item, "seq": seq, "created_at": now,
+                     "data": json.dumps(data, ensure_ascii=False, sort_keys=True) if data is not None else None})
+    if rows:
+        await conn.execute(insert(circle_messages), rows)
+    return seqs
 
 
 def _circle(row: Any) -> dict:

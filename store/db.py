@@ -53,6 +53,14 @@ def dialect_insert(conn: AsyncConnection, table: Table) -> Insert:
     raise NotImplementedError(f"msante runs on SQLite or PostgreSQL, not {name}")
 
 
+async def inserted_ids(conn: AsyncConnection, statement: Insert, rows: list[dict]) -> list[int]:
+    """The ids of `rows` inserted by `statement` (INSERT … RETURNING its autoincrement key), in
+    the order of `rows`, from one multi-row INSERT: a key hands its ids to the rows of one
+    statement in their order on both stores, whatever order RETURNING gives them back in.
+    (SQLAlchemy's sort_by_parameter_order ran one INSERT a row here.)"""
+    return sorted((await conn.execute(statement, rows)).scalars())
+
+
 async def committed(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run `work` in its own transaction, shielded from the caller's cancellation: cut in the
     middle (a session closed at shutdown), an aiosqlite transaction can keep SQLite's write lock
