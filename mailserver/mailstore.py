@@ -253,20 +253,14 @@ def _status(rcpt: Recipient, action: str, status: str, diagnostic: str | None, n
 async def ensure_folders(conn: AsyncConnection, mailbox_id: int) -> None:
     """Create the default folders of a box on first use (imported boxes number in the
     hundreds of thousands; most never receive mail here)."""
-    await _ensure_folders(conn, [mailbox_id])
-
-
-async def _ensure_folders(conn: AsyncConnection, mailbox_ids: Sequence[int]) -> None:
-    existing = {(r.mailbox_id, r.name) for r in await conn.execute(
-        select(folders.c.mailbox_id, folders.c.name).where(folders.c.mailbox_id.in_(sorted(set(mailbox_ids)))))}
-    missing = [(box, name, use) for box in sorted(set(mailbox_ids)) for name, use in DEFAULT_FOLDERS
-               if (box, name) not in existing]
+    existing = {r.name for r in await conn.execute(select(folders.c.name).where(folders.c.mailbox_id == mailbox_id))}
+    missing = [(name, use) for name, use in DEFAULT_FOLDERS if name not in existing]
     if missing:
         now = datetime.now(timezone.utc)
         # ON CONFLICT: two first deliveries to one box may race; both then find the folders.
         await conn.execute(dialect_insert(conn, folders).on_conflict_do_nothing(), [
-            {"mailbox_id": box, "name": name, "special_use": use, "uidvalidity": int(time.time()),
-             "uidnext": 1, "highestmodseq": 1, "created_at": now} for box, name, use in missing])
+            {"mailbox_id": mailbox_id, "name": name, "special_use": use, "uidvalidity": int(time.time()),
+             "uidnext": 1, "highestmodseq": 1, "created_at": now} for name, use in missing])
 
 
 async def _deliver(conn: AsyncConnection, mailbox_id: int, folder_name: str, body_id: int, size: int,
@@ -279,40 +273,56 @@ async def _deliver_many(conn: AsyncConnection, wanted: Sequence[tuple[int, str, 
                         now: datetime) -> list[tuple[int, int, dict] | None]:
     """Each (box, folder, body, size) placed: its folder_messages id, UID and new_mail event, or
     None when the box is retired. A folder's UIDs and MODSEQs for all its new rows come from one
-    UPDATE of its counters, in the order asked."""
+    UPDATE of its counters, in the order asked. On every 250's path, so the usual case is that
+    UPDATE (which checks the box is active and returns its address) and the INSERT; the box is
+    read only when the UPDATE changes nothing (a retired box, or one whose folders were never made)."""
     if not wanted:
         return []
-    active = {r.id: r.address for r in await conn.execute(select(mailboxes.c.id, mailboxes.c.address).where(and_(
-        mailboxes.c.id.in_(sorted({box for box, _f, _b, _s in wanted})), mailboxes.c.retired_at.is_(None))))}
-    live = [w for w in wanted if w[0] in active]
-    if not live:
-        return [None] * len(wanted)
-    await _ensure_folders(conn, [box for box, _f, _b, _s in live])
-    counts = Counter((box, folder) for box, folder, _b, _s in live)
+    counts = Counter((box, folder) for box, folder, _b, _s in wanted)
     next_of: dict[tuple[int, str], list[int]] = {}  # folder → [id, next uid, next modseq]
+    address: dict[int, str] = {}
     for (box, folder), count in sorted(counts.items()):
-        bumped = (await conn.execute(
-            update(folders).where(and_(folders.c.mailbox_id == box, folders.c.name == folder))
-            .values(uidnext=folders.c.uidnext + count, highestmodseq=folders.c.highestmodseq + count)
-            .returning(folders.c.id, folders.c.uidnext, folders.c.highestmodseq))).one()
+        bumped = await _bump(conn, box, folder, count)
+        if bumped is None:
+            active = (await conn.execute(select(mailboxes.c.id).where(and_(
+                mailboxes.c.id == box, mailboxes.c.retired_at.is_(None))))).first()
+            if active is None:
+                continue
+            await ensure_folders(conn, box)
+            bumped = await _bump(conn, box, folder, count)
+            if bumped is None:
+                raise LookupError(f"box {box} has no folder {folder!r}")
         next_of[box, folder] = [bumped.id, bumped.uidnext - count, bumped.highestmodseq - count + 1]
+        address[box] = bumped.address
+    live = [w for w in wanted if (w[0], w[1]) in next_of]
     rows = []
     for box, folder, body_id, size in live:
         folder_id, uid, modseq = next_of[box, folder]
         next_of[box, folder][1:] = [uid + 1, modseq + 1]
         rows.append({"folder_id": folder_id, "uid": uid, "body_id": body_id, "size": size, "flags": "",
                      "internaldate": now, "modseq": modseq})
-    ids = iter(await inserted_ids(conn, insert(folder_messages).returning(folder_messages.c.id), rows))
-    placed = iter(zip(ids, rows, live))
+    ids = iter(await inserted_ids(conn, insert(folder_messages).returning(folder_messages.c.id), rows) if rows else [])
+    placed = iter(zip(ids, rows))
     found: list[tuple[int, int, dict] | None] = []
     for box, folder, _body, _size in wanted:
-        if box not in active:
+        if (box, folder) not in next_of:
             found.append(None)
             continue
-        folder_message_id, row, _ = next(placed)
+        folder_message_id, row = next(placed)
         found.append((folder_message_id, row["uid"],
-                      {"type": "new_mail", "mailbox": active[box], "folder": folder, "uid": row["uid"]}))
+                      {"type": "new_mail", "mailbox": address[box], "folder": folder, "uid": row["uid"]}))
     return found
+
+
+async def _bump(conn: AsyncConnection, mailbox_id: int, folder_name: str, count: int) -> Any:
+    """Take the folder's next `count` UIDs and MODSEQs if the box is active; the row (id, the
+    new uidnext and highestmodseq, the box's address) or None."""
+    box = select(mailboxes.c.address).where(mailboxes.c.id == mailbox_id, mailboxes.c.retired_at.is_(None))
+    return (await conn.execute(
+        update(folders).where(folders.c.mailbox_id == mailbox_id, folders.c.name == folder_name, box.exists())
+        .values(uidnext=folders.c.uidnext + count, highestmodseq=folders.c.highestmodseq + count)
+        .returning(folders.c.id, folders.c.uidnext, folders.c.highestmodseq,
+                   box.scalar_subquery().label("address")))).first()
 
 
 async def free_bodies(conn: AsyncConnection, body_ids: Sequence[int]) -> None:
