@@ -8,8 +8,9 @@ Run it from the repository root with the venv's python. One sitting, everything 
 
 msante: two instances started as tests/operators.py does (tests.operators.Operator): A serves
 msante.test, B autre-operateur.test, one dev CA, A routes autre-operateur.test to B's relay
-listener (and B msante.test to A). A's outbound queue carries the mail over one mutual-TLS
-connection per destination, reused for every due message (mailserver/outbound.py).
+listener (and B msante.test to A). A's outbound queue carries the mail over mutual-TLS
+connections reused for the due messages, up to [relay] connections_per_destination (10) at once
+when a backlog allows (mailserver/outbound.py).
 
 Postfix: two reference peers from ../shared/bench/peers/start.sh, each with its own
 MAILBENCH_RUN and free ports, sharing one throw-away CA (P2's tls/ is copied from P1's before

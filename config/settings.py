@@ -93,6 +93,7 @@ class Settings:
     workers: int = 1  # processes `msante serve` runs (msante/workers.py); 0: one per core
     job_lease: int = 60  # [server] job_lease
     imap_idle_keepalive: int = 120  # [imap] idle_keepalive
+    relay_connections: int = 10  # [relay] connections_per_destination
 
     def path(self, *parts: str) -> Path:
         return self.data_dir.joinpath(*parts)
@@ -174,6 +175,11 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "retry_max": (int, 3600),  # longest wait between two attempts (Postfix maximal_backoff_time: 4000)
         "lifetime": (int, 5 * 24 * 3600),  # then the message bounces (Postfix maximal_queue_lifetime: 5d)
         "delay_warning": (int, 4 * 3600),  # NOTIFY=DELAY report after this long in the queue (sendmail: 4h)
+        # Connections opened at once to one destination when its backlog allows: one connection
+        # sends its messages one after another, each waiting for the peer's commit, so a single
+        # one caps the rate at one peer fsync per message (Postfix's
+        # default_destination_concurrency_limit is 20; receivers cap connections per address).
+        "connections_per_destination": (int, 10),
     },
     "auth": {
         "issuers": (list, []),
@@ -370,6 +376,9 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
     for key in ("retry_base", "retry_max", "lifetime", "delay_warning"):
         if relay[key] < 1:
             raise ConfigError(f"{where('relay.' + key)} must be a positive number of seconds")
+    if not 1 <= relay["connections_per_destination"] <= 100:
+        raise ConfigError(f"{where('relay.connections_per_destination')} must be between 1 and 100, "
+                          f"got {relay['connections_per_destination']}")
     if not 1 <= v["server"]["job_lease"] <= 3600:
         raise ConfigError(f"{where('server.job_lease')} must be between 1 and 3600 seconds, "
                           f"got {v['server']['job_lease']}")
@@ -407,6 +416,7 @@ def _build(file_source: str, v: dict[str, dict[str, Any]], from_env: dict[str, s
                     token_leeway=v["auth"]["token_leeway"], relay_routes=routes,
                     relay_retry_base=relay["retry_base"], relay_retry_max=relay["retry_max"],
                     relay_lifetime=relay["lifetime"], relay_delay_warning=relay["delay_warning"],
+                    relay_connections=relay["connections_per_destination"],
                     tls_cert=Path(tls["cert"] or data_dir / "tls" / "server.crt"),
                     tls_key=Path(tls["key"] or data_dir / "tls" / "server.key"),
                     client_cas=tuple(Path(c) for c in client_cas), crls=tuple(Path(c) for c in crls),

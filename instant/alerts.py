@@ -41,13 +41,15 @@ class Alerts:
             if alert is not None:
                 await self._push(alert)
 
-    async def raise_for_mailbox(self, address: str, kind: str, title: str, data: dict[str, Any],
-                                key: str | None = None) -> dict | None:
-        """The alert, or None when `key` was raised for this box before."""
-        alert = await self._store.add(alertstore.mailbox(address), kind, title, data, _now(), key)
-        if alert is not None:
-            await self._push(alert)
-        return alert
+    async def raise_for_mailboxes(self, wanted: list[tuple[str, str, str, dict[str, Any], str]]) -> list[dict]:
+        """Keyed alerts for boxes, (address, kind, title, data, key) each, stored together
+        (AlertStore.add_keyed); each box's readers are read once for all of its alerts."""
+        stored = await self._store.add_keyed(
+            [(alertstore.mailbox(address), *rest) for address, *rest in wanted], _now())
+        readers: dict[str, list[str]] = {}
+        for alert in stored:
+            await self._push(alert, readers)
+        return stored
 
     async def pending_for(self, principal: Principal) -> list[dict]:
         async with self._engine.connect() as conn:
@@ -88,9 +90,18 @@ class Alerts:
         async with self._engine.connect() as conn:
             return await grant_for(conn, principal, who) is not None
 
-    async def _push(self, alert: dict) -> None:
+    async def _push(self, alert: dict, readers: dict[str, list[str]] | None = None) -> None:
+        """To whoever the alert concerns now; `readers`, the readers of boxes already read for
+        alerts stored in the same transaction."""
         kind, _, who = alert["audience"].partition(":")
-        for idnat in [who] if kind == "person" else await self.readers(who):
+        if kind == "person":
+            people = [who]
+        else:
+            readers = {} if readers is None else readers
+            if who not in readers:
+                readers[who] = await self.readers(who)
+            people = readers[who]
+        for idnat in people:
             await self._bus.publish(person_channel(idnat), {"type": "alert", "alert": alert})
 
 

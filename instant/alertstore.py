@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
 from store.db import committed, dialect_insert
+from store.group_commit import GroupCommit
 from store.schema import alerts, professionals
 
 from .storage import display_name, iso
@@ -30,8 +31,11 @@ def mailbox(address: str) -> str:
 
 
 class AlertStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, writes: GroupCommit | None = None) -> None:
         self._engine = engine
+        # new alerts ride the mail store's group commit when given: on SQLite, one transaction per
+        # mail alert took the write lock from the writer the hospital feed's ACKs wait on
+        self._writes = writes
 
     async def add(self, audience: str, kind: str, title: str, data: dict[str, Any], now: datetime,
                   key: str | None = None) -> dict | None:
@@ -46,9 +50,30 @@ class AlertStore:
                 statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
                     index_elements=[alerts.c.audience, alerts.c.key])
             return (await conn.execute(statement.returning(alerts.c.id), row)).scalar()
-        alert_id = await committed(self._engine, write)
+        alert_id = await (self._writes.run(write) if self._writes else committed(self._engine, write))
         return None if alert_id is None else {**_alert_row(alert_id, row), "acknowledged_by": None,
                                               "acknowledged_at": None}
+
+    async def add_keyed(self, wanted: list[tuple[str, str, str, dict[str, Any], str]],
+                        now: datetime) -> list[dict]:
+        """Keyed alerts, (audience, kind, title, data, key) each, in one transaction: a burst of
+        mail costs one commit, not one per message. The stored ones, in `wanted`'s order; a key
+        raised for its audience before (or twice in `wanted`) is stored once."""
+        rows = list({(audience, key): {"audience": audience, "kind": kind, "key": key, "title": title,
+                                       "data": json.dumps(data, ensure_ascii=False, sort_keys=True),
+                                       "created_at": now}
+                     for audience, kind, title, data, key in wanted}.values())
+        if not rows:
+            return []
+
+        async def write(conn: AsyncConnection) -> dict[tuple[str, str], int]:
+            statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
+                index_elements=[alerts.c.audience, alerts.c.key])
+            stored = await conn.execute(statement.returning(alerts.c.id, alerts.c.audience, alerts.c.key), rows)
+            return {(r.audience, r.key): r.id for r in stored}
+        ids = await committed(self._engine, write)
+        return [{**_alert_row(ids[row["audience"], row["key"]], row), "acknowledged_by": None,
+                 "acknowledged_at": None} for row in rows if (row["audience"], row["key"]) in ids]
 
     async def pending(self, audiences: list[str]) -> list[dict]:
         query = (_alerts().where(alerts.c.audience.in_(audiences), alerts.c.acknowledged_at.is_(None))

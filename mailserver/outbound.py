@@ -2,7 +2,10 @@
 
 Queued rows are `deliveries` with status `queued`, written in the same transaction as the
 `250` that accepted them, so the queue survives crashes by construction. One connection per
-destination carries every due message for it. Each remote answer is committed as soon as it
+destination carries every due message for it, or, when a backlog allows, up to
+`[relay] connections_per_destination` connections share them (one connection sends its messages
+one after another, each waiting for the peer's commit: a backlog would drain at one peer fsync
+per message, where parallel connections let the peer commit several at once). Each remote answer is committed as soon as it
 is known: a message whose DATA got `250` is marked `relayed` before the next one is sent, so
 a crash can at worst re-send the one message whose `250` was in flight (the RFC 1047 window),
 and never drops one. Temporary failures (4xx, refused connection, TLS failure) back off
@@ -22,17 +25,20 @@ the delivery queued, and the node that takes it over after its lease sends it ag
 else is sent twice: a message is sent only while its lease surely runs (`Lease.holds`), and an
 outcome is written only on rows still leased here.
 
-The SMTP client is the standard library's, run in a worker thread per destination: it is
-blocking, but it is the most exercised client there is, and a thread per destination is few.
+The SMTP client is the standard library's, run in the queue's own threads, one per open
+connection: it is blocking, but it is the most exercised client there is. The threads are the
+queue's own because asyncio's default pool has only cores + 4 of them, shared with the rest.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import smtplib
 import socket
 import ssl
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -60,7 +66,7 @@ log = logging.getLogger("msante.outbound")
 
 BATCH = 500  # due deliveries read per pass
 PER_CONNECTION = 100  # messages before a fresh connection: receivers cap a session (msante: 200 MAIL)
-DESTINATIONS_AT_ONCE = 8  # connections opened in parallel (Postfix: default_destination_concurrency_limit 20)
+CONNECTIONS_AT_ONCE = 50  # open at once, all destinations together (Postfix: default_process_limit 100)
 IDLE_POLL = 30.0  # seconds between passes when nothing wakes the queue
 CONNECT_TIMEOUT = 30.0  # seconds; RFC 5321 §4.5.3.2 suggests 5 minutes per command, connections fail faster
 
@@ -108,7 +114,8 @@ class PeerRefused(Exception):
 class OutboundQueue:
     def __init__(self, engine: AsyncEngine, store: MailStore, bus: EventBus, audit: AuditTrail, trust: TrustSpace,
                  revocations: Revocations, *, hostname: str, routes: dict[str, str], client_tls: ssl.SSLContext, retry_base: int,
-                 retry_max: int, lifetime: int, delay_warning: int, lease_seconds: float = LEASE_SECONDS) -> None:
+                 retry_max: int, lifetime: int, delay_warning: int, connections: int = 10,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
         self._engine = engine
         self._lease = Lease(engine, deliveries, seconds=lease_seconds)
         self._store = store
@@ -124,11 +131,19 @@ class OutboundQueue:
         self._lifetime = timedelta(seconds=lifetime)
         self._delay_warning = timedelta(seconds=delay_warning)
         self._actor = Actor(hostname, "server")
+        self._per_destination = connections
+        self._threads = ThreadPoolExecutor(CONNECTIONS_AT_ONCE, thread_name_prefix="relay")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver what is due, then sleep until something is queued, a retry falls due, or stop."""
         await self._lease.recover(deliveries.c.status == "queued")
-        await run_job(self._bus, QUEUE_CHANNEL, stop, self.run_once, self._seconds_to_next_due, "outbound queue")
+        try:
+            await run_job(self._bus, QUEUE_CHANNEL, stop, self.run_once, self._seconds_to_next_due, "outbound queue")
+        finally:
+            self._threads.shutdown(wait=False)
+
+    async def _blocking(self, function, *args):  # noqa: ANN001, ANN202
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(function, *args))
 
     async def run_once(self) -> None:
         """Claim a batch of due deliveries, send them, and give back what was not decided."""
@@ -142,12 +157,13 @@ class OutboundQueue:
             for domain in domains:
                 part = [r for r in message.recipients if r.address.rpartition("@")[2] == domain]
                 by_domain[domain].append(_Message(**{**message.__dict__, "recipients": part}))
-        limit = asyncio.Semaphore(DESTINATIONS_AT_ONCE)
+        limit = asyncio.Semaphore(CONNECTIONS_AT_ONCE)
 
         async def one(domain: str, messages: list[_Message]) -> None:
             async with limit:
                 await self._deliver_domain(domain, messages)
-        await asyncio.gather(*(one(d, m) for d, m in by_domain.items()))
+        await asyncio.gather(*(one(d, part) for d, m in by_domain.items()
+                               for part in _shares(m, self._per_destination)))
 
     async def _due(self) -> list[_Message]:
         now = datetime.now(timezone.utc)
@@ -189,14 +205,14 @@ class OutboundQueue:
         return host, int(port)
 
     async def _deliver_domain(self, domain: str, messages: list[_Message]) -> None:
-        """Up to PER_CONNECTION messages per connection; a connection that drops is replaced
-        for the messages after the one it dropped on."""
+        """`messages` over one connection at a time, up to PER_CONNECTION each; a connection that
+        drops is replaced for the messages after the one it dropped on."""
         host, port = self._route(domain)
         operators = await self._trust.operators(domain)
         pending = list(messages)
         while pending:
             try:
-                client = await asyncio.to_thread(self._connect, host, port, domain, operators)
+                client = await self._blocking(self._connect, host, port, domain, operators)
             except (OSError, smtplib.SMTPException, ssl.SSLError, PeerRefused) as exc:
                 answer = (_Answer(421, f"4.7.5 {host}:{port}: {exc}"[:500]) if isinstance(exc, PeerRefused) else
                           _Answer(421, f"cannot reach {host}:{port}: {exc.__class__.__name__}: {exc}"[:500]))
@@ -217,12 +233,12 @@ class OutboundQueue:
                     async with self._engine.connect() as conn:
                         data = (await conn.execute(
                             select(bodies.c.data).where(bodies.c.id == message.body_id))).scalar_one()
-                    answers = await asyncio.to_thread(_send, client, message, data, dsn_remote)
+                    answers = await self._blocking(_send, client, message, data, dsn_remote)
                     await self._record(message, answers, dsn_remote=dsn_remote)
                     if any(answer.lost for answer in answers.values()):
                         break
             finally:
-                await asyncio.to_thread(_quit, client)
+                await self._blocking(_quit, client)
 
     def _connect(self, host: str, port: int, domain: str, operators: frozenset[Dn]) -> smtplib.SMTP:
         client = smtplib.SMTP(host, port, local_hostname=self._hostname, timeout=CONNECT_TIMEOUT)
@@ -314,6 +330,13 @@ class OutboundQueue:
         return dsn.RecipientStatus(final_recipient=rcpt.address, action=action, status=status,
                                    diagnostic=diagnostic, original_recipient=rcpt.orcpt, last_attempt=now,
                                    will_retry_until=will_retry_until)
+
+
+def _shares(messages: list[_Message], connections: int) -> list[list[_Message]]:
+    """A destination's messages dealt round-robin over up to `connections` connections, so each
+    starts with the oldest it has; one message, one connection."""
+    count = min(connections, len(messages))
+    return [messages[i::count] for i in range(count)]
 
 
 def _send(client: smtplib.SMTP, message: _Message, data: bytes, dsn_remote: bool) -> dict[str, _Answer]:

@@ -280,7 +280,7 @@ def outbound_queue(services: Services) -> OutboundQueue:
                          services.revocations, hostname=s.hostname,
                          routes=dict(s.relay_routes), client_tls=client_tls, retry_base=s.relay_retry_base,
                          retry_max=s.relay_retry_max, lifetime=s.relay_lifetime, delay_warning=s.relay_delay_warning,
-                         lease_seconds=s.job_lease)
+                         connections=s.relay_connections, lease_seconds=s.job_lease)
 
 
 async def _store_gauges(engine: AsyncEngine) -> list:

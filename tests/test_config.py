@@ -31,6 +31,7 @@ def test_example_file_loads_and_matches_defaults():
     assert s.listen["https"] == "127.0.0.1:8443"
     assert s.imap_idle_keepalive == 120
     assert s.job_lease == 60
+    assert s.relay_connections == 10
 
 
 def test_environment_overrides_file(tmp_path):
@@ -65,6 +66,7 @@ def test_issuers_table(tmp_path):
     ("[auth]\ntoken_leeway = 9999\n", "auth.token_leeway must be between"),
     ("[imap]\nidle_keepalive = 0\n", "imap.idle_keepalive must be between 1 and 1740"),
     ("[server]\njob_lease = 0\n", "server.job_lease must be between 1 and 3600"),
+    ("[relay]\nconnections_per_destination = 0\n", "relay.connections_per_destination must be between 1 and 100"),
 ])
 def test_bad_file_names_file_key_and_expectation(tmp_path, text, expected):
     path = write(tmp_path, text)

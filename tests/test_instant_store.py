@@ -104,3 +104,20 @@ async def test_alerts_are_raised_once_and_acknowledged_once(engine):
     again, changed, _ = await alerts.acknowledge(first["id"], A, NOW)
     assert not changed and again["acknowledged_by"]["id"] == B  # who acknowledged first is kept
     assert await alerts.pending(["mailbox:urgences@msante.test"]) == []
+
+
+async def test_keyed_alerts_stored_together_each_key_once(engine):
+    """A burst of mail: its alerts in one transaction, a key raised before (or twice in the
+    burst) stored once, the stored ones returned in order."""
+    alerts = AlertStore(engine)
+    box, other = "mailbox:urgences@msante.test", "mailbox:jean.dupont@msante.test"
+    earlier = await alerts.add(box, "mail", "Nouveau message", {"uid": 1}, NOW, key="mail:1")
+    stored = await alerts.add_keyed([(box, "mail", "Nouveau message", {"uid": 1}, "mail:1"),
+                                     (box, "mail", "Nouveau message", {"uid": 2}, "mail:2"),
+                                     (other, "mail", "Nouveau message", {"uid": 2}, "mail:2"),
+                                     (box, "mail", "Nouveau message", {"uid": 2}, "mail:2"),
+                                     (box, "mail", "Nouveau message", {"uid": 3}, "mail:3")], NOW)
+    assert [(a["audience"], a["data"]["uid"]) for a in stored] == [(box, 2), (other, 2), (box, 3)]
+    assert len({a["id"] for a in stored} | {earlier["id"]}) == 4
+    assert [a["id"] for a in await alerts.pending([box])] == [earlier["id"], stored[0]["id"], stored[2]["id"]]
+    assert await alerts.add_keyed([], NOW) == []

@@ -538,6 +538,33 @@ async def test_new_mail_raises_an_alert_for_the_boxes_readers(server, connect):
     assert (GP, str(alert["id"])) in await audited(server, "alert.ack", "denied")
 
 
+async def test_a_mail_alert_names_the_sender_and_subject_past_a_long_header(server, connect):
+    """The alert says From and Subject as the message's stored facts decoded them: here after 24 KB
+    of trace fields (the 16 KB read of the body that alerts used to parse stopped short of them),
+    the subject in RFC 2047 words and the sender with a display name."""
+    import email.policy
+    from email.message import EmailMessage
+
+    from tests.test_smtp import login
+
+    box = "urgences.ch-saint-paul@msante.test"
+    urgentist = await connect(URGENTIST)
+    msg = EmailMessage()
+    for n in range(40):  # a relay's trace, before the fields a reader looks for
+        msg[f"X-Trace-{n}"] = " ".join(f"hop-{n}-{k}.relais.test" for k in range(30))
+    msg["From"], msg["To"] = "Dr Jean DUPONT <jean.dupont@msante.test>", box
+    msg["Subject"] = "Patiente Técher : résultats de biologie"  # not ASCII: RFC 2047 words on the wire
+    msg.set_content("Bonjour,\n")
+    data = msg.as_bytes(policy=email.policy.SMTP)
+    assert data.index(b"\r\nSubject: Patiente =?utf-8?") > 24 * 1024
+    smtp = login(server)
+    await asyncio.to_thread(smtp.sendmail, "jean.dupont@msante.test", [box], data)
+    smtp.quit()
+    alert = (await urgentist.expect(type="alert", timeout=10, where=is_mail))["alert"]
+    assert alert["data"]["subject"] == "Patiente Técher : résultats de biologie"
+    assert alert["data"]["from"] == "Dr Jean DUPONT <jean.dupont@msante.test>"
+
+
 async def test_membership_changes_raise_alerts(server, connect):
     gp, pharmacist = await connect(GP), await connect(PHARMACIST)
     status, body = await asyncio.to_thread(api, server, "POST", f"/api/circles/{CIRCLE}/members", COORDINATOR,

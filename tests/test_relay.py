@@ -141,7 +141,7 @@ def test_relay_requires_a_client_certificate(operators):
     import smtplib
 
     a, b = operators
-    context = ssl.create_default_context(cafile=str(b.data_dir / "pki" / "ca.crt"))
+    context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))  # one CA
     client = smtplib.SMTP("127.0.0.1", b.ports["smtp"], timeout=10)
     with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
         client.starttls(context=context)
@@ -175,7 +175,7 @@ def test_relay_checks_loops_and_sizes(operators):
     import smtplib
 
     a, b = operators
-    context = ssl.create_default_context(cafile=str(b.data_dir / "pki" / "ca.crt"))
+    context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))  # one CA
     context.load_cert_chain(a.data_dir / "tls" / "server.crt", a.data_dir / "tls" / "server.key")
     with smtplib.SMTP("127.0.0.1", b.ports["smtp"], local_hostname="msante.test", timeout=10) as client:
         client.starttls(context=context)
@@ -196,7 +196,8 @@ def test_relay_checks_loops_and_sizes(operators):
 
 
 def test_a_backlog_drains_without_losing_connections(operators):
-    """230 queued messages for one destination: the queue spreads them over connections of
+    """230 queued messages for one destination: the queue shares them among parallel
+    connections ([relay] connections_per_destination, 10 by default), each of at most
     PER_CONNECTION messages, and none needs a retry once the peer is back."""
     a, b = operators
     b.stop()
@@ -212,6 +213,10 @@ def test_a_backlog_drains_without_losing_connections(operators):
     received = b.query("SELECT count(*), count(DISTINCT message_id) FROM envelopes WHERE sender = ? "
                        "AND message_id LIKE '<%@%>'", GP)[0]
     assert received[0] == received[1] >= 230
+    context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))  # one CA
+    sessions = scrape.value(scrape.samples(scrape.scrape(b.ports["https"], context)[1]), "msante_smtp_sessions_total",
+                            listener="smtp")
+    assert sessions >= 10  # B was restarted: these are the drain's connections (one at a time made 3)
 
 
 def test_delay_report_while_the_peer_is_down(operators):
@@ -272,7 +277,7 @@ def test_submission_completes_the_header_and_the_relay_listener_does_not(operato
     assert len(parsed.get_all("Date")) == 1
     assert parsed["Message-ID"].endswith("@msante.test>")
 
-    context = ssl.create_default_context(cafile=str(b.data_dir / "pki" / "ca.crt"))
+    context = ssl.create_default_context(cafile=str(a.data_dir / "pki" / "ca.crt"))  # one CA
     context.load_cert_chain(a.data_dir / "tls" / "server.crt", a.data_dir / "tls" / "server.key")
     direct = bare.replace(b"sans en-tetes", b"tel quel")
     with smtplib.SMTP("127.0.0.1", b.ports["smtp"], local_hostname="msante.test", timeout=10) as client:

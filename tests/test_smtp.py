@@ -1,6 +1,7 @@
 """SMTP submission end to end: smtplib over real sockets against a running server."""
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import smtplib
@@ -10,7 +11,8 @@ import time
 from email.message import EmailMessage
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
+from sqlalchemy.engine import Engine
 
 from certs import pki
 from mailserver.smtp import SmtpLimits
@@ -308,6 +310,56 @@ def test_dsn_failure_report_when_box_disappears_during_the_transaction(server):
     assert recipient["Final-Recipient"].replace(" ", "") == f"rfc822;{PHARMACIST}"
     assert any(p.get_content_type() == "message/rfc822" for p in report.walk())  # RET=FULL
     assert len(inbox(server, NURSE)) == 1
+
+
+def test_box_retired_between_rcpt_and_data_after_it_had_mail(server):
+    """The folder's UPDATE that takes the UID also checks the box is active: a box with folders
+    (it had mail before) retired between RCPT and DATA gets nothing, and its recipient fails."""
+    client = login(server)
+    client.sendmail(GP, [PHARMACIST], message(GP, [PHARMACIST], "Avant"))
+    client.mail(GP)
+    assert client.rcpt(PHARMACIST)[0] == 250
+    assert client.rcpt(NURSE)[0] == 250
+    server.execute(update(mailboxes).where(mailboxes.c.address == PHARMACIST).values(retired_at=func.now()))
+    assert client.data(message(GP, [PHARMACIST, NURSE], "Apres"))[0] == 250
+    client.quit()
+    assert [b"Avant" in m for m in inbox(server, PHARMACIST)] == [True]
+    uidnext = server.scalar(select(folders.c.uidnext).join(mailboxes).where(
+        mailboxes.c.address == PHARMACIST, folders.c.name == "INBOX"))
+    assert uidnext == 2  # no UID taken for the message it did not get
+    assert sorted(r["status"] for r in server.rows(select(deliveries.c.status).where(
+        deliveries.c.recipient == PHARMACIST))) == ["delivered", "failed"]
+    assert b"Apres" in inbox(server, NURSE)[-1]
+
+
+def test_first_delivery_creates_the_folders_later_ones_read_neither_box_nor_folders(server):
+    """A box gets its folders with its first message; from then on a delivery takes its UID in
+    one UPDATE that also checks the box, without reading the box or its folder list."""
+    box_id = server.scalar(select(mailboxes.c.id).where(mailboxes.c.address == URGENCES))
+    assert server.scalar(select(func.count()).select_from(folders).where(folders.c.mailbox_id == box_id)) == 0
+    client = login(server)
+    client.sendmail(GP, [URGENCES], message(GP, [URGENCES], "Premier"))
+    names = {r["name"] for r in server.rows(select(folders.c.name).where(folders.c.mailbox_id == box_id))}
+    assert names == {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
+    statements: list[str] = []
+    with _statements(statements):
+        client.sendmail(GP, [URGENCES], message(GP, [URGENCES], "Second"))
+    client.quit()
+    assert [m.count(b"Premier") + 2 * m.count(b"Second") for m in inbox(server, URGENCES)] == [1, 2]
+    assert not [s for s in statements if s.startswith(("SELECT folders.name", "SELECT mailboxes.address FROM"))]
+    assert len([s for s in statements if s.startswith("UPDATE folders")]) == 1
+
+
+@contextlib.contextmanager
+def _statements(into: list[str]):
+    """The SQL every engine of this process runs meanwhile (the server's is in a thread here)."""
+    def seen(conn, cursor, statement, *args):  # noqa: ANN001
+        into.append(statement)
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
 
 
 def test_three_local_recipients_one_body(server):

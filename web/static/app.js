@@ -42,6 +42,8 @@ const state = {
   attached: [],             // documents uploaded for the next post ({circle, id, name, type, size})
   maxAttachment: 10 * 1024 * 1024,   // bytes; the server's own figure comes in the welcome
   alerts: new Map(),        // id -> alert
+  boxes: null,              // a promise of the addresses whose INBOX this person may read (/api/mailboxes)
+  routed: "", mailFrom: "", // the hash shown before this one; the circle a mail was opened from
   typingSentAt: 0, typingTimers: new Map(),
   threadScroll: 0,          // where the thread was when the alerts covered it (0: at its latest message)
   nextId: 1, requests: new Map(),   // request id -> what it was for
@@ -117,6 +119,7 @@ async function refreshToken() {
 function signOut(message) {
   sessionStorage.removeItem("session");
   state.session = null;
+  state.boxes = null;
   if (state.ws) state.ws.close(1000);
   showSignIn(message);
 }
@@ -440,7 +443,7 @@ function runSearch(before) {
 function searchResults(frame, purpose) {
   if (!purpose || frame.circle !== state.current || purpose.search !== state.searching?.q) return;
   const list = $("search-results");
-  list.append(...frame.messages.map((m) => {
+  list.append(...frame.messages.filter((m) => !isCancellation(m)).map((m) => {
     const item = messageItem(m);
     item.querySelector(".reply")?.remove();
     for (const node of item.querySelectorAll(".text, .event-title, .event-body > p:not(.event-document)")) {
@@ -681,9 +684,72 @@ function eventItem(m) {
       `${d.type_label || "Document"} (LOINC ${d.type_code}) · ${Math.max(1, Math.round(d.size / 1024))} Ko · envoyé au médecin traitant`));
   }
   body.append(el("p", { class: "event-receipts", "data-state": "unknown" }));
-  return el("li", { class: "event", "data-kind": e.kind, "data-event": String(e.id), "data-seq": String(m.seq),
+  const item = el("li", { class: "event", "data-kind": e.kind, "data-event": String(e.id), "data-seq": String(m.seq),
+                          "data-client-id": m.client_id, "data-at": m.at, "aria-label": `${label} : ${m.text}` },
+                  eventIcon(e.kind), body);
+  if (e.cancelled) markCancelled(item, e.cancelled);
+  return item;
+}
+
+// A cancellation (ADT^A11, A13, ZBE-4 CANCEL) is an item of its own (`event.kind` ANN) naming the
+// seq of the cancelled event's item: no card, the card it names is struck through and says when.
+// History already holds the cancelled item marked (`event.cancelled`), so an older page needs none.
+const isCancellation = (m) => m.kind === "event" && m.event?.kind === "ANN";
+
+function applyCancellations(items) {
+  for (const m of items.filter(isCancellation)) {
+    const card = $("messages").querySelector(`li.event[data-seq="${m.event.cancels.seq}"]`);
+    if (card) markCancelled(card, { at: m.at, by: m.event.id });
+  }
+}
+
+function markCancelled(card, cancelled) {
+  if (card.classList.contains("cancelled")) return;
+  card.classList.add("cancelled");
+  card.dataset.cancelledBy = String(cancelled.by);
+  card.querySelector(".event-title").after(el("p", { class: "event-cancelled" },
+    el("strong", { text: "Annulé" }), ` par l'établissement le ${dateTimeFmt.format(new Date(cancelled.at))}`));
+  card.setAttribute("aria-label", `Annulé : ${card.getAttribute("aria-label")}`);
+  card.querySelector(".event-receipts").after(el("p", { class: "event-receipts cancel-receipts", "data-state": "unknown" }));
+}
+
+// A document that came by mail in an IHE_XDM.ZIP (hospital/incoming.py): its type by its LOINC
+// label, who wrote it and when, and the way to the mail: a link when it reached a box this person
+// reads, else the box it is in (the mail itself, and the document, stay in that box).
+function documentItem(m) {
+  const e = m.event;
+  const label = "Document reçu par messagerie";
+  const when = el("time", { datetime: m.at, title: dateTimeFmt.format(new Date(m.at)), "data-relative": "",
+                            text: relativeTime(m.at) });
+  const reply = el("button", { type: "button", class: "reply", text: "Répondre",
+                               "aria-label": `Répondre au document reçu de ${e.hospital}` });
+  reply.addEventListener("click", () => startReply(m));
+  const created = e.documents[0]?.created;
+  const body = el("div", { class: "event-body" },
+    el("div", { class: "who" }, el("span", { text: "Messagerie sécurisée · " }, when), reply),
+    el("strong", { class: "event-title", text: label }),
+    ...e.documents.map((d) => el("p", { class: "event-document" }, el("span", { class: "kind", text: "DOC" }), " ",
+      d.type_label || "Document", d.type_code ? ` (LOINC ${d.type_code})` : "")),
+    el("p", { text: `${e.hospital}${e.mail.from && e.mail.from !== e.hospital ? ` · envoyé par ${e.mail.from}` : ""}` }),
+    el("p", { class: "event-when", text: created ? `Créé le ${dateTimeFmt.format(new Date(created))}` : "" }));
+  const where = el("p", { class: "event-mail" });
+  body.append(where);
+  linkToMail(where, e.mail.boxes.filter((b) => b.folder === "INBOX"));
+  return el("li", { class: "event", "data-kind": "DOC", "data-source": "mail", "data-seq": String(m.seq),
                     "data-client-id": m.client_id, "data-at": m.at, "aria-label": `${label} : ${m.text}` },
-            eventIcon(e.kind), body);
+            eventIcon("DOC"), body);
+}
+
+async function linkToMail(where, boxes) {
+  where.textContent = boxes.length ? `Message dans la boîte ${boxes.map((b) => b.mailbox).join(", ")}` : "";
+  state.boxes ??= api("/api/mailboxes").then((r) => (r.ok ? r.json() : { items: [] }))
+    .then(({ items }) => new Set(items.map((b) => b.address)), () => { state.boxes = null; return new Set(); });
+  const mine = await state.boxes;
+  const box = boxes.find((b) => mine.has(b.mailbox));
+  if (box) {
+    where.replaceChildren(el("a", { class: "open-mail", href: `#/courriel/${encodeURIComponent(box.mailbox)}/${box.uid}`,
+                                    text: "Ouvrir le message" }), ` (boîte ${box.mailbox})`);
+  }
 }
 
 // --- who was told of a hospital event: ticks on its card, from /api/notifications (the notices and
@@ -739,37 +805,43 @@ function renderNotices() {
   const circle = state.circles.get(state.current);
   if (!circle) return;
   const cards = [...document.querySelectorAll("#messages li.event[data-event]")];
-  const unknown = cards.map((li) => li.dataset.event).filter((e) => !circle.notices?.has(e) && !circle.asked?.has(e));
+  const unknown = cards.flatMap((li) => (li.dataset.cancelledBy ? [li.dataset.event, li.dataset.cancelledBy] : [li.dataset.event]))
+    .filter((e) => !circle.notices?.has(e) && !circle.asked?.has(e));
   if (unknown.length) {
     circle.asked = new Set([...(circle.asked || []), ...unknown]);
     refreshNotices(state.current);
   }
   if (!circle.notices) return;
   for (const li of cards) {
-    const event = circle.notices.get(li.dataset.event);
-    const line = li.querySelector(".event-receipts");
-    if (!event || !line) continue;
-    const gp = event.notices.find((n) => n.role === "gp" || n.role === "gp_structure");
-    const shown = gp ? noticeState(gp) : { state: "none" };
-    const [ticks, words] = NOTICE_SHOWN[shown.state];
-    const who = gp?.role === "gp_structure" ? "Structure du médecin traitant" : "Médecin traitant";
-    const why = gp && shown.state === "none" ? NOT_NOTIFIED.find(([start]) => gp.reason.startsWith(start)) : null;
-    const parts = [`${who} : ${words}${shown.at ? ` à ${timeFmt.format(new Date(shown.at))}` : ""}${why ? ` (${why[1]})` : ""}`];
-    const others = event.notices.filter((n) => n !== gp && n.status !== "not_notified");
-    if (others.length) {
-      const read = others.filter((n) => noticeState(n).state === "read").length;
-      parts.push(`abonnés : ${others.length} prévenu${others.length > 1 ? "s" : ""}, ${read} lu${read > 1 ? "s" : ""}`);
-    }
-    const text = parts.join(" · ");
-    if (line.dataset.state === shown.state && line.textContent.endsWith(text)) continue;
-    line.dataset.state = shown.state;
-    line.title = gp?.recipient || "";
-    line.replaceChildren(el("span", { class: "ticks", "aria-hidden": "true", text: ticks }), ` ${text}`);
+    showTold(li.querySelector(".event-receipts"), circle.notices.get(li.dataset.event), "");
+    if (li.dataset.cancelledBy) showTold(li.querySelector(".cancel-receipts"), circle.notices.get(li.dataset.cancelledBy),
+                                         "Annulation : ");
   }
+}
+
+function showTold(line, event, prefix) {
+  if (!event || !line) return;
+  const gp = event.notices.find((n) => n.role === "gp" || n.role === "gp_structure");
+  const shown = gp ? noticeState(gp) : { state: "none" };
+  const [ticks, words] = NOTICE_SHOWN[shown.state];
+  const who = gp?.role === "gp_structure" ? "Structure du médecin traitant" : "Médecin traitant";
+  const why = gp && shown.state === "none" ? NOT_NOTIFIED.find(([start]) => gp.reason.startsWith(start)) : null;
+  const parts = [`${prefix}${who} : ${words}${shown.at ? ` à ${timeFmt.format(new Date(shown.at))}` : ""}${why ? ` (${why[1]})` : ""}`];
+  const others = event.notices.filter((n) => n !== gp && n.status !== "not_notified");
+  if (others.length) {
+    const read = others.filter((n) => noticeState(n).state === "read").length;
+    parts.push(`abonnés : ${others.length} prévenu${others.length > 1 ? "s" : ""}, ${read} lu${read > 1 ? "s" : ""}`);
+  }
+  const text = parts.join(" · ");
+  if (line.dataset.state === shown.state && line.textContent.endsWith(text)) return;
+  line.dataset.state = shown.state;
+  line.title = gp?.recipient || "";
+  line.replaceChildren(el("span", { class: "ticks", "aria-hidden": "true", text: ticks }), ` ${text}`);
 }
 
 function messageItem(m) {
   if (m.kind === "event" && m.event) return eventItem(m);
+  if (m.kind === "document" && m.event?.mail) return documentItem(m);
   const mine = m.author.id === state.me.id;
   const when = el("time", { datetime: m.at, title: dateTimeFmt.format(new Date(m.at)), "data-relative": "",
                             text: relativeTime(m.at) });
@@ -877,11 +949,12 @@ function cancelReply() {
 function appendMessages(items) {
   const list = $("messages");
   for (const m of items) {
-    if (list.querySelector(`li[data-seq="${m.seq}"]`)) continue;
+    if (isCancellation(m) || list.querySelector(`li[data-seq="${m.seq}"]`)) continue;
     const pending = list.querySelector(`li.pending[data-client-id="${CSS.escape(m.client_id)}"]`);
     if (pending && m.author.id === state.me.id) pending.replaceWith(messageItem(m));
     else list.append(messageItem(m));
   }
+  applyCancellations(items);
   placeDaySeparators();
   renderReceipts();
   renderNotices();
@@ -890,7 +963,9 @@ function appendMessages(items) {
 
 function prependMessages(items) {
   const list = $("messages");
-  list.prepend(...items.filter((m) => !list.querySelector(`li[data-seq="${m.seq}"]`)).map(messageItem));
+  list.prepend(...items.filter((m) => !isCancellation(m) && !list.querySelector(`li[data-seq="${m.seq}"]`))
+    .map(messageItem));
+  applyCancellations(items);
   placeDaySeparators();
   renderReceipts();
   renderNotices();
@@ -1006,7 +1081,7 @@ function setView(view) {
 }
 
 function back() {
-  if (!$("alerts").hidden) toggleAlerts(); else location.hash = "";
+  if (!$("alerts").hidden) toggleAlerts(); else location.hash = document.body.dataset.view === "mail" ? state.mailFrom : "";
 }
 
 function setStatus(online) {
@@ -1030,6 +1105,8 @@ function showSignIn(message) {
 }
 
 function route() {
+  const from = state.routed;
+  state.routed = location.hash;
   const match = location.hash.match(/^#\/cercle\/(\d+)$/);
   $("mail-clients").hidden = true;
   $("new-circle").hidden = true;
@@ -1037,6 +1114,7 @@ function route() {
   $("indicators").hidden = true;
   const mail = location.hash.match(/^#\/courriel\/([^/]+)\/(\d+)$/);
   if (mail) {
+    state.mailFrom = /^#\/cercle\//.test(from) ? from : "";   // a mail opened from a timeline goes back to it
     state.current = null;
     $("conversation").hidden = true;
     openMail(decodeURIComponent(mail[1]), Number(mail[2]));
