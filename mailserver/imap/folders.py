@@ -84,11 +84,12 @@ class MessageMeta(NamedTuple):
 
 
 class FlagGroup(NamedTuple):
-    """The messages of a folder that carry one flag list: UIDs and MODSEQs, pairwise."""
+    """The messages of a folder that carry one flag list: UIDs, MODSEQs and sizes, pairwise."""
 
     flags: frozenset[str]
     uids: list[int]
     modseqs: list[int]
+    sizes: list[int]
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Changes:
 
 @dataclass
 class FolderView:
-    """A folder's messages as of `state.highestmodseq`: UIDs in order, flags and MODSEQ by UID.
+    """A folder's messages as of `state.highestmodseq`: UIDs in order, flags, MODSEQ and size by UID.
     Built once from the rows, then moved on only by the change log (`Folders.view`), as each
     session's own view is; shared, so a session copies what it will change."""
 
@@ -118,6 +119,7 @@ class FolderView:
     uids: list[int]
     flags: dict[int, frozenset[str]]
     modseqs: dict[int, int]
+    sizes: dict[int, int]
     keywords: frozenset[str] = frozenset()  # in use on some message
     first_unseen: int | None = None  # UID
 
@@ -141,11 +143,11 @@ class FolderView:
             return
         for uid in changes.vanished:
             if self.flags.pop(uid, None) is not None:
-                del self.uids[bisect.bisect_left(self.uids, uid)], self.modseqs[uid]
+                del self.uids[bisect.bisect_left(self.uids, uid)], self.modseqs[uid], self.sizes[uid]
         for meta in changes.changed:
             if meta.uid not in self.flags:
                 bisect.insort(self.uids, meta.uid)  # at the end: UIDs only grow
-            self.flags[meta.uid], self.modseqs[meta.uid] = meta.flags, meta.modseq
+            self.flags[meta.uid], self.modseqs[meta.uid], self.sizes[meta.uid] = meta.flags, meta.modseq, meta.size
         self.settle()
 
 
@@ -423,10 +425,11 @@ class Folders:
                 view.apply(changes)
         if view is None:
             state, groups = await self._groups(folder_id)
-            view = FolderView(state, sorted(chain.from_iterable(g.uids for g in groups)), {}, {})
+            view = FolderView(state, sorted(chain.from_iterable(g.uids for g in groups)), {}, {}, {})
             for group in groups:
                 view.flags.update(dict.fromkeys(group.uids, group.flags))
                 view.modseqs.update(zip(group.uids, group.modseqs))
+                view.sizes.update(zip(group.uids, group.sizes))
             view.settle()
         self._views.pop(folder_id, None)
         self._views[folder_id] = view
@@ -435,7 +438,7 @@ class Folders:
         return view
 
     async def _groups(self, folder_id: int) -> tuple[FolderState, list[FlagGroup]]:
-        """The folder's state, then its messages' UIDs and MODSEQs grouped by flag list, each
+        """The folder's state, then its messages' UIDs, MODSEQs and sizes grouped by flag list, each
         group's numbers as one string built by the database. A folder has a handful of
         distinct flag lists, so 10,000 messages come as a few rows, and Python splits strings
         instead of building a row object per message (issue 12: a row per message was most of
@@ -445,22 +448,21 @@ class Folders:
         async with self._engine.connect() as conn:
             state = _state(await _folder(conn, folder_id))
             rows = (await conn.execute(
-                select(fm.c.flags, func.aggregate_strings(cast(fm.c.uid, String), ","),
-                       func.aggregate_strings(cast(fm.c.modseq, String), ","))
+                select(fm.c.flags, *(func.aggregate_strings(cast(c, String), ",")
+                                     for c in (fm.c.uid, fm.c.modseq, fm.c.size)))
                 .where(fm.c.folder_id == folder_id).group_by(fm.c.flags))).all()
-        return state, [FlagGroup(flag_set(flags), _numbers(uids), _numbers(modseqs)) for flags, uids, modseqs in rows]
+        return state, [FlagGroup(flag_set(flags), *map(_numbers, numbers)) for flags, *numbers in rows]
 
-    async def dates(self, folder_id: int, uids: Sequence[int]) -> dict[int, tuple[datetime, int]]:
-        """INTERNALDATE and size of `uids`, those still present: they never change, so
-        SELECT leaves them for the FETCH, SEARCH or SORT that needs them. One range query,
-        filtered here (no IN list)."""
+    async def dates(self, folder_id: int, uids: Sequence[int]) -> dict[int, datetime]:
+        """INTERNALDATE of `uids`, those still present: it never changes, so SELECT leaves it
+        for the FETCH, SEARCH or SORT that needs it. One range query, filtered here (no IN list)."""
         if not uids:
             return {}
         fm, keep = folder_messages, set(uids)
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(fm.c.uid, type_coerce(fm.c.internaldate, String), fm.c.size).where(
+            rows = (await conn.execute(select(fm.c.uid, type_coerce(fm.c.internaldate, String)).where(
                 fm.c.folder_id == folder_id, fm.c.uid >= min(uids), fm.c.uid <= max(uids)))).all()
-        return {uid: (_instant(when), size) for uid, when, size in rows if uid in keep}
+        return {uid: _instant(when) for uid, when in rows if uid in keep}
 
     async def summary(self, folder_id: int, *, size: bool) -> tuple[FolderState, dict[str, int]]:
         """STATUS's figures: MESSAGES, RECENT (not yet claimed by a SELECT), UNSEEN, DELETED, and

@@ -22,15 +22,15 @@ from .folders import SYSTEM_FLAGS, Folders, FolderState, MessageMeta
 from .names import Box
 from .seqset import compress
 
-# (INTERNALDATE, size) of a message expunged by another session before this one read them
-EPOCH = (datetime(1970, 1, 1, tzinfo=timezone.utc), 0)
+# INTERNALDATE of a message expunged by another session before this one read it
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass
 class Selected:
-    """Per message, only what can change: flags and MODSEQ, in dicts keyed by UID (their values
-    shared: few distinct flag sets). INTERNALDATE and size never change, so they are read when
-    a command first needs them (`load_dates`), not by SELECT."""
+    """Per message, in dicts keyed by UID: flags (few distinct sets, shared), MODSEQ and size.
+    INTERNALDATE never changes and is read when a command first needs it (`load_dates`), not
+    by SELECT."""
 
     box: Box
     folder: str
@@ -42,7 +42,8 @@ class Selected:
     uids: list[int] = field(default_factory=list)  # index + 1 = sequence number
     flags: dict[int, frozenset[str]] = field(default_factory=dict)
     modseqs: dict[int, int] = field(default_factory=dict)
-    dates: dict[int, tuple[datetime, int]] = field(default_factory=dict)  # (INTERNALDATE, size), as read
+    sizes: dict[int, int] = field(default_factory=dict)
+    dates: dict[int, datetime] = field(default_factory=dict)  # INTERNALDATE, as read
     recent: set[int] = field(default_factory=set)
     pending_vanished: set[int] = field(default_factory=set)
     told_keywords: set[str] = field(default_factory=set)  # in the last FLAGS response
@@ -57,7 +58,7 @@ class Selected:
         view = await folders.view(state.id, state)  # shared: copied before anything changes it
         state = view.state
         selected = cls(box, folder, state.id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq,
-                       view.uids.copy(), view.flags.copy(), view.modseqs.copy())
+                       view.uids.copy(), view.flags.copy(), view.modseqs.copy(), view.sizes.copy())
         selected.told_keywords = set(state.keywords) | view.keywords  # one arriving meanwhile too
         if view.first_unseen is not None:
             selected.first_unseen = selected.seq_of(view.first_unseen)
@@ -87,8 +88,8 @@ class Selected:
         return flags + ["\\Recent"] if uid in self.recent else flags
 
     async def load_dates(self, folders: Folders, uids: list[int]) -> None:
-        """INTERNALDATE and size of `uids` (in order) not read yet; a message expunged since
-        (its row gone) stays without."""
+        """INTERNALDATE of `uids` not read yet; a message expunged since (its row gone) stays
+        without."""
         missing = [u for u in uids if u not in self.dates]
         if missing:
             self.dates.update(await folders.dates(self.folder_id, missing))
@@ -154,7 +155,7 @@ class Selected:
                 if self.uids and meta.uid < self.uids[-1]:
                     continue  # cannot happen: UIDs only grow; never break the sequence order
                 self.uids.append(meta.uid)
-                self.dates[meta.uid] = meta.internaldate, meta.size
+                self.sizes[meta.uid], self.dates[meta.uid] = meta.size, meta.internaldate
                 added.append(meta.uid)
             old_modseq = self.modseqs.get(meta.uid)
             self.flags[meta.uid], self.modseqs[meta.uid] = meta.flags, meta.modseq
@@ -179,7 +180,7 @@ class Selected:
         for uid in present:
             seq = self.seq_of(uid)
             del self.uids[seq - 1]
-            del self.flags[uid], self.modseqs[uid]
+            del self.flags[uid], self.modseqs[uid], self.sizes[uid]
             self.dates.pop(uid, None)
             self.recent.discard(uid)
             if not qresync:

@@ -945,7 +945,7 @@ class Session:
             uids = [u for u in uids if selected.modseqs[u] > int(changed_since)]
         sets_seen = not selected.readonly and selected.box.may("s") and any(i.sets_seen for i in items)
         needs_message = any(i.name not in STORE_ITEMS for i in items)
-        needs_dates = any(i.name in ("INTERNALDATE", "RFC822.SIZE") for i in items)
+        needs_dates = any(i.name == "INTERNALDATE" for i in items)
         known = {i.known_from for i in items if i.name not in STORE_ITEMS}
         if needs_dates:  # all at once: one range query, not one a batch
             await selected.load_dates(self.ctx.folders, uids)
@@ -992,9 +992,9 @@ class Session:
             if item.name == "FLAGS":
                 parts.append(b"FLAGS " + encode.plist(f.encode() for f in selected.flags_of(uid_)))
             elif item.name == "INTERNALDATE":
-                parts.append(b"INTERNALDATE " + encode.date_time(selected.dates[uid_][0]))
+                parts.append(b"INTERNALDATE " + encode.date_time(selected.dates[uid_]))
             elif item.name == "RFC822.SIZE":
-                parts.append(b"RFC822.SIZE %d" % selected.dates[uid_][1])
+                parts.append(b"RFC822.SIZE %d" % selected.sizes[uid_])
             elif item.name == "MODSEQ":
                 parts.append(b"MODSEQ (%d)" % selected.modseqs[uid_])
             else:
@@ -1127,7 +1127,7 @@ class Session:
         for start in range(0, len(found), FETCH_BATCH):
             batch = found[start:start + FETCH_BATCH]
             heads = await self._messages(selected.folder_id, [u for _, u in batch], {"fields"}) if header else {}
-            facts += [SortFacts(s, *selected.dates.get(u, EPOCH), heads.get(u)) for s, u in batch]
+            facts += [SortFacts(s, selected.dates.get(u, EPOCH), selected.sizes[u], heads.get(u)) for s, u in batch]
         return facts
 
     async def thread(self, tag: str, args: list, uid: bool) -> None:
@@ -1196,8 +1196,8 @@ class Session:
             bodies = await self._messages(selected.folder_id, batch, known) if query.needs_message else {}
             for offset, u in enumerate(batch):
                 flags = selected.flags[u] | RECENT if u in selected.recent else selected.flags[u]
-                facts = MessageFacts(start + offset + 1, u, flags, *selected.dates.get(u, EPOCH), selected.modseqs[u],
-                                     lambda u=u: bodies.get(u) or Message(b""))
+                facts = MessageFacts(start + offset + 1, u, flags, selected.dates.get(u, EPOCH), selected.sizes[u],
+                                     selected.modseqs[u], lambda u=u: bodies.get(u) or Message(b""))
                 if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
                     found.append((start + offset + 1, u))
         return found
