@@ -21,7 +21,8 @@ from __future__ import annotations
 import bisect
 import json
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from itertools import chain
@@ -122,10 +123,15 @@ class FolderView:
     sizes: dict[int, int]
     keywords: frozenset[str] = frozenset()  # in use on some message
     first_unseen: int | None = None  # UID
+    counts: dict[str, int] = field(default_factory=dict)  # STATUS's UNSEEN, DELETED, SIZE
 
     def settle(self) -> None:
-        """Keywords in use and the first unseen message, after the flags changed."""
-        distinct = set(self.flags.values())  # few: flag_set shares them
+        """Keywords in use, the first unseen message and STATUS's counts, after a change."""
+        per_set = Counter(self.flags.values())  # few keys: flag_set shares them
+        distinct = set(per_set)
+        self.counts = {"UNSEEN": sum(n for flags, n in per_set.items() if "\\Seen" not in flags),
+                       "DELETED": sum(n for flags, n in per_set.items() if "\\Deleted" in flags),
+                       "SIZE": sum(self.sizes.values())}
         self.keywords = frozenset(f for flags in distinct for f in flags if not f.startswith("\\"))
         if all("\\Seen" in flags for flags in distinct):
             self.first_unseen = None
@@ -466,8 +472,13 @@ class Folders:
 
     async def summary(self, folder_id: int, *, size: bool) -> tuple[FolderState, dict[str, int]]:
         """STATUS's figures: MESSAGES, RECENT (not yet claimed by a SELECT), UNSEEN, DELETED, and
-        SIZE if `size`; counted by the database per flag list (the index SELECT reads), then
-        summed here over those few rows."""
+        SIZE if `size`. From the folder's view if one is kept (moved on by the change log, as
+        for SELECT), else counted by the database per flag list (the index SELECT reads), then
+        summed here over those few rows: a LIST-STATUS of many folders keeps no view."""
+        if folder_id in self._views:
+            view = await self.view(folder_id)
+            recent = len(view.uids) - bisect.bisect_left(view.uids, view.state.first_recent_uid)
+            return view.state, {"MESSAGES": len(view.uids), "RECENT": recent, **view.counts}
         fm = folder_messages
         async with self._engine.connect() as conn:
             state = _state(await _folder(conn, folder_id))
