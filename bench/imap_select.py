@@ -75,6 +75,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--command", default="SELECT", choices=["SELECT", "EXAMINE", "STATUS", "FETCH"],
                         help="FETCH: 1:* (FLAGS UID RFC822.SIZE ENVELOPE), each after a SELECT (not measured)")
+    parser.add_argument("--fresh", action="store_true", help="a new connection and login before each run")
     parser.add_argument("--public-url", help="the URL `msante init` gave the data directory (its dev issuer), "
                                              "if not the https listener's")
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions")
@@ -129,45 +130,56 @@ def main() -> int:
     assert ready.wait(60), "server did not start"
 
     context = ssl.create_default_context(cafile=str(settings.ca_dir / "ca.crt"))
-    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", ports["imaps"])), server_hostname="localhost")
+    bearer = DevIssuer.load(settings.data_dir, settings.public_url).issue_access_token(
+        idnat=GP_IDNAT, given_name="Bench", family_name="Bench")
     buffer = [b""]
+    conn: list[ssl.SSLSocket] = []
 
     def until(tag: bytes) -> list[bytes]:
         lines = []
         while True:
             while b"\r\n" not in buffer[0]:
-                buffer[0] += sock.recv(65536)
+                buffer[0] += conn[0].recv(65536)
             line, buffer[0] = buffer[0].split(b"\r\n", 1)
             lines.append(line)
             if line.startswith(tag + b" "):
                 assert line.startswith(tag + b" OK"), line
                 return lines
 
-    until(b"*")  # greeting
-    bearer = DevIssuer.load(settings.data_dir, settings.public_url).issue_access_token(
-        idnat=GP_IDNAT, given_name="Bench", family_name="Bench")
-    sock.sendall(f"a AUTHENTICATE XOAUTH2 {xoauth2(GP, bearer)}\r\n".encode())
-    until(b"a")
+    def connect() -> None:
+        """A new connection, logged in (--fresh: one a run, as mailbench's imap does)."""
+        if conn:
+            conn.pop().sendall(b"z LOGOUT\r\n")
+        buffer[0] = b""
+        conn.append(context.wrap_socket(socket.create_connection(("127.0.0.1", ports["imaps"])),
+                                        server_hostname="localhost"))
+        until(b"*")  # greeting
+        conn[0].sendall(f"a AUTHENTICATE XOAUTH2 {xoauth2(GP, bearer)}\r\n".encode())
+        until(b"a")
+
+    connect()
     walls = []
     command = {"SELECT": f'SELECT "{args.mailbox}"', "EXAMINE": f'EXAMINE "{args.mailbox}"',
                "STATUS": f'STATUS "{args.mailbox}" (MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ RECENT)',
                "FETCH": "FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE)"}
     for n in range(args.runs):
+        if args.fresh and n:
+            connect()
         if args.command == "FETCH":
-            sock.sendall(b'f%d SELECT "%s"\r\n' % (n, args.mailbox.encode()))
+            conn[0].sendall(b'f%d SELECT "%s"\r\n' % (n, args.mailbox.encode()))
             until(b"f%d" % n)
         tag = b"s%d" % n
         started = time.perf_counter()
-        sock.sendall(tag + b" " + command[args.command].encode() + b"\r\n")
+        conn[0].sendall(tag + b" " + command[args.command].encode() + b"\r\n")
         lines = until(tag)
         walls.append(time.perf_counter() - started)
         if n == 0:
             print("\n".join(line.decode(errors="replace")[:100] for line in lines[:12]))
         if args.command != "STATUS":
-            sock.sendall(b"u%d UNSELECT\r\n" % n)
+            conn[0].sendall(b"u%d UNSELECT\r\n" % n)
             until(b"u%d" % n)
-    sock.sendall(b"z LOGOUT\r\n")
-    sock.close()
+    conn[0].sendall(b"z LOGOUT\r\n")
+    conn[0].close()
     holder["loop"].call_soon_threadsafe(holder["stop"].set)
     thread.join(30)
 
