@@ -82,18 +82,47 @@ class Closing:
     last: dict[str, Any] | None
 
 
+class Signal:
+    """asyncio.Event for one waiter: an Event allocates a deque for its waiters (760 bytes), and
+    an idle websocket had two of them."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
 class Outbox:
-    """Frames waiting for the socket, bounded in number and in bytes."""
+    """Frames waiting for the socket, bounded in number and in bytes. The queue exists only
+    while it holds something (an empty deque is 760 bytes, and most websockets idle)."""
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
-        self._items: deque[tuple[Any, int]] = deque()
+        self._items: deque[tuple[Any, int]] | None = None
         self._max_items, self._max_bytes = max_items, max_bytes
         self.bytes = 0
-        self._ready = asyncio.Event()
+        self._ready = Signal()
 
     def offer(self, item: str | Live | Ack | CatchUp) -> bool:
         size = len(item) if isinstance(item, str) else len(item.wire) if isinstance(item, (Live, Ack)) else 0
-        if len(self._items) >= self._max_items or self.bytes + size > self._max_bytes:
+        if (self._items and len(self._items) >= self._max_items) or self.bytes + size > self._max_bytes:
             return False
         self._put(item, size)
         return True
@@ -101,11 +130,13 @@ class Outbox:
     def close(self, closing: Closing, *, drop_queued: bool) -> None:
         """Queue the close (beyond the bounds: it is the last item), after the rest or instead of it."""
         if drop_queued:
-            self._items.clear()
+            self._items = None
             self.bytes = 0
         self._put(closing, 0)
 
     def _put(self, item: Any, size: int) -> None:
+        if self._items is None:
+            self._items = deque()
         self._items.append((item, size))
         self.bytes += size
         self._ready.set()
@@ -115,6 +146,8 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         item, size = self._items.popleft()
+        if not self._items:
+            self._items = None
         self.bytes -= size
         return item
 
@@ -131,7 +164,7 @@ class Connection:
         self._peer = peer
         self.session = Session(self._limits, time.monotonic())
         self._outbox = Outbox(self._limits.send_queue_frames, self._limits.send_queue_bytes)
-        self._wake = asyncio.Event()  # the timer re-reads its deadlines
+        self._wake = Signal()  # the timer re-reads its deadlines
         self._fragments: list[bytes] = []
         self._closing = False
         self._followed: set[int] = set()  # circles the hub delivers to us (cursors may already be gone)

@@ -106,9 +106,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Upgrade(Response):
-    """A response that takes the connection over (websocket): `run(reader, writer, request)`."""
+    """A response that takes the connection over (websocket): `run(reader, writer)`. It lasts as
+    long as the connection, so it is handed neither the request nor h11's state: a websocket
+    held them (4 KiB of headers and parser state) for hours."""
 
-    def __init__(self, run: Callable[[asyncio.StreamReader, asyncio.StreamWriter, Request], Awaitable[None]]):
+    def __init__(self, run: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]):
         super().__init__(101)
         self.run = run
 
@@ -145,7 +147,8 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 log.exception("handler failed for %s %s", request.method, request.path)
                 response = _error(HttpError(500, "internal", "internal error"))
             if isinstance(response, Upgrade):
-                await response.run(reader, writer, request)
+                del conn, request  # not held for the upgraded connection's life
+                await response.run(reader, writer)
                 return
             await _send(conn, writer, response, head=request.method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
