@@ -128,7 +128,7 @@ async def cancel(conn: AsyncConnection, mailstore: MailStore, audit: AuditTrail,
     if notices:
         await conn.execute(insert(hospital_notices), [{**n, "event_id": event.id, "reason": "", "created_at": now}
                                                       for n in notices])
-    await receipts.dispatched(conn, event.id, now)
+    await receipts.dispatched(conn, [event.id], now)
     told.items = await _timeline(conn, target, event, title, hospital, now)
     await audit.record(actor, "hospital.cancel", target=str(event.id), conn=conn, cancelled=target.id,
                        kind=target.kind, before="", told=len(notices), withdrawn=withdrawn_count,

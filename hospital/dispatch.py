@@ -21,19 +21,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailserver import dsn, headers
-from mailserver.mailstore import Accepted, MailStore, Recipient
-from store.audit import Actor, AuditTrail
+from mailserver.mailstore import QUEUED, Mail, MailStore, Recipient
+from store.audit import Actor, AuditTrail, entry
 from store.events import EventBus, run_job
 from store.lease import LEASE_SECONDS, Lease
-from store.schema import (activities, circle_members, circles, hl7_messages, hospital_events,
+from store.schema import (activities, audit, circle_members, circles, hl7_messages, hospital_events,
                           hospital_notices, mailboxes, organisations, professionals)
 from web.metrics import HOSPITAL_NOTIFICATIONS
 
@@ -46,7 +46,7 @@ from .message import parse
 log = logging.getLogger("msante.hl7")
 T = TypeVar("T")
 BATCH = 100  # pending events read at a time
-CONCURRENT = 8  # events dispatched at once, their mails in one group commit; more would hold up the feed's ACKs
+CONCURRENT = 8  # events dispatched in one write; more would hold up the feed's ACKs that share its group commit
 POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs at most this
 NO_GP = "no GP given"
 NO_BOX = "GP has no MSSanté box"
@@ -68,7 +68,7 @@ class Dispatcher:
                  domains: tuple[str, ...], poll_seconds: float = POLL_SECONDS,
                  lease_seconds: float = LEASE_SECONDS) -> None:
         self._engine = engine
-        self._lease = Lease(engine, hospital_events, seconds=lease_seconds)
+        self._lease = Lease(engine, hospital_events, seconds=lease_seconds, writes=mailstore.writes)
         self._poll = poll_seconds
         self._mailstore = mailstore
         self._audit = audit
@@ -104,17 +104,45 @@ class Dispatcher:
                 .join(hl7_messages, hl7_messages.c.id == hospital_events.c.message_id)
                 .where(hospital_events.c.id.in_(ids), hospital_events.c.status == "pending")
                 .order_by(hospital_events.c.id))).all()
-        found: dict = {}  # the pass's directory answers, shared by its chunks
-        for chunk in _chunks(rows):  # their mails share group commits
-            async with self._engine.connect() as conn:
-                lookups = _Lookups(conn, found)
-                await asyncio.gather(*(self.dispatch(row, lookups) for row in chunk))
+        lookups = _Lookups(self._engine)  # the pass's directory answers, shared by its chunks
+        for chunk in _chunks(rows):
+            await self.dispatch_chunk(chunk, lookups)
         return len(rows)
 
     async def dispatch(self, event, lookups: "_Lookups") -> None:  # noqa: ANN001 - hospital_events + sender
-        if event.kind == cancels.KIND:
-            await self._cancel(event)
+        await self.dispatch_chunk([event], lookups)
+
+    async def dispatch_chunk(self, events: list, lookups: "_Lookups") -> None:
+        """Tell of these events in one write (a cancellation alone): their mails are built
+        first, then stored with everything else the events mean, many rows a statement."""
+        if events[0].kind == cancels.KIND:
+            await self._cancel(events[0], lookups)
             return
+        planned = await asyncio.gather(*(self._plan(event, lookups) for event in events))
+        try:
+            done = await self._mailstore.writes.run(lambda conn: self._finish(conn, planned))
+        except Exception:
+            if len(planned) == 1:
+                raise
+            log.exception("hospital dispatch: a chunk of %d events failed; each alone now", len(planned))
+            failed = [r for r in await asyncio.gather(*(self.dispatch_chunk([e], lookups) for e in events),
+                                                      return_exceptions=True) if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
+            return
+        for told in done:
+            notified = told.status in NOTIFIED
+            HOSPITAL_NOTIFICATIONS.labels(outcome="notified" if notified else "not_notified",
+                                          reason="" if notified else reason_key(told.status, told.reason)).inc()
+        await self._mailstore.publish([e for told in done for e in told.mail_events])
+        items = [i for told in done for i in told.items]
+        await timeline.announce(self._bus, items)
+        await receipts.announce(self._bus, [receipts.notice(i["circle"], i["event"]["id"], "dispatched")
+                                            for i in items])
+        await timeline.publish_alerts(self._bus, [a for told in done for a in told.alerts])
+
+    async def _plan(self, event, lookups: "_Lookups") -> "_Planned":  # noqa: ANN001 - hospital_events + sender
+        """Who is told of `event` and the mails they get, before the write."""
         patient = json.loads(event.patient)
         sender = event.sender
         # the message itself (up to [hl7] max_frame) only for a document: an ADT event has all it needs
@@ -129,8 +157,8 @@ class Dispatcher:
                                      lambda conn: members_of(conn, event.patient_ins))
         plan = await lookups.read(("plan", event.patient_ins, event.kind), lambda conn: subscriptions.plan(
             conn, event.patient_ins, event.kind, members, datetime.now(timezone.utc)))
-        alert_rows = [_alert_row(event, patient, audience) for audience in plan.alerts]
-        actor = Actor(sender, "application")
+        circle_ids = await lookups.read(("circles", event.patient_ins),
+                                        lambda conn: timeline.circles_of(conn, event.patient_ins))
         facts = notice.Notice(
             kind=event.kind, patient={**patient, "ins": event.patient_ins}, occurred=occurred_of(event, patient),
             unit=event.unit, hospital=hospital, sender=sender, contact=contact, recipient="", recipient_name="",
@@ -142,66 +170,65 @@ class Dispatcher:
         outgoing = [(m, messages.pop(0) if m.address else b"", Recipient(
             m.address, NOTIFY_LOCAL if m.mailbox_id else NOTIFY_REMOTE, m.mailbox_id) if m.address else None)
             for m in extra]
-        mail_events: list = []
-        items: list[dict] = []  # the event in its patient's circle(s), announced after the commit
-        told: list[str] = []  # the GP's notice: status and reason, counted after the commit
+        return _Planned(event, patient, hospital, target, reason, gp_message, outgoing, plan,
+                        [_alert_row(event, patient, audience) for audience in plan.alerts], circle_ids)
 
-        async def finish(conn: AsyncConnection, accepted: Accepted | None) -> list[dict]:
-            now = datetime.now(timezone.utc)
-            marked = await conn.execute(update(hospital_events).where(and_(
-                hospital_events.c.id == event.id, hospital_events.c.status == "pending")).values(
-                status="dispatched", dispatched_at=now, **Lease.cleared()))
-            if marked.rowcount != 1:
-                raise _AlreadyDone()
-            status = "not_notified"
-            if accepted is not None:
-                status = "delivered" if accepted.delivered else "queued" if accepted.queued else "failed"
-            await conn.execute(insert(hospital_notices), {
-                "event_id": event.id, "recipient": target.address if target else "",
-                "role": target.role if target else "gp", "status": status, "reason": reason,
-                "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
-            told[:] = [status, reason]
-            raised = await timeline.raise_alerts(conn, alert_rows, now)  # a replayed event raises nothing new
-            mail_events.extend(await subscriptions.deliver(
-                conn, self._mailstore, event_id=event.id, mails=outgoing, alerts=plan.subscribed_alerts, sender=sender,
-                actor=actor, audit=self._audit, now=now))
-            await receipts.dispatched(conn, event.id, now)
-            items[:] = await timeline.record(conn, event, patient, title=TITLES[event.kind], hospital=hospital,
-                                             sender=sender, occurred=occurred_of(event, patient), now=now)
-            if accepted is None:
-                await self._audit.record(actor, "hospital.not_notified", target=str(event.id), conn=conn,
-                                         kind=event.kind, reason=reason)
-            return raised
-
-        try:
-            if target is None:
-                raised = await self._mailstore.writes.run(lambda conn: finish(conn, None))
+    async def _finish(self, conn: AsyncConnection, planned: list["_Planned"]) -> list["_Told"]:
+        """In one transaction: the events still pending marked dispatched (another dispatcher's
+        are left alone, nothing written for them), each one's mails, notices, alerts, receipts and
+        timeline items; what to announce once committed."""
+        now = datetime.now(timezone.utc)
+        claimed = set((await conn.execute(update(hospital_events).where(and_(
+            hospital_events.c.id.in_([p.event.id for p in planned]), hospital_events.c.status == "pending"))
+            .values(status="dispatched", dispatched_at=now, **Lease.cleared())
+            .returning(hospital_events.c.id))).scalars())
+        planned = [p for p in planned if p.event.id in claimed]
+        mailed = [p for p in planned if p.target is not None]
+        stored = dict(zip((p.event.id for p in mailed), await self._mailstore.store_many(conn, [Mail(
+            p.gp_message, headers.read(p.gp_message).get("message-id") or "", p.event.sender,
+            Actor(p.event.sender, "application"), "hospital.notify", "hl7", dsn.MailDsn(ret="HDRS"),
+            (Recipient(p.target.address, NOTIFY_LOCAL if p.target.mailbox_id else NOTIFY_REMOTE,
+                       p.target.mailbox_id),)) for p in mailed])))
+        done, notices, unheard = [], [], []
+        for p in planned:
+            event, target = p.event, p.target
+            told = _Told(status="not_notified", reason=p.reason)
+            accepted = None
+            if target is not None:
+                accepted, told.mail_events = stored[event.id]
+                if accepted.queued:
+                    told.mail_events.append((0, QUEUED))
+                told.status = "delivered" if accepted.delivered else "queued" if accepted.queued else "failed"
             else:
-                holder: dict = {}
+                unheard.append(entry(Actor(event.sender, "application"), "hospital.not_notified",
+                                     target=str(event.id), kind=event.kind, reason=p.reason))
+            notices.append({"event_id": event.id, "recipient": target.address if target else "",
+                            "role": target.role if target else "gp", "status": told.status, "reason": p.reason,
+                            "envelope_id": accepted.envelope_id if accepted else None, "created_at": now})
+            done.append(told)
+        if not planned:
+            return []
+        await conn.execute(insert(hospital_notices), notices)  # each GP's notice before its subscribers'
+        raised = await timeline.raise_alerts(conn, [r for p in planned for r in p.alert_rows], now)
+        for p, told in zip(planned, done):
+            # a replayed event raises nothing new
+            told.alerts = [a for a in raised if a["key"] == f"{receipts.ALERT_KEY}{p.event.id}"]
+            told.mail_events += await subscriptions.deliver(
+                conn, self._mailstore, event_id=p.event.id, mails=p.outgoing, alerts=p.plan.subscribed_alerts,
+                sender=p.event.sender, actor=Actor(p.event.sender, "application"), audit=self._audit, now=now)
+        await receipts.dispatched(conn, [p.event.id for p in planned], now)
+        items = await timeline.add(conn, [i for p in planned for i in timeline.event_items(
+            p.event, p.patient, p.circle_ids, title=TITLES[p.event.kind], hospital=p.hospital, sender=p.event.sender,
+            occurred=occurred_of(p.event, p.patient))], now)
+        for p, told in zip(planned, done):
+            told.items = [i for i in items if i["event"]["id"] == p.event.id]
+        if unheard:
+            await conn.execute(insert(audit), unheard)
+        return done
 
-                async def alongside(conn: AsyncConnection, accepted: Accepted) -> None:
-                    holder["raised"] = await finish(conn, accepted)
-                await self._mailstore.accept(
-                    message=gp_message, message_id=headers.read(gp_message).get("message-id") or "", sender=sender,
-                    actor=actor, audit=self._audit,
-                    audit_action="hospital.notify", source="hl7", mail_dsn=dsn.MailDsn(ret="HDRS"),
-                    recipients=[Recipient(target.address, NOTIFY_LOCAL if target.mailbox_id else NOTIFY_REMOTE,
-                                          target.mailbox_id)], alongside=alongside)
-                raised = holder["raised"]
-        except _AlreadyDone:
-            return
-        status, why = told
-        notified = status in NOTIFIED
-        HOSPITAL_NOTIFICATIONS.labels(outcome="notified" if notified else "not_notified",
-                                      reason="" if notified else reason_key(status, why)).inc()
-        await self._mailstore.publish(mail_events)
-        await timeline.announce(self._bus, items)
-        await receipts.announce(self._bus, [receipts.notice(i["circle"], event.id, "dispatched") for i in items])
-        await timeline.publish_alerts(self._bus, raised)
-
-    async def _cancel(self, event) -> None:  # noqa: ANN001 - hospital_events + sender
-        async with self._engine.connect() as conn:
-            name, contact = await _hospital(conn, event.organisation_id)
+    async def _cancel(self, event, lookups: "_Lookups") -> None:  # noqa: ANN001 - hospital_events + sender
+        name, contact = await lookups.read(("hospital", event.organisation_id),
+                                           lambda conn: _hospital(conn, event.organisation_id))
         hospital = cancels.Hospital(event.sender, name, contact or event.sender, self._hostname)
         told = await self._mailstore.writes.run(lambda conn: cancels.cancel(
             conn, self._mailstore, self._audit, event, hospital, datetime.now(timezone.utc)))
@@ -223,27 +250,53 @@ class Dispatcher:
 
 class _Lookups:
     """The directory reads of one pass, each made once: the events of a pass mostly share their
-    hospital, and often their GP or patient (a stay's admission, report and discharge). Read
-    right before the events' own transactions, as each event's were before; the dispatches of a
-    chunk share one connection, in turn."""
+    hospital, and often their GP or patient (a stay's admission, report and discharge). Each
+    read has a pooled connection of its own, so a chunk's events read at once (taken in turn on
+    one connection, they doubled the dispatch lag on PostgreSQL); an event asking what another
+    is already reading waits for that answer."""
 
-    def __init__(self, conn: AsyncConnection, found: dict) -> None:
-        self._conn = conn
-        self._found = found
-        self._turn = asyncio.Lock()
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._found: dict[tuple, asyncio.Future] = {}
 
     async def read(self, key: tuple | None, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`query`'s answer, asked once per pass for a `key` (None: not kept)."""
-        async with self._turn:
-            if key is None:
-                return await query(self._conn)
-            if key not in self._found:
-                self._found[key] = await query(self._conn)
-            return self._found[key]
+        if key is None:
+            return await self._ask(query)
+        if key not in self._found:
+            self._found[key] = asyncio.ensure_future(self._ask(query))
+        return await asyncio.shield(self._found[key])  # one event cancelled does not cancel the others' read
+
+    async def _ask(self, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with self._engine.connect() as conn:
+            return await query(conn)
 
 
-class _AlreadyDone(Exception):
-    """Another dispatcher marked the event first: this transaction rolls back, mail included."""
+@dataclass
+class _Planned:
+    """An event as the write needs it: who is told, the mails already built."""
+
+    event: Any  # hospital_events row + sender
+    patient: dict
+    hospital: str
+    target: Target | None
+    reason: str
+    gp_message: bytes
+    outgoing: list
+    plan: subscriptions.Plan
+    alert_rows: list[dict]
+    circle_ids: list[int]
+
+
+@dataclass
+class _Told:
+    """What one event's write did: the GP's notice, and what to announce once committed."""
+
+    status: str
+    reason: str
+    mail_events: list = field(default_factory=list)
+    items: list[dict] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
 
 
 async def _message_data(conn: AsyncConnection, message_id: int) -> bytes:

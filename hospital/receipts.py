@@ -36,13 +36,14 @@ MAX_EVENTS = 500  # events shown per patient, newest first
 Announcement = tuple[str, dict]  # (a circle's channel, the `notice` event), published after the commit
 
 
-async def dispatched(conn: AsyncConnection, event_id: int, now: datetime) -> None:
-    """The event's notices just written: each is queued, and delivered or failed at once when
-    dispatch already knows (a local box, an alert). Dispatch knows the event's circles (the
+async def dispatched(conn: AsyncConnection, event_ids: list[int], now: datetime) -> None:
+    """The events' notices just written: each is queued, and delivered or failed at once when
+    dispatch already knows (a local box, an alert). Dispatch knows the events' circles (the
     timeline items it wrote): it tells them, with `notice`, without reading them again here."""
     rows = (await conn.execute(select(hospital_notices.c.id, hospital_notices.c.status, hospital_notices.c.reason)
-                               .where(hospital_notices.c.event_id == event_id,
-                                      hospital_notices.c.status != "not_notified"))).all()
+                               .where(hospital_notices.c.event_id.in_(event_ids),
+                                      hospital_notices.c.status != "not_notified")
+                               .order_by(hospital_notices.c.id))).all()
     facts = []
     for row in rows:
         facts.append({"notice_id": row.id, "status": "queued", "reason": "", "at": now})

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from instant import frames
 from instant.hub import circle_channel
-from instant.storage import append_item, iso
+from instant.storage import append_items, iso
 from store.db import dialect_insert
 from store.events import EventBus
 from store.schema import alerts, circles
@@ -32,34 +32,47 @@ KIND = "event"
 ALERT_KIND = "patient"  # the alert a member gets for an event or document of their patient
 
 
-async def record(conn: AsyncConnection, event, patient: dict, *, title: str, hospital: str,  # noqa: ANN001
-                 sender: str, occurred: datetime, now: datetime) -> list[dict]:
-    """Add the event to every circle of its INS; the items as frames show them."""
-    if not event.patient_ins:
+async def circles_of(conn: AsyncConnection, ins: str) -> list[int]:
+    """The care circles of a patient (the dispatcher reads them once a pass, with its other lookups)."""
+    if not ins:
         return []
-    ids = (await conn.execute(select(circles.c.id).where(circles.c.patient_ins == event.patient_ins)
-                              .order_by(circles.c.id))).scalars().all()
+    return list((await conn.execute(select(circles.c.id).where(circles.c.patient_ins == ins)
+                                    .order_by(circles.c.id))).scalars())
+
+
+def event_items(event, patient: dict, ids: list[int], *, title: str, hospital: str, sender: str,  # noqa: ANN001
+                occurred: datetime) -> list[dict]:
+    """The event's item for each of the circles `ids` of its INS (`circles_of`), for `add`."""
     document = patient.get("document")
     what = title if document is None else f"{title} : {document['type_label'] or document['type_code']}"
     text = f"{what} — {hospital}" + (f" ({event.unit})" if event.unit else "") + f", {occurred:%d/%m %H:%M}"
     author = {"id": sender, "name": hospital}
     details = {"id": event.id, "kind": event.kind, "unit": event.unit, "occurred": occurred.isoformat(),
                "hospital": hospital, "document": document}
-    return await add_items(conn, ids, author=author, client_id=f"hospital-event:{event.id}", text=text,
-                           details=details, now=now)
+    return [_item(circle_id, author, f"hospital-event:{event.id}", text, details, KIND) for circle_id in ids]
 
 
 async def add_items(conn: AsyncConnection, circle_ids: list[int], *, author: dict, client_id: str, text: str,
                     details: dict, now: datetime, kind: str = KIND) -> list[dict]:
     """One item (no professional for author: `author` names the source) in each circle, with its
     next seq, in the caller's transaction; the items as frames show them, for `announce`."""
-    items = []
-    for circle_id in circle_ids:
-        seq = await append_item(conn, circle_id, author=None, client_id=client_id, text=text, now=now, kind=kind,
-                                data={"author": author, "event": details})
-        items.append(frames.message(circle=circle_id, seq=seq, author=author, client_id=client_id, text=text,
-                                    at=iso(now), reply_to=None, kind=kind, event=details))
-    return items
+    return await add(conn, [_item(circle_id, author, client_id, text, details, kind) for circle_id in circle_ids], now)
+
+
+async def add(conn: AsyncConnection, items: list[dict], now: datetime) -> list[dict]:
+    """Items (`event_items`, `add_items`) stored with their seqs, in the order given, many rows a
+    statement; the items as frames show them, for `announce`."""
+    seqs = await append_items(conn, [{"circle_id": i["circle"], "author": None, "client_id": i["client_id"],
+                                      "text": i["text"], "reply_to": None, "kind": i["kind"],
+                                      "data": {"author": i["author"], "event": i["details"]}} for i in items], now)
+    return [frames.message(circle=i["circle"], seq=seq, author=i["author"], client_id=i["client_id"], text=i["text"],
+                           at=iso(now), reply_to=None, kind=i["kind"], event=i["details"])
+            for i, seq in zip(items, seqs)]
+
+
+def _item(circle_id: int, author: dict, client_id: str, text: str, details: dict, kind: str) -> dict:
+    return {"circle": circle_id, "author": author, "client_id": client_id, "text": text, "details": details,
+            "kind": kind}
 
 
 async def announce(bus: EventBus, items: list[dict]) -> None:
@@ -77,10 +90,12 @@ async def raise_alerts(conn: AsyncConnection, rows: list[dict], now: datetime) -
     if not rows:
         return []
     statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
-        index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id, alerts.c.audience)
-    inserted = {r.audience: r.id for r in await conn.execute(statement, [{**row, "created_at": now} for row in rows])}
-    return [{"id": inserted[row["audience"]], **row, "data": json.loads(row["data"]), "created_at": now.isoformat(),
-             "acknowledged_by": None, "acknowledged_at": None} for row in rows if row["audience"] in inserted]
+        index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id, alerts.c.audience, alerts.c.key)
+    inserted = {(r.audience, r.key): r.id
+                for r in await conn.execute(statement, [{**row, "created_at": now} for row in rows])}
+    return [{"id": inserted[row["audience"], row["key"]], **row, "data": json.loads(row["data"]),
+             "created_at": now.isoformat(), "acknowledged_by": None, "acknowledged_at": None}
+            for row in rows if (row["audience"], row["key"]) in inserted]
 
 
 async def publish_alerts(bus: EventBus, raised: list[dict]) -> None:

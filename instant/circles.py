@@ -30,6 +30,7 @@ from store.events import EventBus
 from .alerts import Alerts
 from .errors import Conflict, Forbidden, Invalid, NotFound
 from .hub import circle_channel
+from .memberships import Memberships
 from .patient import Patient
 from .storage import CircleExists, InstantStore
 
@@ -47,8 +48,9 @@ class MemberSpec:
 
 class Circles:
     def __init__(self, engine: AsyncEngine, store: InstantStore, alerts: Alerts, audit: AuditTrail,
-                 bus: EventBus) -> None:
+                 bus: EventBus, memberships: Memberships | None = None) -> None:
         self._engine = engine
+        self._memberships = memberships  # None (the CLI): the store is read each time
         self._store = store
         self._alerts = alerts
         self._audit = audit
@@ -70,7 +72,10 @@ class Circles:
     async def require_member(self, principal: Principal, circle_id: int, action: str, source: str) -> dict:
         """The caller's membership, or Forbidden (audited as `action`, denied). The same answer
         for a circle that does not exist: circle ids reveal nothing to outsiders."""
-        membership = await self._store.membership(circle_id, principal.id) if principal.kind == "person" else None
+        membership = None
+        if principal.kind == "person":
+            membership = await (self._memberships.of(circle_id, principal.id) if self._memberships
+                                else self._store.membership(circle_id, principal.id))
         reason = "not a member"
         if membership and await self._delegation_lapsed(principal, membership["on_behalf_of"]):
             membership, reason = None, f"no longer a delegate of {membership['on_behalf_of']}"

@@ -12,6 +12,8 @@ import asyncio
 from datetime import datetime, timezone
 from typing import Callable
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from directory.authn import Principal
 from store.audit import AuditTrail
 from store.events import EventBus
@@ -45,10 +47,16 @@ class Messages:
             if quoted is None:
                 raise InstantError(f"care circle {circle_id} has no message {reply_to} to reply to",
                                    "no_such_message")
+
+        async def audited(conn: AsyncConnection | None, message: dict, duplicate: bool = False) -> None:
+            await self._audit.record(principal.actor, "circle.post", target=str(circle_id), source=source, conn=conn,
+                                     seq=message["seq"], client_id=client_id, duplicate=duplicate,
+                                     reply_to=reply_to, attachments=[a["id"] for a in message["attachments"]])
+
         async with self._circles.ordered(circle_id):
             try:
                 message, duplicate = await self._store.append(circle_id, principal.id, client_id, text, _now(),
-                                                              quoted, attachments)
+                                                              quoted, attachments, stored=audited)
             except AttachmentUnavailable as exc:
                 await self._audit.record(principal.actor, "circle.post", target=str(circle_id), outcome="denied",
                                          source=source, reason="attachment not available", attachments=attachments)
@@ -58,9 +66,8 @@ class Messages:
                 await self._bus.publish(circle_channel(circle_id), {
                     "type": "message", "circle": circle_id, "seq": message["seq"], "author": principal.id,
                     "client_id": client_id, "wire": frames.encode(frames.message(**message))})
-        await self._audit.record(principal.actor, "circle.post", target=str(circle_id), source=source,
-                                 seq=message["seq"], client_id=client_id, duplicate=duplicate, reply_to=reply_to,
-                                 attachments=[a["id"] for a in message["attachments"]])
+        if duplicate:  # a new message's row was written in its transaction
+            await audited(None, message, True)
         return message, duplicate
 
     async def history(self, principal: Principal, circle_id: int, *, before: int | None, after: int | None,

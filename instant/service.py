@@ -44,6 +44,7 @@ from .hub import Hub
 from . import limits as configured
 from .limits import Limits
 from .mailalerts import MailAlerts
+from .memberships import Memberships
 from .presence import SharedPresence
 from .messages import Messages
 from .storage import SqlStore
@@ -67,8 +68,10 @@ class Instant:
         self.audit = services.audit
         self.bus = services.bus
         self.store = SqlStore(engine)
-        self.alerts = Alerts(engine, AlertStore(engine), services.audit, services.bus)
-        self.circles = Circles(engine, self.store, self.alerts, services.audit, services.bus)
+        self.alerts = Alerts(engine, AlertStore(engine, services.mailstore.writes), services.audit, services.bus)
+        in_sync = services.bus.subscribed.is_set if isinstance(services.bus, RedisBus) else lambda: True
+        self.memberships = Memberships(self.store, services.bus, in_sync)
+        self.circles = Circles(engine, self.store, self.alerts, services.audit, services.bus, self.memberships)
         self.messages = Messages(self.store, self.circles, services.audit, services.bus)
         self.attachments = Attachments(AttachmentStore(engine), self.circles, services.audit)
         self.max_attachment = services.settings.max_attachment
@@ -102,6 +105,7 @@ class Instant:
             self._background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._background
+        self.memberships.close()
         await self.hub.close()
 
     async def websocket(self, request: Request) -> Response:

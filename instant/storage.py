@@ -19,15 +19,16 @@ writes fails outright if another writer committed in between.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import date, datetime, timezone
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from sqlalchemy import and_, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.db import dialect_insert
+from store.db import dialect_insert, reads
 from store.schema import circle_attachments, circle_members, circle_messages, circles, professionals, read_markers
 
 from .patient import Patient
@@ -42,6 +43,9 @@ class CircleExists(Exception):
 
 class AttachmentUnavailable(Exception):
     """A post names an attachment that is not the poster's, not of this circle, or posted already."""
+
+
+Stored = Callable[[AsyncConnection, dict], Awaitable[None]]  # work in the transaction that stored a message
 
 
 class InstantStore(Protocol):
@@ -59,7 +63,8 @@ class InstantStore(Protocol):
     async def professional(self, identifier: str) -> dict | None: ...
     async def quote(self, circle_id: int, seq: int) -> dict | None: ...
     async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
-                     reply_to: dict | None = None, attachments: tuple[int, ...] = ()) -> tuple[dict, bool]: ...
+                     reply_to: dict | None = None, attachments: tuple[int, ...] = (),
+                     stored: Stored | None = None) -> tuple[dict, bool]: ...
     async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
                        limit: int) -> tuple[list[dict], bool]: ...
     async def search(self, circle_id: int, text: str, *, before: int | None, limit: int) -> tuple[list[dict], bool]: ...
@@ -103,6 +108,7 @@ _PERSON = (professionals.c.idnat, professionals.c.given_name, professionals.c.fa
 class SqlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reads = reads(engine)
 
     # --- circles and members ------------------------------------------------------------------
 
@@ -127,7 +133,7 @@ class SqlStore:
         return circle_id
 
     async def circle(self, circle_id: int) -> dict | None:
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(select(circles).where(circles.c.id == circle_id))).first()
         return _circle(row) if row else None
 
@@ -137,7 +143,7 @@ class SqlStore:
                  .join(circles, circles.c.id == circle_members.c.circle_id)
                  .where(circle_members.c.circle_id == circle_id)
                  .order_by(professionals.c.family_name, professionals.c.given_name))
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return [{"id": r.idnat, "name": display_name(r), "profession": r.profession_label,
                      "role": "coordinator" if r.idnat == r.coordinator else "member",
                      "on_behalf_of": r.on_behalf_of, "added_at": iso(r.added_at)}
@@ -148,7 +154,7 @@ class SqlStore:
         query = (select(circle_members.c.on_behalf_of, circles.c.coordinator)
                  .join(circles, circles.c.id == circle_members.c.circle_id)
                  .where(circle_members.c.circle_id == circle_id, circle_members.c.idnat == idnat))
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(query)).first()
         return {"on_behalf_of": row.on_behalf_of, "coordinator": row.coordinator == idnat} if row else None
 
@@ -156,7 +162,7 @@ class SqlStore:
         """Which of `circle_ids` the person is still a member of: {circle id: on_behalf_of}."""
         query = select(circle_members.c.circle_id, circle_members.c.on_behalf_of).where(
             circle_members.c.idnat == idnat, circle_members.c.circle_id.in_(circle_ids))
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return {r.circle_id: r.on_behalf_of for r in await conn.execute(query)}
 
     async def circles_of(self, idnat: str) -> list[dict]:
@@ -177,7 +183,7 @@ class SqlStore:
                  .outerjoin(_LAST_BY, _LAST_BY.c.idnat == _LAST.c.author)
                  .where(circle_members.c.idnat == idnat)
                  .order_by(circles.c.patient_family_name, circles.c.patient_given_name, circles.c.id))
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return [{**_circle(r), "role": "coordinator" if r.coordinator == idnat else "member",
                      "on_behalf_of": r.on_behalf_of, "read": r.read, "unread": r.unread,
                      "last_message": None if r.last_text is None else {
@@ -195,7 +201,7 @@ class SqlStore:
                                             circle_members.c.idnat == read_markers.c.idnat))
                  .where(read_markers.c.circle_id == circle_id, read_markers.c.seq > 0)
                  .order_by(read_markers.c.idnat))
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return [{"user": {"id": r.idnat, "name": display_name(r)}, "seq": r.seq} for r in await conn.execute(query)]
 
     async def all_circles(self) -> list[dict]:
@@ -227,7 +233,7 @@ class SqlStore:
     async def professional(self, identifier: str) -> dict | None:
         """An active professional by national identifier or RPPS."""
         column = professionals.c.rpps if len(identifier) == 11 else professionals.c.idnat
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(select(*_PERSON).where(
                 column == identifier, professionals.c.retired_at.is_(None)))).first()
         return {"id": row.idnat, "name": display_name(row), "profession": row.profession_label} if row else None
@@ -239,32 +245,38 @@ class SqlStore:
         query = (select(circle_messages.c.seq, circle_messages.c.text, circle_messages.c.data, *_PERSON)
                  .outerjoin(professionals, professionals.c.idnat == circle_messages.c.author)
                  .where(circle_messages.c.circle_id == circle_id, circle_messages.c.seq == seq))
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(query)).first()
         return _quote(row.seq, _author(row.idnat, row, row.data), row.text) if row else None
 
     async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
-                     reply_to: dict | None = None, attachments: tuple[int, ...] = ()) -> tuple[dict, bool]:
+                     reply_to: dict | None = None, attachments: tuple[int, ...] = (),
+                     stored: Stored | None = None) -> tuple[dict, bool]:
         """Store a message (answering `reply_to`, a quote, carrying `attachments`); (message,
         True) when this client_id was stored before. The insert is optimistic: a retry meets the
         unique constraint, and the rollback gives its seq back. Attachments are claimed in the
         same transaction, only the author's own uploads to this circle not posted yet
-        (AttachmentUnavailable otherwise, and nothing is stored)."""
+        (AttachmentUnavailable otherwise, and nothing is stored). `stored(conn, message)` runs
+        last in that transaction (the audit row: one commit for both, and it exists exactly
+        when the message does)."""
         try:
             async with self._engine.begin() as conn:
                 seq = await append_item(conn, circle_id, author=author, client_id=client_id, text=text, now=now,
                                         reply_to=reply_to["seq"] if reply_to else None)
                 carried = await _claim(conn, circle_id, seq, author, attachments)
                 person = (await conn.execute(select(*_PERSON).where(professionals.c.idnat == author))).one()
+                message = {"circle": circle_id, "seq": seq, "kind": "text",
+                           "author": {"id": author, "name": display_name(person)}, "client_id": client_id,
+                           "text": text, "at": iso(now), "reply_to": reply_to, "attachments": carried}
+                if stored is not None:
+                    await stored(conn, message)
         except IntegrityError:  # stored before (a retry), or just now by the same post racing this one
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 prior = await self._by_client_id(conn, circle_id, author, client_id)
             if prior is None:
                 raise
             return prior, True
-        return {"circle": circle_id, "seq": seq, "kind": "text", "author": {"id": author, "name": display_name(person)},
-                "client_id": client_id, "text": text, "at": iso(now), "reply_to": reply_to,
-                "attachments": carried}, False
+        return message, False
 
     async def _by_client_id(self, conn, circle_id: int, author: str, client_id: str) -> dict | None:  # noqa: ANN001
         row = (await conn.execute(_messages().where(
@@ -283,7 +295,7 @@ class SqlStore:
             if before is not None:
                 query = query.where(circle_messages.c.seq < before)
             query = query.order_by(circle_messages.c.seq.desc())
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = [_message(r) for r in await conn.execute(query.limit(limit + 1))]
             more = len(rows) > limit
             rows = await _with_attachments(conn, circle_id, rows[:limit])
@@ -297,7 +309,7 @@ class SqlStore:
                                   circle_messages.c.text.ilike(pattern, escape="\\"))
         if before is not None:
             query = query.where(circle_messages.c.seq < before)
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             newest = query.order_by(circle_messages.c.seq.desc()).limit(limit + 1)
             rows = [_message(r) for r in await conn.execute(newest)]
             return await _with_attachments(conn, circle_id, rows[:limit]), len(rows) > limit
@@ -329,7 +341,7 @@ class SqlStore:
             circle_messages.c.circle_id == circle_id, circle_messages.c.seq > marker,
             _by_others(idnat)).scalar_subquery()
         query = select(marker, circles.c.last_seq, unread).where(circles.c.id == circle_id)
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(query)).one()
         return int(row[0]), int(row[1]), int(row[2])
 
@@ -424,15 +436,34 @@ async def append_item(conn: AsyncConnection, circle_id: int, *, author: str | No
                       data: dict | None = None) -> int:
     """Store one timeline item in `conn`'s transaction with the circle's next seq; returns the
     seq. The circle's row stays locked until that transaction ends, so seqs follow commits."""
-    seq = (await conn.execute(update(circles).where(circles.c.id == circle_id)
-                              .values(last_seq=circles.c.last_seq + 1)
-                              .returning(circles.c.last_seq))).scalar_one()
-    await conn.execute(insert(circle_messages), {
-        "circle_id": circle_id, "seq": seq, "author": author, "client_id": client_id, "text": text,
-        "reply_to": reply_to, "kind": kind,
-        "data": json.dumps(data, ensure_ascii=False, sort_keys=True) if data is not None else None,
-        "created_at": now})
+    (seq,) = await append_items(conn, [{"circle_id": circle_id, "author": author, "client_id": client_id,
+                                        "text": text, "reply_to": reply_to, "kind": kind, "data": data}], now)
     return seq
+
+
+async def append_items(conn: AsyncConnection, items: list[dict], now: datetime) -> list[int]:
+    """`append_item` for several items ({circle_id, author, client_id, text, reply_to, kind,
+    data}), in the order given; their seqs. Each circle's seqs come from one UPDATE (circles
+    locked in id order), the items from one INSERT: the hospital dispatch adds a chunk of events
+    to a patient's circle at once."""
+    counts = Counter(item["circle_id"] for item in items)
+    next_seq: dict[int, int] = {}
+    for circle_id, count in sorted(counts.items()):
+        last = (await conn.execute(update(circles).where(circles.c.id == circle_id)
+                                   .values(last_seq=circles.c.last_seq + count)
+                                   .returning(circles.c.last_seq))).scalar_one()
+        next_seq[circle_id] = last - count + 1
+    seqs, rows = [], []
+    for item in items:
+        seq = next_seq[item["circle_id"]]
+        next_seq[item["circle_id"]] = seq + 1
+        seqs.append(seq)
+        data = item["data"]
+        rows.append({**item, "seq": seq, "created_at": now,
+                     "data": json.dumps(data, ensure_ascii=False, sort_keys=True) if data is not None else None})
+    if rows:
+        await conn.execute(insert(circle_messages), rows)
+    return seqs
 
 
 def _circle(row: Any) -> dict:

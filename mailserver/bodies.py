@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from store.db import inserted_ids
 from store.schema import bodies, folder_messages, message_facts
 
 from .imap.message import Facts, Message
@@ -66,9 +67,16 @@ _NEW_FACTS = insert(message_facts)
 
 async def insert_body(conn: AsyncConnection, data: bytes, now: datetime) -> int:
     """A new body row and its facts; returns the body's id."""
-    body_id = (await conn.execute(_NEW_BODY, {"size": len(data), "data": data, "created_at": now})).scalar_one()
-    await conn.execute(_NEW_FACTS, facts_row(body_id, data))
+    (body_id,) = await insert_bodies(conn, [data], now)
     return body_id
+
+
+async def insert_bodies(conn: AsyncConnection, datas: Sequence[bytes], now: datetime) -> list[int]:
+    """New body rows and their facts, two statements for all; their ids, in order."""
+    body_ids = await inserted_ids(conn, _NEW_BODY,
+                                  [{"size": len(data), "data": data, "created_at": now} for data in datas])
+    await conn.execute(_NEW_FACTS, [facts_row(body_id, data) for body_id, data in zip(body_ids, datas)])
+    return body_ids
 
 
 async def delete_bodies(conn: AsyncConnection, body_ids: Sequence[int]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, TypeVar
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Table, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
@@ -45,7 +47,40 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=10, max_overflow=10)
+    _ping_when_idle(engine)
+    return engine
+
+
+IDLE_PING_SECONDS = 10.0  # a pooled connection unused this long is pinged before it is handed out
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection only when it sat unused for IDLE_PING_SECONDS (a restarted
+    PostgreSQL, a firewall that dropped it). pool_pre_ping pinged at every checkout, and on
+    asyncpg a ping is three round trips (BEGIN, a query, ROLLBACK): the ten checkouts of a
+    websocket post paid thirty. A connection that breaks while in use fails its statement,
+    and SQLAlchemy then invalidates the whole pool, as it did with pool_pre_ping."""
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _returned(_dbapi_conn, record) -> None:  # noqa: ANN001
+        record.info["returned"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _handed_out(dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
+        if time.monotonic() - record.info.get("returned", time.monotonic()) < IDLE_PING_SECONDS:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection lost while idle: {exc}") from exc
+
+
+def reads(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for reads of one statement (or of rows committed together): on PostgreSQL in
+    autocommit, so a read is one round trip instead of BEGIN, the query and ROLLBACK."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
 
 
 def dialect_insert(conn: AsyncConnection, table: Table) -> Insert:
@@ -56,6 +91,14 @@ def dialect_insert(conn: AsyncConnection, table: Table) -> Insert:
     if name == "postgresql":
         return postgresql.insert(table)
     raise NotImplementedError(f"msante runs on SQLite or PostgreSQL, not {name}")
+
+
+async def inserted_ids(conn: AsyncConnection, statement: Insert, rows: list[dict]) -> list[int]:
+    """The ids of `rows` inserted by `statement` (INSERT … RETURNING its autoincrement key), in
+    the order of `rows`, from one multi-row INSERT: a key hands its ids to the rows of one
+    statement in their order on both stores, whatever order RETURNING gives them back in.
+    (SQLAlchemy's sort_by_parameter_order ran one INSERT a row here.)"""
+    return sorted((await conn.execute(statement, rows)).scalars())
 
 
 async def committed(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:

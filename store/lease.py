@@ -30,15 +30,17 @@ import os
 import secrets
 import socket
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from sqlalchemy import ColumnElement, DateTime, Table, and_, case, literal, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.db import utc
+from store.group_commit import GroupCommit
 
 log = logging.getLogger("msante.store")
 
+T = TypeVar("T")
 LEASE_SECONDS = 60  # [server] job_lease: how long a dead process's rows wait before another takes them
 MARGIN = 0.2  # of the lease: a process stops working rows whose lease ends sooner than this
 
@@ -72,8 +74,12 @@ class Lease:
     """This process's leases on the rows of `table` (a job's): claim, renew, release."""
 
     def __init__(self, engine: AsyncEngine, table: Table, *, seconds: float = LEASE_SECONDS,
-                 holder: str | None = None) -> None:
+                 holder: str | None = None, writes: GroupCommit | None = None) -> None:
         self._engine = engine
+        # claims, renewals and releases ride the job's own group commit when it has one: on SQLite
+        # a transaction of their own took the one write lock from under the writer, which then
+        # slept in SQLite's busy backoff (up to 100 ms a try) while ACKs waited on it
+        self._writes = writes
         self.table = table
         self.seconds = seconds
         self.holder = holder or holder_name()
@@ -102,10 +108,12 @@ class Lease:
         t = self.table
         pick = (select(t.c.id).where(due, or_(t.c.lease_until.is_(None), t.c.lease_until < now))
                 .order_by(*order_by).limit(limit).with_for_update(skip_locked=True))
-        async with self._engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> list[int]:
             claimed = await conn.execute(update(t).where(t.c.id.in_(pick.scalar_subquery()))
                                          .values(leased_by=self.holder, lease_until=until).returning(t.c.id))
-            ids = claimed.scalars().all()
+            return list(claimed.scalars().all())
+        ids = await self._write(write)
         if ids:
             self._until = until
             self._held.update(ids)
@@ -133,16 +141,22 @@ class Lease:
         now = datetime.now(timezone.utc)
         until = now + timedelta(seconds=self.seconds)
         if self._held:
-            async with self._engine.begin() as conn:
-                await conn.execute(update(self.table).where(self._mine_held()).values(lease_until=until))
+            held = self._mine_held()
+            await self._write(lambda conn: conn.execute(update(self.table).where(held).values(lease_until=until)))
         self._until = until
 
     async def release(self) -> None:
         """Give back what this process claimed and did not finish (a pass that failed or stopped)."""
         if self._held:
-            async with self._engine.begin() as conn:
-                await conn.execute(update(self.table).where(self._mine_held()).values(**self.cleared()))
+            held = self._mine_held()
+            await self._write(lambda conn: conn.execute(update(self.table).where(held).values(**self.cleared())))
             self._held.clear()
+
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        if self._writes is not None:
+            return await self._writes.run(work)
+        async with self._engine.begin() as conn:
+            return await work(conn)
 
     @contextlib.asynccontextmanager
     async def working(self) -> AsyncIterator[None]:

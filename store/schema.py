@@ -242,6 +242,9 @@ folder_messages = Table(
 Index("ix_folder_messages_modseq", folder_messages.c.folder_id, folder_messages.c.modseq)  # CONDSTORE changes
 # APPEND's quota check sums a box's sizes from this index alone, never visiting the rows
 Index("ix_folder_messages_size", folder_messages.c.folder_id, folder_messages.c.size)
+# SELECT's view (UIDs and MODSEQs by flag list) from this index alone, its groups in order
+Index("ix_folder_messages_flags", folder_messages.c.folder_id, folder_messages.c.flags, folder_messages.c.uid,
+      folder_messages.c.modseq)
 
 folder_vanished = Table(
     "folder_vanished", metadata,  # expunged UIDs, for QRESYNC's VANISHED (RFC 7162 §3.2.5)

@@ -145,7 +145,7 @@ async def test_a_cancellation_before_dispatch_tells_nobody(database_url):
             admission, cancellation = (await conn.execute(
                 select(hospital_events, hl7_messages.c.sender).join(hl7_messages)
                 .order_by(hospital_events.c.id))).all()
-            lookups = _Lookups(conn, {})
+            lookups = _Lookups(engine)
             await dispatcher.dispatch(cancellation, lookups)  # the cancellation first
             await dispatcher.dispatch(admission, lookups)  # then the admission, as a pass that read it before would
         assert await dispatcher.run_once() == 0

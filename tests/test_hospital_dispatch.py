@@ -39,3 +39,47 @@ async def test_idle_dispatcher_sleeps_and_a_wake_up_runs_a_pass(database_url):
         await asyncio.wait_for(task, 5)
         await store.close()
         await engine.dispose()
+
+
+async def test_a_chunk_of_events_is_stored_many_rows_a_statement(database_url, tmp_path, monkeypatch):
+    """Eight admissions waiting: one pass tells the GP and the care circle of each, its mails,
+    notices, alerts and timeline items written a table at a time (measured, one event at a
+    time was 17 statements each, on the writer the feed's ACKs wait for). UIDs and circle seqs
+    still follow one another, one per event."""
+    from sqlalchemy import event, func, select
+
+    from hospital.feed import Feed, Sender
+    from store.schema import circle_messages, folder_messages, hospital_events, hospital_notices
+    from tests.conftest import init_data_dir
+    from tests.test_hospital_feed import msa, sample
+
+    await asyncio.to_thread(init_data_dir, tmp_path / "var", monkeypatch, database_url=database_url)  # the demo
+    engine = db.create_engine(database_url)
+    bus, audit_trail = LocalBus(), AuditTrail(engine)
+    store = MailStore(engine, bus, reporting_mta="msante.test")
+    feed = Feed(engine, audit_trail, bus, store.writes, facility="msante.test")
+    hospital_box = Sender("dpi.ch-saint-paul@msante.test", "970002002", "970002002")
+    statements: list[str] = []
+    try:
+        for n in range(8):
+            message = sample("adt_a01_admission.hl7", f"CHUNK-{n}").replace(b"\n", b"\r")
+            assert msa(await feed.receive(message, hospital_box, source="test"))[1] == "AA"
+        dispatcher = Dispatcher(engine, store, audit_trail, bus, domains=("msante.test",))
+        def count(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+            statements.append(statement)
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        assert await dispatcher.run_once() == 8
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).where(hospital_events.c.status == "dispatched"))).scalar() == 8
+            notices = (await conn.execute(select(hospital_notices.c.status, hospital_notices.c.role))).all()
+            assert [tuple(n) for n in notices] == [("delivered", "gp")] * 8
+            uids = (await conn.execute(select(folder_messages.c.uid).order_by(folder_messages.c.id))).scalars().all()
+            assert len(uids) == 8 and uids == list(range(uids[0], uids[0] + 8))
+            seqs = (await conn.execute(select(circle_messages.c.seq).where(circle_messages.c.kind == "event")
+                                       .order_by(circle_messages.c.id))).scalars().all()
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and len(seqs) % 8 == 0
+    finally:
+        await store.close()
+        await engine.dispose()
+    assert len(statements) < 8 * 4, len(statements)

@@ -394,6 +394,18 @@ def test_delegate_opens_the_shared_box_and_others_are_refused(server):
     assert refused and refused[-1]["actor"] == GP_IDNAT
 
 
+def test_select_is_recorded_before_the_next_command(server):
+    """SELECT's audit record is committed after its OK, but before the session's next command
+    runs: whatever that command reads of the box, the access is on record."""
+    client = RawImap(server)
+    client.login_token(server)
+    client.ok("EXAMINE INBOX")
+    client.ok("NOOP")
+    rows = server.rows(select(audit).where(audit.c.action == "imap.examine", audit.c.actor == GP_IDNAT))
+    assert [(r["target"], r["outcome"]) for r in rows] == [(GP, "ok")]
+    client.close()
+
+
 def test_quota_reports_usage(server):
     deliver(server, [GP], "un", "x" * 5000)
     client = RawImap(server)

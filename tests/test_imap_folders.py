@@ -373,7 +373,8 @@ async def test_events_after_commit(store, bus):
 
 
 async def test_large_folder_reads_in_few_queries(store, engine):
-    """SELECT, FETCH CHANGEDSINCE and bodies on 10,000 messages: statements do not grow with it."""
+    """SELECT, STATUS, FETCH CHANGEDSINCE and bodies on 10,000 messages: statements do not grow
+    with it, and SELECT gets a row per flag list, not per message."""
     inbox = await folder_id(store, "INBOX")
     async with engine.begin() as conn:
         body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
@@ -386,8 +387,19 @@ async def test_large_folder_reads_in_few_queries(store, engine):
                            {"id": inbox})
     statements = []
     event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    assert len(await store.messages(inbox)) == 10_000 and len(statements) == 1
-    assert "bodies" not in statements[0]  # sizes are the folder rows': SELECT reads no 10 KB body row
+    view = await store.view(inbox)  # SELECT: the state, then one row per flag list
+    assert len(statements) == 2 and "bodies" not in statements[1] and "GROUP BY" in statements[1]
+    assert view.uids == list(range(1, 10_001)) and set(view.flags.values()) == {frozenset()}
+    assert view.modseqs == {uid: uid for uid in range(1, 10_001)} and view.first_unseen == 1
+    statements.clear()
+    assert await store.view(inbox) is view and len(statements) == 1  # the next SELECT: the folder's row
+    statements.clear()
+    state, counts = await store.summary(inbox, size=True)  # STATUS: counted by the database
+    assert counts == {"MESSAGES": 10_000, "RECENT": 10_000, "UNSEEN": 10_000, "DELETED": 0, "SIZE": 30_000}
+    assert len(statements) == 3
+    statements.clear()
+    dates = await store.dates(inbox, [1, 5_000, 10_000])  # INTERNALDATE and size, when a command needs them
+    assert dates == {uid: (NOW, 3) for uid in (1, 5_000, 10_000)} and len(statements) == 1
     statements.clear()
     assert len((await store.changes(inbox, 9_000)).changed) == 1_000 and len(statements) == 2
     statements.clear()
@@ -395,3 +407,10 @@ async def test_large_folder_reads_in_few_queries(store, engine):
     statements.clear()
     changed, _ = await store.store_flags(inbox, range(1, 10_001), "+", {"\\Seen"})
     assert len(changed) == 10_000 and len(statements) <= 4
+    await store.store_flags(inbox, [2], "+", {"$Label1"})
+    await store.expunge(inbox, [])  # nothing to expunge
+    statements.clear()
+    view = await store.view(inbox)  # the next SELECT reads what the change log has since
+    assert len(statements) == 2 and "GROUP BY" not in statements[1]
+    assert view.flags[1] == {"\\Seen"} and view.flags[2] == {"\\Seen", "$Label1"} and view.first_unseen is None
+    assert view.keywords == {"$Label1"} and view.modseqs[2] == view.state.highestmodseq

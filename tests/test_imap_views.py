@@ -163,3 +163,30 @@ def test_a_keyword_stays_in_flags_after_its_last_message_is_expunged(server):
     assert b"$Gone" in next(ln for ln in c.ok("NOOP") + c.ok("EXAMINE INBOX") if ln.startswith(b"* FLAGS"))
     for client in (a, b, c):
         client.close()
+
+
+def test_a_select_after_others_changes_starts_from_them(server):
+    """SELECT starts from the view the last SELECT of the folder left (mailserver/imap/folders.py
+    FolderView), moved on by the change log: what others did since (flags, an expunge, a new
+    message, a keyword) is all in the next SELECT's answer, and its sequence numbers."""
+    for n in range(4):
+        deliver(server, [GP], f"message {n}")
+    first = session(server)
+    first.ok("STORE 1:4 +FLAGS.SILENT (\\Seen)")
+    first.close()
+    other = session(server)
+    other.ok("STORE 2 +FLAGS.SILENT ($Urgent)")
+    other.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
+    other.ok("STORE 1 -FLAGS.SILENT (\\Seen)")
+    other.ok("EXPUNGE")
+    deliver(server, [GP], "new")
+    other.close()
+    late = RawImap(server)
+    late.login_token(server)
+    lines = late.ok("SELECT INBOX")
+    assert b"* 4 EXISTS\r\n" in lines and b"* OK [UNSEEN 1] first unseen message\r\n" in lines, lines
+    assert b"$Urgent" in untagged(lines, b"FLAGS")[0], lines
+    fetched = untagged(late.ok("FETCH 1:* (UID FLAGS)"), b"FETCH")
+    assert [re.search(rb"UID (\d+) FLAGS \(([^)]*)\)", ln).groups() for ln in fetched] == [
+        (b"1", b""), (b"2", b"$Urgent \\Seen"), (b"4", b"\\Seen"), (b"5", b"\\Recent")], fetched
+    late.close()

@@ -183,18 +183,15 @@ async def status_line(session: "Session", name: str, folder_id: int, items: list
     APPENDLIMIT (RFC 7889)."""
     _check_status_items(items)
     folders = session.ctx.folders
-    state = await folders.state(folder_id)
-    messages = await folders.messages(folder_id) if {"MESSAGES", "UNSEEN", "SIZE", "DELETED", "RECENT"} & set(items) \
-        else []
+    if {"MESSAGES", "UNSEEN", "SIZE", "DELETED", "RECENT"} & set(items):
+        state, counts = await folders.summary(folder_id, size="SIZE" in items)
+    else:
+        state, counts = await folders.state(folder_id), {}
     values = {
-        "MESSAGES": len(messages),
-        "RECENT": sum(1 for m in messages if m.uid >= state.first_recent_uid),
+        **counts,
         "UIDNEXT": state.uidnext,
         "UIDVALIDITY": state.uidvalidity,
-        "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
         "HIGHESTMODSEQ": state.highestmodseq,
-        "SIZE": sum(m.size for m in messages),
-        "DELETED": sum(1 for m in messages if "\\Deleted" in m.flags),
         "APPENDLIMIT": session.ctx.max_message_size,
     }
     body = " ".join(f"{item} {values[item]}" for item in items)

@@ -304,6 +304,7 @@ class SearchQuery:
     needs_body: bool
     needs_header: bool  # a HEADER key on a field Facts do not keep (message.known_field)
     uses_modseq: bool  # a MODSEQ key: the response carries (MODSEQ n), RFC 7162 §3.1.5
+    needs_dates: bool  # INTERNALDATE or size (BEFORE, LARGER, OLDER...): the session reads them first
 
     def matches(self, facts: MessageFacts, *, largest_seq: int, largest_uid: int) -> bool:
         return self.key.matches(_Context(facts, largest_seq, largest_uid))
@@ -483,4 +484,5 @@ def parse_search(args: Sequence[Token], *, utf8_default: bool, saved: frozenset[
     return SearchQuery(returns, charset, key, needs_message=any(k.needs_message for k in nodes),
                        needs_body=any(k.needs_body for k in nodes),
                        needs_header=any(isinstance(k, Header) and not known_field(k.name) for k in nodes),
-                       uses_modseq=any(isinstance(k, ModSeq) for k in nodes))
+                       uses_modseq=any(isinstance(k, ModSeq) for k in nodes),
+                       needs_dates=any(isinstance(k, (InternalDate, Size, Age)) for k in nodes))

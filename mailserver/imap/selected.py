@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Iterable
 
 from . import encode
@@ -21,10 +22,16 @@ from .folders import SYSTEM_FLAGS, Folders, FolderState, MessageMeta
 from .names import Box
 from .seqset import compress
 
+# (INTERNALDATE, size) of a message expunged by another session before this one read them
+EPOCH = (datetime(1970, 1, 1, tzinfo=timezone.utc), 0)
 
 
 @dataclass
 class Selected:
+    """Per message, only what can change: flags and MODSEQ, in dicts keyed by UID (their values
+    shared: few distinct flag sets). INTERNALDATE and size never change, so they are read when
+    a command first needs them (`load_dates`), not by SELECT."""
+
     box: Box
     folder: str
     folder_id: int
@@ -33,30 +40,39 @@ class Selected:
     uidnext: int
     highestmodseq: int
     uids: list[int] = field(default_factory=list)  # index + 1 = sequence number
-    meta: dict[int, MessageMeta] = field(default_factory=dict)
+    flags: dict[int, frozenset[str]] = field(default_factory=dict)
+    modseqs: dict[int, int] = field(default_factory=dict)
+    dates: dict[int, tuple[datetime, int]] = field(default_factory=dict)  # (INTERNALDATE, size), as read
     recent: set[int] = field(default_factory=set)
     pending_vanished: set[int] = field(default_factory=set)
     told_keywords: set[str] = field(default_factory=set)  # in the last FLAGS response
     told_recent: int = 0  # in the last RECENT response
+    first_unseen: int | None = None  # sequence number, as SELECT found it (its UNSEEN)
 
     @classmethod
-    async def open(cls, folders: Folders, box: Box, folder: str, folder_id: int, *, readonly: bool) -> "Selected":
-        """EXAMINE claims no \\Recent (RFC 3501 §6.3.2: no change to the mailbox) but shows
-        those no SELECT has claimed yet, as STATUS counts them."""
-        state = await folders.state(folder_id)
-        messages = await folders.messages(folder_id)
-        selected = cls(box, folder, folder_id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq)
-        selected.uids = [m.uid for m in messages]
-        selected.meta = {m.uid: m for m in messages}
-        selected.told_keywords = set(state.keywords) | selected.keywords()  # one arriving meanwhile too
-        if messages:
+    async def open(cls, folders: Folders, box: Box, folder: str, state: FolderState, *,
+                   readonly: bool) -> "Selected":
+        """From the folder's `state`, just read. EXAMINE claims no \\Recent (RFC 3501 §6.3.2: no
+        change to the mailbox) but shows those no SELECT has claimed yet, as STATUS counts them."""
+        view = await folders.view(state.id, state)  # shared: copied before anything changes it
+        state = view.state
+        selected = cls(box, folder, state.id, readonly, state.uidvalidity, state.uidnext, state.highestmodseq,
+                       view.uids.copy(), view.flags.copy(), view.modseqs.copy())
+        selected.told_keywords = set(state.keywords) | view.keywords  # one arriving meanwhile too
+        if view.first_unseen is not None:
+            selected.first_unseen = selected.seq_of(view.first_unseen)
+        if selected.uids:
             selected.recent = await selected._recent(folders, state, selected.uids)
         return selected
 
     async def _recent(self, folders: Folders, state: FolderState, new: list[int]) -> set[int]:
-        """Which of `new` (UIDs seen for the first time, in order) are \\Recent in this session."""
-        first = state.first_recent_uid if self.readonly else await folders.claim_recent(self.folder_id, new[-1] + 1)
-        return {u for u in new if u >= first}
+        """Which of `new` (UIDs seen for the first time, in order) are \\Recent in this session.
+        Nothing to claim (every UID below the folder's mark): no write."""
+        if self.readonly or state.first_recent_uid > new[-1]:
+            first = state.first_recent_uid
+        else:
+            first = await folders.claim_recent(self.folder_id, new[-1] + 1)
+        return set(new[bisect.bisect_left(new, first):])
 
     @property
     def exists(self) -> int:
@@ -67,19 +83,15 @@ class Selected:
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
 
     def flags_of(self, uid: int) -> list[str]:
-        flags = sorted(self.meta[uid].flags)
+        flags = sorted(self.flags[uid])
         return flags + ["\\Recent"] if uid in self.recent else flags
 
-    def first_unseen(self) -> int | None:
-        for seq, uid in enumerate(self.uids, 1):
-            if "\\Seen" not in self.meta[uid].flags:
-                return seq
-        return None
-
-    def keywords(self) -> set[str]:
-        """Flags in use in this folder beyond the system ones."""
-        distinct = {m.flags for m in self.meta.values()}  # few: flag_set shares them
-        return {f for flags in distinct for f in flags if not f.startswith("\\")}
+    async def load_dates(self, folders: Folders, uids: list[int]) -> None:
+        """INTERNALDATE and size of `uids` (in order) not read yet; a message expunged since
+        (its row gone) stays without."""
+        missing = [u for u in uids if u not in self.dates]
+        if missing:
+            self.dates.update(await folders.dates(self.folder_id, missing))
 
     def flags_response(self) -> bytes:
         """FLAGS and PERMANENTFLAGS: the flags in use, and those the session may set (none when
@@ -107,10 +119,9 @@ class Selected:
 
     def fetch_flags(self, uid: int, *, condstore: bool) -> bytes:
         """An untagged FETCH telling a flag change (with UID and MODSEQ, as RFC 7162 §3.2.4 asks)."""
-        meta = self.meta[uid]
         items = b"UID %d FLAGS %s" % (uid, encode.plist(f.encode() for f in self.flags_of(uid)))
         if condstore:
-            items += b" MODSEQ (%d)" % meta.modseq
+            items += b" MODSEQ (%d)" % self.modseqs[uid]
         return b"* %d FETCH (%s)\r\n" % (self.seq_of(uid), items)
 
     def update(self, meta: MessageMeta) -> None:
@@ -118,8 +129,8 @@ class Selected:
         state in the change log, does not tell it again. `highestmodseq` stays where the log was
         last read: our MODSEQ may be above others' changes not yet told (an expunge, a new
         message), which the next sync must still read."""
-        if meta.uid in self.meta:
-            self.meta[meta.uid] = meta
+        if meta.uid in self.flags:
+            self.flags[meta.uid], self.modseqs[meta.uid] = meta.flags, meta.modseq
 
     async def sync(self, folders: Folders, *, expunges: bool, qresync: bool, condstore: bool,
                    rev2: bool) -> list[bytes]:
@@ -129,7 +140,7 @@ class Selected:
         Dovecot tells it: a client keeps the last number it was told)."""
         out: list[bytes] = []
         changes = await folders.changes(self.folder_id, self.highestmodseq)
-        gone = [uid for uid in changes.vanished if uid in self.meta]
+        gone = [uid for uid in changes.vanished if uid in self.flags]
         self.pending_vanished.update(gone)
         if expunges and self.pending_vanished:
             out += self.forget(sorted(self.pending_vanished), qresync=qresync)
@@ -138,17 +149,17 @@ class Selected:
         for meta in changes.changed:
             if meta.uid in self.pending_vanished:
                 continue
-            old = self.meta.get(meta.uid)
+            old = self.flags.get(meta.uid)
             if old is None:
                 if self.uids and meta.uid < self.uids[-1]:
                     continue  # cannot happen: UIDs only grow; never break the sequence order
                 self.uids.append(meta.uid)
-                self.meta[meta.uid] = meta
+                self.dates[meta.uid] = meta.internaldate, meta.size
                 added.append(meta.uid)
-            else:
-                self.meta[meta.uid] = meta
-                if old.flags != meta.flags or condstore and old.modseq != meta.modseq:
-                    fetches.append(self.fetch_flags(meta.uid, condstore=condstore))
+            old_modseq = self.modseqs.get(meta.uid)
+            self.flags[meta.uid], self.modseqs[meta.uid] = meta.flags, meta.modseq
+            if old is not None and (old != meta.flags or condstore and old_modseq != meta.modseq):
+                fetches.append(self.fetch_flags(meta.uid, condstore=condstore))
         out += self.tell_keywords([*changes.state.keywords, *(f for m in changes.changed for f in m.flags)])
         out += fetches
         if added:
@@ -164,11 +175,12 @@ class Selected:
         """Drop expunged messages from the view: EXPUNGE per message, or one VANISHED (RFC 7162
         §3.2.10) once the client enabled QRESYNC."""
         out = []
-        present = [u for u in uids if u in self.meta]
+        present = [u for u in uids if u in self.flags]
         for uid in present:
             seq = self.seq_of(uid)
             del self.uids[seq - 1]
-            del self.meta[uid]
+            del self.flags[uid], self.modseqs[uid]
+            self.dates.pop(uid, None)
             self.recent.discard(uid)
             if not qresync:
                 out.append(b"* %d EXPUNGE\r\n" % seq)

@@ -50,7 +50,7 @@ from .thread import ALGORITHMS as THREAD_ALGORITHMS
 from .thread import parse_thread
 from .thread import render as render_threads
 from .thread import thread as thread_messages
-from .selected import Selected
+from .selected import EPOCH, Selected
 from .seqset import SequenceSet, compress
 from .syntax import Atom, Command, PList, String, Token, text
 from .watch import Watcher
@@ -173,6 +173,7 @@ class Session:
         self._command = "unknown"  # the command being answered, for the metrics: one we know, or "unknown"
         self.turn = asyncio.Lock()  # held by a command (but IDLE) or by the NOTIFY watcher while it speaks
         self.watcher: Watcher | None = None
+        self._recording: asyncio.Future | None = None  # SELECT's audit record, awaited by the next command
 
     # -- what the server asks ------------------------------------------------------------------
 
@@ -202,6 +203,7 @@ class Session:
         return 60.0 if self.state == NOT_AUTHENTICATED else IDLE_TIMEOUT
 
     async def close(self) -> None:
+        await self._recorded()
         if self.watcher is not None:
             await self.watcher.stop()
         if self._counted:
@@ -212,7 +214,14 @@ class Session:
 
     # -- dispatch ------------------------------------------------------------------------------
 
+    async def _recorded(self) -> None:
+        """Wait for SELECT's audit record to be committed (store/db.committed: shielded)."""
+        recording, self._recording = self._recording, None
+        if recording is not None:
+            await recording
+
     async def handle(self, command: Command) -> None:
+        await self._recorded()
         name, args, uid = command.name, command.args, False
         if name == "UID":
             if not args or not isinstance(args[0], Atom):
@@ -257,7 +266,7 @@ class Session:
         except (Bad, ValueError) as exc:
             await self._tagged(command.tag, "BAD", str(exc) or f"bad arguments to {name}")
             return
-        if self.state != LOGOUT:
+        if self.state != LOGOUT and name not in ("SELECT", "EXAMINE"):  # a view read just now
             await self._sync(expunges=uid or name not in ("FETCH", "STORE", "SEARCH", "SORT", "THREAD"))
         await self._tagged(command.tag, "OK", result.text, result.code)
 
@@ -537,15 +546,16 @@ class Session:
             self.state = AUTHENTICATED
             await self.conn.send(b"* OK [CLOSED] previous mailbox closed\r\n")
         resolved = await self._resolve(args[0], "r", "imap.examine" if readonly else "imap.select")
-        folder_id = await self._folder_id(resolved)
-        selected = await Selected.open(self.ctx.folders, resolved.box, resolved.folder, folder_id,
-                                       readonly=readonly)
+        try:
+            state = await self.ctx.folders.state_of(resolved.box.grant.mailbox_id, resolved.folder)
+        except NoSuchFolder:
+            raise No(f"no folder {resolved.folder!r}", "NONEXISTENT") from None
+        selected = await Selected.open(self.ctx.folders, resolved.box, resolved.folder, state, readonly=readonly)
         out = [selected.flags_response(), b"* %d EXISTS\r\n" % selected.exists]
         if not self.rev2:
             out.append(selected.recent_response())
-            unseen = selected.first_unseen()
-            if unseen:
-                out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % unseen)
+            if selected.first_unseen:
+                out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % selected.first_unseen)
         out += [b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % selected.uidvalidity,
                 b"* OK [UIDNEXT %d] predicted next UID\r\n" % selected.uidnext,
                 b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % selected.highestmodseq]
@@ -553,8 +563,13 @@ class Session:
             out += await self._qresync(selected, params["QRESYNC"])
         await self.conn.send(b"".join(out))
         self.selected, self.state = selected, SELECTED
-        await self._audit("imap.examine" if readonly else "imap.select", resolved.box.grant.address,
-                          folder=resolved.folder, role=resolved.box.grant.role)
+        # Recorded before this session's next command runs (the FETCH that reads the messages),
+        # not before the OK: the commit's fsync (1-8 ms here) overlaps the client's round trip
+        # instead of adding to SELECT's time. What the OK follows (counts, flags) went out before
+        # the record was committed already.
+        self._recording = asyncio.ensure_future(self._audit(
+            "imap.examine" if readonly else "imap.select", resolved.box.grant.address,
+            folder=resolved.folder, role=resolved.box.grant.role))
         return Ok("READ-ONLY" if readonly else "READ-WRITE", ("EXAMINE" if readonly else "SELECT") + " completed")
 
     async def examine(self, tag: str, args: list, uid: bool) -> Ok | None:
@@ -574,7 +589,7 @@ class Session:
         vanished = [u for u in changes.vanished
                     if known is None or known.contains(u, max(largest, u))]
         out = [b"* VANISHED (EARLIER) %s\r\n" % compress(vanished).encode()] if vanished else []
-        out += [selected.fetch_flags(m.uid, condstore=True) for m in changes.changed if m.uid in selected.meta]
+        out += [selected.fetch_flags(m.uid, condstore=True) for m in changes.changed if m.uid in selected.flags]
         return out
 
     async def create(self, tag: str, args: list, uid: bool) -> None:
@@ -927,16 +942,19 @@ class Session:
             if gone:
                 await self.conn.send(b"* VANISHED (EARLIER) %s\r\n" % compress(gone).encode())
         if changed_since is not None:
-            uids = [u for u in uids if selected.meta[u].modseq > int(changed_since)]
+            uids = [u for u in uids if selected.modseqs[u] > int(changed_since)]
         sets_seen = not selected.readonly and selected.box.may("s") and any(i.sets_seen for i in items)
         needs_message = any(i.name not in STORE_ITEMS for i in items)
+        needs_dates = any(i.name in ("INTERNALDATE", "RFC822.SIZE") for i in items)
         known = {i.known_from for i in items if i.name not in STORE_ITEMS}
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start:start + FETCH_BATCH]
             bodies = await self._messages(selected.folder_id, batch, known) if needs_message else {}
+            if needs_dates:
+                await selected.load_dates(self.ctx.folders, batch)
             seen_now: set[int] = set()
             if sets_seen:
-                unseen = [u for u in batch if "\\Seen" not in selected.meta[u].flags]
+                unseen = [u for u in batch if "\\Seen" not in selected.flags[u]]
                 if unseen:
                     changed, _ = await self.ctx.folders.store_flags(selected.folder_id, unseen, "+", {"\\Seen"})
                     for meta in changed:
@@ -944,7 +962,7 @@ class Session:
                         seen_now.add(meta.uid)
             out = []
             for u in batch:
-                if u not in bodies and needs_message:
+                if needs_message and u not in bodies or needs_dates and u not in selected.dates:
                     continue  # expunged by another session since we looked: skip, the EXPUNGE follows
                 try:
                     out.append(self._fetch_response(selected, u, items, bodies.get(u), uid=uid,
@@ -964,7 +982,6 @@ class Session:
 
     def _fetch_response(self, selected: Selected, uid_: int, items, message: Message | Known | None, *, uid: bool,
                         condstore: bool, add_flags: bool) -> bytes:
-        meta = selected.meta[uid_]
         parts: list[bytes] = []
         names = {i.name for i in items}
         if uid or "UID" in names:
@@ -975,17 +992,17 @@ class Session:
             if item.name == "FLAGS":
                 parts.append(b"FLAGS " + encode.plist(f.encode() for f in selected.flags_of(uid_)))
             elif item.name == "INTERNALDATE":
-                parts.append(b"INTERNALDATE " + encode.date_time(meta.internaldate))
+                parts.append(b"INTERNALDATE " + encode.date_time(selected.dates[uid_][0]))
             elif item.name == "RFC822.SIZE":
-                parts.append(b"RFC822.SIZE %d" % meta.size)
+                parts.append(b"RFC822.SIZE %d" % selected.dates[uid_][1])
             elif item.name == "MODSEQ":
-                parts.append(b"MODSEQ (%d)" % meta.modseq)
+                parts.append(b"MODSEQ (%d)" % selected.modseqs[uid_])
             else:
                 parts.append(item.response_label() + b" " + render(item, message))
         if add_flags and "FLAGS" not in names:
             parts.append(b"FLAGS " + encode.plist(f.encode() for f in selected.flags_of(uid_)))
         if condstore and "MODSEQ" not in names:
-            parts.append(b"MODSEQ (%d)" % meta.modseq)
+            parts.append(b"MODSEQ (%d)" % selected.modseqs[uid_])
         return b"* %d FETCH (%s)\r\n" % (selected.seq_of(uid_), b" ".join(parts))
 
     async def store(self, tag: str, args: list, uid: bool) -> Ok | None:
@@ -1017,7 +1034,7 @@ class Session:
         changed_uids = {m.uid for m in changed}
         out = selected.tell_keywords(f for m in changed for f in m.flags)
         out += [selected.fetch_flags(u, condstore=self.condstore) for u in uids
-               if u in selected.meta and u not in failed and (not silent or (unchanged_since and u in changed_uids))]
+               if u in selected.flags and u not in failed and (not silent or (unchanged_since and u in changed_uids))]
         if out:
             await self.conn.send(b"".join(out))
         if failed:
@@ -1109,8 +1126,8 @@ class Session:
         for start in range(0, len(found), FETCH_BATCH):
             batch = found[start:start + FETCH_BATCH]
             heads = await self._messages(selected.folder_id, [u for _, u in batch], {"fields"}) if header else {}
-            facts += [SortFacts(s, selected.meta[u].internaldate, selected.meta[u].size, heads.get(u))
-                      for s, u in batch]
+            await selected.load_dates(self.ctx.folders, [u for _, u in batch])
+            facts += [SortFacts(s, *selected.dates.get(u, EPOCH), heads.get(u)) for s, u in batch]
         return facts
 
     async def thread(self, tag: str, args: list, uid: bool) -> None:
@@ -1145,7 +1162,7 @@ class Session:
         told = found
         if returns and set(returns) <= {"MIN", "MAX"}:
             told = found[:1] * ("MIN" in returns) + found[-1:] * ("MAX" in returns)
-        modseq = max((selected.meta[u].modseq for _, u in told), default=0) if query.uses_modseq else 0
+        modseq = max((selected.modseqs[u] for _, u in told), default=0) if query.uses_modseq else 0
         if returns is None:
             line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
             if modseq:
@@ -1175,10 +1192,11 @@ class Session:
             batch = selected.uids[start:start + FETCH_BATCH]
             known = {None} if query.needs_body else {"fields", "header"} if query.needs_header else {"fields"}
             bodies = await self._messages(selected.folder_id, batch, known) if query.needs_message else {}
+            if query.needs_dates:
+                await selected.load_dates(self.ctx.folders, batch)
             for offset, u in enumerate(batch):
-                meta = selected.meta[u]
-                flags = meta.flags | RECENT if u in selected.recent else meta.flags
-                facts = MessageFacts(start + offset + 1, u, flags, meta.internaldate, meta.size, meta.modseq,
+                flags = selected.flags[u] | RECENT if u in selected.recent else selected.flags[u]
+                facts = MessageFacts(start + offset + 1, u, flags, *selected.dates.get(u, EPOCH), selected.modseqs[u],
                                      lambda u=u: bodies.get(u) or Message(b""))
                 if query.matches(facts, largest_seq=selected.exists, largest_uid=largest_uid):
                     found.append((start + offset + 1, u))
