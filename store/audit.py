@@ -43,6 +43,9 @@ class Actor:
             raise ValueError(f"unknown actor kind {self.kind!r}")
 
 
+_NEW_ROW = insert(audit)  # built once: every accepted message writes one
+
+
 ANONYMOUS = Actor("-", "anonymous")
 OPERATOR = Actor("cli", "operator")
 SERVER = Actor("msante", "server")
@@ -95,9 +98,9 @@ class AuditTrail:
         it describes was committed (an accepted message)."""
         row = entry(actor, action, target=target, outcome=outcome, source=source, **detail)
         if conn is not None:
-            await conn.execute(insert(audit), row)
+            await conn.execute(_NEW_ROW, row)
             return
-        await committed(self._engine, lambda own: own.execute(insert(audit), row))
+        await committed(self._engine, lambda own: own.execute(_NEW_ROW, row))
 
     async def tail(self, *, limit: int = 50, after_id: int = 0, actor: str | None = None,
                    action: str | None = None) -> list[dict[str, Any]]:
