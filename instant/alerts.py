@@ -41,13 +41,15 @@ class Alerts:
             if alert is not None:
                 await self._push(alert)
 
-    async def raise_for_mailbox(self, address: str, kind: str, title: str, data: dict[str, Any],
-                                key: str | None = None) -> dict | None:
-        """The alert, or None when `key` was raised for this box before."""
-        alert = await self._store.add(alertstore.mailbox(address), kind, title, data, _now(), key)
-        if alert is not None:
-            await self._push(alert)
-        return alert
+    async def raise_for_mailboxes(self, wanted: list[tuple[str, str, str, dict[str, Any], str]]) -> None:
+        """Alerts for whoever may read these boxes (address, kind, title, data, key), stored in one
+        statement (a key raised for its box before raises nothing), each box's readers read once."""
+        raised = await self._store.add_keyed([(alertstore.mailbox(address), kind, title, data, key)
+                                              for address, kind, title, data, key in wanted], _now())
+        readers: dict[str, list[str]] = {}
+        for alert in raised:
+            if alert is not None:
+                await self._push(alert, readers)
 
     async def pending_for(self, principal: Principal) -> list[dict]:
         async with self._engine.connect() as conn:
@@ -88,9 +90,17 @@ class Alerts:
         async with self._engine.connect() as conn:
             return await grant_for(conn, principal, who) is not None
 
-    async def _push(self, alert: dict) -> None:
+    async def _push(self, alert: dict, readers: dict[str, list[str]] | None = None) -> None:
+        """To the live connections of everyone the alert concerns (`readers`: the boxes' readers
+        already read, kept for the next alerts)."""
         kind, _, who = alert["audience"].partition(":")
-        for idnat in [who] if kind == "person" else await self.readers(who):
+        people = [who]
+        if kind != "person":
+            readers = {} if readers is None else readers
+            if who not in readers:
+                readers[who] = await self.readers(who)
+            people = readers[who]
+        for idnat in people:
             await self._bus.publish(person_channel(idnat), {"type": "alert", "alert": alert})
 
 

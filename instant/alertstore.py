@@ -54,6 +54,24 @@ class AlertStore:
         return None if alert_id is None else {**_alert_row(alert_id, row), "acknowledged_by": None,
                                               "acknowledged_at": None}
 
+    async def add_keyed(self, wanted: list[tuple[str, str, str, dict[str, Any], str]],
+                        now: datetime) -> list[dict | None]:
+        """`add` for several alerts (audience, kind, title, data, key), in one statement: each
+        stored alert, or None where its key was raised for its audience before."""
+        rows = [{"audience": audience, "kind": kind, "key": key, "title": title,
+                 "data": json.dumps(data, ensure_ascii=False, sort_keys=True), "created_at": now}
+                for audience, kind, title, data, key in wanted]
+
+        async def write(conn: AsyncConnection) -> dict[tuple[str, str], int]:
+            if not rows:
+                return {}
+            statement = dialect_insert(conn, alerts).on_conflict_do_nothing(
+                index_elements=[alerts.c.audience, alerts.c.key]).returning(alerts.c.id, alerts.c.audience, alerts.c.key)
+            return {(r.audience, r.key): r.id for r in await conn.execute(statement, rows)}
+        ids = await (self._writes.run(write) if self._writes else committed(self._engine, write))
+        return [{**_alert_row(ids.pop((row["audience"], row["key"])), row), "acknowledged_by": None,
+                 "acknowledged_at": None} if (row["audience"], row["key"]) in ids else None for row in rows]
+
     async def pending(self, audiences: list[str]) -> list[dict]:
         query = (_alerts().where(alerts.c.audience.in_(audiences), alerts.c.acknowledged_at.is_(None))
                  .order_by(alerts.c.id.desc()).limit(MAX_PENDING))

@@ -16,7 +16,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from email.parser import BytesHeaderParser
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailserver.mailstore import mailbox_channel
@@ -31,6 +31,7 @@ RESUBSCRIBE_SECONDS = 30.0  # how long a newly created box waits before its mail
 HEAD_BYTES = 16 * 1024  # enough for the header of any sane message; the body is never read
 LOOKBACK = timedelta(seconds=10)  # re-read margin before the last event heard, for deliveries in flight
 MAX_FIELD_CHARS = 200
+BATCH = 100  # deliveries whose headers one query reads
 
 
 class MailAlerts:
@@ -70,15 +71,36 @@ class MailAlerts:
             return {mailbox_channel(r.id) for r in await conn.execute(query)}
 
     async def _pump(self, subscription: Subscription) -> None:
-        async for event in subscription:
-            try:
+        """Hear deliveries while the alerts of those heard before are raised: each round raises
+        every delivery heard meanwhile at once (one read of their headers, one write), as the
+        hospital dispatch delivers a chunk of notices to a GP's box at once."""
+        heard: list[tuple[str, int]] = []
+        woken = asyncio.Event()
+
+        async def listen() -> None:
+            async for event in subscription:
                 if event.get("type") == "new_mail" and event.get("folder") == "INBOX":
                     self._heard = datetime.now(timezone.utc)
-                    await self._alert(event["mailbox"], event["uid"])
+                    heard.append((event["mailbox"], event["uid"]))
+                    woken.set()
                 elif event.get("type") == "overflow":
-                    await self._catch_up()
-            except Exception:  # one bad message must not stop alerts for everyone else
-                log.exception("raising an alert for %s failed", event)
+                    heard.append(("", 0))  # a catch-up, in its turn
+                    woken.set()
+        listener = asyncio.create_task(listen())
+        try:
+            while True:
+                await woken.wait()
+                woken.clear()
+                taken = heard[:]
+                heard.clear()
+                try:
+                    if ("", 0) in taken:
+                        await self._catch_up()
+                    await self._alert_many([t for t in taken if t != ("", 0)])
+                except Exception:  # one bad message must not stop alerts for everyone else
+                    log.exception("raising alerts for %d deliveries failed", len(taken))
+        finally:
+            listener.cancel()
 
     async def _catch_up(self) -> None:
         since, self._heard = self._heard - LOOKBACK, datetime.now(timezone.utc)
@@ -89,21 +111,28 @@ class MailAlerts:
                  .order_by(folder_messages.c.id))
         async with self._engine.connect() as conn:
             delivered = [(r.address, r.uid) for r in await conn.execute(query)]
-        for address, uid in delivered:
-            await self._alert(address, uid)
+        await self._alert_many(delivered)
 
-    async def _alert(self, address: str, uid: int) -> None:
-        query = (select(folder_messages.c.id, func.substr(bodies.c.data, 1, HEAD_BYTES).label("head"))
-                 .select_from(folder_messages.join(folders).join(mailboxes)
-                              .join(bodies, bodies.c.id == folder_messages.c.body_id))
-                 .where(mailboxes.c.address == address, folders.c.name == "INBOX", folder_messages.c.uid == uid))
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:  # expunged already
-            return
-        header = BytesHeaderParser(policy=email.policy.default).parsebytes(bytes(row.head))
-        sender = str(header.get("from", ""))[:MAX_FIELD_CHARS]
-        subject = str(header.get("subject", ""))[:MAX_FIELD_CHARS]
-        await self._alerts.raise_for_mailbox(
-            address, "mail", f"Nouveau message dans {address}",
-            {"mailbox": address, "uid": uid, "from": sender, "subject": subject}, key=f"mail:{row.id}")
+    async def _alert_many(self, delivered: list[tuple[str, int]]) -> None:
+        for start in range(0, len(delivered), BATCH):
+            chunk = delivered[start:start + BATCH]
+            query = (select(mailboxes.c.address, folder_messages.c.uid, folder_messages.c.id,
+                            func.substr(bodies.c.data, 1, HEAD_BYTES).label("head"))
+                     .select_from(folder_messages.join(folders).join(mailboxes)
+                                  .join(bodies, bodies.c.id == folder_messages.c.body_id))
+                     .where(folders.c.name == "INBOX", or_(*(and_(mailboxes.c.address == address,
+                                                                  folder_messages.c.uid == uid)
+                                                             for address, uid in chunk))))
+            async with self._engine.connect() as conn:
+                found = {(r.address, r.uid): r for r in await conn.execute(query)}
+            wanted = []
+            for address, uid in chunk:
+                row = found.get((address, uid))
+                if row is None:  # expunged already
+                    continue
+                header = BytesHeaderParser(policy=email.policy.default).parsebytes(bytes(row.head))
+                sender = str(header.get("from", ""))[:MAX_FIELD_CHARS]
+                subject = str(header.get("subject", ""))[:MAX_FIELD_CHARS]
+                wanted.append((address, "mail", f"Nouveau message dans {address}",
+                               {"mailbox": address, "uid": uid, "from": sender, "subject": subject}, f"mail:{row.id}"))
+            await self._alerts.raise_for_mailboxes(wanted)
