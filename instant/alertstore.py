@@ -71,7 +71,7 @@ class AlertStore:
                 index_elements=[alerts.c.audience, alerts.c.key])
             stored = await conn.execute(statement.returning(alerts.c.id, alerts.c.audience, alerts.c.key), rows)
             return {(r.audience, r.key): r.id for r in stored}
-        ids = await committed(self._engine, write)
+        ids = await (self._writes.run(write) if self._writes else committed(self._engine, write))
         return [{**_alert_row(ids[row["audience"], row["key"]], row), "acknowledged_by": None,
                  "acknowledged_at": None} for row in rows if (row["audience"], row["key"]) in ids]
 

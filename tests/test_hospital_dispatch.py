@@ -83,3 +83,52 @@ async def test_a_chunk_of_events_is_stored_many_rows_a_statement(database_url, t
         await store.close()
         await engine.dispose()
     assert len(statements) < 8 * 4, len(statements)
+
+
+async def test_a_chunk_of_notices_raises_the_gps_mail_alerts_in_one_write(database_url, tmp_path, monkeypatch):
+    """The eight notices a chunk delivers to the GP's box at once become eight `mail` alerts,
+    inserted by one statement (one write each was as many turns of the writer the ACKs wait on)."""
+    from sqlalchemy import event, func, select
+
+    from hospital.feed import Feed, Sender
+    from instant.alerts import Alerts
+    from instant.alertstore import AlertStore
+    from instant.mailalerts import MailAlerts
+    from store.schema import alerts
+    from tests.conftest import init_data_dir
+    from tests.test_hospital_feed import msa, sample
+
+    await asyncio.to_thread(init_data_dir, tmp_path / "var", monkeypatch, database_url=database_url)  # the demo
+    engine = db.create_engine(database_url)
+    bus, audit_trail = LocalBus(), AuditTrail(engine)
+    store = MailStore(engine, bus, reporting_mta="msante.test")
+    feed = Feed(engine, audit_trail, bus, store.writes, facility="msante.test")
+    hospital_box = Sender("dpi.ch-saint-paul@msante.test", "970002002", "970002002")
+    inserts: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        if statement.startswith("INSERT INTO alerts") and "mail:" in str(_args[0]):
+            inserts.append(statement)
+    watcher = asyncio.create_task(MailAlerts(engine, bus, Alerts(
+        engine, AlertStore(engine, store.writes), audit_trail, bus)).run())
+    try:
+        for n in range(8):
+            message = sample("adt_a01_admission.hl7", f"ALERTS-{n}").replace(b"\n", b"\r")
+            assert msa(await feed.receive(message, hospital_box, source="test"))[1] == "AA"
+        await asyncio.sleep(0.5)  # the watcher listens to every box
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        assert await Dispatcher(engine, store, audit_trail, bus, domains=("msante.test",)).run_once() == 8
+        for _ in range(100):
+            async with engine.connect() as conn:
+                raised = (await conn.execute(select(func.count()).where(alerts.c.kind == "mail"))).scalar()
+            if raised == 8:
+                break
+            await asyncio.sleep(0.05)
+        assert raised == 8
+        assert len(inserts) == 1, inserts
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await store.close()
+        await engine.dispose()
