@@ -18,6 +18,7 @@ and no queued delivery still has to relay it; the envelope stays, with no body.
 """
 from __future__ import annotations
 
+import asyncio
 import bisect
 import json
 import time
@@ -157,6 +158,12 @@ class FolderView:
         self.settle()
 
 
+class _Read:
+    """A read of the change log others may join until it has asked the database."""
+
+    started = False
+
+
 class _Unchanged(Exception):
     """Raised inside a write that changed nothing: the rollback gives back the MODSEQ it claimed."""
 
@@ -232,6 +239,7 @@ class Folders:
         self._bus = bus
         self._quota = quota_bytes
         self._views: dict[int, FolderView] = {}  # by folder id, least recently used first
+        self._reads: dict[tuple[int, int], tuple[_Read, asyncio.Future[Changes]]] = {}  # (folder, since)
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[tuple[T, list[Event]]]]) -> T:
         """Commit `work`, then announce what it changed."""
@@ -505,10 +513,28 @@ class Folders:
         to a folder commit in MODSEQ order, so everything up to it is visible, and what comes
         later is left for the next call (whose `since` is this HIGHESTMODSEQ) instead of being
         half-reported now."""
+        if state is not None:
+            return await self._changes(folder_id, since_modseq, state, None)
+        key = (folder_id, since_modseq)
+        shared = self._reads.get(key)
+        if shared is None or shared[0].started:
+            read = _Read()
+            shared = read, asyncio.ensure_future(self._changes(folder_id, since_modseq, None, read))
+            self._reads[key] = shared
+            shared[1].add_done_callback(lambda _: self._reads.pop(key) if self._reads.get(key) is shared else None)
+        return await asyncio.shield(shared[1])
+
+    async def _changes(self, folder_id: int, since_modseq: int, state: FolderState | None,
+                       read: _Read | None) -> Changes:
+        """changes(); `read` is marked started just before the state is read: until then, a
+        session asking the same may join it (IDLE sessions woken by one delivery each ask),
+        as the answer will be as fresh as its own read would have been."""
         fm, fv = folder_messages, folder_vanished
         if state is not None and state.highestmodseq <= since_modseq:
             return Changes(state, [], [])
         async with self._engine.connect() as conn:
+            if read is not None:
+                read.started = True
             state = state or _state(await _folder(conn, folder_id))
             if state.highestmodseq <= since_modseq:  # what a session asks after almost every command
                 return Changes(state, [], [])
