@@ -437,3 +437,17 @@ async def test_sessions_asking_the_same_changes_at_once_share_one_read(store, en
     statements.clear()
     assert [m.uid for m in (await store.changes(inbox, since)).changed] == [1, 2]  # a later ask reads again
     assert len(statements) == 2
+
+
+async def test_sessions_of_one_process_claim_recent_once(store, engine):
+    """Sessions of one process that see the same new messages at once (IDLE, after a delivery)
+    claim \\Recent with one write: the first takes them, the others are told none are theirs
+    without taking the folder's lock in turn."""
+    inbox = await folder_id(store, "INBOX")
+    for n in range(2):
+        await store.append(inbox, b"Subject: a\r\n\r\nx\r\n", set(), NOW)
+    statements = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    firsts = await asyncio.gather(*(store.claim_recent(inbox, 3) for _ in range(5)))
+    assert sorted(firsts) == [1, 3, 3, 3, 3]
+    assert len([s for s in statements if s.startswith("UPDATE folders")]) == 2  # one lock, one claim

@@ -240,6 +240,7 @@ class Folders:
         self._quota = quota_bytes
         self._views: dict[int, FolderView] = {}  # by folder id, least recently used first
         self._reads: dict[tuple[int, int], tuple[_Read, asyncio.Future[Changes]]] = {}  # (folder, since)
+        self._claimed: dict[int, int] = {}  # folder id -> UID up to which a session here claimed \Recent
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[tuple[T, list[Event]]]]) -> T:
         """Commit `work`, then announce what it changed."""
@@ -316,6 +317,7 @@ class Folders:
             await _remove(conn, rows)
             await conn.execute(delete(folder_vanished).where(folder_vanished.c.folder_id == folder.id))
             await conn.execute(delete(folders).where(folders.c.id == folder.id))
+            self._claimed.pop(folder.id, None)  # SQLite may give its id to the next folder
             if name in _DEFAULT_USE:
                 await _insert_folder(conn, mailbox_id, name, _DEFAULT_USE[name], uidvalidity)
             return None, [_changed(folder), _named(mailbox_id, name)]
@@ -583,7 +585,13 @@ class Folders:
         """Claim for this session the messages not yet \\Recent for another, up to UID `upto`
         (excluded: the session claims only what it has seen, or a message arriving meanwhile
         would be recent for no one). Returns the first UID claimed; `upto` when none (RFC 3501
-        §2.3.2: one session sees a message as recent)."""
+        §2.3.2: one session sees a message as recent). A session of this process that claimed
+        (or is claiming) up to `upto` already took them: no write (20 IDLE sessions on one
+        folder made 20 write transactions per delivery, one after the other)."""
+        if self._claimed.get(folder_id, 0) >= upto:
+            return upto
+        self._claimed[folder_id] = upto
+
         async def work(conn: AsyncConnection) -> tuple[int, list[Event]]:
             folder = (await _lock(conn, {folder_id: 0}))[folder_id]
             if folder.first_recent_uid >= upto:
