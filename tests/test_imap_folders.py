@@ -418,3 +418,36 @@ async def test_large_folder_reads_in_few_queries(store, engine, bus):
     assert len(statements) == 2 and "GROUP BY" not in statements[1]
     assert view.flags[1] == {"\\Seen"} and view.flags[2] == {"\\Seen", "$Label1"} and view.first_unseen is None
     assert view.keywords == {"$Label1"} and view.modseqs[2] == view.state.highestmodseq
+
+
+async def test_sessions_asking_the_same_changes_at_once_share_one_read(store, engine):
+    """Twenty IDLE sessions woken by one delivery each ask what changed since the same MODSEQ:
+    one read of the store answers them all (a session joins a read that has not asked the
+    database yet, so its answer is as fresh as its own would be)."""
+    inbox = await folder_id(store, "INBOX")
+    since = (await store.state(inbox)).highestmodseq
+    await store.append(inbox, b"Subject: a\r\n\r\nx\r\n", set(), NOW)
+    statements = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    answers = await asyncio.gather(*(store.changes(inbox, since) for _ in range(20)))
+    assert [[m.uid for m in a.changed] for a in answers] == [[1]] * 20
+    assert len(statements) == 2  # the folder's state, then its changed rows
+    statements.clear()
+    await store.append(inbox, b"Subject: b\r\n\r\ny\r\n", set(), NOW)
+    statements.clear()
+    assert [m.uid for m in (await store.changes(inbox, since)).changed] == [1, 2]  # a later ask reads again
+    assert len(statements) == 2
+
+
+async def test_sessions_of_one_process_claim_recent_once(store, engine):
+    """Sessions of one process that see the same new messages at once (IDLE, after a delivery)
+    claim \\Recent with one write: the first takes them, the others are told none are theirs
+    without taking the folder's lock in turn."""
+    inbox = await folder_id(store, "INBOX")
+    for n in range(2):
+        await store.append(inbox, b"Subject: a\r\n\r\nx\r\n", set(), NOW)
+    statements = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    firsts = await asyncio.gather(*(store.claim_recent(inbox, 3) for _ in range(5)))
+    assert sorted(firsts) == [1, 3, 3, 3, 3]
+    assert len([s for s in statements if s.startswith("UPDATE folders")]) == 2  # one lock, one claim

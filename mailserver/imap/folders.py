@@ -18,6 +18,7 @@ and no queued delivery still has to relay it; the envelope stays, with no body.
 """
 from __future__ import annotations
 
+import asyncio
 import bisect
 import json
 import time
@@ -157,6 +158,12 @@ class FolderView:
         self.settle()
 
 
+class _Read:
+    """A read of the change log others may join until it has asked the database."""
+
+    started = False
+
+
 class _Unchanged(Exception):
     """Raised inside a write that changed nothing: the rollback gives back the MODSEQ it claimed."""
 
@@ -232,6 +239,8 @@ class Folders:
         self._bus = bus
         self._quota = quota_bytes
         self._views: dict[int, FolderView] = {}  # by folder id, least recently used first
+        self._reads: dict[tuple[int, int], tuple[_Read, asyncio.Future[Changes]]] = {}  # (folder, since)
+        self._claimed: dict[int, int] = {}  # folder id -> UID up to which a session here claimed \Recent
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[tuple[T, list[Event]]]]) -> T:
         """Commit `work`, then announce what it changed."""
@@ -308,6 +317,7 @@ class Folders:
             await _remove(conn, rows)
             await conn.execute(delete(folder_vanished).where(folder_vanished.c.folder_id == folder.id))
             await conn.execute(delete(folders).where(folders.c.id == folder.id))
+            self._claimed.pop(folder.id, None)  # SQLite may give its id to the next folder
             if name in _DEFAULT_USE:
                 await _insert_folder(conn, mailbox_id, name, _DEFAULT_USE[name], uidvalidity)
             return None, [_changed(folder), _named(mailbox_id, name)]
@@ -505,10 +515,28 @@ class Folders:
         to a folder commit in MODSEQ order, so everything up to it is visible, and what comes
         later is left for the next call (whose `since` is this HIGHESTMODSEQ) instead of being
         half-reported now."""
+        if state is not None:
+            return await self._changes(folder_id, since_modseq, state, None)
+        key = (folder_id, since_modseq)
+        shared = self._reads.get(key)
+        if shared is None or shared[0].started:
+            read = _Read()
+            shared = read, asyncio.ensure_future(self._changes(folder_id, since_modseq, None, read))
+            self._reads[key] = shared
+            shared[1].add_done_callback(lambda _: self._reads.pop(key) if self._reads.get(key) is shared else None)
+        return await asyncio.shield(shared[1])
+
+    async def _changes(self, folder_id: int, since_modseq: int, state: FolderState | None,
+                       read: _Read | None) -> Changes:
+        """changes(); `read` is marked started just before the state is read: until then, a
+        session asking the same may join it (IDLE sessions woken by one delivery each ask),
+        as the answer will be as fresh as its own read would have been."""
         fm, fv = folder_messages, folder_vanished
         if state is not None and state.highestmodseq <= since_modseq:
             return Changes(state, [], [])
         async with self._engine.connect() as conn:
+            if read is not None:
+                read.started = True
             state = state or _state(await _folder(conn, folder_id))
             if state.highestmodseq <= since_modseq:  # what a session asks after almost every command
                 return Changes(state, [], [])
@@ -557,7 +585,13 @@ class Folders:
         """Claim for this session the messages not yet \\Recent for another, up to UID `upto`
         (excluded: the session claims only what it has seen, or a message arriving meanwhile
         would be recent for no one). Returns the first UID claimed; `upto` when none (RFC 3501
-        §2.3.2: one session sees a message as recent)."""
+        §2.3.2: one session sees a message as recent). A session of this process that claimed
+        (or is claiming) up to `upto` already took them: no write (20 IDLE sessions on one
+        folder made 20 write transactions per delivery, one after the other)."""
+        if self._claimed.get(folder_id, 0) >= upto:
+            return upto
+        self._claimed[folder_id] = upto
+
         async def work(conn: AsyncConnection) -> tuple[int, list[Event]]:
             folder = (await _lock(conn, {folder_id: 0}))[folder_id]
             if folder.first_recent_uid >= upto:

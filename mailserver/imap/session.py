@@ -750,7 +750,7 @@ class Session:
                 rights = event is not OVERFLOW and event["channel"] == RIGHTS
                 if (event is OVERFLOW or rights and event["idnat"] == mine) and not await self._rights_hold(heard=True):
                     raise _Handled
-                if not rights:
+                if not rights and self._may_touch_selected(event):
                     await self._sync(expunges=True)
             line = line_task.result()
         finally:
@@ -761,6 +761,13 @@ class Session:
             raise ConnectionError("IDLE timed out or the client left")
         if line.strip().upper() != b"DONE":
             raise Bad("IDLE ends with DONE")
+
+    def _may_touch_selected(self, event: dict) -> bool:
+        """Whether a box event may change the selected folder: news of another folder of the
+        box (a delivery, another session's write) needs no read of the store."""
+        if self.selected is not None and event.get("type") in ("new_mail", "folder_changed"):
+            return event.get("folder") == self.selected.folder
+        return True
 
     async def notify(self, tag: str, args: list, uid: bool) -> None:
         """NOTIFY (RFC 5465): from now on, watch.py hears the boxes and tells what changes."""
