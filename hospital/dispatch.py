@@ -105,8 +105,19 @@ class Dispatcher:
                 .where(hospital_events.c.id.in_(ids), hospital_events.c.status == "pending")
                 .order_by(hospital_events.c.id))).all()
         lookups = _Lookups(self._engine)  # the pass's directory answers, shared by its chunks
-        for chunk in _chunks(rows):
-            await self.dispatch_chunk(chunk, lookups)
+        chunks = _chunks(rows)
+        # each chunk's mails are built while the one before it is written (the writer's turn)
+        planning = asyncio.ensure_future(self._plan_chunk(chunks[0], lookups)) if chunks else None
+        try:
+            for n, chunk in enumerate(chunks):
+                planned = await planning
+                planning = asyncio.ensure_future(self._plan_chunk(chunks[n + 1], lookups)) \
+                    if n + 1 < len(chunks) else None
+                await self._write_chunk(chunk, planned, lookups)
+        finally:
+            if planning is not None:  # a write failed: the pass ends, its rows stay pending
+                planning.cancel()
+                await asyncio.gather(planning, return_exceptions=True)
         return len(rows)
 
     async def dispatch(self, event, lookups: "_Lookups") -> None:  # noqa: ANN001 - hospital_events + sender
@@ -115,10 +126,18 @@ class Dispatcher:
     async def dispatch_chunk(self, events: list, lookups: "_Lookups") -> None:
         """Tell of these events in one write (a cancellation alone): their mails are built
         first, then stored with everything else the events mean, many rows a statement."""
+        await self._write_chunk(events, await self._plan_chunk(events, lookups), lookups)
+
+    async def _plan_chunk(self, events: list, lookups: "_Lookups") -> "list[_Planned] | None":
+        """The chunk's events planned (None for a cancellation: it reads what it cancels in its write)."""
         if events[0].kind == cancels.KIND:
+            return None
+        return list(await asyncio.gather(*(self._plan(event, lookups) for event in events)))
+
+    async def _write_chunk(self, events: list, planned: "list[_Planned] | None", lookups: "_Lookups") -> None:
+        if planned is None:
             await self._cancel(events[0], lookups)
             return
-        planned = await asyncio.gather(*(self._plan(event, lookups) for event in events))
         try:
             done = await self._mailstore.writes.run(lambda conn: self._finish(conn, planned))
         except Exception:

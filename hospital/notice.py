@@ -15,6 +15,7 @@ import email.utils
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from email.header import Header
 from email.message import EmailMessage
 
 from mailserver import dsn
@@ -126,15 +127,19 @@ def _subject(notice: Notice) -> str:
 
 
 def _headers(notice: Notice, subject: str, hostname: str, *, cancelled: bool = False) -> EmailMessage:
+    """The header, each field written as it goes on the wire (RFC 2047 words for non-ASCII
+    text): assigned as text, each value was parsed into a header object, measured most of the
+    time a notice took to build (0.5 ms a field), on the event loop of the feed's ACKs."""
     msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = email.utils.formataddr((notice.hospital, notice.sender))
-    msg["To"] = email.utils.formataddr((notice.recipient_name, notice.recipient))
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(localtime=False)
-    msg["Message-ID"] = email.utils.make_msgid(f"hospital-{'cancel' if cancelled else 'event'}.{notice.event_id}",
-                                               domain=hostname)
-    msg["Disposition-Notification-To"] = notice.sender
-    msg["X-MSS-INS"] = "O" if notice.document is not None and notice.patient.get("ins") else "N"
+    msg.set_raw("From", email.utils.formataddr((notice.hospital, notice.sender), charset="utf-8"))
+    msg.set_raw("To", email.utils.formataddr((notice.recipient_name, notice.recipient), charset="utf-8"))
+    msg.set_raw("Subject", subject if subject.isascii() and len(subject) < 900 else
+                Header(subject, "utf-8", header_name="Subject").encode())
+    msg.set_raw("Date", email.utils.formatdate(localtime=False))
+    msg.set_raw("Message-ID", email.utils.make_msgid(
+        f"hospital-{'cancel' if cancelled else 'event'}.{notice.event_id}", domain=hostname))
+    msg.set_raw("Disposition-Notification-To", notice.sender)
+    msg.set_raw("X-MSS-INS", "O" if notice.document is not None and notice.patient.get("ins") else "N")
     return msg
 
 
