@@ -376,7 +376,8 @@ class Connection:
         self._unacked.add(key)
         try:
             await self._instant.messages.post(self._principal, frame.circle, frame.client_id, frame.text,
-                                              self._peer, acknowledge, frame.reply_to, frame.attachments)
+                                              self._peer, acknowledge, frame.reply_to, frame.attachments,
+                                              self.me["name"])
         finally:
             if not acked:  # refused before it was stored: nothing to wait for
                 self._unacked.discard(key)

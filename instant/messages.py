@@ -35,11 +35,12 @@ class Messages:
 
     async def post(self, principal: Principal, circle_id: int, client_id: str, text: str, source: str,
                    acknowledge: Callable[[dict, bool], None], reply_to: int | None = None,
-                   attachments: tuple[int, ...] = ()) -> tuple[dict, bool]:
+                   attachments: tuple[int, ...] = (), author_name: str | None = None) -> tuple[dict, bool]:
         """(the stored message, True when this client_id had been stored already); `acknowledge`
         is called with the same once it is stored, before anyone hears of it. `reply_to` must
         name a message of the same circle (messages are never deleted: one seen stays);
-        `attachments`, documents the poster uploaded to this circle and has not posted yet."""
+        `attachments`, documents the poster uploaded to this circle and has not posted yet;
+        `author_name`, the poster as frames show them if the caller knows (else it is read)."""
         await self._circles.require_member(principal, circle_id, "circle.post", source)
         quoted = None
         if reply_to is not None:
@@ -56,7 +57,8 @@ class Messages:
         async with self._circles.ordered(circle_id):
             try:
                 message, duplicate = await self._store.append(circle_id, principal.id, client_id, text, _now(),
-                                                              quoted, attachments, stored=audited)
+                                                              quoted, attachments, stored=audited,
+                                                              author_name=author_name)
             except AttachmentUnavailable as exc:
                 await self._audit.record(principal.actor, "circle.post", target=str(circle_id), outcome="denied",
                                          source=source, reason="attachment not available", attachments=attachments)

@@ -64,7 +64,7 @@ class InstantStore(Protocol):
     async def quote(self, circle_id: int, seq: int) -> dict | None: ...
     async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
                      reply_to: dict | None = None, attachments: tuple[int, ...] = (),
-                     stored: Stored | None = None) -> tuple[dict, bool]: ...
+                     stored: Stored | None = None, author_name: str | None = None) -> tuple[dict, bool]: ...
     async def messages(self, circle_id: int, *, after: int | None = None, before: int | None = None,
                        limit: int) -> tuple[list[dict], bool]: ...
     async def search(self, circle_id: int, text: str, *, before: int | None, limit: int) -> tuple[list[dict], bool]: ...
@@ -251,22 +251,25 @@ class SqlStore:
 
     async def append(self, circle_id: int, author: str, client_id: str, text: str, now: datetime,
                      reply_to: dict | None = None, attachments: tuple[int, ...] = (),
-                     stored: Stored | None = None) -> tuple[dict, bool]:
+                     stored: Stored | None = None, author_name: str | None = None) -> tuple[dict, bool]:
         """Store a message (answering `reply_to`, a quote, carrying `attachments`); (message,
         True) when this client_id was stored before. The insert is optimistic: a retry meets the
         unique constraint, and the rollback gives its seq back. Attachments are claimed in the
         same transaction, only the author's own uploads to this circle not posted yet
         (AttachmentUnavailable otherwise, and nothing is stored). `stored(conn, message)` runs
         last in that transaction (the audit row: one commit for both, and it exists exactly
-        when the message does)."""
+        when the message does). `author_name`: the author as frames show them, when the caller
+        has read it already (a websocket, at authentication): one round trip less per post."""
         try:
             async with self._engine.begin() as conn:
                 seq = await append_item(conn, circle_id, author=author, client_id=client_id, text=text, now=now,
                                         reply_to=reply_to["seq"] if reply_to else None)
                 carried = await _claim(conn, circle_id, seq, author, attachments)
-                person = (await conn.execute(select(*_PERSON).where(professionals.c.idnat == author))).one()
+                if author_name is None:
+                    person = (await conn.execute(select(*_PERSON).where(professionals.c.idnat == author))).one()
+                    author_name = display_name(person)
                 message = {"circle": circle_id, "seq": seq, "kind": "text",
-                           "author": {"id": author, "name": display_name(person)}, "client_id": client_id,
+                           "author": {"id": author, "name": author_name}, "client_id": client_id,
                            "text": text, "at": iso(now), "reply_to": reply_to, "attachments": carried}
                 if stored is not None:
                     await stored(conn, message)

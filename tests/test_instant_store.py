@@ -6,13 +6,16 @@ import asyncio
 from datetime import date, datetime, timezone
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 
 from instant.alertstore import AlertStore
+from instant.hub import circle_channel
+from instant.memberships import Memberships
 from instant.patient import Patient
 from instant.storage import CircleExists, SqlStore
 from store import db
-from store.schema import professionals
+from store.events import LocalBus
+from store.schema import circle_members, professionals
 
 A, B, C = "810001045367", "810002000015", "810002000023"
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
@@ -121,3 +124,27 @@ async def test_keyed_alerts_stored_together_each_key_once(engine):
     assert len({a["id"] for a in stored} | {earlier["id"]}) == 4
     assert [a["id"] for a in await alerts.pending([box])] == [earlier["id"], stored[0]["id"], stored[2]["id"]]
     assert await alerts.add_keyed([], NOW) == []
+
+
+async def test_memberships_are_remembered_until_a_removal_is_heard(engine, circle):
+    """instant/memberships.py: a membership read once is not read again (each post checked it
+    in the store), until the circle's channel tells of the member's removal, or of lost events."""
+    store, circle_id = circle
+    bus = LocalBus()
+    memberships = Memberships(store, bus, lambda: True)
+    assert await memberships.of(circle_id, B) == {"on_behalf_of": "", "coordinator": False}
+    assert await store.remove_member(circle_id, B, NOW)
+    assert await memberships.of(circle_id, B) is not None  # remembered: nothing was announced
+    await bus.publish(circle_channel(circle_id), {"type": "member.removed", "circle": circle_id, "idnat": B})
+    assert await memberships.of(circle_id, B) is None
+    assert await memberships.of(circle_id, C) is not None
+    assert await store.remove_member(circle_id, C, NOW)
+    bus.resync()  # events were lost on their way here: whatever they said is not known
+    assert await memberships.of(circle_id, C) is None
+    out_of_sync = Memberships(store, bus, lambda: False)  # a RedisBus that lost its subscription
+    assert await out_of_sync.of(circle_id, A) is not None
+    async with engine.begin() as conn:
+        await conn.execute(delete(circle_members).where(circle_members.c.idnat == A))
+    assert await out_of_sync.of(circle_id, A) is None
+    memberships.close()
+    out_of_sync.close()
