@@ -46,7 +46,7 @@ from .message import Facts
 from .names import normalise
 
 T = TypeVar("T")
-VIEWS = 32  # folder views kept for the next SELECT: ~2.5 MB each at 10,000 messages
+VIEWS = 32  # folder views kept for the next SELECT: ~2 MB each at 10,000 messages (tracemalloc)
 BATCH = 500  # ids per IN (...) list: far below SQLite's and asyncpg's limits on bound parameters
 INBOX = "INBOX"
 # RFC 3501 §2.3.2, by their lower-case spelling; in the order a FLAGS response lists them.
