@@ -44,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from certs.dn import Dn, dn_of
 from certs.pki import CertificateError
@@ -117,7 +117,7 @@ class OutboundQueue:
                  retry_max: int, lifetime: int, delay_warning: int, connections: int = 10,
                  lease_seconds: float = LEASE_SECONDS) -> None:
         self._engine = engine
-        self._lease = Lease(engine, deliveries, seconds=lease_seconds)
+        self._lease = Lease(engine, deliveries, seconds=lease_seconds, writes=store.writes)
         self._store = store
         self._bus = bus
         self._audit = audit
@@ -269,13 +269,16 @@ class OutboundQueue:
                               f"gives for {domain}")
 
     async def _record(self, message: _Message, answers: dict[str, _Answer], *, dsn_remote: bool) -> None:
-        """Commit what the remote said, for each recipient, before anything else is sent."""
+        """Commit what the remote said, for each recipient, before anything else is sent. On the
+        mail store's group commit: the outcomes of parallel connections share a transaction, and
+        on SQLite none of them waits out the busy backoff of a write lock taken by another."""
         now = datetime.now(timezone.utc)
         expires = message.received_at + self._lifetime
-        reports: list[dsn.RecipientStatus] = []
-        outcomes: list[str] = []
-        events: list = []  # published once committed: reports to boxes, receipts to care circles
-        async with self._engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> tuple[list[str], list]:
+            reports: list[dsn.RecipientStatus] = []
+            outcomes: list[str] = []
+            events: list = []  # published once committed: reports to boxes, receipts to care circles
             for rcpt in message.recipients:
                 answer = answers[rcpt.address]
                 diagnostic = f"{answer.code} {answer.text}"  # the reply; dsn.py writes the "smtp;" type
@@ -320,6 +323,8 @@ class OutboundQueue:
                 events += await self._store.report(conn, sender=message.sender, envid=message.envid, ret=message.ret,
                                                   arrival=message.received_at, statuses=reports, original=body)
             await free_bodies(conn, [message.body_id])  # kept while a delivery or a folder needs it
+            return outcomes, events
+        outcomes, events = await self._store.writes.run(write)
         for outcome in outcomes:  # once committed: a rolled-back attempt is made again
             DELIVERIES.labels(outcome=outcome).inc()
         await self._store.publish(events)
