@@ -246,7 +246,10 @@ def test_notify_one_connection_watches_inbox_and_shared_boxes(server):
     assert watcher.line() == b'* LIST (\\Subscribed) "/" sooner\r\n'
     other.ok("DELETE sooner")
     assert watcher.line() == b'* LIST (\\NonExistent) "/" sooner\r\n'
-    # during IDLE too: the selected mailbox told by IDLE, the others by NOTIFY
+    # during IDLE too: the selected mailbox told by IDLE, the others by NOTIFY. The other session
+    # leaves "watched": a message is \Recent for one session only, whichever syncs first (RFC 3501
+    # §2.3.2), and it must be the watcher's here.
+    other.ok("EXAMINE INBOX")
     watcher.send(b"i1 IDLE\r\n")
     assert watcher.line().startswith(b"+ ")
     other.ok("APPEND INBOX \x00", b"Subject: first\r\n\r\nbody\r\n")
