@@ -22,7 +22,7 @@ import asyncio
 import bisect
 import json
 import time
-from collections import Counter
+from collections import Counter, namedtuple
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -231,6 +231,19 @@ _META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modse
 _WITH_BODY = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
 _FOLDER = (folders.c.id, folders.c.mailbox_id, folders.c.name, folders.c.uidvalidity, folders.c.uidnext,
            folders.c.highestmodseq, folders.c.first_recent_uid, folders.c.keywords)
+_NAMED = select(*_FOLDER, folders.c.special_use).where(
+    folders.c.mailbox_id == bindparam("mailbox_id"), folders.c.name == bindparam("name"))
+_FolderRow = namedtuple("_FolderRow", [c.name for c in _NAMED.selected_columns])  # _NAMED's, read raw
+
+
+def _named_sql(engine: AsyncEngine) -> str | None:
+    """_NAMED as SQLite's driver takes it (parameters in the order mailbox_id, name), or None on
+    another database: PostgreSQL's reads stay on SQLAlchemy's path."""
+    if engine.dialect.name != "sqlite":
+        return None
+    compiled = _NAMED.compile(dialect=engine.dialect)
+    assert list(compiled.positiontup or ()) == ["mailbox_id", "name"], compiled.positiontup
+    return compiled.string
 
 
 class Folders:
@@ -238,6 +251,7 @@ class Folders:
         self._engine = engine
         self._bus = bus
         self._quota = quota_bytes
+        self._named_sql = _named_sql(engine)
         self._views: dict[int, FolderView] = {}  # by folder id, least recently used first
         self._reads: dict[tuple[int, int], tuple[_Read, asyncio.Future[Changes]]] = {}  # (folder, since)
         self._claimed: dict[int, int] = {}  # folder id -> UID up to which a session here claimed \Recent
@@ -275,17 +289,27 @@ class Folders:
     async def _named(self, mailbox_id: int, name: str) -> Any:
         """A default folder is created on first use, as `list` would (a client may SELECT
         Drafts before it ever LISTs)."""
-        query = select(*_FOLDER, folders.c.special_use).where(
-            folders.c.mailbox_id == mailbox_id, folders.c.name == normalise(name))
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None and normalise(name) in {n for n, _ in DEFAULT_FOLDERS}:
+        key = normalise(name)
+        row = await self._read_named(mailbox_id, key)
+        if row is None and key in {n for n, _ in DEFAULT_FOLDERS}:
             await self.list(mailbox_id)
-            async with self._engine.connect() as conn:
-                row = (await conn.execute(query)).first()
+            row = await self._read_named(mailbox_id, key)
         if row is None:
             raise NoSuchFolder(name)
         return row
+
+    async def _read_named(self, mailbox_id: int, name: str) -> Any:
+        """The folder's row, read afresh each time: what every SELECT, EXAMINE and STATUS reads
+        first, and on a folder whose view is kept all SELECT reads. On SQLite, one call into
+        aiosqlite's thread (`execute_fetchall`: cursor, statement, rows and close there) where
+        SQLAlchemy's cursor makes four (cursor, execute with fetchall, close, each a hand-off
+        through a queue and a future), the largest cost left in a warm SELECT (issue 12)."""
+        async with self._engine.connect() as conn:
+            if self._named_sql is None:
+                return (await conn.execute(_NAMED, {"mailbox_id": mailbox_id, "name": name})).first()
+            driver = (await conn.get_raw_connection()).driver_connection
+            rows = await driver.execute_fetchall(self._named_sql, (mailbox_id, name))
+        return _FolderRow._make(rows[0]) if rows else None
 
     async def create(self, mailbox_id: int, name: str, special_use: str = "") -> FolderInfo:
         name = normalise(name)
