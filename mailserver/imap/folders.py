@@ -115,7 +115,8 @@ class Changes:
 class FolderView:
     """A folder's messages as of `state.highestmodseq`: UIDs in order, flags, MODSEQ and size by UID.
     Built once from the rows, then moved on only by the change log (`Folders.view`), as each
-    session's own view is; shared, so a session copies what it will change."""
+    session's own view is; its collections are lent to sessions (`lend`), and whoever changes
+    them first, a session or the view, copies them (Selected.own, `apply`)."""
 
     state: FolderState
     uids: list[int]
@@ -125,6 +126,7 @@ class FolderView:
     keywords: frozenset[str] = frozenset()  # in use on some message
     first_unseen: int | None = None  # UID
     counts: dict[str, int] = field(default_factory=dict)  # STATUS's UNSEEN, DELETED, SIZE
+    lent: bool = False  # uids, flags, modseqs and sizes are in a session's hands too
 
     def settle(self) -> None:
         """Keywords in use, the first unseen message and STATUS's counts, after a change."""
@@ -140,6 +142,11 @@ class FolderView:
             flags = self.flags
             self.first_unseen = next(u for u in self.uids if "\\Seen" not in flags[u])
 
+    def lend(self) -> tuple[list[int], dict[int, frozenset[str]], dict[int, int], dict[int, int]]:
+        """UIDs, flags, MODSEQs and sizes for a session to read: neither changes them in place."""
+        self.lent = True
+        return self.uids, self.flags, self.modseqs, self.sizes
+
     def apply(self, changes: Changes) -> None:
         """Move on to `changes.state`: Selected.sync's work, without telling anyone."""
         new, old = changes.state, self.state
@@ -148,6 +155,10 @@ class FolderView:
         self.state = new  # its \Recent mark moves without a MODSEQ
         if not changes.changed and not changes.vanished:
             return
+        if self.lent:
+            self.uids, self.flags, self.modseqs, self.sizes = (
+                c.copy() for c in (self.uids, self.flags, self.modseqs, self.sizes))
+            self.lent = False
         for uid in changes.vanished:
             if self.flags.pop(uid, None) is not None:
                 del self.uids[bisect.bisect_left(self.uids, uid)], self.modseqs[uid], self.sizes[uid]
