@@ -9,7 +9,8 @@ thread and event loop, as tests/conftest.py runs it) on free loopback ports; one
 over imaps (XOAUTH2, a dev-issuer token) and sends the command --runs times, each after an
 UNSELECT. Printed per command: wall time at the client, the process's CPU time around the
 command (time.process_time: the event loop and aiosqlite's thread; the client waits meanwhile),
-SQL statements and rows fetched (SQLAlchemy's cursor events), medians and min..max; then, with --profile N, cProfile's top N functions over all runs.
+SQL statements and rows fetched (SQLAlchemy's cursor events, and raw reads on aiosqlite), the
+calls into aiosqlite's thread (each a hand-off: queue, future, wake-up), medians and min..max; then, with --profile N, cProfile's top N functions over all runs.
 The client shares the machine: read the server CPU column first.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Counter:
         self.on = False
         self.statements = 0
         self.rows = 0
+        self.calls = 0
         self.seen: list[str] = []
 
     def install(self) -> None:
@@ -57,6 +59,22 @@ class Counter:
             if self.on and not statement.startswith("SELECT bus_events"):  # the bus's poller, not the command
                 self.statements += 1
                 self.seen.append(" ".join(statement.split())[:110])
+
+        try:  # SQLite: calls into aiosqlite's thread, raw reads (Folders._read_named) included
+            import aiosqlite
+        except ImportError:
+            pass
+        else:
+            execute = aiosqlite.Connection._execute
+
+            def _execute(connection, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+                if self.on:
+                    self.calls += 1
+                    if getattr(fn, "__name__", "") == "_execute_fetchall":
+                        self.statements += 1
+                        self.seen.append(" ".join(str(args[0]).split())[:110] + " (raw)")
+                return execute(connection, fn, *args, **kwargs)
+            aiosqlite.Connection._execute = _execute
 
         raw = Result.all
 
@@ -97,14 +115,14 @@ def main() -> int:
     counter = Counter()
     counter.install()
     profiler = cProfile.Profile() if args.profile else None
-    samples: list[tuple[float, int, int]] = []
+    samples: list[tuple[float, int, int, int]] = []
     original = imap_session.Session._dispatch
 
     async def measured(self, command, name, cmd_args, uid, entry):  # noqa: ANN001, ANN202
         """The whole command: its handler, the sync after it, the tagged answer."""
         if name != args.command:
             return await original(self, command, name, cmd_args, uid, entry)
-        counter.on, counter.statements, counter.rows, counter.seen = True, 0, 0, []
+        counter.on, counter.statements, counter.rows, counter.calls, counter.seen = True, 0, 0, 0, []
         cpu = time.process_time()
         if profiler:
             profiler.enable()
@@ -113,7 +131,7 @@ def main() -> int:
         finally:
             if profiler:
                 profiler.disable()
-            samples.append((time.process_time() - cpu, counter.statements, counter.rows))
+            samples.append((time.process_time() - cpu, counter.statements, counter.rows, counter.calls))
             counter.on = False
     imap_session.Session._dispatch = measured
 
@@ -190,6 +208,7 @@ def main() -> int:
     print(f"  server CPU ms:          {show([s[0] for s in samples], 1e3, '%.2f')}")
     print(f"  SQL statements:         {show([s[1] for s in samples], 1, '%d')}")
     print(f"  rows fetched (all()):   {show([s[2] for s in samples], 1, '%d')}")
+    print(f"  calls to aiosqlite:     {show([s[3] for s in samples], 1, '%d')}")
     print("  last run's statements:\n    " + "\n    ".join(counter.seen))
     if profiler:
         pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(args.profile)

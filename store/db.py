@@ -36,7 +36,8 @@ def create_engine(url: str) -> AsyncEngine:
         # pool (5 kept, 10 more opened on demand and closed when given back), 20 sessions opened
         # and closed a connection (a thread, the file, four PRAGMAs) every ~20 messages. Idle
         # SQLite connections cost a thread each and nothing on the database.
-        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=SQLITE_POOL, max_overflow=SQLITE_POOL)
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=SQLITE_POOL, max_overflow=SQLITE_POOL,
+                                     pool_reset_on_return=None)  # _reset_if_open below instead
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DB-API connection
@@ -46,6 +47,14 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA synchronous=FULL")  # a 250 after DATA must survive power loss
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+
+        @event.listens_for(engine.sync_engine, "reset")
+        def _reset_if_open(dbapi_conn, record, state) -> None:  # noqa: ANN001
+            """A connection given back is rolled back only if a transaction is open on it. The
+            pool's default rolled back every time, one more hand-off to aiosqlite's thread after
+            each commit and after a read that began none (sqlite3 begins one before a write only)."""
+            if state.asyncio_safe and not state.transaction_was_reset and record.driver_connection.in_transaction:
+                dbapi_conn.rollback()
         return engine
     engine = create_async_engine(url, pool_size=10, max_overflow=10)
     _ping_when_idle(engine)

@@ -439,6 +439,29 @@ async def test_sessions_asking_the_same_changes_at_once_share_one_read(store, en
     assert len(statements) == 2
 
 
+async def test_select_reads_the_folder_row_afresh_in_one_sqlite_call(store, engine, monkeypatch):
+    """SELECT's first read (the folder by name, with its state) is read from the store each
+    time, so a write of another process shows at once; on SQLite it costs one call into
+    aiosqlite's thread plus the pool's reset, not SQLAlchemy cursor's four hand-offs."""
+    import aiosqlite
+    inbox = await folder_id(store, "INBOX")
+    before = await store.state_of(1, "inbox")
+    other = Folders(engine, LocalBus(), quota_bytes=QUOTA)  # another process: its write, no event here
+    await other.append(inbox, b"Subject: a\r\n\r\nx\r\n", {"$Label1"}, NOW)
+    calls = []
+    execute = aiosqlite.Connection._execute
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", lambda self, fn, *a, **k: (calls.append(fn),
+                                                                                     execute(self, fn, *a, **k))[1])
+    after = await store.state_of(1, "INBOX")
+    assert len(calls) == 1 or engine.dialect.name != "sqlite"  # the read (old: cursor, execute, fetchall, close, rollback)
+    assert (after.id, after.uidvalidity) == (inbox, before.uidvalidity)
+    assert (after.uidnext, after.highestmodseq) == (before.uidnext + 1, before.highestmodseq + 1)
+    assert after.keywords == {"$Label1"}
+    assert (await store.get(1, "inbox")).special_use == "" and (await store.get(1, "Sent")).special_use == "\\Sent"
+    with pytest.raises(NoSuchFolder):
+        await store.state_of(1, "nowhere")
+
+
 async def test_sessions_of_one_process_claim_recent_once(store, engine):
     """Sessions of one process that see the same new messages at once (IDLE, after a delivery)
     claim \\Recent with one write: the first takes them, the others are told none are theirs

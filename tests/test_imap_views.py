@@ -190,3 +190,22 @@ def test_a_select_after_others_changes_starts_from_them(server):
     assert [re.search(rb"UID (\d+) FLAGS \(([^)]*)\)", ln).groups() for ln in fetched] == [
         (b"1", b""), (b"2", b"$Urgent \\Seen"), (b"4", b"\\Seen"), (b"5", b"\\Recent")], fetched
     late.close()
+
+
+def test_sessions_lent_one_view_are_each_told_what_the_others_changed(server):
+    """SELECT lends a session the folder's kept view (no copy of 10,000 UIDs): another session's
+    STORE, or a later SELECT moving the view on, must not change what the first was told behind
+    its back; it hears of each change, as a session with its own copy did."""
+    deliver(server, [GP], "one")
+    a, b = session(server), session(server)  # both lent the same view
+    b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)")  # b's own change
+    deliver(server, [GP], "two")
+    c = session(server)  # moves the kept view on: the new message, the flag
+    lines = a.ok("NOOP")
+    assert b"\\Flagged" in (flags_of(lines, 1) or b""), lines
+    assert b"* 2 EXISTS\r\n" in lines, lines
+    lines = b.ok("NOOP")
+    assert b"* 2 EXISTS\r\n" in lines and not untagged(lines, b"FETCH"), lines  # its own STORE: told already
+    assert not untagged(c.ok("NOOP"), b"EXISTS")  # c started from both
+    for client in (a, b, c):
+        client.close()

@@ -22,7 +22,7 @@ import asyncio
 import bisect
 import json
 import time
-from collections import Counter
+from collections import Counter, namedtuple
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -115,7 +115,8 @@ class Changes:
 class FolderView:
     """A folder's messages as of `state.highestmodseq`: UIDs in order, flags, MODSEQ and size by UID.
     Built once from the rows, then moved on only by the change log (`Folders.view`), as each
-    session's own view is; shared, so a session copies what it will change."""
+    session's own view is; its collections are lent to sessions (`lend`), and whoever changes
+    them first, a session or the view, copies them (Selected.own, `apply`)."""
 
     state: FolderState
     uids: list[int]
@@ -125,6 +126,7 @@ class FolderView:
     keywords: frozenset[str] = frozenset()  # in use on some message
     first_unseen: int | None = None  # UID
     counts: dict[str, int] = field(default_factory=dict)  # STATUS's UNSEEN, DELETED, SIZE
+    lent: bool = False  # uids, flags, modseqs and sizes are in a session's hands too
 
     def settle(self) -> None:
         """Keywords in use, the first unseen message and STATUS's counts, after a change."""
@@ -140,6 +142,11 @@ class FolderView:
             flags = self.flags
             self.first_unseen = next(u for u in self.uids if "\\Seen" not in flags[u])
 
+    def lend(self) -> tuple[list[int], dict[int, frozenset[str]], dict[int, int], dict[int, int]]:
+        """UIDs, flags, MODSEQs and sizes for a session to read: neither changes them in place."""
+        self.lent = True
+        return self.uids, self.flags, self.modseqs, self.sizes
+
     def apply(self, changes: Changes) -> None:
         """Move on to `changes.state`: Selected.sync's work, without telling anyone."""
         new, old = changes.state, self.state
@@ -148,6 +155,10 @@ class FolderView:
         self.state = new  # its \Recent mark moves without a MODSEQ
         if not changes.changed and not changes.vanished:
             return
+        if self.lent:
+            self.uids, self.flags, self.modseqs, self.sizes = (
+                c.copy() for c in (self.uids, self.flags, self.modseqs, self.sizes))
+            self.lent = False
         for uid in changes.vanished:
             if self.flags.pop(uid, None) is not None:
                 del self.uids[bisect.bisect_left(self.uids, uid)], self.modseqs[uid], self.sizes[uid]
@@ -231,6 +242,19 @@ _META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modse
 _WITH_BODY = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
 _FOLDER = (folders.c.id, folders.c.mailbox_id, folders.c.name, folders.c.uidvalidity, folders.c.uidnext,
            folders.c.highestmodseq, folders.c.first_recent_uid, folders.c.keywords)
+_NAMED = select(*_FOLDER, folders.c.special_use).where(
+    folders.c.mailbox_id == bindparam("mailbox_id"), folders.c.name == bindparam("name"))
+_FolderRow = namedtuple("_FolderRow", [c.name for c in _NAMED.selected_columns])  # _NAMED's, read raw
+
+
+def _named_sql(engine: AsyncEngine) -> str | None:
+    """_NAMED as SQLite's driver takes it (parameters in the order mailbox_id, name), or None on
+    another database: PostgreSQL's reads stay on SQLAlchemy's path."""
+    if engine.dialect.name != "sqlite":
+        return None
+    compiled = _NAMED.compile(dialect=engine.dialect)
+    assert list(compiled.positiontup or ()) == ["mailbox_id", "name"], compiled.positiontup
+    return compiled.string
 
 
 class Folders:
@@ -238,6 +262,7 @@ class Folders:
         self._engine = engine
         self._bus = bus
         self._quota = quota_bytes
+        self._named_sql = _named_sql(engine)
         self._views: dict[int, FolderView] = {}  # by folder id, least recently used first
         self._reads: dict[tuple[int, int], tuple[_Read, asyncio.Future[Changes]]] = {}  # (folder, since)
         self._claimed: dict[int, int] = {}  # folder id -> UID up to which a session here claimed \Recent
@@ -275,17 +300,27 @@ class Folders:
     async def _named(self, mailbox_id: int, name: str) -> Any:
         """A default folder is created on first use, as `list` would (a client may SELECT
         Drafts before it ever LISTs)."""
-        query = select(*_FOLDER, folders.c.special_use).where(
-            folders.c.mailbox_id == mailbox_id, folders.c.name == normalise(name))
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None and normalise(name) in {n for n, _ in DEFAULT_FOLDERS}:
+        key = normalise(name)
+        row = await self._read_named(mailbox_id, key)
+        if row is None and key in {n for n, _ in DEFAULT_FOLDERS}:
             await self.list(mailbox_id)
-            async with self._engine.connect() as conn:
-                row = (await conn.execute(query)).first()
+            row = await self._read_named(mailbox_id, key)
         if row is None:
             raise NoSuchFolder(name)
         return row
+
+    async def _read_named(self, mailbox_id: int, name: str) -> Any:
+        """The folder's row, read afresh each time: what every SELECT, EXAMINE and STATUS reads
+        first, and on a folder whose view is kept all SELECT reads. On SQLite, one call into
+        aiosqlite's thread (`execute_fetchall`: cursor, statement, rows and close there) where
+        SQLAlchemy's cursor makes four (cursor, execute with fetchall, close, each a hand-off
+        through a queue and a future), the largest cost left in a warm SELECT (issue 12)."""
+        async with self._engine.connect() as conn:
+            if self._named_sql is None:
+                return (await conn.execute(_NAMED, {"mailbox_id": mailbox_id, "name": name})).first()
+            driver = (await conn.get_raw_connection()).driver_connection
+            rows = await driver.execute_fetchall(self._named_sql, (mailbox_id, name))
+        return _FolderRow._make(rows[0]) if rows else None
 
     async def create(self, mailbox_id: int, name: str, special_use: str = "") -> FolderInfo:
         name = normalise(name)
