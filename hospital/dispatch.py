@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailserver import dsn, headers
+from mailserver import bodies, dsn, headers
 from mailserver.mailstore import QUEUED, Mail, MailStore, Recipient
 from store.audit import Actor, AuditTrail, entry
 from store.events import EventBus, run_job
@@ -189,7 +189,9 @@ class Dispatcher:
         outgoing = [(m, messages.pop(0) if m.address else b"", Recipient(
             m.address, NOTIFY_LOCAL if m.mailbox_id else NOTIFY_REMOTE, m.mailbox_id) if m.address else None)
             for m in extra]
-        return _Planned(event, patient, hospital, target, reason, gp_message, outgoing, plan,
+        # the GP's mail read for IMAP here, not in the write that the feed's ACKs queue behind
+        gp_facts = bodies.facts_of(gp_message) if gp_message else None
+        return _Planned(event, patient, hospital, target, reason, gp_message, gp_facts, outgoing, plan,
                         [_alert_row(event, patient, audience) for audience in plan.alerts], circle_ids)
 
     async def _finish(self, conn: AsyncConnection, planned: list["_Planned"]) -> list["_Told"]:
@@ -207,7 +209,7 @@ class Dispatcher:
             p.gp_message, headers.read(p.gp_message).get("message-id") or "", p.event.sender,
             Actor(p.event.sender, "application"), "hospital.notify", "hl7", dsn.MailDsn(ret="HDRS"),
             (Recipient(p.target.address, NOTIFY_LOCAL if p.target.mailbox_id else NOTIFY_REMOTE,
-                       p.target.mailbox_id),)) for p in mailed])))
+                       p.target.mailbox_id),), p.gp_facts) for p in mailed])))
         done, notices, unheard = [], [], []
         for p in planned:
             event, target = p.event, p.target
@@ -301,6 +303,7 @@ class _Planned:
     target: Target | None
     reason: str
     gp_message: bytes
+    gp_facts: dict | None  # bodies.facts_of(gp_message)
     outgoing: list
     plan: subscriptions.Plan
     alert_rows: list[dict]
