@@ -25,10 +25,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, TypeVar
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mailserver import dsn, headers
+from mailserver import bodies, dsn, headers
 from mailserver.mailstore import QUEUED, Mail, MailStore, Recipient
 from store.audit import Actor, AuditTrail, entry
 from store.events import EventBus, run_job
@@ -189,7 +189,9 @@ class Dispatcher:
         outgoing = [(m, messages.pop(0) if m.address else b"", Recipient(
             m.address, NOTIFY_LOCAL if m.mailbox_id else NOTIFY_REMOTE, m.mailbox_id) if m.address else None)
             for m in extra]
-        return _Planned(event, patient, hospital, target, reason, gp_message, outgoing, plan,
+        # the GP's mail read for IMAP here, not in the write that the feed's ACKs queue behind
+        gp_facts = bodies.facts_of(gp_message) if gp_message else None
+        return _Planned(event, patient, hospital, target, reason, gp_message, gp_facts, outgoing, plan,
                         [_alert_row(event, patient, audience) for audience in plan.alerts], circle_ids)
 
     async def _finish(self, conn: AsyncConnection, planned: list["_Planned"]) -> list["_Told"]:
@@ -197,17 +199,14 @@ class Dispatcher:
         are left alone, nothing written for them), each one's mails, notices, alerts, receipts and
         timeline items; what to announce once committed."""
         now = datetime.now(timezone.utc)
-        claimed = set((await conn.execute(update(hospital_events).where(and_(
-            hospital_events.c.id.in_([p.event.id for p in planned]), hospital_events.c.status == "pending"))
-            .values(status="dispatched", dispatched_at=now, **Lease.cleared())
-            .returning(hospital_events.c.id))).scalars())
+        claimed = set((await conn.execute(_CLAIM, {"ids": [p.event.id for p in planned], "now": now})).scalars())
         planned = [p for p in planned if p.event.id in claimed]
         mailed = [p for p in planned if p.target is not None]
         stored = dict(zip((p.event.id for p in mailed), await self._mailstore.store_many(conn, [Mail(
             p.gp_message, headers.read(p.gp_message).get("message-id") or "", p.event.sender,
             Actor(p.event.sender, "application"), "hospital.notify", "hl7", dsn.MailDsn(ret="HDRS"),
             (Recipient(p.target.address, NOTIFY_LOCAL if p.target.mailbox_id else NOTIFY_REMOTE,
-                       p.target.mailbox_id),)) for p in mailed])))
+                       p.target.mailbox_id),), p.gp_facts) for p in mailed])))
         done, notices, unheard = [], [], []
         for p in planned:
             event, target = p.event, p.target
@@ -227,7 +226,7 @@ class Dispatcher:
             done.append(told)
         if not planned:
             return []
-        await conn.execute(insert(hospital_notices), notices)  # each GP's notice before its subscribers'
+        await conn.execute(_NEW_NOTICES, notices)  # each GP's notice before its subscribers'
         raised = await timeline.raise_alerts(conn, [r for p in planned for r in p.alert_rows], now)
         for p, told in zip(planned, done):
             # a replayed event raises nothing new
@@ -267,6 +266,16 @@ class Dispatcher:
         return build()
 
 
+# The write's own statements, built once (with the chunk's ids bound): building one cost more
+# CPU than SQLite took to run it.
+_CLAIM = (update(hospital_events)
+          .where(hospital_events.c.id.in_(bindparam("ids", expanding=True)), hospital_events.c.status == "pending")
+          .values(status="dispatched", dispatched_at=bindparam("now", type_=hospital_events.c.dispatched_at.type),
+                  **Lease.cleared())
+          .returning(hospital_events.c.id))
+_NEW_NOTICES = insert(hospital_notices)
+
+
 class _Lookups:
     """The directory reads of one pass, each made once: the events of a pass mostly share their
     hospital, and often their GP or patient (a stay's admission, report and discharge). Each
@@ -301,6 +310,7 @@ class _Planned:
     target: Target | None
     reason: str
     gp_message: bytes
+    gp_facts: dict | None  # bodies.facts_of(gp_message)
     outgoing: list
     plan: subscriptions.Plan
     alert_rows: list[dict]

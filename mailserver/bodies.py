@@ -28,12 +28,18 @@ _BATCH = 500  # UIDs per query (IN lists stay short)
 
 def facts_row(body_id: int, data: bytes) -> dict[str, Any]:
     """The message_facts row of a body (also what migration 0014 writes)."""
+    return {"body_id": body_id, **facts_of(data)}
+
+
+def facts_of(data: bytes) -> dict[str, Any]:
+    """A body's message_facts row but its body_id: what a writer may learn before its
+    transaction (the hospital dispatch does, out of the write the feed's ACKs wait on)."""
     f = Message(data).facts()
     fields = {"h": f.fields, "a": f.addresses, "m": f.first_mailboxes,
               "s": f.sent_at.isoformat() if f.sent_at is not None else None}
     # ASCII JSON: header text may hold lone surrogates (8-bit octets kept by surrogateescape)
     subjects = f.fields.get("subject")
-    return {"body_id": body_id, "envelope": f.envelope, "body": f.body, "bodystructure": f.bodystructure,
+    return {"envelope": f.envelope, "body": f.body, "bodystructure": f.bodystructure,
             "header": f.header, "fields": json.dumps(fields, separators=(",", ":")),
             "search_subject": _storable("\n".join(v.casefold() for v in subjects)) if subjects is not None else None}
 
@@ -71,11 +77,15 @@ async def insert_body(conn: AsyncConnection, data: bytes, now: datetime) -> int:
     return body_id
 
 
-async def insert_bodies(conn: AsyncConnection, datas: Sequence[bytes], now: datetime) -> list[int]:
-    """New body rows and their facts, two statements for all; their ids, in order."""
+async def insert_bodies(conn: AsyncConnection, datas: Sequence[bytes], now: datetime,
+                        known: Sequence[dict[str, Any] | None] = ()) -> list[int]:
+    """New body rows and their facts, two statements for all; their ids, in order. `known`:
+    the `facts_of` some of them, learnt before the transaction (None where not)."""
     body_ids = await inserted_ids(conn, _NEW_BODY,
                                   [{"size": len(data), "data": data, "created_at": now} for data in datas])
-    await conn.execute(_NEW_FACTS, [facts_row(body_id, data) for body_id, data in zip(body_ids, datas)])
+    known = list(known) + [None] * (len(datas) - len(known))
+    await conn.execute(_NEW_FACTS, [{"body_id": body_id, **(facts or facts_of(data))}
+                                    for body_id, data, facts in zip(body_ids, datas, known)])
     return body_ids
 
 

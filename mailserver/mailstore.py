@@ -78,6 +78,7 @@ class Mail:
     source: str
     mail_dsn: dsn.MailDsn
     recipients: tuple[Recipient, ...]
+    facts: dict | None = None  # bodies.facts_of(message), when the caller learnt it before the write
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class MailStore:
         if not mails:
             return []
         now = datetime.now(timezone.utc)
-        body_ids = await insert_bodies(conn, [m.message for m in mails], now)
+        body_ids = await insert_bodies(conn, [m.message for m in mails], now, [m.facts for m in mails])
         envelope_ids = await inserted_ids(conn, _NEW_ENVELOPE, [{
             "body_id": body_id, "message_id": m.message_id[:998], "sender": m.sender, "actor": m.actor.id,
             "actor_kind": m.actor.kind, "source": m.source, "received_at": now, "ret": m.mail_dsn.ret or "",

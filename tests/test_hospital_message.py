@@ -148,3 +148,31 @@ def test_cda_document_notice_names_its_type_and_zips_it():
     archive = zipfile.ZipFile(io.BytesIO(parts["IHE_XDM.ZIP"]))
     assert archive.read("IHE_XDM/SUBSET01/DOC0001.XML") == cda
     assert b'mimeType="text/xml"' in archive.read("IHE_XDM/SUBSET01/METADATA.XML")
+
+
+def test_notice_is_written_as_wire_mail():
+    """The ADT notice and its cancellation, written as bytes without email.message: CRLF lines
+    under 78 columns (but for message ids), RFC 2047 words that decode to the French text, a body in quoted-printable."""
+    facts = notice.Notice(kind="URG", patient={"ins": "248039741512358", "family_name": "TECHER",
+                                               "given_name": "JOSETTE", "birth_date": "1948-03-12"},
+                          occurred=datetime(2026, 12, 8, 17, 5, tzinfo=timezone(timedelta(hours=4))),
+                          unit="Urgences adultes = SAU", hospital="Centre Hospitalier Sud-Réunion (Saint-Pierre)",
+                          sender="dpi@msante.test", contact="urgences@msante.test", recipient="gp@msante.test",
+                          recipient_name="Dr Élodie GRONDIN", event_id=7)
+    for data in (notice.build(facts, hostname="msante.test"),
+                 notice.cancellation(facts, original_id="<n.7@msante.test>", hostname="msante.test")):
+        assert data.isascii() and b"\n" not in data.replace(b"\r\n", b"")
+        assert [line for line in data.split(b"\r\n") if len(line) > 78
+                and not line.startswith((b"Message-ID: ", b"In-Reply-To: ", b"References: "))] == []
+        mail = email.message_from_bytes(data, policy=email.policy.default)
+        assert not mail.defects and mail.get_content_type() == "text/plain"
+        assert mail["From"].addresses[0].display_name == "Centre Hospitalier Sud-Réunion (Saint-Pierre)"
+        assert mail["To"].addresses[0].display_name == "Dr Élodie GRONDIN"
+        assert mail["Subject"].endswith("Passage aux urgences : TECHER Josette (né(e) le 12/03/1948) - "
+                                        "Centre Hospitalier Sud-Réunion (Saint-Pierre)")
+        assert mail["Disposition-Notification-To"] == "dpi@msante.test" and mail["X-MSS-INS"] == "N"
+        assert mail["MIME-Version"] == "1.0" and mail["Message-ID"].endswith("@msante.test>")
+        body = mail.get_content().replace("\r\n", "\n")
+        assert "le 08/12/2026 à 17:05 (unité : Urgences adultes = SAU)." in body.replace("\n", " ")
+        assert body.startswith("Bonjour Dr Élodie GRONDIN,\n\n")
+    assert mail["Subject"].startswith("Annulation : ") and mail["In-Reply-To"] == "<n.7@msante.test>"
