@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Sequence
+from typing import AbstractSet, Any, Callable, Iterator, Sequence
 
 from .message import Known, Message, known_field
 from .syntax import Atom, PList, String, Token, text
@@ -339,6 +339,30 @@ def _flag_term(key: Key) -> FlagTerm | None:
         terms = [_flag_term(k) for k in key.keys]
         return None if any(t is None for t in terms) else ("and", tuple(terms))
     return None
+
+
+def flags_only(term: FlagTerm) -> bool:
+    """Whether `term` asks about flags alone (no Subject): `flags_satisfy` answers it."""
+    kind = term[0]
+    if kind == "subject":
+        return False
+    return kind in ("all", "flag") or all(flags_only(t) for t in (term[1] if kind == "and" else term[1:]))
+
+
+def flags_satisfy(term: FlagTerm, flags: AbstractSet[str]) -> bool:
+    """Whether a message with `flags` satisfies a `flags_only` term: answered from the session's
+    own view, with no store read, about the messages as the session was told of them."""
+    kind = term[0]
+    if kind == "all":
+        return True
+    if kind == "flag":
+        wanted = term[1].casefold()
+        return any(f.casefold() == wanted for f in flags) == term[2]
+    if kind == "and":
+        return all(flags_satisfy(t, flags) for t in term[1])
+    if kind == "or":
+        return flags_satisfy(term[1], flags) or flags_satisfy(term[2], flags)
+    return not flags_satisfy(term[1], flags)
 
 
 class _Reader:
