@@ -48,22 +48,11 @@ async def test_a_chunk_of_events_is_stored_many_rows_a_statement(database_url, t
     still follow one another, one per event."""
     from sqlalchemy import event, func, select
 
-    from hospital.feed import Feed, Sender
     from store.schema import circle_messages, folder_messages, hospital_events, hospital_notices
-    from tests.conftest import init_data_dir
-    from tests.test_hospital_feed import msa, sample
 
-    await asyncio.to_thread(init_data_dir, tmp_path / "var", monkeypatch, database_url=database_url)  # the demo
-    engine = db.create_engine(database_url)
-    bus, audit_trail = LocalBus(), AuditTrail(engine)
-    store = MailStore(engine, bus, reporting_mta="msante.test")
-    feed = Feed(engine, audit_trail, bus, store.writes, facility="msante.test")
-    hospital_box = Sender("dpi.ch-saint-paul@msante.test", "970002002", "970002002")
+    engine, bus, audit_trail, store = await _eight_admissions(tmp_path, monkeypatch, database_url, "CHUNK")
     statements: list[str] = []
     try:
-        for n in range(8):
-            message = sample("adt_a01_admission.hl7", f"CHUNK-{n}").replace(b"\n", b"\r")
-            assert msa(await feed.receive(message, hospital_box, source="test"))[1] == "AA"
         dispatcher = Dispatcher(engine, store, audit_trail, bus, domains=("msante.test",))
         def count(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
             statements.append(statement)
@@ -90,20 +79,12 @@ async def test_a_chunk_of_notices_raises_the_gps_mail_alerts_in_one_write(databa
     inserted by one statement (one write each was as many turns of the writer the ACKs wait on)."""
     from sqlalchemy import event, func, select
 
-    from hospital.feed import Feed, Sender
     from instant.alerts import Alerts
     from instant.alertstore import AlertStore
     from instant.mailalerts import MailAlerts
     from store.schema import alerts
-    from tests.conftest import init_data_dir
-    from tests.test_hospital_feed import msa, sample
 
-    await asyncio.to_thread(init_data_dir, tmp_path / "var", monkeypatch, database_url=database_url)  # the demo
-    engine = db.create_engine(database_url)
-    bus, audit_trail = LocalBus(), AuditTrail(engine)
-    store = MailStore(engine, bus, reporting_mta="msante.test")
-    feed = Feed(engine, audit_trail, bus, store.writes, facility="msante.test")
-    hospital_box = Sender("dpi.ch-saint-paul@msante.test", "970002002", "970002002")
+    engine, bus, audit_trail, store = await _eight_admissions(tmp_path, monkeypatch, database_url, "ALERTS")
     inserts: list[str] = []
 
     def count(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
@@ -112,9 +93,6 @@ async def test_a_chunk_of_notices_raises_the_gps_mail_alerts_in_one_write(databa
     watcher = asyncio.create_task(MailAlerts(engine, bus, Alerts(
         engine, AlertStore(engine, store.writes), audit_trail, bus)).run())
     try:
-        for n in range(8):
-            message = sample("adt_a01_admission.hl7", f"ALERTS-{n}").replace(b"\n", b"\r")
-            assert msa(await feed.receive(message, hospital_box, source="test"))[1] == "AA"
         await asyncio.sleep(0.5)  # the watcher listens to every box
         event.listen(engine.sync_engine, "before_cursor_execute", count)
         assert await Dispatcher(engine, store, audit_trail, bus, domains=("msante.test",)).run_once() == 8
@@ -132,3 +110,22 @@ async def test_a_chunk_of_notices_raises_the_gps_mail_alerts_in_one_write(databa
         await asyncio.gather(watcher, return_exceptions=True)
         await store.close()
         await engine.dispose()
+
+
+async def _eight_admissions(tmp_path, monkeypatch, database_url, prefix: str):  # noqa: ANN001, ANN202
+    """The demo's store with eight admissions acknowledged by the feed and not yet dispatched:
+    (engine, bus, audit trail, mail store)."""
+    from hospital.feed import Feed, Sender
+    from tests.conftest import init_data_dir
+    from tests.test_hospital_feed import msa, sample
+
+    await asyncio.to_thread(init_data_dir, tmp_path / "var", monkeypatch, database_url=database_url)  # the demo
+    engine = db.create_engine(database_url)
+    bus, audit_trail = LocalBus(), AuditTrail(engine)
+    store = MailStore(engine, bus, reporting_mta="msante.test")
+    feed = Feed(engine, audit_trail, bus, store.writes, facility="msante.test")
+    hospital_box = Sender("dpi.ch-saint-paul@msante.test", "970002002", "970002002")
+    for n in range(8):
+        message = sample("adt_a01_admission.hl7", f"{prefix}-{n}").replace(b"\n", b"\r")
+        assert msa(await feed.receive(message, hospital_box, source="test"))[1] == "AA"
+    return engine, bus, audit_trail, store
