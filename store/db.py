@@ -18,6 +18,7 @@ from sqlalchemy import Table, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.sql.dml import Insert
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -36,7 +37,9 @@ def create_engine(url: str) -> AsyncEngine:
         # pool (5 kept, 10 more opened on demand and closed when given back), 20 sessions opened
         # and closed a connection (a thread, the file, four PRAGMAs) every ~20 messages. Idle
         # SQLite connections cost a thread each and nothing on the database.
-        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=SQLITE_POOL, max_overflow=SQLITE_POOL,
+        # The pool class named: older SQLAlchemy 2.0 releases (2.0.30, our floor) gave aiosqlite a NullPool.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, poolclass=AsyncAdaptedQueuePool,
+                                     pool_size=SQLITE_POOL, max_overflow=SQLITE_POOL,
                                      pool_reset_on_return=None)  # _reset_if_open below instead
 
         @event.listens_for(engine.sync_engine, "connect")
