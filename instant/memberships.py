@@ -7,17 +7,16 @@ Circles.remove_member publishes on the circle's channel once the removal is comm
 this process, another worker or node (Redis), or the CLI (store/relay.py). It is the event
 that cuts the member's live connections, heard here inside the same publish, so a removal
 takes effect for posts as it does for delivery. Memberships are used only while this process
-hears every event (`in_sync`: a RedisBus that lost its subscription hears nothing of the
+hears every event (`hears_all`: a RedisBus that lost its subscription hears nothing of the
 others), and all are forgotten when events were lost (OVERFLOW). Only memberships are kept,
 never a refusal (a member added is a member at once), and never a delegation: whether the
 delegation a membership rests on still holds is read each time (Circles._delegation_lapsed).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from store.events import LocalBus, LocalTap
-from store.redis_bus import RedisBus
+from store.events import EventBus, LocalTap
 
 from .hub import circle_channel
 from .storage import InstantStore
@@ -26,17 +25,16 @@ MAX_CIRCLES = 20_000  # circles remembered; past that all are forgotten and rele
 
 
 class Memberships:
-    def __init__(self, store: InstantStore, bus: LocalBus | RedisBus, in_sync: Callable[[], bool]) -> None:
+    def __init__(self, store: InstantStore, bus: EventBus) -> None:
         self._store = store
         self._bus = bus
-        self._in_sync = in_sync
         self._known: dict[int, dict[str, dict]] = {}  # circle -> idnat -> membership
         self._taps: dict[int, LocalTap] = {}
         self._changes: dict[int, int] = {}  # circle -> removals heard: a read that overlapped one is not kept
 
     async def of(self, circle_id: int, idnat: str) -> dict | None:
         """The person's membership ({on_behalf_of, coordinator}), or None."""
-        if not self._in_sync():
+        if not self._bus.hears_all():
             return await self._store.membership(circle_id, idnat)
         known = self._known.get(circle_id)
         if known is not None and idnat in known:
@@ -44,7 +42,7 @@ class Memberships:
         self._listen(circle_id)  # before the read: a removal committed after it is heard
         changes = self._changes[circle_id]
         membership = await self._store.membership(circle_id, idnat)
-        if membership is not None and self._changes.get(circle_id) == changes and self._in_sync():
+        if membership is not None and self._changes.get(circle_id) == changes and self._bus.hears_all():
             self._known.setdefault(circle_id, {})[idnat] = membership
         return membership
 

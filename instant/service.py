@@ -70,8 +70,7 @@ class Instant:
         self.bus = services.bus
         self.store = SqlStore(engine)
         self.alerts = Alerts(engine, AlertStore(engine, services.mailstore.writes), services.audit, services.bus)
-        in_sync = services.bus.subscribed.is_set if isinstance(services.bus, RedisBus) else lambda: True
-        self.memberships = Memberships(self.store, services.bus, in_sync)
+        self.memberships = Memberships(self.store, services.bus)
         self.circles = Circles(engine, self.store, self.alerts, services.audit, services.bus, self.memberships)
         self.messages = Messages(self.store, self.circles, services.audit, services.bus)
         self.attachments = Attachments(AttachmentStore(engine), self.circles, services.audit)

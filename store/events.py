@@ -37,6 +37,11 @@ class Subscription(Protocol):
 class EventBus(Protocol):
     async def publish(self, channel: str, event: dict[str, Any]) -> None: ...
     def subscribe(self, *channels: str) -> Subscription: ...
+    def tap(self, channel: str, listener: Callable[[str, dict[str, Any]], None]) -> "LocalTap": ...
+
+    def hears_all(self) -> bool:
+        """Whether every process's events reach this one now: what it has not heard of did not
+        happen. False while a RedisBus has lost its subscription."""
 
 
 async def run_job(bus: EventBus, channel: str, stop: asyncio.Event, run_once: Callable[[], Awaitable[Any]],
@@ -154,6 +159,9 @@ class LocalBus:
         tap = LocalTap(self, channel, listener)
         self._subscribers[channel].add(tap)
         return tap
+
+    def hears_all(self) -> bool:
+        return True  # one process: every event is published here
 
     def _remove(self, subscription: LocalSubscription | LocalTap) -> None:
         for channel in subscription.channels:

@@ -98,6 +98,9 @@ class RedisBus:
     def tap(self, channel: str, listener: Callable[[str, dict[str, Any]], None]) -> LocalTap:
         return self.local.tap(channel, listener)
 
+    def hears_all(self) -> bool:
+        return self.subscribed.is_set()
+
     # --- sending -------------------------------------------------------------------------------
 
     async def _send(self) -> None:

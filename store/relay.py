@@ -20,13 +20,13 @@ import json
 import logging
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import delete, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import committed, utc
-from .events import EventBus, LocalBus, LocalSubscription
+from .events import EventBus, LocalBus, LocalSubscription, LocalTap
 from .schema import bus_events
 
 log = logging.getLogger("msante.events")
@@ -60,6 +60,12 @@ class StoreBus:
 
     def subscribe(self, *channels: str) -> LocalSubscription:
         return self._local.subscribe(*channels)
+
+    def tap(self, channel: str, listener: Callable[[str, dict[str, Any]], None]) -> LocalTap:
+        return self._local.tap(channel, listener)
+
+    def hears_all(self) -> bool:
+        return False  # other processes' events reach it only through the store
 
 
 class Relay:

@@ -15,6 +15,7 @@ from instant.patient import Patient
 from instant.storage import CircleExists, SqlStore
 from store import db
 from store.events import LocalBus
+from store.redis_bus import RedisBus
 from store.schema import circle_members, professionals
 
 A, B, C = "810001045367", "810002000015", "810002000023"
@@ -131,7 +132,7 @@ async def test_memberships_are_remembered_until_a_removal_is_heard(engine, circl
     in the store), until the circle's channel tells of the member's removal, or of lost events."""
     store, circle_id = circle
     bus = LocalBus()
-    memberships = Memberships(store, bus, lambda: True)
+    memberships = Memberships(store, bus)
     assert await memberships.of(circle_id, B) == {"on_behalf_of": "", "coordinator": False}
     assert await store.remove_member(circle_id, B, NOW)
     assert await memberships.of(circle_id, B) is not None  # remembered: nothing was announced
@@ -141,10 +142,12 @@ async def test_memberships_are_remembered_until_a_removal_is_heard(engine, circl
     assert await store.remove_member(circle_id, C, NOW)
     bus.resync()  # events were lost on their way here: whatever they said is not known
     assert await memberships.of(circle_id, C) is None
-    out_of_sync = Memberships(store, bus, lambda: False)  # a RedisBus that lost its subscription
+    unsubscribed = RedisBus("redis://127.0.0.1:6379", bus)  # never started: hears no other process
+    out_of_sync = Memberships(store, unsubscribed)
     assert await out_of_sync.of(circle_id, A) is not None
     async with engine.begin() as conn:
         await conn.execute(delete(circle_members).where(circle_members.c.idnat == A))
     assert await out_of_sync.of(circle_id, A) is None
     memberships.close()
     out_of_sync.close()
+    await unsubscribed.close()
