@@ -209,3 +209,33 @@ def test_sessions_lent_one_view_are_each_told_what_the_others_changed(server):
     assert not untagged(c.ok("NOOP"), b"EXISTS")  # c started from both
     for client in (a, b, c):
         client.close()
+
+
+async def test_a_selected_session_reads_the_change_log_when_its_folder_is_news():
+    """selected.BoxNews: after a command, a session reads the store only if its box's channel
+    announced something that may touch its folder, or events may have been lost, or the bus
+    does not hear every process (a RedisBus without its subscription)."""
+    from mailserver.imap.selected import BoxNews
+    from store.events import LocalBus
+    from store.redis_bus import RedisBus
+
+    bus = LocalBus()
+    news = BoxNews(bus, "mailbox:7", "INBOX")
+    assert not news.take()  # nothing since the folder was read
+    await bus.publish("mailbox:7", {"type": "new_mail", "folder": "Sent", "uid": 3})
+    await bus.publish("mailbox:8", {"type": "folder_changed", "folder": "INBOX", "folder_id": 9})
+    assert not news.take()  # another folder, another box
+    await bus.publish("mailbox:7", {"type": "folder_changed", "folder": "INBOX", "folder_id": 1})
+    assert news.take() and not news.take()  # read once
+    await bus.publish("mailbox:7", {"type": "folder_named", "folder": "Archives", "old": "INBOX"})
+    assert news.take()  # renamed or deleted under the session: read what it says
+    bus.resync()
+    assert news.take()  # events were lost on their way
+    news.close()
+    await bus.publish("mailbox:7", {"type": "new_mail", "folder": "INBOX", "uid": 4})
+    assert not news.changed  # no longer heard once the session left the folder
+    unsubscribed = RedisBus("redis://127.0.0.1:6379", bus)  # never started: hears no other process
+    deaf = BoxNews(unsubscribed, "mailbox:7", "INBOX")
+    assert deaf.take() and deaf.take()
+    deaf.close()
+    await unsubscribed.close()
