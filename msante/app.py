@@ -242,7 +242,8 @@ def smtp_listeners(services: Services) -> list[Listener]:
 def imap_listeners(services: Services) -> list[Listener]:
     """`imap` (STARTTLS, LOGINDISABLED before it) and `imaps` (implicit TLS, RFC 8314)."""
     s = services.settings
-    ctx = ImapContext(services.engine, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota),
+    ctx = ImapContext(services.engine, Folders(services.engine, services.bus, quota_bytes=s.mailbox_quota,
+                                               writes=services.mailstore.writes),
                       services.logins, services.audit, services.bus, s.hostname, s.max_message_size,
                       login_deadline=s.limits.login_deadline, max_refusals=s.limits.imap_refusals,
                       idle_keepalive=s.imap_idle_keepalive)

@@ -35,10 +35,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hospital import receipts
-from mailserver.bodies import facts, insert_body, subject_contains
+from mailserver.bodies import facts, facts_of, insert_bodies, subject_contains
 from mailserver.mailstore import DEFAULT_FOLDERS, channel_of, ensure_folders, free_bodies, mailbox_channel
 from store.db import committed, dialect_insert, utc
 from store.events import RIGHTS, EventBus, rights_event
+from store.group_commit import GroupCommit
 from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
                           mailbox_acl, mailboxes)
 
@@ -246,6 +247,15 @@ _NAMED = select(*_FOLDER, folders.c.special_use).where(
     folders.c.mailbox_id == bindparam("mailbox_id"), folders.c.name == bindparam("name"))
 _FolderRow = namedtuple("_FolderRow", [c.name for c in _NAMED.selected_columns])  # _NAMED's, read raw
 
+# APPEND's statements, built once: building one cost more CPU than SQLite took to run it
+_TAKE_UIDS = (update(folders).where(folders.c.id == bindparam("folder"))
+              .values(uidnext=folders.c.uidnext + bindparam("count"), highestmodseq=folders.c.highestmodseq + 1)
+              .returning(*_FOLDER))
+_USAGE = (select(func.coalesce(func.sum(folder_messages.c.size), 0), func.count())
+          .select_from(folder_messages.join(folders, folders.c.id == folder_messages.c.folder_id))
+          .where(folders.c.mailbox_id == bindparam("mailbox")))
+_NEW_ROW = insert(folder_messages)
+
 
 def _named_sql(engine: AsyncEngine) -> str | None:
     """_NAMED as SQLite's driver takes it (parameters in the order mailbox_id, name), or None on
@@ -258,19 +268,26 @@ def _named_sql(engine: AsyncEngine) -> str | None:
 
 
 class Folders:
-    def __init__(self, engine: AsyncEngine, bus: EventBus, *, quota_bytes: int) -> None:
+    def __init__(self, engine: AsyncEngine, bus: EventBus, *, quota_bytes: int,
+                 writes: GroupCommit | None = None) -> None:
         self._engine = engine
         self._bus = bus
+        self._writes = writes
         self._quota = quota_bytes
         self._named_sql = _named_sql(engine)
         self._views: dict[int, FolderView] = {}  # by folder id, least recently used first
         self._reads: dict[tuple[int, int], tuple[_Read, asyncio.Future[Changes]]] = {}  # (folder, since)
         self._claimed: dict[int, int] = {}  # folder id -> UID up to which a session here claimed \Recent
 
-    async def _write(self, work: Callable[[AsyncConnection], Awaitable[tuple[T, list[Event]]]]) -> T:
-        """Commit `work`, then announce what it changed."""
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[tuple[T, list[Event]]]], *,
+                     grouped: bool = False) -> T:
+        """Commit `work` (`grouped`: with other sessions' writes, when Folders has a group
+        commit), then announce what it changed."""
         try:
-            result, events = await committed(self._engine, work)
+            if grouped and self._writes is not None:
+                result, events = await self._writes.run(work)
+            else:
+                result, events = await committed(self._engine, work)
         except _Unchanged as unchanged:
             return unchanged.result
         for key, event in events:
@@ -680,33 +697,39 @@ class Folders:
         return await self._write(work)
 
     async def append(self, folder_id: int, data: bytes, flags: set[str], internaldate: datetime) -> tuple[int, int]:
-        """APPEND (RFC 3501 §6.3.11): (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
+        """One message: (UIDVALIDITY, UID)."""
         uidvalidity, uids = await self.append_all(folder_id, [(data, flags, internaldate)])
         return uidvalidity, uids[0]
 
-    async def append_all(self, folder_id: int,
-                         messages: Sequence[tuple[bytes, set[str], datetime]]) -> tuple[int, list[int]]:
-        """MULTIAPPEND (RFC 3502): every message (data, flags, INTERNALDATE) in one transaction,
-        all or none, with consecutive UIDs; (UIDVALIDITY, their UIDs) for APPENDUID."""
+    async def append_all(self, folder_id: int, messages: Sequence[tuple[bytes, set[str], datetime]],
+                         also: Callable[[AsyncConnection, list[int]], Awaitable[Any]] | None = None,
+                         ) -> tuple[int, list[int]]:
+        """APPEND (RFC 3501 §6.3.11) and MULTIAPPEND (RFC 3502): every message (data, flags,
+        INTERNALDATE) in one transaction, all or none, with consecutive UIDs; (UIDVALIDITY,
+        their UIDs) for APPENDUID (RFC 4315). `also(conn, uids)` runs in that transaction (the
+        audit rows: kept exactly when the messages are). Through the group commit when there
+        is one: concurrent APPENDs then share a commit, as deliveries do."""
+        facts_known = [facts_of(data) for data, _, _ in messages]  # parsed before the writer's turn
+
         async def work(conn: AsyncConnection) -> tuple[tuple[int, list[int]], list[Event]]:
-            folder = (await conn.execute(
-                update(folders).where(folders.c.id == folder_id)
-                .values(uidnext=folders.c.uidnext + len(messages), highestmodseq=folders.c.highestmodseq + 1)
-                .returning(*_FOLDER))).first()
+            folder = (await conn.execute(_TAKE_UIDS, {"folder": folder_id, "count": len(messages)})).first()
             if folder is None:
                 raise NoSuchFolder(folder_id)
             await self._check_quota(conn, folder.mailbox_id, sum(len(data) for data, _, _ in messages))
             await _keep_keywords(conn, folder, {f for _, flags, _ in messages for f in _normalise(flags)})
-            now = datetime.now(timezone.utc)
             first = folder.uidnext - len(messages)
-            for n, (data, flags, internaldate) in enumerate(messages):
-                body_id = await insert_body(conn, data, now)
-                await conn.execute(insert(folder_messages), {
-                    "folder_id": folder_id, "uid": first + n, "body_id": body_id, "size": len(data),
-                    "flags": _flags_text(_normalise(flags)),
-                    "internaldate": internaldate.astimezone(timezone.utc), "modseq": folder.highestmodseq})
-            return (folder.uidvalidity, [first + n for n in range(len(messages))]), [_changed(folder)]
-        return await self._write(work)
+            uids = [first + n for n in range(len(messages))]
+            body_ids = await insert_bodies(conn, [data for data, _, _ in messages], datetime.now(timezone.utc),
+                                           facts_known)
+            await conn.execute(_NEW_ROW, [
+                {"folder_id": folder_id, "uid": uid, "body_id": body_id, "size": len(data),
+                 "flags": _flags_text(_normalise(flags)), "internaldate": internaldate.astimezone(timezone.utc),
+                 "modseq": folder.highestmodseq}
+                for uid, body_id, (data, flags, internaldate) in zip(uids, body_ids, messages)])
+            if also is not None:
+                await also(conn, uids)
+            return (folder.uidvalidity, uids), [_changed(folder)]
+        return await self._write(work, grouped=True)
 
     async def copy(self, src_folder: int, uids: Sequence[int], dst_folder: int) -> tuple[int, list[tuple[int, int]]]:
         """COPY (RFC 3501 §6.4.7): new rows on the same bodies, flags and INTERNALDATE kept.
@@ -854,10 +877,7 @@ async def _rows(conn: AsyncConnection, folder_id: int, uids: Sequence[int]) -> l
 
 
 async def _usage(conn: AsyncConnection, mailbox_id: int) -> tuple[int, int]:
-    used, count = (await conn.execute(
-        select(func.coalesce(func.sum(folder_messages.c.size), 0), func.count())
-        .select_from(folder_messages.join(folders, folders.c.id == folder_messages.c.folder_id))
-        .where(folders.c.mailbox_id == mailbox_id))).one()
+    used, count = (await conn.execute(_USAGE, {"mailbox": mailbox_id})).one()
     return int(used), int(count)
 
 

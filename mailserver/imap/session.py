@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable, Protocol, Sequence
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from directory.access import usable_mailboxes
 from mailserver import sasl
@@ -713,13 +713,14 @@ class Session:
             exc.code = exc.code if exc.code != "NONEXISTENT" else "TRYCREATE"
             raise
         folder_id = await self._folder_id_or_trycreate(resolved)
+        async def audited(conn: AsyncConnection, uids: list[int]) -> None:
+            for new_uid, (data, _, _) in zip(uids, messages):
+                await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
+                                  size=len(data), conn=conn)
         try:
-            uidvalidity, new_uids = await self.ctx.folders.append_all(folder_id, messages)
+            uidvalidity, new_uids = await self.ctx.folders.append_all(folder_id, messages, audited)
         except OverQuota:
             raise No("the mailbox is full", "OVERQUOTA") from None
-        for new_uid, (data, _, _) in zip(new_uids, messages):
-            await self._audit("imap.append", resolved.box.grant.address, folder=resolved.folder, uid=new_uid,
-                              size=len(data))
         return Ok(f"APPENDUID {uidvalidity} {compress(new_uids)}", "APPEND completed")
 
     async def _folder_id_or_trycreate(self, resolved: Resolved) -> int:
