@@ -1,6 +1,6 @@
 """IMAP benchmark: msante against the reference Dovecot, alternating, in one sitting.
 
-    .venv/bin/python bench/imap.py [--count 10000] [--size 10k] [--runs 3] [--idle-count 100]
+    .venv/bin/python bench/imap.py [--count 10000] [--size 10k] [--runs 3] [--idle-count 100] [--idle-watchers 1]
                                    [--only msante|dovecot] [--starttls] [--msante-auth xoauth2|app-password]
                                    [--db URL] [--mailbench PATH] [--keep]
 
@@ -18,10 +18,11 @@ shared load harness (../shared/bench/mailbench.py), on each server:
    SEARCH BODY "needle" (body), SEARCH UNSEEN FLAGGED, UID SEARCH ALL, then Thunderbird's first sync
    (UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Subject Date ...)]),
    bench/mailbench_sync.py);
-3. idle: `mailbench idle`, alternating likewise: one IDLE connection on the recipient's INBOX, then
-   --idle-count messages sent one at a time by SMTP submission (STARTTLS); latency = the submission's
-   250 after DATA -> the `* n EXISTS` push (p50/p99 per run). Dovecot's side goes through Postfix
-   (submission 2587 -> queue -> LMTP), whose 250 means "queued"; msante answers 250 once stored.
+3. idle: `mailbench idle`, alternating likewise: --idle-watchers IDLE connections (default 1) on the
+   recipient's INBOX, then --idle-count messages sent one at a time by SMTP submission (STARTTLS);
+   latency = the submission's 250 after DATA -> each watcher's `* n EXISTS` push (p50/p99 per run).
+   Dovecot's side goes through Postfix (submission 2587 -> queue -> LMTP), whose 250 means "queued";
+   msante answers 250 once stored.
 
 Both servers over TLS (implicit TLS by default: msante `imaps`, Dovecot 1993; --starttls: msante `imap`,
 Dovecot 1143). msante: everything as Dr Jean Dupont (jean.dupont@msante.test), who also sends the IDLE
@@ -119,7 +120,7 @@ def imap_run(args: argparse.Namespace, target: dict, json_out: Path) -> dict:
 def idle_run(args: argparse.Namespace, target: dict, json_out: Path) -> dict:
     cmd = [sys.executable, str(args.mailbench), "idle", *target["smtp"], "--mail-from", target["sender"],
            "--rcpt", target["user"], *imap_options(target, args.tls), "--mailbox", "INBOX",
-           "--count", str(args.idle_count), "--watchers", "1", "--runs", "1", "--pause", "0",
+           "--count", str(args.idle_count), "--watchers", str(args.idle_watchers), "--runs", "1", "--pause", "0",
            "--json-out", str(json_out)]
     mailbench(cmd, target["env"])
     return last_record(json_out)
@@ -231,7 +232,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
                 results.setdefault((name, "imap"), []).append(r)
                 print(f"  run {i} {name:<8}{describe(r, IMAP_FIGURES)}", flush=True)
 
-        print(f"\n== idle: {args.idle_count} messages per run, 1 watcher, {', '.join(servers)} alternating")
+        print(f"\n== idle: {args.idle_count} messages per run, {args.idle_watchers} watcher(s) on one INBOX, "
+              f"{', '.join(servers)} alternating")
         for i in range(1, args.runs + 1 if args.idle_count else 1):
             for name in servers:
                 target = targets[name]
@@ -268,8 +270,10 @@ def main() -> int:
     parser.add_argument("--size", default="10k", help="size of each message (mailbench syntax, default 10k)")
     parser.add_argument("--fill-concurrency", type=int, default=4, help="APPEND connections for the fill (4)")
     parser.add_argument("--runs", type=int, default=3, help="imap and idle runs per server (default 3)")
-    parser.add_argument("--idle-count", type=int, default=100, 
+    parser.add_argument("--idle-count", type=int, default=100,
                         help="messages per IDLE run (default 100; 0: no IDLE runs)")
+    parser.add_argument("--idle-watchers", type=int, default=1,
+                        help="IDLE connections on the recipient's INBOX, each timed (default 1; issue 12: 20)")
     parser.add_argument("--ops", default="select,fetch_meta,fetch_bodies,search_subject,search_body,search_flags,"
                                          "uid_search_all,fetch_tb_sync",
                         help="mailbench imap --ops (fetch_tb_sync: bench/mailbench_sync.py's Thunderbird first sync)")
