@@ -280,17 +280,20 @@ async def _deliver_many(conn: AsyncConnection, wanted: Sequence[tuple[int, str, 
     if not wanted:
         return []
     counts = Counter((box, folder) for box, folder, _b, _s in wanted)
+    octets: Counter[tuple[int, str]] = Counter()
+    for box, folder, _b, size in wanted:
+        octets[box, folder] += size
     next_of: dict[tuple[int, str], list[int]] = {}  # folder → [id, next uid, next modseq]
     address: dict[int, str] = {}
     for (box, folder), count in sorted(counts.items()):
-        bumped = await _bump(conn, box, folder, count)
+        bumped = await _bump(conn, box, folder, count, octets[box, folder])
         if bumped is None:
             active = (await conn.execute(select(mailboxes.c.id).where(and_(
                 mailboxes.c.id == box, mailboxes.c.retired_at.is_(None))))).first()
             if active is None:
                 continue
             await ensure_folders(conn, box)
-            bumped = await _bump(conn, box, folder, count)
+            bumped = await _bump(conn, box, folder, count, octets[box, folder])
             if bumped is None:
                 raise LookupError(f"box {box} has no folder {folder!r}")
         next_of[box, folder] = [bumped.id, bumped.uidnext - count, bumped.highestmodseq - count + 1]
@@ -315,10 +318,12 @@ async def _deliver_many(conn: AsyncConnection, wanted: Sequence[tuple[int, str, 
     return found
 
 
-async def _bump(conn: AsyncConnection, mailbox_id: int, folder_name: str, count: int) -> Any:
-    """Take the folder's next `count` UIDs and MODSEQs if the box is active; the row (id, the
-    new uidnext and highestmodseq, the box's address) or None."""
-    return (await conn.execute(_BUMP, {"box": mailbox_id, "folder": folder_name, "count": count})).first()
+async def _bump(conn: AsyncConnection, mailbox_id: int, folder_name: str, count: int, octets: int) -> Any:
+    """Take the folder's next `count` UIDs and MODSEQs, and count its `count` new messages of
+    `octets` in all, if the box is active; the row (id, the new uidnext and highestmodseq, the
+    box's address) or None."""
+    return (await conn.execute(_BUMP, {"box": mailbox_id, "folder": folder_name, "count": count,
+                                       "octets": octets})).first()
 
 
 # The statements of every 250's path, built once: building one (and its cache key) cost more
@@ -331,7 +336,8 @@ _ACTIVE_BOX = select(mailboxes.c.address).where(mailboxes.c.id == bindparam("box
 _BUMP = (update(folders)
          .where(folders.c.mailbox_id == bindparam("box"), folders.c.name == bindparam("folder"), _ACTIVE_BOX.exists())
          .values(uidnext=folders.c.uidnext + bindparam("count"),
-                 highestmodseq=folders.c.highestmodseq + bindparam("count"))
+                 highestmodseq=folders.c.highestmodseq + bindparam("count"),
+                 messages=folders.c.messages + bindparam("count"), octets=folders.c.octets + bindparam("octets"))
          .returning(folders.c.id, folders.c.uidnext, folders.c.highestmodseq,
                     _ACTIVE_BOX.scalar_subquery().label("address")))
 

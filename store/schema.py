@@ -222,6 +222,11 @@ folders = Table(
     Column("first_recent_uid", BigInteger, nullable=False, default=1),
     # every keyword ever set here, space-separated: FLAGS lists them all (RFC 3501 §7.2.6)
     Column("keywords", Text, nullable=False, default=""),
+    # its messages and their octets, moved by every write that adds or removes one (delivery,
+    # APPEND, COPY, MOVE, EXPUNGE, RENAME INBOX): the quota check and STATUS SIZE read these
+    # instead of summing the messages, a cost that grew with the box (migration 0019)
+    Column("messages", BigInteger, nullable=False, server_default="0"),
+    Column("octets", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("mailbox_id", "name", name="uq_folders_mailbox_name"),
 )
 
@@ -234,14 +239,12 @@ folder_messages = Table(
     Column("flags", Text, nullable=False, default=""),  # space-separated
     Column("internaldate", DateTime(timezone=True), nullable=False),
     Column("modseq", BigInteger, nullable=False),
-    # the body's octets (RFC822.SIZE, quota), here so that SELECT and APPEND's quota check read
-    # these narrow rows and not the bodies' (10 KB each)
+    # the body's octets (RFC822.SIZE), here so that SELECT's view reads these narrow rows (from
+    # ix_folder_messages_flags) and not the bodies' (10 KB each)
     Column("size", Integer, nullable=False, server_default="0"),
     UniqueConstraint("folder_id", "uid", name="uq_folder_messages_uid"),
 )
 Index("ix_folder_messages_modseq", folder_messages.c.folder_id, folder_messages.c.modseq)  # CONDSTORE changes
-# APPEND's quota check sums a box's sizes from this index alone, never visiting the rows
-Index("ix_folder_messages_size", folder_messages.c.folder_id, folder_messages.c.size)
 # SELECT's view (UIDs, MODSEQs and sizes by flag list) from this index alone, its groups in order
 Index("ix_folder_messages_flags", folder_messages.c.folder_id, folder_messages.c.flags, folder_messages.c.uid,
       folder_messages.c.modseq, folder_messages.c.size)

@@ -13,7 +13,7 @@ from mailserver.imap.folders import FolderExists, Folders, NoSuchFolder, OverQuo
 from mailserver.mailstore import _deliver, mailbox_channel
 from store import db
 from store.events import LocalBus
-from store.schema import bodies, deliveries, envelopes, folder_messages, folder_vanished, mailboxes
+from store.schema import bodies, deliveries, envelopes, folder_messages, folder_vanished, folders, mailboxes
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
 QUOTA = 10_000
@@ -82,6 +82,35 @@ async def test_upgrade_from_0003_keeps_rows_and_frees_body_column(database_url):
                 assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE envelopes SET body_id = NULL"))
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_to_0019_counts_each_folders_messages(database_url):
+    engine = db.create_engine(database_url)
+
+    def to_0018(sync_conn):
+        cfg = db.alembic_config(database_url)
+        cfg.attributes["connection"] = sync_conn
+        command.upgrade(cfg, "0018")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(to_0018)
+            await conn.execute(insert(mailboxes), {"id": 1, "address": "a@test.mssante.fr", "kind": "organisational",
+                                                   "created_at": NOW, "updated_at": NOW, "local": True})
+            await conn.execute(text("INSERT INTO folders (id, mailbox_id, name, special_use, uidvalidity, uidnext,"
+                                    " highestmodseq, created_at, first_recent_uid, keywords)"
+                                    " VALUES (:id, 1, :name, '', 1, 9, 9, :t, 1, '')"),
+                               [{"id": 1, "name": "INBOX", "t": NOW}, {"id": 2, "name": "Empty", "t": NOW}])
+            await conn.execute(text("INSERT INTO bodies (id, size, data, created_at) VALUES (7, 1, :d, :t)"),
+                               {"d": b"x", "t": NOW})
+            await conn.execute(text("INSERT INTO folder_messages (folder_id, uid, body_id, flags, internaldate,"
+                                    " modseq, size) VALUES (1, :uid, 7, '', :t, 1, :size)"),
+                               [{"uid": 1, "size": 300, "t": NOW}, {"uid": 2, "size": 45, "t": NOW}])
+        await db.upgrade(engine)
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(folders.c.id, folders.c.messages, folders.c.octets)
+                                       .order_by(folders.c.id))).all() == [(1, 2, 345), (2, 0, 0)]
     finally:
         await engine.dispose()
 
@@ -340,6 +369,56 @@ async def test_quota(store):
     assert await store.quota(2) == (0, 0, QUOTA)
 
 
+async def counted_as_summed(engine) -> dict[int, tuple[int, int]]:
+    """Each folder's counters (messages, octets), asserted equal to its messages' count and sum."""
+    async with engine.connect() as conn:
+        counted = {r.id: (r.messages, r.octets) for r in await conn.execute(
+            select(folders.c.id, folders.c.messages, folders.c.octets))}
+        summed = {r.folder_id: (r.n, r.octets) for r in await conn.execute(
+            select(folder_messages.c.folder_id, func.count().label("n"), func.sum(folder_messages.c.size).label("octets"))
+            .group_by(folder_messages.c.folder_id))}
+    assert counted == {folder: summed.get(folder, (0, 0)) for folder in counted}
+    return counted
+
+
+async def test_folder_counters_follow_every_write(store, engine):
+    """The quota and STATUS SIZE read folders.messages/octets: delivery, APPEND, COPY, MOVE
+    (within and across boxes), EXPUNGE, RENAME INBOX and DELETE keep them equal to the sums,
+    and a write refused over quota leaves them as they were."""
+    inbox, archive, other = await folder_id(store, "INBOX"), await folder_id(store, "Archive"), \
+        await folder_id(store, "INBOX", box=2)
+    async with engine.begin() as conn:
+        body_id = (await conn.execute(insert(bodies).returning(bodies.c.id),
+                                      {"size": 700, "data": b"d" * 700, "created_at": NOW})).scalar_one()
+        await _deliver(conn, 1, "INBOX", body_id, 700, NOW)
+    await store.append_all(inbox, [(b"a" * 100, set(), NOW), (b"b" * 200, {"\\Seen"}, NOW)])
+    assert (await counted_as_summed(engine))[inbox] == (3, 1000)
+    await store.copy(inbox, [1, 2], archive)
+    await store.move(inbox, [3], inbox)  # renumbered in place
+    await store.move(archive, [2], other)  # to another box
+    assert {f: c for f, c in (await counted_as_summed(engine)).items() if c != (0, 0)} == {
+        inbox: (3, 1000), archive: (1, 700), other: (1, 100)}
+    assert await store.quota(1) == (1700, 4, QUOTA) and await store.quota(2) == (100, 1, QUOTA)
+    assert (await store.summary(archive, size=True))[1]["SIZE"] == 700
+    with pytest.raises(OverQuota):
+        await store.append(inbox, b"x" * 9000, set(), NOW)
+    await store.append(other, b"y" * 9000, set(), NOW)
+    with pytest.raises(OverQuota):
+        await store.copy(inbox, [1, 2, 4], other)  # 1,000 more into box 2's 9,100
+    with pytest.raises(OverQuota):
+        await store.move(inbox, [1, 2, 4], other)
+    assert await store.quota(1) == (1700, 4, QUOTA) and await store.quota(2) == (9100, 2, QUOTA)
+    await store.store_flags(inbox, [1], "+", {"\\Deleted"})
+    assert await store.expunge(inbox) == [1]
+    await store.rename(1, "INBOX", "Old")
+    old = (await store.get(1, "Old")).id
+    assert {f: c for f, c in (await counted_as_summed(engine)).items() if f in (inbox, old)} == {
+        inbox: (0, 0), old: (2, 300)}
+    await store.delete(1, "Old")
+    assert await store.quota(1) == (700, 1, QUOTA)
+    await counted_as_summed(engine)
+
+
 async def test_subscriptions_and_acl(store):
     who = "810001045367"
     await store.subscribe(1, who, "inbox")
@@ -383,7 +462,8 @@ async def test_large_folder_reads_in_few_queries(store, engine, bus):
             {"folder_id": inbox, "uid": uid, "body_id": body_id, "flags": "", "internaldate": NOW, "modseq": uid,
              "size": 3}
             for uid in range(1, 10_001)])
-        await conn.execute(text("UPDATE folders SET uidnext = 10001, highestmodseq = 10000 WHERE id = :id"),
+        await conn.execute(text("UPDATE folders SET uidnext = 10001, highestmodseq = 10000,"
+                                " messages = 10000, octets = 30000 WHERE id = :id"),
                            {"id": inbox})
     statements = []
     event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
@@ -400,7 +480,7 @@ async def test_large_folder_reads_in_few_queries(store, engine, bus):
     assert len(statements) == 1
     statements.clear()
     fresh = Folders(engine, bus, quota_bytes=QUOTA)  # another process: no view kept, counted by the database
-    assert (await fresh.summary(inbox, size=True))[1] == counts and len(statements) == 3
+    assert (await fresh.summary(inbox, size=True))[1] == counts and len(statements) == 2
     statements.clear()
     dates = await store.dates(inbox, [1, 5_000, 10_000])  # INTERNALDATE, when a command needs it
     assert dates == {uid: NOW for uid in (1, 5_000, 10_000)} and len(statements) == 1

@@ -242,17 +242,19 @@ _META = (folder_messages.c.uid, folder_messages.c.flags, folder_messages.c.modse
          folder_messages.c.size)
 _WITH_BODY = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_id)
 _FOLDER = (folders.c.id, folders.c.mailbox_id, folders.c.name, folders.c.uidvalidity, folders.c.uidnext,
-           folders.c.highestmodseq, folders.c.first_recent_uid, folders.c.keywords)
+           folders.c.highestmodseq, folders.c.first_recent_uid, folders.c.keywords, folders.c.messages,
+           folders.c.octets)
 _NAMED = select(*_FOLDER, folders.c.special_use).where(
     folders.c.mailbox_id == bindparam("mailbox_id"), folders.c.name == bindparam("name"))
 _FolderRow = namedtuple("_FolderRow", [c.name for c in _NAMED.selected_columns])  # _NAMED's, read raw
 
 # APPEND's statements, built once: building one cost more CPU than SQLite took to run it
 _TAKE_UIDS = (update(folders).where(folders.c.id == bindparam("folder"))
-              .values(uidnext=folders.c.uidnext + bindparam("count"), highestmodseq=folders.c.highestmodseq + 1)
+              .values(uidnext=folders.c.uidnext + bindparam("count"), highestmodseq=folders.c.highestmodseq + 1,
+                      messages=folders.c.messages + bindparam("count"),
+                      octets=folders.c.octets + bindparam("octets"))
               .returning(*_FOLDER))
-_USAGE = (select(func.coalesce(func.sum(folder_messages.c.size), 0), func.count())
-          .select_from(folder_messages.join(folders, folders.c.id == folder_messages.c.folder_id))
+_USAGE = (select(func.coalesce(func.sum(folders.c.octets), 0), func.coalesce(func.sum(folders.c.messages), 0))
           .where(folders.c.mailbox_id == bindparam("mailbox")))
 _NEW_ROW = insert(folder_messages)
 
@@ -543,16 +545,15 @@ class Folders:
             return view.state, {"MESSAGES": len(view.uids), "RECENT": recent, **view.counts}
         fm = folder_messages
         async with self._engine.connect() as conn:
-            state = _state(await _folder(conn, folder_id))
+            folder = await _folder(conn, folder_id)
+            state = _state(folder)
             rows = (await conn.execute(
                 select(fm.c.flags, func.count(), func.sum(case((fm.c.uid >= state.first_recent_uid, 1), else_=0)))
                 .where(fm.c.folder_id == folder_id).group_by(fm.c.flags))).all()
-            octets = (await conn.execute(select(func.coalesce(func.sum(fm.c.size), 0))
-                                         .where(fm.c.folder_id == folder_id))).scalar_one() if size else 0
         groups = [(flag_set(flags), count, int(recent)) for flags, count, recent in rows]
         return state, {"MESSAGES": sum(n for _, n, _ in groups), "RECENT": sum(r for _, _, r in groups),
                        "UNSEEN": sum(n for flags, n, _ in groups if "\\Seen" not in flags),
-                       "DELETED": sum(n for flags, n, _ in groups if "\\Deleted" in flags), "SIZE": int(octets)}
+                       "DELETED": sum(n for flags, n, _ in groups if "\\Deleted" in flags), "SIZE": int(folder.octets) if size else 0}
 
     async def meta(self, folder_id: int, uid: int) -> MessageMeta | None:
         """One message's flags and size, for a reader outside IMAP (mailserver/webmail.py)."""
@@ -712,10 +713,12 @@ class Folders:
         facts_known = [facts_of(data) for data, _, _ in messages]  # parsed before the writer's turn
 
         async def work(conn: AsyncConnection) -> tuple[tuple[int, list[int]], list[Event]]:
-            folder = (await conn.execute(_TAKE_UIDS, {"folder": folder_id, "count": len(messages)})).first()
+            adding = sum(len(data) for data, _, _ in messages)
+            folder = (await conn.execute(_TAKE_UIDS, {"folder": folder_id, "count": len(messages),
+                                                      "octets": adding})).first()
             if folder is None:
                 raise NoSuchFolder(folder_id)
-            await self._check_quota(conn, folder.mailbox_id, sum(len(data) for data, _, _ in messages))
+            await self._check_quota(conn, folder.mailbox_id)
             await _keep_keywords(conn, folder, {f for _, flags, _ in messages for f in _normalise(flags)})
             first = folder.uidnext - len(messages)
             uids = [first + n for n in range(len(messages))]
@@ -740,9 +743,9 @@ class Folders:
             rows = await _rows(conn, src_folder, uids)
             if not rows:
                 raise _Unchanged((dst.uidvalidity, []))
-            await self._check_quota(conn, dst.mailbox_id, sum(r.size for r in rows))
+            first = await _allocate_uids(conn, dst_folder, rows)
+            await self._check_quota(conn, dst.mailbox_id)
             await _keep_keywords(conn, dst, {f for r in rows for f in flag_set(r.flags)})
-            first = await _allocate_uids(conn, dst_folder, len(rows))
             await conn.execute(insert(folder_messages), [
                 {"folder_id": dst_folder, "uid": first + n, "body_id": r.body_id, "flags": r.flags,
                  "internaldate": r.internaldate, "modseq": dst.highestmodseq, "size": r.size}
@@ -760,10 +763,11 @@ class Folders:
             rows = await _rows(conn, src_folder, uids)
             if not rows:
                 raise _Unchanged((dst.uidvalidity, []))
+            first = await _allocate_uids(conn, dst_folder, rows)
+            await _uncount(conn, src_folder, rows)
             if dst.mailbox_id != src.mailbox_id:
-                await self._check_quota(conn, dst.mailbox_id, sum(r.size for r in rows))
+                await self._check_quota(conn, dst.mailbox_id)
             await _keep_keywords(conn, dst, {f for r in rows for f in flag_set(r.flags)})
-            first = await _allocate_uids(conn, dst_folder, len(rows))
             await conn.execute(insert(folder_vanished), [
                 {"folder_id": src_folder, "uid": r.uid, "modseq": src.highestmodseq} for r in rows])
             await conn.execute(update(folder_messages).where(folder_messages.c.id == bindparam("row_id")).values(
@@ -783,7 +787,7 @@ class Folders:
             folder = (await _lock(conn, {folder_id: 1}))[folder_id]
             rows = [r for r in await conn.execute(
                 select(folder_messages.c.id, folder_messages.c.uid, folder_messages.c.flags,
-                       folder_messages.c.body_id).where(
+                       folder_messages.c.body_id, folder_messages.c.size).where(
                     folder_messages.c.folder_id == folder_id,
                     folder_messages.c.flags.contains("\\Deleted", autoescape=True)))
                     if "\\Deleted" in flag_set(r.flags) and (only is None or r.uid in only)]
@@ -791,14 +795,17 @@ class Folders:
                 raise _Unchanged([])
             await conn.execute(insert(folder_vanished), [
                 {"folder_id": folder_id, "uid": r.uid, "modseq": folder.highestmodseq} for r in rows])
+            await _uncount(conn, folder_id, rows)
             await _remove(conn, rows)
             return sorted(r.uid for r in rows), [_changed(folder)]
         return await self._write(work)
 
-    async def _check_quota(self, conn: AsyncConnection, mailbox_id: int, adding: int) -> None:
+    async def _check_quota(self, conn: AsyncConnection, mailbox_id: int) -> None:
+        """Called once the new messages are counted in the box's folders: their transaction
+        rolls back if the box is then over quota."""
         used, _count = await _usage(conn, mailbox_id)
-        if used + adding > self._quota:
-            raise OverQuota(f"{used + adding} bytes > {self._quota}")
+        if used > self._quota:
+            raise OverQuota(f"{used} bytes > {self._quota}")
 
 
 def _flag_condition(term: tuple) -> Any:
@@ -858,11 +865,18 @@ async def _folder(conn: AsyncConnection, folder_id: int) -> Any:
     return row
 
 
-async def _allocate_uids(conn: AsyncConnection, folder_id: int, count: int) -> int:
-    """The first of `count` consecutive new UIDs."""
-    uidnext = (await conn.execute(update(folders).where(folders.c.id == folder_id)
-                                  .values(uidnext=folders.c.uidnext + count).returning(folders.c.uidnext))).scalar_one()
-    return uidnext - count
+async def _allocate_uids(conn: AsyncConnection, folder_id: int, rows: Sequence[Any]) -> int:
+    """The first of consecutive new UIDs for `rows` (each with .size), counted in the folder."""
+    uidnext = (await conn.execute(update(folders).where(folders.c.id == folder_id).values(
+        uidnext=folders.c.uidnext + len(rows), messages=folders.c.messages + len(rows),
+        octets=folders.c.octets + sum(r.size for r in rows)).returning(folders.c.uidnext))).scalar_one()
+    return uidnext - len(rows)
+
+
+async def _uncount(conn: AsyncConnection, folder_id: int, rows: Sequence[Any]) -> None:
+    """The folder's counters without `rows` (each with .size), which leave it."""
+    await conn.execute(update(folders).where(folders.c.id == folder_id).values(
+        messages=folders.c.messages - len(rows), octets=folders.c.octets - sum(r.size for r in rows)))
 
 
 async def _rows(conn: AsyncConnection, folder_id: int, uids: Sequence[int]) -> list[Any]:
@@ -906,6 +920,8 @@ async def _rename_inbox(conn: AsyncConnection, inbox: Any, new: str) -> list[Eve
     as vanished."""
     folder_id = await _insert_folder(conn, inbox.mailbox_id, new, "", await _uidvalidity(conn, inbox.mailbox_id),
                                      uidnext=inbox.uidnext, highestmodseq=inbox.highestmodseq)
+    for moved_to, messages, octets in ((folder_id, inbox.messages, inbox.octets), (inbox.id, 0, 0)):
+        await conn.execute(update(folders).where(folders.c.id == moved_to).values(messages=messages, octets=octets))
     fm = folder_messages
     await conn.execute(insert(folder_vanished).from_select(
         ["folder_id", "uid", "modseq"],
