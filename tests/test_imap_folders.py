@@ -51,17 +51,21 @@ async def count(engine, table, *where) -> int:
         return (await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one()
 
 
+async def upgrade_to(conn, database_url: str, revision: str) -> None:
+    """The schema as migration `revision` left it, to test the migrations after it on rows."""
+    def upgrade(sync_conn):
+        cfg = db.alembic_config(database_url)
+        cfg.attributes["connection"] = sync_conn
+        command.upgrade(cfg, revision)
+    await conn.run_sync(upgrade)
+
+
 async def test_upgrade_from_0003_keeps_rows_and_frees_body_column(database_url):
     """The SQLite rebuild of `envelopes` must survive the deliveries pointing at it."""
     engine = db.create_engine(database_url)
-
-    def to_0003(sync_conn):
-        cfg = db.alembic_config(database_url)
-        cfg.attributes["connection"] = sync_conn
-        command.upgrade(cfg, "0003")
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(to_0003)
+            await upgrade_to(conn, database_url, "0003")
         async with engine.begin() as conn:
             await conn.execute(text("INSERT INTO bodies (id, size, data, created_at) VALUES (7, 1, :d, :t)"),
                                {"d": b"x", "t": NOW})
@@ -88,14 +92,9 @@ async def test_upgrade_from_0003_keeps_rows_and_frees_body_column(database_url):
 
 async def test_upgrade_to_0019_counts_each_folders_messages(database_url):
     engine = db.create_engine(database_url)
-
-    def to_0018(sync_conn):
-        cfg = db.alembic_config(database_url)
-        cfg.attributes["connection"] = sync_conn
-        command.upgrade(cfg, "0018")
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(to_0018)
+            await upgrade_to(conn, database_url, "0018")
             await conn.execute(insert(mailboxes), {"id": 1, "address": "a@test.mssante.fr", "kind": "organisational",
                                                    "created_at": NOW, "updated_at": NOW, "local": True})
             await conn.execute(text("INSERT INTO folders (id, mailbox_id, name, special_use, uidvalidity, uidnext,"

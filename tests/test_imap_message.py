@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 
 from mailserver.imap.fetchitems import FetchItem, parse_fetch, render
-from mailserver.imap.message import MAX_DEPTH, MAX_PARTS, Message, UnknownCTE, parse_addresses
+from mailserver.imap.message import MAX_DEPTH, Message, UnknownCTE, parse_addresses
 from mailserver.imap.syntax import Atom, PList, String
 
 PLAIN = (

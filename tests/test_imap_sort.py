@@ -8,7 +8,7 @@ import pytest
 
 from mailserver.imap.message import Message
 from mailserver.imap.sort import SortFacts, base_subject, parse_sort, sort
-from mailserver.imap.syntax import Atom, PList, String
+from mailserver.imap.syntax import Atom
 from tests.test_imap_search import toks
 
 

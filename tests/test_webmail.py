@@ -10,7 +10,6 @@ import io
 import zipfile
 from email.message import EmailMessage
 
-import pytest
 from sqlalchemy import select
 
 from store.schema import audit
