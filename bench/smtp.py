@@ -1,14 +1,15 @@
 """SMTP submission benchmark: msante against the reference Postfix, alternating, in one sitting.
 
     .venv/bin/python bench/smtp.py [-c 20] [--n-10k 2000] [--n-1m 200] [--runs 3] [--db URL]
-                                   [--compare | --no-compare] [--mailbench PATH]
+                                   [--workers N --bus redis://…] [--compare | --no-compare] [--mailbench PATH]
 
 Creates a fresh data directory in a temporary directory, runs `msante init --demo` with free
 loopback ports, starts `python -m msante serve` (SQLite in that directory, or the database at
---db, which should be empty) and drives it with the shared load harness
-(../shared/bench/mailbench.py, `smtp` subcommand): N concurrent sessions (default 20) send
-messages of 10 KB, then of 1 MB, over STARTTLS + AUTH XOAUTH2 as Dr Jean Dupont
-(jean.dupont@msante.test, the envelope sender and the From: header) to three demo boxes.
+--db, which should be empty; `--workers N` processes, which need PostgreSQL and a Redis --bus)
+and drives it with the shared load harness (../shared/bench/mailbench.py, `smtp` subcommand):
+N concurrent sessions (default 20) send messages of 10 KB, then of 1 MB, over STARTTLS + AUTH
+XOAUTH2 as Dr Jean Dupont (jean.dupont@msante.test, the envelope sender and the From: header)
+to three demo boxes.
 
 With --compare (the default when the peers can start: root, and Postfix/Dovecot installable),
 it also starts the reference Postfix + Dovecot (`peers/start.sh --fresh`) and sends the same
@@ -77,7 +78,7 @@ def machine_busy() -> float:
 class Msante:
     """A fresh data directory, `init --demo`, and `serve` as a child process."""
 
-    def __init__(self, workdir: Path, db_url: str | None) -> None:
+    def __init__(self, workdir: Path, db_url: str | None, *, workers: int = 1, bus_url: str | None = None) -> None:
         self.data = workdir / "var"
         self.log = workdir / "serve.log"
         self.ports = {name: free_port() for name in ("https", "smtp", "submission", "submissions", "imap", "imaps", "hl7")}
@@ -88,6 +89,9 @@ class Msante:
             self.env[f"MSANTE_LISTEN__{name.upper()}"] = f"127.0.0.1:{port}"
         if db_url:
             self.env["MSANTE_DATABASE__URL"] = db_url
+        if bus_url:
+            self.env["MSANTE_BUS__URL"] = bus_url
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
         self._log_fh = None
 
@@ -106,7 +110,8 @@ class Msante:
     def start(self) -> float:
         started = time.monotonic()
         self._log_fh = open(self.log, "wb")
-        self.proc = subprocess.Popen(self.command("serve"), env=self.env, cwd=REPO, stdout=self._log_fh,
+        workers = ["--workers", str(self.workers)] if self.workers != 1 else []
+        self.proc = subprocess.Popen(self.command("serve", *workers), env=self.env, cwd=REPO, stdout=self._log_fh,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -114,6 +119,8 @@ class Msante:
                 raise Fatal(f"msante serve exited with {self.proc.returncode}:\n{tail(self.log, 30)}")
             # The banner comes once every listener is bound. No probe connection: the server would count it.
             if "Stop with Ctrl-C" in self.log.read_text(errors="replace"):
+                if self.workers != 1:
+                    time.sleep(2.0)  # the first worker's banner: give the others time to bind and fill their pools
                 return time.monotonic() - started
             time.sleep(0.1)
         raise Fatal(f"msante serve did not open its submission port within 90 s:\n{tail(self.log, 30)}")
@@ -325,7 +332,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         print(f"note: {most_per_session} messages per session would pass msante's limit of "
               f"{MSANTE_MAX_MAIL_PER_SESSION} MAIL commands per session: --per-conn 100 for both servers")
 
-    server = Msante(workdir, args.db)
+    server = Msante(workdir, args.db, workers=args.workers, bus_url=args.bus)
     peers = Peers(mailbench.parent)
     json_out = workdir / "mailbench.jsonl"
     try:
@@ -334,7 +341,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         token, token_s = server.issue_token(3600)
         print(f"msante: init --demo {init_s:.1f} s, serve ready in {start_s:.1f} s "
               f"(submission 127.0.0.1:{server.ports['submission']}, "
-              f"database {args.db or 'SQLite in ' + str(server.data)})")
+              f"database {args.db or 'SQLite in ' + str(server.data)}, {args.workers} worker(s)"
+              f"{', bus ' + args.bus if args.bus else ''})")
         print(f"msante token issue: {token_s:.2f} s per call"
               + ("" if args.token_per_run else " (issued outside the runs, renewed every 30 min)"))
         if args.token_per_run:
@@ -419,6 +427,9 @@ def main() -> int:
     parser.add_argument("--per-conn", type=int, default=0,
                         help="messages per connection (default 0: one session per worker, unless that passes "
                              "msante's 200 MAIL per session, then 100)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="msante serve --workers N (several need --db on PostgreSQL and --bus; default 1)")
+    parser.add_argument("--bus", help="msante's [bus] url, e.g. redis://127.0.0.1:6379/5 (for --workers)")
     parser.add_argument("--db", help="database URL for msante (default: SQLite in the temporary data dir); "
                                      "the database should be empty")
     compare = parser.add_mutually_exclusive_group()
