@@ -279,9 +279,10 @@ async def _deliver_many(conn: AsyncConnection, wanted: Sequence[tuple[int, str, 
     read only when the UPDATE changes nothing (a retired box, or one whose folders were never made)."""
     if not wanted:
         return []
-    counts = Counter((box, folder) for box, folder, _b, _s in wanted)
+    counts: Counter[tuple[int, str]] = Counter()
     octets: Counter[tuple[int, str]] = Counter()
     for box, folder, _b, size in wanted:
+        counts[box, folder] += 1
         octets[box, folder] += size
     next_of: dict[tuple[int, str], list[int]] = {}  # folder → [id, next uid, next modseq]
     address: dict[int, str] = {}

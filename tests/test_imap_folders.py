@@ -374,8 +374,8 @@ async def counted_as_summed(engine) -> dict[int, tuple[int, int]]:
         counted = {r.id: (r.messages, r.octets) for r in await conn.execute(
             select(folders.c.id, folders.c.messages, folders.c.octets))}
         summed = {r.folder_id: (r.n, r.octets) for r in await conn.execute(
-            select(folder_messages.c.folder_id, func.count().label("n"), func.sum(folder_messages.c.size).label("octets"))
-            .group_by(folder_messages.c.folder_id))}
+            select(folder_messages.c.folder_id, func.count().label("n"),
+                   func.sum(folder_messages.c.size).label("octets")).group_by(folder_messages.c.folder_id))}
     assert counted == {folder: summed.get(folder, (0, 0)) for folder in counted}
     return counted
 

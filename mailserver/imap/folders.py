@@ -553,7 +553,8 @@ class Folders:
         groups = [(flag_set(flags), count, int(recent)) for flags, count, recent in rows]
         return state, {"MESSAGES": sum(n for _, n, _ in groups), "RECENT": sum(r for _, _, r in groups),
                        "UNSEEN": sum(n for flags, n, _ in groups if "\\Seen" not in flags),
-                       "DELETED": sum(n for flags, n, _ in groups if "\\Deleted" in flags), "SIZE": int(folder.octets) if size else 0}
+                       "DELETED": sum(n for flags, n, _ in groups if "\\Deleted" in flags),
+                       "SIZE": int(folder.octets) if size else 0}
 
     async def meta(self, folder_id: int, uid: int) -> MessageMeta | None:
         """One message's flags and size, for a reader outside IMAP (mailserver/webmail.py)."""
