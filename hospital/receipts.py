@@ -153,12 +153,13 @@ async def history(conn: AsyncConnection, ins: str) -> list[dict]:
     """The patient's events, newest first, each with every notice and its receipts in order."""
     events = (await conn.execute(
         select(hospital_events.c.id, hospital_events.c.kind, hospital_events.c.unit, hospital_events.c.occurred_at,
-               hospital_events.c.organisation_id)
+               hospital_events.c.organisation_id, hospital_events.c.status)
         .where(hospital_events.c.patient_ins == ins).order_by(hospital_events.c.id.desc()).limit(MAX_EVENTS))).all()
     if not events:
         return []
     by_event: dict[int, dict] = {e.id: {"event": e.id, "kind": e.kind, "unit": e.unit, "structure": e.organisation_id,
-                                        "occurred": utc(e.occurred_at).isoformat(), "notices": []} for e in events}
+                                        "occurred": utc(e.occurred_at).isoformat(), "pending": e.status == "pending",
+                                        "notices": []} for e in events}
     notices: dict[int, dict] = {}
     for n in await conn.execute(select(hospital_notices).where(hospital_notices.c.event_id.in_(list(by_event)))
                                 .order_by(hospital_notices.c.id)):

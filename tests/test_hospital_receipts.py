@@ -112,3 +112,29 @@ def test_a_read_receipt_mailed_to_the_hospital_box_is_read(server):
     smtp.sendmail(GP, ["dpi.ch-saint-paul@msante.test"], mdn("dpi.ch-saint-paul@msante.test"))
     smtp.quit()
     assert receipts_of(history(server), GP) == ["queued", "delivered", "read"]
+
+
+async def test_an_event_not_yet_dispatched_says_so(database_url):
+    """Between its ACK and its dispatch an event has no notice yet: the history says it is
+    pending, so its card shows "envoi en cours", not "non prévenu"."""
+    from hospital import receipts
+    from store import db
+    from store.schema import hl7_messages, hospital_events
+
+    engine = db.create_engine(database_url)
+    await db.upgrade(engine)
+    now = datetime.now().astimezone()
+    try:
+        async with engine.begin() as conn:
+            for n, status in enumerate(("pending", "dispatched")):
+                message = (await conn.execute(hl7_messages.insert().returning(hl7_messages.c.id), {
+                    "sender": "dpi@msante.test", "control_id": f"C{n}", "message_type": "ADT^A04", "ack_code": "AA",
+                    "ack": "", "size": 1, "data": b"x", "received_at": now})).scalar_one()
+                await conn.execute(hospital_events.insert(), {
+                    "message_id": message, "organisation_id": "x", "kind": "URG", "trigger": "A04", "patient": "{}",
+                    "patient_ins": INS, "occurred_at": now, "status": status, "created_at": now})
+        async with engine.connect() as conn:
+            events = await receipts.history(conn, INS)
+        assert [(e["pending"], e["notices"]) for e in events] == [(False, []), (True, [])]  # newest first
+    finally:
+        await engine.dispose()

@@ -760,7 +760,7 @@ const NOTICE_DELAY_MS = 250;   // the receipts of one event come together: one r
 const NOTICE_STEPS = { queued: 1, sent: 2, delivered: 3, read: 4 };
 const NOTICE_SHOWN = {   // state -> [ticks, words]
   queued: ["…", "en attente d'envoi"], sent: ["✓", "envoyé"], delivered: ["✓✓", "remis"], read: ["✓✓", "lu"],
-  failed: ["✗", "échec de l'envoi"], none: ["—", "non prévenu"],
+  failed: ["✗", "échec de l'envoi"], none: ["—", "non prévenu"], pending: ["…", "envoi en cours"],
 };
 const NOT_NOTIFIED = [["no GP given", "aucun médecin traitant indiqué"],
   ["GP has no MSSanté box", "pas de boîte MSSanté"], ["GP unknown to the directory", "RPPS inconnu de l'annuaire"],
@@ -822,7 +822,8 @@ function renderNotices() {
 function showTold(line, event, prefix) {
   if (!event || !line) return;
   const gp = event.notices.find((n) => n.role === "gp" || n.role === "gp_structure");
-  const shown = gp ? noticeState(gp) : { state: "none" };
+  // not dispatched yet: its `notice` frame (dispatched) will ask again
+  const shown = gp ? noticeState(gp) : { state: event.pending ? "pending" : "none" };
   const [ticks, words] = NOTICE_SHOWN[shown.state];
   const who = gp?.role === "gp_structure" ? "Structure du médecin traitant" : "Médecin traitant";
   const why = gp && shown.state === "none" ? NOT_NOTIFIED.find(([start]) => gp.reason.startsWith(start)) : null;
