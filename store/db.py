@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.sql.dml import Insert
 
+from . import sqlite_inline
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger("msante.store")
 T = TypeVar("T")
@@ -28,19 +30,27 @@ SQLITE_POOL = 20  # SQLite connections kept open, and as many more opened on dem
 _unfinished: set[asyncio.Future] = set()  # shielded writes whose callers may be gone
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
+    """The store's engine; `writer`: the group commit's own (store/group_commit.py), whose
+    SQLite connection runs statements on the loop's thread (store/sqlite_inline.py)."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Every SMTP session checks a connection out at MAIL and at each RCPT. With the default
-        # pool (5 kept, 10 more opened on demand and closed when given back), 20 sessions opened
-        # and closed a connection (a thread, the file, four PRAGMAs) every ~20 messages. Idle
-        # SQLite connections cost a thread each and nothing on the database.
-        # The pool class named: older SQLAlchemy 2.0 releases (2.0.30, our floor) gave aiosqlite a NullPool.
-        engine = create_async_engine(url, connect_args={"timeout": 30}, poolclass=AsyncAdaptedQueuePool,
-                                     pool_size=SQLITE_POOL, max_overflow=SQLITE_POOL,
-                                     pool_reset_on_return=None)  # _reset_if_open below instead
+        if writer and path and path != ":memory:":
+            # one connection: the writer writes one batch at a time
+            engine = create_async_engine(url, async_creator=lambda: sqlite_inline.connect(path, timeout=30),
+                                         poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=1,
+                                         pool_reset_on_return=None)
+        else:
+            # Every SMTP session checks a connection out at MAIL and at each RCPT. With the default
+            # pool (5 kept, 10 more opened on demand and closed when given back), 20 sessions opened
+            # and closed a connection (a thread, the file, four PRAGMAs) every ~20 messages. Idle
+            # SQLite connections cost a thread each and nothing on the database. The pool class
+            # named: older SQLAlchemy 2.0 releases (2.0.30, our floor) gave aiosqlite a NullPool.
+            engine = create_async_engine(url, connect_args={"timeout": 30}, poolclass=AsyncAdaptedQueuePool,
+                                         pool_size=SQLITE_POOL, max_overflow=SQLITE_POOL,
+                                         pool_reset_on_return=None)  # _reset_if_open below instead
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DB-API connection

@@ -25,6 +25,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import db, sqlite_inline
+
 log = logging.getLogger("msante.store")
 
 T = TypeVar("T")
@@ -35,7 +37,10 @@ WRITER_LOCK = 0x6D73_0002  # the advisory lock of the writers of every process
 
 class GroupCommit:
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+        # on a SQLite file, the writer's own engine (store/sqlite_inline.py)
+        self._own = engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+        self._engine = db.create_engine(engine.url.render_as_string(hide_password=False), writer=True) \
+            if self._own else engine
         self._pending: asyncio.Queue[tuple[Write, asyncio.Future]] | None = None
         self._writer: asyncio.Task | None = None
 
@@ -52,6 +57,8 @@ class GroupCommit:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        if self._own:
+            await self._engine.dispose()
 
     async def _write_forever(self) -> None:
         assert self._pending is not None
@@ -86,9 +93,14 @@ class GroupCommit:
 
 
 async def _one_writer(conn: AsyncConnection) -> None:
-    """Wait for the other processes' batch, if one is being written; held until commit."""
+    """Wait for the other processes' batch, if one is being written; held until commit. On
+    SQLite, the write lock itself, taken in a thread (store/sqlite_inline.py)."""
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITER_LOCK})
+        return
+    driver = (await conn.get_raw_connection()).driver_connection
+    if isinstance(driver, sqlite_inline.Connection):
+        await driver.begin_immediate()
 
 
 def _settle(future: asyncio.Future, result: Any = None, *, error: BaseException | None = None) -> None:
