@@ -47,6 +47,7 @@ async def test_a_chunk_of_events_is_stored_many_rows_a_statement(database_url, t
     time was 17 statements each, on the writer the feed's ACKs wait for). UIDs and circle seqs
     still follow one another, one per event."""
     from sqlalchemy import event, func, select
+    from sqlalchemy.engine import Engine
 
     from store.schema import circle_messages, folder_messages, hospital_events, hospital_notices
 
@@ -56,9 +57,9 @@ async def test_a_chunk_of_events_is_stored_many_rows_a_statement(database_url, t
         dispatcher = Dispatcher(engine, store, audit_trail, bus, domains=("msante.test",))
         def count(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
             statements.append(statement)
-        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        event.listen(Engine, "before_cursor_execute", count)  # every engine: the group commit has its own
         assert await dispatcher.run_once() == 8
-        event.remove(engine.sync_engine, "before_cursor_execute", count)
+        event.remove(Engine, "before_cursor_execute", count)
         async with engine.connect() as conn:
             assert (await conn.execute(select(func.count()).where(hospital_events.c.status == "dispatched"))).scalar() == 8
             notices = (await conn.execute(select(hospital_notices.c.status, hospital_notices.c.role))).all()
@@ -78,6 +79,7 @@ async def test_a_chunk_of_notices_raises_the_gps_mail_alerts_in_one_write(databa
     """The eight notices a chunk delivers to the GP's box at once become eight `mail` alerts,
     inserted by one statement (one write each was as many turns of the writer the ACKs wait on)."""
     from sqlalchemy import event, func, select
+    from sqlalchemy.engine import Engine
 
     from instant.alerts import Alerts
     from instant.alertstore import AlertStore
@@ -94,7 +96,7 @@ async def test_a_chunk_of_notices_raises_the_gps_mail_alerts_in_one_write(databa
         engine, AlertStore(engine, store.writes), audit_trail, bus)).run())
     try:
         await asyncio.sleep(0.5)  # the watcher listens to every box
-        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        event.listen(Engine, "before_cursor_execute", count)  # every engine: the group commit has its own
         assert await Dispatcher(engine, store, audit_trail, bus, domains=("msante.test",)).run_once() == 8
         for _ in range(100):
             async with engine.connect() as conn:
@@ -105,7 +107,7 @@ async def test_a_chunk_of_notices_raises_the_gps_mail_alerts_in_one_write(databa
         assert raised == 8
         assert len(inserts) == 1, inserts
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", count)
+        event.remove(Engine, "before_cursor_execute", count)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await store.close()
