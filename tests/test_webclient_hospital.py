@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 
-from store.schema import audit
+from store.schema import audit, hospital_events
 from tests.test_hospital_cancels import ADMISSION, CANCEL
-from tests.test_hospital_feed import hospital, msa, sample
+from tests.test_hospital_feed import hospital, msa, sample, wait_for
 from tests.test_hospital_incoming import NURSE_BOX, archive, mail
 from tests.test_smtp import GP as GP_BOX, login
 from tests.test_webclient import GP, ROOT, assert_accessible, browser, layout, signed_in  # noqa: F401 - a fixture
@@ -124,6 +124,8 @@ def test_every_hospital_item_kind_in_the_timeline(database_url, server, browser,
         assert [r[1] for r in replies] == ["AA"] * 4
 
     def submit() -> None:
+        # once the four events are dispatched: a timeline's order is the order msante learnt of each
+        wait_for(server, select(hospital_events).where(hospital_events.c.status != "pending"), 4)
         with login(server) as smtp:
             smtp.sendmail(GP_BOX, [NURSE_BOX], mail(NURSE_BOX, archive()))
     with ThreadPoolExecutor(1) as thread:  # smtplib from another thread: Playwright holds this one's loop
