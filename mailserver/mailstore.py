@@ -18,6 +18,7 @@ every `250`, and whatever it raises fails the delivery.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from hospital import receipts
 from store.audit import AuditTrail, entry
 from store.db import dialect_insert, inserted_ids
-from store.group_commit import GroupCommit
+from store.group_commit import GroupCommit, settle
 from store.events import EventBus
 from store.schema import audit as audit_rows, bodies, deliveries, envelopes, folder_messages, folders, mailboxes
 
@@ -113,28 +114,63 @@ class MailStore:
         # writes taken in turn by one task beat writers fighting over it with busy-wait backoff.
         self.writes = GroupCommit(engine)
         self.delivery_hooks: list[DeliveryHook] = []
+        self._waiting: list[tuple[Mail, asyncio.Future]] = []  # accepted messages for the next write
+        self._storing: set[asyncio.Task] = set()
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
-                     audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient],
-                     alongside: Callable[[AsyncConnection, Accepted], Awaitable[Any]] | None = None) -> Accepted:
-        """Store one accepted message; returns once it is committed (with other sessions' messages:
-        see store/group_commit.py), then wakes whoever watches the boxes. `alongside` runs in the
-        same transaction, after the message is stored: a job that sends mail marks itself done
-        there, so a crash leaves both done or neither (hospital/dispatch.py)."""
-        recipients = list(recipients)
-
-        async def write(conn: AsyncConnection) -> tuple[Accepted, list[tuple[int | str, dict]]]:
-            stored = await self.store(conn, message=message, message_id=message_id, sender=sender, actor=actor,
-                                       audit=audit, audit_action=audit_action, source=source, mail_dsn=mail_dsn,
-                                       recipients=recipients)
-            if alongside is not None:
-                await alongside(conn, stored[0])
-            return stored
-        accepted, events = await self.writes.run(write)
+                     audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
+        """Store one accepted message; returns once it is committed, then wakes whoever watches
+        the boxes. The messages of the sessions waiting at the writer's turn are stored together,
+        each table written once for all of them (`store_many`), in one group commit: one message
+        a write was ten statements each, and SQLAlchemy's own work per statement was the largest
+        cost on the 250's path (issue 13)."""
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiting.append((Mail(message, message_id, sender, actor, audit_action, source, mail_dsn,
+                                   tuple(recipients)), future))
+        if len(self._waiting) == 1:  # else a write already queued takes this message too
+            task = asyncio.ensure_future(self._store_waiting())
+            self._storing.add(task)
+            task.add_done_callback(self._storing.discard)
+        accepted, events = await future
         await self.publish(events + ([(0, QUEUED)] if accepted.queued else []))
         return accepted
 
+    async def _store_waiting(self) -> None:
+        """One write for the messages waiting when the writer gets to it (a session gone
+        meanwhile is left out, as the group commit leaves out a cancelled write). If it fails,
+        each message is tried alone, so one bad message never costs the others theirs."""
+        taken: list[tuple[Mail, asyncio.Future]] = []
+        started = False
+
+        async def write(conn: AsyncConnection) -> list[tuple[Accepted, list[tuple[int | str, dict]]]]:
+            nonlocal started
+            if not started:  # the group commit may replay this write: the same messages then
+                started = True
+                taken.extend((mail, future) for mail, future in self._waiting if not future.cancelled())
+                self._waiting.clear()
+            return await self.store_many(conn, [mail for mail, _future in taken])
+        try:
+            stored = await self.writes.run(write)
+        except Exception as exc:
+            if len(taken) == 1:
+                settle(taken[0][1], error=exc)
+                return
+            await asyncio.gather(*(self._store_alone(mail, future) for mail, future in taken))
+            return
+        for (_mail, future), result in zip(taken, stored):
+            settle(future, result)
+
+    async def _store_alone(self, mail: Mail, future: asyncio.Future) -> None:
+        try:
+            (result,) = await self.writes.run(lambda conn: self.store_many(conn, [mail]))
+        except Exception as exc:
+            settle(future, error=exc)
+        else:
+            settle(future, result)
+
     async def close(self) -> None:
+        if self._storing:  # the messages of sessions being stored: their writes end first
+            await asyncio.wait(set(self._storing))
         await self.writes.close()
 
     async def store(self, conn: AsyncConnection, *, message: bytes, message_id: str, sender: str, actor: Any,

@@ -75,7 +75,7 @@ class GroupCommit:
                         results.append(await write(conn))
             except Exception as exc:
                 if len(batch) == 1:
-                    _settle(batch[0][1], error=exc)
+                    settle(batch[0][1], error=exc)
                     continue
                 log.warning("a batch of %d writes failed; replaying them one by one", len(batch))
                 for write, future in batch:
@@ -84,12 +84,12 @@ class GroupCommit:
                             await _one_writer(conn)
                             result = await write(conn)
                     except Exception as exc:
-                        _settle(future, error=exc)
+                        settle(future, error=exc)
                     else:
-                        _settle(future, result)
+                        settle(future, result)
                 continue
             for (_write, future), result in zip(batch, results):
-                _settle(future, result)
+                settle(future, result)
 
 
 async def _one_writer(conn: AsyncConnection) -> None:
@@ -103,7 +103,8 @@ async def _one_writer(conn: AsyncConnection) -> None:
         await driver.begin_immediate()
 
 
-def _settle(future: asyncio.Future, result: Any = None, *, error: BaseException | None = None) -> None:
+def settle(future: asyncio.Future, result: Any = None, *, error: BaseException | None = None) -> None:
+    """Answer a waiting caller, unless it has gone (its future cancelled)."""
     if future.done():
         return
     if error is not None:
