@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from store.db import OneRead
 from store.schema import mailbox_delegates, mailboxes
 
 from .authn import Principal
@@ -36,7 +37,7 @@ _PERSON = select(mailboxes.c.id, mailboxes.c.address, mailboxes.c.kind, mailboxe
                  and_(mailboxes.c.id.in_(_DELEGATED), mailboxes.c.kind == "organisational")))
 _AT = mailboxes.c.address == bindparam("address")
 _EVERY = (_APPLICATION, _PERSON.order_by(mailboxes.c.address))  # (application's, person's)
-_THE_ONE = (_APPLICATION.where(_AT), _PERSON.where(_AT))
+_THE_ONE = (OneRead(_APPLICATION.where(_AT)), OneRead(_PERSON.where(_AT)))  # every MAIL FROM asks
 
 
 async def usable_mailboxes(conn: AsyncConnection, principal: Principal) -> list[MailboxGrant]:
@@ -50,9 +51,15 @@ async def grant_for(conn: AsyncConnection, principal: Principal, address: str) -
 
 async def _grants(conn: AsyncConnection, principal: Principal, address: str | None) -> list[MailboxGrant]:
     """The boxes `principal` may use, or the one at `address` if it may."""
-    application, person = _EVERY if address is None else _THE_ONE
-    params = {"principal": principal.id} if address is None else {"principal": principal.id, "address": address}
+    if address is None:
+        application, person = _EVERY
+        params = {"principal": principal.id}
+        rows = await conn.execute(application if principal.kind == "application" else person, params)
+    else:
+        application, person = _THE_ONE
+        params = {"principal": principal.id, "address": address}
+        rows = await (application if principal.kind == "application" else person).rows(conn, params)
     if principal.kind == "application":
-        return [MailboxGrant(r.id, r.address, r.kind, "application") for r in await conn.execute(application, params)]
+        return [MailboxGrant(r.id, r.address, r.kind, "application") for r in rows]
     return [MailboxGrant(r.id, r.address, r.kind, "owner" if r.owner_idnat == principal.id else "delegate")
-            for r in await conn.execute(person, params)]
+            for r in rows]

@@ -28,6 +28,7 @@ from certs.revocation import Revocations
 from certs.tls import peer_certificate, peer_identity
 from directory.access import grant_for
 from store.audit import Actor, AuditTrail
+from store.db import OneRead
 from store.schema import mailboxes
 
 from .addresses import Address, parse_addresses
@@ -44,8 +45,8 @@ MAX_HOPS = 50  # Received: headers before a message is taken for a loop (Postfix
 NULL_SENDER = "<>"  # how aiosmtpd hands over MAIL FROM:<> (reports, RFC 3461 §6.2)
 # Something that reads as an address inside a display name: `"jean@msante.test" <marie@…>`
 # Built once (every RCPT runs it): building a statement cost more CPU than running it on SQLite.
-_LOCAL_BOX = select(mailboxes.c.id).where(
-    mailboxes.c.address == bindparam("address"), mailboxes.c.local.is_(True), mailboxes.c.retired_at.is_(None))
+_LOCAL_BOX = OneRead(select(mailboxes.c.id).where(  # every RCPT TO asks
+    mailboxes.c.address == bindparam("address"), mailboxes.c.local.is_(True), mailboxes.c.retired_at.is_(None)))
 _ADDRESS_LIKE = re.compile(r"[^\s<>\"'(),;:@]+@[^\s<>\"'(),;:@]+\.[^\s<>\"'(),;:@]+")
 
 
@@ -119,7 +120,7 @@ class _Receiver:
         mailbox_id: int | None = None
         if domain in self._domains:
             async with self._engine.connect() as conn:
-                row = (await conn.execute(_LOCAL_BOX, {"address": recipient})).first()
+                row = await _LOCAL_BOX.first(conn, {"address": recipient})
             if row is None:
                 await self.refused(session, recipient, "unknown local recipient")
                 return f"550 5.1.1 <{recipient}>: no such mailbox here; check the address in the directory"

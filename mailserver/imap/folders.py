@@ -22,7 +22,7 @@ import asyncio
 import bisect
 import json
 import time
-from collections import Counter, namedtuple
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from hospital import receipts
 from mailserver.bodies import facts, facts_of, insert_bodies, subject_contains
 from mailserver.mailstore import DEFAULT_FOLDERS, channel_of, ensure_folders, free_bodies, mailbox_channel
-from store.db import committed, dialect_insert, utc
+from store.db import OneRead, committed, dialect_insert, utc
 from store.events import RIGHTS, EventBus, rights_event
 from store.group_commit import GroupCommit
 from store.schema import (bodies, deliveries, folder_messages, folder_subscriptions, folder_vanished, folders,
@@ -244,9 +244,8 @@ _WITH_BODY = folder_messages.join(bodies, bodies.c.id == folder_messages.c.body_
 _FOLDER = (folders.c.id, folders.c.mailbox_id, folders.c.name, folders.c.uidvalidity, folders.c.uidnext,
            folders.c.highestmodseq, folders.c.first_recent_uid, folders.c.keywords, folders.c.messages,
            folders.c.octets)
-_NAMED = select(*_FOLDER, folders.c.special_use).where(
-    folders.c.mailbox_id == bindparam("mailbox_id"), folders.c.name == bindparam("name"))
-_FolderRow = namedtuple("_FolderRow", [c.name for c in _NAMED.selected_columns])  # _NAMED's, read raw
+_NAMED = OneRead(select(*_FOLDER, folders.c.special_use).where(
+    folders.c.mailbox_id == bindparam("mailbox_id"), folders.c.name == bindparam("name")))
 
 # APPEND's statements, built once: building one cost more CPU than SQLite took to run it
 _TAKE_UIDS = (update(folders).where(folders.c.id == bindparam("folder"))
@@ -259,16 +258,6 @@ _USAGE = (select(func.coalesce(func.sum(folders.c.octets), 0), func.coalesce(fun
 _NEW_ROW = insert(folder_messages)
 
 
-def _named_sql(engine: AsyncEngine) -> str | None:
-    """_NAMED as SQLite's driver takes it (parameters in the order mailbox_id, name), or None on
-    another database: PostgreSQL's reads stay on SQLAlchemy's path."""
-    if engine.dialect.name != "sqlite":
-        return None
-    compiled = _NAMED.compile(dialect=engine.dialect)
-    assert list(compiled.positiontup or ()) == ["mailbox_id", "name"], compiled.positiontup
-    return compiled.string
-
-
 class Folders:
     def __init__(self, engine: AsyncEngine, bus: EventBus, *, quota_bytes: int,
                  writes: GroupCommit | None = None) -> None:
@@ -276,7 +265,6 @@ class Folders:
         self._bus = bus
         self._writes = writes
         self._quota = quota_bytes
-        self._named_sql = _named_sql(engine)
         self._views: dict[int, FolderView] = {}  # by folder id, least recently used first
         self._reads: dict[tuple[int, int], tuple[_Read, asyncio.Future[Changes]]] = {}  # (folder, since)
         self._claimed: dict[int, int] = {}  # folder id -> UID up to which a session here claimed \Recent
@@ -330,16 +318,10 @@ class Folders:
 
     async def _read_named(self, mailbox_id: int, name: str) -> Any:
         """The folder's row, read afresh each time: what every SELECT, EXAMINE and STATUS reads
-        first, and on a folder whose view is kept all SELECT reads. On SQLite, one call into
-        aiosqlite's thread (`execute_fetchall`: cursor, statement, rows and close there) where
-        SQLAlchemy's cursor makes four (cursor, execute with fetchall, close, each a hand-off
-        through a queue and a future), the largest cost left in a warm SELECT (issue 12)."""
+        first, and on a folder whose view is kept all SELECT reads; in one call into SQLite's
+        thread (store/db.py `OneRead`)."""
         async with self._engine.connect() as conn:
-            if self._named_sql is None:
-                return (await conn.execute(_NAMED, {"mailbox_id": mailbox_id, "name": name})).first()
-            driver = (await conn.get_raw_connection()).driver_connection
-            rows = await driver.execute_fetchall(self._named_sql, (mailbox_id, name))
-        return _FolderRow._make(rows[0]) if rows else None
+            return await _NAMED.first(conn, {"mailbox_id": mailbox_id, "name": name})
 
     async def create(self, mailbox_id: int, name: str, special_use: str = "") -> FolderInfo:
         name = normalise(name)
