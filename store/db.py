@@ -108,7 +108,8 @@ def reads(engine: AsyncEngine) -> AsyncEngine:
 
 
 class OneRead:
-    """A SELECT built once whose columns need no conversion (integers, text): on SQLite it is
+    """A SELECT built once whose columns need no conversion (integers, text) and whose
+    parameters are single values (an IN list only of literals): on SQLite it is
     read in one call into aiosqlite's thread (`execute_fetchall`: cursor, statement, rows and
     close there), where SQLAlchemy's cursor makes three or four, each a hand-off through a
     queue and a turn of the event loop. Those hand-offs were the largest cost of a warm IMAP
@@ -116,7 +117,7 @@ class OneRead:
 
     def __init__(self, statement: Select) -> None:
         self.statement = statement
-        self.row = namedtuple("Row", list(statement.selected_columns.keys()))  # type: ignore[misc]
+        self.row = namedtuple("Row", list(statement.selected_columns.keys()), rename=True)  # type: ignore[misc]
         self._sqlite: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
 
     async def rows(self, conn: AsyncConnection, params: dict[str, Any]) -> list[Any]:
