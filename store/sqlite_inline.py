@@ -35,6 +35,10 @@ class Cursor:
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self._cursor = cursor
 
+    def __await__(self):  # noqa: ANN204 - SQLAlchemy before 2.1 awaits `cursor()`, 2.1 enters it
+        yield from ()
+        return self
+
     async def __aenter__(self) -> "Cursor":
         return self
 
