@@ -2,9 +2,12 @@
 then how long the dispatcher takes from the ACK to the GP's mail being committed.
 
     .venv/bin/python bench/hl7.py [--messages 10000] [--connections 4] [--db postgresql+asyncpg://…]
+                                  [--workers N --bus redis://…]
 
 `msante serve` runs as a child process on loopback with `msante init --demo` data (SQLite in
-a temporary data directory, unless --db names an empty database). --connections clients,
+a temporary data directory, unless --db names an empty database; `--workers N` processes need
+PostgreSQL and a Redis --bus: the kernel spreads the connections over them, every one dispatches,
+and the alert reaches the watcher's worker through Redis). --connections clients,
 each presenting the demo hospital's applicative certificate, send ADT^A01 messages (the
 sample, each with its own MSH-10) one at a time, each waiting for its ACK, as interface
 engines do. Latency is from the frame's first byte sent to the ACK's last byte read, one
@@ -40,6 +43,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 import config  # noqa: E402
 from certs.tokens import DevIssuer  # noqa: E402
+from bench.procs import tree_cpu  # noqa: E402
 from hospital import mllp  # noqa: E402
 from hospital.client import client_context, to_segments  # noqa: E402
 from store import db  # noqa: E402
@@ -79,12 +83,10 @@ async def connection(n: int, count: int, port: int, context: ssl.SSLContext, lat
     return errors
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds() -> float:
+    """This process's CPU seconds (the senders and the watcher)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def dispatch_delays(url: str, timeout: float) -> tuple[list[float], int]:
@@ -145,11 +147,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         env[f"MSANTE_LISTEN__{name.upper()}"] = ""
     if args.db:
         env["MSANTE_DATABASE__URL"] = args.db
+    if args.bus:
+        env["MSANTE_BUS__URL"] = args.bus
     subprocess.run([sys.executable, "-m", "msante", "init", "--demo", "--data-dir", str(data_dir)], env=env,
                    check=True, stdout=subprocess.DEVNULL, cwd=workdir)
     settings = config.load(data_dir=str(data_dir), environ=env)
     log = (workdir / "server.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "msante", "serve", "--data-dir", str(data_dir)], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "msante", "serve", "--data-dir", str(data_dir),
+                               "--workers", str(args.workers)], env=env,
                               stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     try:
         deadline = time.monotonic() + 60
@@ -174,14 +179,16 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         tls = ssl.create_default_context(cafile=str(settings.ca_dir / "ca.crt"))
         watcher = asyncio.create_task(alert_watcher(f"wss://localhost:{https}/ws", tls, token, arrivals, ready))
         await asyncio.wait_for(ready.wait(), 30)
-        server_cpu, client_cpu, wall = cpu_seconds(server.pid), cpu_seconds(), time.perf_counter()
+        if args.workers > 1:
+            await asyncio.sleep(3)  # every worker listening, not only the first
+        server_cpu, client_cpu, wall = tree_cpu([server.pid]), cpu_seconds(), time.perf_counter()
         errors = sum(await asyncio.gather(*(connection(n, per, port, context, latencies, acked)
                                             for n in range(args.connections))))
         elapsed = time.perf_counter() - wall
-        server_share = (cpu_seconds(server.pid) - server_cpu) / elapsed
+        server_share = (tree_cpu([server.pid]) - server_cpu) / elapsed
         client_share = (cpu_seconds() - client_cpu) / elapsed
         backend = settings.database_url.split(":")[0]
-        print(f"hl7 feed, {backend}: {len(latencies):,} ADT^A01 on {args.connections} connections (mutual TLS, "
+        print(f"hl7 feed, {backend}, {args.workers} worker(s): {len(latencies):,} ADT^A01 on {args.connections} connections (mutual TLS, "
               f"one ACK at a time per connection) in {elapsed:.1f} s")
         print(f"  {len(latencies) / elapsed:,.0f} events/s acknowledged; ACK latency p50 "
               f"{quantile(latencies, 0.5) * 1000:.1f} ms, p99 {quantile(latencies, 0.99) * 1000:.1f} ms, max "
@@ -212,6 +219,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--db", help="an empty PostgreSQL database (postgresql+asyncpg://…); default SQLite")
+    parser.add_argument("--workers", type=int, default=1, help="msante serve --workers N (more than 1 needs --db and --bus)")
+    parser.add_argument("--bus", help="msante's [bus] url, e.g. redis://127.0.0.1:6379/5 (for --workers)")
     parser.add_argument("--drain", type=float, default=300, help="seconds to wait for the dispatcher to finish")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (server log, data)")
     args = parser.parse_args()
