@@ -204,7 +204,14 @@ class MsanteSMTP(SMTP):
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         """After the handshake, the handler may refuse the certificate it verified (the relay's
-        revocation check): 421 and the connection closes before any command is read."""
+        revocation check): 421 and the connection closes before any command is read.
+
+        aiosmtpd's own TLS layer (asyncio's pure-Python `SSLProtocol`) is kept: handing the
+        socket to the loop's `start_tls` (uvloop's compiled one) measured 12 % fewer messages
+        a second (bench/smtp.py, alternating)."""
+        if self._tls_protocol is not None:  # aiosmtpd would start TLS inside TLS (RFC 3207 §4)
+            await self.push("554 5.5.1 Error: TLS already active")
+            return
         try:
             await super().smtp_STARTTLS(arg)
         except TLSSetupException as exc:

@@ -257,7 +257,14 @@ def _drop_templates():
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch, database_url):
+def loop_factory():
+    """The event loop `server` runs on: asyncio's; a module may override this fixture (uvloop,
+    which `msante serve` runs on when installed)."""
+    return asyncio.new_event_loop
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch, database_url, loop_factory):
     """A server running in a thread (its own event loop), stopped and checked at teardown."""
     from msante import app
 
@@ -273,7 +280,7 @@ def server(tmp_path, monkeypatch, database_url):
         ready.set()
 
     def run() -> None:
-        loop = asyncio.new_event_loop()
+        loop = loop_factory()
         holder["loop"], holder["stop"] = loop, asyncio.Event()
         try:
             loop.run_until_complete(app.serve(settings, on_ready=on_ready, stop=holder["stop"]))
