@@ -292,17 +292,21 @@ class MsanteSMTP(SMTP):
     # -- DSN parameters ----------------------------------------------------------------------------
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's parse (the standard library's angle-addr or addr-spec), with two changes:
+        """aiosmtpd's parse (the standard library's angle-addr or addr-spec), with three changes:
         input like `<a@[>`, on which that parser fails, is a malformed address (553), not a
-        fault of ours (451); and no class is defined at each call, as aiosmtpd's does (4 % of
-        the server's CPU under 20 sessions, py-spy)."""
+        fault of ours (451); no class is defined at each call, as aiosmtpd's does (4 % of the
+        server's CPU under 20 sessions, py-spy); and the common form is read by `_PLAIN_PATH`."""
         if not arg:
             return "", ""
-        try:
-            address, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
-            addr = address.addr_spec
-        except Exception:  # noqa: BLE001 - HeaderParseError, and AttributeError, IndexError… on bad input
-            return None, None
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is not None:
+            addr, rest = plain.group(1), plain.group(2) or ""
+        else:
+            try:
+                address, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
+                addr = address.addr_spec
+            except Exception:  # noqa: BLE001 - HeaderParseError, and AttributeError, IndexError… on bad input
+                return None, None
         if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return addr, rest
@@ -476,6 +480,12 @@ class MsanteSMTP(SMTP):
 
 # A byte that was not UTF-8 (as surrogateescape keeps it), or a control character: no address
 # has any (RFC 5321 §4.1.2), and PostgreSQL refuses NUL in a query.
+# `<local@domain>` in dot-atoms of ASCII, what nearly every MAIL and RCPT carries, read by a
+# regular expression in 2 µs; the standard library's parser took 130 µs (a tenth of the server's
+# CPU at 20 sessions, py-spy) and still reads every other form (quoted local parts, address
+# literals, source routes, UTF-8, comments), giving the same address and rest for these.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:\s*|\s+(?=[^\s(])(.*))")
 _NOT_ADDRESS = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")
 _closing: set[asyncio.Future] = set()  # audit rows of sessions being closed, until written
 
