@@ -90,6 +90,7 @@ class _Part:
     params: list[tuple[str, str]] = field(default_factory=lambda: [("charset", "us-ascii")])
     children: list["_Part"] | None = None  # multipart
     inner: "_Part | None" = None  # message/rfc822, message/global: the encapsulated message
+    _addresses: dict[str, list[Address]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def header(self) -> bytes:
@@ -112,6 +113,13 @@ class _Part:
 
     def param(self, name: str) -> str | None:
         return next((v for n, v in self.params if n.lower() == name), None)
+
+    def addresses_in(self, value: str) -> list[Address]:
+        """`parse_addresses(value)`, once per value: ENVELOPE, SEARCH's address lists and SORT
+        read the same From and To when a message's facts are learnt (a third of that time)."""
+        if value not in self._addresses:
+            self._addresses[value] = parse_addresses(value)
+        return self._addresses[value]
 
     @property
     def cte(self) -> str:
@@ -435,7 +443,7 @@ class Message:
         for f in self._root.fields:
             if f.key != name.lower():
                 continue
-            for display, _adl, mailbox, host in parse_addresses(f.value):
+            for display, _adl, mailbox, host in self._root.addresses_in(f.value):
                 if mailbox is None:
                     continue  # the end of a group
                 address = mailbox if host is None else f"<{mailbox}@{host}>"
@@ -473,7 +481,7 @@ class Message:
         """SORT FROM/TO/CC (RFC 5256 §3): the mailbox (local part) of the field's first address
         as ENVELOPE shows it (a group's name for a group), "" when there is none."""
         value = self._root.get(name)
-        for _display, _adl, mailbox, _host in parse_addresses(value) if value else ():
+        for _display, _adl, mailbox, _host in self._root.addresses_in(value) if value else ():
             return mailbox or ""
         return ""
 
@@ -588,7 +596,7 @@ def _envelope(msg: _Part) -> bytes:
     sender and reply-to fall back to from when absent or empty."""
     def addrs(name: str) -> list[Address]:
         value = msg.get(name)
-        return parse_addresses(value) if value else []
+        return msg.addresses_in(value) if value else []
 
     from_ = addrs("from")
     items = [_nstring(msg.get("date")), _nstring(msg.get("subject")), _address_list(from_),
