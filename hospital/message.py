@@ -56,6 +56,12 @@ KINDS = {("ADT", "A01"): "ADM", ("ADT", "A04"): "ADM", ("ADT", "A03"): "SOR", ("
          ("ADT", "A11"): "ANN", ("ADT", "A13"): "ANN", ("MDM", "T02"): "DOC"}
 LOCAL_TIME = ZoneInfo("Europe/Paris")  # a zone-less HL7 time; overseas hospitals send their offset
 SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+# The last field `_Reader` reads of each segment. python-hl7 builds objects for every field,
+# repetition and component it is given, and a PAM-FR PV1 carries 52 fields of which two are
+# read here: the library is handed these segments only, each cut after that field (numbers
+# unchanged), and MSH as far as its encoding characters (`read_header` reads MSH). `parse` of
+# the ADT samples went from 1.1 to 0.7 ms of CPU; it was a fifth of the server's on the feed.
+READ_FIELDS = {"EVN": 6, "PID": 7, "PV1": 3, "ZBE": 7, "ROL": 4, "PD1": 4, "TXA": 12, "OBX": 5}
 
 # HL7 table 0357 (message error condition codes)
 SEGMENT_SEQUENCE_ERROR = 100
@@ -199,8 +205,12 @@ def parse(data: bytes) -> HospitalMessage:
         if not SEGMENT_ID.fullmatch(line[:3]) or (len(line) > 3 and line[3] != text[3]):
             raise Hl7Error("AE", SEGMENT_SEQUENCE_ERROR, f"segment {n} has no valid segment id", line[:3], n,
                            header=header)
+    separator = text[3]
+    read = [lines[0][:lines[0].find(separator, 4) + 1] or lines[0]] + [
+        separator.join(line.split(separator, READ_FIELDS[line[:3]] + 1)[:READ_FIELDS[line[:3]] + 1])
+        for line in lines[1:] if line[:3] in READ_FIELDS]
     try:
-        msg = hl7.parse("\r".join(lines))
+        msg = hl7.parse("\r".join(read))
     except Exception as exc:  # the library's errors are not one class; any of them means unreadable
         raise Hl7Error("AE", DATA_TYPE_ERROR, f"unreadable message: {exc}", header=header) from None
     return _Reader(msg, header).read(structure, trigger)

@@ -67,6 +67,17 @@ def test_unknown_segments_are_ignored():
     assert parse(data).kind == "ADM"
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*.hl7")))
+def test_what_the_reader_does_not_read_changes_nothing(name):
+    """The library is handed only the fields read (message.READ_FIELDS): segments and fields
+    past them, however odd (separators, escapes, repetitions), leave the reading as it was."""
+    data = sample(name).replace(b"\r\n", b"\r").replace(b"\n", b"\r").rstrip(b"\r")
+    junk = "|x^y~z&w|\\E\\|" + "|" * 40 + "^^~~"
+    fat = "\r".join(line + (junk if not line.startswith("MSH") else "") for line in data.decode("latin-1").split("\r"))
+    fat += "\rNK1|1|GRONDIN^MARIE|FAM\rAL1|1||^PENICILLINE\rOBX|1|TX|x||texte"  # an MDM's document is its first OBX
+    assert parse(fat.encode("latin-1")) == parse(data)
+
+
 @pytest.mark.parametrize("change, code, condition, where", [
     (("PID", None), "AE", 100, ("PID", 0)),  # a required segment missing
     (("EVN", None), "AE", 100, ("EVN", 0)),
