@@ -23,7 +23,7 @@ import instant.limits
 import web.http
 from store.schema import audit, circle_messages
 from tests import scrape
-from tests.test_api import raw_tls, request, token_for
+from tests.test_api import raw_tls, token_for
 from tests.test_instant_api import api
 
 GP, URGENTIST, NURSE, COORDINATOR, PHARMACIST = (
