@@ -207,8 +207,8 @@ class MsanteSMTP(SMTP):
         revocation check): 421 and the connection closes before any command is read.
 
         aiosmtpd's own TLS layer (asyncio's pure-Python `SSLProtocol`) is kept: handing the
-        socket to the loop's `start_tls` (uvloop's compiled one) measured 12 % fewer messages
-        a second (bench/smtp.py, alternating)."""
+        socket to the loop's `start_tls` (uvloop's compiled one) measured slower, 177 and 176
+        msgs/s against 215 and 199 (bench/smtp.py, alternating in one sitting)."""
         if self._tls_protocol is not None:  # aiosmtpd would start TLS inside TLS (RFC 3207 §4)
             await self.push("554 5.5.1 Error: TLS already active")
             return
@@ -478,14 +478,14 @@ class MsanteSMTP(SMTP):
         return sasl.b64decode_response(line.decode("ascii", "replace"))
 
 
-# A byte that was not UTF-8 (as surrogateescape keeps it), or a control character: no address
-# has any (RFC 5321 §4.1.2), and PostgreSQL refuses NUL in a query.
 # `<local@domain>` in dot-atoms of ASCII, what nearly every MAIL and RCPT carries, read by a
 # regular expression in 2 µs; the standard library's parser took 130 µs (a tenth of the server's
 # CPU at 20 sessions, py-spy) and still reads every other form (quoted local parts, address
 # literals, source routes, UTF-8, comments), giving the same address and rest for these.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:\s*|\s+(?=[^\s(])(.*))")
+# A byte that was not UTF-8 (as surrogateescape keeps it), or a control character: no address
+# has any (RFC 5321 §4.1.2), and PostgreSQL refuses NUL in a query.
 _NOT_ADDRESS = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")
 _closing: set[asyncio.Future] = set()  # audit rows of sessions being closed, until written
 
