@@ -272,8 +272,6 @@ def _decode_words(value: str) -> str:
         return value
 
 
-
-
 def _address_list(addresses: list[Address]) -> bytes:
     if not addresses:
         return b"NIL"
