@@ -12,14 +12,12 @@ import pytest
 from tests.test_smtp import GP, connect, login, message
 
 
-def _uvloop():
-    uvloop = pytest.importorskip("uvloop", reason="uvloop is msante[fast], not installed here")
-    return uvloop.new_event_loop()
-
-
 @pytest.fixture(params=["asyncio", "uvloop"])
 def loop_factory(request):
-    return asyncio.new_event_loop if request.param == "asyncio" else _uvloop
+    """Skipped here, in the test's thread, when uvloop is missing: not in the server's thread."""
+    if request.param == "asyncio":
+        return asyncio.new_event_loop
+    return pytest.importorskip("uvloop", reason="uvloop is msante[fast], not installed here").new_event_loop
 
 
 def lines(sock, until: bytes) -> list[bytes]:
