@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 
 END = b"\r\n.\r\n"
+DOT_LINE = END[:3]  # a line starting with a dot: the end of data, or a stuffed dot
 
 
 class Outcome(enum.Enum):
@@ -39,6 +40,7 @@ class DataReader:
         self._buf = bytearray(b"\r\n")
         self._line = 2  # where the line not yet checked against max_line starts
         self._done = False
+        self._stuffed = False  # a line started with a dot that did not end the data
 
     def feed(self, chunk: bytes) -> bytes | None:
         """None: more data is needed. Bytes: the data ended; those followed it."""
@@ -46,7 +48,7 @@ class DataReader:
         buf = self._buf
         start = max(0, len(buf) - len(END) + 1)  # the end of data may straddle two chunks
         buf += chunk
-        end = buf.find(END, start)
+        end = self._find_end(start)
         if end < 0:
             if self.outcome is Outcome.OK:
                 self._check_lines(len(buf))
@@ -63,11 +65,29 @@ class DataReader:
             self.outcome = Outcome.TOO_MUCH
         if self.outcome is Outcome.OK:
             content = bytes(memoryview(buf)[2:end + 2])
-            if content.startswith(b"."):
-                content = content[1:]
-            self.content = content.replace(b"\r\n.", b"\r\n")
+            if self._stuffed:
+                if content.startswith(b"."):
+                    content = content[1:]
+                content = content.replace(DOT_LINE, b"\r\n")
+            self.content = content
         self._buf = bytearray()
         return rest
+
+    def _find_end(self, start: int) -> int:
+        """Where END starts, searching from `start`; -1 if not there yet. Until a dot-stuffed
+        line is met, the search is for a line starting with a dot, which finds both: most mail
+        has no such line, and then un-stuffing (a second scan of the whole message, as long as
+        the search, measured) is skipped. After one, the search is for END alone."""
+        buf = self._buf
+        if not self._stuffed:
+            dot = buf.find(DOT_LINE, start)
+            if dot < 0 or buf.startswith(END, dot):
+                return dot
+            if END.startswith(buf[dot:dot + len(END)]):
+                return -1  # the chunk ended before telling: searched again with the next one
+            self._stuffed = True
+            start = dot
+        return buf.find(END, start)
 
     def _check_lines(self, end: int) -> None:
         """Every line from `self._line` to `end` is at most max_line octets. One `rfind` per

@@ -8,6 +8,8 @@ import select
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailserver.smtp import SmtpLimits
 from mailserver.smtp_data import DataReader, Outcome
@@ -51,6 +53,33 @@ def test_end_of_data_and_dots_at_every_split(stream, content, rest):
     for pieces in splits(stream):
         reader, left = read(pieces)
         assert (reader.outcome, reader.content, left) == (Outcome.OK, content, rest), pieces
+
+
+def by_lines(stream: bytes) -> tuple[bytes, bytes] | None:
+    """aiosmtpd's reading, line by line (CRLF-ended lines; "." alone ends the data; a leading
+    dot goes): the content and what followed, or None if the data did not end."""
+    lines, at = [], 0
+    while (crlf := stream.find(b"\r\n", at)) >= 0:
+        line, at = stream[at:crlf + 2], crlf + 2
+        if line == b".\r\n":
+            return b"".join(lines), stream[at:]
+        lines.append(line[1:] if line.startswith(b".") else line)
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b".\r\n", b"..", b"\r\n.\r\n"]),
+                max_size=30), st.lists(st.integers(0, 40), max_size=4))
+def test_chunked_reading_agrees_with_line_by_line_reading(parts, cuts):
+    """Any stream of the awkward pieces, cut anywhere: the same content and rest as line by line."""
+    stream = b"".join(parts)
+    bounds = sorted({0, len(stream), *(min(c, len(stream)) for c in cuts)})
+    reader, left = read([stream[a:b] for a, b in zip(bounds, bounds[1:])])
+    expected = by_lines(stream)
+    if expected is None:
+        assert left is None
+    else:
+        assert (reader.outcome, reader.content, left) == (Outcome.OK, *expected)
 
 
 def test_line_and_size_limits_at_their_boundaries():
