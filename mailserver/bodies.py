@@ -34,7 +34,12 @@ def facts_row(body_id: int, data: bytes) -> dict[str, Any]:
 def facts_of(data: bytes) -> dict[str, Any]:
     """A body's message_facts row but its body_id: what a writer may learn before its
     transaction (the hospital dispatch does, out of the write the feed's ACKs wait on)."""
-    f = Message(data).facts()
+    return facts_from(Message(data))
+
+
+def facts_from(message: Message) -> dict[str, Any]:
+    """`facts_of` a message already parsed (SMTP reads it once, for its checks and for this)."""
+    f = message.facts()
     fields = {"h": f.fields, "a": f.addresses, "m": f.first_mailboxes,
               "s": f.sent_at.isoformat() if f.sent_at is not None else None}
     # ASCII JSON: header text may hold lone surrogates (8-bit octets kept by surrogateescape)

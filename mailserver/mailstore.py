@@ -118,7 +118,8 @@ class MailStore:
         self._storing: set[asyncio.Task] = set()
 
     async def accept(self, *, message: bytes, message_id: str, sender: str, actor: Any, audit: AuditTrail,
-                     audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient]) -> Accepted:
+                     audit_action: str, source: str, mail_dsn: dsn.MailDsn, recipients: Iterable[Recipient],
+                     facts: dict | None = None) -> Accepted:
         """Store one accepted message; returns once it is committed, then wakes whoever watches
         the boxes. The messages of the sessions waiting at the writer's turn are stored together,
         each table written once for all of them (`store_many`), in one group commit: one message
@@ -126,7 +127,7 @@ class MailStore:
         cost on the 250's path (issue 13)."""
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiting.append((Mail(message, message_id, sender, actor, audit_action, source, mail_dsn,
-                                   tuple(recipients)), future))
+                                   tuple(recipients), facts), future))
         if len(self._waiting) == 1:  # else a write already queued takes this message too
             task = asyncio.ensure_future(self._store_waiting())
             self._storing.add(task)
