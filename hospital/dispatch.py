@@ -46,7 +46,12 @@ from .message import parse
 log = logging.getLogger("msante.hl7")
 T = TypeVar("T")
 BATCH = 100  # pending events read at a time
-CONCURRENT = 8  # events dispatched in one write; more would hold up the feed's ACKs that share its group commit
+# Events dispatched in one write. The feed's ACKs share that write's group commit, so a chunk
+# holds them up; but each write has its own statements to run, and with 8 the dispatcher fell
+# behind under load. `bench/hl7.py --messages 6000`, alternating: 8 → 16 → 32 took the ACK-to-alert
+# p99 from 376-451 to 253-327 to 241-262 ms and events/s from 267-291 to 266-310 to 283-325, ACK
+# p99 from 32-34 to 38-43 ms (still under issue 11's 50).
+CONCURRENT = 32
 POLL_SECONDS = 30.0  # a wake-up lost (another process stored the event) costs at most this
 NO_GP = "no GP given"
 NO_BOX = "GP has no MSSanté box"
