@@ -1,6 +1,6 @@
 """What reading DATA costs the SMTP server, apart from TLS and the store: aiosmtpd's own DATA
-(a `readuntil` per line) against ours (mailserver/smtp_data.py: chunks, `bytes.find`, one
-`replace`), same session class otherwise.
+(a `readuntil` per line) against ours (mailserver/smtp_data.py: chunks, `bytes.find`, a
+`replace` once a line was dot-stuffed), same session class otherwise.
 
     .venv/bin/python bench/smtp_data.py                 # ~30 s
     .venv/bin/python bench/smtp_data.py --size 10k --messages 2000
@@ -62,7 +62,7 @@ def serve(reader: str, sock: socket.socket, done) -> None:  # noqa: ANN001
 
         def factory():  # noqa: ANN202
             return session_class(Sink(), logins=None, audit=audit, limits=SmtpLimits(), hostname="bench.test",
-                                 tls_context=None, implicit_tls=True)
+                                 tls_context=None, implicit_tls=True, listener="bench")
 
         server = await loop.create_server(factory, sock=sock)
         start = resource.getrusage(resource.RUSAGE_SELF)

@@ -3,7 +3,8 @@
 aiosmtpd reads DATA one line at a time (a `readuntil` and a few list operations per line, in
 Python): ~45 MB/s, the main cost of accepting a 1 MB message. This reader takes whatever the
 socket delivered, finds the end of data (CRLF "." CRLF, RFC 5321 §4.1.1.4) with `bytes.find`
-and removes the transparency dots (§4.5.2) with one `bytes.replace` when it is over. It keeps
+and removes the transparency dots (§4.5.2) with one `bytes.replace` when it is over, if a line
+was dot-stuffed (the same search finds the first such line: `_find_end`). It keeps
 aiosmtpd's rules exactly, so the replies and what is stored do not change:
 - only CRLF ends a line; a bare LF or bare CR is data, so "\\n.\\n" and "\\n.\\r\\n" do not end
   the message (no SMTP smuggling through this server);
