@@ -232,19 +232,28 @@ class Dispatcher:
         if not planned:
             return []
         await conn.execute(_NEW_NOTICES, notices)  # each GP's notice before its subscribers'
-        raised = await timeline.raise_alerts(conn, [r for p in planned for r in p.alert_rows], now)
+        raised: dict[str, list[dict]] = {}  # by key: each event's own (a replayed event raises nothing new)
+        for alert in await timeline.raise_alerts(conn, [r for p in planned for r in p.alert_rows], now):
+            raised.setdefault(alert["key"], []).append(alert)
+        subscribed: list[dict] = []
         for p, told in zip(planned, done):
-            # a replayed event raises nothing new
-            told.alerts = [a for a in raised if a["key"] == f"{receipts.ALERT_KEY}{p.event.id}"]
-            told.mail_events += await subscriptions.deliver(
+            told.alerts = raised.get(f"{receipts.ALERT_KEY}{p.event.id}", [])
+            mail_events, notice_rows = await subscriptions.deliver(
                 conn, self._mailstore, event_id=p.event.id, mails=p.outgoing, alerts=p.plan.subscribed_alerts,
                 sender=p.event.sender, actor=Actor(p.event.sender, "application"), audit=self._audit, now=now)
+            told.mail_events += mail_events
+            subscribed += notice_rows
+        if subscribed:
+            await conn.execute(_NEW_NOTICES, subscribed)
         await receipts.dispatched(conn, [p.event.id for p in planned], now)
         items = await timeline.add(conn, [i for p in planned for i in timeline.event_items(
             p.event, p.patient, p.circle_ids, title=TITLES[p.event.kind], hospital=p.hospital, sender=p.event.sender,
             occurred=occurred_of(p.event, p.patient))], now)
+        by_event: dict[int, list[dict]] = {}
+        for item in items:
+            by_event.setdefault(item["event"]["id"], []).append(item)
         for p, told in zip(planned, done):
-            told.items = [i for i in items if i["event"]["id"] == p.event.id]
+            told.items = by_event.get(p.event.id, [])
         if unheard:
             await conn.execute(insert(audit), unheard)
         return done

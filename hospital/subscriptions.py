@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,7 +23,7 @@ from mailserver import dsn, headers
 from mailserver.mailstore import QUEUED, MailStore, Recipient
 from store.audit import Actor, AuditTrail
 from store.db import committed, utc
-from store.schema import (circle_members, circles, hospital_events, hospital_notices, hospital_subscriptions,
+from store.schema import (circle_members, circles, hospital_events, hospital_subscriptions,
                           mailboxes, professionals)
 
 from .feed import NOTIFIED_KINDS
@@ -220,9 +220,11 @@ NO_BOX = "subscriber has no MSSanté box"
 
 async def deliver(conn: AsyncConnection, mailstore: MailStore, *, event_id: int, mails: list[tuple[MailTarget, bytes,
                   Recipient | None]], alerts: tuple[str, ...], sender: str, actor: Actor, audit: AuditTrail,
-                  now: datetime) -> list[tuple[int | str, dict]]:
-    """Store the subscribers' mails and record a notice for each mail and subscribed alert, in
-    the dispatcher's transaction; returns the events to publish once it commits."""
+                  now: datetime) -> tuple[list[tuple[int | str, dict]], list[dict]]:
+    """Store the subscribers' mails, in the dispatcher's transaction; returns the events to
+    publish once it commits and a notice row for each mail and subscribed alert, which the
+    dispatcher inserts for all the events of its write at once (a statement per event was a
+    tenth of that write's statements)."""
     events: list[tuple[int | str, dict]] = []
     notices = []
     for target, message, recipient in mails:
@@ -236,8 +238,5 @@ async def deliver(conn: AsyncConnection, mailstore: MailStore, *, event_id: int,
         notices.append({"recipient": target.address, "envelope_id": accepted.envelope_id, "reason": "",
                         "status": "delivered" if accepted.delivered else "queued" if accepted.queued else "failed"})
     notices += [{"recipient": audience, "status": "alerted", "reason": ""} for audience in alerts]
-    if notices:
-        await conn.execute(insert(hospital_notices), [
-            {"envelope_id": None, **row, "event_id": event_id, "role": "subscriber", "created_at": now}
-            for row in notices])
-    return events
+    return events, [{"envelope_id": None, **row, "event_id": event_id, "role": "subscriber", "created_at": now}
+                    for row in notices]
