@@ -4,7 +4,6 @@ place comes back when its connection ends."""
 from __future__ import annotations
 
 import socket
-import ssl
 import time
 
 import pytest
