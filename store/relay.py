@@ -94,7 +94,6 @@ class Relay:
             except Exception:  # no LISTEN: polling alone still carries every event
                 log.exception("cannot LISTEN for events from other processes; polling every %.1f s", POLL_SECONDS)
                 notified = False
-            interval = NOTIFIED_POLL_SECONDS if notified else POLL_SECONDS
             pruned = time.monotonic()
             while True:
                 wake.clear()
@@ -106,7 +105,7 @@ class Relay:
                 except Exception:  # a database hiccup must not end live rights changes for good
                     log.exception("relaying events from the store failed; retrying")
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval)
+                    await asyncio.wait_for(wake.wait(), NOTIFIED_POLL_SECONDS if notified else POLL_SECONDS)
 
     async def relay(self) -> int:
         """Publish the rows committed since the last call; how many."""

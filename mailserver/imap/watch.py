@@ -84,8 +84,12 @@ class Watcher:
                     continue  # an overflow loses news of other boxes; the selected one syncs at the next command
                 try:
                     async with session.turn:
-                        # rights read again if they changed: a box withdrawn is heard of no more
-                        if session.state == LOGOUT or not await session._rights_hold():
+                        # Rights read again if they changed: a box withdrawn is heard of no more.
+                        # For a shared box's news, read again every time: a change made by another
+                        # process (the CLI, another node) is heard here through the bus relay, up
+                        # to its poll later, and a delegate withdrawn must not be told meanwhile.
+                        shared = event["channel"] != mailbox_channel(session.namespace.personal.grant.mailbox_id)
+                        if session.state == LOGOUT or not await session._rights_hold(heard=shared):
                             return
                         box = next((b for b in session.namespace.boxes
                                     if mailbox_channel(b.grant.mailbox_id) == event["channel"]), None)
