@@ -153,7 +153,7 @@ class _Receiver:
         if refusal:
             return refusal
         facts = facts_from(message) if on_loop else await asyncio.to_thread(facts_from, message)
-        message_id = header.get("message-id") or read_header(added).get("message-id") or ""
+        message_id = message.header.get("message-id") or ""  # the client's, or the one added
         recipients = [Recipient(address, rcpt_dsn, mailbox_id) for address, rcpt_dsn, mailbox_id
                       in zip(envelope.rcpt_tos, envelope.rcpt_dsn, envelope.routes)]
         sender = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from
